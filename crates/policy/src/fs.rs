@@ -1,0 +1,395 @@
+//! File grants (`--allow-read`, `--allow-write`), the denials that win over
+//! them (`--deny-read`, `--deny-write`), and the decision for one access.
+//!
+//! Paths here are already resolved by the caller: grants are canonical host
+//! paths (links and `..` resolved), because comparing unresolved strings is
+//! how sandboxes get escaped.
+
+use crate::PolicyError;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    Dir,
+    File,
+}
+
+/// One granted directory or file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsGrant {
+    /// Canonical host path.
+    pub host: PathBuf,
+    /// Absolute path the guest sees it at.
+    pub guest: String,
+    pub access: Access,
+    pub kind: GrantKind,
+}
+
+impl FsGrant {
+    /// The flag that grants this, as the user would type it.
+    pub fn flag(&self) -> String {
+        let name = match self.access {
+            Access::Read => "--allow-read",
+            Access::ReadWrite => "--allow-write",
+        };
+        format!("{name}={}", spec(&self.host, &self.guest))
+    }
+
+    /// The guest path of a host path inside this grant.
+    pub fn guest_path_of(&self, host: &Path) -> Option<String> {
+        let rel = host.strip_prefix(&self.host).ok()?;
+        Some(join_guest(&self.guest, &rel.to_string_lossy()))
+    }
+
+    /// The host path of a guest path inside this grant.
+    pub fn host_path_of(&self, guest: &str) -> Option<PathBuf> {
+        let rel = strip_guest_prefix(guest, &self.guest)?;
+        Some(if rel.is_empty() { self.host.clone() } else { self.host.join(rel) })
+    }
+}
+
+fn spec(host: &Path, guest: &str) -> String {
+    if host.to_str() == Some(guest) {
+        guest.to_string()
+    } else {
+        format!("{}::{guest}", host.display())
+    }
+}
+
+/// What the guest is trying to do to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsOp {
+    Read,
+    /// Create, write, truncate, rename, link, remove, change times.
+    Write,
+}
+
+impl FsOp {
+    pub fn flag(self) -> &'static str {
+        match self {
+            FsOp::Read => "--allow-read",
+            FsOp::Write => "--allow-write",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsDecision {
+    Allow { rule: String },
+    Deny { rule: Option<String>, reason: String, hint: Option<String> },
+}
+
+impl FsDecision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, FsDecision::Allow { .. })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FsPolicy {
+    pub grants: Vec<FsGrant>,
+    /// Canonical host paths nothing may read below.
+    pub deny_read: Vec<PathBuf>,
+    /// Canonical host paths nothing may change below.
+    pub deny_write: Vec<PathBuf>,
+}
+
+impl FsPolicy {
+    /// The most specific grant that covers the canonical host path `host`.
+    pub fn grant_for(&self, host: &Path) -> Option<&FsGrant> {
+        self.grants
+            .iter()
+            .filter(|g| match g.kind {
+                GrantKind::Dir => host.starts_with(&g.host),
+                GrantKind::File => host == g.host,
+            })
+            .max_by_key(|g| g.host.components().count())
+    }
+
+    /// May the guest do `op` on the canonical host path `host`? `exists`
+    /// tells whether it is there already (a hint to create a file names its
+    /// directory; a hint to change one names the file).
+    pub fn decide(&self, host: &Path, op: FsOp, exists: bool) -> FsDecision {
+        let denied_by = |list: &[PathBuf], flag: &str| {
+            list.iter()
+                .find(|d| host.starts_with(d))
+                .map(|d| format!("{flag}={}", d.display()))
+        };
+        let deny = match op {
+            FsOp::Read => denied_by(&self.deny_read, "--deny-read"),
+            FsOp::Write => denied_by(&self.deny_write, "--deny-write"),
+        };
+        if let Some(rule) = deny {
+            return FsDecision::Deny {
+                reason: format!("denied by {rule}"),
+                rule: Some(rule),
+                hint: None,
+            };
+        }
+        let target = if exists || op == FsOp::Read {
+            host
+        } else {
+            host.parent().unwrap_or(host)
+        };
+        match self.grant_for(host) {
+            Some(g) if op == FsOp::Read || g.access == Access::ReadWrite => FsDecision::Allow {
+                rule: g.flag(),
+            },
+            Some(g) => FsDecision::Deny {
+                rule: Some(g.flag()),
+                reason: format!("{} is granted read-only", g.guest),
+                hint: Some(format!(
+                    "--allow-write={}",
+                    spec(target, &g.guest_path_of(target).unwrap_or_else(|| target.display().to_string()))
+                )),
+            },
+            None => FsDecision::Deny {
+                rule: None,
+                reason: "outside every granted path".into(),
+                hint: Some(format!("{}={}", op.flag(), target.display())),
+            },
+        }
+    }
+}
+
+/// The caller's view of the file system, so this crate stays free of I/O.
+pub trait PathResolver {
+    /// Resolves links and `..` in an absolute path; fails if it does not exist.
+    fn resolve(&self, path: &Path) -> Result<ResolvedPath, String>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPath {
+    pub canonical: PathBuf,
+    pub is_dir: bool,
+}
+
+/// Turns `HOST` or `HOST::GUEST` from a flag into a grant.
+pub(crate) fn resolve_grant(
+    spec: &str,
+    access: Access,
+    cwd: &Path,
+    resolver: &dyn PathResolver,
+) -> Result<FsGrant, PolicyError> {
+    let err = |reason: String| PolicyError::Path {
+        input: spec.to_string(),
+        reason,
+    };
+    let (host, guest) = match spec.split_once("::") {
+        Some((h, g)) => (h, Some(g)),
+        None => (spec, None),
+    };
+    if host.is_empty() {
+        return Err(err("empty path".into()));
+    }
+    let host_abs = normalize_host(&cwd.join(host));
+    let resolved = resolver
+        .resolve(&host_abs)
+        .map_err(|e| err(format!("{}: {e}", host_abs.display())))?;
+    let guest = match guest {
+        Some(g) => {
+            if !g.starts_with('/') {
+                return Err(err("the guest path after :: must be absolute".into()));
+            }
+            if g.split('/').any(|c| c == "..") {
+                return Err(err("the guest path may not contain ..".into()));
+            }
+            normalize_guest(g)
+        }
+        None => host_abs
+            .to_str()
+            .ok_or_else(|| err("the path is not valid UTF-8; give a guest path with HOST::GUEST".into()))?
+            .to_string(),
+    };
+    Ok(FsGrant {
+        host: resolved.canonical,
+        guest,
+        access,
+        kind: if resolved.is_dir { GrantKind::Dir } else { GrantKind::File },
+    })
+}
+
+/// Makes `path` absolute against nothing but itself: removes `.` and folds
+/// `..` lexically. Only for what the user typed, before it is canonicalized.
+pub(crate) fn normalize_host(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `/a//b/./c/` → `/a/b/c`.
+pub fn normalize_guest(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// Resolves `rel` against the guest directory `base` lexically. Returns the
+/// absolute guest path and whether `..` climbed above `base` (which
+/// wasmtime refuses: a descriptor never reaches outside its directory).
+pub fn join_guest_checked(base: &str, rel: &str) -> (String, bool) {
+    let mut parts: Vec<&str> = base.split('/').filter(|c| !c.is_empty()).collect();
+    let floor = parts.len();
+    let mut escaped = false;
+    if rel.starts_with('/') {
+        escaped = true;
+        parts.clear();
+    }
+    for c in rel.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if parts.len() <= floor {
+                    escaped = true;
+                }
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    (format!("/{}", parts.join("/")), escaped)
+}
+
+fn join_guest(base: &str, rel: &str) -> String {
+    join_guest_checked(base, rel).0
+}
+
+/// `rel` of `guest` below `base`, or `None` when it is not below it.
+pub fn strip_guest_prefix<'a>(guest: &'a str, base: &str) -> Option<&'a str> {
+    if base == "/" {
+        return Some(guest.trim_start_matches('/'));
+    }
+    let rest = guest.strip_prefix(base)?;
+    if rest.is_empty() {
+        Some("")
+    } else {
+        rest.strip_prefix('/')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(host: &str, access: Access, kind: GrantKind) -> FsGrant {
+        FsGrant { host: host.into(), guest: host.into(), access, kind }
+    }
+
+    fn policy() -> FsPolicy {
+        FsPolicy {
+            grants: vec![
+                grant("/data", Access::Read, GrantKind::Dir),
+                grant("/data/out", Access::ReadWrite, GrantKind::Dir),
+                grant("/etc/hosts", Access::Read, GrantKind::File),
+            ],
+            deny_read: vec!["/data/secret".into()],
+            deny_write: vec!["/data/out/keep".into()],
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let p = policy();
+        let cases: &[(&str, FsOp, bool, bool)] = &[
+            ("/data/a.csv", FsOp::Read, true, true),
+            ("/data/a.csv", FsOp::Write, true, false),
+            ("/data/out/r.txt", FsOp::Write, false, true),
+            ("/data/out/keep/x", FsOp::Write, false, false),
+            ("/data/out/keep/x", FsOp::Read, true, true),
+            ("/data/secret", FsOp::Read, true, false),
+            ("/data/secret/k", FsOp::Read, true, false),
+            ("/data/secretary", FsOp::Read, true, true),
+            ("/etc/hosts", FsOp::Read, true, true),
+            ("/etc/passwd", FsOp::Read, true, false),
+            ("/etc", FsOp::Read, true, false),
+            ("/database", FsOp::Read, true, false),
+        ];
+        for (path, op, exists, allowed) in cases {
+            let d = p.decide(Path::new(path), *op, *exists);
+            assert_eq!(d.is_allowed(), *allowed, "{path} {op:?}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn hints() {
+        let p = policy();
+        let d = p.decide(Path::new("/data/out.csv"), FsOp::Write, false);
+        assert_eq!(
+            d,
+            FsDecision::Deny {
+                rule: Some("--allow-read=/data".into()),
+                reason: "/data is granted read-only".into(),
+                hint: Some("--allow-write=/data".into())
+            }
+        );
+        let d = p.decide(Path::new("/data/a.csv"), FsOp::Write, true);
+        assert!(matches!(d, FsDecision::Deny { hint: Some(h), .. } if h == "--allow-write=/data/a.csv"));
+        let d = p.decide(Path::new("/etc/passwd"), FsOp::Read, true);
+        assert!(matches!(d, FsDecision::Deny { hint: Some(h), .. } if h == "--allow-read=/etc/passwd"));
+        // A --deny-* is the user's word: no hint overrides it.
+        let d = p.decide(Path::new("/data/secret"), FsOp::Read, true);
+        assert!(matches!(d, FsDecision::Deny { hint: None, .. }));
+    }
+
+    #[test]
+    fn guest_paths() {
+        let cases: &[(&str, &str, &str, bool)] = &[
+            ("/data", "a/b.txt", "/data/a/b.txt", false),
+            ("/data", "./a/../b", "/data/b", false),
+            ("/data", "../etc/passwd", "/etc/passwd", true),
+            ("/data", "a/../../x", "/x", true),
+            ("/data", "/etc", "/etc", true),
+            ("/", "..", "/", true),
+            ("/data", "", "/data", false),
+        ];
+        for (base, rel, want, escaped) in cases {
+            assert_eq!(join_guest_checked(base, rel), (want.to_string(), *escaped), "{base} + {rel}");
+        }
+        assert_eq!(normalize_guest("/a//b/./c/"), "/a/b/c");
+        assert_eq!(strip_guest_prefix("/data/x", "/data"), Some("x"));
+        assert_eq!(strip_guest_prefix("/database", "/data"), None);
+        assert_eq!(strip_guest_prefix("/x", "/"), Some("x"));
+    }
+
+    struct FakeFs;
+    impl PathResolver for FakeFs {
+        fn resolve(&self, path: &Path) -> Result<ResolvedPath, String> {
+            match path.to_str() {
+                Some("/home/u/proj/data") => Ok(ResolvedPath { canonical: "/srv/data".into(), is_dir: true }),
+                Some("/home/u/proj/notes.txt") => Ok(ResolvedPath { canonical: path.into(), is_dir: false }),
+                _ => Err("No such file or directory".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn grant_specs() {
+        let cwd = Path::new("/home/u/proj");
+        let g = resolve_grant("data", Access::Read, cwd, &FakeFs).unwrap();
+        assert_eq!(g.host, Path::new("/srv/data"));
+        assert_eq!(g.guest, "/home/u/proj/data");
+        assert_eq!(g.flag(), "--allow-read=/srv/data::/home/u/proj/data");
+        let g = resolve_grant("./x/../data::/mnt/d/", Access::ReadWrite, cwd, &FakeFs).unwrap();
+        assert_eq!(g.guest, "/mnt/d");
+        let g = resolve_grant("notes.txt", Access::Read, cwd, &FakeFs).unwrap();
+        assert_eq!(g.kind, GrantKind::File);
+        let e = resolve_grant("missing", Access::Read, cwd, &FakeFs).unwrap_err().to_string();
+        assert_eq!(e, r#"invalid path grant "missing": /home/u/proj/missing: No such file or directory"#);
+        assert!(resolve_grant("data::rel", Access::Read, cwd, &FakeFs).is_err());
+        assert!(resolve_grant("data::/a/../b", Access::Read, cwd, &FakeFs).is_err());
+        assert!(resolve_grant("", Access::Read, cwd, &FakeFs).is_err());
+    }
+}

@@ -1,0 +1,57 @@
+//! What a sandboxed program may do: file, network and environment grants,
+//! the denials that win over them, and the limits of a run.
+//!
+//! This crate is pure data and decisions: it never touches the file system or
+//! the network (see `clippy.toml`), so every decision it makes is unit-testable.
+//! The caller resolves host paths (canonicalization needs the file system) and
+//! hands them in through [`PathResolver`].
+
+mod env;
+mod fs;
+mod limits;
+mod net;
+mod raw;
+
+pub use env::{EnvPattern, EnvPolicy};
+pub use fs::{
+    Access, FsDecision, FsGrant, FsOp, FsPolicy, GrantKind, PathResolver, ResolvedPath,
+    join_guest_checked, normalize_guest, strip_guest_prefix,
+};
+pub use limits::{Limits, format_duration, format_size, parse_duration, parse_size};
+pub use net::{
+    AddrClass, HostPattern, ListenRule, NetDecision, NetPolicy, NetRule, PortSpec, classify,
+};
+pub use raw::{RawLimits, RawPolicy};
+
+/// A policy every part of which has been checked: what the sandbox enforces.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub fs: FsPolicy,
+    pub net: NetPolicy,
+    pub env: EnvPolicy,
+    pub limits: Limits,
+}
+
+/// Everything that can be wrong with a policy, from a flag or a policy file.
+/// Each message quotes the input it rejects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("invalid network rule {input:?}: {reason}")]
+    NetRule { input: String, reason: String },
+    #[error("invalid listen rule {input:?}: {reason}")]
+    ListenRule { input: String, reason: String },
+    #[error("invalid environment variable pattern {input:?}: {reason}")]
+    EnvPattern { input: String, reason: String },
+    #[error("invalid --env {input:?}: expected NAME=VALUE")]
+    EnvAssign { input: String },
+    #[error("invalid size {input:?}: {reason}")]
+    Size { input: String, reason: String },
+    #[error("invalid duration {input:?}: {reason}")]
+    Duration { input: String, reason: String },
+    #[error("invalid fuel {input:?}: expected a whole number of instructions or \"none\"")]
+    Fuel { input: String },
+    #[error("invalid path grant {input:?}: {reason}")]
+    Path { input: String, reason: String },
+    #[error("invalid policy file: {0}")]
+    Toml(String),
+}

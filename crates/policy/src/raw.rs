@@ -1,0 +1,343 @@
+//! The policy as typed, in flags or a TOML file, before anything is checked;
+//! and its resolution into a [`Policy`] the sandbox can enforce.
+
+use crate::env::parse_assignment;
+use crate::fs::{Access, FsGrant, PathResolver, normalize_host, resolve_grant};
+use crate::limits::{MAX_MEMORY, format_size};
+use crate::{
+    EnvPattern, EnvPolicy, FsPolicy, Limits, ListenRule, NetPolicy, NetRule, Policy, PolicyError,
+    parse_duration, parse_size,
+};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Grants and limits exactly as given. The same struct reads the command
+/// line and a policy file, so the two cannot drift apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub allow_read: Vec<String>,
+    #[serde(default)]
+    pub allow_write: Vec<String>,
+    #[serde(default)]
+    pub deny_read: Vec<String>,
+    #[serde(default)]
+    pub deny_write: Vec<String>,
+    #[serde(default)]
+    pub allow_net: Vec<String>,
+    #[serde(default)]
+    pub deny_net: Vec<String>,
+    #[serde(default)]
+    pub allow_listen: Vec<String>,
+    #[serde(default)]
+    pub allow_env: Vec<String>,
+    /// Variables set for the guest; on the command line, `--env NAME=VALUE`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawLimits {
+    pub memory: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+    pub fuel: Option<Scalar>,
+    pub max_output: Option<Scalar>,
+}
+
+/// A limit in a policy file may be written `memory = "256M"` or `fuel = 1000`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(u64),
+    Str(String),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Str(s) => s.clone(),
+        }
+    }
+}
+
+impl From<String> for Scalar {
+    fn from(s: String) -> Self {
+        Scalar::Str(s)
+    }
+}
+
+impl RawPolicy {
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        toml::from_str(text).map_err(|e| PolicyError::Toml(e.to_string().trim_end().to_string()))
+    }
+
+    /// Adds one `--env NAME=VALUE`.
+    pub fn add_env_assignment(&mut self, input: &str) -> Result<(), PolicyError> {
+        let (k, v) = parse_assignment(input)?;
+        self.env.insert(k, v);
+        Ok(())
+    }
+
+    /// Makes the relative paths of a policy file relative to its directory,
+    /// as a user who moves the file with its data would expect.
+    pub fn rebase(&mut self, dir: &Path) {
+        for list in [
+            &mut self.allow_read,
+            &mut self.allow_write,
+            &mut self.deny_read,
+            &mut self.deny_write,
+        ] {
+            for spec in list.iter_mut() {
+                if !spec.starts_with('/') && !spec.is_empty() {
+                    *spec = format!("{}", dir.join(&*spec).display());
+                }
+            }
+        }
+    }
+
+    /// Adds `other` on top of `self`: grants add up, and a limit given in
+    /// `other` replaces the one in `self`.
+    pub fn merge(&mut self, other: RawPolicy) {
+        self.allow_read.extend(other.allow_read);
+        self.allow_write.extend(other.allow_write);
+        self.deny_read.extend(other.deny_read);
+        self.deny_write.extend(other.deny_write);
+        self.allow_net.extend(other.allow_net);
+        self.deny_net.extend(other.deny_net);
+        self.allow_listen.extend(other.allow_listen);
+        self.allow_env.extend(other.allow_env);
+        self.env.extend(other.env);
+        let l = other.limits;
+        self.limits.memory = l.memory.or(self.limits.memory.take());
+        self.limits.timeout = l.timeout.or(self.limits.timeout.take());
+        self.limits.fuel = l.fuel.or(self.limits.fuel.take());
+        self.limits.max_output = l.max_output.or(self.limits.max_output.take());
+    }
+
+    /// Checks every rule and resolves every path against `cwd`.
+    pub fn resolve(&self, cwd: &Path, resolver: &dyn PathResolver) -> Result<Policy, PolicyError> {
+        Ok(Policy {
+            fs: self.resolve_fs(cwd, resolver)?,
+            net: NetPolicy {
+                allow: parse_all(&self.allow_net, NetRule::parse)?,
+                deny: parse_all(&self.deny_net, NetRule::parse)?,
+                listen: parse_all(&self.allow_listen, ListenRule::parse)?,
+            },
+            env: EnvPolicy {
+                allow: parse_all(&self.allow_env, EnvPattern::parse)?,
+                set: self
+                    .env
+                    .iter()
+                    .map(|(k, v)| parse_assignment(&format!("{k}={v}")))
+                    .collect::<Result<_, _>>()?,
+            },
+            limits: self.limits.resolve()?,
+        })
+    }
+
+    fn resolve_fs(&self, cwd: &Path, resolver: &dyn PathResolver) -> Result<FsPolicy, PolicyError> {
+        let mut grants: Vec<FsGrant> = Vec::new();
+        let specs = split_all(&self.allow_read)
+            .map(|s| (s, Access::Read))
+            .chain(split_all(&self.allow_write).map(|s| (s, Access::ReadWrite)));
+        for (spec, access) in specs {
+            let g = resolve_grant(spec, access, cwd, resolver)?;
+            if let Some(same) = grants.iter_mut().find(|o| o.guest == g.guest) {
+                if same.host != g.host {
+                    return Err(PolicyError::Path {
+                        input: spec.to_string(),
+                        reason: format!(
+                            "{} is already granted from {}; choose another guest path with HOST::GUEST",
+                            g.guest,
+                            same.host.display()
+                        ),
+                    });
+                }
+                // The same path granted twice: the wider access was asked for.
+                same.access = same.access.max(g.access);
+                continue;
+            }
+            grants.push(g);
+        }
+        let deny = |list: &[String]| -> Vec<PathBuf> {
+            split_all(list)
+                .map(|s| {
+                    let abs = normalize_host(&cwd.join(s));
+                    // A denied path that does not exist yet is still denied.
+                    resolver.resolve(&abs).map(|r| r.canonical).unwrap_or(abs)
+                })
+                .collect()
+        };
+        Ok(FsPolicy {
+            grants,
+            deny_read: deny(&self.deny_read),
+            deny_write: deny(&self.deny_write),
+        })
+    }
+}
+
+impl RawLimits {
+    fn resolve(&self) -> Result<Limits, PolicyError> {
+        let mut limits = Limits::default();
+        if let Some(m) = &self.memory {
+            let text = m.text();
+            let bytes = parse_size(&text)?;
+            if bytes == 0 || bytes > MAX_MEMORY {
+                return Err(PolicyError::Size {
+                    input: text,
+                    reason: format!(
+                        "memory must be more than 0 and at most {} (what 32-bit WebAssembly can address)",
+                        format_size(MAX_MEMORY)
+                    ),
+                });
+            }
+            limits.memory = bytes;
+        }
+        if let Some(t) = &self.timeout {
+            limits.timeout = match t.text().as_str() {
+                "none" => None,
+                s => Some(parse_duration(s)?),
+            };
+        }
+        if let Some(f) = &self.fuel {
+            let text = f.text();
+            limits.fuel = match text.as_str() {
+                "none" => None,
+                s => match s.replace('_', "").parse::<u64>() {
+                    Ok(n) if n > 0 => Some(n),
+                    _ => return Err(PolicyError::Fuel { input: text }),
+                },
+            };
+        }
+        if let Some(o) = &self.max_output {
+            limits.max_output = match o.text().as_str() {
+                "none" => None,
+                s => Some(parse_size(s)?),
+            };
+        }
+        Ok(limits)
+    }
+}
+
+/// Flags take comma-separated lists (`--allow-read=a,b`).
+fn split_all(list: &[String]) -> impl Iterator<Item = &str> {
+    list.iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn parse_all<T>(
+    list: &[String],
+    parse: impl Fn(&str) -> Result<T, PolicyError>,
+) -> Result<Vec<T>, PolicyError> {
+    split_all(list).map(parse).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{GrantKind, ResolvedPath};
+
+    struct Fs;
+    impl PathResolver for Fs {
+        fn resolve(&self, path: &Path) -> Result<ResolvedPath, String> {
+            if path.starts_with("/missing") {
+                return Err("No such file or directory".into());
+            }
+            Ok(ResolvedPath { canonical: path.into(), is_dir: !path.to_string_lossy().ends_with(".txt") })
+        }
+    }
+
+    #[test]
+    fn toml_reads_everything() {
+        let raw = RawPolicy::from_toml(
+            r#"
+            allow-read = ["/data", "notes.txt"]
+            allow-write = ["/out"]
+            deny-read = ["/data/secret"]
+            allow-net = ["example.com:443"]
+            allow-listen = ["8080"]
+            allow-env = ["HOME", "APP_*"]
+            [env]
+            MODE = "test"
+            [limits]
+            memory = "256M"
+            timeout = "30s"
+            fuel = 1000000
+            max-output = "1M"
+            "#,
+        )
+        .unwrap();
+        let p = raw.resolve(Path::new("/home/u"), &Fs).unwrap();
+        assert_eq!(p.fs.grants.len(), 3);
+        assert_eq!(p.fs.grants[1].kind, GrantKind::File);
+        assert_eq!(p.fs.grants[1].host, Path::new("/home/u/notes.txt"));
+        assert_eq!(p.fs.grants[2].access, Access::ReadWrite);
+        assert_eq!(p.net.allow[0].to_string(), "example.com:443");
+        assert_eq!(p.env.set, vec![("MODE".to_string(), "test".to_string())]);
+        assert_eq!(p.limits.memory, 256 << 20);
+        assert_eq!(p.limits.fuel, Some(1_000_000));
+        assert_eq!(p.limits.max_output, Some(1 << 20));
+    }
+
+    #[test]
+    fn toml_errors_are_clear() {
+        let e = RawPolicy::from_toml("allow-reed = [\"/x\"]").unwrap_err().to_string();
+        assert!(e.contains("unknown field `allow-reed`"), "{e}");
+        let e = RawPolicy::from_toml("allow-read = ").unwrap_err().to_string();
+        assert!(e.starts_with("invalid policy file: "), "{e}");
+        let e = RawPolicy::from_toml("[limits]\nmemroy = 1").unwrap_err().to_string();
+        assert!(e.contains("unknown field `memroy`"), "{e}");
+    }
+
+    #[test]
+    fn flags_add_to_the_file_and_override_its_limits() {
+        let mut file = RawPolicy::from_toml("allow-net = [\"a.com\"]\n[limits]\nmemory = \"1G\"\ntimeout = \"5s\"").unwrap();
+        let flags = RawPolicy {
+            allow_net: vec!["b.com,c.com".into()],
+            limits: RawLimits { memory: Some("64M".to_string().into()), ..Default::default() },
+            ..Default::default()
+        };
+        file.merge(flags);
+        let p = file.resolve(Path::new("/"), &Fs).unwrap();
+        assert_eq!(p.net.allow.len(), 3);
+        assert_eq!(p.limits.memory, 64 << 20);
+        assert_eq!(p.limits.timeout, Some(std::time::Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn limit_values() {
+        let lim = |m: &str| RawLimits { memory: Some(m.to_string().into()), ..Default::default() }.resolve();
+        assert!(lim("lots").is_err());
+        assert!(lim("0").is_err());
+        assert!(lim("5G").is_err());
+        assert!(lim("4G").is_ok());
+        let t = RawLimits { timeout: Some("none".to_string().into()), fuel: Some(Scalar::Int(0)), ..Default::default() };
+        assert!(t.resolve().is_err());
+        let t = RawLimits { timeout: Some("none".to_string().into()), ..Default::default() };
+        assert_eq!(t.resolve().unwrap().timeout, None);
+        assert_eq!(Limits::default().memory, 1 << 30);
+    }
+
+    #[test]
+    fn rebase_and_duplicates() {
+        let mut raw = RawPolicy { allow_read: vec!["data".into(), "/abs".into()], ..Default::default() };
+        raw.rebase(Path::new("/etc/capsa"));
+        assert_eq!(raw.allow_read, vec!["/etc/capsa/data".to_string(), "/abs".to_string()]);
+        let raw = RawPolicy { allow_read: vec!["/a".into()], allow_write: vec!["/a".into()], ..Default::default() };
+        let p = raw.resolve(Path::new("/"), &Fs).unwrap();
+        assert_eq!(p.fs.grants.len(), 1);
+        assert_eq!(p.fs.grants[0].access, Access::ReadWrite);
+        let raw = RawPolicy { allow_read: vec!["/a::/m".into(), "/b::/m".into()], ..Default::default() };
+        assert!(raw.resolve(Path::new("/"), &Fs).is_err());
+        let raw = RawPolicy { allow_read: vec!["/missing/x".into()], ..Default::default() };
+        assert!(raw.resolve(Path::new("/"), &Fs).is_err());
+    }
+}
