@@ -1,1 +1,440 @@
-//! placeholder
+//! The wasmtime host: an engine, a store with a WASI context built from a
+//! resolved [`Policy`], the limits of a run, and the report of every
+//! capability decision.
+//!
+//! Every program runs as a WASI 0.2 component: a preview 1 module is wrapped
+//! in the standard adapter first (see [`load`]), so one implementation of
+//! WASI, with one set of checks in front of it, serves both.
+
+mod fs_guard;
+pub mod load;
+mod net_guard;
+mod output;
+pub mod report;
+
+use capsa_policy::{Access, GrantKind, Policy, format_duration, format_size};
+use fs_guard::{FsTracker, GuardedFs, GuardedFsData, Preopen};
+use net_guard::{GuardedLookup, GuardedLookupData, LookupTracker};
+use output::{LimitedOutput, OutputBudget, Which};
+use report::{AuditSink, Decision, Kind, Reporter};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::filesystem::WasiFilesystemView;
+use wasmtime_wasi::sockets::WasiSocketsView;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+pub use load::{CodeCache, LoadError};
+
+/// capsa's own exit codes. The guest's own code passes through unchanged;
+/// these are chosen to match what shells and tools already mean by them.
+pub mod exit {
+    /// Bad flags, policy or bundle (as `docker run` uses 125).
+    pub const USAGE: i32 = 125;
+    /// The program cannot be loaded (as a shell's "cannot execute").
+    pub const LOAD: i32 = 126;
+    /// The wall-clock limit was reached (as `timeout(1)`).
+    pub const TIMEOUT: i32 = 124;
+    /// Memory, fuel or output limit reached (as a process the OOM killer ended: 128+9).
+    pub const LIMIT: i32 = 137;
+    /// The guest crashed: a WebAssembly trap (as a native abort: 128+6).
+    pub const TRAP: i32 = 134;
+    /// capsa itself failed (an I/O error on the host side).
+    pub const INTERNAL: i32 = 70;
+}
+
+/// Everything the checks in front of WASI share for one run.
+pub struct Guard {
+    pub policy: Policy,
+    pub reporter: Reporter,
+    preopens: Vec<Preopen>,
+    /// Addresses the host resolved for granted names in this run.
+    resolved: Mutex<HashMap<IpAddr, Vec<String>>>,
+}
+
+/// What to run, and how.
+pub struct RunConfig {
+    pub program: PathBuf,
+    /// `argv[0]` as the guest sees it.
+    pub argv0: String,
+    pub args: Vec<String>,
+    pub policy: Policy,
+    /// The guest's working directory (capsa's own, by default).
+    pub cwd: Option<String>,
+    pub quiet: bool,
+    pub audit: Option<AuditSink>,
+    pub cache: Option<CodeCache>,
+}
+
+/// How a run ended, when capsa itself did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest exited with this code.
+    Exited(i32),
+    /// A limit ended the run; the message names it and the flag that raises it.
+    Limit { code: i32, message: String },
+    /// The guest crashed.
+    Trapped(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Load(_) => exit::LOAD,
+            RunError::Setup(_) => exit::INTERNAL,
+        }
+    }
+}
+
+struct WasiState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for WasiState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+struct HostState {
+    wasi: WasiState,
+    fs: FsTracker,
+    lookups: LookupTracker,
+    guard: Arc<Guard>,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.wasi.ctx()
+    }
+}
+
+/// Caps each linear memory at `--memory` and remembers that the guest hit it,
+/// so the crash that usually follows is reported as the limit it is.
+struct MemoryLimiter {
+    memory: u64,
+    hit: bool,
+}
+
+/// Table elements a guest may hold; a table bomb costs host memory too.
+const MAX_TABLE_ELEMENTS: usize = 4 << 20;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = desired as u64 <= self.memory;
+        self.hit |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = desired <= MAX_TABLE_ELEMENTS;
+        self.hit |= !ok;
+        Ok(ok)
+    }
+}
+
+fn engine(policy: &Policy) -> Result<Engine, RunError> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.consume_fuel(policy.limits.fuel.is_some());
+    Engine::new(&config).map_err(|e| RunError::Setup(format!("cannot start the engine: {e:#}")))
+}
+
+/// One preopen per granted directory, and one per directory holding granted
+/// files, which shows only those files.
+fn preopens(policy: &Policy) -> Result<Vec<Preopen>, RunError> {
+    let mut out: Vec<Preopen> = Vec::new();
+    for g in &policy.fs.grants {
+        let (host, guest, name) = match g.kind {
+            GrantKind::Dir => (g.host.clone(), g.guest.clone(), None),
+            GrantKind::File => {
+                let host = g.host.parent().map(PathBuf::from).unwrap_or_else(|| "/".into());
+                let (dir, name) = g.guest.rsplit_once('/').unwrap_or(("", &g.guest));
+                let dir = if dir.is_empty() { "/".to_string() } else { dir.to_string() };
+                (host, dir, Some(name.to_string()))
+            }
+        };
+        let writable = g.access == Access::ReadWrite;
+        if let Some(p) = out.iter_mut().find(|p| p.guest == guest) {
+            if p.host != host {
+                return Err(RunError::Setup(format!(
+                    "{} and {} would both appear at {guest} in the guest; choose another guest path with HOST::GUEST",
+                    p.host.display(),
+                    host.display()
+                )));
+            }
+            // The checks in front of WASI keep each grant to its own access.
+            p.writable |= writable;
+            p.only = match (p.only.take(), name) {
+                (Some(mut names), Some(n)) => {
+                    names.push(n);
+                    Some(names)
+                }
+                _ => None,
+            };
+            continue;
+        }
+        out.push(Preopen { host, guest, writable, only: name.map(|n| vec![n]) });
+    }
+    Ok(out)
+}
+
+/// Runs one program to its end under `config.policy`.
+pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
+    let engine = engine(&config.policy)?;
+    let (component_bytes, digest) = load::read_program(&config.program)?;
+    let component = match &config.cache {
+        Some(cache) => cache.load(&engine, &digest, &component_bytes, &config.program)?,
+        None => wasmtime::component::Component::new(&engine, &component_bytes).map_err(|e| LoadError::Invalid {
+            path: config.program.clone(),
+            msg: format!("{e:#}"),
+        })?,
+    };
+    check_world(&engine, &component, &config.program)?;
+
+    let limits = config.policy.limits;
+    let preopens = preopens(&config.policy)?;
+    let guard = Arc::new(Guard {
+        reporter: Reporter::new(config.quiet, config.audit),
+        policy: config.policy,
+        preopens,
+        resolved: Mutex::new(HashMap::new()),
+    });
+
+    let budget = OutputBudget::new(limits.max_output);
+    let mut b = WasiCtxBuilder::new();
+    b.inherit_stdin()
+        .stdout(LimitedOutput::new(Which::Stdout, budget.clone()))
+        .stderr(LimitedOutput::new(Which::Stderr, budget.clone()))
+        .arg(&config.argv0)
+        .args(&config.args)
+        .allow_ip_name_lookup(true)
+        .allow_tcp(true)
+        .allow_udp(true);
+    let check_guard = guard.clone();
+    b.socket_addr_check(move |addr, usage| {
+        let ok = net_guard::check_addr(&check_guard, addr, usage);
+        Box::pin(async move { ok })
+    });
+    for (k, v) in guest_env(&guard) {
+        b.env(k, v);
+    }
+    if let Some(cwd) = &config.cwd {
+        b.initial_cwd(cwd);
+    }
+    for p in &guard.preopens {
+        let perms = if p.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+        b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| {
+            RunError::Setup(format!("cannot open granted directory {}: {e:#}", p.host.display()))
+        })?;
+    }
+
+    let mut linker = Linker::<HostState>::new(&engine);
+    link(&mut linker).map_err(|e| RunError::Setup(format!("cannot set up WASI: {e:#}")))?;
+
+    let mut store = Store::new(
+        &engine,
+        HostState {
+            wasi: WasiState { ctx: b.build(), table: ResourceTable::new() },
+            fs: FsTracker::default(),
+            lookups: LookupTracker::default(),
+            guard: guard.clone(),
+            limiter: MemoryLimiter { memory: limits.memory, hit: false },
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    if let Some(fuel) = limits.fuel {
+        store
+            .set_fuel(fuel)
+            .map_err(|e| RunError::Setup(format!("cannot set fuel: {e:#}")))?;
+    }
+    let finished = Arc::new(AtomicBool::new(false));
+    match limits.timeout {
+        Some(t) => {
+            store.set_epoch_deadline(ticks(t));
+            store.epoch_deadline_trap();
+            start_timers(&engine, t, finished.clone(), guard.clone());
+        }
+        None => store.set_epoch_deadline(u64::MAX),
+    }
+
+    let result = linker
+        .instantiate(&mut store, &component)
+        .and_then(|instance| {
+            let command = wasmtime_wasi::p2::bindings::sync::Command::new(&mut store, &instance)?;
+            command.wasi_cli_run().call_run(&mut store)
+        });
+    finished.store(true, Ordering::SeqCst);
+    let outcome = outcome(result, &store, &budget, &limits);
+    if let Outcome::Limit { message, .. } = &outcome {
+        guard.reporter.record(&Decision {
+            kind: Kind::Limit,
+            op: "exceed",
+            target: message,
+            allowed: false,
+            rule: None,
+            reason: None,
+            hint: None,
+        });
+    }
+    guard.reporter.flush();
+    Ok(outcome)
+}
+
+fn guest_env(guard: &Guard) -> Vec<(String, String)> {
+    let host = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let env = guard.policy.env.guest_env(host);
+    for pattern in &guard.policy.env.allow {
+        // Which grants found a value: the guest cannot be watched reading
+        // its own environment, so this is the one decision there is to audit.
+        let found: Vec<&str> = env.iter().filter(|(k, _)| pattern.matches(k)).map(|(k, _)| k.as_str()).collect();
+        let rule = format!("--allow-env={pattern}");
+        for name in if found.is_empty() { vec![""] } else { found } {
+            guard.reporter.record(&Decision {
+                kind: Kind::Env,
+                op: if name.is_empty() { "pass (unset)" } else { "pass" },
+                target: if name.is_empty() { &rule[12..] } else { name },
+                allowed: true,
+                rule: Some(&rule),
+                reason: None,
+                hint: None,
+            });
+        }
+    }
+    env
+}
+
+fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::bindings::{filesystem::preopens, sockets::ip_name_lookup, sync::filesystem::types};
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    // Replace the file system and name lookup with the guarded versions.
+    linker.allow_shadowing(true);
+    fn fs(s: &mut HostState) -> GuardedFs<'_> {
+        GuardedFs { inner: s.wasi.filesystem(), tracker: &mut s.fs, guard: &s.guard }
+    }
+    fn lookup(s: &mut HostState) -> GuardedLookup<'_> {
+        GuardedLookup { inner: s.wasi.sockets(), tracker: &mut s.lookups, guard: &s.guard }
+    }
+    types::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
+    preopens::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
+    ip_name_lookup::add_to_linker::<HostState, GuardedLookupData>(linker, lookup)?;
+    Ok(())
+}
+
+/// The component must be a `wasi:cli/command`: it exports `wasi:cli/run`.
+fn check_world(engine: &Engine, component: &wasmtime::component::Component, path: &std::path::Path) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    if ty.exports(engine).any(|(name, _)| name.starts_with("wasi:cli/run@0.2")) {
+        return Ok(());
+    }
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    Err(LoadError::NotCommand {
+        path: path.into(),
+        msg: format!(
+            "a component must export wasi:cli/run@0.2 to be run; this one exports {}",
+            if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+        ),
+    })
+}
+
+const TICK: Duration = Duration::from_millis(10);
+
+fn ticks(t: Duration) -> u64 {
+    (t.as_millis() / TICK.as_millis()).max(1) as u64
+}
+
+/// The epoch ticker that interrupts running WebAssembly at the deadline, and
+/// a watchdog for a guest stuck in a host call (a read, a sleep), which the
+/// epoch cannot interrupt.
+fn start_timers(engine: &Engine, timeout: Duration, finished: Arc<AtomicBool>, guard: Arc<Guard>) {
+    let engine = engine.clone();
+    let done = finished.clone();
+    std::thread::spawn(move || {
+        while !done.load(Ordering::SeqCst) {
+            std::thread::sleep(TICK);
+            engine.increment_epoch();
+        }
+    });
+    std::thread::spawn(move || {
+        let grace = Duration::from_millis(500);
+        std::thread::sleep(timeout + grace);
+        if !finished.load(Ordering::SeqCst) {
+            let message = timeout_message(timeout);
+            guard.reporter.record(&Decision {
+                kind: Kind::Limit,
+                op: "exceed",
+                target: &message,
+                allowed: false,
+                rule: None,
+                reason: None,
+                hint: None,
+            });
+            guard.reporter.flush();
+            eprintln!("capsa: {message}");
+            std::process::exit(exit::TIMEOUT);
+        }
+    });
+}
+
+fn timeout_message(t: Duration) -> String {
+    format!("time limit of {} reached; raise it with --timeout=DURATION", format_duration(t))
+}
+
+fn outcome(
+    result: wasmtime::Result<Result<(), ()>>,
+    store: &Store<HostState>,
+    budget: &OutputBudget,
+    limits: &capsa_policy::Limits,
+) -> Outcome {
+    let err = match result {
+        Ok(Ok(())) => return Outcome::Exited(0),
+        Ok(Err(())) => return Outcome::Exited(1),
+        Err(e) => e,
+    };
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return Outcome::Exited(exit.0);
+    }
+    let limit = |message: String| Outcome::Limit { code: exit::LIMIT, message };
+    if budget.was_hit() {
+        let max = limits.max_output.map(format_size).unwrap_or_default();
+        return limit(format!("output limit of {max} reached; raise it with --max-output=SIZE"));
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => {
+            let t = limits.timeout.unwrap_or_default();
+            return Outcome::Limit { code: exit::TIMEOUT, message: timeout_message(t) };
+        }
+        Some(Trap::OutOfFuel) => {
+            let fuel = limits.fuel.unwrap_or_default();
+            return limit(format!("fuel limit of {fuel} reached; raise it with --fuel=N"));
+        }
+        _ => {}
+    }
+    if store.data().limiter.hit {
+        return limit(format!(
+            "memory limit of {} reached; raise it with --memory=SIZE",
+            format_size(limits.memory)
+        ));
+    }
+    let msg = match err.downcast_ref::<Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => format!("{err:#}"),
+    };
+    Outcome::Trapped(msg.lines().next().unwrap_or_default().to_string())
+}

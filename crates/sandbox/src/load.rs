@@ -1,0 +1,251 @@
+//! Turning a file into a component the engine can run: telling a core module
+//! from a component from text, adapting WASI preview 1 modules to preview 2,
+//! and the per-machine cache of compiled code.
+
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Why a program cannot be run; each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("program not found: {0}")]
+    NotFound(PathBuf),
+    #[error("{0} is a directory, not a program")]
+    IsDirectory(PathBuf),
+    #[error("cannot read {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("{0} is not a WebAssembly program (no \\0asm header, and not WebAssembly text)")]
+    NotWasm(PathBuf),
+    #[error("{path} is not valid WebAssembly text: {msg}")]
+    BadText { path: PathBuf, msg: String },
+    #[error("{path} is not a valid WebAssembly program: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+    #[error("{path} imports {import}, which capsa does not provide (capsa provides WASI preview 1 and WASI 0.2)")]
+    UnknownImport { path: PathBuf, import: String },
+    #[error("{path} is not a WASI command: {msg}")]
+    NotCommand { path: PathBuf, msg: String },
+}
+
+/// The kind of binary, from the header's layer field.
+enum Binary {
+    Module,
+    Component,
+}
+
+fn kind_of(bytes: &[u8]) -> Option<Binary> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return None;
+    }
+    // Bytes 6..8 are the layer: 0 for a core module, 1 for a component.
+    match [bytes[6], bytes[7]] {
+        [0, 0] => Some(Binary::Module),
+        [1, 0] => Some(Binary::Component),
+        _ => None,
+    }
+}
+
+/// Reads `path` and returns the component bytes to compile, and a digest of
+/// the file as given (the cache key).
+pub fn read_program(path: &Path) -> Result<(Vec<u8>, [u8; 32]), LoadError> {
+    let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NotFound(path.into()),
+        _ => LoadError::Read { path: path.into(), err },
+    })?;
+    if meta.is_dir() {
+        return Err(LoadError::IsDirectory(path.into()));
+    }
+    let bytes = std::fs::read(path).map_err(|err| LoadError::Read { path: path.into(), err })?;
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let binary = if bytes.starts_with(b"\0asm") {
+        bytes
+    } else if std::str::from_utf8(&bytes).is_ok_and(|s| s.trim_start().starts_with('(')) {
+        wat::parse_bytes(&bytes)
+            .map_err(|e| LoadError::BadText { path: path.into(), msg: e.to_string() })?
+            .into_owned()
+    } else {
+        return Err(LoadError::NotWasm(path.into()));
+    };
+    let component = match kind_of(&binary) {
+        Some(Binary::Component) => binary,
+        Some(Binary::Module) => adapt_module(path, &binary)?,
+        None => {
+            return Err(LoadError::Invalid {
+                path: path.into(),
+                msg: "unsupported WebAssembly version in the header".into(),
+            });
+        }
+    };
+    Ok((component, digest))
+}
+
+/// Wraps a WASI preview 1 module in the preview 1 → 0.2 adapter, so that one
+/// host implementation (and one set of checks) serves both kinds.
+fn adapt_module(path: &Path, module: &[u8]) -> Result<Vec<u8>, LoadError> {
+    let invalid = |msg: String| LoadError::Invalid { path: path.into(), msg };
+    wasmparser::Validator::new()
+        .validate_all(module)
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut has_start = false;
+    for payload in wasmparser::Parser::new(0).parse_all(module) {
+        match payload.map_err(|e| invalid(e.to_string()))? {
+            wasmparser::Payload::ImportSection(reader) => {
+                for imp in reader.into_imports() {
+                    let imp = imp.map_err(|e| invalid(e.to_string()))?;
+                    if imp.module != "wasi_snapshot_preview1" {
+                        return Err(LoadError::UnknownImport {
+                            path: path.into(),
+                            import: format!("{}::{}", imp.module, imp.name),
+                        });
+                    }
+                }
+            }
+            wasmparser::Payload::ExportSection(reader) => {
+                for exp in reader {
+                    if exp.map_err(|e| invalid(e.to_string()))?.name == "_start" {
+                        has_start = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !has_start {
+        return Err(LoadError::NotCommand {
+            path: path.into(),
+            msg: "the module exports no _start function".into(),
+        });
+    }
+    wit_component::ComponentEncoder::default()
+        .module(module)
+        .and_then(|e| {
+            e.adapter(
+                "wasi_snapshot_preview1",
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+            )
+        })
+        .and_then(|e| e.validate(true).encode())
+        .map_err(|e| {
+            // wit-component names an unknown WASI function in its chain.
+            let msg = format!("{e:#}");
+            match msg.find("wasi_snapshot_preview1") {
+                Some(_) if msg.contains("not defined") || msg.contains("unknown") => {
+                    LoadError::UnknownImport { path: path.into(), import: msg }
+                }
+                _ => invalid(msg),
+            }
+        })
+}
+
+/// Compiled code, cached per machine under `dir`, keyed by the program's
+/// digest and everything about the engine that changes the code.
+pub struct CodeCache {
+    dir: PathBuf,
+}
+
+impl CodeCache {
+    pub fn new(dir: PathBuf) -> Self {
+        CodeCache { dir }
+    }
+
+    /// The default location: `$CAPSA_CACHE_DIR`, else `$XDG_CACHE_HOME/capsa`,
+    /// else `~/.cache/capsa`.
+    pub fn default_dir() -> Option<PathBuf> {
+        if let Some(d) = std::env::var_os("CAPSA_CACHE_DIR") {
+            return Some(d.into());
+        }
+        if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+            return Some(Path::new(&d).join("capsa"));
+        }
+        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache").join("capsa"))
+    }
+
+    fn entry(&self, engine: &Engine, digest: &[u8; 32]) -> PathBuf {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let mut key = Sha256::new();
+        key.update(digest);
+        key.update(h.finish().to_le_bytes());
+        key.update(env!("CARGO_PKG_VERSION").as_bytes());
+        let hex: String = key.finalize()[..20].iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join("code").join(format!("{hex}.cwasm"))
+    }
+
+    /// Loads compiled code for `digest`, compiling `component` on a miss.
+    pub fn load(&self, engine: &Engine, digest: &[u8; 32], component: &[u8], path: &Path) -> Result<Component, LoadError> {
+        let entry = self.entry(engine, digest);
+        if trusted(&entry) {
+            // SAFETY: `trusted` checked that the file lies in a directory only
+            // this user can write and was written by this user, which here
+            // means by capsa through `store` below; wasmtime also checks the
+            // header against this engine's version and configuration.
+            if let Ok(c) = unsafe { Component::deserialize_file(engine, &entry) } {
+                return Ok(c);
+            }
+            // Corrupt or from another engine: rebuilt below.
+            let _ = std::fs::remove_file(&entry);
+        }
+        let compiled = engine
+            .precompile_component(component)
+            .map_err(|e| LoadError::Invalid { path: path.into(), msg: format!("{e:#}") })?;
+        // A cache that cannot be written only costs speed.
+        let _ = store(&entry, &compiled);
+        // SAFETY: these bytes were produced by `precompile_component` on this
+        // same engine a moment ago.
+        unsafe { Component::deserialize(engine, &compiled) }
+            .map_err(|e| LoadError::Invalid { path: path.into(), msg: format!("{e:#}") })
+    }
+}
+
+/// A cache file is used only if it and its directory belong to this user and
+/// nobody else can write them.
+fn trusted(entry: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc_geteuid() };
+        let ok = |p: &Path| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.uid() == uid && m.mode() & 0o022 == 0 && !m.file_type().is_symlink())
+        };
+        ok(entry) && entry.parent().is_some_and(ok)
+    }
+    #[cfg(not(unix))]
+    {
+        entry.is_file()
+    }
+}
+
+#[cfg(unix)]
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Writes `bytes` to `entry` atomically: a reader sees the whole file or none.
+fn store(entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = entry.parent().ok_or_else(|| std::io::Error::other("no parent"))?;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        entry.file_name().and_then(|n| n.to_str()).unwrap_or("entry")
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, entry)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

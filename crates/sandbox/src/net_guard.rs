@@ -1,0 +1,166 @@
+//! The network as the guest sees it: every connect, send, bind and listen
+//! goes through `socket_addr_check`, and every name lookup through a check
+//! in front of wasmtime-wasi's resolver.
+//!
+//! Names are granted, but sockets only ever see addresses. So the host does
+//! the lookup for a granted name, and the addresses it got back become
+//! connectable for that name in this run: the guest cannot claim that an
+//! address it picked belongs to a granted name.
+
+use crate::Guard;
+use crate::report::{Decision, Kind};
+use capsa_policy::NetDecision;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use wasmtime::component::{HasData, Resource};
+use wasmtime_wasi::p2::SocketError;
+use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressStream};
+use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, Network};
+use wasmtime_wasi::p2::DynPollable;
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
+
+/// The check wasmtime-wasi calls for every socket address the guest uses.
+pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) -> bool {
+    let net = &guard.policy.net;
+    let (verb, decision) = match usage {
+        SocketAddrUse::TcpConnect => ("connect to", connect_decision(guard, addr)),
+        SocketAddrUse::UdpSend => ("send to", connect_decision(guard, addr)),
+        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => ("bind to", net.decide_bind(addr)),
+        SocketAddrUse::TcpListen => ("listen on", net.decide_listen(addr)),
+        // The socket is already listening with the user's grant.
+        SocketAddrUse::TcpAccept => return true,
+        // Replies to what the guest may send to, or anything on a granted port.
+        SocketAddrUse::UdpReceive => {
+            return connect_decision(guard, addr).is_allowed() || !net.listen.is_empty();
+        }
+    };
+    let target = addr.to_string();
+    record(guard, Kind::Net, verb, &target, &decision);
+    decision.is_allowed()
+}
+
+fn connect_decision(guard: &Guard, addr: SocketAddr) -> NetDecision {
+    let names = guard
+        .resolved
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&addr.ip())
+        .cloned()
+        .unwrap_or_default();
+    guard.policy.net.decide_connect(addr.ip(), addr.port(), &names)
+}
+
+fn record(guard: &Guard, kind: Kind, verb: &str, target: &str, d: &NetDecision) {
+    let decision = match d {
+        NetDecision::Allow { rule } => Decision {
+            kind,
+            op: verb,
+            target,
+            allowed: true,
+            rule: Some(rule),
+            reason: None,
+            hint: None,
+        },
+        NetDecision::Deny { rule, reason, hint } => Decision {
+            kind,
+            op: verb,
+            target,
+            allowed: false,
+            rule: rule.as_deref(),
+            reason: Some(reason),
+            hint: hint.as_deref(),
+        },
+    };
+    guard.reporter.record(&decision);
+}
+
+/// Lookups in flight: stream → the granted name it resolves.
+#[derive(Default)]
+pub struct LookupTracker {
+    streams: HashMap<u32, String>,
+}
+
+pub struct GuardedLookup<'a> {
+    pub inner: WasiSocketsCtxView<'a>,
+    pub tracker: &'a mut LookupTracker,
+    pub guard: &'a Guard,
+}
+
+pub struct GuardedLookupData;
+
+impl HasData for GuardedLookupData {
+    type Data<'a> = GuardedLookup<'a>;
+}
+
+impl ip_name_lookup::Host for GuardedLookup<'_> {
+    fn resolve_addresses(
+        &mut self,
+        network: Resource<Network>,
+        name: String,
+    ) -> Result<Resource<ResolveAddressStream>, SocketError> {
+        // An address literal needs no lookup; the connect check decides.
+        let literal = name.parse::<IpAddr>().is_ok()
+            || name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).is_some_and(|n| n.parse::<IpAddr>().is_ok());
+        if !literal {
+            let d = self.guard.policy.net.decide_lookup(&name);
+            record(self.guard, Kind::Dns, "look up", &name, &d);
+            if !d.is_allowed() {
+                // The same error a name that does not exist gives.
+                return Err(ErrorCode::NameUnresolvable.into());
+            }
+        }
+        let stream = ip_name_lookup::Host::resolve_addresses(&mut self.inner, network, name.clone())?;
+        if !literal {
+            self.tracker.streams.insert(stream.rep(), name.trim_end_matches('.').to_ascii_lowercase());
+        }
+        Ok(stream)
+    }
+}
+
+impl ip_name_lookup::HostResolveAddressStream for GuardedLookup<'_> {
+    fn resolve_next_address(&mut self, stream: Resource<ResolveAddressStream>) -> Result<Option<IpAddress>, SocketError> {
+        let name = self.tracker.streams.get(&stream.rep()).cloned();
+        let next = ip_name_lookup::HostResolveAddressStream::resolve_next_address(&mut self.inner, stream)?;
+        if let (Some(addr), Some(name)) = (&next, name) {
+            let ip = match *addr {
+                IpAddress::Ipv4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
+                IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::from([a, b, c, d, e, f, g, h]),
+            };
+            let mut resolved = self.guard.resolved.lock().unwrap_or_else(|e| e.into_inner());
+            let names = resolved.entry(ip).or_default();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Ok(next)
+    }
+
+    fn subscribe(&mut self, stream: Resource<ResolveAddressStream>) -> wasmtime::Result<Resource<DynPollable>> {
+        ip_name_lookup::HostResolveAddressStream::subscribe(&mut self.inner, stream)
+    }
+
+    fn drop(&mut self, stream: Resource<ResolveAddressStream>) -> wasmtime::Result<()> {
+        self.tracker.streams.remove(&stream.rep());
+        ip_name_lookup::HostResolveAddressStream::drop(&mut self.inner, stream)
+    }
+}
+
+impl network::Host for GuardedLookup<'_> {
+    fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
+        network::Host::convert_error_code(&mut self.inner, error)
+    }
+
+    fn network_error_code(
+        &mut self,
+        err: Resource<wasmtime_wasi::p2::bindings::sockets::network::Error>,
+    ) -> wasmtime::Result<Option<ErrorCode>> {
+        network::Host::network_error_code(&mut self.inner, err)
+    }
+}
+
+impl network::HostNetwork for GuardedLookup<'_> {
+    fn drop(&mut self, this: Resource<Network>) -> wasmtime::Result<()> {
+        network::HostNetwork::drop(&mut self.inner, this)
+    }
+}

@@ -1,0 +1,162 @@
+//! The guest's stdout and stderr, capped together at `--max-output` bytes so
+//! a flood cannot fill the disk a user redirected output to.
+
+use bytes::Bytes;
+use std::io::{IsTerminal, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use wasmtime_wasi::cli::{IsTerminal as WasiIsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+
+/// Bytes left for stdout and stderr together.
+pub struct OutputBudget {
+    remaining: Option<AtomicU64>,
+    hit: AtomicBool,
+}
+
+impl OutputBudget {
+    pub fn new(limit: Option<u64>) -> Arc<Self> {
+        Arc::new(OutputBudget {
+            remaining: limit.map(AtomicU64::new),
+            hit: AtomicBool::new(false),
+        })
+    }
+
+    pub fn was_hit(&self) -> bool {
+        self.hit.load(Ordering::SeqCst)
+    }
+
+    /// Takes up to `want` bytes from the budget; returns how many may go out.
+    fn take(&self, want: usize) -> usize {
+        let Some(rem) = &self.remaining else {
+            return want;
+        };
+        let mut cur = rem.load(Ordering::SeqCst);
+        loop {
+            let n = cur.min(want as u64);
+            match rem.compare_exchange(cur, cur - n, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => {
+                    if (n as usize) < want {
+                        self.hit.store(true, Ordering::SeqCst);
+                    }
+                    return n as usize;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub enum Which {
+    Stdout,
+    Stderr,
+}
+
+/// One of the host's standard streams, behind the shared budget.
+#[derive(Clone)]
+pub struct LimitedOutput {
+    which: Which,
+    budget: Arc<OutputBudget>,
+}
+
+impl LimitedOutput {
+    pub fn new(which: Which, budget: Arc<OutputBudget>) -> Self {
+        LimitedOutput { which, budget }
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<bool> {
+        let n = self.budget.take(bytes.len());
+        let res = match self.which {
+            Which::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes[..n]).and_then(|_| out.flush())
+            }
+            Which::Stderr => std::io::stderr().lock().write_all(&bytes[..n]),
+        };
+        res.map(|_| n == bytes.len())
+    }
+}
+
+impl WasiIsTerminal for LimitedOutput {
+    fn is_terminal(&self) -> bool {
+        match self.which {
+            Which::Stdout => IsTerminal::is_terminal(&std::io::stdout()),
+            Which::Stderr => IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+}
+
+impl StdoutStream for LimitedOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for LimitedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LimitedOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        match self.write_bytes(&bytes) {
+            Ok(true) => Ok(()),
+            // Ending the run is the point of the limit: trap the guest.
+            Ok(false) => Err(StreamError::trap("output limit reached")),
+            // A closed pipe (`capsa run x | head`) is the guest's ordinary EPIPE.
+            Err(e) => Err(StreamError::LastOperationFailed(e.into())),
+        }
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for LimitedOutput {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(match self.write_bytes(buf) {
+            Ok(true) => Ok(buf.len()),
+            Ok(false) => Err(std::io::Error::other("output limit reached")),
+            Err(e) => Err(e),
+        })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_is_shared_and_exact() {
+        let b = OutputBudget::new(Some(10));
+        assert_eq!(b.take(4), 4);
+        assert_eq!(b.take(4), 4);
+        assert!(!b.was_hit());
+        assert_eq!(b.take(4), 2);
+        assert!(b.was_hit());
+        assert_eq!(b.take(1), 0);
+        let unlimited = OutputBudget::new(None);
+        assert_eq!(unlimited.take(1 << 30), 1 << 30);
+        assert!(!unlimited.was_hit());
+    }
+}
