@@ -285,7 +285,7 @@ pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
     if let Outcome::Limit { message, .. } = &outcome {
         guard.reporter.record(&Decision {
             kind: Kind::Limit,
-            op: "exceed",
+            op: "reach",
             target: message,
             allowed: false,
             rule: None,
@@ -378,7 +378,7 @@ fn start_timers(engine: &Engine, timeout: Duration, finished: Arc<AtomicBool>, g
             let message = timeout_message(timeout);
             guard.reporter.record(&Decision {
                 kind: Kind::Limit,
-                op: "exceed",
+                op: "reach",
                 target: &message,
                 allowed: false,
                 rule: None,
@@ -433,7 +433,7 @@ fn outcome(
         ));
     }
     let msg = match err.downcast_ref::<Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
+        Some(trap) => trap.to_string(),
         None => format!("{err:#}"),
     };
     Outcome::Trapped(msg.lines().next().unwrap_or_default().to_string())

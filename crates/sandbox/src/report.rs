@@ -96,7 +96,8 @@ impl Reporter {
             // Audit output failing (a full disk) must not kill the guest.
             let _ = writeln!(w, "{line}");
         }
-        if d.allowed || self.quiet {
+        // A limit is reported by the run's own closing message, not as a denial.
+        if d.allowed || self.quiet || d.kind == Kind::Limit {
             return;
         }
         let key = (d.kind, d.op.to_string(), d.target.to_string());

@@ -1,0 +1,194 @@
+//! `capsa run`: flags to a resolved policy, then one call into the sandbox.
+
+use anyhow::{Context, Result};
+use capsa_policy::{PathResolver, Policy, RawLimits, RawPolicy, ResolvedPath};
+use capsa_sandbox::report::AuditSink;
+use capsa_sandbox::{CodeCache, Outcome, RunConfig, exit};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+const AFTER_HELP: &str = "\
+Everything is denied unless granted. Lists are comma-separated, and each flag
+may be repeated. A host path appears in the program at the same absolute path
+(HOST::GUEST chooses another); the program's working directory is capsa's.
+
+Network rules: host, host:port, *.host, IP, IP:port, CIDR, [v6]:port.
+Loopback, private, link-local and cloud-metadata addresses are reached only
+when a rule names them by IP, CIDR or localhost.
+
+Limit defaults: --memory=1G, --timeout=10m, --max-output=1G, no --fuel.
+`none` turns off --timeout, --fuel or --max-output.
+
+Exit status:
+  the program's own exit code, or one of capsa's:
+  124  time limit reached (--timeout)
+  125  usage or policy error (bad flag, policy file or grant)
+  126  the program cannot be loaded (missing, not WebAssembly, bad imports)
+  134  the program crashed (a WebAssembly trap)
+  137  another limit reached (--memory, --fuel, --max-output)
+   70  capsa itself failed (host I/O error)";
+
+#[derive(Args, Debug)]
+#[command(about = "Run a WebAssembly program (WASI preview 1 module or 0.2 command component, binary or text)", after_help = AFTER_HELP)]
+pub struct RunArgs {
+    /// Read-only access to a directory or file (HOST or HOST::GUEST).
+    #[arg(long, value_name = "PATH[,PATH...]")]
+    allow_read: Vec<String>,
+    /// Read and write access to a directory or file (HOST or HOST::GUEST).
+    #[arg(long, value_name = "PATH[,PATH...]")]
+    allow_write: Vec<String>,
+    /// Refuse reading below these paths, whatever else is granted.
+    #[arg(long, value_name = "PATH[,PATH...]")]
+    deny_read: Vec<String>,
+    /// Refuse changing anything below these paths, whatever else is granted.
+    #[arg(long, value_name = "PATH[,PATH...]")]
+    deny_write: Vec<String>,
+    /// Outbound connections to these hosts, addresses or networks.
+    #[arg(long, value_name = "RULE[,RULE...]")]
+    allow_net: Vec<String>,
+    /// Refuse these hosts, addresses or networks, whatever else is granted.
+    #[arg(long, value_name = "RULE[,RULE...]")]
+    deny_net: Vec<String>,
+    /// Binding and listening on [ADDR:]PORT (port 0: any port).
+    #[arg(long, value_name = "[ADDR:]PORT[,...]")]
+    allow_listen: Vec<String>,
+    /// Pass the host's value of these variables (PREFIX_* for a prefix).
+    #[arg(long, value_name = "NAME[,NAME...]")]
+    allow_env: Vec<String>,
+    /// Set a variable for the program.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Read grants and limits from a TOML file; flags add to it.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Memory the program may use [default: 1G].
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Wall-clock time for the whole run [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Deterministic CPU budget, in fuel units (about one per instruction).
+    #[arg(long, value_name = "N")]
+    fuel: Option<String>,
+    /// Bytes the program may write to stdout and stderr together [default: 1G].
+    #[arg(long, value_name = "SIZE")]
+    max_output: Option<String>,
+    /// Do not print denials on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Write every capability decision as a JSON line to FILE (- for stderr).
+    #[arg(long, value_name = "FILE")]
+    audit: Option<PathBuf>,
+    /// The program: a .wasm or .wat file.
+    #[arg(value_name = "PROGRAM")]
+    program: PathBuf,
+    /// Arguments for the program.
+    #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// Canonicalizes through the real file system.
+struct HostFs;
+
+impl PathResolver for HostFs {
+    fn resolve(&self, path: &Path) -> std::result::Result<ResolvedPath, String> {
+        let canonical = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+            _ => e.to_string(),
+        })?;
+        let is_dir = canonical.is_dir();
+        Ok(ResolvedPath { canonical, is_dir })
+    }
+}
+
+impl RunArgs {
+    fn raw_policy(&self) -> Result<RawPolicy> {
+        let mut raw = match &self.policy {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read policy file {}", file.display()))?;
+                let mut p = RawPolicy::from_toml(&text)
+                    .with_context(|| format!("in policy file {}", file.display()))?;
+                let dir = std::path::absolute(file)?
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                p.rebase(&dir);
+                p
+            }
+            None => RawPolicy::default(),
+        };
+        let mut flags = RawPolicy {
+            allow_read: self.allow_read.clone(),
+            allow_write: self.allow_write.clone(),
+            deny_read: self.deny_read.clone(),
+            deny_write: self.deny_write.clone(),
+            allow_net: self.allow_net.clone(),
+            deny_net: self.deny_net.clone(),
+            allow_listen: self.allow_listen.clone(),
+            allow_env: self.allow_env.clone(),
+            limits: RawLimits {
+                memory: self.memory.clone().map(Into::into),
+                timeout: self.timeout.clone().map(Into::into),
+                fuel: self.fuel.clone().map(Into::into),
+                max_output: self.max_output.clone().map(Into::into),
+            },
+            ..Default::default()
+        };
+        for e in &self.env {
+            flags.add_env_assignment(e)?;
+        }
+        raw.merge(flags);
+        Ok(raw)
+    }
+
+    fn policy(&self, cwd: &Path) -> Result<Policy> {
+        Ok(self.raw_policy()?.resolve(cwd, &HostFs)?)
+    }
+}
+
+pub fn run(args: RunArgs) -> i32 {
+    let cwd = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => return fail(exit::INTERNAL, anyhow::anyhow!("cannot read the working directory: {e}")),
+    };
+    let policy = match args.policy(&cwd) {
+        Ok(p) => p,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    let audit = match &args.audit {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(AuditSink::Stderr),
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Some(AuditSink::File(f)),
+            Err(e) => return fail(exit::USAGE, anyhow::anyhow!("cannot create audit file {}: {e}", p.display())),
+        },
+    };
+    let config = RunConfig {
+        argv0: args.program.display().to_string(),
+        program: args.program,
+        args: args.args,
+        policy,
+        cwd: cwd.to_str().map(str::to_string),
+        quiet: args.quiet,
+        audit,
+        cache: CodeCache::default_dir().map(CodeCache::new),
+    };
+    match capsa_sandbox::run(config) {
+        Ok(Outcome::Exited(code)) => code,
+        Ok(Outcome::Limit { code, message }) => {
+            eprintln!("capsa: {message}");
+            code
+        }
+        Ok(Outcome::Trapped(msg)) => {
+            eprintln!("capsa: the program crashed: {msg}");
+            exit::TRAP
+        }
+        Err(e) => fail(e.exit_code(), e.into()),
+    }
+}
+
+fn fail(code: i32, err: anyhow::Error) -> i32 {
+    eprintln!("capsa: error: {err:#}");
+    code
+}

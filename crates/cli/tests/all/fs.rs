@@ -1,0 +1,319 @@
+//! File grants: every capability allowed when granted and refused when not,
+//! and the escapes a hostile guest would try, on WASI preview 1 and 0.2.
+
+use crate::support::*;
+use std::path::Path;
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (t, d) = scratch();
+    std::fs::create_dir_all(d.join("data/sub")).unwrap();
+    std::fs::create_dir_all(d.join("out")).unwrap();
+    std::fs::write(d.join("data/a.txt"), "alpha").unwrap();
+    std::fs::write(d.join("data/sub/b.txt"), "beta").unwrap();
+    std::fs::write(d.join("secret.txt"), "TOP SECRET").unwrap();
+    std::fs::write(d.join("notes.txt"), "notes").unwrap();
+    std::fs::write(d.join("neighbour.txt"), "private").unwrap();
+    (t, d)
+}
+
+fn both(f: impl Fn(&str)) {
+    for t in [P1, P2] {
+        f(t);
+    }
+}
+
+#[test]
+fn read_granted_directory() {
+    both(|t| {
+        let (_g, d) = setup();
+        let r = run(&[&format!("--allow-read={}", s(&d.join("data")))], &probe(t), &["read", s(&d.join("data/sub/b.txt"))]);
+        assert_eq!(r.stdout, "ok: beta\n", "{t}: {}", r.stderr);
+        assert_eq!(r.code, 0);
+    });
+}
+
+#[test]
+fn read_without_grant_is_refused() {
+    both(|t| {
+        let (_g, d) = setup();
+        let r = run(&[], &probe(t), &["read", s(&d.join("data/a.txt"))]);
+        assert!(r.stdout.starts_with("err: NotFound"), "{t}: {}", r.stdout);
+        assert_eq!(r.code, 1);
+    });
+}
+
+#[test]
+fn write_granted_directory() {
+    both(|t| {
+        let (_g, d) = setup();
+        let target = d.join("out/result.txt");
+        let r = run(&[&format!("--allow-write={}", s(&d.join("out")))], &probe(t), &["write", s(&target), "42"]);
+        assert_eq!(r.stdout, "ok: written\n", "{t}: {}", r.stderr);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "42");
+    });
+}
+
+/// Every way of changing a read-only grant fails, reports the denial, and
+/// leaves the host's files as they were.
+#[test]
+fn read_only_grant_cannot_be_changed() {
+    both(|t| {
+        let (_g, d) = setup();
+        let data = d.join("data");
+        let grant = format!("--allow-read={}", s(&data));
+        let a = s(&data.join("a.txt")).to_string();
+        let attempts: Vec<Vec<String>> = vec![
+            vec!["write".into(), s(&data.join("new.txt")).into(), "x".into()],
+            vec!["write".into(), a.clone(), "overwritten".into()],
+            vec!["append".into(), a.clone(), "more".into()],
+            vec!["truncate".into(), a.clone()],
+            vec!["mkdir".into(), s(&data.join("newdir")).into()],
+            vec!["rm".into(), a.clone()],
+            vec!["rmdir".into(), s(&data.join("sub")).into()],
+            vec!["rename".into(), a.clone(), s(&data.join("moved.txt")).into()],
+        ];
+        let before = tree(&d);
+        for args in attempts {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let r = run(&[&grant], &probe(t), &args);
+            assert!(r.stdout.starts_with("err: PermissionDenied"), "{t} {args:?}: {}", r.stdout);
+            assert_eq!(r.code, 1, "{t} {args:?}");
+            assert!(r.stderr.contains("capsa: denied:"), "{t} {args:?}: {}", r.stderr);
+            assert!(r.stderr.contains("is granted read-only"), "{t} {args:?}: {}", r.stderr);
+        }
+        assert_eq!(tree(&d), before, "{t}: the host changed");
+    });
+}
+
+#[test]
+fn denial_message_names_the_narrowest_flag() {
+    let (_g, d) = setup();
+    let data = d.join("data");
+    let r = run(&[&format!("--allow-read={}", s(&data))], &probe(P2), &["write", s(&data.join("out.csv")), "x"]);
+    insta::assert_snapshot!(redact(&r.stderr, &d), @r"
+    capsa: denied: write to [DIR]/data/out.csv ([DIR]/data is granted read-only)
+      hint: --allow-write=[DIR]/data
+    ");
+}
+
+#[test]
+fn quiet_silences_denials() {
+    let (_g, d) = setup();
+    let data = d.join("data");
+    let r = run(&["--quiet", &format!("--allow-read={}", s(&data))], &probe(P2), &["write", s(&data.join("x")), "x"]);
+    assert!(r.stdout.starts_with("err: PermissionDenied"), "{}", r.stdout);
+    assert_eq!(r.stderr, "");
+}
+
+#[test]
+fn dot_dot_cannot_leave_a_grant() {
+    both(|t| {
+        let (_g, d) = setup();
+        let data = d.join("data");
+        let before = tree(&d);
+        let escape = format!("{}/../secret.txt", s(&data));
+        let r = run(&[&format!("--allow-write={}", s(&data))], &probe(t), &["read", &escape]);
+        assert!(r.stdout.starts_with("err:"), "{t}: {}", r.stdout);
+        assert!(!r.stdout.contains("TOP SECRET"));
+        assert!(r.stderr.contains("leaves the granted directory"), "{t}: {}", r.stderr);
+        let escape = format!("{}/sub/../../secret.txt", s(&data));
+        let r = run(&[&format!("--allow-write={}", s(&data))], &probe(t), &["write", &escape, "pwned"]);
+        assert!(r.stdout.starts_with("err:"), "{t}: {}", r.stdout);
+        assert_eq!(tree(&d), before, "{t}: the host changed");
+    });
+}
+
+#[test]
+fn absolute_paths_outside_every_grant() {
+    both(|t| {
+        let (_g, d) = setup();
+        let grant = format!("--allow-write={}", s(&d.join("out")));
+        for path in ["/etc/passwd", s(&d.join("secret.txt"))] {
+            let r = run(&[&grant], &probe(t), &["read", path]);
+            assert!(r.stdout.starts_with("err:"), "{t} {path}: {}", r.stdout);
+            assert!(!r.stdout.contains("root:") && !r.stdout.contains("SECRET"));
+        }
+        let r = run(&[&grant], &probe(t), &["ls", "/"]);
+        assert!(!r.stdout.contains("etc"), "{t}: {}", r.stdout);
+    });
+}
+
+#[test]
+fn symlink_pointing_outside_is_not_followed() {
+    both(|t| {
+        let (_g, d) = setup();
+        let data = d.join("data");
+        std::os::unix::fs::symlink(d.join("secret.txt"), data.join("abs-link")).unwrap();
+        std::os::unix::fs::symlink("../secret.txt", data.join("rel-link")).unwrap();
+        let before = tree(&d);
+        let grant = format!("--allow-write={}", s(&data));
+        for link in ["abs-link", "rel-link"] {
+            let p = data.join(link);
+            let r = run(&[&grant], &probe(t), &["read", s(&p)]);
+            assert!(r.stdout.starts_with("err:"), "{t} {link}: {}", r.stdout);
+            assert!(!r.stdout.contains("SECRET"));
+            let r = run(&[&grant], &probe(t), &["write", s(&p), "pwned"]);
+            assert!(r.stdout.starts_with("err:"), "{t} {link}: {}", r.stdout);
+        }
+        assert!(run(&[&grant], &probe(t), &["read", s(&data.join("abs-link"))]).stderr.contains("a link leads outside"));
+        assert_eq!(tree(&d), before, "{t}: the host changed");
+        assert_eq!(std::fs::read_to_string(d.join("secret.txt")).unwrap(), "TOP SECRET");
+    });
+}
+
+#[test]
+fn hard_link_and_rename_across_a_read_only_grant() {
+    both(|t| {
+        let (_g, d) = setup();
+        let ro = d.join("data");
+        let rw = d.join("out");
+        std::fs::write(rw.join("mine.txt"), "mine").unwrap();
+        let flags = [format!("--allow-read={}", s(&ro)), format!("--allow-write={}", s(&rw))];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let before = tree(&d);
+        let attempts = [
+            // Out of the read-only grant: would make its file writable.
+            ("link", ro.join("a.txt"), rw.join("a-link.txt")),
+            ("rename", ro.join("a.txt"), rw.join("a-moved.txt")),
+            // Into it: would change what it holds.
+            ("link", rw.join("mine.txt"), ro.join("planted.txt")),
+            ("rename", rw.join("mine.txt"), ro.join("planted.txt")),
+        ];
+        for (op, from, to) in &attempts {
+            let r = run(&flags, &probe(t), &[op, s(from), s(to)]);
+            assert!(r.stdout.starts_with("err:"), "{t} {op} {from:?} -> {to:?}: {}", r.stdout);
+            assert!(r.stderr.contains("capsa: denied:"), "{t} {op}: {}", r.stderr);
+        }
+        assert_eq!(tree(&d), before, "{t}: the host changed");
+    });
+}
+
+#[test]
+fn single_file_grant_hides_its_neighbours() {
+    both(|t| {
+        let (_g, d) = setup();
+        let grant = format!("--allow-read={}", s(&d.join("notes.txt")));
+        let r = run(&[&grant], &probe(t), &["read", s(&d.join("notes.txt"))]);
+        assert_eq!(r.stdout, "ok: notes\n", "{t}: {}", r.stderr);
+        for other in ["neighbour.txt", "secret.txt"] {
+            let r = run(&[&grant], &probe(t), &["read", s(&d.join(other))]);
+            assert!(r.stdout.starts_with("err: PermissionDenied"), "{t} {other}: {}", r.stdout);
+            assert!(r.stderr.contains("only notes.txt is granted"), "{t}: {}", r.stderr);
+        }
+        let r = run(&[&grant], &probe(t), &["ls", s(&d)]);
+        assert!(!r.stdout.contains("neighbour"), "{t}: {}", r.stdout);
+        let before = tree(&d);
+        let r = run(&[&grant], &probe(t), &["write", s(&d.join("notes.txt")), "changed"]);
+        assert!(r.stdout.starts_with("err: PermissionDenied"), "{t}: {}", r.stdout);
+        assert_eq!(tree(&d), before);
+    });
+}
+
+#[test]
+fn single_file_write_grant() {
+    let (_g, d) = setup();
+    let grant = format!("--allow-write={}", s(&d.join("notes.txt")));
+    let r = run(&[&grant], &probe(P2), &["append", s(&d.join("notes.txt")), "+more"]);
+    assert_eq!(r.stdout, "ok: appended\n", "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(d.join("notes.txt")).unwrap(), "notes+more");
+    let r = run(&[&grant], &probe(P2), &["write", s(&d.join("created.txt")), "x"]);
+    assert!(r.stdout.starts_with("err: PermissionDenied"), "{}", r.stdout);
+    assert!(!d.join("created.txt").exists());
+}
+
+#[test]
+fn deny_wins_over_allow() {
+    both(|t| {
+        let (_g, d) = setup();
+        std::fs::create_dir(d.join("out/keep")).unwrap();
+        let flags = [
+            format!("--allow-write={}", s(&d)),
+            format!("--deny-read={}", s(&d.join("secret.txt"))),
+            format!("--deny-write={}", s(&d.join("out/keep"))),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let r = run(&flags, &probe(t), &["read", s(&d.join("secret.txt"))]);
+        assert!(r.stdout.starts_with("err: PermissionDenied"), "{t}: {}", r.stdout);
+        assert!(r.stderr.contains("denied by --deny-read="), "{t}: {}", r.stderr);
+        assert!(!r.stderr.contains("hint:"), "a --deny-* gets no hint: {}", r.stderr);
+        let r = run(&flags, &probe(t), &["write", s(&d.join("out/keep/x")), "x"]);
+        assert!(r.stdout.starts_with("err: PermissionDenied"), "{t}: {}", r.stdout);
+        assert!(!d.join("out/keep/x").exists());
+        // Everything else in the grant still works.
+        let r = run(&flags, &probe(t), &["write", s(&d.join("out/y")), "y"]);
+        assert_eq!(r.stdout, "ok: written\n", "{t}: {}", r.stderr);
+    });
+}
+
+#[test]
+fn host_guest_mapping() {
+    let (_g, d) = setup();
+    let grant = format!("--allow-read={}::/mnt/data", s(&d.join("data")));
+    let r = run(&[&grant], &probe(P2), &["read", "/mnt/data/a.txt"]);
+    assert_eq!(r.stdout, "ok: alpha\n", "{}", r.stderr);
+    let r = run(&[&grant], &probe(P2), &["read", s(&d.join("data/a.txt"))]);
+    assert!(r.stdout.starts_with("err:"), "the host path is not visible: {}", r.stdout);
+}
+
+#[test]
+fn relative_grant_is_the_same_absolute_path() {
+    let (_g, d) = setup();
+    let r = run_in(&d, &["--allow-read=data"], &probe(P2), &["read", s(&d.join("data/a.txt"))]);
+    assert_eq!(r.stdout, "ok: alpha\n", "{}", r.stderr);
+}
+
+#[test]
+fn policy_file_grants() {
+    let (_g, d) = setup();
+    let policy = d.join("policy.toml");
+    std::fs::write(&policy, "allow-read = [\"data\"]\n[limits]\nmemory = \"128M\"\n").unwrap();
+    let r = run(&["--policy", s(&policy)], &probe(P2), &["read", s(&d.join("data/a.txt"))]);
+    assert_eq!(r.stdout, "ok: alpha\n", "relative to the policy file's directory: {}", r.stderr);
+    // Flags add to the file.
+    let r = run(
+        &["--policy", s(&policy), &format!("--allow-write={}", s(&d.join("out")))],
+        &probe(P2),
+        &["write", s(&d.join("out/z")), "z"],
+    );
+    assert_eq!(r.stdout, "ok: written\n", "{}", r.stderr);
+}
+
+#[test]
+fn audit_records_every_decision() {
+    let (_g, d) = setup();
+    let log = d.join("audit.jsonl");
+    let data = d.join("data");
+    let r = run(
+        &[&format!("--allow-read={}", s(&data)), &format!("--audit={}", s(&log))],
+        &probe(P2),
+        &["write", s(&data.join("new")), "x"],
+    );
+    assert_eq!(r.code, 1);
+    let _ = run(
+        &[&format!("--allow-read={}", s(&data)), &format!("--audit={}", s(&d.join("audit2.jsonl")))],
+        &probe(P2),
+        &["read", s(&data.join("a.txt"))],
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .chain(std::fs::read_to_string(d.join("audit2.jsonl")).unwrap().lines())
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let deny = lines.iter().find(|l| l["decision"] == "deny").expect("a deny line");
+    assert_eq!(deny["kind"], "fs");
+    assert_eq!(deny["op"], "write to");
+    assert_eq!(deny["target"], s(&data.join("new")));
+    assert!(deny["time"].as_str().unwrap().ends_with('Z'));
+    let allow = lines.iter().find(|l| l["decision"] == "allow").expect("an allow line");
+    assert_eq!(allow["rule"], format!("--allow-read={}", s(&data)));
+    assert_eq!(allow["target"], s(&data.join("a.txt")));
+}
+
+#[test]
+fn wat_program_runs() {
+    let r = run(&[], &wat("hello.wat"), &[]);
+    assert_eq!(r.stdout, "hello from wat\n", "{}", r.stderr);
+    assert_eq!(r.code, 0);
+    assert!(Path::new(&wat("hello.wat")).exists());
+}

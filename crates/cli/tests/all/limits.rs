@@ -1,0 +1,66 @@
+//! Limits: each one ends the run with its own exit code and a message that
+//! names it and the flag that raises it.
+
+use crate::support::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn memory_bomb() {
+    for t in [P1, P2] {
+        let r = run(&["--memory=64M"], &probe(t), &["alloc"]);
+        assert_eq!(r.code, 137, "{t}: {}", r.stderr);
+        assert!(r.stderr.contains("capsa: memory limit of 64M reached; raise it with --memory=SIZE"), "{}", r.stderr);
+        assert!(!r.stdout.contains("allocated 64 MiB"), "{t}: grew past the limit: {}", r.stdout);
+    }
+    let r = run(&["--memory=1M"], &wat("grow.wat"), &[]);
+    assert_eq!(r.code, 137, "{}", r.stderr);
+}
+
+#[test]
+fn endless_loop_hits_the_timeout() {
+    for program in [probe(P2), wat("spin.wat")] {
+        let start = Instant::now();
+        let r = run(&["--timeout=1s"], &program, &["spin"]);
+        assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+        assert_eq!(r.code, 124, "{}", r.stderr);
+        assert!(r.stderr.contains("capsa: time limit of 1s reached; raise it with --timeout=DURATION"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn a_guest_blocked_in_the_host_hits_the_timeout() {
+    let start = Instant::now();
+    let r = run(&["--timeout=500ms"], &probe(P2), &["sleep", "30"]);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert_eq!(r.code, 124, "{}", r.stderr);
+}
+
+#[test]
+fn fuel_runs_out() {
+    let r = run(&["--fuel=100000"], &probe(P2), &["spin"]);
+    assert_eq!(r.code, 137, "{}", r.stderr);
+    assert!(r.stderr.contains("fuel limit of 100000 reached; raise it with --fuel=N"), "{}", r.stderr);
+}
+
+#[test]
+fn output_flood_is_cut_at_the_limit() {
+    let r = run(&["--max-output=100K"], &probe(P2), &["flood"]);
+    assert_eq!(r.code, 137, "{}", r.stderr);
+    assert_eq!(r.stdout.len(), 100 << 10);
+    assert!(r.stderr.contains("output limit of 100K reached; raise it with --max-output=SIZE"), "{}", r.stderr);
+}
+
+#[test]
+fn trap_is_a_crash() {
+    let r = run(&[], &probe(P2), &["trap"]);
+    assert_eq!(r.code, 134);
+    assert!(r.stderr.contains("capsa: the program crashed: wasm `unreachable` instruction executed"), "{}", r.stderr);
+}
+
+#[test]
+fn exit_codes_pass_through() {
+    assert_eq!(run(&[], &probe(P2), &["exit", "0"]).code, 0);
+    assert_eq!(run(&[], &probe(P2), &["exit", "1"]).code, 1);
+    let r = run(&[], &probe(P1), &["exit", "7"]);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+}

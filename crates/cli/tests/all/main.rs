@@ -1,0 +1,10 @@
+//! Integration tests: the real `capsa` binary on real guest programs.
+//! One test binary, a module per topic (as wasmtime's `tests/all`).
+
+mod bad_input;
+mod cli;
+mod env;
+mod fs;
+mod limits;
+mod net;
+mod support;

@@ -1,0 +1,120 @@
+//! Builds the guest programs once per test binary and runs capsa on them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub const P1: &str = "wasm32-wasip1";
+pub const P2: &str = "wasm32-wasip2";
+
+fn target_root() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).to_path_buf()
+}
+
+/// The `probe` guest built for `target` (wasm32-wasip1 or wasm32-wasip2).
+pub fn probe(target: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = target_root().join("guests");
+    BUILT.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        for t in [P1, P2] {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--release", "--quiet", "-p", "capsa-test-programs", "--target", t])
+                .arg("--manifest-path")
+                .arg(&manifest)
+                .arg("--target-dir")
+                .arg(&dir)
+                .env_remove("CARGO_TARGET_DIR")
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the guest for {t} failed (is the target installed? rustup target add {t})");
+        }
+    });
+    dir.join(target).join("release").join("probe.wasm")
+}
+
+/// A `.wat` file from `tests/wat`.
+pub fn wat(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wat").join(name)
+}
+
+/// `capsa` with a shared cache and a clean environment.
+pub fn capsa() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
+    c.env("CAPSA_CACHE_DIR", target_root().join("capsa-cache"));
+    c.stdin(Stdio::null());
+    c
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `capsa run FLAGS PROGRAM ARGS` and collects its outcome.
+pub fn run(flags: &[&str], program: &Path, args: &[&str]) -> Run {
+    let out = capsa()
+        .arg("run")
+        .args(flags)
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("capsa runs");
+    out.into()
+}
+
+/// The same, in `dir`.
+pub fn run_in(dir: &Path, flags: &[&str], program: &Path, args: &[&str]) -> Run {
+    capsa().current_dir(dir).arg("run").args(flags).arg(program).args(args).output().expect("capsa runs").into()
+}
+
+/// A scratch directory whose canonical path is used everywhere, so what the
+/// guest prints and what the host checks agree.
+pub fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let p = std::fs::canonicalize(t.path()).expect("canonical");
+    (t, p)
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Replaces a scratch path with `[DIR]` for snapshots.
+pub fn redact(text: &str, dir: &Path) -> String {
+    text.replace(s(dir), "[DIR]")
+}
+
+/// Every file below `dir` with its contents, to prove a failed attack changed nothing.
+pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.file_type().is_symlink() {
+                out.push((format!("{rel} -> {}", std::fs::read_link(&p).unwrap().display()), vec![]));
+            } else if meta.is_dir() {
+                out.push((format!("{rel}/"), vec![]));
+                walk(base, &p, out);
+            } else {
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out
+}

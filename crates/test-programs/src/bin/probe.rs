@@ -1,0 +1,111 @@
+//! A guest that tries one thing the test names and says what happened:
+//! `ok: ...` and exit 0, or `err: KIND: message` and exit 1.
+//!
+//! It is the attacker in the security tests: each command is a real attempt
+//! (open, connect, allocate), never a simulation.
+
+use std::io::{Read, Write};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let cmd = args.get(1).map(String::as_str).unwrap_or("hello");
+    let a = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let result: std::io::Result<String> = match cmd {
+        "hello" => Ok("hello from wasm".into()),
+        "args" => Ok(args.join(" ")),
+        "cwd" => std::env::current_dir().map(|d| d.display().to_string()),
+        "read" => std::fs::read_to_string(a(2)),
+        "write" => std::fs::write(a(2), a(3)).map(|_| "written".into()),
+        "append" => std::fs::OpenOptions::new()
+            .append(true)
+            .open(a(2))
+            .and_then(|mut f| f.write_all(a(3).as_bytes()))
+            .map(|_| "appended".into()),
+        "truncate" => std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(a(2))
+            .map(|_| "truncated".into()),
+        "mkdir" => std::fs::create_dir(a(2)).map(|_| "created".into()),
+        "rm" => std::fs::remove_file(a(2)).map(|_| "removed".into()),
+        "rmdir" => std::fs::remove_dir(a(2)).map(|_| "removed".into()),
+        "rename" => std::fs::rename(a(2), a(3)).map(|_| "renamed".into()),
+        "link" => std::fs::hard_link(a(2), a(3)).map(|_| "linked".into()),
+        "ls" => std::fs::read_dir(a(2)).and_then(|rd| {
+            let mut names = rd
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            names.sort();
+            Ok(names.join(","))
+        }),
+        "env" => Ok(std::env::var(a(2)).unwrap_or_else(|_| "unset".into())),
+        "envall" => {
+            let mut v: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+            v.sort();
+            Ok(v.join(";"))
+        }
+        "connect" => connect(&a(2)),
+        "lookup" => lookup(&a(2)),
+        "listen" => std::net::TcpListener::bind(a(2)).map(|l| format!("listening on {}", l.local_addr().unwrap())),
+        "alloc" => {
+            // Grow until the allocator fails; the sandbox must stop this.
+            let mut v: Vec<Vec<u8>> = Vec::new();
+            loop {
+                v.push(vec![1u8; 16 << 20]);
+                println!("allocated {} MiB", v.len() * 16);
+            }
+        }
+        "spin" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(a(2).parse().unwrap_or(60)));
+            Ok("slept".into())
+        }
+        "flood" => {
+            let line = "x".repeat(1023);
+            let mut out = std::io::stdout().lock();
+            loop {
+                if writeln!(out, "{line}").is_err() {
+                    std::process::exit(3);
+                }
+            }
+        }
+        "stdin" => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map(|_| s.trim().to_uppercase())
+        }
+        "exit" => std::process::exit(a(2).parse().unwrap_or(0)),
+        "trap" => {
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+            #[cfg(not(target_arch = "wasm32"))]
+            std::process::abort();
+        }
+        other => Err(std::io::Error::other(format!("unknown command {other}"))),
+    };
+    match result {
+        Ok(s) => println!("ok: {s}"),
+        Err(e) => {
+            println!("err: {:?}: {e}", e.kind());
+            std::process::exit(1);
+        }
+    }
+}
+
+fn connect(addr: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(b"ping\n")?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    Ok(format!("reply {}", String::from_utf8_lossy(&buf[..n]).trim()))
+}
+
+fn lookup(name: &str) -> std::io::Result<String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<String> = (name, 80).to_socket_addrs()?.map(|a| a.ip().to_string()).collect();
+    Ok(addrs.join(","))
+}
