@@ -72,7 +72,10 @@ impl EnvPolicy {
 
     /// The guest's environment, from the host's variables: granted ones first,
     /// then the explicitly set ones, which replace a granted one of the same name.
-    pub fn guest_env(&self, host: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    pub fn guest_env(
+        &self,
+        host: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = host
             .into_iter()
             .filter(|(k, _)| self.allowing(k).is_some())
@@ -121,7 +124,10 @@ mod tests {
     #[test]
     fn guest_env_only_has_granted_and_set() {
         let policy = EnvPolicy {
-            allow: vec![EnvPattern::parse("APP_*").unwrap(), EnvPattern::parse("LANG").unwrap()],
+            allow: vec![
+                EnvPattern::parse("APP_*").unwrap(),
+                EnvPattern::parse("LANG").unwrap(),
+            ],
             set: vec![("APP_MODE".into(), "test".into())],
         };
         let host = [
@@ -142,7 +148,10 @@ mod tests {
 
     #[test]
     fn assignments() {
-        assert_eq!(parse_assignment("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(
+            parse_assignment("A=b=c").unwrap(),
+            ("A".into(), "b=c".into())
+        );
         assert_eq!(parse_assignment("A=").unwrap(), ("A".into(), "".into()));
         assert!(parse_assignment("=x").is_err());
         assert!(parse_assignment("A").is_err());

@@ -50,7 +50,11 @@ impl FsGrant {
     /// The host path of a guest path inside this grant.
     pub fn host_path_of(&self, guest: &str) -> Option<PathBuf> {
         let rel = strip_guest_prefix(guest, &self.guest)?;
-        Some(if rel.is_empty() { self.host.clone() } else { self.host.join(rel) })
+        Some(if rel.is_empty() {
+            self.host.clone()
+        } else {
+            self.host.join(rel)
+        })
     }
 }
 
@@ -81,8 +85,14 @@ impl FsOp {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FsDecision {
-    Allow { rule: String },
-    Deny { rule: Option<String>, reason: String, hint: Option<String> },
+    Allow {
+        rule: String,
+    },
+    Deny {
+        rule: Option<String>,
+        reason: String,
+        hint: Option<String>,
+    },
 }
 
 impl FsDecision {
@@ -138,15 +148,19 @@ impl FsPolicy {
             host.parent().unwrap_or(host)
         };
         match self.grant_for(host) {
-            Some(g) if op == FsOp::Read || g.access == Access::ReadWrite => FsDecision::Allow {
-                rule: g.flag(),
-            },
+            Some(g) if op == FsOp::Read || g.access == Access::ReadWrite => {
+                FsDecision::Allow { rule: g.flag() }
+            }
             Some(g) => FsDecision::Deny {
                 rule: Some(g.flag()),
                 reason: format!("{} is granted read-only", g.guest),
                 hint: Some(format!(
                     "--allow-write={}",
-                    spec(target, &g.guest_path_of(target).unwrap_or_else(|| target.display().to_string()))
+                    spec(
+                        target,
+                        &g.guest_path_of(target)
+                            .unwrap_or_else(|| target.display().to_string())
+                    )
                 )),
             },
             None => FsDecision::Deny {
@@ -204,14 +218,20 @@ pub(crate) fn resolve_grant(
         }
         None => host_abs
             .to_str()
-            .ok_or_else(|| err("the path is not valid UTF-8; give a guest path with HOST::GUEST".into()))?
+            .ok_or_else(|| {
+                err("the path is not valid UTF-8; give a guest path with HOST::GUEST".into())
+            })?
             .to_string(),
     };
     Ok(FsGrant {
         host: resolved.canonical,
         guest,
         access,
-        kind: if resolved.is_dir { GrantKind::Dir } else { GrantKind::File },
+        kind: if resolved.is_dir {
+            GrantKind::Dir
+        } else {
+            GrantKind::File
+        },
     })
 }
 
@@ -233,7 +253,10 @@ pub(crate) fn normalize_host(path: &Path) -> PathBuf {
 
 /// `/a//b/./c/` → `/a/b/c`.
 pub fn normalize_guest(path: &str) -> String {
-    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     format!("/{}", parts.join("/"))
 }
 
@@ -285,7 +308,12 @@ mod tests {
     use super::*;
 
     fn grant(host: &str, access: Access, kind: GrantKind) -> FsGrant {
-        FsGrant { host: host.into(), guest: host.into(), access, kind }
+        FsGrant {
+            host: host.into(),
+            guest: host.into(),
+            access,
+            kind,
+        }
     }
 
     fn policy() -> FsPolicy {
@@ -336,9 +364,13 @@ mod tests {
             }
         );
         let d = p.decide(Path::new("/data/a.csv"), FsOp::Write, true);
-        assert!(matches!(d, FsDecision::Deny { hint: Some(h), .. } if h == "--allow-write=/data/a.csv"));
+        assert!(
+            matches!(d, FsDecision::Deny { hint: Some(h), .. } if h == "--allow-write=/data/a.csv")
+        );
         let d = p.decide(Path::new("/etc/passwd"), FsOp::Read, true);
-        assert!(matches!(d, FsDecision::Deny { hint: Some(h), .. } if h == "--allow-read=/etc/passwd"));
+        assert!(
+            matches!(d, FsDecision::Deny { hint: Some(h), .. } if h == "--allow-read=/etc/passwd")
+        );
         // A --deny-* is the user's word: no hint overrides it.
         let d = p.decide(Path::new("/data/secret"), FsOp::Read, true);
         assert!(matches!(d, FsDecision::Deny { hint: None, .. }));
@@ -356,7 +388,11 @@ mod tests {
             ("/data", "", "/data", false),
         ];
         for (base, rel, want, escaped) in cases {
-            assert_eq!(join_guest_checked(base, rel), (want.to_string(), *escaped), "{base} + {rel}");
+            assert_eq!(
+                join_guest_checked(base, rel),
+                (want.to_string(), *escaped),
+                "{base} + {rel}"
+            );
         }
         assert_eq!(normalize_guest("/a//b/./c/"), "/a/b/c");
         assert_eq!(strip_guest_prefix("/data/x", "/data"), Some("x"));
@@ -368,8 +404,14 @@ mod tests {
     impl PathResolver for FakeFs {
         fn resolve(&self, path: &Path) -> Result<ResolvedPath, String> {
             match path.to_str() {
-                Some("/home/u/proj/data") => Ok(ResolvedPath { canonical: "/srv/data".into(), is_dir: true }),
-                Some("/home/u/proj/notes.txt") => Ok(ResolvedPath { canonical: path.into(), is_dir: false }),
+                Some("/home/u/proj/data") => Ok(ResolvedPath {
+                    canonical: "/srv/data".into(),
+                    is_dir: true,
+                }),
+                Some("/home/u/proj/notes.txt") => Ok(ResolvedPath {
+                    canonical: path.into(),
+                    is_dir: false,
+                }),
                 _ => Err("No such file or directory".into()),
             }
         }
@@ -386,8 +428,13 @@ mod tests {
         assert_eq!(g.guest, "/mnt/d");
         let g = resolve_grant("notes.txt", Access::Read, cwd, &FakeFs).unwrap();
         assert_eq!(g.kind, GrantKind::File);
-        let e = resolve_grant("missing", Access::Read, cwd, &FakeFs).unwrap_err().to_string();
-        assert_eq!(e, r#"invalid path grant "missing": /home/u/proj/missing: No such file or directory"#);
+        let e = resolve_grant("missing", Access::Read, cwd, &FakeFs)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            r#"invalid path grant "missing": /home/u/proj/missing: No such file or directory"#
+        );
         assert!(resolve_grant("data::rel", Access::Read, cwd, &FakeFs).is_err());
         assert!(resolve_grant("data::/a/../b", Access::Read, cwd, &FakeFs).is_err());
         assert!(resolve_grant("", Access::Read, cwd, &FakeFs).is_err());

@@ -49,7 +49,9 @@ pub fn parse_size(input: &str) -> Result<u64, PolicyError> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
     if digits.is_empty() {
-        return Err(err("expected a number with an optional unit, such as 256M or 2G"));
+        return Err(err(
+            "expected a number with an optional unit, such as 256M or 2G",
+        ));
     }
     let n: u64 = digits.parse().map_err(|_| err("number too large"))?;
     let mult: u64 = match unit.trim() {
@@ -62,7 +64,11 @@ pub fn parse_size(input: &str) -> Result<u64, PolicyError> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
-        _ => return Err(err("unknown unit (use K, M, G, KiB, MiB, GiB, KB, MB or GB)")),
+        _ => {
+            return Err(err(
+                "unknown unit (use K, M, G, KiB, MiB, GiB, KB, MB or GB)",
+            ));
+        }
     };
     n.checked_mul(mult).ok_or_else(|| err("number too large"))
 }
@@ -80,7 +86,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, PolicyError> {
     let (num, unit) = s.split_at(split);
     if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1
     {
-        return Err(err("expected a number with a unit, such as 500ms, 30s, 5m or 1h"));
+        return Err(err(
+            "expected a number with a unit, such as 500ms, 30s, 5m or 1h",
+        ));
     }
     let value: f64 = num.parse().map_err(|_| err("not a number"))?;
     let secs_per_unit = match unit.trim() {

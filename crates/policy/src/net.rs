@@ -73,7 +73,9 @@ impl NetRule {
         } else if s.matches(':').count() > 1 {
             // A bare IPv6 address or network cannot carry a port.
             let host = parse_ip_or_cidr(s).map_err(|r| {
-                err(&format!("{r}; write an IPv6 address with a port as [::1]:8080"))
+                err(&format!(
+                    "{r}; write an IPv6 address with a port as [::1]:8080"
+                ))
             })?;
             (host, None)
         } else {
@@ -132,7 +134,10 @@ impl NetRule {
 
 impl fmt::Display for NetRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v6 = matches!(self.host, HostPattern::Ip(IpAddr::V6(_)) | HostPattern::Cidr(IpAddr::V6(_), _));
+        let v6 = matches!(
+            self.host,
+            HostPattern::Ip(IpAddr::V6(_)) | HostPattern::Cidr(IpAddr::V6(_), _)
+        );
         let host = match &self.host {
             HostPattern::Name(n) => n.clone(),
             HostPattern::Wildcard(s) => format!("*.{s}"),
@@ -228,11 +233,19 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 fn mask(ip: IpAddr, len: u8) -> IpAddr {
     match ip {
         IpAddr::V4(a) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len as u32)
+            };
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
         }
         IpAddr::V6(a) => {
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - len as u32) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len as u32)
+            };
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
         }
     }
@@ -289,7 +302,10 @@ pub fn classify(ip: IpAddr) -> AddrClass {
         }
         IpAddr::V6(a) => {
             let seg = a.segments();
-            if a == "fd00:ec2::254".parse::<Ipv6Addr>().unwrap_or(Ipv6Addr::UNSPECIFIED) {
+            if a == "fd00:ec2::254"
+                .parse::<Ipv6Addr>()
+                .unwrap_or(Ipv6Addr::UNSPECIFIED)
+            {
                 AddrClass::Metadata
             } else if a.is_loopback() {
                 AddrClass::Loopback
@@ -424,7 +440,11 @@ impl NetPolicy {
         let ip = canonical_ip(ip);
         let target = SocketAddr::new(ip, port);
         let by_name = |r: &NetRule| r.port.matches(port) && names.iter().any(|n| r.matches_name(n));
-        if let Some(d) = self.deny.iter().find(|r| r.matches_ip(ip, port) || by_name(r)) {
+        if let Some(d) = self
+            .deny
+            .iter()
+            .find(|r| r.matches_ip(ip, port) || by_name(r))
+        {
             return NetDecision::Deny {
                 rule: Some(format!("--deny-net={d}")),
                 reason: format!("denied by --deny-net={d}"),
@@ -461,7 +481,10 @@ impl NetPolicy {
         }
         let reason = match names.first() {
             Some(n) => format!("{n}:{port} is not granted"),
-            None if special => format!("{target} is a {} address and is not granted", class.describe()),
+            None if special => format!(
+                "{target} is a {} address and is not granted",
+                class.describe()
+            ),
             None => format!("{target} is not granted"),
         };
         let hint = match names.first() {
@@ -563,7 +586,9 @@ mod tests {
                     assert_eq!(&r.to_string(), w, "{input:?}");
                     assert_eq!(&NetRule::parse(w).unwrap(), r, "round trip of {input:?}");
                 }
-                (None, Err(e)) => assert!(e.to_string().contains(input), "{e} should quote {input:?}"),
+                (None, Err(e)) => {
+                    assert!(e.to_string().contains(input), "{e} should quote {input:?}")
+                }
                 _ => panic!("{input:?}: got {got:?}, want {want:?}"),
             }
         }
@@ -572,9 +597,15 @@ mod tests {
     #[test]
     fn error_messages_say_why() {
         let e = NetRule::parse("example.com:99999").unwrap_err().to_string();
-        assert_eq!(e, r#"invalid network rule "example.com:99999": invalid port (expected 1-65535)"#);
+        assert_eq!(
+            e,
+            r#"invalid network rule "example.com:99999": invalid port (expected 1-65535)"#
+        );
         let e = NetRule::parse("10.0.0.0/33").unwrap_err().to_string();
-        assert_eq!(e, r#"invalid network rule "10.0.0.0/33": invalid prefix length (expected 0-32)"#);
+        assert_eq!(
+            e,
+            r#"invalid network rule "10.0.0.0/33": invalid prefix length (expected 0-32)"#
+        );
     }
 
     #[test]
@@ -626,7 +657,12 @@ mod tests {
     #[test]
     fn connect_decisions() {
         let p = policy(
-            &["example.com:443", "10.0.0.5:5432", "localhost:8080", "93.184.216.0/24:80"],
+            &[
+                "example.com:443",
+                "10.0.0.5:5432",
+                "localhost:8080",
+                "93.184.216.0/24:80",
+            ],
             &["93.184.216.66"],
         );
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
@@ -634,13 +670,22 @@ mod tests {
         let lo = vec!["localhost".to_string()];
         // A granted name, at the address the host resolved, on its port.
         assert!(p.decide_connect(ip("93.184.216.34"), 443, &ex).is_allowed());
-        assert!(!p.decide_connect(ip("93.184.216.34"), 80 + 1, &ex).is_allowed());
+        assert!(
+            !p.decide_connect(ip("93.184.216.34"), 80 + 1, &ex)
+                .is_allowed()
+        );
         // The same address with no lookup behind it is not the name.
         assert!(!p.decide_connect(ip("8.8.8.8"), 443, &[]).is_allowed());
         // A granted name that resolves to a private or loopback address.
         let d = p.decide_connect(ip("127.0.0.1"), 443, &ex);
-        assert!(matches!(&d, NetDecision::Deny { reason, .. } if reason.contains("loopback")), "{d:?}");
-        assert!(!p.decide_connect(ip("169.254.169.254"), 443, &ex).is_allowed());
+        assert!(
+            matches!(&d, NetDecision::Deny { reason, .. } if reason.contains("loopback")),
+            "{d:?}"
+        );
+        assert!(
+            !p.decide_connect(ip("169.254.169.254"), 443, &ex)
+                .is_allowed()
+        );
         // localhost is the name that may reach loopback.
         assert!(p.decide_connect(ip("127.0.0.1"), 8080, &lo).is_allowed());
         assert!(p.decide_connect(ip("::1"), 8080, &lo).is_allowed());
@@ -656,7 +701,11 @@ mod tests {
     #[test]
     fn hints_are_narrowest() {
         let p = policy(&[], &[]);
-        let d = p.decide_connect("93.184.216.34".parse().unwrap(), 443, &["example.com".into()]);
+        let d = p.decide_connect(
+            "93.184.216.34".parse().unwrap(),
+            443,
+            &["example.com".into()],
+        );
         assert_eq!(
             d,
             NetDecision::Deny {
@@ -666,9 +715,13 @@ mod tests {
             }
         );
         let d = p.decide_connect("::1".parse().unwrap(), 8080, &[]);
-        assert!(matches!(d, NetDecision::Deny { hint: Some(h), .. } if h == "--allow-net=[::1]:8080"));
+        assert!(
+            matches!(d, NetDecision::Deny { hint: Some(h), .. } if h == "--allow-net=[::1]:8080")
+        );
         let d = p.decide_lookup("Example.com");
-        assert!(matches!(d, NetDecision::Deny { hint: Some(h), .. } if h == "--allow-net=example.com"));
+        assert!(
+            matches!(d, NetDecision::Deny { hint: Some(h), .. } if h == "--allow-net=example.com")
+        );
     }
 
     #[test]

@@ -74,7 +74,20 @@ impl From<String> for Scalar {
 
 impl RawPolicy {
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
-        toml::from_str(text).map_err(|e| PolicyError::Toml(e.to_string().trim_end().to_string()))
+        toml::from_str(text).map_err(|e| {
+            // One line: where, then what (toml's own Display draws the source).
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {col}: ")
+            });
+            PolicyError::Toml(format!(
+                "{}{}",
+                at.unwrap_or_default(),
+                e.message().trim_end()
+            ))
+        })
     }
 
     /// Adds one `--env NAME=VALUE`.
@@ -251,7 +264,10 @@ mod tests {
             if path.starts_with("/missing") {
                 return Err("No such file or directory".into());
             }
-            Ok(ResolvedPath { canonical: path.into(), is_dir: !path.to_string_lossy().ends_with(".txt") })
+            Ok(ResolvedPath {
+                canonical: path.into(),
+                is_dir: !path.to_string_lossy().ends_with(".txt"),
+            })
         }
     }
 
@@ -289,20 +305,32 @@ mod tests {
 
     #[test]
     fn toml_errors_are_clear() {
-        let e = RawPolicy::from_toml("allow-reed = [\"/x\"]").unwrap_err().to_string();
+        let e = RawPolicy::from_toml("allow-reed = [\"/x\"]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `allow-reed`"), "{e}");
-        let e = RawPolicy::from_toml("allow-read = ").unwrap_err().to_string();
+        let e = RawPolicy::from_toml("allow-read = ")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("invalid policy file: "), "{e}");
-        let e = RawPolicy::from_toml("[limits]\nmemroy = 1").unwrap_err().to_string();
+        let e = RawPolicy::from_toml("[limits]\nmemroy = 1")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `memroy`"), "{e}");
     }
 
     #[test]
     fn flags_add_to_the_file_and_override_its_limits() {
-        let mut file = RawPolicy::from_toml("allow-net = [\"a.com\"]\n[limits]\nmemory = \"1G\"\ntimeout = \"5s\"").unwrap();
+        let mut file = RawPolicy::from_toml(
+            "allow-net = [\"a.com\"]\n[limits]\nmemory = \"1G\"\ntimeout = \"5s\"",
+        )
+        .unwrap();
         let flags = RawPolicy {
             allow_net: vec!["b.com,c.com".into()],
-            limits: RawLimits { memory: Some("64M".to_string().into()), ..Default::default() },
+            limits: RawLimits {
+                memory: Some("64M".to_string().into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         file.merge(flags);
@@ -314,30 +342,59 @@ mod tests {
 
     #[test]
     fn limit_values() {
-        let lim = |m: &str| RawLimits { memory: Some(m.to_string().into()), ..Default::default() }.resolve();
+        let lim = |m: &str| {
+            RawLimits {
+                memory: Some(m.to_string().into()),
+                ..Default::default()
+            }
+            .resolve()
+        };
         assert!(lim("lots").is_err());
         assert!(lim("0").is_err());
         assert!(lim("5G").is_err());
         assert!(lim("4G").is_ok());
-        let t = RawLimits { timeout: Some("none".to_string().into()), fuel: Some(Scalar::Int(0)), ..Default::default() };
+        let t = RawLimits {
+            timeout: Some("none".to_string().into()),
+            fuel: Some(Scalar::Int(0)),
+            ..Default::default()
+        };
         assert!(t.resolve().is_err());
-        let t = RawLimits { timeout: Some("none".to_string().into()), ..Default::default() };
+        let t = RawLimits {
+            timeout: Some("none".to_string().into()),
+            ..Default::default()
+        };
         assert_eq!(t.resolve().unwrap().timeout, None);
         assert_eq!(Limits::default().memory, 1 << 30);
     }
 
     #[test]
     fn rebase_and_duplicates() {
-        let mut raw = RawPolicy { allow_read: vec!["data".into(), "/abs".into()], ..Default::default() };
+        let mut raw = RawPolicy {
+            allow_read: vec!["data".into(), "/abs".into()],
+            ..Default::default()
+        };
         raw.rebase(Path::new("/etc/capsa"));
-        assert_eq!(raw.allow_read, vec!["/etc/capsa/data".to_string(), "/abs".to_string()]);
-        let raw = RawPolicy { allow_read: vec!["/a".into()], allow_write: vec!["/a".into()], ..Default::default() };
+        assert_eq!(
+            raw.allow_read,
+            vec!["/etc/capsa/data".to_string(), "/abs".to_string()]
+        );
+        let raw = RawPolicy {
+            allow_read: vec!["/a".into()],
+            allow_write: vec!["/a".into()],
+            ..Default::default()
+        };
         let p = raw.resolve(Path::new("/"), &Fs).unwrap();
         assert_eq!(p.fs.grants.len(), 1);
         assert_eq!(p.fs.grants[0].access, Access::ReadWrite);
-        let raw = RawPolicy { allow_read: vec!["/a::/m".into(), "/b::/m".into()], ..Default::default() };
+        let raw = RawPolicy {
+            allow_read: vec!["/a::/m".into(), "/b::/m".into()],
+            ..Default::default()
+        };
         assert!(raw.resolve(Path::new("/"), &Fs).is_err());
-        let raw = RawPolicy { allow_read: vec!["/missing/x".into()], ..Default::default() };
+        let raw = RawPolicy {
+            allow_read: vec!["/missing/x".into()],
+            ..Default::default()
+        };
         assert!(raw.resolve(Path::new("/"), &Fs).is_err());
     }
 }

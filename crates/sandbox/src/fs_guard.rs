@@ -7,8 +7,8 @@
 //! reachable), `--deny-read`/`--deny-write` inside a grant, and a report of
 //! every refusal the host sees, with the flag that would allow it.
 
-use crate::report::{Decision, Kind};
 use crate::Guard;
+use crate::report::{Decision, Kind};
 use capsa_policy::{FsDecision, FsOp, join_guest_checked, strip_guest_prefix};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,7 +109,13 @@ impl GuardedFs<'_> {
 
     /// Decides one path operation relative to the descriptor `dir`.
     /// `Ok(None)`: not a descriptor capsa knows; wasmtime-wasi alone decides.
-    fn check(&mut self, dir: u32, path: &str, op: FsOp, verb: &'static str) -> FsResult<Option<Checked>> {
+    fn check(
+        &mut self,
+        dir: u32,
+        path: &str,
+        op: FsOp,
+        verb: &'static str,
+    ) -> FsResult<Option<Checked>> {
         let Some(t) = self.tracker.descriptors.get(&dir) else {
             return Ok(None);
         };
@@ -123,7 +129,11 @@ impl GuardedFs<'_> {
             return not_permitted();
         }
         let rel = strip_guest_prefix(&guest, &pre.guest).unwrap_or("");
-        let host = if rel.is_empty() { pre.host.clone() } else { pre.host.join(rel) };
+        let host = if rel.is_empty() {
+            pre.host.clone()
+        } else {
+            pre.host.join(rel)
+        };
         if !pre.allows_name(&guest) {
             let names = pre.only.as_deref().unwrap_or_default().join(", ");
             let reason = format!("only {names} is granted in {}", pre.guest);
@@ -143,7 +153,12 @@ impl GuardedFs<'_> {
                     reason: None,
                     hint: None,
                 });
-                Ok(Some(Checked { guest, preopen: preopen_idx, op, verb }))
+                Ok(Some(Checked {
+                    guest,
+                    preopen: preopen_idx,
+                    op,
+                    verb,
+                }))
             }
             FsDecision::Deny { rule, reason, hint } => {
                 let reason = if canonical.starts_with(&pre.host) || rule.is_some() {
@@ -185,10 +200,19 @@ impl preopens::Host for GuardedFs<'_> {
         // wasmtime-wasi returns preopens in the order they were added, which
         // is the order of `Guard::preopens`.
         for (i, (fd, guest)) in dirs.iter().enumerate() {
-            if self.guard.preopens.get(i).is_some_and(|p| &p.guest == guest) {
-                self.tracker
-                    .descriptors
-                    .insert(fd.rep(), Tracked { guest: guest.clone(), preopen: i });
+            if self
+                .guard
+                .preopens
+                .get(i)
+                .is_some_and(|p| &p.guest == guest)
+            {
+                self.tracker.descriptors.insert(
+                    fd.rep(),
+                    Tracked {
+                        guest: guest.clone(),
+                        preopen: i,
+                    },
+                );
             }
         }
         Ok(dirs)
@@ -196,17 +220,29 @@ impl preopens::Host for GuardedFs<'_> {
 }
 
 impl fs::Host for GuardedFs<'_> {
-    fn convert_error_code(&mut self, err: wasmtime_wasi::p2::FsError) -> wasmtime::Result<ErrorCode> {
+    fn convert_error_code(
+        &mut self,
+        err: wasmtime_wasi::p2::FsError,
+    ) -> wasmtime::Result<ErrorCode> {
         fs::Host::convert_error_code(&mut self.inner, err)
     }
 
-    fn filesystem_error_code(&mut self, err: Resource<streams::Error>) -> wasmtime::Result<Option<ErrorCode>> {
+    fn filesystem_error_code(
+        &mut self,
+        err: Resource<streams::Error>,
+    ) -> wasmtime::Result<Option<ErrorCode>> {
         fs::Host::filesystem_error_code(&mut self.inner, err)
     }
 }
 
 impl fs::HostDescriptor for GuardedFs<'_> {
-    fn advise(&mut self, fd: Resource<Descriptor>, offset: u64, len: u64, advice: fs::Advice) -> FsResult<()> {
+    fn advise(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: u64,
+        len: u64,
+        advice: fs::Advice,
+    ) -> FsResult<()> {
         fs::HostDescriptor::advise(&mut self.inner, fd, offset, len, advice)
     }
 
@@ -226,11 +262,21 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         fs::HostDescriptor::set_size(&mut self.inner, fd, size)
     }
 
-    fn set_times(&mut self, fd: Resource<Descriptor>, a: fs::NewTimestamp, m: fs::NewTimestamp) -> FsResult<()> {
+    fn set_times(
+        &mut self,
+        fd: Resource<Descriptor>,
+        a: fs::NewTimestamp,
+        m: fs::NewTimestamp,
+    ) -> FsResult<()> {
         fs::HostDescriptor::set_times(&mut self.inner, fd, a, m)
     }
 
-    fn read(&mut self, fd: Resource<Descriptor>, len: u64, offset: u64) -> FsResult<(Vec<u8>, bool)> {
+    fn read(
+        &mut self,
+        fd: Resource<Descriptor>,
+        len: u64,
+        offset: u64,
+    ) -> FsResult<(Vec<u8>, bool)> {
         fs::HostDescriptor::read(&mut self.inner, fd, len, offset)
     }
 
@@ -238,7 +284,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         fs::HostDescriptor::write(&mut self.inner, fd, buf, offset)
     }
 
-    fn read_directory(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<DirectoryEntryStream>> {
+    fn read_directory(
+        &mut self,
+        fd: Resource<Descriptor>,
+    ) -> FsResult<Resource<DirectoryEntryStream>> {
         let filtered = self
             .tracker
             .descriptors
@@ -269,7 +318,12 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         fs::HostDescriptor::stat(&mut self.inner, fd)
     }
 
-    fn stat_at(&mut self, fd: Resource<Descriptor>, pf: PathFlags, path: String) -> FsResult<fs::DescriptorStat> {
+    fn stat_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        pf: PathFlags,
+        path: String,
+    ) -> FsResult<fs::DescriptorStat> {
         let c = self.check(fd.rep(), &path, FsOp::Read, "stat")?;
         let r = fs::HostDescriptor::stat_at(&mut self.inner, fd, pf, path);
         self.after(&c, r)
@@ -300,7 +354,8 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         // the source must be writable too.
         self.check(fd.rep(), &old_path, FsOp::Write, "link from")?;
         let c = self.check(new_fd.rep(), &new_path, FsOp::Write, "link to")?;
-        let r = fs::HostDescriptor::link_at(&mut self.inner, fd, old_pf, old_path, new_fd, new_path);
+        let r =
+            fs::HostDescriptor::link_at(&mut self.inner, fd, old_pf, old_path, new_fd, new_path);
         self.after(&c, r)
     }
 
@@ -315,14 +370,22 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         let writes = flags.contains(DescriptorFlags::WRITE)
             || oflags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE)
             || flags.contains(DescriptorFlags::MUTATE_DIRECTORY);
-        let (op, verb) = if writes { (FsOp::Write, "write to") } else { (FsOp::Read, "read") };
+        let (op, verb) = if writes {
+            (FsOp::Write, "write to")
+        } else {
+            (FsOp::Read, "read")
+        };
         let c = self.check(fd.rep(), &path, op, verb)?;
         let r = fs::HostDescriptor::open_at(&mut self.inner, fd, pf, path, oflags, flags);
         let r = self.after(&c, r);
         if let (Ok(new), Some(c)) = (&r, c) {
-            self.tracker
-                .descriptors
-                .insert(new.rep(), Tracked { guest: c.guest, preopen: c.preopen });
+            self.tracker.descriptors.insert(
+                new.rep(),
+                Tracked {
+                    guest: c.guest,
+                    preopen: c.preopen,
+                },
+            );
         }
         r
     }
@@ -344,7 +407,13 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         self.after(&c, r)
     }
 
-    fn rename_at(&mut self, fd: Resource<Descriptor>, old: String, new_fd: Resource<Descriptor>, new: String) -> FsResult<()> {
+    fn rename_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        old: String,
+        new_fd: Resource<Descriptor>,
+        new: String,
+    ) -> FsResult<()> {
         self.check(fd.rep(), &old, FsOp::Write, "rename")?;
         let c = self.check(new_fd.rep(), &new, FsOp::Write, "rename to")?;
         let r = fs::HostDescriptor::rename_at(&mut self.inner, fd, old, new_fd, new);
@@ -363,19 +432,34 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         self.after(&c, r)
     }
 
-    fn read_via_stream(&mut self, fd: Resource<Descriptor>, offset: u64) -> FsResult<Resource<streams::InputStream>> {
+    fn read_via_stream(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: u64,
+    ) -> FsResult<Resource<streams::InputStream>> {
         fs::HostDescriptor::read_via_stream(&mut self.inner, fd, offset)
     }
 
-    fn write_via_stream(&mut self, fd: Resource<Descriptor>, offset: u64) -> FsResult<Resource<streams::OutputStream>> {
+    fn write_via_stream(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: u64,
+    ) -> FsResult<Resource<streams::OutputStream>> {
         fs::HostDescriptor::write_via_stream(&mut self.inner, fd, offset)
     }
 
-    fn append_via_stream(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<streams::OutputStream>> {
+    fn append_via_stream(
+        &mut self,
+        fd: Resource<Descriptor>,
+    ) -> FsResult<Resource<streams::OutputStream>> {
         fs::HostDescriptor::append_via_stream(&mut self.inner, fd)
     }
 
-    fn is_same_object(&mut self, a: Resource<Descriptor>, b: Resource<Descriptor>) -> wasmtime::Result<bool> {
+    fn is_same_object(
+        &mut self,
+        a: Resource<Descriptor>,
+        b: Resource<Descriptor>,
+    ) -> wasmtime::Result<bool> {
         fs::HostDescriptor::is_same_object(&mut self.inner, a, b)
     }
 
@@ -383,7 +467,12 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         fs::HostDescriptor::metadata_hash(&mut self.inner, fd)
     }
 
-    fn metadata_hash_at(&mut self, fd: Resource<Descriptor>, pf: PathFlags, path: String) -> FsResult<fs::MetadataHashValue> {
+    fn metadata_hash_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        pf: PathFlags,
+        path: String,
+    ) -> FsResult<fs::MetadataHashValue> {
         let c = self.check(fd.rep(), &path, FsOp::Read, "stat")?;
         let r = fs::HostDescriptor::metadata_hash_at(&mut self.inner, fd, pf, path);
         self.after(&c, r)
@@ -391,14 +480,20 @@ impl fs::HostDescriptor for GuardedFs<'_> {
 }
 
 impl fs::HostDirectoryEntryStream for GuardedFs<'_> {
-    fn read_directory_entry(&mut self, stream: Resource<DirectoryEntryStream>) -> FsResult<Option<fs::DirectoryEntry>> {
+    fn read_directory_entry(
+        &mut self,
+        stream: Resource<DirectoryEntryStream>,
+    ) -> FsResult<Option<fs::DirectoryEntry>> {
         let Some(&p) = self.tracker.filtered_streams.get(&stream.rep()) else {
             return fs::HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream);
         };
         // A file grant shows its own name in the listing, never a neighbour's.
         let names = self.guard.preopens[p].only.as_deref().unwrap_or_default();
         loop {
-            let entry = fs::HostDirectoryEntryStream::read_directory_entry(&mut self.inner, borrow(&stream))?;
+            let entry = fs::HostDirectoryEntryStream::read_directory_entry(
+                &mut self.inner,
+                borrow(&stream),
+            )?;
             match entry {
                 Some(e) if !names.contains(&e.name) => continue,
                 other => return Ok(other),

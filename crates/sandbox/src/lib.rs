@@ -106,7 +106,10 @@ struct WasiState {
 
 impl WasiView for WasiState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -135,13 +138,23 @@ struct MemoryLimiter {
 const MAX_TABLE_ELEMENTS: usize = 4 << 20;
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let ok = desired as u64 <= self.memory;
         self.hit |= !ok;
         Ok(ok)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let ok = desired <= MAX_TABLE_ELEMENTS;
         self.hit |= !ok;
         Ok(ok)
@@ -164,9 +177,17 @@ fn preopens(policy: &Policy) -> Result<Vec<Preopen>, RunError> {
         let (host, guest, name) = match g.kind {
             GrantKind::Dir => (g.host.clone(), g.guest.clone(), None),
             GrantKind::File => {
-                let host = g.host.parent().map(PathBuf::from).unwrap_or_else(|| "/".into());
+                let host = g
+                    .host
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| "/".into());
                 let (dir, name) = g.guest.rsplit_once('/').unwrap_or(("", &g.guest));
-                let dir = if dir.is_empty() { "/".to_string() } else { dir.to_string() };
+                let dir = if dir.is_empty() {
+                    "/".to_string()
+                } else {
+                    dir.to_string()
+                };
                 (host, dir, Some(name.to_string()))
             }
         };
@@ -190,7 +211,12 @@ fn preopens(policy: &Policy) -> Result<Vec<Preopen>, RunError> {
             };
             continue;
         }
-        out.push(Preopen { host, guest, writable, only: name.map(|n| vec![n]) });
+        out.push(Preopen {
+            host,
+            guest,
+            writable,
+            only: name.map(|n| vec![n]),
+        });
     }
     Ok(out)
 }
@@ -198,13 +224,15 @@ fn preopens(policy: &Policy) -> Result<Vec<Preopen>, RunError> {
 /// Runs one program to its end under `config.policy`.
 pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
     let engine = engine(&config.policy)?;
-    let (component_bytes, digest) = load::read_program(&config.program)?;
+    let program = load::Program::read(&config.program)?;
     let component = match &config.cache {
-        Some(cache) => cache.load(&engine, &digest, &component_bytes, &config.program)?,
-        None => wasmtime::component::Component::new(&engine, &component_bytes).map_err(|e| LoadError::Invalid {
-            path: config.program.clone(),
-            msg: format!("{e:#}"),
-        })?,
+        Some(cache) => cache.load(&engine, &program)?,
+        None => wasmtime::component::Component::new(&engine, program.component_bytes()?).map_err(
+            |e| LoadError::Invalid {
+                path: config.program.clone(),
+                msg: format!("{e:#}"),
+            },
+        )?,
     };
     check_world(&engine, &component, &config.program)?;
 
@@ -239,9 +267,16 @@ pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
         b.initial_cwd(cwd);
     }
     for p in &guard.preopens {
-        let perms = if p.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+        let perms = if p.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
         b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| {
-            RunError::Setup(format!("cannot open granted directory {}: {e:#}", p.host.display()))
+            RunError::Setup(format!(
+                "cannot open granted directory {}: {e:#}",
+                p.host.display()
+            ))
         })?;
     }
 
@@ -251,11 +286,17 @@ pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
     let mut store = Store::new(
         &engine,
         HostState {
-            wasi: WasiState { ctx: b.build(), table: ResourceTable::new() },
+            wasi: WasiState {
+                ctx: b.build(),
+                table: ResourceTable::new(),
+            },
             fs: FsTracker::default(),
             lookups: LookupTracker::default(),
             guard: guard.clone(),
-            limiter: MemoryLimiter { memory: limits.memory, hit: false },
+            limiter: MemoryLimiter {
+                memory: limits.memory,
+                hit: false,
+            },
         },
     );
     store.limiter(|s| &mut s.limiter);
@@ -298,17 +339,26 @@ pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
 }
 
 fn guest_env(guard: &Guard) -> Vec<(String, String)> {
-    let host = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let host = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
     let env = guard.policy.env.guest_env(host);
     for pattern in &guard.policy.env.allow {
         // Which grants found a value: the guest cannot be watched reading
         // its own environment, so this is the one decision there is to audit.
-        let found: Vec<&str> = env.iter().filter(|(k, _)| pattern.matches(k)).map(|(k, _)| k.as_str()).collect();
+        let found: Vec<&str> = env
+            .iter()
+            .filter(|(k, _)| pattern.matches(k))
+            .map(|(k, _)| k.as_str())
+            .collect();
         let rule = format!("--allow-env={pattern}");
         for name in if found.is_empty() { vec![""] } else { found } {
             guard.reporter.record(&Decision {
                 kind: Kind::Env,
-                op: if name.is_empty() { "pass (unset)" } else { "pass" },
+                op: if name.is_empty() {
+                    "pass (unset)"
+                } else {
+                    "pass"
+                },
                 target: if name.is_empty() { &rule[12..] } else { name },
                 allowed: true,
                 rule: Some(&rule),
@@ -321,15 +371,25 @@ fn guest_env(guard: &Guard) -> Vec<(String, String)> {
 }
 
 fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    use wasmtime_wasi::p2::bindings::{filesystem::preopens, sockets::ip_name_lookup, sync::filesystem::types};
+    use wasmtime_wasi::p2::bindings::{
+        filesystem::preopens, sockets::ip_name_lookup, sync::filesystem::types,
+    };
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     // Replace the file system and name lookup with the guarded versions.
     linker.allow_shadowing(true);
     fn fs(s: &mut HostState) -> GuardedFs<'_> {
-        GuardedFs { inner: s.wasi.filesystem(), tracker: &mut s.fs, guard: &s.guard }
+        GuardedFs {
+            inner: s.wasi.filesystem(),
+            tracker: &mut s.fs,
+            guard: &s.guard,
+        }
     }
     fn lookup(s: &mut HostState) -> GuardedLookup<'_> {
-        GuardedLookup { inner: s.wasi.sockets(), tracker: &mut s.lookups, guard: &s.guard }
+        GuardedLookup {
+            inner: s.wasi.sockets(),
+            tracker: &mut s.lookups,
+            guard: &s.guard,
+        }
     }
     types::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
     preopens::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
@@ -338,9 +398,16 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 }
 
 /// The component must be a `wasi:cli/command`: it exports `wasi:cli/run`.
-fn check_world(engine: &Engine, component: &wasmtime::component::Component, path: &std::path::Path) -> Result<(), LoadError> {
+fn check_world(
+    engine: &Engine,
+    component: &wasmtime::component::Component,
+    path: &std::path::Path,
+) -> Result<(), LoadError> {
     let ty = component.component_type();
-    if ty.exports(engine).any(|(name, _)| name.starts_with("wasi:cli/run@0.2")) {
+    if ty
+        .exports(engine)
+        .any(|(name, _)| name.starts_with("wasi:cli/run@0.2"))
+    {
         return Ok(());
     }
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
@@ -348,7 +415,11 @@ fn check_world(engine: &Engine, component: &wasmtime::component::Component, path
         path: path.into(),
         msg: format!(
             "a component must export wasi:cli/run@0.2 to be run; this one exports {}",
-            if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            }
         ),
     })
 }
@@ -393,7 +464,10 @@ fn start_timers(engine: &Engine, timeout: Duration, finished: Arc<AtomicBool>, g
 }
 
 fn timeout_message(t: Duration) -> String {
-    format!("time limit of {} reached; raise it with --timeout=DURATION", format_duration(t))
+    format!(
+        "time limit of {} reached; raise it with --timeout=DURATION",
+        format_duration(t)
+    )
 }
 
 fn outcome(
@@ -410,19 +484,29 @@ fn outcome(
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return Outcome::Exited(exit.0);
     }
-    let limit = |message: String| Outcome::Limit { code: exit::LIMIT, message };
+    let limit = |message: String| Outcome::Limit {
+        code: exit::LIMIT,
+        message,
+    };
     if budget.was_hit() {
         let max = limits.max_output.map(format_size).unwrap_or_default();
-        return limit(format!("output limit of {max} reached; raise it with --max-output=SIZE"));
+        return limit(format!(
+            "output limit of {max} reached; raise it with --max-output=SIZE"
+        ));
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => {
             let t = limits.timeout.unwrap_or_default();
-            return Outcome::Limit { code: exit::TIMEOUT, message: timeout_message(t) };
+            return Outcome::Limit {
+                code: exit::TIMEOUT,
+                message: timeout_message(t),
+            };
         }
         Some(Trap::OutOfFuel) => {
             let fuel = limits.fuel.unwrap_or_default();
-            return limit(format!("fuel limit of {fuel} reached; raise it with --fuel=N"));
+            return limit(format!(
+                "fuel limit of {fuel} reached; raise it with --fuel=N"
+            ));
         }
         _ => {}
     }
@@ -433,7 +517,10 @@ fn outcome(
         ));
     }
     let msg = match err.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
+        Some(trap) => trap
+            .to_string()
+            .trim_start_matches("wasm trap: ")
+            .to_string(),
         None => format!("{err:#}"),
     };
     Outcome::Trapped(msg.lines().next().unwrap_or_default().to_string())

@@ -23,7 +23,9 @@ pub enum LoadError {
     BadText { path: PathBuf, msg: String },
     #[error("{path} is not a valid WebAssembly program: {msg}")]
     Invalid { path: PathBuf, msg: String },
-    #[error("{path} imports {import}, which capsa does not provide (capsa provides WASI preview 1 and WASI 0.2)")]
+    #[error(
+        "{path} imports {import}, which capsa does not provide (capsa provides WASI preview 1 and WASI 0.2)"
+    )]
     UnknownImport { path: PathBuf, import: String },
     #[error("{path} is not a WASI command: {msg}")]
     NotCommand { path: PathBuf, msg: String },
@@ -47,44 +49,87 @@ fn kind_of(bytes: &[u8]) -> Option<Binary> {
     }
 }
 
-/// Reads `path` and returns the component bytes to compile, and a digest of
-/// the file as given (the cache key).
-pub fn read_program(path: &Path) -> Result<(Vec<u8>, [u8; 32]), LoadError> {
-    let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => LoadError::NotFound(path.into()),
-        _ => LoadError::Read { path: path.into(), err },
-    })?;
-    if meta.is_dir() {
-        return Err(LoadError::IsDirectory(path.into()));
+/// A program file, read and fingerprinted, not yet compiled.
+pub struct Program {
+    pub path: PathBuf,
+    bytes: Vec<u8>,
+    /// SHA-256 of the file as given: the cache key.
+    pub digest: [u8; 32],
+}
+
+impl Program {
+    pub fn read(path: &Path) -> Result<Self, LoadError> {
+        let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => LoadError::NotFound(path.into()),
+            _ => LoadError::Read {
+                path: path.into(),
+                err,
+            },
+        })?;
+        if meta.is_dir() {
+            return Err(LoadError::IsDirectory(path.into()));
+        }
+        let bytes = std::fs::read(path).map_err(|err| LoadError::Read {
+            path: path.into(),
+            err,
+        })?;
+        if !bytes.starts_with(b"\0asm") && !looks_like_text(&bytes) {
+            return Err(LoadError::NotWasm(path.into()));
+        }
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        Ok(Program {
+            path: path.into(),
+            bytes,
+            digest,
+        })
     }
-    let bytes = std::fs::read(path).map_err(|err| LoadError::Read { path: path.into(), err })?;
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
-    let binary = if bytes.starts_with(b"\0asm") {
-        bytes
-    } else if std::str::from_utf8(&bytes).is_ok_and(|s| s.trim_start().starts_with('(')) {
-        wat::parse_bytes(&bytes)
-            .map_err(|e| LoadError::BadText { path: path.into(), msg: e.to_string() })?
-            .into_owned()
-    } else {
-        return Err(LoadError::NotWasm(path.into()));
-    };
-    let component = match kind_of(&binary) {
-        Some(Binary::Component) => binary,
-        Some(Binary::Module) => adapt_module(path, &binary)?,
-        None => {
-            return Err(LoadError::Invalid {
+
+    /// The component to compile: text is parsed, a core module adapted.
+    pub fn component_bytes(&self) -> Result<Vec<u8>, LoadError> {
+        let path = self.path.as_path();
+        let binary = if self.bytes.starts_with(b"\0asm") {
+            std::borrow::Cow::Borrowed(&self.bytes[..])
+        } else {
+            wat::parse_bytes(&self.bytes).map_err(|e| LoadError::BadText {
+                path: path.into(),
+                msg: e.to_string().lines().next().unwrap_or_default().to_string(),
+            })?
+        };
+        match kind_of(&binary) {
+            Some(Binary::Component) => Ok(binary.into_owned()),
+            Some(Binary::Module) => adapt_module(path, &binary),
+            None => Err(LoadError::Invalid {
                 path: path.into(),
                 msg: "unsupported WebAssembly version in the header".into(),
-            });
+            }),
         }
+    }
+}
+
+/// WebAssembly text: UTF-8 whose first token, after blanks and comments, is `(`.
+fn looks_like_text(bytes: &[u8]) -> bool {
+    let Ok(mut s) = std::str::from_utf8(bytes) else {
+        return false;
     };
-    Ok((component, digest))
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix(";;") {
+            s = rest.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(rest) = s.strip_prefix("(;") {
+            s = rest.split_once(";)").map_or("", |(_, r)| r);
+        } else {
+            return s.starts_with('(');
+        }
+    }
 }
 
 /// Wraps a WASI preview 1 module in the preview 1 → 0.2 adapter, so that one
 /// host implementation (and one set of checks) serves both kinds.
 fn adapt_module(path: &Path, module: &[u8]) -> Result<Vec<u8>, LoadError> {
-    let invalid = |msg: String| LoadError::Invalid { path: path.into(), msg };
+    let invalid = |msg: String| LoadError::Invalid {
+        path: path.into(),
+        msg,
+    };
     wasmparser::Validator::new()
         .validate_all(module)
         .map_err(|e| invalid(e.to_string()))?;
@@ -120,24 +165,137 @@ fn adapt_module(path: &Path, module: &[u8]) -> Result<Vec<u8>, LoadError> {
     }
     wit_component::ComponentEncoder::default()
         .module(module)
-        .and_then(|e| {
-            e.adapter(
-                "wasi_snapshot_preview1",
-                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
-            )
-        })
+        .and_then(|e| e.adapter("wasi_snapshot_preview1", adapter()))
         .and_then(|e| e.validate(true).encode())
         .map_err(|e| {
             // wit-component names an unknown WASI function in its chain.
             let msg = format!("{e:#}");
             match msg.find("wasi_snapshot_preview1") {
                 Some(_) if msg.contains("not defined") || msg.contains("unknown") => {
-                    LoadError::UnknownImport { path: path.into(), import: msg }
+                    LoadError::UnknownImport {
+                        path: path.into(),
+                        import: msg,
+                    }
                 }
                 _ => invalid(msg),
             }
         })
 }
+
+/// The standard preview 1 adapter, with `proc_exit` passing its code through.
+///
+/// The adapter as shipped maps every non-zero `proc_exit` code to 1: a native
+/// program's `exit(7)` must give 7. So an import of
+/// `wasi:cli/exit.exit-with-code` (part of the world the adapter declares) is
+/// added, and `proc_exit`'s body replaced by a call to it; the canonical ABI
+/// keeps the low 8 bits, as a shell does.
+fn adapter() -> &'static [u8] {
+    use std::sync::OnceLock;
+    static PATCHED: OnceLock<Vec<u8>> = OnceLock::new();
+    let original = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER;
+    PATCHED.get_or_init(|| patch_proc_exit(original).unwrap_or_else(|| original.to_vec()))
+}
+
+fn patch_proc_exit(adapter: &[u8]) -> Option<Vec<u8>> {
+    use wasm_encoder::reencode::{Error, Reencode, utils};
+    let mut func_imports = 0u32;
+    let (mut exit_module, mut proc_exit, mut func_types) = (None, None, Vec::new());
+    for payload in wasmparser::Parser::new(0).parse_all(adapter) {
+        match payload.ok()? {
+            wasmparser::Payload::ImportSection(r) => {
+                for imp in r.into_imports() {
+                    let imp = imp.ok()?;
+                    if matches!(imp.ty, wasmparser::TypeRef::Func(_)) {
+                        if imp.module.starts_with("wasi:cli/exit@") {
+                            exit_module = Some(imp.module.to_string());
+                        }
+                        func_imports += 1;
+                    }
+                }
+            }
+            wasmparser::Payload::FunctionSection(r) => {
+                for t in r {
+                    func_types.push(t.ok()?);
+                }
+            }
+            wasmparser::Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e.ok()?;
+                    if e.name == "proc_exit" && e.kind == wasmparser::ExternalKind::Func {
+                        proc_exit = Some(e.index);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    struct Patch {
+        /// Function imports before the one added, which becomes index `imports`.
+        imports: u32,
+        /// `proc_exit` among the defined functions.
+        target: u32,
+        ty: u32,
+        module: String,
+        seen: u32,
+    }
+    impl Reencode for Patch {
+        type Error = std::convert::Infallible;
+        fn function_index(&mut self, func: u32) -> Result<u32, Error<Self::Error>> {
+            Ok(if func >= self.imports { func + 1 } else { func })
+        }
+        fn parse_import_section(
+            &mut self,
+            imports: &mut wasm_encoder::ImportSection,
+            section: wasmparser::ImportSectionReader<'_>,
+        ) -> Result<(), Error<Self::Error>> {
+            utils::parse_import_section(self, imports, section)?;
+            imports.import(
+                &self.module,
+                "exit-with-code",
+                wasm_encoder::EntityType::Function(self.ty),
+            );
+            Ok(())
+        }
+        fn parse_function_body(
+            &mut self,
+            code: &mut wasm_encoder::CodeSection,
+            func: wasmparser::FunctionBody<'_>,
+        ) -> Result<(), Error<Self::Error>> {
+            if self.seen == self.target {
+                let mut f = wasm_encoder::Function::new([]);
+                f.instructions()
+                    .local_get(0)
+                    .call(self.imports)
+                    .unreachable()
+                    .end();
+                code.function(&f);
+            } else {
+                utils::parse_function_body(self, code, func)?;
+            }
+            self.seen += 1;
+            Ok(())
+        }
+    }
+    let target = proc_exit?.checked_sub(func_imports)?;
+    let mut patch = Patch {
+        imports: func_imports,
+        target,
+        ty: *func_types.get(target as usize)?,
+        module: exit_module?,
+        seen: 0,
+    };
+    let mut module = wasm_encoder::Module::new();
+    patch
+        .parse_core_module(&mut module, wasmparser::Parser::new(0), adapter)
+        .ok()?;
+    let patched = module.finish();
+    wasmparser::Validator::new().validate_all(&patched).ok()?;
+    Some(patched)
+}
+
+/// Bumped whenever what capsa compiles from the same input changes (the
+/// adapter patch, say), so no stale entry is ever loaded.
+const CACHE_FORMAT: u32 = 1;
 
 /// Compiled code, cached per machine under `dir`, keyed by the program's
 /// digest and everything about the engine that changes the code.
@@ -170,13 +328,18 @@ impl CodeCache {
         key.update(digest);
         key.update(h.finish().to_le_bytes());
         key.update(env!("CARGO_PKG_VERSION").as_bytes());
-        let hex: String = key.finalize()[..20].iter().map(|b| format!("{b:02x}")).collect();
+        key.update(CACHE_FORMAT.to_le_bytes());
+        let hex: String = key.finalize()[..20]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         self.dir.join("code").join(format!("{hex}.cwasm"))
     }
 
     /// Loads compiled code for `digest`, compiling `component` on a miss.
-    pub fn load(&self, engine: &Engine, digest: &[u8; 32], component: &[u8], path: &Path) -> Result<Component, LoadError> {
-        let entry = self.entry(engine, digest);
+    pub fn load(&self, engine: &Engine, program: &Program) -> Result<Component, LoadError> {
+        let path = program.path.as_path();
+        let entry = self.entry(engine, &program.digest);
         if trusted(&entry) {
             // SAFETY: `trusted` checked that the file lies in a directory only
             // this user can write and was written by this user, which here
@@ -189,14 +352,19 @@ impl CodeCache {
             let _ = std::fs::remove_file(&entry);
         }
         let compiled = engine
-            .precompile_component(component)
-            .map_err(|e| LoadError::Invalid { path: path.into(), msg: format!("{e:#}") })?;
+            .precompile_component(&program.component_bytes()?)
+            .map_err(|e| LoadError::Invalid {
+                path: path.into(),
+                msg: format!("{e:#}"),
+            })?;
         // A cache that cannot be written only costs speed.
         let _ = store(&entry, &compiled);
         // SAFETY: these bytes were produced by `precompile_component` on this
         // same engine a moment ago.
-        unsafe { Component::deserialize(engine, &compiled) }
-            .map_err(|e| LoadError::Invalid { path: path.into(), msg: format!("{e:#}") })
+        unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| LoadError::Invalid {
+            path: path.into(),
+            msg: format!("{e:#}"),
+        })
     }
 }
 
@@ -209,7 +377,9 @@ fn trusted(entry: &Path) -> bool {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let uid = unsafe { libc_geteuid() };
         let ok = |p: &Path| {
-            std::fs::symlink_metadata(p).is_ok_and(|m| m.uid() == uid && m.mode() & 0o022 == 0 && !m.file_type().is_symlink())
+            std::fs::symlink_metadata(p).is_ok_and(|m| {
+                m.uid() == uid && m.mode() & 0o022 == 0 && !m.file_type().is_symlink()
+            })
         };
         ok(entry) && entry.parent().is_some_and(ok)
     }
@@ -227,7 +397,9 @@ unsafe extern "C" {
 
 /// Writes `bytes` to `entry` atomically: a reader sees the whole file or none.
 fn store(entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = entry.parent().ok_or_else(|| std::io::Error::other("no parent"))?;
+    let dir = entry
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent"))?;
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -236,7 +408,10 @@ fn store(entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         std::process::id(),
-        entry.file_name().and_then(|n| n.to_str()).unwrap_or("entry")
+        entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("entry")
     ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -248,4 +423,19 @@ fn store(entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn adapter_proc_exit_is_patched() {
+        let original =
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER;
+        let patched = super::patch_proc_exit(original).expect("the adapter can be patched");
+        assert_ne!(patched, original);
+        assert!(super::looks_like_text(b";; comment\n(module)"));
+        assert!(super::looks_like_text(b"(; block ;) (component)"));
+        assert!(!super::looks_like_text(b"hello"));
+        assert!(!super::looks_like_text(b"\xff\xfe"));
+    }
 }

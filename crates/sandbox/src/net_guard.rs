@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Resource};
+use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::SocketError;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressStream};
 use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, Network};
-use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 
 /// The check wasmtime-wasi calls for every socket address the guest uses.
@@ -48,7 +48,10 @@ fn connect_decision(guard: &Guard, addr: SocketAddr) -> NetDecision {
         .get(&addr.ip())
         .cloned()
         .unwrap_or_default();
-    guard.policy.net.decide_connect(addr.ip(), addr.port(), &names)
+    guard
+        .policy
+        .net
+        .decide_connect(addr.ip(), addr.port(), &names)
 }
 
 fn record(guard: &Guard, kind: Kind, verb: &str, target: &str, d: &NetDecision) {
@@ -101,7 +104,10 @@ impl ip_name_lookup::Host for GuardedLookup<'_> {
     ) -> Result<Resource<ResolveAddressStream>, SocketError> {
         // An address literal needs no lookup; the connect check decides.
         let literal = name.parse::<IpAddr>().is_ok()
-            || name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).is_some_and(|n| n.parse::<IpAddr>().is_ok());
+            || name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .is_some_and(|n| n.parse::<IpAddr>().is_ok());
         if !literal {
             let d = self.guard.policy.net.decide_lookup(&name);
             record(self.guard, Kind::Dns, "look up", &name, &d);
@@ -110,24 +116,38 @@ impl ip_name_lookup::Host for GuardedLookup<'_> {
                 return Err(ErrorCode::NameUnresolvable.into());
             }
         }
-        let stream = ip_name_lookup::Host::resolve_addresses(&mut self.inner, network, name.clone())?;
+        let stream =
+            ip_name_lookup::Host::resolve_addresses(&mut self.inner, network, name.clone())?;
         if !literal {
-            self.tracker.streams.insert(stream.rep(), name.trim_end_matches('.').to_ascii_lowercase());
+            self.tracker.streams.insert(
+                stream.rep(),
+                name.trim_end_matches('.').to_ascii_lowercase(),
+            );
         }
         Ok(stream)
     }
 }
 
 impl ip_name_lookup::HostResolveAddressStream for GuardedLookup<'_> {
-    fn resolve_next_address(&mut self, stream: Resource<ResolveAddressStream>) -> Result<Option<IpAddress>, SocketError> {
+    fn resolve_next_address(
+        &mut self,
+        stream: Resource<ResolveAddressStream>,
+    ) -> Result<Option<IpAddress>, SocketError> {
         let name = self.tracker.streams.get(&stream.rep()).cloned();
-        let next = ip_name_lookup::HostResolveAddressStream::resolve_next_address(&mut self.inner, stream)?;
+        let next = ip_name_lookup::HostResolveAddressStream::resolve_next_address(
+            &mut self.inner,
+            stream,
+        )?;
         if let (Some(addr), Some(name)) = (&next, name) {
             let ip = match *addr {
                 IpAddress::Ipv4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
                 IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::from([a, b, c, d, e, f, g, h]),
             };
-            let mut resolved = self.guard.resolved.lock().unwrap_or_else(|e| e.into_inner());
+            let mut resolved = self
+                .guard
+                .resolved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let names = resolved.entry(ip).or_default();
             if !names.contains(&name) {
                 names.push(name);
@@ -136,7 +156,10 @@ impl ip_name_lookup::HostResolveAddressStream for GuardedLookup<'_> {
         Ok(next)
     }
 
-    fn subscribe(&mut self, stream: Resource<ResolveAddressStream>) -> wasmtime::Result<Resource<DynPollable>> {
+    fn subscribe(
+        &mut self,
+        stream: Resource<ResolveAddressStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
         ip_name_lookup::HostResolveAddressStream::subscribe(&mut self.inner, stream)
     }
 

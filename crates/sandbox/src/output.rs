@@ -125,7 +125,11 @@ impl OutputStream for LimitedOutput {
 }
 
 impl tokio::io::AsyncWrite for LimitedOutput {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Poll::Ready(match self.write_bytes(buf) {
             Ok(true) => Ok(buf.len()),
             Ok(false) => Err(std::io::Error::other("output limit reached")),

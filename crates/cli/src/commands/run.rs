@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 const AFTER_HELP: &str = "\
 Everything is denied unless granted. Lists are comma-separated, and each flag
 may be repeated. A host path appears in the program at the same absolute path
-(HOST::GUEST chooses another); the program's working directory is capsa's.
+(HOST::GUEST chooses another). capsa's working directory is passed as WASI's
+initial-cwd, but wasi-libc programs resolve relative paths against /: give
+them absolute paths.
 
 Network rules: host, host:port, *.host, IP, IP:port, CIDR, [v6]:port.
 Loopback, private, link-local and cloud-metadata addresses are reached only
@@ -83,7 +85,11 @@ pub struct RunArgs {
     #[arg(value_name = "PROGRAM")]
     program: PathBuf,
     /// Arguments for the program.
-    #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     args: Vec<String>,
 }
 
@@ -150,7 +156,12 @@ impl RunArgs {
 pub fn run(args: RunArgs) -> i32 {
     let cwd = match std::env::current_dir() {
         Ok(d) => d,
-        Err(e) => return fail(exit::INTERNAL, anyhow::anyhow!("cannot read the working directory: {e}")),
+        Err(e) => {
+            return fail(
+                exit::INTERNAL,
+                anyhow::anyhow!("cannot read the working directory: {e}"),
+            );
+        }
     };
     let policy = match args.policy(&cwd) {
         Ok(p) => p,
@@ -161,7 +172,12 @@ pub fn run(args: RunArgs) -> i32 {
         Some(p) if p.as_os_str() == "-" => Some(AuditSink::Stderr),
         Some(p) => match std::fs::File::create(p) {
             Ok(f) => Some(AuditSink::File(f)),
-            Err(e) => return fail(exit::USAGE, anyhow::anyhow!("cannot create audit file {}: {e}", p.display())),
+            Err(e) => {
+                return fail(
+                    exit::USAGE,
+                    anyhow::anyhow!("cannot create audit file {}: {e}", p.display()),
+                );
+            }
         },
     };
     let config = RunConfig {

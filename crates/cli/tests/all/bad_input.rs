@@ -5,8 +5,16 @@ use crate::support::*;
 fn check(flags: &[&str], program: &std::path::Path, code: i32, message: &str) {
     let r = run(flags, program, &[]);
     assert_eq!(r.code, code, "{flags:?} {program:?}: {}", r.stderr);
-    assert!(r.stderr.contains(message), "{flags:?}: expected {message:?} in {}", r.stderr);
-    assert!(!r.stderr.contains("panicked") && !r.stderr.contains("RUST_BACKTRACE"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(message),
+        "{flags:?}: expected {message:?} in {}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("panicked") && !r.stderr.contains("RUST_BACKTRACE"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
 }
 
@@ -24,36 +32,106 @@ fn programs_that_cannot_load() {
     std::fs::write(d.join("corrupt.wasm"), &corrupt).unwrap();
     check(&[], &d.join("missing.wasm"), 126, "program not found");
     check(&[], &d, 126, "is a directory, not a program");
-    check(&[], &d.join("text.wasm"), 126, "is not a WebAssembly program");
-    check(&[], &d.join("truncated.wasm"), 126, "is not a valid WebAssembly program");
-    check(&[], &d.join("corrupt.wasm"), 126, "is not a valid WebAssembly program");
-    check(&[], &wat("import-env.wat"), 126, "imports env::launch_missiles, which capsa does not provide");
+    check(
+        &[],
+        &d.join("text.wasm"),
+        126,
+        "is not a WebAssembly program",
+    );
+    check(
+        &[],
+        &d.join("truncated.wasm"),
+        126,
+        "is not a valid WebAssembly program",
+    );
+    check(
+        &[],
+        &d.join("corrupt.wasm"),
+        126,
+        "is not a valid WebAssembly program",
+    );
+    check(
+        &[],
+        &wat("import-env.wat"),
+        126,
+        "imports env::launch_missiles, which capsa does not provide",
+    );
     check(&[], &wat("reactor.wat"), 126, "no _start function");
-    check(&[], &wat("not-a-command.wat"), 126, "must export wasi:cli/run@0.2");
-    check(&[], &wat("bad-syntax.wat"), 126, "is not valid WebAssembly text");
+    check(
+        &[],
+        &wat("not-a-command.wat"),
+        126,
+        "must export wasi:cli/run@0.2",
+    );
+    check(
+        &[],
+        &wat("bad-syntax.wat"),
+        126,
+        "is not valid WebAssembly text",
+    );
 }
 
 #[test]
 fn invalid_flags_and_policies() {
     let (_g, d) = scratch();
     let p = probe(P2);
-    check(&["--allow-net=example.com:99999"], &p, 125, r#"invalid network rule "example.com:99999": invalid port"#);
-    check(&["--allow-net=10.0.0.0/33"], &p, 125, r#"invalid network rule "10.0.0.0/33": invalid prefix length"#);
+    check(
+        &["--allow-net=example.com:99999"],
+        &p,
+        125,
+        r#"invalid network rule "example.com:99999": invalid port"#,
+    );
+    check(
+        &["--allow-net=10.0.0.0/33"],
+        &p,
+        125,
+        r#"invalid network rule "10.0.0.0/33": invalid prefix length"#,
+    );
     check(&["--memory=lots"], &p, 125, r#"invalid size "lots""#);
     check(&["--timeout=soon"], &p, 125, r#"invalid duration "soon""#);
     check(&["--fuel=-1"], &p, 125, r#"invalid fuel "-1""#);
-    check(&["--allow-env=*"], &p, 125, "a bare * would expose the whole environment");
-    check(&[&format!("--allow-read={}", s(&d.join("nope")))], &p, 125, "no such file or directory");
+    check(
+        &["--allow-env=*"],
+        &p,
+        125,
+        "a bare * would expose the whole environment",
+    );
+    check(
+        &[&format!("--allow-read={}", s(&d.join("nope")))],
+        &p,
+        125,
+        "no such file or directory",
+    );
     std::fs::write(d.join("unknown.toml"), "allow-reed = [\"/tmp\"]\n").unwrap();
-    check(&["--policy", s(&d.join("unknown.toml"))], &p, 125, "unknown field `allow-reed`");
+    check(
+        &["--policy", s(&d.join("unknown.toml"))],
+        &p,
+        125,
+        "unknown field `allow-reed`",
+    );
     std::fs::write(d.join("broken.toml"), "allow-read = [\n").unwrap();
-    check(&["--policy", s(&d.join("broken.toml"))], &p, 125, "invalid policy file");
-    check(&["--policy", s(&d.join("absent.toml"))], &p, 125, "cannot read policy file");
+    check(
+        &["--policy", s(&d.join("broken.toml"))],
+        &p,
+        125,
+        "invalid policy file",
+    );
+    check(
+        &["--policy", s(&d.join("absent.toml"))],
+        &p,
+        125,
+        "cannot read policy file",
+    );
 }
 
 #[test]
 fn unknown_flag_is_a_usage_error() {
     let r = run(&["--allow-everything"], &probe(P2), &[]);
     assert_eq!(r.code, 125, "{}", r.stderr);
-    assert!(r.stderr.contains("unexpected argument '--allow-everything'"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("unexpected argument '--allow-everything'"),
+        "{}",
+        r.stderr
+    );
 }

@@ -4,7 +4,11 @@ use crate::support::*;
 
 #[test]
 fn run_help_documents_exit_codes() {
-    let out = capsa().args(["run", "--help"]).env("COLUMNS", "100").output().unwrap();
+    let out = capsa()
+        .args(["run", "--help"])
+        .env("COLUMNS", "100")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     insta::assert_snapshot!(String::from_utf8_lossy(&out.stdout));
 }
@@ -12,13 +16,25 @@ fn run_help_documents_exit_codes() {
 #[test]
 fn version() {
     let out = capsa().arg("--version").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("capsa {}\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("capsa {}\n", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
 fn double_dash_ends_capsa_options() {
     let r = run(&[], &probe(P2), &["args", "--", "--allow-read=/"]);
-    assert!(r.stdout.ends_with("args -- --allow-read=/\n"), "{}", r.stdout);
-    let out = capsa().args(["run", "--"]).arg(probe(P2)).args(["args", "--quiet"]).output().unwrap();
+    assert!(
+        r.stdout.ends_with("args -- --allow-read=/\n"),
+        "{}",
+        r.stdout
+    );
+    let out = capsa()
+        .args(["run", "--"])
+        .arg(probe(P2))
+        .args(["args", "--quiet"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("args --quiet\n"));
 }

@@ -7,7 +7,10 @@ fn no_host_variable_by_default() {
     for t in [P1, P2] {
         let r = {
             let mut c = capsa();
-            c.env("CAPSA_TEST_SECRET", "hunter2").arg("run").arg(probe(t)).arg("envall");
+            c.env("CAPSA_TEST_SECRET", "hunter2")
+                .arg("run")
+                .arg(probe(t))
+                .arg("envall");
             Run::from(c.output().unwrap())
         };
         assert_eq!(r.stdout, "ok: \n", "{t}: the guest saw {}", r.stdout);
@@ -18,16 +21,28 @@ fn no_host_variable_by_default() {
 #[test]
 fn granted_variables_pass_and_others_do_not() {
     let mut c = capsa();
-    c.env("APP_ONE", "1").env("APP_TWO", "2").env("OTHER_SECRET", "s").env("CAPSA_X", "x");
-    c.args(["run", "--allow-env=APP_*,CAPSA_X", "--env", "SET=here"]).arg(probe(P2)).arg("envall");
+    c.env("APP_ONE", "1")
+        .env("APP_TWO", "2")
+        .env("OTHER_SECRET", "s")
+        .env("CAPSA_X", "x");
+    c.args(["run", "--allow-env=APP_*,CAPSA_X", "--env", "SET=here"])
+        .arg(probe(P2))
+        .arg("envall");
     let r = Run::from(c.output().unwrap());
-    assert_eq!(r.stdout, "ok: APP_ONE=1;APP_TWO=2;CAPSA_X=x;SET=here\n", "{}", r.stderr);
+    assert_eq!(
+        r.stdout, "ok: APP_ONE=1;APP_TWO=2;CAPSA_X=x;SET=here\n",
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn ungranted_variable_reads_as_unset() {
     let mut c = capsa();
-    c.env("HOME_SECRET", "s").args(["run", "--allow-env=HOME"]).arg(probe(P1)).args(["env", "HOME_SECRET"]);
+    c.env("HOME_SECRET", "s")
+        .args(["run", "--allow-env=HOME"])
+        .arg(probe(P1))
+        .args(["env", "HOME_SECRET"]);
     let r = Run::from(c.output().unwrap());
     assert_eq!(r.stdout, "ok: unset\n");
 }
@@ -35,7 +50,11 @@ fn ungranted_variable_reads_as_unset() {
 #[test]
 fn arguments_and_stdin_reach_the_guest() {
     let r = run(&[], &probe(P2), &["args", "--flag", "two words"]);
-    assert!(r.stdout.ends_with("probe.wasm args --flag two words\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.ends_with("probe.wasm args --flag two words\n"),
+        "{}",
+        r.stdout
+    );
     let out = capsa()
         .arg("run")
         .arg(probe(P1))

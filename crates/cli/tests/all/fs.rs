@@ -26,7 +26,11 @@ fn both(f: impl Fn(&str)) {
 fn read_granted_directory() {
     both(|t| {
         let (_g, d) = setup();
-        let r = run(&[&format!("--allow-read={}", s(&d.join("data")))], &probe(t), &["read", s(&d.join("data/sub/b.txt"))]);
+        let r = run(
+            &[&format!("--allow-read={}", s(&d.join("data")))],
+            &probe(t),
+            &["read", s(&d.join("data/sub/b.txt"))],
+        );
         assert_eq!(r.stdout, "ok: beta\n", "{t}: {}", r.stderr);
         assert_eq!(r.code, 0);
     });
@@ -47,7 +51,11 @@ fn write_granted_directory() {
     both(|t| {
         let (_g, d) = setup();
         let target = d.join("out/result.txt");
-        let r = run(&[&format!("--allow-write={}", s(&d.join("out")))], &probe(t), &["write", s(&target), "42"]);
+        let r = run(
+            &[&format!("--allow-write={}", s(&d.join("out")))],
+            &probe(t),
+            &["write", s(&target), "42"],
+        );
         assert_eq!(r.stdout, "ok: written\n", "{t}: {}", r.stderr);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "42");
     });
@@ -70,16 +78,32 @@ fn read_only_grant_cannot_be_changed() {
             vec!["mkdir".into(), s(&data.join("newdir")).into()],
             vec!["rm".into(), a.clone()],
             vec!["rmdir".into(), s(&data.join("sub")).into()],
-            vec!["rename".into(), a.clone(), s(&data.join("moved.txt")).into()],
+            vec![
+                "rename".into(),
+                a.clone(),
+                s(&data.join("moved.txt")).into(),
+            ],
         ];
         let before = tree(&d);
         for args in attempts {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let r = run(&[&grant], &probe(t), &args);
-            assert!(r.stdout.starts_with("err: PermissionDenied"), "{t} {args:?}: {}", r.stdout);
+            assert!(
+                r.stdout.starts_with("err: PermissionDenied"),
+                "{t} {args:?}: {}",
+                r.stdout
+            );
             assert_eq!(r.code, 1, "{t} {args:?}");
-            assert!(r.stderr.contains("capsa: denied:"), "{t} {args:?}: {}", r.stderr);
-            assert!(r.stderr.contains("is granted read-only"), "{t} {args:?}: {}", r.stderr);
+            assert!(
+                r.stderr.contains("capsa: denied:"),
+                "{t} {args:?}: {}",
+                r.stderr
+            );
+            assert!(
+                r.stderr.contains("is granted read-only"),
+                "{t} {args:?}: {}",
+                r.stderr
+            );
         }
         assert_eq!(tree(&d), before, "{t}: the host changed");
     });
@@ -89,7 +113,11 @@ fn read_only_grant_cannot_be_changed() {
 fn denial_message_names_the_narrowest_flag() {
     let (_g, d) = setup();
     let data = d.join("data");
-    let r = run(&[&format!("--allow-read={}", s(&data))], &probe(P2), &["write", s(&data.join("out.csv")), "x"]);
+    let r = run(
+        &[&format!("--allow-read={}", s(&data))],
+        &probe(P2),
+        &["write", s(&data.join("out.csv")), "x"],
+    );
     insta::assert_snapshot!(redact(&r.stderr, &d), @r"
     capsa: denied: write to [DIR]/data/out.csv ([DIR]/data is granted read-only)
       hint: --allow-write=[DIR]/data
@@ -100,8 +128,16 @@ fn denial_message_names_the_narrowest_flag() {
 fn quiet_silences_denials() {
     let (_g, d) = setup();
     let data = d.join("data");
-    let r = run(&["--quiet", &format!("--allow-read={}", s(&data))], &probe(P2), &["write", s(&data.join("x")), "x"]);
-    assert!(r.stdout.starts_with("err: PermissionDenied"), "{}", r.stdout);
+    let r = run(
+        &["--quiet", &format!("--allow-read={}", s(&data))],
+        &probe(P2),
+        &["write", s(&data.join("x")), "x"],
+    );
+    assert!(
+        r.stdout.starts_with("err: PermissionDenied"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(r.stderr, "");
 }
 
@@ -112,12 +148,24 @@ fn dot_dot_cannot_leave_a_grant() {
         let data = d.join("data");
         let before = tree(&d);
         let escape = format!("{}/../secret.txt", s(&data));
-        let r = run(&[&format!("--allow-write={}", s(&data))], &probe(t), &["read", &escape]);
+        let r = run(
+            &[&format!("--allow-write={}", s(&data))],
+            &probe(t),
+            &["read", &escape],
+        );
         assert!(r.stdout.starts_with("err:"), "{t}: {}", r.stdout);
         assert!(!r.stdout.contains("TOP SECRET"));
-        assert!(r.stderr.contains("leaves the granted directory"), "{t}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("leaves the granted directory"),
+            "{t}: {}",
+            r.stderr
+        );
         let escape = format!("{}/sub/../../secret.txt", s(&data));
-        let r = run(&[&format!("--allow-write={}", s(&data))], &probe(t), &["write", &escape, "pwned"]);
+        let r = run(
+            &[&format!("--allow-write={}", s(&data))],
+            &probe(t),
+            &["write", &escape, "pwned"],
+        );
         assert!(r.stdout.starts_with("err:"), "{t}: {}", r.stdout);
         assert_eq!(tree(&d), before, "{t}: the host changed");
     });
@@ -155,9 +203,16 @@ fn symlink_pointing_outside_is_not_followed() {
             let r = run(&[&grant], &probe(t), &["write", s(&p), "pwned"]);
             assert!(r.stdout.starts_with("err:"), "{t} {link}: {}", r.stdout);
         }
-        assert!(run(&[&grant], &probe(t), &["read", s(&data.join("abs-link"))]).stderr.contains("a link leads outside"));
+        assert!(
+            run(&[&grant], &probe(t), &["read", s(&data.join("abs-link"))])
+                .stderr
+                .contains("a link leads outside")
+        );
         assert_eq!(tree(&d), before, "{t}: the host changed");
-        assert_eq!(std::fs::read_to_string(d.join("secret.txt")).unwrap(), "TOP SECRET");
+        assert_eq!(
+            std::fs::read_to_string(d.join("secret.txt")).unwrap(),
+            "TOP SECRET"
+        );
     });
 }
 
@@ -168,7 +223,10 @@ fn hard_link_and_rename_across_a_read_only_grant() {
         let ro = d.join("data");
         let rw = d.join("out");
         std::fs::write(rw.join("mine.txt"), "mine").unwrap();
-        let flags = [format!("--allow-read={}", s(&ro)), format!("--allow-write={}", s(&rw))];
+        let flags = [
+            format!("--allow-read={}", s(&ro)),
+            format!("--allow-write={}", s(&rw)),
+        ];
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let before = tree(&d);
         let attempts = [
@@ -181,8 +239,16 @@ fn hard_link_and_rename_across_a_read_only_grant() {
         ];
         for (op, from, to) in &attempts {
             let r = run(&flags, &probe(t), &[op, s(from), s(to)]);
-            assert!(r.stdout.starts_with("err:"), "{t} {op} {from:?} -> {to:?}: {}", r.stdout);
-            assert!(r.stderr.contains("capsa: denied:"), "{t} {op}: {}", r.stderr);
+            assert!(
+                r.stdout.starts_with("err:"),
+                "{t} {op} {from:?} -> {to:?}: {}",
+                r.stdout
+            );
+            assert!(
+                r.stderr.contains("capsa: denied:"),
+                "{t} {op}: {}",
+                r.stderr
+            );
         }
         assert_eq!(tree(&d), before, "{t}: the host changed");
     });
@@ -197,14 +263,30 @@ fn single_file_grant_hides_its_neighbours() {
         assert_eq!(r.stdout, "ok: notes\n", "{t}: {}", r.stderr);
         for other in ["neighbour.txt", "secret.txt"] {
             let r = run(&[&grant], &probe(t), &["read", s(&d.join(other))]);
-            assert!(r.stdout.starts_with("err: PermissionDenied"), "{t} {other}: {}", r.stdout);
-            assert!(r.stderr.contains("only notes.txt is granted"), "{t}: {}", r.stderr);
+            assert!(
+                r.stdout.starts_with("err: PermissionDenied"),
+                "{t} {other}: {}",
+                r.stdout
+            );
+            assert!(
+                r.stderr.contains("only notes.txt is granted"),
+                "{t}: {}",
+                r.stderr
+            );
         }
         let r = run(&[&grant], &probe(t), &["ls", s(&d)]);
         assert!(!r.stdout.contains("neighbour"), "{t}: {}", r.stdout);
         let before = tree(&d);
-        let r = run(&[&grant], &probe(t), &["write", s(&d.join("notes.txt")), "changed"]);
-        assert!(r.stdout.starts_with("err: PermissionDenied"), "{t}: {}", r.stdout);
+        let r = run(
+            &[&grant],
+            &probe(t),
+            &["write", s(&d.join("notes.txt")), "changed"],
+        );
+        assert!(
+            r.stdout.starts_with("err: PermissionDenied"),
+            "{t}: {}",
+            r.stdout
+        );
         assert_eq!(tree(&d), before);
     });
 }
@@ -213,11 +295,26 @@ fn single_file_grant_hides_its_neighbours() {
 fn single_file_write_grant() {
     let (_g, d) = setup();
     let grant = format!("--allow-write={}", s(&d.join("notes.txt")));
-    let r = run(&[&grant], &probe(P2), &["append", s(&d.join("notes.txt")), "+more"]);
+    let r = run(
+        &[&grant],
+        &probe(P2),
+        &["append", s(&d.join("notes.txt")), "+more"],
+    );
     assert_eq!(r.stdout, "ok: appended\n", "{}", r.stderr);
-    assert_eq!(std::fs::read_to_string(d.join("notes.txt")).unwrap(), "notes+more");
-    let r = run(&[&grant], &probe(P2), &["write", s(&d.join("created.txt")), "x"]);
-    assert!(r.stdout.starts_with("err: PermissionDenied"), "{}", r.stdout);
+    assert_eq!(
+        std::fs::read_to_string(d.join("notes.txt")).unwrap(),
+        "notes+more"
+    );
+    let r = run(
+        &[&grant],
+        &probe(P2),
+        &["write", s(&d.join("created.txt")), "x"],
+    );
+    assert!(
+        r.stdout.starts_with("err: PermissionDenied"),
+        "{}",
+        r.stdout
+    );
     assert!(!d.join("created.txt").exists());
 }
 
@@ -233,11 +330,27 @@ fn deny_wins_over_allow() {
         ];
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let r = run(&flags, &probe(t), &["read", s(&d.join("secret.txt"))]);
-        assert!(r.stdout.starts_with("err: PermissionDenied"), "{t}: {}", r.stdout);
-        assert!(r.stderr.contains("denied by --deny-read="), "{t}: {}", r.stderr);
-        assert!(!r.stderr.contains("hint:"), "a --deny-* gets no hint: {}", r.stderr);
+        assert!(
+            r.stdout.starts_with("err: PermissionDenied"),
+            "{t}: {}",
+            r.stdout
+        );
+        assert!(
+            r.stderr.contains("denied by --deny-read="),
+            "{t}: {}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("hint:"),
+            "a --deny-* gets no hint: {}",
+            r.stderr
+        );
         let r = run(&flags, &probe(t), &["write", s(&d.join("out/keep/x")), "x"]);
-        assert!(r.stdout.starts_with("err: PermissionDenied"), "{t}: {}", r.stdout);
+        assert!(
+            r.stdout.starts_with("err: PermissionDenied"),
+            "{t}: {}",
+            r.stdout
+        );
         assert!(!d.join("out/keep/x").exists());
         // Everything else in the grant still works.
         let r = run(&flags, &probe(t), &["write", s(&d.join("out/y")), "y"]);
@@ -252,13 +365,22 @@ fn host_guest_mapping() {
     let r = run(&[&grant], &probe(P2), &["read", "/mnt/data/a.txt"]);
     assert_eq!(r.stdout, "ok: alpha\n", "{}", r.stderr);
     let r = run(&[&grant], &probe(P2), &["read", s(&d.join("data/a.txt"))]);
-    assert!(r.stdout.starts_with("err:"), "the host path is not visible: {}", r.stdout);
+    assert!(
+        r.stdout.starts_with("err:"),
+        "the host path is not visible: {}",
+        r.stdout
+    );
 }
 
 #[test]
 fn relative_grant_is_the_same_absolute_path() {
     let (_g, d) = setup();
-    let r = run_in(&d, &["--allow-read=data"], &probe(P2), &["read", s(&d.join("data/a.txt"))]);
+    let r = run_in(
+        &d,
+        &["--allow-read=data"],
+        &probe(P2),
+        &["read", s(&d.join("data/a.txt"))],
+    );
     assert_eq!(r.stdout, "ok: alpha\n", "{}", r.stderr);
 }
 
@@ -266,12 +388,28 @@ fn relative_grant_is_the_same_absolute_path() {
 fn policy_file_grants() {
     let (_g, d) = setup();
     let policy = d.join("policy.toml");
-    std::fs::write(&policy, "allow-read = [\"data\"]\n[limits]\nmemory = \"128M\"\n").unwrap();
-    let r = run(&["--policy", s(&policy)], &probe(P2), &["read", s(&d.join("data/a.txt"))]);
-    assert_eq!(r.stdout, "ok: alpha\n", "relative to the policy file's directory: {}", r.stderr);
+    std::fs::write(
+        &policy,
+        "allow-read = [\"data\"]\n[limits]\nmemory = \"128M\"\n",
+    )
+    .unwrap();
+    let r = run(
+        &["--policy", s(&policy)],
+        &probe(P2),
+        &["read", s(&d.join("data/a.txt"))],
+    );
+    assert_eq!(
+        r.stdout, "ok: alpha\n",
+        "relative to the policy file's directory: {}",
+        r.stderr
+    );
     // Flags add to the file.
     let r = run(
-        &["--policy", s(&policy), &format!("--allow-write={}", s(&d.join("out")))],
+        &[
+            "--policy",
+            s(&policy),
+            &format!("--allow-write={}", s(&d.join("out"))),
+        ],
         &probe(P2),
         &["write", s(&d.join("out/z")), "z"],
     );
@@ -284,28 +422,44 @@ fn audit_records_every_decision() {
     let log = d.join("audit.jsonl");
     let data = d.join("data");
     let r = run(
-        &[&format!("--allow-read={}", s(&data)), &format!("--audit={}", s(&log))],
+        &[
+            &format!("--allow-read={}", s(&data)),
+            &format!("--audit={}", s(&log)),
+        ],
         &probe(P2),
         &["write", s(&data.join("new")), "x"],
     );
     assert_eq!(r.code, 1);
     let _ = run(
-        &[&format!("--allow-read={}", s(&data)), &format!("--audit={}", s(&d.join("audit2.jsonl")))],
+        &[
+            &format!("--allow-read={}", s(&data)),
+            &format!("--audit={}", s(&d.join("audit2.jsonl"))),
+        ],
         &probe(P2),
         &["read", s(&data.join("a.txt"))],
     );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
-        .chain(std::fs::read_to_string(d.join("audit2.jsonl")).unwrap().lines())
+        .chain(
+            std::fs::read_to_string(d.join("audit2.jsonl"))
+                .unwrap()
+                .lines(),
+        )
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
-    let deny = lines.iter().find(|l| l["decision"] == "deny").expect("a deny line");
+    let deny = lines
+        .iter()
+        .find(|l| l["decision"] == "deny")
+        .expect("a deny line");
     assert_eq!(deny["kind"], "fs");
     assert_eq!(deny["op"], "write to");
     assert_eq!(deny["target"], s(&data.join("new")));
     assert!(deny["time"].as_str().unwrap().ends_with('Z'));
-    let allow = lines.iter().find(|l| l["decision"] == "allow").expect("an allow line");
+    let allow = lines
+        .iter()
+        .find(|l| l["decision"] == "allow")
+        .expect("an allow line");
     assert_eq!(allow["rule"], format!("--allow-read={}", s(&data)));
     assert_eq!(allow["target"], s(&data.join("a.txt")));
 }

@@ -9,8 +9,17 @@ fn memory_bomb() {
     for t in [P1, P2] {
         let r = run(&["--memory=64M"], &probe(t), &["alloc"]);
         assert_eq!(r.code, 137, "{t}: {}", r.stderr);
-        assert!(r.stderr.contains("capsa: memory limit of 64M reached; raise it with --memory=SIZE"), "{}", r.stderr);
-        assert!(!r.stdout.contains("allocated 64 MiB"), "{t}: grew past the limit: {}", r.stdout);
+        assert!(
+            r.stderr
+                .contains("capsa: memory limit of 64M reached; raise it with --memory=SIZE"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            !r.stdout.contains("allocated 64 MiB"),
+            "{t}: grew past the limit: {}",
+            r.stdout
+        );
     }
     let r = run(&["--memory=1M"], &wat("grow.wat"), &[]);
     assert_eq!(r.code, 137, "{}", r.stderr);
@@ -21,9 +30,18 @@ fn endless_loop_hits_the_timeout() {
     for program in [probe(P2), wat("spin.wat")] {
         let start = Instant::now();
         let r = run(&["--timeout=1s"], &program, &["spin"]);
-        assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            start.elapsed()
+        );
         assert_eq!(r.code, 124, "{}", r.stderr);
-        assert!(r.stderr.contains("capsa: time limit of 1s reached; raise it with --timeout=DURATION"), "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("capsa: time limit of 1s reached; raise it with --timeout=DURATION"),
+            "{}",
+            r.stderr
+        );
     }
 }
 
@@ -39,7 +57,12 @@ fn a_guest_blocked_in_the_host_hits_the_timeout() {
 fn fuel_runs_out() {
     let r = run(&["--fuel=100000"], &probe(P2), &["spin"]);
     assert_eq!(r.code, 137, "{}", r.stderr);
-    assert!(r.stderr.contains("fuel limit of 100000 reached; raise it with --fuel=N"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("fuel limit of 100000 reached; raise it with --fuel=N"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -47,14 +70,24 @@ fn output_flood_is_cut_at_the_limit() {
     let r = run(&["--max-output=100K"], &probe(P2), &["flood"]);
     assert_eq!(r.code, 137, "{}", r.stderr);
     assert_eq!(r.stdout.len(), 100 << 10);
-    assert!(r.stderr.contains("output limit of 100K reached; raise it with --max-output=SIZE"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("output limit of 100K reached; raise it with --max-output=SIZE"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn trap_is_a_crash() {
     let r = run(&[], &probe(P2), &["trap"]);
     assert_eq!(r.code, 134);
-    assert!(r.stderr.contains("capsa: the program crashed: wasm `unreachable` instruction executed"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("capsa: the program crashed: wasm `unreachable` instruction executed"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

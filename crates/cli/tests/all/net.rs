@@ -33,7 +33,11 @@ fn server() -> Server {
 fn connect_to_granted_address() {
     let srv = server();
     let addr = format!("127.0.0.1:{}", srv.port);
-    let r = run(&[&format!("--allow-net={addr}")], &probe(P2), &["connect", &addr]);
+    let r = run(
+        &[&format!("--allow-net={addr}")],
+        &probe(P2),
+        &["connect", &addr],
+    );
     assert_eq!(r.stdout, "ok: reply pong\n", "{}", r.stderr);
     assert_eq!(srv.hits.load(Ordering::SeqCst), 1);
 }
@@ -41,7 +45,11 @@ fn connect_to_granted_address() {
 #[test]
 fn connect_by_granted_name_localhost() {
     let srv = server();
-    let r = run(&[&format!("--allow-net=localhost:{}", srv.port)], &probe(P2), &["connect", &format!("localhost:{}", srv.port)]);
+    let r = run(
+        &[&format!("--allow-net=localhost:{}", srv.port)],
+        &probe(P2),
+        &["connect", &format!("localhost:{}", srv.port)],
+    );
     assert_eq!(r.stdout, "ok: reply pong\n", "{}", r.stderr);
 }
 
@@ -57,14 +65,27 @@ fn ungranted_port_of_a_listening_server() {
     assert!(r.stdout.starts_with("err:"), "{}", r.stdout);
     assert_eq!(r.code, 1);
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(other.hits.load(Ordering::SeqCst), 0, "the server must see nothing");
-    assert!(r.stderr.contains(&format!("hint: --allow-net=127.0.0.1:{}", other.port)), "{}", r.stderr);
+    assert_eq!(
+        other.hits.load(Ordering::SeqCst),
+        0,
+        "the server must see nothing"
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("hint: --allow-net=127.0.0.1:{}", other.port)),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn nothing_is_reachable_by_default() {
     let srv = server();
-    let r = run(&[], &probe(P2), &["connect", &format!("127.0.0.1:{}", srv.port)]);
+    let r = run(
+        &[],
+        &probe(P2),
+        &["connect", &format!("127.0.0.1:{}", srv.port)],
+    );
     assert!(r.stdout.starts_with("err:"), "{}", r.stdout);
     assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
     insta::assert_snapshot!(r.stderr.replace(&srv.port.to_string(), "[PORT]"), @r"
@@ -75,31 +96,65 @@ fn nothing_is_reachable_by_default() {
 
 #[test]
 fn ungranted_name_is_not_looked_up() {
-    let r = run(&["--allow-net=example.org:443"], &probe(P2), &["lookup", "example.com"]);
+    let r = run(
+        &["--allow-net=example.org:443"],
+        &probe(P2),
+        &["lookup", "example.com"],
+    );
     assert!(r.stdout.starts_with("err:"), "{}", r.stdout);
-    assert!(r.stderr.contains("capsa: denied: look up example.com (example.com is not granted)"), "{}", r.stderr);
-    assert!(r.stderr.contains("hint: --allow-net=example.com"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("capsa: denied: look up example.com (example.com is not granted)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("hint: --allow-net=example.com"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A name that is granted, but resolves to loopback, must not become a way
 /// to reach local services (DNS rebinding, or a hosts-file entry).
 #[test]
 fn granted_name_resolving_to_loopback_is_refused() {
-    let host = std::fs::read_to_string("/etc/hostname").unwrap().trim().to_string();
-    let resolved: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 1)).unwrap().collect();
+    let host = std::fs::read_to_string("/etc/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let resolved: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 1))
+            .unwrap()
+            .collect();
     assert!(
         resolved.iter().any(|a| a.ip().is_loopback()),
         "this test needs the machine's name ({host}) to resolve to loopback, as Debian's /etc/hosts does"
     );
     let srv = server();
-    let r = run(&[&format!("--allow-net={host}:{}", srv.port)], &probe(P2), &["connect", &format!("{host}:{}", srv.port)]);
+    let r = run(
+        &[&format!("--allow-net={host}:{}", srv.port)],
+        &probe(P2),
+        &["connect", &format!("{host}:{}", srv.port)],
+    );
     assert!(r.stdout.starts_with("err:"), "{}", r.stdout);
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(srv.hits.load(Ordering::SeqCst), 0, "the server must see nothing");
-    assert!(r.stderr.contains("resolved to a loopback address"), "{}", r.stderr);
+    assert_eq!(
+        srv.hits.load(Ordering::SeqCst),
+        0,
+        "the server must see nothing"
+    );
+    assert!(
+        r.stderr.contains("resolved to a loopback address"),
+        "{}",
+        r.stderr
+    );
     // Named by IP, the same server is reachable.
     let r = run(
-        &[&format!("--allow-net={host}:{},127.0.0.1:{}", srv.port, srv.port)],
+        &[&format!(
+            "--allow-net={host}:{},127.0.0.1:{}",
+            srv.port, srv.port
+        )],
         &probe(P2),
         &["connect", &format!("{host}:{}", srv.port)],
     );
@@ -110,7 +165,10 @@ fn granted_name_resolving_to_loopback_is_refused() {
 fn deny_net_wins() {
     let srv = server();
     let r = run(
-        &["--allow-net=127.0.0.0/8", &format!("--deny-net=127.0.0.1:{}", srv.port)],
+        &[
+            "--allow-net=127.0.0.0/8",
+            &format!("--deny-net=127.0.0.1:{}", srv.port),
+        ],
         &probe(P2),
         &["connect", &format!("127.0.0.1:{}", srv.port)],
     );
@@ -123,14 +181,26 @@ fn listening_needs_a_grant() {
     let r = run(&[], &probe(P2), &["listen", "127.0.0.1:0"]);
     assert!(r.stdout.starts_with("err:"), "{}", r.stdout);
     assert!(r.stderr.contains("hint: --allow-listen="), "{}", r.stderr);
-    let r = run(&["--allow-listen=127.0.0.1:0"], &probe(P2), &["listen", "127.0.0.1:0"]);
-    assert!(r.stdout.starts_with("ok: listening on 127.0.0.1:"), "{}", r.stderr);
+    let r = run(
+        &["--allow-listen=127.0.0.1:0"],
+        &probe(P2),
+        &["listen", "127.0.0.1:0"],
+    );
+    assert!(
+        r.stdout.starts_with("ok: listening on 127.0.0.1:"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn preview1_has_no_sockets() {
     let srv = server();
-    let r = run(&[&format!("--allow-net=127.0.0.1:{}", srv.port)], &probe(P1), &["connect", &format!("127.0.0.1:{}", srv.port)]);
+    let r = run(
+        &[&format!("--allow-net=127.0.0.1:{}", srv.port)],
+        &probe(P1),
+        &["connect", &format!("127.0.0.1:{}", srv.port)],
+    );
     assert!(r.stdout.starts_with("err: Unsupported"), "{}", r.stdout);
     assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
 }

@@ -19,7 +19,15 @@ pub fn probe(target: &str) -> PathBuf {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
         for t in [P1, P2] {
             let status = Command::new(env!("CARGO"))
-                .args(["build", "--release", "--quiet", "-p", "capsa-test-programs", "--target", t])
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "capsa-test-programs",
+                    "--target",
+                    t,
+                ])
                 .arg("--manifest-path")
                 .arg(&manifest)
                 .arg("--target-dir")
@@ -27,7 +35,10 @@ pub fn probe(target: &str) -> PathBuf {
                 .env_remove("CARGO_TARGET_DIR")
                 .status()
                 .expect("cargo runs");
-            assert!(status.success(), "building the guest for {t} failed (is the target installed? rustup target add {t})");
+            assert!(
+                status.success(),
+                "building the guest for {t} failed (is the target installed? rustup target add {t})"
+            );
         }
     });
     dir.join(target).join("release").join("probe.wasm")
@@ -35,7 +46,9 @@ pub fn probe(target: &str) -> PathBuf {
 
 /// A `.wat` file from `tests/wat`.
 pub fn wat(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wat").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/wat")
+        .join(name)
 }
 
 /// `capsa` with a shared cache and a clean environment.
@@ -76,7 +89,15 @@ pub fn run(flags: &[&str], program: &Path, args: &[&str]) -> Run {
 
 /// The same, in `dir`.
 pub fn run_in(dir: &Path, flags: &[&str], program: &Path, args: &[&str]) -> Run {
-    capsa().current_dir(dir).arg("run").args(flags).arg(program).args(args).output().expect("capsa runs").into()
+    capsa()
+        .current_dir(dir)
+        .arg("run")
+        .args(flags)
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("capsa runs")
+        .into()
 }
 
 /// A scratch directory whose canonical path is used everywhere, so what the
@@ -100,13 +121,19 @@ pub fn redact(text: &str, dir: &Path) -> String {
 pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let rel = p.strip_prefix(base).unwrap().display().to_string();
             let meta = std::fs::symlink_metadata(&p).unwrap();
             if meta.file_type().is_symlink() {
-                out.push((format!("{rel} -> {}", std::fs::read_link(&p).unwrap().display()), vec![]));
+                out.push((
+                    format!("{rel} -> {}", std::fs::read_link(&p).unwrap().display()),
+                    vec![],
+                ));
             } else if meta.is_dir() {
                 out.push((format!("{rel}/"), vec![]));
                 walk(base, &p, out);

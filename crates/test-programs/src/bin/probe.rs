@@ -46,7 +46,8 @@ fn main() {
         }
         "connect" => connect(&a(2)),
         "lookup" => lookup(&a(2)),
-        "listen" => std::net::TcpListener::bind(a(2)).map(|l| format!("listening on {}", l.local_addr().unwrap())),
+        "listen" => std::net::TcpListener::bind(a(2))
+            .map(|l| format!("listening on {}", l.local_addr().unwrap())),
         "alloc" => {
             // Grow until the allocator fails; the sandbox must stop this.
             let mut v: Vec<Vec<u8>> = Vec::new();
@@ -76,7 +77,9 @@ fn main() {
         }
         "stdin" => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).map(|_| s.trim().to_uppercase())
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map(|_| s.trim().to_uppercase())
         }
         "exit" => std::process::exit(a(2).parse().unwrap_or(0)),
         "trap" => {
@@ -101,11 +104,17 @@ fn connect(addr: &str) -> std::io::Result<String> {
     s.write_all(b"ping\n")?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf)?;
-    Ok(format!("reply {}", String::from_utf8_lossy(&buf[..n]).trim()))
+    Ok(format!(
+        "reply {}",
+        String::from_utf8_lossy(&buf[..n]).trim()
+    ))
 }
 
 fn lookup(name: &str) -> std::io::Result<String> {
     use std::net::ToSocketAddrs;
-    let addrs: Vec<String> = (name, 80).to_socket_addrs()?.map(|a| a.ip().to_string()).collect();
+    let addrs: Vec<String> = (name, 80)
+        .to_socket_addrs()?
+        .map(|a| a.ip().to_string())
+        .collect();
     Ok(addrs.join(","))
 }
