@@ -3,7 +3,7 @@
 //! scope, and what is displayed parses back to the same rule.
 
 use capsa_policy::{
-    Access, FsGrant, FsOp, FsPolicy, GrantKind, NetPolicy, NetRule, classify, AddrClass,
+    Access, AddrClass, FsGrant, FsOp, FsPolicy, GrantKind, NetPolicy, NetRule, classify,
 };
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr};
@@ -29,7 +29,8 @@ fn rule_text() -> impl Strategy<Value = String> {
             let net = Ipv4Addr::from(ip & (u32::MAX << (32 - len as u32)));
             format!("{net}/{len}")
         }),
-        (any::<u128>(), 1u16..=65535).prop_map(|(ip, p)| format!("[{}]:{p}", std::net::Ipv6Addr::from(ip))),
+        (any::<u128>(), 1u16..=65535)
+            .prop_map(|(ip, p)| format!("[{}]:{p}", std::net::Ipv6Addr::from(ip))),
     ]
 }
 

@@ -224,7 +224,7 @@ fn preopens(policy: &Policy) -> Result<Vec<Preopen>, RunError> {
 /// Runs one program to its end under `config.policy`.
 pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
     let engine = engine(&config.policy)?;
-    let program = load::Program::read(&config.program)?;
+    let program = load::Program::read(&config.program, config.cache.as_ref())?;
     let component = match &config.cache {
         Some(cache) => cache.load(&engine, &program)?,
         None => wasmtime::component::Component::new(&engine, program.component_bytes()?).map_err(

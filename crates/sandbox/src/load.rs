@@ -49,16 +49,20 @@ fn kind_of(bytes: &[u8]) -> Option<Binary> {
     }
 }
 
-/// A program file, read and fingerprinted, not yet compiled.
+/// A program file, fingerprinted, not yet compiled.
 pub struct Program {
     pub path: PathBuf,
-    bytes: Vec<u8>,
+    /// The file's bytes; not read at all on a warm start (see [`CodeCache::digest_of`]).
+    bytes: std::sync::OnceLock<Vec<u8>>,
     /// SHA-256 of the file as given: the cache key.
     pub digest: [u8; 32],
 }
 
 impl Program {
-    pub fn read(path: &Path) -> Result<Self, LoadError> {
+    /// Reads and hashes `path`, or, when `cache` remembers this exact file
+    /// (same device, inode, size, and change time, which no user can set),
+    /// takes its digest from there without reading it.
+    pub fn read(path: &Path, cache: Option<&CodeCache>) -> Result<Self, LoadError> {
         let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
             std::io::ErrorKind::NotFound => LoadError::NotFound(path.into()),
             _ => LoadError::Read {
@@ -69,28 +73,42 @@ impl Program {
         if meta.is_dir() {
             return Err(LoadError::IsDirectory(path.into()));
         }
-        let bytes = std::fs::read(path).map_err(|err| LoadError::Read {
-            path: path.into(),
-            err,
-        })?;
-        if !bytes.starts_with(b"\0asm") && !looks_like_text(&bytes) {
-            return Err(LoadError::NotWasm(path.into()));
+        let stamp = cache.and_then(|c| Some((c, file_stamp(path, &meta)?)));
+        if let Some(digest) = stamp.as_ref().and_then(|(c, st)| c.remembered_digest(st)) {
+            return Ok(Program {
+                path: path.into(),
+                bytes: std::sync::OnceLock::new(),
+                digest,
+            });
         }
+        let bytes = read_checked(path)?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some((c, st)) = &stamp {
+            c.remember_digest(st, &digest);
+        }
         Ok(Program {
             path: path.into(),
-            bytes,
+            bytes: bytes.into(),
             digest,
         })
+    }
+
+    fn bytes(&self) -> Result<&[u8], LoadError> {
+        if let Some(b) = self.bytes.get() {
+            return Ok(b);
+        }
+        let b = read_checked(&self.path)?;
+        Ok(self.bytes.get_or_init(|| b))
     }
 
     /// The component to compile: text is parsed, a core module adapted.
     pub fn component_bytes(&self) -> Result<Vec<u8>, LoadError> {
         let path = self.path.as_path();
-        let binary = if self.bytes.starts_with(b"\0asm") {
-            std::borrow::Cow::Borrowed(&self.bytes[..])
+        let bytes = self.bytes()?;
+        let binary = if bytes.starts_with(b"\0asm") {
+            std::borrow::Cow::Borrowed(bytes)
         } else {
-            wat::parse_bytes(&self.bytes).map_err(|e| LoadError::BadText {
+            wat::parse_bytes(bytes).map_err(|e| LoadError::BadText {
                 path: path.into(),
                 msg: e.to_string().lines().next().unwrap_or_default().to_string(),
             })?
@@ -103,6 +121,41 @@ impl Program {
                 msg: "unsupported WebAssembly version in the header".into(),
             }),
         }
+    }
+}
+
+fn read_checked(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let bytes = std::fs::read(path).map_err(|err| LoadError::Read {
+        path: path.into(),
+        err,
+    })?;
+    if !bytes.starts_with(b"\0asm") && !looks_like_text(&bytes) {
+        return Err(LoadError::NotWasm(path.into()));
+    }
+    Ok(bytes)
+}
+
+/// What identifies one version of one file: device, inode, size, and the
+/// change time, which the kernel sets on every write and no user can set.
+fn file_stamp(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let canonical = std::fs::canonicalize(path).ok()?;
+        Some(format!(
+            "{}\0{} {} {} {}.{}",
+            canonical.display(),
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, meta);
+        None
     }
 }
 
@@ -318,6 +371,33 @@ impl CodeCache {
             return Some(Path::new(&d).join("capsa"));
         }
         std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache").join("capsa"))
+    }
+
+    fn stamp_file(&self, stamp: &str) -> PathBuf {
+        let hex: String = Sha256::digest(stamp.as_bytes())[..20]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.dir.join("digests").join(hex)
+    }
+
+    /// The digest recorded for this exact file version, if any.
+    fn remembered_digest(&self, stamp: &str) -> Option<[u8; 32]> {
+        let file = self.stamp_file(stamp);
+        if !trusted(&file) {
+            return None;
+        }
+        let text = std::fs::read(&file).ok()?;
+        // The record holds the whole stamp, so a hash collision of stamps
+        // cannot hand one file another's digest.
+        let (recorded, digest) = text.split_at_checked(text.len().checked_sub(32)?)?;
+        (recorded == stamp.as_bytes()).then(|| digest.try_into().ok())?
+    }
+
+    fn remember_digest(&self, stamp: &str, digest: &[u8; 32]) {
+        let mut record = stamp.as_bytes().to_vec();
+        record.extend_from_slice(digest);
+        let _ = store(&self.stamp_file(stamp), &record);
     }
 
     fn entry(&self, engine: &Engine, digest: &[u8; 32]) -> PathBuf {
