@@ -5,7 +5,7 @@
 //! paths (links and `..` resolved), because comparing unresolved strings is
 //! how sandboxes get escaped.
 
-use crate::PolicyError;
+use crate::{PolicyError, Verdict};
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,24 +83,6 @@ impl FsOp {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FsDecision {
-    Allow {
-        rule: String,
-    },
-    Deny {
-        rule: Option<String>,
-        reason: String,
-        hint: Option<String>,
-    },
-}
-
-impl FsDecision {
-    pub fn is_allowed(&self) -> bool {
-        matches!(self, FsDecision::Allow { .. })
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct FsPolicy {
     pub grants: Vec<FsGrant>,
@@ -125,7 +107,7 @@ impl FsPolicy {
     /// May the guest do `op` on the canonical host path `host`? `exists`
     /// tells whether it is there already (a hint to create a file names its
     /// directory; a hint to change one names the file).
-    pub fn decide(&self, host: &Path, op: FsOp, exists: bool) -> FsDecision {
+    pub fn decide(&self, host: &Path, op: FsOp, exists: bool) -> Verdict {
         let denied_by = |list: &[PathBuf], flag: &str| {
             list.iter()
                 .find(|d| host.starts_with(d))
@@ -136,7 +118,7 @@ impl FsPolicy {
             FsOp::Write => denied_by(&self.deny_write, "--deny-write"),
         };
         if let Some(rule) = deny {
-            return FsDecision::Deny {
+            return Verdict::Deny {
                 reason: format!("denied by {rule}"),
                 rule: Some(rule),
                 hint: None,
@@ -149,9 +131,9 @@ impl FsPolicy {
         };
         match self.grant_for(host) {
             Some(g) if op == FsOp::Read || g.access == Access::ReadWrite => {
-                FsDecision::Allow { rule: g.flag() }
+                Verdict::Allow { rule: g.flag() }
             }
-            Some(g) => FsDecision::Deny {
+            Some(g) => Verdict::Deny {
                 rule: Some(g.flag()),
                 reason: format!("{} is granted read-only", g.guest),
                 hint: Some(format!(
@@ -163,7 +145,7 @@ impl FsPolicy {
                     )
                 )),
             },
-            None => FsDecision::Deny {
+            None => Verdict::Deny {
                 rule: None,
                 reason: "outside every granted path".into(),
                 hint: Some(format!("{}={}", op.flag(), target.display())),
@@ -357,7 +339,7 @@ mod tests {
         let d = p.decide(Path::new("/data/out.csv"), FsOp::Write, false);
         assert_eq!(
             d,
-            FsDecision::Deny {
+            Verdict::Deny {
                 rule: Some("--allow-read=/data".into()),
                 reason: "/data is granted read-only".into(),
                 hint: Some("--allow-write=/data".into())
@@ -365,15 +347,15 @@ mod tests {
         );
         let d = p.decide(Path::new("/data/a.csv"), FsOp::Write, true);
         assert!(
-            matches!(d, FsDecision::Deny { hint: Some(h), .. } if h == "--allow-write=/data/a.csv")
+            matches!(d, Verdict::Deny { hint: Some(h), .. } if h == "--allow-write=/data/a.csv")
         );
         let d = p.decide(Path::new("/etc/passwd"), FsOp::Read, true);
         assert!(
-            matches!(d, FsDecision::Deny { hint: Some(h), .. } if h == "--allow-read=/etc/passwd")
+            matches!(d, Verdict::Deny { hint: Some(h), .. } if h == "--allow-read=/etc/passwd")
         );
         // A --deny-* is the user's word: no hint overrides it.
         let d = p.decide(Path::new("/data/secret"), FsOp::Read, true);
-        assert!(matches!(d, FsDecision::Deny { hint: None, .. }));
+        assert!(matches!(d, Verdict::Deny { hint: None, .. }));
     }
 
     #[test]

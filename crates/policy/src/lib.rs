@@ -14,13 +14,11 @@ mod raw;
 
 pub use env::{EnvPattern, EnvPolicy};
 pub use fs::{
-    Access, FsDecision, FsGrant, FsOp, FsPolicy, GrantKind, PathResolver, ResolvedPath,
-    join_guest_checked, normalize_guest, strip_guest_prefix,
+    Access, FsGrant, FsOp, FsPolicy, GrantKind, PathResolver, ResolvedPath, join_guest_checked,
+    normalize_guest, strip_guest_prefix,
 };
 pub use limits::{Limits, format_duration, format_size, parse_duration, parse_size};
-pub use net::{
-    AddrClass, HostPattern, ListenRule, NetDecision, NetPolicy, NetRule, PortSpec, classify,
-};
+pub use net::{AddrClass, HostPattern, ListenRule, NetPolicy, NetRule, PortSpec, classify};
 pub use raw::{RawLimits, RawPolicy};
 
 /// A policy every part of which has been checked: what the sandbox enforces.
@@ -30,6 +28,27 @@ pub struct Policy {
     pub net: NetPolicy,
     pub env: EnvPolicy,
     pub limits: Limits,
+}
+
+/// The outcome of one capability decision, with what the user reads about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed by the rule shown (as the flag that grants it).
+    Allow { rule: String },
+    /// Refused. `rule` is the flag that decided, if one did; `reason` goes in
+    /// parentheses after the target; `hint` is the narrowest flag that would
+    /// allow it (none where no flag can, as under a `--deny-*` the user gave).
+    Deny {
+        rule: Option<String>,
+        reason: String,
+        hint: Option<String>,
+    },
+}
+
+impl Verdict {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Verdict::Allow { .. })
+    }
 }
 
 /// Everything that can be wrong with a policy, from a flag or a policy file.

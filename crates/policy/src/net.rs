@@ -6,7 +6,7 @@
 //! the host itself resolved for a granted name in this run are allowed for
 //! that name, so a guest cannot smuggle an address past a name rule.
 
-use crate::PolicyError;
+use crate::{PolicyError, Verdict};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -379,27 +379,6 @@ impl fmt::Display for ListenRule {
     }
 }
 
-/// The outcome of one network decision, with what the user reads about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetDecision {
-    /// Allowed by the rule shown.
-    Allow { rule: String },
-    /// Refused; `reason` goes in parentheses after the target, `hint` is the
-    /// narrowest flag that would allow it (none where no flag can, such as a
-    /// `--deny-net` the user gave).
-    Deny {
-        rule: Option<String>,
-        reason: String,
-        hint: Option<String>,
-    },
-}
-
-impl NetDecision {
-    pub fn is_allowed(&self) -> bool {
-        matches!(self, NetDecision::Allow { .. })
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct NetPolicy {
     pub allow: Vec<NetRule>,
@@ -409,24 +388,24 @@ pub struct NetPolicy {
 
 impl NetPolicy {
     /// May the host look up `name` for the guest?
-    pub fn decide_lookup(&self, name: &str) -> NetDecision {
+    pub fn decide_lookup(&self, name: &str) -> Verdict {
         let shown = normalize_name(name).unwrap_or_else(|_| name.to_string());
         if let Some(d) = self
             .deny
             .iter()
             .find(|r| r.port == PortSpec::Any && r.matches_name(name))
         {
-            return NetDecision::Deny {
+            return Verdict::Deny {
                 rule: Some(format!("--deny-net={d}")),
                 reason: format!("{shown} is denied by --deny-net={d}"),
                 hint: None,
             };
         }
         match self.allow.iter().find(|r| r.matches_name(name)) {
-            Some(r) => NetDecision::Allow {
+            Some(r) => Verdict::Allow {
                 rule: format!("--allow-net={r}"),
             },
-            None => NetDecision::Deny {
+            None => Verdict::Deny {
                 rule: None,
                 reason: format!("{shown} is not granted"),
                 hint: Some(format!("--allow-net={shown}")),
@@ -436,7 +415,7 @@ impl NetPolicy {
 
     /// May the guest connect (or send) to `ip:port`? `names` are the granted
     /// names whose lookup in this run returned `ip`.
-    pub fn decide_connect(&self, ip: IpAddr, port: u16, names: &[String]) -> NetDecision {
+    pub fn decide_connect(&self, ip: IpAddr, port: u16, names: &[String]) -> Verdict {
         let ip = canonical_ip(ip);
         let target = SocketAddr::new(ip, port);
         let by_name = |r: &NetRule| r.port.matches(port) && names.iter().any(|n| r.matches_name(n));
@@ -445,14 +424,14 @@ impl NetPolicy {
             .iter()
             .find(|r| r.matches_ip(ip, port) || by_name(r))
         {
-            return NetDecision::Deny {
+            return Verdict::Deny {
                 rule: Some(format!("--deny-net={d}")),
                 reason: format!("denied by --deny-net={d}"),
                 hint: None,
             };
         }
         if let Some(r) = self.allow.iter().find(|r| r.matches_ip(ip, port)) {
-            return NetDecision::Allow {
+            return Verdict::Allow {
                 rule: format!("--allow-net={r}"),
             };
         }
@@ -465,11 +444,11 @@ impl NetPolicy {
         };
         if let Some(r) = self.allow.iter().find(|r| by_name(r)) {
             if !special || (r.is_localhost() && class == AddrClass::Loopback) {
-                return NetDecision::Allow {
+                return Verdict::Allow {
                     rule: format!("--allow-net={r}"),
                 };
             }
-            return NetDecision::Deny {
+            return Verdict::Deny {
                 rule: None,
                 reason: format!(
                     "{} resolved to a {} address, which is reached only when granted by IP",
@@ -491,7 +470,7 @@ impl NetPolicy {
             Some(n) => format!("--allow-net={n}:{port}"),
             None => ip_hint,
         };
-        NetDecision::Deny {
+        Verdict::Deny {
             rule: None,
             reason,
             hint: Some(hint),
@@ -501,18 +480,18 @@ impl NetPolicy {
     /// May the guest bind or listen on `addr`? Binding the wildcard address
     /// with port 0 is what every outgoing connection does implicitly, and
     /// opens nothing by itself, so it is always allowed.
-    pub fn decide_bind(&self, addr: SocketAddr) -> NetDecision {
+    pub fn decide_bind(&self, addr: SocketAddr) -> Verdict {
         if addr.ip().is_unspecified() && addr.port() == 0 {
-            return NetDecision::Allow {
+            return Verdict::Allow {
                 rule: "implicit bind".into(),
             };
         }
         self.decide_listen(addr)
     }
 
-    pub fn decide_listen(&self, addr: SocketAddr) -> NetDecision {
+    pub fn decide_listen(&self, addr: SocketAddr) -> Verdict {
         match self.listen.iter().find(|r| r.matches(addr)) {
-            Some(r) => NetDecision::Allow {
+            Some(r) => Verdict::Allow {
                 rule: format!("--allow-listen={r}"),
             },
             None => {
@@ -520,7 +499,7 @@ impl NetPolicy {
                     addr: (!addr.ip().is_unspecified()).then(|| canonical_ip(addr.ip())),
                     port: addr.port(),
                 };
-                NetDecision::Deny {
+                Verdict::Deny {
                     rule: None,
                     reason: "listening is not granted".into(),
                     hint: Some(format!("--allow-listen={rule}")),
@@ -679,7 +658,7 @@ mod tests {
         // A granted name that resolves to a private or loopback address.
         let d = p.decide_connect(ip("127.0.0.1"), 443, &ex);
         assert!(
-            matches!(&d, NetDecision::Deny { reason, .. } if reason.contains("loopback")),
+            matches!(&d, Verdict::Deny { reason, .. } if reason.contains("loopback")),
             "{d:?}"
         );
         assert!(
@@ -708,20 +687,16 @@ mod tests {
         );
         assert_eq!(
             d,
-            NetDecision::Deny {
+            Verdict::Deny {
                 rule: None,
                 reason: "example.com:443 is not granted".into(),
                 hint: Some("--allow-net=example.com:443".into())
             }
         );
         let d = p.decide_connect("::1".parse().unwrap(), 8080, &[]);
-        assert!(
-            matches!(d, NetDecision::Deny { hint: Some(h), .. } if h == "--allow-net=[::1]:8080")
-        );
+        assert!(matches!(d, Verdict::Deny { hint: Some(h), .. } if h == "--allow-net=[::1]:8080"));
         let d = p.decide_lookup("Example.com");
-        assert!(
-            matches!(d, NetDecision::Deny { hint: Some(h), .. } if h == "--allow-net=example.com")
-        );
+        assert!(matches!(d, Verdict::Deny { hint: Some(h), .. } if h == "--allow-net=example.com"));
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! every refusal the host sees, with the flag that would allow it.
 
 use crate::Guard;
-use crate::report::{Decision, Kind};
-use capsa_policy::{FsDecision, FsOp, join_guest_checked, strip_guest_prefix};
+use crate::report::Kind;
+use capsa_policy::{FsOp, Verdict, join_guest_checked, strip_guest_prefix};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use wasmtime::component::{HasData, Resource};
@@ -95,16 +95,15 @@ fn resolve_host(host: &Path) -> (PathBuf, bool) {
 }
 
 impl GuardedFs<'_> {
-    fn deny(&self, verb: &str, target: &str, reason: &str, hint: Option<&str>, rule: Option<&str>) {
-        self.guard.reporter.record(&Decision {
-            kind: Kind::Fs,
-            op: verb,
-            target,
-            allowed: false,
-            rule,
-            reason: Some(reason),
+    fn deny(&self, verb: &str, target: &str, reason: String, hint: Option<String>) {
+        let verdict = Verdict::Deny {
+            rule: None,
+            reason,
             hint,
-        });
+        };
+        self.guard
+            .reporter
+            .verdict(Kind::Fs, verb, target, &verdict);
     }
 
     /// Decides one path operation relative to the descriptor `dir`.
@@ -125,7 +124,7 @@ impl GuardedFs<'_> {
         if escaped {
             let reason = format!("the path leaves the granted directory {}", pre.guest);
             let hint = format!("{}={guest}", op.flag());
-            self.deny(verb, &guest, &reason, Some(&hint), None);
+            self.deny(verb, &guest, reason, Some(hint));
             return not_permitted();
         }
         let rel = strip_guest_prefix(&guest, &pre.guest).unwrap_or("");
@@ -138,53 +137,45 @@ impl GuardedFs<'_> {
             let names = pre.only.as_deref().unwrap_or_default().join(", ");
             let reason = format!("only {names} is granted in {}", pre.guest);
             let hint = format!("{}={}", op.flag(), host.display());
-            self.deny(verb, &guest, &reason, Some(&hint), None);
+            self.deny(verb, &guest, reason, Some(hint));
             return not_permitted();
         }
         let (canonical, exists) = resolve_host(&host);
-        match self.guard.policy.fs.decide(&canonical, op, exists) {
-            FsDecision::Allow { rule } => {
-                self.guard.reporter.record(&Decision {
-                    kind: Kind::Fs,
-                    op: verb,
-                    target: &guest,
-                    allowed: true,
-                    rule: Some(&rule),
-                    reason: None,
-                    hint: None,
-                });
-                Ok(Some(Checked {
-                    guest,
-                    preopen: preopen_idx,
-                    op,
-                    verb,
-                }))
-            }
-            FsDecision::Deny { rule, reason, hint } => {
-                let reason = if canonical.starts_with(&pre.host) || rule.is_some() {
-                    reason
-                } else {
-                    format!("a link leads outside {}", pre.guest)
-                };
-                self.deny(verb, &guest, &reason, hint.as_deref(), rule.as_deref());
-                not_permitted()
-            }
+        let mut verdict = self.guard.policy.fs.decide(&canonical, op, exists);
+        if let Verdict::Deny {
+            rule: None, reason, ..
+        } = &mut verdict
+            && !canonical.starts_with(&pre.host)
+        {
+            *reason = format!("a link leads outside {}", pre.guest);
         }
+        self.guard
+            .reporter
+            .verdict(Kind::Fs, verb, &guest, &verdict);
+        if !verdict.is_allowed() {
+            return not_permitted();
+        }
+        Ok(Some(Checked {
+            guest,
+            preopen: preopen_idx,
+            op,
+            verb,
+        }))
     }
 
     /// Reports a refusal that wasmtime-wasi made after capsa's own checks passed.
     fn after<T>(&self, checked: &Option<Checked>, result: FsResult<T>) -> FsResult<T> {
-        if let (Some(c), Err(e)) = (checked, &result) {
-            if matches!(e.downcast_ref(), Some(FsErrorCode::NotPermitted)) {
-                let pre = &self.guard.preopens[c.preopen];
-                let reason = if c.op == FsOp::Write && !pre.writable {
-                    format!("{} is granted read-only", pre.guest)
-                } else {
-                    format!("refused inside {}", pre.guest)
-                };
-                let hint = format!("{}={}", c.op.flag(), c.guest);
-                self.deny(c.verb, &c.guest, &reason, Some(&hint), None);
-            }
+        if let (Some(c), Err(e)) = (checked, &result)
+            && matches!(e.downcast_ref(), Some(FsErrorCode::NotPermitted))
+        {
+            let pre = &self.guard.preopens[c.preopen];
+            let reason = if c.op == FsOp::Write && !pre.writable {
+                format!("{} is granted read-only", pre.guest)
+            } else {
+                format!("refused inside {}", pre.guest)
+            };
+            let hint = format!("{}={}", c.op.flag(), c.guest);
+            self.deny(c.verb, &c.guest, reason, Some(hint));
         }
         result
     }

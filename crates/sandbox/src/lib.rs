@@ -324,15 +324,7 @@ pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
     finished.store(true, Ordering::SeqCst);
     let outcome = outcome(result, &store, &budget, &limits);
     if let Outcome::Limit { message, .. } = &outcome {
-        guard.reporter.record(&Decision {
-            kind: Kind::Limit,
-            op: "reach",
-            target: message,
-            allowed: false,
-            rule: None,
-            reason: None,
-            hint: None,
-        });
+        guard.reporter.limit(message);
     }
     guard.reporter.flush();
     Ok(outcome)
@@ -447,15 +439,7 @@ fn start_timers(engine: &Engine, timeout: Duration, finished: Arc<AtomicBool>, g
         std::thread::sleep(timeout + grace);
         if !finished.load(Ordering::SeqCst) {
             let message = timeout_message(timeout);
-            guard.reporter.record(&Decision {
-                kind: Kind::Limit,
-                op: "reach",
-                target: &message,
-                allowed: false,
-                rule: None,
-                reason: None,
-                hint: None,
-            });
+            guard.reporter.limit(&message);
             guard.reporter.flush();
             eprintln!("capsa: {message}");
             std::process::exit(exit::TIMEOUT);

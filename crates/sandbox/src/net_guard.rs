@@ -8,8 +8,8 @@
 //! address it picked belongs to a granted name.
 
 use crate::Guard;
-use crate::report::{Decision, Kind};
-use capsa_policy::NetDecision;
+use crate::report::Kind;
+use capsa_policy::Verdict;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -36,11 +36,11 @@ pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) ->
         }
     };
     let target = addr.to_string();
-    record(guard, Kind::Net, verb, &target, &decision);
+    guard.reporter.verdict(Kind::Net, verb, &target, &decision);
     decision.is_allowed()
 }
 
-fn connect_decision(guard: &Guard, addr: SocketAddr) -> NetDecision {
+fn connect_decision(guard: &Guard, addr: SocketAddr) -> Verdict {
     let names = guard
         .resolved
         .lock()
@@ -52,30 +52,6 @@ fn connect_decision(guard: &Guard, addr: SocketAddr) -> NetDecision {
         .policy
         .net
         .decide_connect(addr.ip(), addr.port(), &names)
-}
-
-fn record(guard: &Guard, kind: Kind, verb: &str, target: &str, d: &NetDecision) {
-    let decision = match d {
-        NetDecision::Allow { rule } => Decision {
-            kind,
-            op: verb,
-            target,
-            allowed: true,
-            rule: Some(rule),
-            reason: None,
-            hint: None,
-        },
-        NetDecision::Deny { rule, reason, hint } => Decision {
-            kind,
-            op: verb,
-            target,
-            allowed: false,
-            rule: rule.as_deref(),
-            reason: Some(reason),
-            hint: hint.as_deref(),
-        },
-    };
-    guard.reporter.record(&decision);
 }
 
 /// Lookups in flight: stream → the granted name it resolves.
@@ -110,7 +86,7 @@ impl ip_name_lookup::Host for GuardedLookup<'_> {
                 .is_some_and(|n| n.parse::<IpAddr>().is_ok());
         if !literal {
             let d = self.guard.policy.net.decide_lookup(&name);
-            record(self.guard, Kind::Dns, "look up", &name, &d);
+            self.guard.reporter.verdict(Kind::Dns, "look up", &name, &d);
             if !d.is_allowed() {
                 // The same error a name that does not exist gives.
                 return Err(ErrorCode::NameUnresolvable.into());

@@ -2,6 +2,7 @@
 //! stderr with the narrowest flag that would allow them, and with `--audit`
 //! every decision, allowed or denied, is written as one JSON line.
 
+use capsa_policy::Verdict;
 use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Mutex;
@@ -113,6 +114,43 @@ impl Reporter {
         }
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{msg}");
+    }
+
+    /// Records a decision the policy made.
+    pub fn verdict(&self, kind: Kind, op: &str, target: &str, verdict: &Verdict) {
+        self.record(&match verdict {
+            Verdict::Allow { rule } => Decision {
+                kind,
+                op,
+                target,
+                allowed: true,
+                rule: Some(rule),
+                reason: None,
+                hint: None,
+            },
+            Verdict::Deny { rule, reason, hint } => Decision {
+                kind,
+                op,
+                target,
+                allowed: false,
+                rule: rule.as_deref(),
+                reason: Some(reason),
+                hint: hint.as_deref(),
+            },
+        });
+    }
+
+    /// Records that a limit ended the run (`message` names it).
+    pub fn limit(&self, message: &str) {
+        self.record(&Decision {
+            kind: Kind::Limit,
+            op: "reach",
+            target: message,
+            allowed: false,
+            rule: None,
+            reason: None,
+            hint: None,
+        });
     }
 
     pub fn flush(&self) {
