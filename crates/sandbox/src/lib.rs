@@ -12,11 +12,11 @@ mod net_guard;
 mod output;
 pub mod report;
 
-use capsa_policy::{Access, GrantKind, Policy, format_duration, format_size};
+use capsa_policy::{Access, GrantKind, Policy, Verdict, format_duration, format_size};
 use fs_guard::{FsTracker, GuardedFs, GuardedFsData, Preopen};
 use net_guard::{GuardedLookup, GuardedLookupData, LookupTracker};
 use output::{LimitedOutput, OutputBudget, Which};
-use report::{AuditSink, Decision, Kind, Reporter};
+use report::{AuditSink, Kind, Reporter};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -342,21 +342,17 @@ fn guest_env(guard: &Guard) -> Vec<(String, String)> {
             .filter(|(k, _)| pattern.matches(k))
             .map(|(k, _)| k.as_str())
             .collect();
-        let rule = format!("--allow-env={pattern}");
-        for name in if found.is_empty() { vec![""] } else { found } {
-            guard.reporter.record(&Decision {
-                kind: Kind::Env,
-                op: if name.is_empty() {
-                    "pass (unset)"
-                } else {
-                    "pass"
-                },
-                target: if name.is_empty() { &rule[12..] } else { name },
-                allowed: true,
-                rule: Some(&rule),
-                reason: None,
-                hint: None,
-            });
+        let verdict = Verdict::Allow {
+            rule: format!("--allow-env={pattern}"),
+        };
+        if found.is_empty() {
+            // Granted, but the host has no such variable.
+            guard
+                .reporter
+                .verdict(Kind::Env, "pass (unset)", &pattern.to_string(), &verdict);
+        }
+        for name in found {
+            guard.reporter.verdict(Kind::Env, "pass", name, &verdict);
         }
     }
     env

@@ -70,3 +70,36 @@ fn arguments_and_stdin_reach_the_guest() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok: SHOUT\n");
 }
+
+#[test]
+fn audit_records_which_env_grants_passed_a_value() {
+    let mut c = capsa();
+    c.env("APP_KEY", "k")
+        .args(["run", "--audit=-", "--allow-env=APP_*,NOPE"])
+        .arg(probe(P2))
+        .arg("hello");
+    let r = Run::from(c.output().unwrap());
+    let lines: Vec<serde_json::Value> = r
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "env" && l["target"] == "APP_KEY" && l["op"] == "pass"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "env" && l["target"] == "NOPE" && l["op"] == "pass (unset)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("\"k\""),
+        "the audit never records a value"
+    );
+}
