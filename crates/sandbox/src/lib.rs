@@ -86,6 +86,9 @@ pub enum Outcome {
 pub enum RunError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// Grants that cannot be laid out in the guest together.
+    #[error("{0}")]
+    Policy(String),
     #[error("{0}")]
     Setup(String),
 }
@@ -94,6 +97,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Load(_) => exit::LOAD,
+            RunError::Policy(_) => exit::USAGE,
             RunError::Setup(_) => exit::INTERNAL,
         }
     }
@@ -183,6 +187,19 @@ fn preopens(policy: &Policy) -> Result<Vec<Preopen>, RunError> {
                     .map(PathBuf::from)
                     .unwrap_or_else(|| "/".into());
                 let (dir, name) = g.guest.rsplit_once('/').unwrap_or(("", &g.guest));
+                // The preopen is the host file's directory, so the guest must
+                // reach the file by its own name there.
+                if g.host.file_name().and_then(|n| n.to_str()) != Some(name) {
+                    return Err(RunError::Policy(format!(
+                        "{} is a single file: it keeps its name in the guest (use {}::{dir}/{})",
+                        g.host.display(),
+                        g.host.display(),
+                        g.host
+                            .file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default()
+                    )));
+                }
                 let dir = if dir.is_empty() {
                     "/".to_string()
                 } else {
@@ -194,7 +211,7 @@ fn preopens(policy: &Policy) -> Result<Vec<Preopen>, RunError> {
         let writable = g.access == Access::ReadWrite;
         if let Some(p) = out.iter_mut().find(|p| p.guest == guest) {
             if p.host != host {
-                return Err(RunError::Setup(format!(
+                return Err(RunError::Policy(format!(
                     "{} and {} would both appear at {guest} in the guest; choose another guest path with HOST::GUEST",
                     p.host.display(),
                     host.display()

@@ -471,3 +471,42 @@ fn wat_program_runs() {
     assert_eq!(r.code, 0);
     assert!(Path::new(&wat("hello.wat")).exists());
 }
+
+/// A single file mapped to another name would have made the guest reach a
+/// different file of that name in the host directory.
+#[test]
+fn single_file_keeps_its_name() {
+    let (_g, d) = setup();
+    let grant = format!("--allow-read={}::/mnt/secret.txt", s(&d.join("notes.txt")));
+    let r = run(&[&grant], &probe(P2), &["read", "/mnt/secret.txt"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("keeps its name in the guest"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("SECRET"));
+    let grant = format!("--allow-read={}::/mnt/notes.txt", s(&d.join("notes.txt")));
+    let r = run(&[&grant], &probe(P2), &["read", "/mnt/notes.txt"]);
+    assert_eq!(r.stdout, "ok: notes\n", "{}", r.stderr);
+}
+
+/// Two grants that would both appear at one guest path are a policy error.
+#[test]
+fn conflicting_guest_paths() {
+    let (_g, d) = setup();
+    let r = run(
+        &[
+            &format!("--allow-read={}::/m", s(&d.join("data"))),
+            &format!("--allow-read={}::/m", s(&d.join("out"))),
+        ],
+        &probe(P2),
+        &["hello"],
+    );
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("choose another guest path"),
+        "{}",
+        r.stderr
+    );
+}
