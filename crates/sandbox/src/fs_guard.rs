@@ -30,9 +30,21 @@ pub struct Preopen {
     pub writable: bool,
     /// `Some`: only these names in the directory are granted (file grants).
     pub only: Option<Vec<String>>,
+    /// The grant's own guest path, for messages: differs from `guest` for
+    /// the alias of a grant below the working directory.
+    pub shown: String,
 }
 
 impl Preopen {
+    /// A path in this preopen as the user knows it.
+    fn show(&self, guest: &str) -> String {
+        match strip_guest_prefix(guest, &self.guest) {
+            Some("") => self.shown.clone(),
+            Some(rel) => format!("{}/{rel}", self.shown.trim_end_matches('/')),
+            None => guest.to_string(),
+        }
+    }
+
     fn allows_name(&self, guest: &str) -> bool {
         match &self.only {
             None => true,
@@ -70,6 +82,8 @@ impl HasData for GuardedFsData {
 /// A path operation that passed capsa's checks.
 struct Checked {
     guest: String,
+    /// `guest` as the user knows it.
+    shown: String,
     preopen: usize,
     op: FsOp,
     verb: &'static str,
@@ -121,10 +135,11 @@ impl GuardedFs<'_> {
         let preopen_idx = t.preopen;
         let pre = &self.guard.preopens[preopen_idx];
         let (guest, escaped) = join_guest_checked(&t.guest, path);
+        let shown = pre.show(&guest);
         if escaped {
-            let reason = format!("the path leaves the granted directory {}", pre.guest);
-            let hint = format!("{}={guest}", op.flag());
-            self.deny(verb, &guest, reason, Some(hint));
+            let reason = format!("the path leaves the granted directory {}", pre.shown);
+            let hint = format!("{}={shown}", op.flag());
+            self.deny(verb, &shown, reason, Some(hint));
             return not_permitted();
         }
         let rel = strip_guest_prefix(&guest, &pre.guest).unwrap_or("");
@@ -135,9 +150,9 @@ impl GuardedFs<'_> {
         };
         if !pre.allows_name(&guest) {
             let names = pre.only.as_deref().unwrap_or_default().join(", ");
-            let reason = format!("only {names} is granted in {}", pre.guest);
+            let reason = format!("only {names} is granted in {}", pre.shown);
             let hint = format!("{}={}", op.flag(), host.display());
-            self.deny(verb, &guest, reason, Some(hint));
+            self.deny(verb, &shown, reason, Some(hint));
             return not_permitted();
         }
         let (canonical, exists) = resolve_host(&host);
@@ -147,16 +162,17 @@ impl GuardedFs<'_> {
         } = &mut verdict
             && !canonical.starts_with(&pre.host)
         {
-            *reason = format!("a link leads outside {}", pre.guest);
+            *reason = format!("a link leads outside {}", pre.shown);
         }
         self.guard
             .reporter
-            .verdict(Kind::Fs, verb, &guest, &verdict);
+            .verdict(Kind::Fs, verb, &shown, &verdict);
         if !verdict.is_allowed() {
             return not_permitted();
         }
         Ok(Some(Checked {
             guest,
+            shown,
             preopen: preopen_idx,
             op,
             verb,
@@ -170,12 +186,12 @@ impl GuardedFs<'_> {
         {
             let pre = &self.guard.preopens[c.preopen];
             let reason = if c.op == FsOp::Write && !pre.writable {
-                format!("{} is granted read-only", pre.guest)
+                format!("{} is granted read-only", pre.shown)
             } else {
-                format!("refused inside {}", pre.guest)
+                format!("refused inside {}", pre.shown)
             };
-            let hint = format!("{}={}", c.op.flag(), c.guest);
-            self.deny(c.verb, &c.guest, reason, Some(hint));
+            let hint = format!("{}={}", c.op.flag(), c.shown);
+            self.deny(c.verb, &c.shown, reason, Some(hint));
         }
         result
     }

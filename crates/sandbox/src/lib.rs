@@ -12,7 +12,9 @@ mod net_guard;
 mod output;
 pub mod report;
 
-use capsa_policy::{Access, GrantKind, Policy, Verdict, format_duration, format_size};
+use capsa_policy::{
+    Access, GrantKind, Policy, Verdict, format_duration, format_size, strip_guest_prefix,
+};
 use fs_guard::{FsTracker, GuardedFs, GuardedFsData, Preopen};
 use net_guard::{GuardedLookup, GuardedLookupData, LookupTracker};
 use output::{LimitedOutput, OutputBudget, Which};
@@ -175,7 +177,12 @@ fn engine(policy: &Policy) -> Result<Engine, RunError> {
 
 /// One preopen per granted directory, and one per directory holding granted
 /// files, which shows only those files.
-fn preopens(policy: &Policy) -> Result<Vec<Preopen>, RunError> {
+///
+/// wasi-libc resolves a relative path against `/` (it reads no initial
+/// working directory), so a directory granted below the working directory
+/// `cwd` is also mounted at its path relative to it: `out/result.txt` then
+/// reaches the grant `$PWD/out` as it would natively.
+fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError> {
     let mut out: Vec<Preopen> = Vec::new();
     for g in &policy.fs.grants {
         let (host, guest, name) = match g.kind {
@@ -230,11 +237,26 @@ fn preopens(policy: &Policy) -> Result<Vec<Preopen>, RunError> {
         }
         out.push(Preopen {
             host,
+            shown: guest.clone(),
             guest,
             writable,
             only: name.map(|n| vec![n]),
         });
     }
+    let aliases: Vec<Preopen> = out
+        .iter()
+        .filter(|p| p.only.is_none())
+        .filter_map(|p| {
+            let rel = strip_guest_prefix(&p.guest, cwd.filter(|c| *c != "/")?)?;
+            let alias = format!("/{rel}");
+            // A real mount at that path wins; so does the grant of `cwd` itself.
+            (!rel.is_empty() && !out.iter().any(|o| o.guest == alias)).then(|| Preopen {
+                guest: alias,
+                ..p.clone()
+            })
+        })
+        .collect();
+    out.extend(aliases);
     Ok(out)
 }
 
@@ -254,7 +276,7 @@ pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
     check_world(&engine, &component, &config.program)?;
 
     let limits = config.policy.limits;
-    let preopens = preopens(&config.policy)?;
+    let preopens = preopens(&config.policy, config.cwd.as_deref())?;
     let guard = Arc::new(Guard {
         reporter: Reporter::new(config.quiet, config.audit),
         policy: config.policy,

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 const AFTER_HELP: &str = "\
 Everything is denied unless granted. Lists are comma-separated, and each flag
 may be repeated. A host path appears in the program at the same absolute path
-(HOST::GUEST chooses another). capsa's working directory is passed as WASI's
-initial-cwd, but wasi-libc programs resolve relative paths against /: give
-them absolute paths.
+(HOST::GUEST chooses another). wasi-libc programs resolve relative paths
+against /, so a directory granted below the working directory also appears
+at its relative path there: out/result.txt reaches $PWD/out as it would
+natively.
 
 Network rules: host, host:port, *.host, IP, IP:port, CIDR, [v6]:port.
 Loopback, private, link-local and cloud-metadata addresses are reached only

@@ -510,3 +510,44 @@ fn conflicting_guest_paths() {
         r.stderr
     );
 }
+
+/// A relative path in the program means what it would natively, for a
+/// directory granted below the working directory (wasi-libc resolves
+/// relative paths against /, so capsa mounts such grants there too).
+#[test]
+fn relative_paths_below_the_working_directory() {
+    both(|t| {
+        let (_g, d) = setup();
+        let r = run_in(
+            &d,
+            &["--allow-write=out"],
+            &probe(t),
+            &["write", "out/result.txt", "42"],
+        );
+        assert_eq!(r.stdout, "ok: written\n", "{t}: {}", r.stderr);
+        assert_eq!(
+            std::fs::read_to_string(d.join("out/result.txt")).unwrap(),
+            "42"
+        );
+        let r = run_in(
+            &d,
+            &["--allow-read=data"],
+            &probe(t),
+            &["write", "data/new.txt", "x"],
+        );
+        assert!(
+            r.stdout.starts_with("err: PermissionDenied"),
+            "{t}: {}",
+            r.stdout
+        );
+        assert!(
+            r.stderr
+                .contains(&format!("denied: write to {}/data/new.txt", s(&d))),
+            "messages name the real path: {}",
+            r.stderr
+        );
+        assert!(!d.join("data/new.txt").exists());
+        let r = run_in(&d, &[], &probe(t), &["read", "data/a.txt"]);
+        assert!(r.stdout.starts_with("err: NotFound"), "{t}: {}", r.stdout);
+    });
+}
