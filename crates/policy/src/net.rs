@@ -173,7 +173,7 @@ fn parse_ip_or_cidr(s: &str) -> Result<HostPattern, String> {
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let len: u8 = match len.parse::<u8>() {
                 Ok(l) if l <= max && len.bytes().all(|b| b.is_ascii_digit()) => l,
-                _ => return Err(format!("invalid prefix length (expected 0-{max})")),
+                _ => return Err(format!("invalid prefix length (expected 1-{max})")),
             };
             if len == 0 {
                 return Err("a /0 network is the whole internet; name the hosts".into());
@@ -583,7 +583,7 @@ mod tests {
         let e = NetRule::parse("10.0.0.0/33").unwrap_err().to_string();
         assert_eq!(
             e,
-            r#"invalid network rule "10.0.0.0/33": invalid prefix length (expected 0-32)"#
+            r#"invalid network rule "10.0.0.0/33": invalid prefix length (expected 1-32)"#
         );
     }
 

@@ -135,3 +135,35 @@ fn unknown_flag_is_a_usage_error() {
         r.stderr
     );
 }
+
+/// What the user reads for each kind of bad input, in one snapshot.
+#[test]
+fn bad_input_messages() {
+    let (_g, d) = scratch();
+    std::fs::write(d.join("text.wasm"), "hello, not wasm").unwrap();
+    std::fs::write(d.join("unknown.toml"), "[limits]\nmemroy = \"1G\"\n").unwrap();
+    let p = probe(P2);
+    let cases: Vec<(Vec<String>, std::path::PathBuf)> = vec![
+        (vec![], d.join("missing.wasm")),
+        (vec![], d.join("text.wasm")),
+        (vec![], wat("import-env.wat")),
+        (vec![], wat("not-a-command.wat")),
+        (vec!["--allow-net=example.com:99999".into()], p.clone()),
+        (vec!["--allow-net=10.0.0.0/33".into()], p.clone()),
+        (vec!["--memory=lots".into()], p.clone()),
+        (vec![format!("--allow-read={}/nope", s(&d))], p.clone()),
+        (
+            vec!["--policy".into(), s(&d.join("unknown.toml")).into()],
+            p.clone(),
+        ),
+    ];
+    let mut out = String::new();
+    for (flags, program) in cases {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let r = run(&flags, &program, &[]);
+        out.push_str(&format!("[{}] {}", r.code, r.stderr));
+    }
+    let wat_dir = wat("");
+    let out = redact(&out, &d).replace(s(&wat_dir), "[WAT]/");
+    insta::assert_snapshot!(out);
+}

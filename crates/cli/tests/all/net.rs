@@ -204,3 +204,19 @@ fn preview1_has_no_sockets() {
     assert!(r.stdout.starts_with("err: Unsupported"), "{}", r.stdout);
     assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn granted_name_is_looked_up_by_the_host() {
+    let r = run(
+        &["--allow-net=localhost:80"],
+        &probe(P2),
+        &["lookup", "localhost"],
+    );
+    assert!(
+        r.stdout.starts_with("ok: ") && r.stdout.contains("127.0.0.1"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(r.stderr, "");
+}
