@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             use clap::error::ErrorKind;
             let code = match e.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => capsa_sandbox::exit::USAGE,
+                // Everything else, bare `capsa` included, is a usage error.
                 _ => capsa_sandbox::exit::USAGE,
             };
             let _ = e.print();
