@@ -21,6 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(commands::run::RunArgs),
+    Python(commands::python::PythonArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Run(args) => commands::run::run(args),
+        Command::Python(args) => commands::python::run(args),
     };
     exit(code)
 }

@@ -167,11 +167,24 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-fn engine(policy: &Policy) -> Result<Engine, RunError> {
+/// The guest's WebAssembly call stack. wasmtime's default (512 KiB) ends a
+/// CPython recursing through C (an `lru_cache`d function) near depth 400
+/// with a trap; with this much, CPython's own C-stack check fires first and
+/// raises RecursionError, as natively.
+pub const GUEST_STACK: usize = 32 << 20;
+
+/// The host thread the guest runs on: its stack holds the guest's, plus
+/// room for the host calls made from the deepest guest frame.
+const HOST_STACK: usize = GUEST_STACK + (8 << 20);
+
+fn engine(fuel: bool) -> Result<Engine, RunError> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
-    config.consume_fuel(policy.limits.fuel.is_some());
+    config.max_wasm_stack(GUEST_STACK);
+    // Never used (guests run synchronously), but must exceed the above.
+    config.async_stack_size(GUEST_STACK + (1 << 20));
+    config.consume_fuel(fuel);
     Engine::new(&config).map_err(|e| RunError::Setup(format!("cannot start the engine: {e:#}")))
 }
 
@@ -260,9 +273,26 @@ fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError
     Ok(out)
 }
 
-/// Runs one program to its end under `config.policy`.
+/// Compiles `program` into `cache` now, as a run without `--fuel` would.
+pub fn precompile(program: &load::Program, cache: &CodeCache) -> Result<(), RunError> {
+    cache.load(&engine(false)?, program)?;
+    Ok(())
+}
+
+/// Runs one program to its end under `config.policy`, on a thread whose
+/// stack fits [`GUEST_STACK`].
 pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
-    let engine = engine(&config.policy)?;
+    std::thread::Builder::new()
+        .name("guest".into())
+        .stack_size(HOST_STACK)
+        .spawn(move || run_here(config))
+        .map_err(|e| RunError::Setup(format!("cannot start the guest thread: {e}")))?
+        .join()
+        .unwrap_or_else(|_| Err(RunError::Setup("the guest thread panicked".into())))
+}
+
+fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
+    let engine = engine(config.policy.limits.fuel.is_some())?;
     let program = load::Program::read(&config.program, config.cache.as_ref())?;
     let component = match &config.cache {
         Some(cache) => cache.load(&engine, &program)?,
@@ -418,6 +448,12 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             guard: &s.guard,
         }
     }
+    // CPython's entry point ends a run with an exit code through this
+    // (`wasi:cli/exit@0.2.0` only has success or failure).
+    linker.root().instance("capsa:python/process")?.func_wrap(
+        "exit-with-code",
+        |_, (code,): (u8,)| -> wasmtime::Result<()> { Err(I32Exit(i32::from(code)).into()) },
+    )?;
     types::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
     preopens::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
     ip_name_lookup::add_to_linker::<HostState, GuardedLookupData>(linker, lookup)?;

@@ -32,8 +32,25 @@ Exit status:
    70  capsa itself failed (host I/O error)";
 
 #[derive(Args, Debug)]
-#[command(about = "Run a WebAssembly program (WASI preview 1 module or 0.2 command component, binary or text)", after_help = AFTER_HELP)]
+#[command(about = "Run a WebAssembly program (WASI preview 1 module or 0.2 command component, binary or text) or a Python script", after_help = AFTER_HELP)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// The program: a .wasm or .wat file, or a .py script.
+    #[arg(value_name = "PROGRAM")]
+    program: PathBuf,
+    /// Arguments for the program.
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    args: Vec<String>,
+}
+
+/// Grants and limits, shared by `capsa run` and `capsa python`.
+#[derive(Args, Debug)]
+pub struct SandboxArgs {
     /// Read-only access to a directory or file (HOST or HOST::GUEST).
     #[arg(long, value_name = "PATH[,PATH...]")]
     allow_read: Vec<String>,
@@ -82,16 +99,9 @@ pub struct RunArgs {
     /// Write every capability decision as a JSON line to FILE (- for stderr).
     #[arg(long, value_name = "FILE")]
     audit: Option<PathBuf>,
-    /// The program: a .wasm or .wat file.
-    #[arg(value_name = "PROGRAM")]
-    program: PathBuf,
-    /// Arguments for the program.
-    #[arg(
-        value_name = "ARGS",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    args: Vec<String>,
+    /// Python: put this directory of packages on sys.path, read-only.
+    #[arg(long, value_name = "DIR")]
+    pub python_path: Vec<PathBuf>,
 }
 
 /// Canonicalizes through the real file system.
@@ -108,7 +118,7 @@ impl PathResolver for HostFs {
     }
 }
 
-impl RunArgs {
+impl SandboxArgs {
     fn raw_policy(&self) -> Result<RawPolicy> {
         let mut raw = match &self.policy {
             Some(file) => {
@@ -149,26 +159,94 @@ impl RunArgs {
         Ok(raw)
     }
 
-    fn policy(&self, cwd: &Path) -> Result<Policy> {
+    pub fn policy(&self, cwd: &Path) -> Result<Policy> {
         Ok(self.raw_policy()?.resolve(cwd, &HostFs)?)
     }
 }
 
+/// The working directory and the policy the flags give, or the exit code.
+pub fn prepare(sandbox: &SandboxArgs) -> std::result::Result<(PathBuf, Policy), i32> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("cannot read the working directory: {e}"),
+        )
+    })?;
+    let policy = sandbox.policy(&cwd).map_err(|e| fail(exit::USAGE, e))?;
+    Ok((cwd, policy))
+}
+
+/// A Python script: by its extension, or a `#!` line naming python.
+fn is_python(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("py") || e.eq_ignore_ascii_case("pyw"))
+    {
+        return true;
+    }
+    let mut head = [0u8; 128];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    let head = &head[..n];
+    head.starts_with(b"#!")
+        && head
+            .split(|&b| b == b'\n')
+            .next()
+            .is_some_and(|line| line.windows(6).any(|w| w == b"python"))
+}
+
 pub fn run(args: RunArgs) -> i32 {
-    let cwd = match std::env::current_dir() {
-        Ok(d) => d,
-        Err(e) => {
-            return fail(
-                exit::INTERNAL,
-                anyhow::anyhow!("cannot read the working directory: {e}"),
-            );
-        }
-    };
-    let policy = match args.policy(&cwd) {
+    if is_python(&args.program) {
+        let script = args.program.to_string_lossy().into_owned();
+        let mut python_args = vec![script];
+        python_args.extend(args.args);
+        return super::python::run_invocation(
+            &args.sandbox,
+            capsa_python::invocation::Invocation {
+                mode: capsa_python::Mode::Script(python_args.remove(0)),
+                args: python_args,
+                unbuffered: false,
+                safe_path: false,
+                quiet: false,
+                inspect: false,
+                warnings: Vec::new(),
+            },
+        );
+    }
+    if !args.sandbox.python_path.is_empty() {
+        return fail(
+            exit::USAGE,
+            anyhow::anyhow!(
+                "--python-path is for Python programs; {} is not one (a .py file)",
+                args.program.display()
+            ),
+        );
+    }
+    let (cwd, policy) = match prepare(&args.sandbox) {
         Ok(p) => p,
-        Err(e) => return fail(exit::USAGE, e),
+        Err(code) => return code,
     };
-    let audit = match &args.audit {
+    execute(
+        &args.sandbox,
+        cwd,
+        policy,
+        args.program.clone(),
+        args.program.display().to_string(),
+        args.args,
+    )
+}
+
+/// Runs `program` under `policy` and turns the outcome into an exit code.
+pub fn execute(
+    sandbox: &SandboxArgs,
+    cwd: PathBuf,
+    policy: Policy,
+    program: PathBuf,
+    argv0: String,
+    args: Vec<String>,
+) -> i32 {
+    let audit = match &sandbox.audit {
         None => None,
         Some(p) if p.as_os_str() == "-" => Some(AuditSink::Stderr),
         Some(p) => match std::fs::File::create(p) {
@@ -182,12 +260,12 @@ pub fn run(args: RunArgs) -> i32 {
         },
     };
     let config = RunConfig {
-        argv0: args.program.display().to_string(),
-        program: args.program,
-        args: args.args,
+        argv0,
+        program,
+        args,
         policy,
         cwd: cwd.to_str().map(str::to_string),
-        quiet: args.quiet,
+        quiet: sandbox.quiet,
         audit,
         cache: CodeCache::default_dir().map(CodeCache::new),
     };
@@ -205,7 +283,7 @@ pub fn run(args: RunArgs) -> i32 {
     }
 }
 
-fn fail(code: i32, err: anyhow::Error) -> i32 {
+pub fn fail(code: i32, err: anyhow::Error) -> i32 {
     eprintln!("capsa: error: {err:#}");
     code
 }

@@ -8,4 +8,5 @@ mod env;
 mod fs;
 mod limits;
 mod net;
+mod python;
 mod support;

@@ -145,3 +145,55 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     walk(dir, dir, &mut out);
     out
 }
+
+/// The Python runtime, prepared once per test binary in the shared cache
+/// (through `capsa python install`, whose output must say it is ready).
+pub fn python_ready() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let r: Run = capsa()
+            .args(["python", "install"])
+            .output()
+            .expect("capsa runs")
+            .into();
+        assert_eq!(r.code, 0, "capsa python install failed: {}", r.stderr);
+        assert!(r.stdout.contains("Python 3.14 is ready"), "{}", r.stdout);
+    });
+}
+
+/// `capsa python FLAGS ARGS` in `dir`, with `stdin` piped in.
+pub fn py_in(dir: &Path, flags: &[&str], args: &[&str], stdin: &str) -> Run {
+    use std::io::Write;
+    python_ready();
+    let mut child = capsa()
+        .current_dir(dir)
+        .arg("python")
+        .args(flags)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("capsa runs");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let out = child.wait_with_output().expect("capsa ends");
+    writer.join().unwrap();
+    out.into()
+}
+
+/// `capsa python FLAGS -c CODE` in `dir`.
+pub fn py_code(dir: &Path, flags: &[&str], code: &str) -> Run {
+    py_in(dir, flags, &["-c", code], "")
+}
+
+/// `capsa run FLAGS SCRIPT ARGS` for a script `name` written into `dir`.
+pub fn py_script(dir: &Path, flags: &[&str], name: &str, source: &str, args: &[&str]) -> Run {
+    python_ready();
+    let script = dir.join(name);
+    std::fs::write(&script, source).unwrap();
+    run_in(dir, flags, &script, args)
+}

@@ -1,0 +1,216 @@
+//! `capsa python` and Python scripts under `capsa run`: CPython 3.14 in the
+//! same sandbox, with the standard library mounted read-only.
+
+use super::run::{SandboxArgs, execute, fail, prepare};
+use capsa_policy::{Access, FsGrant, GrantKind, Policy};
+use capsa_python::{GUEST_STDLIB, Invocation, Mode};
+use capsa_sandbox::{CodeCache, exit};
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+const AFTER_HELP: &str = "\
+Python's own options and arguments follow capsa's: `capsa python
+--allow-read=data -c 'print(1)'`. Use `--` before them if one looks like a
+capsa flag (`capsa python -- -q`). `capsa python -- -h` lists the Python
+options capsa understands.
+
+The script is visible to the program, the files beside it are not, unless
+granted. The standard library is read-only at /python. --python-path=DIR
+puts DIR on sys.path read-only (fill it with `pip install --target DIR
+PACKAGE`; pure-Python packages only).
+
+Not available in WASI: ssl, ctypes, threads (starting one), subprocess,
+multiprocessing, signal handlers, bz2, lzma, mmap.
+
+`capsa python install [--force]` prepares the runtime now (it is otherwise
+prepared on first use, once per machine).
+
+Exit status: as python3 (sys.exit(n) gives n, an uncaught exception 1), or
+one of capsa's (see `capsa run --help`).";
+
+#[derive(Args, Debug)]
+#[command(
+    about = "Run Python 3.14 in the sandbox, with python3's command line",
+    after_help = AFTER_HELP,
+    disable_version_flag = true
+)]
+pub struct PythonArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    /// python3's arguments: [-c CODE | -m MODULE | SCRIPT | -] [ARGS]...
+    #[arg(
+        value_name = "PYTHON ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    args: Vec<String>,
+}
+
+pub fn run(args: PythonArgs) -> i32 {
+    match args.args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["install"] => return install(false),
+        ["install", "--force"] => return install(true),
+        _ => {}
+    }
+    let inv = match capsa_python::invocation::parse(&args.args, std::io::stdin().is_terminal()) {
+        Ok(inv) => inv,
+        Err(e) => {
+            eprintln!("capsa python: {e}");
+            eprintln!("{}", capsa_python::invocation::USAGE);
+            return exit::USAGE;
+        }
+    };
+    run_invocation(&args.sandbox, inv)
+}
+
+fn cache_root() -> Result<PathBuf, i32> {
+    CodeCache::default_dir().ok_or_else(|| {
+        fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("no cache directory for Python: set CAPSA_CACHE_DIR or HOME"),
+        )
+    })
+}
+
+fn install(force: bool) -> i32 {
+    let root = match cache_root() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let code = CodeCache::new(root.clone());
+    let result = if force {
+        capsa_python::build(&root, Some(&code), true, &mut |m| eprintln!("{m}"))
+    } else {
+        capsa_python::ensure(&root, Some(&code), &mut |m| eprintln!("{m}"))
+    };
+    match result {
+        Ok(rt) => {
+            println!(
+                "Python 3.14 is ready in {}",
+                rt.component.parent().unwrap_or(&root).display()
+            );
+            0
+        }
+        Err(e) => fail(exit::INTERNAL, e.into()),
+    }
+}
+
+fn utf8(path: &Path) -> Result<String, i32> {
+    path.to_str().map(str::to_string).ok_or_else(|| {
+        fail(
+            exit::USAGE,
+            anyhow::anyhow!("{} is not a UTF-8 path; WASI paths must be", path.display()),
+        )
+    })
+}
+
+fn read_grant(host: PathBuf, guest: String, kind: GrantKind) -> FsGrant {
+    FsGrant {
+        host,
+        guest,
+        access: Access::Read,
+        kind,
+    }
+}
+
+/// The script's grant and its path in the guest.
+fn grant_script(policy: &mut Policy, script: &str) -> Result<String, i32> {
+    let host = std::fs::canonicalize(script).map_err(|e| {
+        fail(
+            exit::LOAD,
+            anyhow::anyhow!("cannot open the script {script}: {}", describe(&e)),
+        )
+    })?;
+    if !host.is_file() {
+        return Err(fail(
+            exit::LOAD,
+            anyhow::anyhow!("cannot run {script}: not a file"),
+        ));
+    }
+    let guest = utf8(&host)?;
+    policy
+        .fs
+        .grants
+        .push(read_grant(host, guest.clone(), GrantKind::File));
+    Ok(guest)
+}
+
+fn describe(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Runs CPython with `inv` under the flags' policy, plus read-only grants of
+/// the standard library, the script and the `--python-path` directories.
+pub fn run_invocation(sandbox: &SandboxArgs, inv: Invocation) -> i32 {
+    if inv.mode == Mode::Help {
+        println!("{}", capsa_python::invocation::USAGE);
+        return 0;
+    }
+    let (cwd, mut policy) = match prepare(sandbox) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let file = match &inv.mode {
+        Mode::Script(s) => match grant_script(&mut policy, s) {
+            Ok(g) => Some(g),
+            Err(code) => return code,
+        },
+        _ => None,
+    };
+    let mut path = Vec::new();
+    for dir in &sandbox.python_path {
+        let host = match std::fs::canonicalize(dir) {
+            Ok(h) if h.is_dir() => h,
+            Ok(_) => {
+                return fail(
+                    exit::USAGE,
+                    anyhow::anyhow!("--python-path={}: not a directory", dir.display()),
+                );
+            }
+            Err(e) => {
+                return fail(
+                    exit::USAGE,
+                    anyhow::anyhow!("--python-path={}: {}", dir.display(), describe(&e)),
+                );
+            }
+        };
+        let guest = match utf8(&host) {
+            Ok(g) => g,
+            Err(code) => return code,
+        };
+        path.push(guest.clone());
+        policy
+            .fs
+            .grants
+            .push(read_grant(host, guest, GrantKind::Dir));
+    }
+
+    let root = match cache_root() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let code = CodeCache::new(root.clone());
+    let rt = match capsa_python::ensure(&root, Some(&code), &mut |m| eprintln!("{m}")) {
+        Ok(rt) => rt,
+        Err(e) => return fail(exit::INTERNAL, e.into()),
+    };
+    policy
+        .fs
+        .grants
+        .push(read_grant(rt.stdlib, GUEST_STDLIB.into(), GrantKind::Dir));
+
+    let cwd_str = cwd.to_str().map(str::to_string);
+    let config = inv.to_guest_json(file.as_deref(), cwd_str.as_deref(), &path);
+    execute(
+        sandbox,
+        cwd,
+        policy,
+        rt.component,
+        "python3".into(),
+        vec![config],
+    )
+}

@@ -1,0 +1,536 @@
+//! CPython 3.14 in the sandbox: real work with the standard library, the
+//! escapes a script would try, limits, exit codes, and the runtime's cache.
+
+use crate::support::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+
+/// The same deterministic work natively and in capsa must print the same.
+#[test]
+fn standard_library_matches_native_python() {
+    let (_g, d) = scratch();
+    let source = r#"
+import json, re, datetime, zlib, decimal, hashlib, csv, io, unicodedata, statistics
+from email.message import EmailMessage
+from email import message_from_string
+data = {"b": [1, 2.5, None, True], "a": "\u00e9t\u00e9"}
+print(json.dumps(data, sort_keys=True), json.loads(json.dumps(data)) == data)
+print(re.findall(r"(\w+)@(\w+)\.org", "ann@python.org, bob@wasi.org"))
+d = datetime.date(2024, 2, 28) + datetime.timedelta(days=2)
+print(d.isoformat(), d.strftime("%A %j"), datetime.datetime(2020, 1, 1, 12).timestamp())
+blob = b"capsa " * 1000
+z = zlib.compress(blob, 9)
+print(len(z), zlib.decompress(z) == blob, zlib.crc32(blob))
+decimal.getcontext().prec = 40
+print(decimal.Decimal(1) / decimal.Decimal(7), decimal.Decimal("1.1") + decimal.Decimal("2.2"))
+print(hashlib.sha256(b"abc").hexdigest(), hashlib.md5(b"abc").hexdigest())
+out = io.StringIO()
+w = csv.writer(out)
+w.writerow(["name", "quote"]); w.writerow(["x", 'say "hi", then go'])
+print(list(csv.reader(io.StringIO(out.getvalue()))))
+print(unicodedata.name("\u00e9"), unicodedata.normalize("NFD", "\u00e9").encode())
+m = EmailMessage(); m["Subject"] = "caf\u00e9"; m["To"] = "a@b.org"; m.set_content("body")
+print(message_from_string(m.as_string())["To"], statistics.median([3, 1, 4, 1, 5]))
+# Not imported while the snapshot was taken: read from the mounted library.
+import xml.etree.ElementTree as ET, graphlib, colorsys
+print(ET.fromstring("<a><b k='v'>t</b></a>").find("b").attrib)
+print(list(graphlib.TopologicalSorter({"b": {"a"}, "c": {"b"}}).static_order()))
+print(colorsys.rgb_to_hsv(0.2, 0.4, 0.4))
+"#;
+    std::fs::write(d.join("work.py"), source).unwrap();
+    let native = std::process::Command::new("python3")
+        .arg("work.py")
+        .current_dir(&d)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        native.status.success(),
+        "{}",
+        String::from_utf8_lossy(&native.stderr)
+    );
+    let r = run_in(&d, &[], &d.join("work.py"), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&native.stdout));
+    assert!(r.stdout.lines().count() >= 12);
+}
+
+#[test]
+fn sqlite_database_persists_in_a_writable_grant() {
+    let (_g, d) = scratch();
+    std::fs::create_dir(d.join("db")).unwrap();
+    let grant = format!("--allow-write={}", s(&d.join("db")));
+    let first = py_code(
+        &d,
+        &[&grant],
+        "import sqlite3\n\
+         c = sqlite3.connect('db/notes.sqlite')\n\
+         c.execute('create table t (id integer primary key, v text)')\n\
+         c.executemany('insert into t (v) values (?)', [('one',), ('two',)])\n\
+         c.commit(); c.close(); print('written')",
+    );
+    assert_eq!(first.stdout, "written\n", "{}", first.stderr);
+    assert!(std::fs::metadata(d.join("db/notes.sqlite")).unwrap().len() > 0);
+    let second = py_code(
+        &d,
+        &[&grant],
+        "import sqlite3\n\
+         c = sqlite3.connect('db/notes.sqlite')\n\
+         print(c.execute('select group_concat(v) from t order by id').fetchone()[0])",
+    );
+    assert_eq!(second.stdout, "one,two\n", "{}", second.stderr);
+}
+
+#[test]
+fn asyncio_client_and_server_over_loopback() {
+    let (_g, d) = scratch();
+    let code = r#"
+import asyncio
+async def handle(reader, writer):
+    line = await reader.readline()
+    writer.write(line.upper()); await writer.drain(); writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"echo me\n"); await writer.drain()
+    print((await reader.readline()).decode().strip())
+    writer.close(); server.close()
+asyncio.run(main())
+"#;
+    let r = py_code(
+        &d,
+        &["--allow-listen=127.0.0.1:0", "--allow-net=127.0.0.1"],
+        code,
+    );
+    assert_eq!(r.stdout, "ECHO ME\n", "{}", r.stderr);
+    // Without the grants, the server cannot even start.
+    let denied = py_code(&d, &[], code);
+    assert_eq!(denied.code, 1);
+    assert!(
+        denied.stderr.contains("PermissionError") || denied.stderr.contains("OSError"),
+        "{}",
+        denied.stderr
+    );
+    assert!(
+        denied.stderr.contains("capsa: denied:"),
+        "{}",
+        denied.stderr
+    );
+}
+
+/// A one-shot HTTP server on loopback; returns its port and the requests it saw.
+fn http_server(body: &'static str) -> (u16, std::sync::mpsc::Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let mut reader = BufReader::new(&conn);
+            let mut request = String::new();
+            reader.read_line(&mut request).unwrap();
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let _ = tx.send(request.trim().to_string());
+            let _ = (&conn).write_all(
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn urllib_and_socket_against_a_loopback_http_server() {
+    let (_g, d) = scratch();
+    let (port, requests) = http_server("hello from the host");
+    let code = format!(
+        "import urllib.request, socket\n\
+         print(urllib.request.urlopen('http://127.0.0.1:{port}/page').read().decode())\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.sendall(b'GET /raw HTTP/1.0\\r\\n\\r\\n')\n\
+         print(s.recv(4096).split(b'\\r\\n')[0].decode())"
+    );
+    let r = py_code(&d, &[&format!("--allow-net=127.0.0.1:{port}")], &code);
+    assert_eq!(
+        r.stdout, "hello from the host\nHTTP/1.0 200 OK\n",
+        "{}",
+        r.stderr
+    );
+    assert_eq!(requests.recv().unwrap(), "GET /page HTTP/1.1");
+    assert_eq!(requests.recv().unwrap(), "GET /raw HTTP/1.0");
+}
+
+#[test]
+fn tempfile_in_a_granted_directory() {
+    let (_g, d) = scratch();
+    let tmp = d.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let r = py_code(
+        &d,
+        &[
+            &format!("--allow-write={}", s(&tmp)),
+            &format!("--env=TMPDIR={}", s(&tmp)),
+        ],
+        "import tempfile, os\n\
+         print(tempfile.gettempdir())\n\
+         with tempfile.NamedTemporaryFile('w+', delete=False, suffix='.txt') as f:\n\
+             f.write('scratch'); f.seek(0); print(f.read())\n\
+         print(os.path.dirname(f.name) == tempfile.gettempdir())",
+    );
+    assert_eq!(
+        r.stdout,
+        format!("{}\nscratch\nTrue\n", s(&tmp)),
+        "{}",
+        r.stderr
+    );
+    let files: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(std::fs::read_to_string(files[0].path()).unwrap(), "scratch");
+}
+
+/// `pip install --target DIR tzdata` (from PyPI), once per test binary.
+fn tzdata_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-tzdata");
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        if dir.join("tzdata").is_dir() {
+            return;
+        }
+        let status = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--no-compile", "--target"])
+            .arg(&dir)
+            .arg("tzdata==2025.2")
+            .status()
+            .expect("python3 -m pip runs");
+        assert!(status.success(), "pip install tzdata failed");
+    });
+    dir
+}
+
+#[test]
+fn zoneinfo_with_tzdata_on_python_path() {
+    let (_g, d) = scratch();
+    let pkgs = tzdata_dir();
+    let code = "from zoneinfo import ZoneInfo\n\
+                import datetime\n\
+                t = datetime.datetime(2024, 7, 1, 12, tzinfo=ZoneInfo('Europe/Paris'))\n\
+                print(t.utcoffset(), t.tzname())";
+    let r = py_code(&d, &[&format!("--python-path={}", s(&pkgs))], code);
+    assert_eq!(r.stdout, "2:00:00 CEST\n", "{}", r.stderr);
+    // The packages directory is read-only.
+    let w = py_code(
+        &d,
+        &[&format!("--python-path={}", s(&pkgs))],
+        &format!("open('{}/evil.py', 'w')", s(&pkgs)),
+    );
+    assert_eq!(w.code, 1);
+    assert!(w.stderr.contains("PermissionError"), "{}", w.stderr);
+    assert!(!pkgs.join("evil.py").exists());
+}
+
+#[test]
+fn escapes_fail_and_change_nothing() {
+    let (_g, d) = scratch();
+    std::fs::write(d.join(".env"), "SECRET=hunter2").unwrap();
+    let before = tree(&d);
+    let script = r#"
+import os, socket, sys
+def attempt(name, f):
+    try:
+        result = f()
+        print(name, "ESCAPED", repr(result)[:60])
+    except Exception as e:
+        print(name, type(e).__name__)
+attempt("passwd", lambda: open("/etc/passwd").read())
+attempt("listdir-root", lambda: [n for n in os.listdir("/") if n not in ("python",)] or "empty")
+attempt("neighbour", lambda: open(os.path.join(os.path.dirname(__file__), ".env")).read())
+attempt("environ", lambda: [k for k in os.environ] or "empty")
+attempt("stdlib-write", lambda: open("/python/os.py", "a").write("pwned"))
+attempt("stdlib-new", lambda: open("/python/evil.py", "w").write("pwned"))
+attempt("socket", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2))
+attempt("write-beside", lambda: open(os.path.join(os.path.dirname(__file__), "out.txt"), "w"))
+"#;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let r = py_script(&d, &[], "attack.py", script, &[&port.to_string()]);
+    let before_with_script = {
+        let mut b = before.clone();
+        b.push(("attack.py".into(), script.as_bytes().to_vec()));
+        b.sort();
+        b
+    };
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("ESCAPED"), "{}", r.stdout);
+    for line in [
+        "passwd ",
+        "listdir-root ",
+        "neighbour FileNotFoundError",
+        "environ ",
+        "stdlib-write PermissionError",
+        "stdlib-new PermissionError",
+        "socket ",
+        "write-beside ",
+    ] {
+        assert!(r.stdout.contains(line), "{line}: {}", r.stdout);
+    }
+    assert!(r.stderr.contains("capsa: denied:"), "{}", r.stderr);
+    assert!(
+        l.accept().is_err(),
+        "the ungranted connection reached the server"
+    );
+    let mut after = tree(&d);
+    after.sort();
+    assert_eq!(after, before_with_script, "the host changed");
+    let stdlib = capsa_stdlib();
+    assert!(!stdlib.join("evil.py").exists());
+    let mut os_py = String::new();
+    std::fs::File::open(stdlib.join("os.py"))
+        .unwrap()
+        .read_to_string(&mut os_py)
+        .unwrap();
+    assert!(!os_py.contains("pwned"));
+}
+
+/// The standard library directory of the shared runtime.
+fn capsa_stdlib() -> std::path::PathBuf {
+    python_ready();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache/python");
+    std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("lib/os.py").is_file())
+        .expect("a runtime in the shared cache")
+        .join("lib")
+}
+
+#[test]
+fn environment_is_only_what_is_granted() {
+    let (_g, d) = scratch();
+    let code = "import os; print(sorted(os.environ.items()))";
+    let r = py_code(&d, &[], code);
+    assert_eq!(r.stdout, "[]\n", "{}", r.stderr);
+    let r = capsa()
+        .current_dir(&d)
+        .env("CAPSA_TEST_VISIBLE", "yes")
+        .env("CAPSA_TEST_HIDDEN", "no")
+        .args([
+            "python",
+            "--allow-env=CAPSA_TEST_VISIBLE",
+            "--env=MODE=test",
+            "-c",
+            code,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "[('CAPSA_TEST_VISIBLE', 'yes'), ('MODE', 'test')]\n"
+    );
+}
+
+#[test]
+fn limits_from_python() {
+    let (_g, d) = scratch();
+    let big = py_code(
+        &d,
+        &["--memory=256M"],
+        "b = bytearray(8 * 2**30)\nprint('allocated')",
+    );
+    assert_ne!(big.code, 0);
+    assert!(!big.stdout.contains("allocated"));
+    assert!(
+        big.stderr.contains("MemoryError") || big.stderr.contains("OverflowError"),
+        "{}",
+        big.stderr
+    );
+
+    let grow = py_code(
+        &d,
+        &["--memory=256M"],
+        "chunks = []\nwhile True: chunks.append(bytearray(2**20))",
+    );
+    assert!(
+        grow.code == 1 || grow.code == 137,
+        "{} {}",
+        grow.code,
+        grow.stderr
+    );
+    assert!(
+        grow.stderr.contains("MemoryError") || grow.stderr.contains("memory limit"),
+        "{}",
+        grow.stderr
+    );
+
+    let spin = py_code(&d, &["--timeout=1s"], "while True: pass");
+    assert_eq!(spin.code, 124, "{}", spin.stderr);
+    assert!(
+        spin.stderr.contains("time limit of 1s reached"),
+        "{}",
+        spin.stderr
+    );
+
+    let flood = py_code(&d, &["--max-output=64K"], "while True: print('x' * 100)");
+    assert_eq!(flood.code, 137, "{}", flood.stderr);
+    assert!(flood.stdout.len() <= 64 * 1024);
+    assert!(
+        flood.stderr.contains("output limit of 64K reached"),
+        "{}",
+        flood.stderr
+    );
+}
+
+#[test]
+fn exit_codes_and_tracebacks() {
+    let (_g, d) = scratch();
+    let cases: &[(&str, i32)] = &[
+        ("pass", 0),
+        ("import sys; sys.exit(3)", 3),
+        ("import sys; sys.exit(None)", 0),
+        ("import sys; sys.exit(256 + 7)", 7),
+        ("import os; print('flushed', end=''); os._exit(42)", 42),
+        ("raise KeyboardInterrupt", 130),
+        ("def f(): raise ValueError('bad value')\nf()", 1),
+        ("import sys; sys.exit('fatal: message')", 1),
+    ];
+    for (code, want) in cases {
+        let r = py_code(&d, &[], code);
+        assert_eq!(r.code, *want, "{code}: {}", r.stderr);
+        assert!(!r.stderr.contains("crashed"), "{code}: {}", r.stderr);
+    }
+    let r = py_code(&d, &[], "import os; print('flushed', end=''); os._exit(42)");
+    assert_eq!(r.stdout, "flushed");
+    let r = py_code(&d, &[], "def f(): raise ValueError('bad value')\nf()");
+    assert!(
+        r.stderr.starts_with("Traceback (most recent call last):\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("line 1, in f"), "{}", r.stderr);
+    assert!(
+        r.stderr.ends_with("ValueError: bad value\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("runpy") && !r.stderr.contains("app.py"),
+        "{}",
+        r.stderr
+    );
+    let r = py_code(&d, &[], "import sys; sys.exit('fatal: message')");
+    assert_eq!(r.stderr, "fatal: message\n");
+
+    let syntax = py_script(&d, &[], "broken.py", "print('unbalanced'\n", &[]);
+    assert_eq!(syntax.code, 1);
+    assert!(syntax.stderr.contains("SyntaxError"), "{}", syntax.stderr);
+    assert!(syntax.stderr.contains("broken.py"), "{}", syntax.stderr);
+    assert!(!syntax.stderr.contains("crashed"));
+}
+
+#[test]
+fn deep_recursion_raises_recursion_error() {
+    let (_g, d) = scratch();
+    let code = "import functools, sys\n\
+                @functools.lru_cache(maxsize=None)\n\
+                def f(n): return 0 if n == 0 else 1 + f(n - 1)\n\
+                print(f(int(sys.argv[1])))";
+    // Through C frames (lru_cache), as deep as native Python's limit allows.
+    let r = py_in(&d, &[], &["-c", code, "900"], "");
+    assert_eq!(r.stdout, "900\n", "{}", r.stderr);
+    let r = py_in(&d, &[], &["-c", code, "100000"], "");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("RecursionError"), "{}", r.stderr);
+    let plain = "import sys\ndef g(n): return 0 if n == 0 else 1 + g(n - 1)\n\
+                 sys.setrecursionlimit(20000); print(g(15000))";
+    let r = py_code(&d, &[], plain);
+    assert_eq!(r.stdout, "15000\n", "{}", r.stderr);
+}
+
+#[test]
+fn command_line_like_python3() {
+    let (_g, d) = scratch();
+    let r = py_in(
+        &d,
+        &[],
+        &["-c", "import sys; print(sys.argv)", "a", "-b"],
+        "",
+    );
+    assert_eq!(r.stdout, "['-c', 'a', '-b']\n", "{}", r.stderr);
+    let r = py_in(&d, &[], &["-", "x"], "import sys; print(sys.argv, 6 * 7)");
+    assert_eq!(r.stdout, "['-', 'x'] 42\n", "{}", r.stderr);
+    let r = py_in(&d, &[], &[], "print('from stdin')");
+    assert_eq!(r.stdout, "from stdin\n", "{}", r.stderr);
+    let r = py_in(&d, &[], &["-m", "json.tool"], "{\"b\": 1}");
+    assert_eq!(r.stdout, "{\n    \"b\": 1\n}\n", "{}", r.stderr);
+    let r = py_in(&d, &[], &["-V"], "");
+    assert!(r.stdout.starts_with("Python 3.14."), "{}", r.stdout);
+    let r = py_in(&d, &[], &["-Z"], "");
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("unknown option -Z"), "{}", r.stderr);
+
+    // A script sees its own argv, and the working directory is capsa's.
+    std::fs::create_dir(d.join("out")).unwrap();
+    let r = py_script(
+        &d,
+        &[&format!("--allow-write={}", s(&d.join("out")))],
+        "args.py",
+        "import sys, os\nprint(sys.argv)\nopen('out/result.txt', 'w').write('done')\nprint(__file__)",
+        &["one", "two words"],
+    );
+    assert_eq!(
+        r.stdout,
+        format!(
+            "['{}', 'one', 'two words']\n{}\n",
+            s(&d.join("args.py")),
+            s(&d.join("args.py"))
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("out/result.txt")).unwrap(),
+        "done"
+    );
+
+    let missing = run_in(&d, &[], &d.join("nope.py"), &[]);
+    assert_eq!(missing.code, 126);
+    assert!(
+        missing.stderr.contains("cannot open the script"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn unsupported_modules_say_so() {
+    let (_g, d) = scratch();
+    for (code, want) in [
+        ("import ssl", "ModuleNotFoundError"),
+        ("import ctypes", "ModuleNotFoundError"),
+        ("import subprocess; subprocess.run(['ls'])", "Error"),
+        (
+            "import threading; threading.Thread(target=print).start()",
+            "RuntimeError",
+        ),
+    ] {
+        let r = py_code(&d, &[], code);
+        assert_eq!(r.code, 1, "{code}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{code}: {}", r.stderr);
+        assert!(!r.stderr.contains("crashed"), "{code}: {}", r.stderr);
+    }
+}

@@ -1,0 +1,192 @@
+"""capsa's entry point for CPython in WASI.
+
+This module is imported while the memory snapshot is taken (on the user's
+machine, once), so everything imported here is already loaded when a run
+starts. `Run.run` is called once per run: it takes the invocation capsa
+parsed from the python3-style command line (argv[1], JSON), restores the
+per-run state the snapshot froze (environment, working directory, random
+seed), runs the script, and turns every way out of it into an exit code.
+Nothing may escape `run`: an exception there would trap the component.
+"""
+
+import sys
+
+# Files never written next to the read-only standard library.
+sys.dont_write_bytecode = True
+
+import os
+import builtins
+import io
+import json
+import runpy
+import traceback
+import types
+
+from wit_world import exports
+from wit_world.imports import environment
+from wit_world.imports import process
+
+# The commonly used standard library, loaded into the snapshot. Everything
+# else is imported lazily from the read-only library mounted at /python.
+import abc, argparse, array, ast, asyncio, base64, binascii, bisect  # noqa: E401,F401
+import calendar, codecs, code, collections, collections.abc, contextlib  # noqa: E401,F401
+import copy, csv, dataclasses, datetime, decimal, difflib, dis, enum  # noqa: E401,F401
+import email, email.message, email.parser, email.policy, email.utils  # noqa: E401,F401
+import fnmatch, fractions, functools, gettext, glob, gzip, hashlib, heapq  # noqa: E401,F401
+import hmac, html, html.parser, http, http.client, inspect, ipaddress  # noqa: E401,F401
+import itertools, keyword, linecache, locale, logging, math, numbers  # noqa: E401,F401
+import operator, pathlib, pickle, platform, pprint, queue, random, re  # noqa: E401,F401
+import secrets, selectors, shlex, shutil, socket, sqlite3, statistics  # noqa: E401,F401
+import string, struct, tempfile, textwrap, threading, time, tokenize  # noqa: E401,F401
+import tomllib, typing, unicodedata, urllib, urllib.error, urllib.parse  # noqa: E401,F401
+import urllib.request, uuid, warnings, weakref, zipfile, zlib  # noqa: E401,F401
+
+_INTERNAL = {__file__, runpy.__file__, getattr(runpy, "__cached__", None)}
+_SNAPSHOT_PATH = list(sys.path)
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - a closed or broken stream
+            pass
+
+
+def _hard_exit(code):
+    """os._exit: end the run now with this code, as natively."""
+    _flush()
+    process.exit_with_code(int(code) & 0xFF)
+
+
+def _user_traceback(exc):
+    """The traceback without the frames of this entry point and runpy."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in _INTERNAL:
+        tb = tb.tb_next
+    return tb
+
+
+def _report(exc):
+    try:
+        sys.excepthook(type(exc), exc, _user_traceback(exc))
+    except BaseException:  # noqa: BLE001 - a broken excepthook
+        traceback.print_exception(type(exc), exc, _user_traceback(exc))
+
+
+def _exit_code(exc):
+    """What python3 exits with for this SystemExit."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, bool) or not isinstance(code, int):
+        try:
+            print(code, file=sys.stderr)
+        except BaseException:  # noqa: BLE001
+            pass
+        return 1
+    return code & 0xFF
+
+
+def _restore_run_state(inv):
+    # The snapshot holds the environment, random state and working directory
+    # of the machine that took it: replace them with this run's.
+    os.environ.clear()
+    os.environ.update(dict(environment.get_environment()))
+    random.seed()
+    cwd = inv.get("cwd")
+    if cwd:
+        try:
+            os.chdir(cwd)
+        except OSError:
+            # The working directory is not granted; relative paths still
+            # reach the directories granted below it (capsa mounts them).
+            pass
+    os._exit = _hard_exit
+    if inv.get("unbuffered"):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.reconfigure(write_through=True)
+            except (AttributeError, io.UnsupportedOperation):
+                pass
+    for spec in inv.get("warnings", []):
+        sys.warnoptions.append(spec)
+        warnings._processoptions([spec])  # noqa: SLF001 - what -W does natively
+
+
+def _fresh_main():
+    main = types.ModuleType("__main__")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    return main
+
+
+def _interact(main, quiet):
+    banner = (
+        ""
+        if quiet
+        else f"Python {sys.version} on {sys.platform}\n"
+        'Type "help", "copyright", "credits" or "license" for more information.'
+    )
+    code.interact(banner=banner, local=main.__dict__, exitmsg="")
+
+
+def _main(inv):
+    mode = inv["mode"]
+    sys.argv[:] = inv["argv"]
+    path0 = inv.get("path0")
+    sys.path[:] = ([path0] if path0 is not None else []) + inv.get("path", []) + [
+        p for p in _SNAPSHOT_PATH if p not in ("/0",)
+    ]
+    if mode == "version":
+        print(f"Python {platform.python_version()}")
+    elif mode == "script":
+        runpy.run_path(inv["file"], run_name="__main__")
+    elif mode == "module":
+        runpy._run_module_as_main(inv["target"], alter_argv=True)  # noqa: SLF001 - what -m does
+    elif mode == "code":
+        main = _fresh_main()
+        exec(compile(inv["target"], "<string>", "exec"), main.__dict__)
+    elif mode == "stdin":
+        main = _fresh_main()
+        source = sys.stdin.read()
+        exec(compile(source, "<stdin>", "exec"), main.__dict__)
+    elif mode == "repl":
+        _interact(_fresh_main(), inv.get("quiet", False))
+        return
+    else:
+        raise RuntimeError(f"capsa: unknown mode {mode!r}")
+    if inv.get("inspect"):
+        main = sys.modules.get("__main__") or _fresh_main()
+        _interact(main, True)
+
+
+class Run(exports.Run):
+    def run(self) -> None:
+        code = 0
+        try:
+            args = environment.get_arguments()
+            inv = json.loads(args[1])
+            _restore_run_state(inv)
+            _main(inv)
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except KeyboardInterrupt as exc:
+            _report(exc)
+            code = 130
+        except BaseException as exc:  # noqa: BLE001 - nothing may escape
+            _report(exc)
+            code = 1
+        try:
+            threading._shutdown()  # noqa: SLF001 - as the interpreter does at exit
+        except BaseException:  # noqa: BLE001
+            pass
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()  # noqa: SLF001 - as the interpreter does at exit
+        except BaseException:  # noqa: BLE001
+            pass
+        _flush()
+        if code:
+            process.exit_with_code(code)

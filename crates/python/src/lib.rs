@@ -1,0 +1,296 @@
+//! CPython 3.14 for WASI, built on this machine.
+//!
+//! The `componentize-py` crate ships a wasm32-wasi CPython, its libc and
+//! runtime, and links them with an application module into a
+//! `wasi:cli/command` component, which it pre-initializes (a memory snapshot
+//! taken after the application module was imported). capsa's application
+//! module is `app.py`: an entry point that behaves like `python3`'s command
+//! line. The snapshot holds the hash seed of the machine that took it, so it
+//! is taken here, on first use (or `capsa python install`), never shipped.
+//!
+//! A built runtime lives in `<cache>/python/<key>/`: `python.wasm`, the
+//! standard library unpacked in `lib/` (mounted read-only at
+//! [`GUEST_STDLIB`]), and `manifest.json`, written last. The key covers every
+//! embedded input and capsa's version. A build happens in a temporary
+//! directory renamed into place, under a lock file, so two first runs at once
+//! build once and a crash leaves no partial entry.
+
+pub mod invocation;
+
+use capsa_sandbox::CodeCache;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use invocation::{Invocation, Mode};
+
+/// Where the standard library appears in the guest: the path the snapshot's
+/// `sys.path` and code objects were made with.
+pub const GUEST_STDLIB: &str = "/python";
+
+/// Bump when the layout of a runtime directory changes.
+const FORMAT: u32 = 1;
+
+const APP_PY: &str = include_str!("app.py");
+const STDLIB_TAR_ZST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/python-lib.tar.zst"));
+include!(concat!(env!("OUT_DIR"), "/wit_files.rs"));
+
+/// `wasi:cli/exit@0.2.0` can only say success or failure; capsa's host
+/// also offers `capsa:python/process.exit-with-code`, so `sys.exit(3)` gives 3.
+const ROOT_WIT: &str = "package capsa:python;
+
+interface process {
+  /// Ends the run with this exit code.
+  exit-with-code: func(code: u8);
+}
+
+world command {
+  include wasi:cli/command@0.2.0;
+  import process;
+}
+";
+
+/// A built runtime, ready to run.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The pre-initialized `wasi:cli/command` component.
+    pub component: PathBuf,
+    /// The unpacked standard library, to mount read-only at [`GUEST_STDLIB`].
+    pub stdlib: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PythonError {
+    #[error("cannot prepare Python in {}: {msg}", dir.display())]
+    Io { dir: PathBuf, msg: String },
+    #[error("cannot build the Python runtime: {0}")]
+    Build(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    key: String,
+    component_sha256: String,
+    component_len: u64,
+    built_in_ms: u64,
+}
+
+/// The cache key of this build's runtime.
+fn key() -> String {
+    let mut h = Sha256::new();
+    h.update(env!("CAPSA_PYTHON_INPUTS").as_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(FORMAT.to_le_bytes());
+    hex(&h.finalize()[..10])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The runtime's directory under the cache root.
+pub fn runtime_dir(cache_root: &Path) -> PathBuf {
+    cache_root.join("python").join(key())
+}
+
+/// The runtime, if a complete and intact one is in the cache.
+pub fn cached(cache_root: &Path, code: Option<&CodeCache>) -> Option<Runtime> {
+    let dir = runtime_dir(cache_root);
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    let rt = Runtime {
+        component: dir.join("python.wasm"),
+        stdlib: dir.join("lib"),
+    };
+    let ok = manifest.key == key()
+        && fs::metadata(&rt.component).is_ok_and(|m| m.len() == manifest.component_len)
+        && rt.stdlib.join("os.py").is_file()
+        && capsa_sandbox::load::Program::read(&rt.component, code)
+            .is_ok_and(|p| hex(&p.digest) == manifest.component_sha256);
+    ok.then_some(rt)
+}
+
+/// The runtime: from the cache, or built now (saying so through `progress`).
+pub fn ensure(
+    cache_root: &Path,
+    code: Option<&CodeCache>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Runtime, PythonError> {
+    if let Some(rt) = cached(cache_root, code) {
+        return Ok(rt);
+    }
+    build(cache_root, code, false, progress)
+}
+
+/// Builds the runtime unless an intact one is cached (or `force`), holding
+/// the build lock so that concurrent callers build it once.
+pub fn build(
+    cache_root: &Path,
+    code: Option<&CodeCache>,
+    force: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Runtime, PythonError> {
+    let parent = cache_root.join("python");
+    let io = |e: std::io::Error| PythonError::Io {
+        dir: parent.clone(),
+        msg: e.to_string(),
+    };
+    create_private_dir(&parent).map_err(io)?;
+    let lock = fs::File::create(parent.join(format!("{}.lock", key()))).map_err(io)?;
+    if lock.try_lock().is_err() {
+        progress("capsa: waiting for another capsa to finish preparing Python...");
+        lock.lock().map_err(io)?;
+    }
+    if !force && let Some(rt) = cached(cache_root, code) {
+        return Ok(rt);
+    }
+    progress("capsa: preparing Python 3.14 for this machine (once; takes about 20 s)...");
+    let started = Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(&parent)
+        .map_err(io)?;
+    let component = tmp.path().join("python.wasm");
+    generate(tmp.path(), &component)?;
+    unpack_stdlib(&tmp.path().join("lib")).map_err(io)?;
+    let program = capsa_sandbox::load::Program::read(&component, None)
+        .map_err(|e| PythonError::Build(e.to_string()))?;
+    if let Some(code) = code {
+        capsa_sandbox::precompile(&program, code).map_err(|e| PythonError::Build(e.to_string()))?;
+    }
+    let manifest = Manifest {
+        key: key(),
+        component_sha256: hex(&program.digest),
+        component_len: fs::metadata(&component).map_err(io)?.len(),
+        built_in_ms: started.elapsed().as_millis() as u64,
+    };
+    for scratch in ["app", "wit"] {
+        fs::remove_dir_all(tmp.path().join(scratch)).map_err(io)?;
+    }
+    let manifest_path = tmp.path().join("manifest.json");
+    fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .map_err(io)?;
+    fs::File::open(&manifest_path)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+
+    let dir = runtime_dir(cache_root);
+    if dir.exists() {
+        // Partial, corrupt or replaced on purpose: moved aside, then removed.
+        let old = tempfile::Builder::new()
+            .prefix(".old-")
+            .tempdir_in(&parent)
+            .map_err(io)?;
+        fs::rename(&dir, old.path().join("runtime")).map_err(io)?;
+    }
+    fs::rename(tmp.keep(), &dir).map_err(io)?;
+    remove_stale(&parent);
+    progress(&format!(
+        "capsa: Python is ready ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    ));
+    drop(lock);
+    cached(cache_root, code).ok_or_else(|| {
+        PythonError::Build(
+            "the runtime just built does not check out; is the cache directory shared?".into(),
+        )
+    })
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Runtimes of other capsa versions, and builds a crash left behind.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let current = key();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        if name.starts_with(".old-") {
+            let _ = fs::remove_dir_all(&path);
+        } else if name.starts_with(".build-") {
+            // Someone else's build in progress holds its lock; a crashed
+            // one's lock is free.
+            continue;
+        } else if path.is_dir() && name != current {
+            let lock = parent.join(format!("{name}.lock"));
+            if let Ok(f) = fs::File::create(&lock)
+                && f.try_lock().is_ok()
+            {
+                let _ = fs::remove_dir_all(&path);
+                let _ = fs::remove_file(&lock);
+            }
+        }
+    }
+}
+
+fn unpack_stdlib(dest: &Path) -> std::io::Result<()> {
+    let decoder = zstd::Decoder::new(STDLIB_TAR_ZST)?;
+    let mut archive = tar::Archive::new(decoder);
+    archive.set_preserve_permissions(false);
+    archive.set_overwrite(false);
+    fs::create_dir_all(dest)?;
+    archive.unpack(dest)
+}
+
+fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
+    let err = |e: std::io::Error| PythonError::Build(e.to_string());
+    let app = work.join("app");
+    fs::create_dir_all(&app).map_err(err)?;
+    fs::write(app.join("app.py"), APP_PY).map_err(err)?;
+    let wit = work.join("wit");
+    for (rel, text) in WIT_FILES {
+        let path = wit.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).map_err(err)?;
+        fs::write(&path, text).map_err(err)?;
+    }
+    fs::write(wit.join("capsa.wit"), ROOT_WIT).map_err(err)?;
+
+    let app = app
+        .to_str()
+        .ok_or_else(|| PythonError::Build("cache path is not UTF-8".into()))?
+        .to_string();
+    let output = output.to_path_buf();
+    // componentize-py's generator is async and runs its own engine; keep its
+    // runtime on a thread of its own, away from capsa's synchronous WASI.
+    std::thread::spawn(move || -> Result<(), String> {
+        let empty = std::collections::HashMap::new();
+        let generator = componentize_py::ComponentGenerator {
+            wit_paths: &[&wit],
+            worlds: &["capsa:python/command"],
+            features: &[],
+            all_features: false,
+            world_module: None,
+            python_path: &[&app],
+            module_worlds: &[],
+            app_name: "app",
+            output_path: &output,
+            add_to_linker: None,
+            stub_wasi: false,
+            import_interface_names: &empty,
+            export_interface_names: &empty,
+            full_names: false,
+            intersect_world: None,
+        };
+        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        rt.block_on(generator.generate())
+            .map_err(|e| format!("{e:#}"))
+    })
+    .join()
+    .map_err(|_| PythonError::Build("the generator panicked".into()))?
+    .map_err(PythonError::Build)
+}
