@@ -41,7 +41,6 @@ import string, struct, tempfile, textwrap, threading, time, tokenize  # noqa: E4
 import tomllib, typing, unicodedata, urllib, urllib.error, urllib.parse  # noqa: E401,F401
 import urllib.request, uuid, warnings, weakref, zipfile, zlib  # noqa: E401,F401
 
-_INTERNAL = {__file__, runpy.__file__, getattr(runpy, "__cached__", None)}
 _SNAPSHOT_PATH = list(sys.path)
 
 
@@ -68,8 +67,9 @@ def _user_traceback(exc):
 
 
 def _report(exc):
+    exc.__traceback__ = _user_traceback(exc)
     try:
-        sys.excepthook(type(exc), exc, _user_traceback(exc))
+        sys.excepthook(type(exc), exc, exc.__traceback__)
     except BaseException:  # noqa: BLE001 - a broken excepthook
         traceback.print_exception(type(exc), exc, _user_traceback(exc))
 
@@ -136,7 +136,7 @@ def _main(inv):
     sys.argv[:] = inv["argv"]
     path0 = inv.get("path0")
     sys.path[:] = ([path0] if path0 is not None else []) + inv.get("path", []) + [
-        p for p in _SNAPSHOT_PATH if p not in ("/0",)
+        p for p in _SNAPSHOT_PATH if p != "/0" and not p.startswith("/python/lib")
     ]
     if mode == "version":
         print(f"Python {platform.python_version()}")
@@ -159,6 +159,10 @@ def _main(inv):
     if inv.get("inspect"):
         main = sys.modules.get("__main__") or _fresh_main()
         _interact(main, True)
+
+
+# Frames of this module and runpy are not the user's: tracebacks skip them.
+_INTERNAL = {_main.__code__.co_filename, runpy.run_path.__code__.co_filename}
 
 
 class Run(exports.Run):

@@ -203,7 +203,16 @@ pub fn run_invocation(sandbox: &SandboxArgs, inv: Invocation) -> i32 {
         .grants
         .push(read_grant(rt.stdlib, GUEST_STDLIB.into(), GrantKind::Dir));
 
-    let cwd_str = cwd.to_str().map(str::to_string);
+    // The entry point changes to the working directory only when it is
+    // granted as a directory at its own path (else wasi-libc cannot, and the
+    // attempt would only add a denial line).
+    let real_cwd = std::fs::canonicalize(&cwd).unwrap_or_else(|_| cwd.clone());
+    let cwd_str = real_cwd.to_str().map(str::to_string).filter(|_| {
+        policy
+            .fs
+            .grant_for(&real_cwd)
+            .is_some_and(|g| g.kind == GrantKind::Dir && Path::new(&g.guest) == g.host)
+    });
     let config = inv.to_guest_json(file.as_deref(), cwd_str.as_deref(), &path);
     execute(
         sandbox,

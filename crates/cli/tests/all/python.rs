@@ -180,8 +180,8 @@ fn tempfile_in_a_granted_directory() {
         ],
         "import tempfile, os\n\
          print(tempfile.gettempdir())\n\
-         with tempfile.NamedTemporaryFile('w+', delete=False, suffix='.txt') as f:\n\
-             f.write('scratch'); f.seek(0); print(f.read())\n\
+         with tempfile.NamedTemporaryFile('w+', delete=False, suffix='.txt') as f:\n \
+         f.write('scratch'); f.seek(0); print(f.read())\n\
          print(os.path.dirname(f.name) == tempfile.gettempdir())",
     );
     assert_eq!(
@@ -258,7 +258,7 @@ def attempt(name, f):
 attempt("passwd", lambda: open("/etc/passwd").read())
 attempt("listdir-root", lambda: [n for n in os.listdir("/") if n not in ("python",)] or "empty")
 attempt("neighbour", lambda: open(os.path.join(os.path.dirname(__file__), ".env")).read())
-attempt("environ", lambda: [k for k in os.environ] or "empty")
+print("environ", len(os.environ))
 attempt("stdlib-write", lambda: open("/python/os.py", "a").write("pwned"))
 attempt("stdlib-new", lambda: open("/python/evil.py", "w").write("pwned"))
 attempt("socket", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2))
@@ -277,14 +277,14 @@ attempt("write-beside", lambda: open(os.path.join(os.path.dirname(__file__), "ou
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!r.stdout.contains("ESCAPED"), "{}", r.stdout);
     for line in [
-        "passwd ",
-        "listdir-root ",
-        "neighbour FileNotFoundError",
-        "environ ",
+        "passwd FileNotFoundError",
+        "listdir-root FileNotFoundError",
+        "neighbour PermissionError",
+        "environ 0",
         "stdlib-write PermissionError",
         "stdlib-new PermissionError",
-        "socket ",
-        "write-beside ",
+        "socket PermissionError",
+        "write-beside PermissionError",
     ] {
         assert!(r.stdout.contains(line), "{line}: {}", r.stdout);
     }
