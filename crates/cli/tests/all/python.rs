@@ -534,3 +534,98 @@ fn unsupported_modules_say_so() {
         assert!(!r.stderr.contains("crashed"), "{code}: {}", r.stderr);
     }
 }
+
+/// The runtime's own cache: two first runs at once build it once; a
+/// corrupt, partial or deleted entry is detected and rebuilt; the snapshot
+/// (and its hash seed) is this cache's own.
+#[test]
+fn runtime_cache_races_corruption_and_deletion() {
+    let (_c, cache) = scratch();
+    let (_g, d) = scratch();
+    let code = "print(hash('capsa'), 6 * 7)";
+    let first_run = || {
+        let (cache, d) = (cache.clone(), d.clone());
+        std::thread::spawn(move || -> Run {
+            capsa()
+                .env("CAPSA_CACHE_DIR", &cache)
+                .current_dir(&d)
+                .args(["python", "-c", code])
+                .output()
+                .unwrap()
+                .into()
+        })
+    };
+    let (a, b) = (first_run(), first_run());
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    for r in [&a, &b] {
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.ends_with(" 42\n"), "{}", r.stdout);
+    }
+    assert_eq!(a.stdout, b.stdout, "one snapshot serves both");
+    let builds = [&a, &b]
+        .iter()
+        .filter(|r| r.stderr.contains("capsa: preparing Python"))
+        .count();
+    assert_eq!(builds, 1, "{}\n---\n{}", a.stderr, b.stderr);
+
+    // Another cache (another machine) took another snapshot: another seed.
+    let shared = py_code(&d, &[], code);
+    assert_ne!(shared.stdout, a.stdout, "the hash seed is baked in per cache");
+
+    let runtime = std::fs::read_dir(cache.join("python"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("manifest.json").is_file())
+        .expect("a runtime directory");
+    let again = || -> Run {
+        capsa()
+            .env("CAPSA_CACHE_DIR", &cache)
+            .current_dir(&d)
+            .args(["python", "-c", code])
+            .output()
+            .unwrap()
+            .into()
+    };
+    let warm = again();
+    assert_eq!(warm.stderr, "", "a warm run prints nothing of its own");
+    assert_eq!(warm.stdout, a.stdout);
+
+    // Corrupt the component in place (same length): detected by its digest.
+    let wasm = runtime.join("python.wasm");
+    let mut bytes = std::fs::read(&wasm).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 4096] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&wasm, &bytes).unwrap();
+    let fixed = again();
+    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
+    assert!(fixed.stderr.contains("capsa: preparing Python"), "{}", fixed.stderr);
+    assert!(fixed.stdout.ends_with(" 42\n"));
+
+    // A partial entry: the manifest cut short, a library file missing.
+    let manifest = runtime.join("manifest.json");
+    let text = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, &text[..text.len() / 2]).unwrap();
+    let fixed = again();
+    assert!(fixed.stderr.contains("capsa: preparing Python"), "{}", fixed.stderr);
+    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
+    std::fs::remove_file(runtime.join("lib/os.py")).unwrap();
+    let fixed = again();
+    assert!(fixed.stderr.contains("capsa: preparing Python"), "{}", fixed.stderr);
+    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
+
+    // Deleted altogether.
+    std::fs::remove_dir_all(cache.join("python")).unwrap();
+    let fixed = again();
+    assert!(fixed.stderr.contains("capsa: preparing Python"), "{}", fixed.stderr);
+    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
+    // Nothing left behind but the runtime and its lock.
+    let names: Vec<String> = std::fs::read_dir(cache.join("python"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
