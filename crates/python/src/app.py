@@ -161,6 +161,23 @@ def _main(inv):
         _interact(main, True)
 
 
+def _warm_up():
+    """Runs once, while the snapshot is taken: the paths a run takes
+    (runpy, compile, a traceback) import what they import lazily now."""
+    import pkgutil  # noqa: F401 - runpy.run_path imports it on first use
+
+    warm = os.path.join(os.path.dirname(__file__), "_capsa_warmup.py")
+    if os.path.exists(warm):
+        runpy.run_path(warm, run_name="__capsa_warmup__")
+    compile("x = 1", "<string>", "exec")
+    try:
+        raise ValueError("warm-up")
+    except ValueError as exc:
+        traceback.format_exception(exc)
+
+
+_warm_up()
+
 # Frames of this module and runpy are not the user's: tracebacks skip them.
 _INTERNAL = {_main.__code__.co_filename, runpy.run_path.__code__.co_filename}
 

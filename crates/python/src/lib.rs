@@ -252,6 +252,7 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
     let app = work.join("app");
     fs::create_dir_all(&app).map_err(err)?;
     fs::write(app.join("app.py"), APP_PY).map_err(err)?;
+    fs::write(app.join("_capsa_warmup.py"), "pass\n").map_err(err)?;
     let wit = work.join("wit");
     for (rel, text) in WIT_FILES {
         let path = wit.join(rel);

@@ -148,6 +148,24 @@ impl GuardedFs<'_> {
         } else {
             pre.host.join(rel)
         };
+        if rel.is_empty() && pre.only.is_some() && verb == "stat" {
+            // The directory holding granted files: its metadata, as `ls -d`
+            // shows it, tells nothing the granted files' paths do not (an
+            // import system stats a script's directory before anything else).
+            let verdict = Verdict::Allow {
+                rule: format!("a granted file is in {}", pre.shown),
+            };
+            self.guard
+                .reporter
+                .verdict(Kind::Fs, verb, &shown, &verdict);
+            return Ok(Some(Checked {
+                guest,
+                shown,
+                preopen: preopen_idx,
+                op,
+                verb,
+            }));
+        }
         if !pre.allows_name(&guest) {
             let names = pre.only.as_deref().unwrap_or_default().join(", ");
             let reason = format!("only {names} is granted in {}", pre.shown);

@@ -570,7 +570,10 @@ fn runtime_cache_races_corruption_and_deletion() {
 
     // Another cache (another machine) took another snapshot: another seed.
     let shared = py_code(&d, &[], code);
-    assert_ne!(shared.stdout, a.stdout, "the hash seed is baked in per cache");
+    assert_ne!(
+        shared.stdout, a.stdout,
+        "the hash seed is baked in per cache"
+    );
 
     let runtime = std::fs::read_dir(cache.join("python"))
         .unwrap()
@@ -601,7 +604,11 @@ fn runtime_cache_races_corruption_and_deletion() {
     std::fs::write(&wasm, &bytes).unwrap();
     let fixed = again();
     assert_eq!(fixed.code, 0, "{}", fixed.stderr);
-    assert!(fixed.stderr.contains("capsa: preparing Python"), "{}", fixed.stderr);
+    assert!(
+        fixed.stderr.contains("capsa: preparing Python"),
+        "{}",
+        fixed.stderr
+    );
     assert!(fixed.stdout.ends_with(" 42\n"));
 
     // A partial entry: the manifest cut short, a library file missing.
@@ -609,17 +616,29 @@ fn runtime_cache_races_corruption_and_deletion() {
     let text = std::fs::read(&manifest).unwrap();
     std::fs::write(&manifest, &text[..text.len() / 2]).unwrap();
     let fixed = again();
-    assert!(fixed.stderr.contains("capsa: preparing Python"), "{}", fixed.stderr);
+    assert!(
+        fixed.stderr.contains("capsa: preparing Python"),
+        "{}",
+        fixed.stderr
+    );
     assert_eq!(fixed.code, 0, "{}", fixed.stderr);
     std::fs::remove_file(runtime.join("lib/os.py")).unwrap();
     let fixed = again();
-    assert!(fixed.stderr.contains("capsa: preparing Python"), "{}", fixed.stderr);
+    assert!(
+        fixed.stderr.contains("capsa: preparing Python"),
+        "{}",
+        fixed.stderr
+    );
     assert_eq!(fixed.code, 0, "{}", fixed.stderr);
 
     // Deleted altogether.
     std::fs::remove_dir_all(cache.join("python")).unwrap();
     let fixed = again();
-    assert!(fixed.stderr.contains("capsa: preparing Python"), "{}", fixed.stderr);
+    assert!(
+        fixed.stderr.contains("capsa: preparing Python"),
+        "{}",
+        fixed.stderr
+    );
     assert_eq!(fixed.code, 0, "{}", fixed.stderr);
     // Nothing left behind but the runtime and its lock.
     let names: Vec<String> = std::fs::read_dir(cache.join("python"))
