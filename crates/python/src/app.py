@@ -161,6 +161,32 @@ def _main(inv):
         _interact(main, True)
 
 
+_UNAVAILABLE = {
+    "_ssl": "CPython for WASI is built without OpenSSL",
+    "_hashlib": "CPython for WASI is built without OpenSSL (hashlib still works)",
+    "_ctypes": "WebAssembly cannot load or call native code",
+    "_bz2": "CPython for WASI is built without libbz2",
+    "_lzma": "CPython for WASI is built without liblzma",
+    "mmap": "WASI has no memory mapping",
+}
+
+
+class _UnavailableFinder:
+    """Last on sys.meta_path: says why a module that WASI lacks is missing."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        why = _UNAVAILABLE.get(name)
+        if why:
+            raise ModuleNotFoundError(
+                f"No module named {name!r}: {why}; capsa runs CPython in WASI", name=name
+            )
+        return None
+
+
+sys.meta_path.append(_UnavailableFinder)
+
+
 def _warm_up():
     """Runs once, while the snapshot is taken: the paths a run takes
     (runpy, compile, a traceback) import what they import lazily now."""

@@ -214,6 +214,9 @@ fn tzdata_dir() -> std::path::PathBuf {
             .args(["--no-compile", "--target"])
             .arg(&dir)
             .arg("tzdata==2025.2")
+            // Debian's pip refuses installs outside a venv unless told; a
+            // --target directory touches nothing of the system's.
+            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
             .status()
             .expect("python3 -m pip runs");
         assert!(status.success(), "pip install tzdata failed");
@@ -647,4 +650,46 @@ fn runtime_cache_races_corruption_and_deletion() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// With a terminal on stdin and no program, `capsa python` is the REPL.
+#[test]
+fn repl_on_a_terminal() {
+    python_ready();
+    let (_g, d) = scratch();
+    // python3's pty module gives capsa a real terminal.
+    let driver = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "python"])
+out, end = b"", time.time() + 60
+os.write(fd, b"x = 6 * 7\nprint('answer', x)\nimport sys; sys.exit(x - 37)\n")
+while time.time() < end:
+    if select.select([fd], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let r: Run = std::process::Command::new("python3")
+        .args(["-c", driver, env!("CARGO_BIN_EXE_capsa")])
+        .env(
+            "CAPSA_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
+        )
+        .current_dir(&d)
+        .output()
+        .expect("python3 runs")
+        .into();
+    assert_eq!(r.code, 5, "{}", r.stdout);
+    assert!(r.stdout.contains("Python 3.14"), "{}", r.stdout);
+    assert!(r.stdout.contains(">>> "), "{}", r.stdout);
+    assert!(r.stdout.contains("answer 42"), "{}", r.stdout);
 }
