@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "benches" / "python"
 # Sized so that each takes 0.5-1.5 s natively here, start-up a small part.
-WORK = {"nbody.py": "200000", "fib.py": "30", "jsonrt.py": "2000", "regex.py": "300", "strings.py": "150"}
+WORK = {"nbody.py": "200000", "fib.py": "33", "jsonrt.py": "2000", "regex.py": "300", "strings.py": "150"}
 
 
 def sh(*cmd, **kw):

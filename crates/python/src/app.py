@@ -138,10 +138,11 @@ def _main(inv):
     sys.path[:] = ([path0] if path0 is not None else []) + inv.get("path", []) + [
         p for p in _SNAPSHOT_PATH if p != "/0" and not p.startswith("/python/lib")
     ]
+    namespace = None
     if mode == "version":
         print(f"Python {platform.python_version()}")
     elif mode == "script":
-        runpy.run_path(inv["file"], run_name="__main__")
+        namespace = runpy.run_path(inv["file"], run_name="__main__")
     elif mode == "module":
         runpy._run_module_as_main(inv["target"], alter_argv=True)  # noqa: SLF001 - what -m does
     elif mode == "code":
@@ -158,6 +159,8 @@ def _main(inv):
         raise RuntimeError(f"capsa: unknown mode {mode!r}")
     if inv.get("inspect"):
         main = sys.modules.get("__main__") or _fresh_main()
+        if namespace is not None:
+            main.__dict__.update(namespace)
         _interact(main, True)
 
 

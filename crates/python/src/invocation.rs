@@ -159,6 +159,19 @@ pub fn parse(argv: &[String], stdin_tty: bool) -> Result<Invocation, String> {
 }
 
 impl Invocation {
+    /// `python3 SCRIPT ARGS...` (what `capsa run script.py` means).
+    pub fn script(script: String, args: Vec<String>) -> Self {
+        Invocation {
+            mode: Mode::Script(script),
+            args,
+            unbuffered: false,
+            safe_path: false,
+            quiet: false,
+            inspect: false,
+            warnings: Vec::new(),
+        }
+    }
+
     /// `sys.argv` as `python3` would set it (`-m` is completed by runpy).
     pub fn sys_argv(&self) -> Vec<String> {
         let first = match &self.mode {

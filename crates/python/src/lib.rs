@@ -223,9 +223,14 @@ fn remove_stale(parent: &Path) {
         if name.starts_with(".old-") {
             let _ = fs::remove_dir_all(&path);
         } else if name.starts_with(".build-") {
-            // Someone else's build in progress holds its lock; a crashed
-            // one's lock is free.
-            continue;
+            // A build in progress is minutes old at most; an older one crashed.
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600));
+            if old {
+                let _ = fs::remove_dir_all(&path);
+            }
         } else if path.is_dir() && name != current {
             let lock = parent.join(format!("{name}.lock"));
             if let Ok(f) = fs::File::create(&lock)

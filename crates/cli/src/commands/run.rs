@@ -199,19 +199,9 @@ fn is_python(path: &Path) -> bool {
 pub fn run(args: RunArgs) -> i32 {
     if is_python(&args.program) {
         let script = args.program.to_string_lossy().into_owned();
-        let mut python_args = vec![script];
-        python_args.extend(args.args);
         return super::python::run_invocation(
             &args.sandbox,
-            capsa_python::invocation::Invocation {
-                mode: capsa_python::Mode::Script(python_args.remove(0)),
-                args: python_args,
-                unbuffered: false,
-                safe_path: false,
-                quiet: false,
-                inspect: false,
-                warnings: Vec::new(),
-            },
+            capsa_python::Invocation::script(script, args.args),
         );
     }
     if !args.sandbox.python_path.is_empty() {

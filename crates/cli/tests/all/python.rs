@@ -266,6 +266,7 @@ attempt("stdlib-write", lambda: open("/python/os.py", "a").write("pwned"))
 attempt("stdlib-new", lambda: open("/python/evil.py", "w").write("pwned"))
 attempt("socket", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2))
 attempt("write-beside", lambda: open(os.path.join(os.path.dirname(__file__), "out.txt"), "w"))
+attempt("lookup", lambda: socket.getaddrinfo("example.com", 443))
 "#;
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -288,6 +289,7 @@ attempt("write-beside", lambda: open(os.path.join(os.path.dirname(__file__), "ou
         "stdlib-new PermissionError",
         "socket PermissionError",
         "write-beside PermissionError",
+        "lookup gaierror",
     ] {
         assert!(r.stdout.contains(line), "{line}: {}", r.stdout);
     }
