@@ -17,7 +17,9 @@ pub enum LoadError {
     IsDirectory(PathBuf),
     #[error("cannot read {path}: {err}")]
     Read { path: PathBuf, err: std::io::Error },
-    #[error("{0} is not a WebAssembly program (no \\0asm header, and not WebAssembly text)")]
+    #[error(
+        "{0} is not a WebAssembly program (no \\0asm header, and not WebAssembly text; a Python script needs a .py name or a #! line naming python)"
+    )]
     NotWasm(PathBuf),
     #[error("{path} is not valid WebAssembly text: {msg}")]
     BadText { path: PathBuf, msg: String },

@@ -198,10 +198,14 @@ pub fn run_invocation(sandbox: &SandboxArgs, inv: Invocation) -> i32 {
         Ok(rt) => rt,
         Err(e) => return fail(exit::INTERNAL, e.into()),
     };
+    // Grants and denials hold canonical paths. The standard library is
+    // also denied writing, so a denial there never suggests --allow-write.
+    let stdlib = std::fs::canonicalize(&rt.stdlib).unwrap_or(rt.stdlib);
+    policy.fs.deny_write.push(stdlib.clone());
     policy
         .fs
         .grants
-        .push(read_grant(rt.stdlib, GUEST_STDLIB.into(), GrantKind::Dir));
+        .push(read_grant(stdlib, GUEST_STDLIB.into(), GrantKind::Dir));
 
     // The entry point changes to the working directory only when it is
     // granted as a directory at its own path (else wasi-libc cannot, and the
