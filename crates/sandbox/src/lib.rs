@@ -537,14 +537,11 @@ fn outcome(
             "output limit of {max} reached; raise it with --max-output=SIZE"
         ));
     }
-    match err.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => {
-            let fuel = limits.fuel.unwrap_or_default();
-            return limit(format!(
-                "fuel limit of {fuel} reached; raise it with --fuel=N"
-            ));
-        }
-        _ => {}
+    if let Some(Trap::OutOfFuel) = err.downcast_ref::<Trap>() {
+        let fuel = limits.fuel.unwrap_or_default();
+        return limit(format!(
+            "fuel limit of {fuel} reached; raise it with --fuel=N"
+        ));
     }
     if store.data().limiter.hit {
         return limit(format!(
