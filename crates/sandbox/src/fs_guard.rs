@@ -148,10 +148,12 @@ impl GuardedFs<'_> {
         } else {
             pre.host.join(rel)
         };
-        if rel.is_empty() && pre.only.is_some() && verb == "stat" {
-            // The directory holding granted files: its metadata, as `ls -d`
-            // shows it, tells nothing the granted files' paths do not (an
-            // import system stats a script's directory before anything else).
+        if rel.is_empty() && pre.only.is_some() && (verb == "stat" || verb == "read") {
+            // The directory holding granted files may be stat'ed and opened
+            // read-only: a listing of it shows only the granted names (see
+            // `read_directory`), and paths through the new descriptor are
+            // checked here again. An import system stats and lists a
+            // script's directory before anything else.
             let verdict = Verdict::Allow {
                 rule: format!("a granted file is in {}", pre.shown),
             };

@@ -262,6 +262,7 @@ attempt("passwd", lambda: open("/etc/passwd").read())
 attempt("listdir-root", lambda: [n for n in os.listdir("/") if n not in ("python",)] or "empty")
 attempt("neighbour", lambda: open(os.path.join(os.path.dirname(__file__), ".env")).read())
 print("environ", len(os.environ))
+print("listing", sorted(os.listdir(os.path.dirname(__file__))))
 attempt("stdlib-write", lambda: open("/python/os.py", "a").write("pwned"))
 attempt("stdlib-new", lambda: open("/python/evil.py", "w").write("pwned"))
 attempt("socket", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2))
@@ -285,6 +286,7 @@ attempt("lookup", lambda: socket.getaddrinfo("example.com", 443))
         "listdir-root FileNotFoundError",
         "neighbour PermissionError",
         "environ 0",
+        "listing ['attack.py']",
         "stdlib-write PermissionError",
         "stdlib-new PermissionError",
         "socket PermissionError",
