@@ -601,7 +601,18 @@ fn runtime_cache_races_corruption_and_deletion() {
     assert_eq!(warm.stderr, "", "a warm run prints nothing of its own");
     assert_eq!(warm.stdout, a.stdout);
 
-    // Corrupt the component in place (same length): detected by its digest.
+    // Each damage below is detected and the runtime rebuilt.
+    let rebuilt = |what: &str| {
+        let r = again();
+        assert_eq!(r.code, 0, "{what}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("capsa: preparing Python"),
+            "{what}: {}",
+            r.stderr
+        );
+        assert!(r.stdout.ends_with(" 42\n"), "{what}: {}", r.stdout);
+    };
+    // The component corrupted in place (same length): caught by its digest.
     let wasm = runtime.join("python.wasm");
     let mut bytes = std::fs::read(&wasm).unwrap();
     let mid = bytes.len() / 2;
@@ -609,44 +620,16 @@ fn runtime_cache_races_corruption_and_deletion() {
         *b ^= 0x5a;
     }
     std::fs::write(&wasm, &bytes).unwrap();
-    let fixed = again();
-    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
-    assert!(
-        fixed.stderr.contains("capsa: preparing Python"),
-        "{}",
-        fixed.stderr
-    );
-    assert!(fixed.stdout.ends_with(" 42\n"));
-
-    // A partial entry: the manifest cut short, a library file missing.
+    rebuilt("corrupt component");
+    // A partial entry: the manifest cut short; a library file missing.
     let manifest = runtime.join("manifest.json");
     let text = std::fs::read(&manifest).unwrap();
     std::fs::write(&manifest, &text[..text.len() / 2]).unwrap();
-    let fixed = again();
-    assert!(
-        fixed.stderr.contains("capsa: preparing Python"),
-        "{}",
-        fixed.stderr
-    );
-    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
+    rebuilt("truncated manifest");
     std::fs::remove_file(runtime.join("lib/os.py")).unwrap();
-    let fixed = again();
-    assert!(
-        fixed.stderr.contains("capsa: preparing Python"),
-        "{}",
-        fixed.stderr
-    );
-    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
-
-    // Deleted altogether.
+    rebuilt("missing library file");
     std::fs::remove_dir_all(cache.join("python")).unwrap();
-    let fixed = again();
-    assert!(
-        fixed.stderr.contains("capsa: preparing Python"),
-        "{}",
-        fixed.stderr
-    );
-    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
+    rebuilt("deleted cache");
     // Nothing left behind but the runtime and its lock.
     let names: Vec<String> = std::fs::read_dir(cache.join("python"))
         .unwrap()
