@@ -17,6 +17,7 @@
 //! [`ReadLimits`] allow, each with one line.
 
 pub mod manifest;
+pub mod pack;
 
 pub use manifest::{Manifest, ManifestError};
 use sha2::{Digest, Sha256};

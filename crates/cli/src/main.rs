@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     Run(commands::run::RunArgs),
     Python(commands::python::PythonArgs),
+    Pack(commands::pack::PackArgs),
+    Inspect(commands::inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,8 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Python(args) => commands::python::run(args),
+        Command::Pack(args) => commands::pack::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
     };
     exit(code)
 }

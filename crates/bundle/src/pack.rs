@@ -1,0 +1,137 @@
+//! A project folder to a bundle's contents.
+
+use crate::{MANIFEST, Manifest, check_entry_path};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Where `--python-path` directories go inside a bundle.
+pub const SITE_PACKAGES: &str = "site-packages";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Manifest(#[from] crate::ManifestError),
+}
+
+/// The manifest and files of the folder `dir`, plus each of `python_path`
+/// under `site-packages/`. Hidden entries, `__pycache__` and `*.pyc` are
+/// left out; `skip` (the output file, when it is inside `dir`) too.
+pub fn collect(
+    dir: &Path,
+    python_path: &[&Path],
+    skip: Option<&Path>,
+) -> Result<(Manifest, BTreeMap<String, Vec<u8>>), PackError> {
+    if !dir.is_dir() {
+        return Err(PackError::Input(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let mut files = BTreeMap::new();
+    walk(dir, "", skip, &mut files)?;
+    for p in python_path {
+        if !p.is_dir() {
+            return Err(PackError::Input(format!(
+                "--python-path={}: not a directory",
+                p.display()
+            )));
+        }
+        walk(p, SITE_PACKAGES, skip, &mut files)?;
+    }
+    let manifest_path = dir.join(MANIFEST);
+    let manifest = if manifest_path.is_file() {
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| PackError::Input(format!("{}: {e}", manifest_path.display())))?;
+        Manifest::from_toml(&text)?
+    } else {
+        Manifest::default_for(&default_entry(&files).ok_or_else(|| {
+            PackError::Input(format!(
+                "{} has no capsa.toml, no main.py and not exactly one .wasm file: nothing to run",
+                dir.display()
+            ))
+        })?)
+    };
+    if !files.contains_key(&manifest.run.entry) {
+        return Err(PackError::Input(format!(
+            "run.entry {:?} is not a file in {}",
+            manifest.run.entry,
+            dir.display()
+        )));
+    }
+    Ok((manifest, files))
+}
+
+fn default_entry(files: &BTreeMap<String, Vec<u8>>) -> Option<String> {
+    if files.contains_key("main.py") {
+        return Some("main.py".into());
+    }
+    let mut wasm = files
+        .keys()
+        .filter(|k| !k.contains('/') && (k.ends_with(".wasm") || k.ends_with(".wat")));
+    match (wasm.next(), wasm.next()) {
+        (Some(only), None) => Some(only.clone()),
+        _ => None,
+    }
+}
+
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    skip: Option<&Path>,
+    out: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<(), PackError> {
+    let io = |p: &Path, e: std::io::Error| PackError::Input(format!("{}: {e}", p.display()));
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| io(dir, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_str().ok_or_else(|| {
+            PackError::Input(format!("{}: the name is not UTF-8", path.display()))
+        })?;
+        if name.starts_with('.') || name == "__pycache__" || name.ends_with(".pyc") {
+            continue;
+        }
+        if prefix.is_empty() && name == MANIFEST {
+            continue;
+        }
+        if skip.is_some_and(|s| same_file(s, &path)) {
+            continue;
+        }
+        let rel = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        check_entry_path(&rel).map_err(|why| PackError::Input(format!("{rel}: {why}")))?;
+        let ty = entry.file_type().map_err(|e| io(&path, e))?;
+        if ty.is_symlink() {
+            return Err(PackError::Input(format!(
+                "{} is a symbolic link; bundles hold regular files only (copy the file in)",
+                path.display()
+            )));
+        } else if ty.is_dir() {
+            walk(&path, &rel, skip, out)?;
+        } else if ty.is_file() {
+            out.insert(rel, std::fs::read(&path).map_err(|e| io(&path, e))?);
+        } else {
+            return Err(PackError::Input(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

@@ -1,0 +1,77 @@
+//! `capsa pack DIR -o app.capsa`: a project folder into one bundle file.
+
+use super::run::fail;
+use capsa_sandbox::exit;
+use clap::Args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const AFTER_HELP: &str = "\
+DIR holds the program and its files, and a capsa.toml saying what runs and
+what it asks for (see README, Bundles). Without capsa.toml, a main.py (or a
+single .wasm) runs with nothing asked. Hidden files, __pycache__ and .pyc
+are left out; links are refused. The same folder always packs to the same
+bytes.
+
+Exit status: 0 packed; 125 a bad folder or manifest; 70 the bundle could not
+be written (nothing is left behind).";
+
+#[derive(Args, Debug)]
+#[command(about = "Pack a project folder into one .capsa bundle", after_help = AFTER_HELP)]
+pub struct PackArgs {
+    /// The project folder.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    /// The bundle to write.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Carry this directory of pure-Python packages (into site-packages/).
+    #[arg(long, value_name = "DIR")]
+    python_path: Vec<PathBuf>,
+}
+
+pub fn run(args: PackArgs) -> i32 {
+    let python_path: Vec<&Path> = args.python_path.iter().map(PathBuf::as_path).collect();
+    let (manifest, files) =
+        match capsa_bundle::pack::collect(&args.dir, &python_path, Some(&args.output)) {
+            Ok(c) => c,
+            Err(e) => return fail(exit::USAGE, e.into()),
+        };
+    let bytes = match capsa_bundle::write(&manifest, &files) {
+        Ok(b) => b,
+        Err(e) => return fail(exit::USAGE, e.into()),
+    };
+    if let Err(e) = write_atomically(&args.output, &bytes) {
+        return fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("cannot write {}: {e}", args.output.display()),
+        );
+    }
+    let bundle = capsa_bundle::read(&bytes, capsa_bundle::ReadLimits::default())
+        .expect("a bundle just written reads back");
+    let size: usize = files.values().map(Vec::len).sum();
+    println!(
+        "packed {} ({} files, {size} bytes; runs {}) into {}\nsha256 {}",
+        args.dir.display(),
+        files.len(),
+        manifest.run.entry,
+        args.output.display(),
+        bundle.digest_hex()
+    );
+    0
+}
+
+/// A reader sees the old file or the whole new one, never a part.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".capsa-pack-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
