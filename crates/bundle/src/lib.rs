@@ -82,6 +82,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Does the file at `path` start like a bundle?
+pub fn is_bundle_file(path: &std::path::Path) -> bool {
+    let mut head = [0u8; MAGIC.len()];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == MAGIC)
+}
+
 /// Is `path` acceptable as a path inside a bundle? Relative, `/`-separated,
 /// no empty, `.` or `..` component, no backslash or NUL.
 pub fn check_entry_path(path: &str) -> Result<(), String> {
@@ -289,4 +297,51 @@ fn parse_digest_line(line: &str) -> Option<([u8; 32], u64)> {
         *b = u8::from_str_radix(d.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some((digest, size))
+}
+
+/// Unpacks `bundle` into `<cache_root>/bundles/<digest>/` (once) and returns
+/// that directory. The files are written to a temporary directory renamed
+/// into place, so a half-written directory is never used.
+pub fn extract(
+    bundle: &Bundle,
+    cache_root: &std::path::Path,
+) -> std::io::Result<std::path::PathBuf> {
+    let parent = cache_root.join("bundles");
+    let dir = parent.join(bundle.digest_hex());
+    if dir.join(".complete").is_file() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(&parent)?;
+    for (path, data) in &bundle.files {
+        // `read` checked every path: relative, no `..`, no links.
+        let target = tmp.path().join(path);
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::write(&target, data)?;
+    }
+    std::fs::write(tmp.path().join(".complete"), bundle.digest_hex())?;
+    if dir.exists() {
+        // Incomplete (no marker): replaced.
+        let old = tempfile::Builder::new()
+            .prefix(".old-")
+            .tempdir_in(&parent)?;
+        std::fs::rename(&dir, old.path().join("x"))?;
+    }
+    let kept = tmp.keep();
+    match std::fs::rename(&kept, &dir) {
+        Ok(()) => Ok(dir),
+        // Another capsa unpacked the same bundle at the same moment.
+        Err(_) if dir.join(".complete").is_file() => {
+            let _ = std::fs::remove_dir_all(&kept);
+            Ok(dir)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&kept);
+            Err(e)
+        }
+    }
 }

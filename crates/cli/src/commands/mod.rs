@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bundle;
 pub mod inspect;
 pub mod pack;
 pub mod python;

@@ -146,22 +146,46 @@ fn describe(e: &std::io::Error) -> String {
 /// Runs CPython with `inv` under the flags' policy, plus read-only grants of
 /// the standard library, the script and the `--python-path` directories.
 pub fn run_invocation(sandbox: &SandboxArgs, inv: Invocation) -> i32 {
+    let (cwd, policy) = match prepare(sandbox) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    run_prepared(sandbox, inv, cwd, policy, None)
+}
+
+/// A script already granted (a bundle's): its guest path and the extra
+/// `sys.path` entries it brings.
+pub struct Granted {
+    pub file: String,
+    pub python_path: Vec<String>,
+}
+
+/// Runs CPython with `inv` under `policy` (the flags', plus whatever the
+/// caller granted), adding the standard library, the script unless it is
+/// `granted`, and the `--python-path` directories.
+pub fn run_prepared(
+    sandbox: &SandboxArgs,
+    inv: Invocation,
+    cwd: PathBuf,
+    mut policy: Policy,
+    granted: Option<Granted>,
+) -> i32 {
     if inv.mode == Mode::Help {
         println!("{}", capsa_python::invocation::USAGE);
         return 0;
     }
-    let (cwd, mut policy) = match prepare(sandbox) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let file = match &inv.mode {
-        Mode::Script(s) => match grant_script(&mut policy, s) {
+    let mut path = Vec::new();
+    let file = match (&inv.mode, granted) {
+        (_, Some(g)) => {
+            path.extend(g.python_path);
+            Some(g.file)
+        }
+        (Mode::Script(s), None) => match grant_script(&mut policy, s) {
             Ok(g) => Some(g),
             Err(code) => return code,
         },
         _ => None,
     };
-    let mut path = Vec::new();
     for dir in &sandbox.python_path {
         let host = match std::fs::canonicalize(dir) {
             Ok(h) if h.is_dir() => h,

@@ -36,16 +36,22 @@ Exit status:
 pub struct RunArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
-    /// The program: a .wasm or .wat file, or a .py script.
+    /// Bundles: grant what the bundle asks for without asking.
+    #[arg(long)]
+    pub grant_requested: bool,
+    /// Bundles: bind a directory the bundle asks for to a host path.
+    #[arg(long, value_name = "NAME=PATH")]
+    pub bind: Vec<String>,
+    /// The program: a .wasm or .wat file, a .py script, or a .capsa bundle.
     #[arg(value_name = "PROGRAM")]
-    program: PathBuf,
+    pub program: PathBuf,
     /// Arguments for the program.
     #[arg(
         value_name = "ARGS",
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
-    args: Vec<String>,
+    pub args: Vec<String>,
 }
 
 /// Grants and limits, shared by `capsa run` and `capsa python`.
@@ -119,7 +125,7 @@ impl PathResolver for HostFs {
 }
 
 impl SandboxArgs {
-    fn raw_policy(&self) -> Result<RawPolicy> {
+    pub fn raw_policy(&self) -> Result<RawPolicy> {
         let mut raw = match &self.policy {
             Some(file) => {
                 let text = std::fs::read_to_string(file)
@@ -160,8 +166,13 @@ impl SandboxArgs {
     }
 
     pub fn policy(&self, cwd: &Path) -> Result<Policy> {
-        Ok(self.raw_policy()?.resolve(cwd, &HostFs)?)
+        resolve(self.raw_policy()?, cwd)
     }
+}
+
+/// A raw policy resolved against the real file system.
+pub fn resolve(raw: RawPolicy, cwd: &Path) -> Result<Policy> {
+    Ok(raw.resolve(cwd, &HostFs)?)
 }
 
 /// The working directory and the policy the flags give, or the exit code.
@@ -197,6 +208,18 @@ fn is_python(path: &Path) -> bool {
 }
 
 pub fn run(args: RunArgs) -> i32 {
+    if capsa_bundle::is_bundle_file(&args.program) {
+        return super::bundle::run(args);
+    }
+    if args.grant_requested || !args.bind.is_empty() {
+        return fail(
+            exit::USAGE,
+            anyhow::anyhow!(
+                "--grant-requested and --bind are for bundles; {} is not one",
+                args.program.display()
+            ),
+        );
+    }
     if is_python(&args.program) {
         let script = args.program.to_string_lossy().into_owned();
         return super::python::run_invocation(
