@@ -2,6 +2,7 @@
 //! One test binary, a module per topic (as wasmtime's `tests/all`).
 
 mod bad_input;
+mod bundle;
 mod cache;
 mod cli;
 mod env;

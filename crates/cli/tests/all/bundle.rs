@@ -1,0 +1,240 @@
+//! Bundles: pack a folder, inspect it, run it with consent; refuse damaged
+//! or hostile bundles before anything runs.
+
+use crate::support::*;
+use std::path::Path;
+
+fn pack(dir: &Path, out: &Path, extra: &[&str]) -> Run {
+    capsa()
+        .arg("pack")
+        .arg(dir)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+        .into()
+}
+
+fn run_bundle(cwd: &Path, flags: &[&str], bundle: &Path, args: &[&str]) -> Run {
+    python_ready();
+    run_in(cwd, flags, bundle, args)
+}
+
+/// A Python project with a data file, a capsa.toml and a dependency.
+fn python_project(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let app = root.join("app");
+    std::fs::create_dir_all(app.join("data")).unwrap();
+    std::fs::write(
+        app.join("main.py"),
+        "import sys, greeting\n\
+         cities = open('/app/data/cities.txt').read().split()\n\
+         print(greeting.hello(cities), sys.argv[1:])\n",
+    )
+    .unwrap();
+    std::fs::write(app.join("data/cities.txt"), "Paris Lagos").unwrap();
+    std::fs::write(app.join(".env"), "SECRET=1").unwrap();
+    std::fs::write(
+        app.join("capsa.toml"),
+        "version = 1\n[run]\nentry = \"main.py\"\nargs = [\"--from-manifest\"]\n",
+    )
+    .unwrap();
+    let deps = root.join("deps/greeting");
+    std::fs::create_dir_all(&deps).unwrap();
+    std::fs::write(
+        deps.join("__init__.py"),
+        "def hello(names): return 'hello ' + ' and '.join(names)\n",
+    )
+    .unwrap();
+    (app, root.join("deps"))
+}
+
+#[test]
+fn python_bundle_packs_reproducibly_and_runs_anywhere() {
+    let (_g, d) = scratch();
+    let (app, deps) = python_project(&d);
+    let out = d.join("app.capsa");
+    let r = pack(&app, &out, &["--python-path", s(&deps)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let first = std::fs::read(&out).unwrap();
+    let again = d.join("again.capsa");
+    assert_eq!(pack(&app, &again, &["--python-path", s(&deps)]).code, 0);
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        first,
+        "packing is reproducible"
+    );
+
+    let inspect: Run = capsa().arg("inspect").arg(&out).output().unwrap().into();
+    assert!(
+        inspect.stdout.contains("runs    main.py --from-manifest"),
+        "{}",
+        inspect.stdout
+    );
+    assert!(
+        inspect
+            .stdout
+            .contains("site-packages/greeting/__init__.py")
+    );
+    assert!(!inspect.stdout.contains(".env"), "hidden files stay out");
+    let json: Run = capsa()
+        .args(["inspect", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap()
+        .into();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["manifest"]["run"]["entry"], "main.py");
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+
+    let want = "hello Paris and Lagos ['--from-manifest', 'x']\n";
+    let here = run_bundle(&d, &[], &out, &["x"]);
+    assert_eq!(here.stdout, want, "{}", here.stderr);
+    let (_h, elsewhere) = scratch();
+    let moved = elsewhere.join("moved.capsa");
+    std::fs::copy(&out, &moved).unwrap();
+    let there = run_bundle(&elsewhere, &[], &moved, &["x"]);
+    assert_eq!(there.stdout, want, "{}", there.stderr);
+}
+
+#[test]
+fn wasm_bundle_without_manifest() {
+    let (_g, d) = scratch();
+    let app = d.join("tool");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::copy(probe(P1), app.join("probe.wasm")).unwrap();
+    let out = d.join("tool.capsa");
+    assert_eq!(pack(&app, &out, &[]).code, 0);
+    let r = run_in(&d, &[], &out, &["hello"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("ok: hello"), "{}", r.stdout);
+    // Its own files are read-only inside it.
+    let w = run_in(&d, &[], &out, &["write", "/app/probe.wasm", "x"]);
+    assert!(w.stdout.starts_with("err:"), "{}", w.stdout);
+}
+
+#[test]
+fn consent_is_needed_for_what_a_bundle_asks() {
+    let (_g, d) = scratch();
+    let app = d.join("asks");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("main.py"),
+        "import os\nprint(os.environ.get('CAPSA_TEST_TOKEN'))\nopen('/output/r.txt', 'w').write('done')\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("capsa.toml"),
+        "version = 1\n[run]\nentry = \"main.py\"\n\
+         [[ask.env]]\nname = \"CAPSA_TEST_TOKEN\"\nreason = \"authenticates\"\n\
+         [ask.dirs.output]\naccess = \"read-write\"\nguest = \"/output\"\nreason = \"the report\"\n",
+    )
+    .unwrap();
+    let out = d.join("asks.capsa");
+    assert_eq!(pack(&app, &out, &[]).code, 0);
+    std::fs::create_dir(d.join("out")).unwrap();
+    let bind = format!("output={}", s(&d.join("out")));
+    let go = |flags: &[&str]| -> Run {
+        python_ready();
+        capsa()
+            .current_dir(&d)
+            .env("CAPSA_TEST_TOKEN", "t0k")
+            .arg("run")
+            .args(flags)
+            .arg(&out)
+            .output()
+            .unwrap()
+            .into()
+    };
+    let unbound = go(&["--grant-requested"]);
+    assert_eq!(unbound.code, 125);
+    assert!(
+        unbound.stderr.contains("--bind output=PATH"),
+        "{}",
+        unbound.stderr
+    );
+    let no_consent = go(&["--bind", &bind]);
+    assert_eq!(no_consent.code, 125);
+    assert!(
+        no_consent.stderr.contains("--grant-requested"),
+        "{}",
+        no_consent.stderr
+    );
+    assert!(
+        no_consent.stderr.contains("--allow-env=CAPSA_TEST_TOKEN"),
+        "{}",
+        no_consent.stderr
+    );
+    assert!(!d.join("out/r.txt").exists(), "nothing ran");
+    let ok = go(&["--grant-requested", "--bind", &bind]);
+    assert_eq!(ok.stdout, "t0k\n", "{}", ok.stderr);
+    assert_eq!(
+        std::fs::read_to_string(d.join("out/r.txt")).unwrap(),
+        "done"
+    );
+    let stray = go(&["--bind", "nope=/tmp"]);
+    assert_eq!(stray.code, 125);
+    assert!(
+        stray.stderr.contains("no directory named nope"),
+        "{}",
+        stray.stderr
+    );
+}
+
+#[test]
+fn damaged_bundles_are_refused_before_anything_runs() {
+    let (_g, d) = scratch();
+    let app = d.join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("main.py"),
+        "open('/tmp/capsa-should-not-run', 'w')\n",
+    )
+    .unwrap();
+    let out = d.join("app.capsa");
+    assert_eq!(pack(&app, &out, &[]).code, 0);
+    let good = std::fs::read(&out).unwrap();
+    let cache = d.join("cache");
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (good[..good.len() - 7].to_vec(), "truncated"),
+        (
+            {
+                let mut m = good.clone();
+                let i = m.len() - 3;
+                m[i] ^= 0xff;
+                m
+            },
+            "modified or damaged",
+        ),
+        (
+            b"capsa bundle 1\nsha256=zz size=1\nx".to_vec(),
+            "bad digest line",
+        ),
+    ];
+    for (bytes, want) in cases {
+        let f = d.join("bad.capsa");
+        std::fs::write(&f, &bytes).unwrap();
+        let r: Run = capsa()
+            .env("CAPSA_CACHE_DIR", &cache)
+            .args(["run", "--grant-requested"])
+            .arg(&f)
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(r.code, 126, "{want}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(!cache.join("bundles").exists(), "nothing unpacked");
+    }
+    // A folder that cannot be packed, and nothing left behind.
+    std::os::unix::fs::symlink("/etc/passwd", app.join("passwd")).unwrap();
+    let r = pack(&app, &d.join("linked.capsa"), &[]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("symbolic link"), "{}", r.stderr);
+    assert!(!d.join("linked.capsa").exists());
+    let empty = d.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let r = pack(&empty, &d.join("empty.capsa"), &[]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("nothing to run"), "{}", r.stderr);
+}
