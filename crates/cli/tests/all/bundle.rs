@@ -238,3 +238,71 @@ fn damaged_bundles_are_refused_before_anything_runs() {
     assert_eq!(r.code, 125);
     assert!(r.stderr.contains("nothing to run"), "{}", r.stderr);
 }
+
+/// On a terminal, capsa asks once; `y` runs the bundle, `n` does not.
+#[test]
+fn terminal_prompt() {
+    python_ready();
+    let (_g, d) = scratch();
+    let app = d.join("asks");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("main.py"),
+        "import os\nprint('ran with', os.environ['CAPSA_TEST_TOKEN'])\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("capsa.toml"),
+        "version = 1\n[run]\nentry = \"main.py\"\n[[ask.env]]\nname = \"CAPSA_TEST_TOKEN\"\nreason = \"authenticates\"\n",
+    )
+    .unwrap();
+    let out = d.join("asks.capsa");
+    assert_eq!(pack(&app, &out, &[]).code, 0);
+    // python3's pty module gives capsa a real terminal; the answer is typed ahead.
+    let driver = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "run", sys.argv[2]])
+os.write(fd, sys.argv[3].encode() + b"\n")
+out, end = b"", time.time() + 60
+while time.time() < end:
+    if select.select([fd], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let answer = |a: &str| -> Run {
+        std::process::Command::new("python3")
+            .args(["-c", driver, env!("CARGO_BIN_EXE_capsa"), s(&out), a])
+            .env(
+                "CAPSA_CACHE_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
+            )
+            .env("CAPSA_TEST_TOKEN", "t0k")
+            .current_dir(&d)
+            .output()
+            .expect("python3 runs")
+            .into()
+    };
+    let yes = answer("y");
+    assert_eq!(yes.code, 0, "{}", yes.stdout);
+    assert!(
+        yes.stdout.contains("--allow-env=CAPSA_TEST_TOKEN"),
+        "{}",
+        yes.stdout
+    );
+    assert!(yes.stdout.contains("Grant these?"), "{}", yes.stdout);
+    assert!(yes.stdout.contains("ran with t0k"), "{}", yes.stdout);
+    let no = answer("n");
+    assert_eq!(no.code, 125, "{}", no.stdout);
+    assert!(no.stdout.contains("not granted"), "{}", no.stdout);
+    assert!(!no.stdout.contains("ran with"), "{}", no.stdout);
+}
