@@ -26,7 +26,8 @@ Exit status:
   the program's own exit code, or one of capsa's:
   124  time limit reached (--timeout)
   125  usage or policy error (bad flag, policy file or grant)
-  126  the program cannot be loaded (missing, not WebAssembly, bad imports)
+  126  the program cannot be loaded (missing, not WebAssembly, bad imports,
+       a damaged bundle)
   134  the program crashed (a WebAssembly trap)
   137  another limit reached (--memory, --fuel, --max-output)
    70  capsa itself failed (host I/O error)";
