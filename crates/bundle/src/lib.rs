@@ -345,3 +345,44 @@ pub fn extract(
         }
     }
 }
+
+/// The last 16 bytes of an executable carrying a bundle: the bundle's
+/// length (u64, little-endian), then this magic.
+pub const EXE_MAGIC: &[u8; 8] = b"CAPSAEX1";
+
+/// `exe` (capsa itself) with `bundle` appended: a native executable that
+/// runs the bundle.
+pub fn embed(exe: &[u8], bundle: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(exe.len() + bundle.len() + 16);
+    out.extend_from_slice(exe);
+    out.extend_from_slice(bundle);
+    out.extend_from_slice(&(bundle.len() as u64).to_le_bytes());
+    out.extend_from_slice(EXE_MAGIC);
+    out
+}
+
+/// The bundle appended to the executable `path`, if it carries one.
+pub fn embedded(path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len < 16 {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::End(-16))?;
+    let mut tail = [0u8; 16];
+    f.read_exact(&mut tail)?;
+    if &tail[8..] != EXE_MAGIC {
+        return Ok(None);
+    }
+    let size = u64::from_le_bytes(tail[..8].try_into().unwrap());
+    if size > len - 16 {
+        return Err(std::io::Error::other(
+            "the appended bundle is longer than the file",
+        ));
+    }
+    f.seek(SeekFrom::Start(len - 16 - size))?;
+    let mut bytes = vec![0u8; size as usize];
+    f.read_exact(&mut bytes)?;
+    Ok(Some(bytes))
+}

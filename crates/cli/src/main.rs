@@ -26,7 +26,52 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
 }
 
+/// An executable made by `capsa pack --exe`: capsa with a bundle appended.
+/// It takes `capsa run`'s flags, then the bundle's arguments.
+#[derive(Parser)]
+#[command(about = "A capsa bundle, packed as an executable: runs as `capsa run app.capsa` would")]
+struct ExeCli {
+    #[command(flatten)]
+    sandbox: commands::run::SandboxArgs,
+    /// Grant what the bundle asks for without asking.
+    #[arg(long)]
+    grant_requested: bool,
+    /// Bind a directory the bundle asks for to a host path.
+    #[arg(long, value_name = "NAME=PATH")]
+    bind: Vec<String>,
+    /// Arguments for the program.
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    args: Vec<String>,
+}
+
 fn main() -> ExitCode {
+    if let Ok(me) = std::env::current_exe()
+        && matches!(capsa_bundle::embedded(&me), Ok(Some(_)))
+    {
+        let cli = match ExeCli::try_parse() {
+            Ok(cli) => cli,
+            Err(e) => {
+                use clap::error::ErrorKind;
+                let code = match e.kind() {
+                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                    _ => capsa_sandbox::exit::USAGE,
+                };
+                let _ = e.print();
+                return exit(code);
+            }
+        };
+        return exit(commands::bundle::run(commands::run::RunArgs {
+            sandbox: cli.sandbox,
+            grant_requested: cli.grant_requested,
+            bind: cli.bind,
+            program: me,
+            args: cli.args,
+        }));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -19,12 +19,17 @@ pub struct InspectArgs {
 
 /// Reads and verifies a bundle file, or says why not (exit 126).
 pub fn open(path: &std::path::Path) -> Result<capsa_bundle::Bundle, i32> {
-    let bytes = std::fs::read(path).map_err(|e| {
+    let cannot = |e: std::io::Error| {
         fail(
             exit::LOAD,
             anyhow::anyhow!("cannot read {}: {e}", path.display()),
         )
-    })?;
+    };
+    // A bundle file, or an executable made by `capsa pack --exe`.
+    let bytes = match capsa_bundle::embedded(path).map_err(cannot)? {
+        Some(bytes) => bytes,
+        None => std::fs::read(path).map_err(cannot)?,
+    };
     capsa_bundle::read(&bytes, capsa_bundle::ReadLimits::default())
         .map_err(|e| fail(exit::LOAD, anyhow::anyhow!("{}: {e}", path.display())))
 }

@@ -28,6 +28,10 @@ pub struct PackArgs {
     /// Carry this directory of pure-Python packages (into site-packages/).
     #[arg(long, value_name = "DIR")]
     python_path: Vec<PathBuf>,
+    /// Write a native executable for this machine that runs the bundle
+    /// (capsa itself with the bundle appended; no capsa needed to run it).
+    #[arg(long)]
+    exe: bool,
 }
 
 pub fn run(args: PackArgs) -> i32 {
@@ -41,7 +45,26 @@ pub fn run(args: PackArgs) -> i32 {
         Ok(b) => b,
         Err(e) => return fail(exit::USAGE, e.into()),
     };
-    if let Err(e) = write_atomically(&args.output, &bytes) {
+    let file = if args.exe {
+        let me = std::env::current_exe().and_then(|p| {
+            // An executable made by --exe packs its own capsa, not itself.
+            let exe = std::fs::read(&p)?;
+            let own = capsa_bundle::embedded(&p)?.map_or(0, |b| b.len() + 16);
+            Ok(exe[..exe.len() - own].to_vec())
+        });
+        match me {
+            Ok(exe) => capsa_bundle::embed(&exe, &bytes),
+            Err(e) => {
+                return fail(
+                    exit::INTERNAL,
+                    anyhow::anyhow!("cannot read capsa's own executable: {e}"),
+                );
+            }
+        }
+    } else {
+        bytes.clone()
+    };
+    if let Err(e) = write_atomically(&args.output, &file, args.exe) {
         return fail(
             exit::INTERNAL,
             anyhow::anyhow!("cannot write {}: {e}", args.output.display()),
@@ -62,7 +85,7 @@ pub fn run(args: PackArgs) -> i32 {
 }
 
 /// A reader sees the old file or the whole new one, never a part.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8], executable: bool) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -71,6 +94,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .prefix(".capsa-pack-")
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if executable { 0o755 } else { 0o644 };
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

@@ -306,3 +306,51 @@ sys.exit(os.waitstatus_to_exitcode(status))
     assert!(no.stdout.contains("not granted"), "{}", no.stdout);
     assert!(!no.stdout.contains("ran with"), "{}", no.stdout);
 }
+
+/// `capsa pack --exe`: one native executable that runs the bundle, with no
+/// capsa on PATH, taking `capsa run`'s flags.
+#[test]
+fn packed_executable_runs_without_capsa() {
+    python_ready();
+    let (_g, d) = scratch();
+    let (app, deps) = python_project(&d);
+    let exe = d.join("hello-app");
+    let r = pack(&app, &exe, &["--exe", "--python-path", s(&deps)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (_h, elsewhere) = scratch();
+    let moved = elsewhere.join("hello-app");
+    std::fs::copy(&exe, &moved).unwrap();
+    let out = std::process::Command::new(&moved)
+        .arg("x")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env(
+            "CAPSA_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
+        )
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello Paris and Lagos ['--from-manifest', 'x']\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect: Run = capsa().arg("inspect").arg(&moved).output().unwrap().into();
+    assert!(
+        inspect.stdout.contains("runs    main.py"),
+        "{}",
+        inspect.stdout
+    );
+    // Its flags are capsa run's: a limit applies.
+    let limited = std::process::Command::new(&moved)
+        .args(["--memory=lots"])
+        .env(
+            "CAPSA_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(limited.status.code(), Some(125));
+}
