@@ -118,14 +118,21 @@ pub fn run(args: RunArgs) -> i32 {
             );
         }
     }
-    if let Err(code) = consent(&shown, m, args.grant_requested) {
-        return code;
-    }
-
     let mut raw = match args.sandbox.raw_policy() {
         Ok(r) => r,
         Err(e) => return fail(exit::USAGE, e),
     };
+    // Typing every asked grant as a flag is consent too.
+    let typed = |list: &[String], item: &str| {
+        list.iter()
+            .flat_map(|l| l.split(','))
+            .any(|x| x.trim() == item)
+    };
+    let all_typed = m.ask.net.iter().all(|n| typed(&raw.allow_net, &n.rule))
+        && m.ask.env.iter().all(|e| typed(&raw.allow_env, &e.name));
+    if let Err(code) = consent(&shown, m, args.grant_requested || all_typed) {
+        return code;
+    }
     raw.allow_net
         .extend(m.ask.net.iter().map(|n| n.rule.clone()));
     raw.allow_env

@@ -166,6 +166,13 @@ fn consent_is_needed_for_what_a_bundle_asks() {
         no_consent.stderr
     );
     assert!(!d.join("out/r.txt").exists(), "nothing ran");
+    let typed = go(&["--allow-env=CAPSA_TEST_TOKEN", "--bind", &bind]);
+    assert_eq!(
+        typed.stdout, "t0k\n",
+        "the explicit flag is consent: {}",
+        typed.stderr
+    );
+    std::fs::remove_file(d.join("out/r.txt")).unwrap();
     let ok = go(&["--grant-requested", "--bind", &bind]);
     assert_eq!(ok.stdout, "t0k\n", "{}", ok.stderr);
     assert_eq!(
