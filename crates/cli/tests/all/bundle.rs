@@ -239,6 +239,30 @@ fn damaged_bundles_are_refused_before_anything_runs() {
     assert_eq!(r.code, 125);
     assert!(r.stderr.contains("symbolic link"), "{}", r.stderr);
     assert!(!d.join("linked.capsa").exists());
+    for (manifest, want) in [
+        (
+            "version = 1\n[run]\nentry = \"main.py\"\nsudo = true\n",
+            "unknown field `sudo`",
+        ),
+        (
+            "version = 7\n[run]\nentry = \"main.py\"\n",
+            "version 7 is not supported",
+        ),
+        (
+            "version = 1\n[run]\nentry = \"main.py\"\n[[ask.net]]\nrule = \"every.where:*:*\"\nreason = \"r\"\n",
+            "ask.net rule",
+        ),
+    ] {
+        let bad = d.join("bad-manifest");
+        let _ = std::fs::remove_dir_all(&bad);
+        std::fs::create_dir(&bad).unwrap();
+        std::fs::write(bad.join("main.py"), "").unwrap();
+        std::fs::write(bad.join("capsa.toml"), manifest).unwrap();
+        let r = pack(&bad, &d.join("bad.capsa"), &[]);
+        assert_eq!(r.code, 125, "{want}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    }
     let empty = d.join("empty");
     std::fs::create_dir(&empty).unwrap();
     let r = pack(&empty, &d.join("empty.capsa"), &[]);
