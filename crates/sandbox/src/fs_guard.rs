@@ -148,7 +148,19 @@ impl GuardedFs<'_> {
         } else {
             pre.host.join(rel)
         };
-        if rel.is_empty() && pre.only.is_some() && (verb == "stat" || verb == "read") {
+        let denied_reading = |p: &Path| {
+            self.guard
+                .policy
+                .fs
+                .deny_read
+                .iter()
+                .any(|d| p.starts_with(d))
+        };
+        if rel.is_empty()
+            && pre.only.is_some()
+            && (verb == "stat" || verb == "read")
+            && !denied_reading(&pre.host)
+        {
             // The directory holding granted files may be stat'ed and opened
             // read-only: a listing of it shows only the granted names (see
             // `read_directory`), and paths through the new descriptor are
