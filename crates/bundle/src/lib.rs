@@ -78,7 +78,7 @@ impl Bundle {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -174,6 +174,13 @@ pub fn write(
 
 /// Reads and checks bundle bytes: digest first, then every entry.
 pub fn read(bytes: &[u8], limits: ReadLimits) -> Result<Bundle, BundleError> {
+    let (digest, payload) = verify(bytes)?;
+    decode(digest, payload, limits)
+}
+
+/// Checks the magic, the digest line, the payload's length and its SHA-256,
+/// without decompressing anything; returns the digest and the payload.
+pub fn verify(bytes: &[u8]) -> Result<([u8; 32], &[u8]), BundleError> {
     let rest = bytes.strip_prefix(MAGIC).ok_or(BundleError::NotBundle)?;
     let end = rest
         .iter()
@@ -195,7 +202,11 @@ pub fn read(bytes: &[u8], limits: ReadLimits) -> Result<Bundle, BundleError> {
     if actual != digest {
         return Err(BundleError::DigestMismatch);
     }
+    Ok((digest, payload))
+}
 
+/// The files of a verified payload, each entry checked.
+fn decode(digest: [u8; 32], payload: &[u8], limits: ReadLimits) -> Result<Bundle, BundleError> {
     let decoder = zstd::Decoder::new(payload).map_err(|e| BundleError::Corrupt(e.to_string()))?;
     // One byte more than allowed tells a bomb from a bundle exactly at the cap.
     let capped = decoder.take(limits.max_unpacked + 1);

@@ -52,17 +52,9 @@ fn main() -> ExitCode {
     if let Ok(me) = std::env::current_exe()
         && matches!(capsa_bundle::embedded(&me), Ok(Some(_)))
     {
-        let cli = match ExeCli::try_parse() {
+        let cli = match parse::<ExeCli>() {
             Ok(cli) => cli,
-            Err(e) => {
-                use clap::error::ErrorKind;
-                let code = match e.kind() {
-                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                    _ => capsa_sandbox::exit::USAGE,
-                };
-                let _ = e.print();
-                return exit(code);
-            }
+            Err(code) => return code,
         };
         return exit(commands::bundle::run(commands::run::RunArgs {
             sandbox: cli.sandbox,
@@ -72,18 +64,9 @@ fn main() -> ExitCode {
             args: cli.args,
         }));
     }
-    let cli = match Cli::try_parse() {
+    let cli = match parse::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                // Everything else, bare `capsa` included, is a usage error.
-                _ => capsa_sandbox::exit::USAGE,
-            };
-            let _ = e.print();
-            return exit(code);
-        }
+        Err(code) => return code,
     };
     let code = match cli.command {
         Command::Run(args) => commands::run::run(args),
@@ -92,6 +75,21 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
     };
     exit(code)
+}
+
+/// The command line, or the exit code after clap printed help, the version
+/// or a usage error.
+fn parse<T: Parser>() -> Result<T, ExitCode> {
+    T::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        let code = match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+            // Everything else, bare `capsa` included, is a usage error.
+            _ => capsa_sandbox::exit::USAGE,
+        };
+        let _ = e.print();
+        exit(code)
+    })
 }
 
 fn exit(code: i32) -> ExitCode {

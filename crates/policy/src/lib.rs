@@ -19,7 +19,7 @@ pub use fs::{
 };
 pub use limits::{Limits, format_duration, format_size, parse_duration, parse_size};
 pub use net::{AddrClass, HostPattern, ListenRule, NetPolicy, NetRule, PortSpec, classify};
-pub use raw::{RawLimits, RawPolicy};
+pub use raw::{RawLimits, RawPolicy, split_all};
 
 /// A policy every part of which has been checked: what the sandbox enforces.
 #[derive(Debug, Clone, Default)]

@@ -238,8 +238,8 @@ impl RawLimits {
     }
 }
 
-/// Flags take comma-separated lists (`--allow-read=a,b`).
-fn split_all(list: &[String]) -> impl Iterator<Item = &str> {
+/// Flags take comma-separated lists (`--allow-read=a,b`): every item.
+pub fn split_all(list: &[String]) -> impl Iterator<Item = &str> {
     list.iter()
         .flat_map(|s| s.split(','))
         .map(str::trim)

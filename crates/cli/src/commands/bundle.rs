@@ -123,11 +123,7 @@ pub fn run(args: RunArgs) -> i32 {
         Err(e) => return fail(exit::USAGE, e),
     };
     // Typing every asked grant as a flag is consent too.
-    let typed = |list: &[String], item: &str| {
-        list.iter()
-            .flat_map(|l| l.split(','))
-            .any(|x| x.trim() == item)
-    };
+    let typed = |list: &[String], item: &str| capsa_policy::split_all(list).any(|x| x == item);
     let all_typed = m.ask.net.iter().all(|n| typed(&raw.allow_net, &n.rule))
         && m.ask.env.iter().all(|e| typed(&raw.allow_env, &e.name));
     if let Err(code) = consent(&shown, m, args.grant_requested || all_typed) {

@@ -70,8 +70,10 @@ pub fn run(args: PackArgs) -> i32 {
             anyhow::anyhow!("cannot write {}: {e}", args.output.display()),
         );
     }
-    let bundle = capsa_bundle::read(&bytes, capsa_bundle::ReadLimits::default())
-        .expect("a bundle just written reads back");
+    let digest = match capsa_bundle::verify(&bytes) {
+        Ok((digest, _)) => capsa_bundle::hex(&digest),
+        Err(e) => return fail(exit::INTERNAL, e.into()),
+    };
     let size: usize = files.values().map(Vec::len).sum();
     println!(
         "packed {} ({} files, {size} bytes; runs {}) into {}\nsha256 {}",
@@ -79,7 +81,7 @@ pub fn run(args: PackArgs) -> i32 {
         files.len(),
         manifest.run.entry,
         args.output.display(),
-        bundle.digest_hex()
+        digest
     );
     0
 }

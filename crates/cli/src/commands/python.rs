@@ -1,7 +1,7 @@
 //! `capsa python` and Python scripts under `capsa run`: CPython 3.14 in the
 //! same sandbox, with the standard library mounted read-only.
 
-use super::run::{SandboxArgs, execute, fail, prepare};
+use super::run::{SandboxArgs, describe_io, execute, fail, prepare};
 use capsa_policy::{Access, FsGrant, GrantKind, Policy};
 use capsa_python::{GUEST_STDLIB, Invocation, Mode};
 use capsa_sandbox::{CodeCache, exit};
@@ -119,7 +119,7 @@ fn grant_script(policy: &mut Policy, script: &str) -> Result<String, i32> {
     let host = std::fs::canonicalize(script).map_err(|e| {
         fail(
             exit::LOAD,
-            anyhow::anyhow!("cannot open the script {script}: {}", describe(&e)),
+            anyhow::anyhow!("cannot open the script {script}: {}", describe_io(&e)),
         )
     })?;
     if !host.is_file() {
@@ -134,13 +134,6 @@ fn grant_script(policy: &mut Policy, script: &str) -> Result<String, i32> {
         .grants
         .push(read_grant(host, guest.clone(), GrantKind::File));
     Ok(guest)
-}
-
-fn describe(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file or directory".into(),
-        _ => e.to_string(),
-    }
 }
 
 /// Runs CPython with `inv` under the flags' policy, plus read-only grants of
@@ -198,7 +191,7 @@ pub fn run_prepared(
             Err(e) => {
                 return fail(
                     exit::USAGE,
-                    anyhow::anyhow!("--python-path={}: {}", dir.display(), describe(&e)),
+                    anyhow::anyhow!("--python-path={}: {}", dir.display(), describe_io(&e)),
                 );
             }
         };

@@ -111,15 +111,20 @@ pub struct SandboxArgs {
     pub python_path: Vec<PathBuf>,
 }
 
+/// An I/O error as a message names it ("no such file or directory").
+pub fn describe_io(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+        _ => e.to_string(),
+    }
+}
+
 /// Canonicalizes through the real file system.
 struct HostFs;
 
 impl PathResolver for HostFs {
     fn resolve(&self, path: &Path) -> std::result::Result<ResolvedPath, String> {
-        let canonical = std::fs::canonicalize(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
-            _ => e.to_string(),
-        })?;
+        let canonical = std::fs::canonicalize(path).map_err(|e| describe_io(&e))?;
         let is_dir = canonical.is_dir();
         Ok(ResolvedPath { canonical, is_dir })
     }

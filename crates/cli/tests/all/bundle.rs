@@ -289,39 +289,14 @@ fn terminal_prompt() {
     .unwrap();
     let out = d.join("asks.capsa");
     assert_eq!(pack(&app, &out, &[]).code, 0);
-    // python3's pty module gives capsa a real terminal; the answer is typed ahead.
-    let driver = r#"
-import os, pty, select, sys, time
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[1], [sys.argv[1], "run", sys.argv[2]])
-os.write(fd, sys.argv[3].encode() + b"\n")
-out, end = b"", time.time() + 60
-while time.time() < end:
-    if select.select([fd], [], [], 0.5)[0]:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(out.decode(errors="replace"))
-sys.exit(os.waitstatus_to_exitcode(status))
-"#;
+    // The answer is typed ahead on a real terminal.
     let answer = |a: &str| -> Run {
-        std::process::Command::new("python3")
-            .args(["-c", driver, env!("CARGO_BIN_EXE_capsa"), s(&out), a])
-            .env(
-                "CAPSA_CACHE_DIR",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
-            )
-            .env("CAPSA_TEST_TOKEN", "t0k")
-            .current_dir(&d)
-            .output()
-            .expect("python3 runs")
-            .into()
+        on_terminal(
+            &d,
+            &["run", s(&out)],
+            &format!("{a}\n"),
+            &[("CAPSA_TEST_TOKEN", "t0k")],
+        )
     };
     let yes = answer("y");
     assert_eq!(yes.code, 0, "{}", yes.stdout);

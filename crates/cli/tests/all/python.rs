@@ -644,37 +644,12 @@ fn runtime_cache_races_corruption_and_deletion() {
 fn repl_on_a_terminal() {
     python_ready();
     let (_g, d) = scratch();
-    // python3's pty module gives capsa a real terminal.
-    let driver = r#"
-import os, pty, select, sys, time
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[1], [sys.argv[1], "python"])
-out, end = b"", time.time() + 60
-os.write(fd, b"x = 6 * 7\nprint('answer', x)\nimport sys; sys.exit(x - 37)\n")
-while time.time() < end:
-    if select.select([fd], [], [], 0.5)[0]:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(out.decode(errors="replace"))
-sys.exit(os.waitstatus_to_exitcode(status))
-"#;
-    let r: Run = std::process::Command::new("python3")
-        .args(["-c", driver, env!("CARGO_BIN_EXE_capsa")])
-        .env(
-            "CAPSA_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
-        )
-        .current_dir(&d)
-        .output()
-        .expect("python3 runs")
-        .into();
+    let r = on_terminal(
+        &d,
+        &["python"],
+        "x = 6 * 7\nprint('answer', x)\nimport sys; sys.exit(x - 37)\n",
+        &[],
+    );
     assert_eq!(r.code, 5, "{}", r.stdout);
     assert!(r.stdout.contains("Python 3.14"), "{}", r.stdout);
     assert!(r.stdout.contains(">>> "), "{}", r.stdout);

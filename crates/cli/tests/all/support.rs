@@ -197,3 +197,38 @@ pub fn py_script(dir: &Path, flags: &[&str], name: &str, source: &str, args: &[&
     std::fs::write(&script, source).unwrap();
     run_in(dir, flags, &script, args)
 }
+
+/// `capsa ARGS` in `dir` on a real terminal (python3's pty module), with
+/// `typed` typed ahead and `envs` set; the terminal's output is `stdout`.
+pub fn on_terminal(dir: &Path, args: &[&str], typed: &str, envs: &[(&str, &str)]) -> Run {
+    const DRIVER: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:-1])
+os.write(fd, sys.argv[-1].encode())
+out, end = b"", time.time() + 60
+while time.time() < end:
+    if select.select([fd], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    Command::new("python3")
+        .args(["-c", DRIVER, env!("CARGO_BIN_EXE_capsa")])
+        .args(args)
+        .arg(typed)
+        .env("CAPSA_CACHE_DIR", target_root().join("capsa-cache"))
+        .envs(envs.iter().copied())
+        .current_dir(dir)
+        .output()
+        .expect("python3 runs")
+        .into()
+}
