@@ -26,7 +26,6 @@ const WIT_DEPS: &[&str] = &[
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CAPSA_COMPONENTIZE_PY_DIR");
-    println!("cargo:rerun-if-changed=src/app.py");
     let dir = find_package().unwrap_or_else(|| {
         panic!(
             "cannot find the {PACKAGE} package sources in Cargo's registry; \
@@ -43,7 +42,6 @@ fn main() {
     // Every embedded input goes into the runtime's cache key.
     let mut key = Sha256::new();
     key.update(&bytes);
-    key.update(fs::read("src/app.py").unwrap());
 
     let mut table = String::from("pub static WIT_FILES: &[(&str, &str)] = &[\n");
     for dep in WIT_DEPS {

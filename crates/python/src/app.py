@@ -26,6 +26,10 @@ from wit_world import exports
 from wit_world.imports import environment
 from wit_world.imports import process
 
+# HTTP and HTTPS through the host (wasi:http); before urllib.request is
+# imported, which looks for http.client.HTTPSConnection.
+import _capsa_http  # noqa: F401
+
 # The commonly used standard library, loaded into the snapshot. Everything
 # else is imported lazily from the read-only library mounted at /python.
 import abc, argparse, array, ast, asyncio, base64, binascii, bisect  # noqa: E401,F401

@@ -34,6 +34,7 @@ pub const GUEST_STDLIB: &str = "/python";
 const FORMAT: u32 = 1;
 
 const APP_PY: &str = include_str!("app.py");
+const HTTP_PY: &str = include_str!("_capsa_http.py");
 const STDLIB_TAR_ZST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/python-lib.tar.zst"));
 include!(concat!(env!("OUT_DIR"), "/wit_files.rs"));
 
@@ -48,6 +49,7 @@ interface process {
 
 world command {
   include wasi:cli/command@0.2.0;
+  import wasi:http/outgoing-handler@0.2.0;
   import process;
 }
 ";
@@ -83,6 +85,11 @@ fn key() -> String {
     h.update(env!("CAPSA_PYTHON_INPUTS").as_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(FORMAT.to_le_bytes());
+    // The sources that are part of this crate (the build script hashes the rest).
+    for text in [APP_PY, HTTP_PY, ROOT_WIT] {
+        h.update(text.len().to_le_bytes());
+        h.update(text.as_bytes());
+    }
     hex(&h.finalize()[..10])
 }
 
@@ -257,6 +264,7 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
     let app = work.join("app");
     fs::create_dir_all(&app).map_err(err)?;
     fs::write(app.join("app.py"), APP_PY).map_err(err)?;
+    fs::write(app.join("_capsa_http.py"), HTTP_PY).map_err(err)?;
     fs::write(app.join("_capsa_warmup.py"), "pass\n").map_err(err)?;
     let wit = work.join("wit");
     for (rel, text) in WIT_FILES {
@@ -275,6 +283,8 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
     // runtime on a thread of its own, away from capsa's synchronous WASI.
     std::thread::spawn(move || -> Result<(), String> {
         let empty = std::collections::HashMap::new();
+        // Both wasi:filesystem and wasi:http have a `types`.
+        let imports = std::collections::HashMap::from([("wasi:http/types@0.2.0", "http_types")]);
         let generator = componentize_py::ComponentGenerator {
             wit_paths: &[&wit],
             worlds: &["capsa:python/command"],
@@ -287,7 +297,7 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
             output_path: &output,
             add_to_linker: None,
             stub_wasi: false,
-            import_interface_names: &empty,
+            import_interface_names: &imports,
             export_interface_names: &empty,
             full_names: false,
             intersect_world: None,

@@ -7,6 +7,7 @@
 //! WASI, with one set of checks in front of it, serves both.
 
 mod fs_guard;
+mod http_guard;
 pub mod load;
 mod net_guard;
 mod output;
@@ -16,6 +17,7 @@ use capsa_policy::{
     Access, GrantKind, Policy, Verdict, format_duration, format_size, strip_guest_prefix,
 };
 use fs_guard::{FsTracker, GuardedFs, GuardedFsData, Preopen};
+use http_guard::{HttpClient, HttpHooks};
 use net_guard::{GuardedLookup, GuardedLookupData, LookupTracker};
 use output::{LimitedOutput, OutputBudget, Which};
 use report::{AuditSink, Kind, Reporter};
@@ -30,6 +32,7 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::sockets::WasiSocketsView;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use load::{CodeCache, LoadError};
 
@@ -71,6 +74,8 @@ pub struct RunConfig {
     pub quiet: bool,
     pub audit: Option<AuditSink>,
     pub cache: Option<CodeCache>,
+    /// PEM files of CAs trusted for HTTPS besides the system's (`--ca-cert`).
+    pub ca_certs: Vec<PathBuf>,
 }
 
 /// How a run ended, when capsa itself did not fail.
@@ -125,11 +130,24 @@ struct HostState {
     lookups: LookupTracker,
     guard: Arc<Guard>,
     limiter: MemoryLimiter,
+    http: WasiHttpCtx,
+    http_hooks: HttpHooks,
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         self.wasi.ctx()
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            // The same table as WASI's: bodies are wasi:io streams.
+            table: &mut self.wasi.table,
+            hooks: &mut self.http_hooks,
+        }
     }
 }
 
@@ -308,6 +326,7 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
     check_world(&engine, &component, &config.program)?;
 
     let limits = config.policy.limits;
+    let ca_certs = http_guard::read_ca_certs(&config.ca_certs).map_err(RunError::Policy)?;
     let preopens = preopens(&config.policy, config.cwd.as_deref())?;
     let guard = Arc::new(Guard {
         reporter: Reporter::new(config.quiet, config.audit),
@@ -368,6 +387,8 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
                 memory: limits.memory,
                 hit: false,
             },
+            http: WasiHttpCtx::new(),
+            http_hooks: HttpHooks(Arc::new(HttpClient::new(guard.clone(), ca_certs))),
         },
     );
     store.limiter(|s| &mut s.limiter);
@@ -429,6 +450,8 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         filesystem::preopens, sockets::ip_name_lookup, sync::filesystem::types,
     };
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    // Always linked: with no --allow-net it refuses every request.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)?;
     // Replace the file system and name lookup with the guarded versions.
     linker.allow_shadowing(true);
     fn fs(s: &mut HostState) -> GuardedFs<'_> {

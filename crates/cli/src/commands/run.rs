@@ -17,7 +17,9 @@ natively.
 
 Network rules: host, host:port, *.host, IP, IP:port, CIDR, [v6]:port.
 Loopback, private, link-local and cloud-metadata addresses are reached only
-when a rule names them by IP, CIDR or localhost.
+when a rule names them by IP, CIDR or localhost. The same rules decide each
+HTTP(S) request a program makes through wasi:http (Python's urllib and
+requests do); capsa verifies TLS against the system's CAs and --ca-cert.
 
 Limit defaults: --memory=1G, --timeout=10m, --max-output=1G, no --fuel.
 `none` turns off --timeout, --fuel or --max-output.
@@ -106,6 +108,9 @@ pub struct SandboxArgs {
     /// Write every capability decision as a JSON line to FILE (- for stderr).
     #[arg(long, value_name = "FILE")]
     audit: Option<PathBuf>,
+    /// HTTPS: also trust the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Vec<PathBuf>,
     /// Python: put this directory of packages on sys.path, read-only.
     #[arg(long, value_name = "DIR")]
     pub python_path: Vec<PathBuf>,
@@ -287,6 +292,7 @@ pub fn execute(
         quiet: sandbox.quiet,
         audit,
         cache: CodeCache::default_dir().map(CodeCache::new),
+        ca_certs: sandbox.ca_cert.clone(),
     };
     match capsa_sandbox::run(config) {
         Ok(Outcome::Exited(code)) => code,

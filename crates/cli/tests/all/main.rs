@@ -7,6 +7,7 @@ mod cache;
 mod cli;
 mod env;
 mod fs;
+mod http;
 mod limits;
 mod net;
 mod python;

@@ -195,33 +195,9 @@ fn tempfile_in_a_granted_directory() {
     assert_eq!(std::fs::read_to_string(files[0].path()).unwrap(), "scratch");
 }
 
-/// `pip install --target DIR tzdata` (from PyPI), once per test binary.
+/// tzdata from PyPI in a `--python-path` directory.
 fn tzdata_dir() -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-tzdata");
-    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        if dir.join("tzdata").is_dir() {
-            return;
-        }
-        let status = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--no-compile", "--target"])
-            .arg(&dir)
-            .arg("tzdata==2025.2")
-            // Debian's pip refuses installs outside a venv unless told; a
-            // --target directory touches nothing of the system's.
-            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
-            .status()
-            .expect("python3 -m pip runs");
-        assert!(status.success(), "pip install tzdata failed");
-    });
-    dir
+    pip_target("py-tzdata", &["tzdata==2025.2"])
 }
 
 #[test]

@@ -232,3 +232,51 @@ sys.exit(os.waitstatus_to_exitcode(status))
         .expect("python3 runs")
         .into()
 }
+
+/// `pip install --target` of pure-Python `packages` from PyPI (wheels for
+/// any platform, as Python in capsa loads no native extensions), into a
+/// directory of the test binary's scratch space, once per `name`.
+pub fn pip_target(name: &str, packages: &[&str]) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static DONE: OnceLock<Mutex<HashMap<String, ()>>> = OnceLock::new();
+    let dir = target_root().join(name);
+    let done = DONE.get_or_init(Default::default);
+    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+    if done.contains_key(name) {
+        return dir;
+    }
+    let stamp = dir.join(".installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(&packages.join(" ")) {
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--no-compile", "--no-deps", "--only-binary=:all:"])
+            .args([
+                "--platform",
+                "any",
+                "--implementation",
+                "py",
+                "--python-version",
+                "3.14",
+            ])
+            .arg("--target")
+            .arg(&dir)
+            .args(packages)
+            // Debian's pip refuses installs outside a venv unless told; a
+            // --target directory touches nothing of the system's.
+            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+            .status()
+            .expect("python3 -m pip runs");
+        assert!(status.success(), "pip install {packages:?} failed");
+        std::fs::write(&stamp, packages.join(" ")).unwrap();
+    }
+    done.insert(name.to_string(), ());
+    dir
+}
