@@ -5,7 +5,7 @@
 Listens on 127.0.0.1, an ephemeral port, HTTP/1.1 with keep-alive; TLS when
 CERT and KEY (PEM) are given. Prints the port on the first line of stdout,
 then serves until killed. Every request is appended to LOG as one JSON line
-(method, path, headers, body), so a test can tell the server saw nothing.
+(method, path, headers, body, the client's port), so a test can tell the server saw nothing.
 
 Paths: /hello, /json, /echo (the request body back), /redirect?to=URL,
 /stream?n=N (chunked, no length), /gzip, /cookie/set, /cookie/get,
@@ -24,6 +24,9 @@ import urllib.parse
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are written separately: without this, Nagle's
+    # algorithm and the client's delayed ACK add 40 ms to every response.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
@@ -49,6 +52,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": body.decode("latin-1"),
             "chunked": chunked,
+            # One per connection: tells keep-alive from a connection per request.
+            "client_port": self.client_address[1],
         }
         with LOCK, open(LOG, "a") as f:
             f.write(json.dumps(entry) + "\n")
