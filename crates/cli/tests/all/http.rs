@@ -326,7 +326,15 @@ fn requests_https_session() {
     );
     // Not a single denial: not even urllib3's IPv6 probe at import.
     assert_eq!(r.stderr, "", "{}", r.stderr);
-    let gzip = &server.requests()[8];
+    // Keep-alive: the host reused one connection for the whole session.
+    let reqs = server.requests();
+    let mut ports: Vec<u64> = reqs
+        .iter()
+        .map(|r| r["client_port"].as_u64().unwrap())
+        .collect();
+    ports.dedup();
+    assert_eq!(ports.len(), 1, "{reqs:?}");
+    let gzip = &reqs[8];
     assert!(
         gzip["headers"]["accept-encoding"]
             .as_str()
