@@ -260,6 +260,9 @@ class _ResponseRaw(io.RawIOBase):
         ex = self.ex
         ex.wait(self.sock.gettimeout())
         resp = ex.response
+        if resp is None:
+            # The exchange was given up (a timeout, a closed connection).
+            raise http.client.RemoteDisconnected("Remote end closed connection without response")
         status = resp.status()
         fields = resp.headers()
         try:

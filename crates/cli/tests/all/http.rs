@@ -624,3 +624,29 @@ fn bad_ca_cert_files_are_usage_errors() {
         assert!(r.stderr.contains(want), "{}", r.stderr);
     }
 }
+
+#[test]
+fn a_rust_guest_uses_wasi_http_under_the_same_rules() {
+    let server = Server::start(Tls::Trusted);
+    let url = format!("https://localhost:{}/hello", server.port);
+    let ok = run(
+        &[&grant(server.port), &ca_flag()],
+        &probe(P2),
+        &["http", &url],
+    );
+    assert_eq!(ok.stdout, "ok: 200 hello over http\n", "{}", ok.stderr);
+    let refused = run(&[&ca_flag()], &probe(P2), &["http", &url]);
+    assert_eq!(
+        refused.stdout, "err: Other: http error ErrorCode::HttpRequestDenied\n",
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("hint: --allow-net=localhost:{}", server.port)),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(server.paths(), ["/hello"]);
+}

@@ -46,6 +46,7 @@ fn main() {
         }
         "connect" => connect(&a(2)),
         "lookup" => lookup(&a(2)),
+        "http" => http_get(&a(2)),
         "listen" => std::net::TcpListener::bind(a(2))
             .map(|l| format!("listening on {}", l.local_addr().unwrap())),
         "alloc" => {
@@ -117,4 +118,48 @@ fn lookup(name: &str) -> std::io::Result<String> {
         .map(|a| a.ip().to_string())
         .collect();
     Ok(addrs.join(","))
+}
+
+/// GET a URL through `wasi:http/outgoing-handler` (WASI 0.2).
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+fn http_get(url: &str) -> std::io::Result<String> {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+    let bad = |m: String| std::io::Error::other(m);
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad(format!("not a URL: {url}")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let req = OutgoingRequest::new(Fields::new());
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    req.set_scheme(Some(&scheme)).unwrap();
+    req.set_authority(Some(authority)).unwrap();
+    req.set_path_with_query(Some(path)).unwrap();
+    let fut = outgoing_handler::handle(req, None).map_err(|e| bad(format!("{e:?}")))?;
+    fut.subscribe().block();
+    let resp = fut
+        .get()
+        .expect("ready")
+        .expect("first get")
+        .map_err(|e| bad(format!("http error {e:?}")))?;
+    let status = resp.status();
+    let body = resp.consume().expect("body");
+    let stream = body.stream().expect("stream");
+    let mut out = Vec::new();
+    while let Ok(chunk) = stream.blocking_read(65536) {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(format!("{status} {}", String::from_utf8_lossy(&out).trim()))
+}
+
+#[cfg(not(all(target_os = "wasi", target_env = "p2")))]
+fn http_get(_url: &str) -> std::io::Result<String> {
+    Err(std::io::Error::other("wasi:http needs WASI 0.2"))
 }
