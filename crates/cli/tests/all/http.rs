@@ -160,6 +160,21 @@ fn grant(port: u16) -> String {
     format!("--allow-net=localhost:{port}")
 }
 
+/// Runs `code` with requests on `--python-path`, the test CA trusted, and
+/// `port` granted on localhost, plus `extra` flags.
+fn with_requests(port: u16, extra: &[&str], code: &str, args: &[&str]) -> Run {
+    let (_g, d) = scratch();
+    let mut flags = vec![
+        grant(port),
+        // Trusting the test CA does not make any other CA trusted.
+        ca_flag(),
+        format!("--python-path={}", s(&requests_dir())),
+    ];
+    flags.extend(extra.iter().map(|f| f.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    py_script(&d, &flags, "t.py", code, args)
+}
+
 const URLLIB: &str = r#"
 import json, sys, urllib.request
 base = sys.argv[1]
@@ -297,20 +312,8 @@ print("status", s.get(base + "/status/503", timeout=10).status_code)
 #[test]
 fn requests_https_session() {
     let server = Server::start(Tls::Trusted);
-    let (_g, d) = scratch();
-    let pkgs = requests_dir();
     let base = format!("https://localhost:{}", server.port);
-    let r = py_script(
-        &d,
-        &[
-            &grant(server.port),
-            &ca_flag(),
-            &format!("--python-path={}", s(&pkgs)),
-        ],
-        "r.py",
-        REQUESTS,
-        &[&base],
-    );
+    let r = with_requests(server.port, &[], REQUESTS, &[&base]);
     assert_eq!(
         r.stdout,
         "get 200 {'ok': True, 'n': 42}\n\
@@ -434,8 +437,6 @@ fn no_grant_refuses_every_request() {
 #[test]
 fn untrusted_certificate_is_refused() {
     let server = Server::start(Tls::Rogue);
-    let (_g, d) = scratch();
-    let pkgs = requests_dir();
     let code = r#"
 import sys, urllib.request, requests
 url = sys.argv[1]
@@ -452,15 +453,9 @@ try:
 except requests.exceptions.SSLError as e:
     print("verify=False still verified")
 "#;
-    let r = py_script(
-        &d,
-        &[
-            &grant(server.port),
-            // Trusting the test CA does not make the rogue one trusted.
-            &ca_flag(),
-            &format!("--python-path={}", s(&pkgs)),
-        ],
-        "t.py",
+    let r = with_requests(
+        server.port,
+        &[],
         code,
         &[&format!("https://localhost:{}/hello", server.port)],
     );
@@ -481,8 +476,6 @@ except requests.exceptions.SSLError as e:
 fn redirect_to_an_ungranted_server_is_refused_at_the_hop() {
     let first = Server::start(Tls::Trusted);
     let second = Server::start(Tls::Trusted);
-    let (_g, d) = scratch();
-    let pkgs = requests_dir();
     let code = r#"
 import sys, urllib.request, requests
 url = sys.argv[1]
@@ -496,14 +489,9 @@ except requests.exceptions.ConnectionError as e:
     print("requests ConnectionError")
 "#;
     let target = format!("https://localhost:{}/hello", second.port);
-    let r = py_script(
-        &d,
-        &[
-            &grant(first.port),
-            &ca_flag(),
-            &format!("--python-path={}", s(&pkgs)),
-        ],
-        "t.py",
+    let r = with_requests(
+        first.port,
+        &[],
         code,
         &[&format!(
             "https://localhost:{}/redirect?to={target}",
@@ -576,8 +564,6 @@ fn granted_name_resolving_to_a_private_address_needs_the_address() {
 #[test]
 fn a_stalled_server_hits_the_timeout() {
     let server = Server::start(Tls::Trusted);
-    let (_g, d) = scratch();
-    let pkgs = requests_dir();
     let code = r#"
 import socket, sys, urllib.request, requests
 url = sys.argv[1]
@@ -590,15 +576,9 @@ try:
 except requests.exceptions.ReadTimeout as e:
     print("requests ReadTimeout")
 "#;
-    let r = py_script(
-        &d,
-        &[
-            &grant(server.port),
-            &ca_flag(),
-            &format!("--python-path={}", s(&pkgs)),
-            "--timeout=60s",
-        ],
-        "t.py",
+    let r = with_requests(
+        server.port,
+        &["--timeout=60s"],
         code,
         &[&format!("https://localhost:{}/stall", server.port)],
     );
