@@ -563,7 +563,8 @@ if "HTTPSConnection" not in http.client.__all__:
 # HTTPS connection is a placeholder when ssl is missing. Patched as it is
 # imported.
 
-def _patch_urllib3(mod):
+def _patch_urllib3(run, mod):
+    run()
     base = mod.HTTPConnection
 
     def _new_conn(self):
@@ -595,7 +596,7 @@ def _patch_urllib3(mod):
     mod.VerifiedHTTPSConnection = HTTPSConnection
 
 
-def _quiet_ipv6_probe(run):
+def _quiet_ipv6_probe(run, module):
     """urllib3 probes for IPv6 by binding [::1]:0 as it is imported; capsa
     refuses binds not granted, and would print a denial for it on every
     run. The probe gets the answer it would get (no), quietly."""
@@ -607,10 +608,10 @@ def _quiet_ipv6_probe(run):
         socket.has_ipv6 = saved
 
 
-# Module name -> what runs its code (given a function that runs it).
+# Module name -> patch(run, module): runs the module's code by calling run().
 _PATCHES = {
-    "urllib3.connection": lambda run, module: (run(), _patch_urllib3(module)),
-    "urllib3.util.connection": lambda run, module: _quiet_ipv6_probe(run),
+    "urllib3.connection": _patch_urllib3,
+    "urllib3.util.connection": _quiet_ipv6_probe,
 }
 
 

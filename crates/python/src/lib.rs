@@ -38,21 +38,8 @@ const HTTP_PY: &str = include_str!("_capsa_http.py");
 const STDLIB_TAR_ZST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/python-lib.tar.zst"));
 include!(concat!(env!("OUT_DIR"), "/wit_files.rs"));
 
-/// `wasi:cli/exit@0.2.0` can only say success or failure; capsa's host
-/// also offers `capsa:python/process.exit-with-code`, so `sys.exit(3)` gives 3.
-const ROOT_WIT: &str = "package capsa:python;
-
-interface process {
-  /// Ends the run with this exit code.
-  exit-with-code: func(code: u8);
-}
-
-world command {
-  include wasi:cli/command@0.2.0;
-  import wasi:http/outgoing-handler@0.2.0;
-  import process;
-}
-";
+/// The root WIT package: the runtime's world and capsa's `process` interface.
+const ROOT_WIT: &str = include_str!("capsa.wit");
 
 /// A built runtime, ready to run.
 #[derive(Debug, Clone)]
@@ -85,11 +72,6 @@ fn key() -> String {
     h.update(env!("CAPSA_PYTHON_INPUTS").as_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(FORMAT.to_le_bytes());
-    // The sources that are part of this crate (the build script hashes the rest).
-    for text in [APP_PY, HTTP_PY, ROOT_WIT] {
-        h.update(text.len().to_le_bytes());
-        h.update(text.as_bytes());
-    }
     hex(&h.finalize()[..10])
 }
 

@@ -50,7 +50,8 @@ const POOL_PER_KEY: usize = 8;
 /// The run's HTTP client: policy, trust and the connection pool.
 pub struct HttpClient {
     guard: Arc<Guard>,
-    extra_roots: Vec<CertificateDer<'static>>,
+    /// The `--ca-cert` CAs, checked at start.
+    extra_roots: rustls::RootCertStore,
     tls: OnceLock<Arc<rustls::ClientConfig>>,
     pool: Mutex<HashMap<PoolKey, Vec<SendRequest<WasiBody>>>>,
 }
@@ -66,9 +67,9 @@ struct PoolKey {
 pub struct HttpHooks(pub Arc<HttpClient>);
 
 /// Reads the CA certificates given with `--ca-cert`; each file must hold at
-/// least one PEM certificate that can serve as a trust anchor.
-pub fn read_ca_certs(paths: &[PathBuf]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let mut out = Vec::new();
+/// least one PEM certificate, and each must serve as a trust anchor.
+pub fn read_ca_certs(paths: &[PathBuf]) -> Result<rustls::RootCertStore, String> {
+    let mut store = rustls::RootCertStore::empty();
     for path in paths {
         let bad = |why: String| format!("--ca-cert={}: {why}", path.display());
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
@@ -78,15 +79,13 @@ pub fn read_ca_certs(paths: &[PathBuf]) -> Result<Vec<CertificateDer<'static>>, 
         if certs.is_empty() {
             return Err(bad("no PEM certificate in the file".into()));
         }
-        let mut store = rustls::RootCertStore::empty();
-        for cert in &certs {
+        for cert in certs {
             store
-                .add(cert.clone())
+                .add(cert)
                 .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
         }
-        out.extend(certs);
     }
-    Ok(out)
+    Ok(store)
 }
 
 fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {
@@ -100,7 +99,7 @@ fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {
 }
 
 impl HttpClient {
-    pub fn new(guard: Arc<Guard>, extra_roots: Vec<CertificateDer<'static>>) -> Self {
+    pub fn new(guard: Arc<Guard>, extra_roots: rustls::RootCertStore) -> Self {
         HttpClient {
             guard,
             extra_roots,
@@ -114,12 +113,11 @@ impl HttpClient {
     fn tls_config(&self) -> Arc<rustls::ClientConfig> {
         self.tls
             .get_or_init(|| {
-                let mut roots = rustls::RootCertStore::empty();
+                let mut roots = self.extra_roots.clone();
                 // Certificates the system store has but rustls cannot use are
                 // skipped, as every other client of that store does.
                 let native = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(native.certs);
-                roots.add_parsable_certificates(self.extra_roots.iter().cloned());
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
                 let mut config = rustls::ClientConfig::builder_with_provider(provider)
                     .with_safe_default_protocol_versions()
