@@ -5,6 +5,13 @@
 //! `[v6]:port`. Names are matched at lookup; at connect only addresses that
 //! the host itself resolved for a granted name in this run are allowed for
 //! that name, so a guest cannot smuggle an address past a name rule.
+//!
+//! Only global unicast addresses are public. Any other (loopback, private,
+//! link-local, metadata, ...; an IPv6 address carrying an IPv4 one is judged
+//! as that) is reached only through a rule that names it: `localhost`, its
+//! IP, or a network inside its range. A wider network (`0.0.0.0/1`) grants
+//! only the public addresses in it; [`NetPolicy::warnings`] says what it
+//! leaves out. Deny rules cover every address in them.
 
 use crate::{PolicyError, Verdict};
 use std::fmt;
