@@ -184,6 +184,15 @@ pub(crate) fn resolve_grant(
     if host.is_empty() {
         return Err(err("empty path".into()));
     }
+    // What cannot be typed or shown safely is refused, not mangled.
+    if spec.chars().any(char::is_control) {
+        return Err(err("the path contains a control character".into()));
+    }
+    if guest.is_some_and(|g| g.contains("::")) {
+        return Err(err(
+            "one :: separates the host path from the guest path".into()
+        ));
+    }
     let host_abs = normalize_host(&cwd.join(host));
     let resolved = resolver
         .resolve(&host_abs)
@@ -420,5 +429,18 @@ mod tests {
         assert!(resolve_grant("data::rel", Access::Read, cwd, &FakeFs).is_err());
         assert!(resolve_grant("data::/a/../b", Access::Read, cwd, &FakeFs).is_err());
         assert!(resolve_grant("", Access::Read, cwd, &FakeFs).is_err());
+        // Regression: a guest path must be one clean absolute path.
+        for bad in [
+            "data::/a\nb",
+            "data::/a\0b",
+            "data::/a::/b",
+            "::/x",
+            "da\x1bta",
+        ] {
+            assert!(
+                resolve_grant(bad, Access::Read, cwd, &FakeFs).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -71,6 +71,8 @@ pub enum PolicyError {
     Fuel { input: String },
     #[error("invalid path grant {input:?}: {reason}")]
     Path { input: String, reason: String },
+    #[error("empty item in {list} {input:?}")]
+    EmptyItem { list: String, input: String },
     #[error("invalid policy file: {0}")]
     Toml(String),
 }

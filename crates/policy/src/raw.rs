@@ -98,7 +98,9 @@ impl RawPolicy {
     }
 
     /// Makes the relative paths of a policy file relative to its directory,
-    /// as a user who moves the file with its data would expect.
+    /// as a user who moves the file with its data would expect. Each item
+    /// of a comma-separated entry is rebased, and only its host part
+    /// (before `::`).
     pub fn rebase(&mut self, dir: &Path) {
         for list in [
             &mut self.allow_read,
@@ -106,12 +108,62 @@ impl RawPolicy {
             &mut self.deny_read,
             &mut self.deny_write,
         ] {
-            for spec in list.iter_mut() {
-                if !spec.starts_with('/') && !spec.is_empty() {
-                    *spec = format!("{}", dir.join(&*spec).display());
+            let items: Vec<String> = list
+                .iter()
+                .flat_map(|entry| entry.split(','))
+                .map(|item| {
+                    let item = item.trim();
+                    let (host, guest) = match item.split_once("::") {
+                        Some((h, g)) => (h, Some(g)),
+                        None => (item, None),
+                    };
+                    // An empty item or host stays empty, to be refused.
+                    let host = if host.is_empty() || host.starts_with('/') {
+                        host.to_string()
+                    } else {
+                        dir.join(host).display().to_string()
+                    };
+                    match guest {
+                        Some(g) => format!("{host}::{g}"),
+                        None => host,
+                    }
+                })
+                .collect();
+            *list = items;
+        }
+    }
+
+    /// Refuses an empty item in any list (`a,,b`, a trailing comma, `""`):
+    /// a typo must not silently grant or deny less than was written.
+    fn check_items(&self) -> Result<(), PolicyError> {
+        let lists: [(&str, &Vec<String>); 8] = [
+            ("allow-read", &self.allow_read),
+            ("allow-write", &self.allow_write),
+            ("deny-read", &self.deny_read),
+            ("deny-write", &self.deny_write),
+            ("allow-net", &self.allow_net),
+            ("deny-net", &self.deny_net),
+            ("allow-listen", &self.allow_listen),
+            ("allow-env", &self.allow_env),
+        ];
+        for (name, list) in lists {
+            for entry in list {
+                if entry.split(',').any(|i| i.trim().is_empty()) {
+                    return Err(PolicyError::EmptyItem {
+                        list: name.to_string(),
+                        input: entry.clone(),
+                    });
                 }
             }
         }
+        for k in self.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(PolicyError::EnvAssign {
+                    input: format!("{k}=..."),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Adds `other` on top of `self`: grants add up, and a limit given in
@@ -135,6 +187,7 @@ impl RawPolicy {
 
     /// Checks every rule and resolves every path against `cwd`.
     pub fn resolve(&self, cwd: &Path, resolver: &dyn PathResolver) -> Result<Policy, PolicyError> {
+        self.check_items()?;
         Ok(Policy {
             fs: self.resolve_fs(cwd, resolver)?,
             net: NetPolicy {
@@ -301,6 +354,32 @@ mod tests {
         assert_eq!(p.limits.memory, 256 << 20);
         assert_eq!(p.limits.fuel, Some(1_000_000));
         assert_eq!(p.limits.max_output, Some(1 << 20));
+    }
+
+    // Regression: only the first item of "a, b" was rebased, so
+    // `deny-read = ["data/a, data/b"]` missed data/b; "::/x" granted the
+    // file's own folder; `[env]` keys with `=` and empty items passed.
+    #[test]
+    fn policy_file_items_are_each_rebased_and_checked() {
+        let mut p = RawPolicy::from_toml(
+            "deny-read = [\"data/a, data/b\"]\nallow-read = [\"in::/g\", \"/abs\"]",
+        )
+        .unwrap();
+        p.rebase(Path::new("/etc/app"));
+        assert_eq!(p.deny_read, ["/etc/app/data/a", "/etc/app/data/b"]);
+        assert_eq!(p.allow_read, ["/etc/app/in::/g", "/abs"]);
+        let mut p = RawPolicy::from_toml("allow-read = [\"::/x\"]").unwrap();
+        p.rebase(Path::new("/etc/app"));
+        assert!(p.resolve(Path::new("/"), &Fs).is_err(), "{p:?}");
+        for bad in [
+            "allow-read = [\"a,,b\"]",
+            "allow-net = [\"x.org,\"]",
+            "deny-write = [\"\"]",
+            "[env]\n\"A=B\" = \"c\"",
+        ] {
+            let p = RawPolicy::from_toml(bad).unwrap();
+            assert!(p.resolve(Path::new("/"), &Fs).is_err(), "{bad}");
+        }
     }
 
     #[test]

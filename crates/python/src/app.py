@@ -139,8 +139,11 @@ def _main(inv):
     mode = inv["mode"]
     sys.argv[:] = inv["argv"]
     path0 = inv.get("path0")
+    # Only the standard library is kept from the snapshot's path: its other
+    # entries (/0, /world, /bundled) would make a granted data folder of that
+    # name an import directory.
     sys.path[:] = ([path0] if path0 is not None else []) + inv.get("path", []) + [
-        p for p in _SNAPSHOT_PATH if p != "/0" and not p.startswith("/python/lib")
+        p for p in _SNAPSHOT_PATH if p == "/python"
     ]
     namespace = None
     if mode == "version":

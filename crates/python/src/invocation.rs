@@ -205,8 +205,10 @@ impl Invocation {
                 Mode::Script(_) => file
                     .and_then(|f| f.rsplit_once('/'))
                     .map(|(dir, _)| if dir.is_empty() { "/" } else { dir }.to_string()),
-                Mode::Module(_) => Some(cwd.unwrap_or("").to_string()),
-                _ => Some(String::new()),
+                // Natively "": the working directory. Here only when it is
+                // granted: "" would be the guest's `/`, where a data folder
+                // granted as `/yaml` would become importable.
+                _ => cwd.map(str::to_string),
             }
         };
         json!({

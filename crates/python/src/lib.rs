@@ -87,6 +87,11 @@ pub fn runtime_dir(cache_root: &Path) -> PathBuf {
 /// The runtime, if a complete and intact one is in the cache.
 pub fn cached(cache_root: &Path, code: Option<&CodeCache>) -> Option<Runtime> {
     let dir = runtime_dir(cache_root);
+    // Every later run imports this standard library: only a tree that no
+    // one else could have written is used.
+    if !capsa_sandbox::load::trusted(cache_root, &dir.join("lib")) {
+        return None;
+    }
     let manifest: Manifest =
         serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
     let rt = Runtime {
@@ -127,7 +132,15 @@ pub fn build(
         msg: e.to_string(),
     };
     create_private_dir(&parent).map_err(io)?;
-    let lock = fs::File::create(parent.join(format!("{}.lock", key()))).map_err(io)?;
+    if !capsa_sandbox::load::trusted(cache_root, &parent) {
+        return Err(io(std::io::Error::other(
+            "it or a directory above it (up to the cache root) belongs to another user, is a link, or others may write it",
+        )));
+    }
+    let lock_path = parent.join(format!("{}.lock", key()));
+    let lock = capsa_sandbox::load::create_new_private(&lock_path)
+        .or_else(|_| capsa_sandbox::load::open_nofollow(&lock_path))
+        .map_err(io)?;
     if lock.try_lock().is_err() {
         progress("capsa: waiting for another capsa to finish preparing Python...");
         lock.lock().map_err(io)?;

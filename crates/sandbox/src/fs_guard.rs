@@ -8,12 +8,14 @@
 //! every refusal the host sees, with the flag that would allow it.
 
 use crate::Guard;
+use crate::fs_area::{Areas, Base, Domain, Ident, Refusal};
+use crate::fs_walk::{self, Resolved, Start, Stop};
 use crate::report::Kind;
 use capsa_policy::{FsOp, Verdict, join_guest_checked, strip_guest_prefix};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use wasmtime::component::{HasData, Resource};
-use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
+use wasmtime_wasi::filesystem::{Descriptor as HostDescriptorObj, WasiFilesystemCtxView};
 use wasmtime_wasi::p2::FsResult;
 use wasmtime_wasi::p2::bindings::filesystem::preopens;
 use wasmtime_wasi::p2::bindings::filesystem::types::ErrorCode as FsErrorCode;
@@ -44,17 +46,10 @@ impl Preopen {
             None => guest.to_string(),
         }
     }
-
-    fn allows_name(&self, guest: &str) -> bool {
-        match &self.only {
-            None => true,
-            Some(names) => strip_guest_prefix(guest, &self.guest)
-                .is_some_and(|rel| names.iter().any(|n| n == rel)),
-        }
-    }
 }
 
-/// Which preopen, and which guest path, each open descriptor stands for.
+/// What each open descriptor is: the object, its domain, and its guest
+/// path (for messages only: decisions are made on the object).
 #[derive(Default)]
 pub struct FsTracker {
     descriptors: HashMap<u32, Tracked>,
@@ -65,6 +60,9 @@ pub struct FsTracker {
 struct Tracked {
     guest: String,
     preopen: usize,
+    ident: Ident,
+    domain: Domain,
+    depth: usize,
 }
 
 pub struct GuardedFs<'a> {
@@ -79,13 +77,38 @@ impl HasData for GuardedFsData {
     type Data<'a> = GuardedFs<'a>;
 }
 
+/// What an operation needs of the object a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Read,
+    /// Change the object (write, truncate, times), or create it.
+    Write,
+    /// Read and change it: the source of a rename or a hard link.
+    ReadWrite,
+    /// Change the name: remove it, rename onto it, make it. The directory
+    /// changes too, and a pinned directory keeps its name.
+    Name,
+}
+
+impl Need {
+    fn op(self) -> FsOp {
+        match self {
+            Need::Read => FsOp::Read,
+            _ => FsOp::Write,
+        }
+    }
+}
+
 /// A path operation that passed capsa's checks.
 struct Checked {
-    guest: String,
-    /// `guest` as the user knows it.
+    /// `None` when the walk stopped early: wasmtime-wasi fails the same way.
+    r: Option<Resolved>,
+    /// The path as the user knows it.
     shown: String,
+    /// The guest path, folded as text: for messages and later ones.
+    guest: String,
     preopen: usize,
-    op: FsOp,
+    need: Need,
     verb: &'static str,
 }
 
@@ -93,139 +116,330 @@ fn not_permitted<T>() -> FsResult<T> {
     Err(FsErrorCode::NotPermitted.into())
 }
 
-/// Resolves links in `host` as far as it exists: the file itself, or its
-/// directory plus the name for something about to be created.
-fn resolve_host(host: &Path) -> (PathBuf, bool) {
-    if let Ok(c) = std::fs::canonicalize(host) {
-        return (c, true);
-    }
-    match (host.parent(), host.file_name()) {
-        (Some(parent), Some(name)) => match std::fs::canonicalize(parent) {
-            Ok(p) => (p.join(name), false),
-            Err(_) => (host.to_path_buf(), false),
-        },
-        _ => (host.to_path_buf(), false),
-    }
+#[cfg(unix)]
+fn ident_of_file(f: &std::fs::File) -> std::io::Result<Ident> {
+    let st = rustix::fs::fstat(f)?;
+    Ok((st.st_dev as u64, st.st_ino as u64))
 }
 
 impl GuardedFs<'_> {
-    fn deny(&self, verb: &str, target: &str, reason: String, hint: Option<String>) {
-        let verdict = Verdict::Deny {
-            rule: None,
-            reason,
-            hint,
-        };
+    fn areas(&self) -> &Areas {
+        &self.guard.areas
+    }
+
+    fn deny(
+        &self,
+        verb: &str,
+        target: &str,
+        reason: String,
+        rule: Option<String>,
+        hint: Option<String>,
+    ) {
+        let verdict = Verdict::Deny { rule, reason, hint };
         self.guard
             .reporter
             .verdict(Kind::Fs, verb, target, &verdict);
     }
 
-    /// Decides one path operation relative to the descriptor `dir`.
-    /// `Ok(None)`: not a descriptor capsa knows; wasmtime-wasi alone decides.
-    fn check(
-        &mut self,
-        dir: u32,
-        path: &str,
-        op: FsOp,
-        verb: &'static str,
-    ) -> FsResult<Option<Checked>> {
-        let Some(t) = self.tracker.descriptors.get(&dir) else {
-            return Ok(None);
+    /// The host path, as a flag would name it, of the guest path `guest` in `pre`.
+    fn flag_path(&self, pre: &Preopen, guest: &str) -> String {
+        let Some(rel) = strip_guest_prefix(guest, &pre.guest) else {
+            return guest.to_string();
         };
-        let preopen_idx = t.preopen;
-        let pre = &self.guard.preopens[preopen_idx];
-        let (guest, escaped) = join_guest_checked(&t.guest, path);
-        let shown = pre.show(&guest);
-        if escaped {
-            let reason = format!("the path leaves the granted directory {}", pre.shown);
-            let hint = format!("{}={shown}", op.flag());
-            self.deny(verb, &shown, reason, Some(hint));
-            return not_permitted();
-        }
-        let rel = strip_guest_prefix(&guest, &pre.guest).unwrap_or("");
         let host = if rel.is_empty() {
             pre.host.clone()
         } else {
             pre.host.join(rel)
         };
-        let denied_reading = |p: &Path| {
-            self.guard
-                .policy
-                .fs
-                .deny_read
-                .iter()
-                .any(|d| p.starts_with(d))
+        let shown = pre.show(guest);
+        if host.to_str() == Some(shown.as_str()) {
+            shown
+        } else {
+            format!("{}::{shown}", host.display())
+        }
+    }
+
+    /// Reports why `need` is refused on `shown` and returns the error.
+    fn refuse<T>(
+        &self,
+        why: Refusal,
+        parent: Option<Domain>,
+        c: (&str, &str, usize, Need),
+        exists: bool,
+    ) -> FsResult<T> {
+        let (verb, guest, preopen, need) = c;
+        let pre = &self.guard.preopens[preopen];
+        let shown = pre.show(guest);
+        // A new name is granted by its directory; an existing one by itself.
+        let hint_target = if exists || need == Need::Read {
+            guest.to_string()
+        } else {
+            guest
+                .rsplit_once('/')
+                .map(|(d, _)| if d.is_empty() { "/" } else { d })
+                .unwrap_or(guest)
+                .to_string()
         };
-        if rel.is_empty()
-            && pre.only.is_some()
-            && (verb == "stat" || verb == "read")
-            && !denied_reading(&pre.host)
+        let why = match (why, parent.map(|d| d.base)) {
+            (Refusal::Outside, Some(Base::Holder(p))) => Refusal::OnlyFiles(p),
+            (w, _) => w,
+        };
+        match why {
+            Refusal::Denied(j) => {
+                let rule = &self.areas().denies[j];
+                let flag = (!rule.own).then(|| {
+                    let name = if rule.all {
+                        "--deny-read"
+                    } else {
+                        "--deny-write"
+                    };
+                    format!("{name}={}", rule.host.display())
+                });
+                self.deny(verb, &shown, rule.why.clone(), flag, None);
+            }
+            Refusal::ReadOnly(g) => {
+                let grant = &self.guard.policy.fs.grants[g];
+                let reason = format!("{} is granted read-only", grant.guest);
+                let hint = format!("--allow-write={}", self.flag_path(pre, &hint_target));
+                self.deny(verb, &shown, reason, Some(grant.flag()), Some(hint));
+            }
+            Refusal::OnlyFiles(p) => {
+                let holder = &self.guard.preopens[p];
+                let names = holder.only.as_deref().unwrap_or_default().join(", ");
+                let reason = format!("only {names} is granted in {}", holder.shown);
+                let hint = format!("{}={}", need.op().flag(), self.flag_path(pre, guest));
+                self.deny(verb, &shown, reason, None, Some(hint));
+            }
+            Refusal::Outside => {
+                let hint = format!("{}={}", need.op().flag(), self.flag_path(pre, &hint_target));
+                self.deny(
+                    verb,
+                    &shown,
+                    "outside every granted path".into(),
+                    None,
+                    Some(hint),
+                );
+            }
+        }
+        not_permitted()
+    }
+
+    /// Decides whether `need` may be done to what `r` found.
+    fn decide(&self, r: &Resolved, need: Need) -> Result<(), (Refusal, Option<Domain>)> {
+        let a = self.areas();
+        let parent = Some(r.parent.domain);
+        let on = |res: Result<(), Refusal>| res.map_err(|w| (w, parent));
+        match need {
+            Need::Read => on(a.may_read(r.domain)),
+            Need::Write => on(a.may_write(r.domain)),
+            Need::ReadWrite => {
+                on(a.may_read(r.domain))?;
+                on(a.may_write(r.domain))
+            }
+            Need::Name => {
+                if r.name.is_some() {
+                    on(a.may_write(r.parent.domain))?;
+                }
+                on(a.may_write(r.domain))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Walks `path` from the descriptor `fd` and checks `need` on what it
+    /// reaches. A descriptor capsa did not see opened is refused.
+    fn check(
+        &mut self,
+        fd: &Resource<Descriptor>,
+        path: &str,
+        follow: bool,
+        need: Need,
+        verb: &'static str,
+    ) -> FsResult<Checked> {
+        let Some(t) = self.tracker.descriptors.get(&fd.rep()) else {
+            return not_permitted();
+        };
+        let preopen = t.preopen;
+        let pre = &self.guard.preopens[preopen];
+        let (guest, _) = join_guest_checked(&t.guest, path);
+        let dir = match self.inner.table.get(fd)? {
+            HostDescriptorObj::Dir(d) => d.dir.clone(),
+            HostDescriptorObj::File(_) => return Err(FsErrorCode::NotDirectory.into()),
+        };
+        let start = Start {
+            dir,
+            ident: t.ident,
+            domain: t.domain,
+            depth: t.depth,
+        };
+        let r = match fs_walk::resolve(self.areas(), start, path, follow) {
+            Ok(r) => r,
+            Err(Stop::Escape { via_link }) => {
+                let shown = pre.show(&guest);
+                let reason = if via_link {
+                    format!("a link leads outside {}", pre.shown)
+                } else {
+                    format!("the path leaves the granted directory {}", pre.shown)
+                };
+                let hint = (!via_link).then(|| format!("{}={shown}", need.op().flag()));
+                self.deny(verb, &shown, reason, None, hint);
+                return not_permitted();
+            }
+            Err(Stop::Missing { at, domain }) => {
+                // The kernel will fail this; refuse first where even trying
+                // is not granted, so a failure never tells what exists there.
+                let a = self.areas();
+                let res = match need {
+                    Need::Read => a.may_read(domain),
+                    _ => a.may_read(domain).and(a.may_write(domain)),
+                };
+                if let Err(w) = res {
+                    return self.refuse(w, Some(at.domain), (verb, &guest, preopen, need), false);
+                }
+                return Ok(Checked {
+                    r: None,
+                    shown: pre.show(&guest),
+                    guest,
+                    preopen,
+                    need,
+                    verb,
+                });
+            }
+            Err(Stop::Io(e)) => return Err(e.into()),
+        };
+        if let Err((w, parent)) = self.decide(&r, need) {
+            return self.refuse(w, parent, (verb, &guest, preopen, need), r.target.is_some());
+        }
+        if need == Need::Name
+            && let Some(t) = r.target
+            && let Some(what) = self.areas().pinned(t.ident)
         {
-            // The directory holding granted files may be stat'ed and opened
-            // read-only: a listing of it shows only the granted names (see
-            // `read_directory`), and paths through the new descriptor are
-            // checked here again. An import system stats and lists a
-            // script's directory before anything else.
-            let verdict = Verdict::Allow {
-                rule: format!("a granted file is in {}", pre.shown),
+            let shown = pre.show(&guest);
+            let reason = format!("it holds {what}, which must keep its name");
+            self.deny(verb, &shown, reason, None, None);
+            return not_permitted();
+        }
+        if self.guard.reporter.audits() {
+            let rule = match r.domain.base {
+                Base::Grant(g) => self.guard.policy.fs.grants[g].flag(),
+                _ => format!("a granted file is in {}", pre.shown),
             };
+            let shown = pre.show(&guest);
             self.guard
                 .reporter
-                .verdict(Kind::Fs, verb, &shown, &verdict);
-            return Ok(Some(Checked {
-                guest,
-                shown,
-                preopen: preopen_idx,
-                op,
-                verb,
-            }));
+                .verdict(Kind::Fs, verb, &shown, &Verdict::Allow { rule });
         }
-        if !pre.allows_name(&guest) {
-            let names = pre.only.as_deref().unwrap_or_default().join(", ");
-            let reason = format!("only {names} is granted in {}", pre.shown);
-            let hint = format!("{}={}", op.flag(), host.display());
-            self.deny(verb, &shown, reason, Some(hint));
-            return not_permitted();
-        }
-        let (canonical, exists) = resolve_host(&host);
-        let mut verdict = self.guard.policy.fs.decide(&canonical, op, exists);
-        if let Verdict::Deny {
-            rule: None, reason, ..
-        } = &mut verdict
-            && !canonical.starts_with(&pre.host)
-        {
-            *reason = format!("a link leads outside {}", pre.shown);
-        }
-        self.guard
-            .reporter
-            .verdict(Kind::Fs, verb, &shown, &verdict);
-        if !verdict.is_allowed() {
-            return not_permitted();
-        }
-        Ok(Some(Checked {
+        Ok(Checked {
+            r: Some(r),
+            shown: pre.show(&guest),
             guest,
-            shown,
-            preopen: preopen_idx,
-            op,
+            preopen,
+            need,
             verb,
-        }))
+        })
+    }
+
+    /// Refuses moving or linking `src` to `dst` when it would change which
+    /// rules hold for it: out of a read-only or denied area, or into one.
+    fn same_domain(&self, src: &Checked, dst: &Checked) -> FsResult<()> {
+        let (Some(s), Some(d)) = (&src.r, &dst.r) else {
+            return Ok(());
+        };
+        let Some(obj) = s.target else {
+            return Ok(());
+        };
+        let there = match &d.name {
+            Some(_) => self.areas().enter(d.parent.domain, obj.ident),
+            None => d.domain,
+        };
+        if there != s.domain || (obj.is_dir && s.name.is_none()) {
+            let reason = "it would move between areas with different grants".to_string();
+            self.deny(src.verb, &src.shown, reason, None, None);
+            return not_permitted();
+        }
+        Ok(())
+    }
+
+    /// The checks of [`Need::Name`] on a source already checked for
+    /// reading and writing: its directory changes, and a pinned object
+    /// keeps its name.
+    fn also_name(&self, c: Checked) -> FsResult<Checked> {
+        let Some(r) = &c.r else {
+            return Ok(c);
+        };
+        if r.name.is_some()
+            && let Err(w) = self.areas().may_write(r.parent.domain)
+        {
+            return self.refuse(w, None, (c.verb, &c.guest, c.preopen, Need::Name), true);
+        }
+        let pinned = r.target.and_then(|t| self.areas().pinned(t.ident));
+        if r.name.is_none() || pinned.is_some() {
+            let reason = match pinned {
+                Some(what) => format!("it holds {what}, which must keep its name"),
+                None => "a directory cannot be renamed through its own path".into(),
+            };
+            self.deny(c.verb, &c.shown, reason, None, None);
+            return not_permitted();
+        }
+        Ok(c)
+    }
+
+    /// What a link that is about to be moved points to.
+    fn link_target(&self, c: &Checked) -> FsResult<Option<String>> {
+        let Some(r) = &c.r else {
+            return Ok(None);
+        };
+        match (&r.target, &r.name) {
+            (Some(t), Some(name)) if t.is_link => {
+                let target = rustix::fs::readlinkat(r.parent.dir.fd(), name.as_str(), Vec::new())
+                    .map_err(std::io::Error::from)?;
+                Ok(Some(target.to_string_lossy().into_owned()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Refuses a link whose target climbs out of the grant where it is made.
+    fn link_stays_inside(&self, dst: &Checked, target: &str) -> FsResult<()> {
+        let Some(d) = &dst.r else {
+            return Ok(());
+        };
+        if fs_walk::link_leaves_grant(target, d.parent.depth) {
+            let pre = &self.guard.preopens[dst.preopen];
+            let reason = format!("the link would point outside {}", pre.shown);
+            self.deny(dst.verb, &dst.shown, reason, None, None);
+            return not_permitted();
+        }
+        Ok(())
     }
 
     /// Reports a refusal that wasmtime-wasi made after capsa's own checks passed.
-    fn after<T>(&self, checked: &Option<Checked>, result: FsResult<T>) -> FsResult<T> {
-        if let (Some(c), Err(e)) = (checked, &result)
+    fn after<T>(&self, c: &Checked, result: FsResult<T>) -> FsResult<T> {
+        if let Err(e) = &result
             && matches!(e.downcast_ref(), Some(FsErrorCode::NotPermitted))
         {
             let pre = &self.guard.preopens[c.preopen];
-            let reason = if c.op == FsOp::Write && !pre.writable {
-                format!("{} is granted read-only", pre.shown)
-            } else {
-                format!("refused inside {}", pre.shown)
-            };
-            let hint = format!("{}={}", c.op.flag(), c.shown);
-            self.deny(c.verb, &c.shown, reason, Some(hint));
+            let reason = format!("refused inside {}", pre.shown);
+            let hint = format!("{}={}", c.need.op().flag(), c.shown);
+            self.deny(c.verb, &c.shown, reason, None, Some(hint));
         }
         result
+    }
+
+    /// The object a new descriptor is open on.
+    fn opened_ident(&mut self, fd: &Resource<Descriptor>) -> FsResult<Ident> {
+        let file = match self.inner.table.get(fd)? {
+            HostDescriptorObj::Dir(d) => d.dir.clone(),
+            HostDescriptorObj::File(f) => f.file.clone(),
+        };
+        Ok(ident_of_file(&file)?)
+    }
+
+    fn tracked_domain(&self, fd: &Resource<Descriptor>) -> Option<(Domain, usize, String)> {
+        self.tracker
+            .descriptors
+            .get(&fd.rep())
+            .map(|t| (t.domain, t.preopen, t.guest.clone()))
     }
 }
 
@@ -239,20 +453,23 @@ impl preopens::Host for GuardedFs<'_> {
         // wasmtime-wasi returns preopens in the order they were added, which
         // is the order of `Guard::preopens`.
         for (i, (fd, guest)) in dirs.iter().enumerate() {
-            if self
-                .guard
-                .preopens
-                .get(i)
-                .is_some_and(|p| &p.guest == guest)
-            {
-                self.tracker.descriptors.insert(
-                    fd.rep(),
-                    Tracked {
-                        guest: guest.clone(),
-                        preopen: i,
-                    },
-                );
-            }
+            let Some(pre) = self.guard.preopens.get(i).filter(|p| &p.guest == guest) else {
+                continue;
+            };
+            let ident = self.opened_ident(fd).map_err(|e| {
+                wasmtime::format_err!("cannot identify the granted directory {}: {e:?}", pre.shown)
+            })?;
+            let domain = self.guard.areas.domain_of_path(&pre.host);
+            self.tracker.descriptors.insert(
+                fd.rep(),
+                Tracked {
+                    guest: guest.clone(),
+                    preopen: i,
+                    ident,
+                    domain,
+                    depth: 0,
+                },
+            );
         }
         Ok(dirs)
     }
@@ -307,6 +524,19 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         a: fs::NewTimestamp,
         m: fs::NewTimestamp,
     ) -> FsResult<()> {
+        // Changing times needs no write access to the open file, only to
+        // where it is.
+        let Some((domain, preopen, guest)) = self.tracked_domain(&fd) else {
+            return not_permitted();
+        };
+        if let Err(w) = self.areas().may_write(domain) {
+            return self.refuse(
+                w,
+                None,
+                ("change times of", &guest, preopen, Need::Write),
+                true,
+            );
+        }
         fs::HostDescriptor::set_times(&mut self.inner, fd, a, m)
     }
 
@@ -327,15 +557,17 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         &mut self,
         fd: Resource<Descriptor>,
     ) -> FsResult<Resource<DirectoryEntryStream>> {
-        let filtered = self
-            .tracker
-            .descriptors
-            .get(&fd.rep())
-            .filter(|t| {
-                let pre = &self.guard.preopens[t.preopen];
-                pre.only.is_some() && t.guest == pre.guest
-            })
-            .map(|t| t.preopen);
+        let Some((domain, preopen, guest)) = self.tracked_domain(&fd) else {
+            return not_permitted();
+        };
+        if let Err(w) = self.areas().may_read(domain) {
+            return self.refuse(w, None, ("list", &guest, preopen, Need::Read), true);
+        }
+        // A directory holding granted files lists only them.
+        let filtered = match domain.base {
+            Base::Holder(p) => Some(p),
+            _ => None,
+        };
         let stream = fs::HostDescriptor::read_directory(&mut self.inner, fd)?;
         if let Some(p) = filtered {
             self.tracker.filtered_streams.insert(stream.rep(), p);
@@ -348,7 +580,7 @@ impl fs::HostDescriptor for GuardedFs<'_> {
     }
 
     fn create_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
-        let c = self.check(fd.rep(), &path, FsOp::Write, "create directory")?;
+        let c = self.check(&fd, &path, false, Need::Name, "create directory")?;
         let r = fs::HostDescriptor::create_directory_at(&mut self.inner, fd, path);
         self.after(&c, r)
     }
@@ -363,7 +595,8 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         pf: PathFlags,
         path: String,
     ) -> FsResult<fs::DescriptorStat> {
-        let c = self.check(fd.rep(), &path, FsOp::Read, "stat")?;
+        let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
+        let c = self.check(&fd, &path, follow, Need::Read, "stat")?;
         let r = fs::HostDescriptor::stat_at(&mut self.inner, fd, pf, path);
         self.after(&c, r)
     }
@@ -376,7 +609,8 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         a: fs::NewTimestamp,
         m: fs::NewTimestamp,
     ) -> FsResult<()> {
-        let c = self.check(fd.rep(), &path, FsOp::Write, "change times of")?;
+        let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
+        let c = self.check(&fd, &path, follow, Need::Write, "change times of")?;
         let r = fs::HostDescriptor::set_times_at(&mut self.inner, fd, pf, path, a, m);
         self.after(&c, r)
     }
@@ -389,13 +623,16 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         new_fd: Resource<Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
-        // A hard link makes the file writable wherever the new name is, so
-        // the source must be writable too.
-        self.check(fd.rep(), &old_path, FsOp::Write, "link from")?;
-        let c = self.check(new_fd.rep(), &new_path, FsOp::Write, "link to")?;
+        // A hard link is a second name for the same file: the source is
+        // read and written wherever the new name is, so it must be both
+        // here, and stay under the same rules there.
+        let follow = old_pf.contains(PathFlags::SYMLINK_FOLLOW);
+        let src = self.check(&fd, &old_path, follow, Need::ReadWrite, "link from")?;
+        let dst = self.check(&new_fd, &new_path, false, Need::Name, "link to")?;
+        self.same_domain(&src, &dst)?;
         let r =
             fs::HostDescriptor::link_at(&mut self.inner, fd, old_pf, old_path, new_fd, new_path);
-        self.after(&c, r)
+        self.after(&dst, r)
     }
 
     fn open_at(
@@ -406,27 +643,62 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         oflags: OpenFlags,
         flags: DescriptorFlags,
     ) -> FsResult<Resource<Descriptor>> {
-        let writes = flags.contains(DescriptorFlags::WRITE)
-            || oflags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE)
-            || flags.contains(DescriptorFlags::MUTATE_DIRECTORY);
-        let (op, verb) = if writes {
-            (FsOp::Write, "write to")
-        } else {
-            (FsOp::Read, "read")
+        let writes = flags.intersects(DescriptorFlags::WRITE | DescriptorFlags::MUTATE_DIRECTORY)
+            || oflags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE);
+        let reads = flags.contains(DescriptorFlags::READ) || !writes;
+        let (need, verb) = match (reads, writes) {
+            (true, true) => (Need::ReadWrite, "read and write"),
+            (false, true) => (Need::Write, "write to"),
+            _ => (Need::Read, "read"),
         };
-        let c = self.check(fd.rep(), &path, op, verb)?;
+        let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
+        let c = self.check(&fd, &path, follow, need, verb)?;
         let r = fs::HostDescriptor::open_at(&mut self.inner, fd, pf, path, oflags, flags);
-        let r = self.after(&c, r);
-        if let (Ok(new), Some(c)) = (&r, c) {
-            self.tracker.descriptors.insert(
-                new.rep(),
-                Tracked {
-                    guest: c.guest,
-                    preopen: c.preopen,
-                },
+        let new = self.after(&c, r)?;
+        // Decide on what was opened: it must be what the walk found.
+        let ident = match self.opened_ident(&new) {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = fs::HostDescriptor::drop(&mut self.inner, new);
+                return Err(e);
+            }
+        };
+        let Some(res) = &c.r else {
+            // The walk stopped where the kernel should have failed.
+            let _ = fs::HostDescriptor::drop(&mut self.inner, new);
+            return not_permitted();
+        };
+        if res.target.is_some_and(|t| t.ident != ident) {
+            let _ = fs::HostDescriptor::drop(&mut self.inner, new);
+            self.deny(
+                verb,
+                &c.shown,
+                "it changed while being opened".into(),
+                None,
+                None,
             );
+            return not_permitted();
         }
-        r
+        let domain = match (res.target, &res.name) {
+            (Some(_), _) | (None, None) => res.domain,
+            (None, Some(_)) => self.areas().enter(res.parent.domain, ident),
+        };
+        let depth = match (&res.name, self.areas().is_grant_root(ident)) {
+            (_, true) => 0,
+            (None, false) => res.parent.depth,
+            (Some(_), false) => res.parent.depth + 1,
+        };
+        self.tracker.descriptors.insert(
+            new.rep(),
+            Tracked {
+                guest: c.guest.clone(),
+                preopen: c.preopen,
+                ident,
+                domain,
+                depth,
+            },
+        );
+        Ok(new)
     }
 
     fn drop(&mut self, fd: Resource<Descriptor>) -> wasmtime::Result<()> {
@@ -435,13 +707,13 @@ impl fs::HostDescriptor for GuardedFs<'_> {
     }
 
     fn readlink_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<String> {
-        let c = self.check(fd.rep(), &path, FsOp::Read, "read link")?;
+        let c = self.check(&fd, &path, false, Need::Read, "read link")?;
         let r = fs::HostDescriptor::readlink_at(&mut self.inner, fd, path);
         self.after(&c, r)
     }
 
     fn remove_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
-        let c = self.check(fd.rep(), &path, FsOp::Write, "remove")?;
+        let c = self.check(&fd, &path, false, Need::Name, "remove")?;
         let r = fs::HostDescriptor::remove_directory_at(&mut self.inner, fd, path);
         self.after(&c, r)
     }
@@ -453,20 +725,28 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         new_fd: Resource<Descriptor>,
         new: String,
     ) -> FsResult<()> {
-        self.check(fd.rep(), &old, FsOp::Write, "rename")?;
-        let c = self.check(new_fd.rep(), &new, FsOp::Write, "rename to")?;
+        // The source is read as well as written: what it holds goes on
+        // being readable under its new name.
+        let src = self.check(&fd, &old, false, Need::ReadWrite, "rename")?;
+        let src = self.also_name(src)?;
+        let dst = self.check(&new_fd, &new, false, Need::Name, "rename to")?;
+        self.same_domain(&src, &dst)?;
+        if let Some(target) = self.link_target(&src)? {
+            self.link_stays_inside(&dst, &target)?;
+        }
         let r = fs::HostDescriptor::rename_at(&mut self.inner, fd, old, new_fd, new);
-        self.after(&c, r)
+        self.after(&dst, r)
     }
 
     fn symlink_at(&mut self, fd: Resource<Descriptor>, src: String, dest: String) -> FsResult<()> {
-        let c = self.check(fd.rep(), &dest, FsOp::Write, "create link")?;
+        let c = self.check(&fd, &dest, false, Need::Name, "create link")?;
+        self.link_stays_inside(&c, &src)?;
         let r = fs::HostDescriptor::symlink_at(&mut self.inner, fd, src, dest);
         self.after(&c, r)
     }
 
     fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
-        let c = self.check(fd.rep(), &path, FsOp::Write, "remove")?;
+        let c = self.check(&fd, &path, false, Need::Name, "remove")?;
         let r = fs::HostDescriptor::unlink_file_at(&mut self.inner, fd, path);
         self.after(&c, r)
     }
@@ -512,7 +792,8 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         pf: PathFlags,
         path: String,
     ) -> FsResult<fs::MetadataHashValue> {
-        let c = self.check(fd.rep(), &path, FsOp::Read, "stat")?;
+        let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
+        let c = self.check(&fd, &path, follow, Need::Read, "stat")?;
         let r = fs::HostDescriptor::metadata_hash_at(&mut self.inner, fd, pf, path);
         self.after(&c, r)
     }

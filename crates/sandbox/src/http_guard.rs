@@ -339,9 +339,21 @@ impl HttpClient {
             .and_then(|inner| inner.downcast_ref::<rustls::Error>());
         match rustls_error {
             Some(rustls::Error::InvalidCertificate(why)) => {
+                // Only an unknown issuer is fixed by trusting a CA; a
+                // certificate for another name, or expired, is not.
+                let by_ca = matches!(
+                    why,
+                    rustls::CertificateError::UnknownIssuer
+                        | rustls::CertificateError::BadSignature
+                );
                 let reason = format!(
-                    "the certificate of {} is not trusted: {why}",
-                    display_authority(&key.host, key.port)
+                    "the certificate of {} is not trusted: {why}{}",
+                    display_authority(&key.host, key.port),
+                    if by_ca {
+                        "; --ca-cert=FILE trusts the PEM certificate of the CA that signed it"
+                    } else {
+                        ""
+                    }
                 );
                 self.guard.reporter.record(&Decision {
                     kind: Kind::Net,
@@ -350,7 +362,7 @@ impl HttpClient {
                     allowed: false,
                     rule: None,
                     reason: Some(&reason),
-                    hint: Some("--ca-cert=FILE (the PEM certificate of the CA that signed it)"),
+                    hint: by_ca.then_some("--ca-cert=FILE"),
                 });
                 Error::TlsCertificateError
             }

@@ -6,7 +6,9 @@
 //! in the standard adapter first (see [`load`]), so one implementation of
 //! WASI, with one set of checks in front of it, serves both.
 
+mod fs_area;
 mod fs_guard;
+mod fs_walk;
 mod http_guard;
 pub mod load;
 mod net_guard;
@@ -58,6 +60,8 @@ pub struct Guard {
     pub policy: Policy,
     pub reporter: Reporter,
     preopens: Vec<Preopen>,
+    /// Which rules hold for which objects on the host.
+    areas: fs_area::Areas,
     /// Addresses the host resolved for granted names in this run.
     resolved: Mutex<HashMap<IpAddr, Vec<String>>>,
 }
@@ -151,37 +155,74 @@ impl WasiHttpView for HostState {
     }
 }
 
-/// Caps each linear memory at `--memory` and remembers that the guest hit it,
-/// so the crash that usually follows is reported as the limit it is.
+/// Caps the guest's linear memories together at `--memory`, its tables
+/// together at [`MAX_TABLE_ELEMENTS`], and how many instances, memories and
+/// tables it may make; remembers that the guest hit a cap, so the crash that
+/// usually follows is reported as the limit it is.
 struct MemoryLimiter {
     memory: u64,
+    /// Bytes of every linear memory the guest holds.
+    total: u64,
+    /// Elements of every table the guest holds.
+    elements: usize,
     hit: bool,
 }
 
-/// Table elements a guest may hold; a table bomb costs host memory too.
+/// Table elements a guest may hold in all; a table bomb costs host memory too.
 const MAX_TABLE_ELEMENTS: usize = 4 << 20;
+
+/// Instances, memories and tables one guest may make. CPython's component
+/// uses a few dozen instances and a handful of memories; many more would
+/// only serve to hold host memory outside the limits.
+const MAX_INSTANCES: usize = 1000;
+const MAX_MEMORIES: usize = 100;
+const MAX_TABLES: usize = 1000;
+
+/// Resources (descriptors, streams, HTTP fields...) a guest may hold at
+/// once in the host's table: each costs host memory.
+const MAX_RESOURCES: usize = 100_000;
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = desired as u64 <= self.memory;
+        let total = (self.total + desired as u64).saturating_sub(current as u64);
+        let ok = total <= self.memory;
+        if ok {
+            self.total = total;
+        }
         self.hit |= !ok;
         Ok(ok)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = desired <= MAX_TABLE_ELEMENTS;
+        let total = (self.elements + desired).saturating_sub(current);
+        let ok = total <= MAX_TABLE_ELEMENTS;
+        if ok {
+            self.elements = total;
+        }
         self.hit |= !ok;
         Ok(ok)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
@@ -282,8 +323,13 @@ fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError
         .filter_map(|p| {
             let rel = strip_guest_prefix(&p.guest, cwd.filter(|c| *c != "/")?)?;
             let alias = format!("/{rel}");
-            // A real mount at that path wins; so does the grant of `cwd` itself.
-            (!rel.is_empty() && !out.iter().any(|o| o.guest == alias)).then(|| Preopen {
+            // A real mount at that path wins; so does the grant of `cwd`
+            // itself. An alias never appears inside a real mount either:
+            // `python/json` below the working directory must not replace the
+            // standard library's `json` at /python/json.
+            let inside =
+                |o: &Preopen| o.guest != "/" && strip_guest_prefix(&alias, &o.guest).is_some();
+            (!rel.is_empty() && !out.iter().any(inside)).then(|| Preopen {
                 guest: alias,
                 ..p.clone()
             })
@@ -312,6 +358,21 @@ pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
 }
 
 fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
+    // The time limit covers loading and compiling too: a program crafted to
+    // compile slowly must not hold the host past it.
+    let finished = Arc::new(AtomicBool::new(false));
+    // However this function ends, the watchdog stands down.
+    struct Finish(Arc<AtomicBool>);
+    impl Drop for Finish {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let _finish = Finish(finished.clone());
+    let early_reporter = Arc::new(std::sync::OnceLock::<Arc<Guard>>::new());
+    if let Some(t) = config.policy.limits.timeout {
+        start_watchdog(t, finished.clone(), early_reporter.clone());
+    }
     let engine = engine(config.policy.limits.fuel.is_some())?;
     let program = load::Program::read(&config.program, config.cache.as_ref())?;
     let component = match &config.cache {
@@ -328,10 +389,21 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
     let limits = config.policy.limits;
     let ca_certs = http_guard::read_ca_certs(&config.ca_certs).map_err(RunError::Policy)?;
     let preopens = preopens(&config.policy, config.cwd.as_deref())?;
+    let own = own_dirs(&config)?;
+    let areas = fs_area::Areas::build(&config.policy, &preopens, &own)
+        .map_err(|e| RunError::Setup(format!("cannot look at the granted paths: {e}")))?;
+    let reporter = Reporter::new(config.quiet, config.audit);
+    for rule in areas.own_inside(&config.policy) {
+        reporter.note(&format!(
+            "{} stays out of the program's reach: it holds capsa's own files",
+            rule.host.display()
+        ));
+    }
     let guard = Arc::new(Guard {
-        reporter: Reporter::new(config.quiet, config.audit),
+        reporter,
         policy: config.policy,
         preopens,
+        areas,
         resolved: Mutex::new(HashMap::new()),
     });
 
@@ -376,19 +448,31 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
 
     let mut linker = Linker::<HostState>::new(&engine);
     link(&mut linker).map_err(|e| RunError::Setup(format!("cannot set up WASI: {e:#}")))?;
+    // A program that imports what capsa lacks cannot be loaded (126); it
+    // is not a crash.
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::UnknownImport {
+            path: config.program.clone(),
+            import: format!("{e:#}"),
+        })?;
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
 
     let mut store = Store::new(
         &engine,
         HostState {
             wasi: WasiState {
                 ctx: b.build(),
-                table: ResourceTable::new(),
+                table,
             },
             fs: FsTracker::default(),
             lookups: LookupTracker::default(),
             guard: guard.clone(),
             limiter: MemoryLimiter {
                 memory: limits.memory,
+                total: 0,
+                elements: 0,
                 hit: false,
             },
             http: WasiHttpCtx::new(),
@@ -401,17 +485,12 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
             .set_fuel(fuel)
             .map_err(|e| RunError::Setup(format!("cannot set fuel: {e:#}")))?;
     }
-    let finished = Arc::new(AtomicBool::new(false));
-    if let Some(t) = limits.timeout {
-        start_watchdog(t, finished.clone(), guard.clone());
-    }
+    let _ = early_reporter.set(guard.clone());
 
-    let result = linker
-        .instantiate(&mut store, &component)
-        .and_then(|instance| {
-            let command = wasmtime_wasi::p2::bindings::sync::Command::new(&mut store, &instance)?;
-            command.wasi_cli_run().call_run(&mut store)
-        });
+    let result = pre.instantiate(&mut store).and_then(|instance| {
+        let command = wasmtime_wasi::p2::bindings::sync::Command::new(&mut store, &instance)?;
+        command.wasi_cli_run().call_run(&mut store)
+    });
     finished.store(true, Ordering::SeqCst);
     let outcome = outcome(result, &store, &budget, &limits);
     if let Outcome::Limit { message, .. } = &outcome {
@@ -419,6 +498,30 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
     }
     guard.reporter.flush();
     Ok(outcome)
+}
+
+/// capsa's own directories, which no grant reaches: the cache holds code
+/// capsa runs natively and the Python that every later run imports. Made
+/// now if a grant holds where it will be, so that it is marked as an object
+/// and not only as a name.
+fn own_dirs(config: &RunConfig) -> Result<Vec<PathBuf>, RunError> {
+    let Some(cache) = &config.cache else {
+        return Ok(Vec::new());
+    };
+    let dir = cache.dir();
+    let inside_grant = config
+        .policy
+        .fs
+        .grants
+        .iter()
+        .any(|g| g.kind == GrantKind::Dir && dir.starts_with(&g.host));
+    if inside_grant {
+        load::make_private_dir(dir)
+            .map_err(|e| RunError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    Ok(vec![
+        std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+    ])
 }
 
 fn guest_env(guard: &Guard) -> Vec<(String, String)> {
@@ -511,9 +614,15 @@ fn check_world(
     })
 }
 
-/// Ends the process at the deadline, wherever the guest is: running
-/// WebAssembly or blocked in a host call (a read, a sleep).
-fn start_watchdog(timeout: Duration, finished: Arc<AtomicBool>, guard: Arc<Guard>) {
+/// Ends the process at the deadline, wherever the guest is: being
+/// compiled, running WebAssembly or blocked in a host call (a read, a sleep).
+/// Nothing here may fail or panic: the limit holds even when capsa's own
+/// stderr is closed or full.
+fn start_watchdog(
+    timeout: Duration,
+    finished: Arc<AtomicBool>,
+    guard: Arc<std::sync::OnceLock<Arc<Guard>>>,
+) {
     std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -525,9 +634,12 @@ fn start_watchdog(timeout: Duration, finished: Arc<AtomicBool>, guard: Arc<Guard
         }
         if !finished.load(Ordering::SeqCst) {
             let message = timeout_message(timeout);
-            guard.reporter.limit(&message);
-            guard.reporter.flush();
-            eprintln!("capsa: {message}");
+            if let Some(guard) = guard.get() {
+                guard.reporter.limit(&message);
+                guard.reporter.flush();
+            }
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "capsa: {message}");
             std::process::exit(exit::TIMEOUT);
         }
     });

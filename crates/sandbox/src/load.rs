@@ -363,6 +363,11 @@ impl CodeCache {
         CodeCache { dir }
     }
 
+    /// The cache's root directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The default location: `$CAPSA_CACHE_DIR`, else `$XDG_CACHE_HOME/capsa`,
     /// else `~/.cache/capsa`.
     pub fn default_dir() -> Option<PathBuf> {
@@ -386,7 +391,7 @@ impl CodeCache {
     /// The digest recorded for this exact file version, if any.
     fn remembered_digest(&self, stamp: &str) -> Option<[u8; 32]> {
         let file = self.stamp_file(stamp);
-        if !trusted(&file) {
+        if !trusted(&self.dir, &file) {
             return None;
         }
         let text = std::fs::read(&file).ok()?;
@@ -399,7 +404,7 @@ impl CodeCache {
     fn remember_digest(&self, stamp: &str, digest: &[u8; 32]) {
         let mut record = stamp.as_bytes().to_vec();
         record.extend_from_slice(digest);
-        let _ = store(&self.stamp_file(stamp), &record);
+        let _ = store(&self.dir, &self.stamp_file(stamp), &record);
     }
 
     fn entry(&self, engine: &Engine, digest: &[u8; 32]) -> PathBuf {
@@ -422,7 +427,7 @@ impl CodeCache {
     pub fn load(&self, engine: &Engine, program: &Program) -> Result<Component, LoadError> {
         let path = program.path.as_path();
         let entry = self.entry(engine, &program.digest);
-        if trusted(&entry) {
+        if trusted(&self.dir, &entry) {
             // SAFETY: `trusted` checked that the file lies in a directory only
             // this user can write and was written by this user, which here
             // means by capsa through `store` below; wasmtime also checks the
@@ -440,7 +445,7 @@ impl CodeCache {
                 msg: format!("{e:#}"),
             })?;
         // A cache that cannot be written only costs speed.
-        let _ = store(&entry, &compiled);
+        let _ = store(&self.dir, &entry, &compiled);
         // SAFETY: these bytes were produced by `precompile_component` on this
         // same engine a moment ago.
         unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| LoadError::Invalid {
@@ -450,45 +455,93 @@ impl CodeCache {
     }
 }
 
-/// A cache file is used only if it and its directory belong to this user and
-/// nobody else can write them.
-fn trusted(entry: &Path) -> bool {
+/// A cache file is used only if it, its directory and every directory from
+/// the cache root down to it belong to this user, are not links, and nobody
+/// else can write them: then only this user (through capsa, whose guests
+/// never reach the cache) can have put it there.
+pub fn trusted(root: &Path, entry: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let uid = unsafe { libc_geteuid() };
+        let Ok(rel) = entry.strip_prefix(root) else {
+            return false;
+        };
+        let uid = rustix::process::geteuid().as_raw();
         let ok = |p: &Path| {
             std::fs::symlink_metadata(p).is_ok_and(|m| {
                 m.uid() == uid && m.mode() & 0o022 == 0 && !m.file_type().is_symlink()
             })
         };
-        ok(entry) && entry.parent().is_some_and(ok)
+        let mut cur = root.to_path_buf();
+        if !ok(&cur) {
+            return false;
+        }
+        for c in rel.components() {
+            cur.push(c);
+            if !ok(&cur) {
+                return false;
+            }
+        }
+        true
     }
     #[cfg(not(unix))]
     {
-        entry.is_file()
+        let _ = root;
+        entry.exists()
     }
 }
 
-#[cfg(unix)]
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-/// Writes `bytes` to `entry` atomically: a reader sees the whole file or none.
-fn store(entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = entry
-        .parent()
-        .ok_or_else(|| std::io::Error::other("no parent"))?;
+/// Creates `dir` and its missing parents, readable and writable by this
+/// user alone.
+pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)?;
+    builder.create(dir)
+}
+
+/// Creates a file that did not exist, never through a link: a link planted
+/// at the name must not make capsa write somewhere else.
+pub fn create_new_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    o.open(path)
+}
+
+/// Opens an existing file for writing, never through a link.
+pub fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    o.open(path)
+}
+
+/// Writes `bytes` to `entry` atomically: a reader sees the whole file or none.
+fn store(root: &Path, entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = entry
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent"))?;
+    make_private_dir(dir)?;
+    if !trusted(root, dir) {
+        return Err(std::io::Error::other("the cache directory is not private"));
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
     let tmp = dir.join(format!(
-        ".tmp-{}-{}",
+        ".tmp-{}-{nanos}-{}",
         std::process::id(),
         entry
             .file_name()
@@ -496,7 +549,7 @@ fn store(entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .unwrap_or("entry")
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = create_new_private(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, entry)

@@ -54,12 +54,23 @@ pub enum AuditSink {
 
 pub struct Reporter {
     quiet: bool,
+    auditing: bool,
     inner: Mutex<Inner>,
 }
 
+/// Distinct denial lines printed in one run; a guest varying a name must
+/// not flood the terminal or grow this set without end.
+const MAX_DENIAL_LINES: usize = 100;
+
+/// Bytes of audit log one run may write; a guest must not fill the disk.
+pub const MAX_AUDIT_BYTES: u64 = 64 << 20;
+
 struct Inner {
     seen: HashSet<(Kind, String, String)>,
+    /// Denials not printed because [`MAX_DENIAL_LINES`] were.
+    unshown: u64,
     audit: Option<std::io::BufWriter<Box<dyn Write + Send>>>,
+    audit_bytes: u64,
 }
 
 impl Reporter {
@@ -73,9 +84,12 @@ impl Reporter {
         });
         Reporter {
             quiet,
+            auditing: audit.is_some(),
             inner: Mutex::new(Inner {
                 seen: HashSet::new(),
+                unshown: 0,
                 audit,
+                audit_bytes: 0,
             }),
         }
     }
@@ -84,7 +98,7 @@ impl Reporter {
         // A poisoned lock only means another thread panicked mid-report; the
         // set and writer are still usable.
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = inner.audit.as_mut() {
+        if inner.audit.is_some() && inner.audit_bytes < MAX_AUDIT_BYTES {
             let line = serde_json::json!({
                 "time": timestamp(),
                 "kind": d.kind.as_str(),
@@ -94,26 +108,70 @@ impl Reporter {
                 "rule": d.rule,
                 "reason": d.reason,
             });
-            // Audit output failing (a full disk) must not kill the guest.
-            let _ = writeln!(w, "{line}");
+            let mut line = line.to_string();
+            line.push('\n');
+            inner.audit_bytes += line.len() as u64;
+            if inner.audit_bytes >= MAX_AUDIT_BYTES {
+                line = serde_json::json!({
+                    "time": timestamp(),
+                    "kind": "limit",
+                    "op": "reach",
+                    "target": format!("audit size limit of {} MiB; later decisions are not recorded", MAX_AUDIT_BYTES >> 20),
+                    "decision": "deny",
+                    "rule": null,
+                    "reason": null,
+                })
+                .to_string()
+                    + "\n";
+            }
+            if let Some(w) = inner.audit.as_mut() {
+                // Audit output failing (a full disk) must not kill the guest.
+                let _ = w.write_all(line.as_bytes());
+            }
         }
         // A limit is reported by the run's own closing message, not as a denial.
         if d.allowed || self.quiet || d.kind == Kind::Limit {
             return;
         }
         let key = (d.kind, d.op.to_string(), d.target.to_string());
-        if !inner.seen.insert(key) {
+        if inner.seen.contains(&key) {
             return;
         }
-        let mut msg = format!("capsa: denied: {} {}", d.op, d.target);
-        if let Some(r) = d.reason {
-            msg.push_str(&format!(" ({r})"));
+        if inner.seen.len() >= MAX_DENIAL_LINES {
+            inner.unshown += 1;
+            if inner.unshown == 1 {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(
+                    err,
+                    "capsa: further denials not shown (the first {MAX_DENIAL_LINES} were; --audit=FILE records them)"
+                );
+            }
+            return;
         }
-        if let Some(h) = d.hint {
+        inner.seen.insert(key);
+        // The target and the reason carry names the guest chose: escaped,
+        // they cannot move the cursor, erase lines or forge a line of capsa's.
+        let mut msg = format!("capsa: denied: {} {}", d.op, escape(d.target));
+        if let Some(r) = d.reason {
+            msg.push_str(&format!(" ({})", escape(r)));
+        }
+        if let Some(h) = d.hint.and_then(hint_text) {
             msg.push_str(&format!("\n  hint: {h}"));
         }
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{msg}");
+    }
+
+    /// Whether allowed decisions are recorded at all (`--audit`).
+    pub fn audits(&self) -> bool {
+        self.auditing
+    }
+
+    /// A one-line notice that is not a decision (said once, at start).
+    pub fn note(&self, message: &str) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr().lock(), "capsa: note: {}", escape(message));
+        }
     }
 
     /// Records a decision the policy made.
@@ -161,6 +219,44 @@ impl Reporter {
     }
 }
 
+/// `text` with every control and bidirectional-format character written as
+/// `\u{..}`: what reaches the terminal is what it says.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(bad) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if bad(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// A hint as the user may paste it: `--flag=VALUE` with the value quoted
+/// for the shell where it needs it, or no hint at all where the value could
+/// not be given as exactly one grant (a `,` splits a list; a control
+/// character cannot be typed).
+fn hint_text(hint: &str) -> Option<String> {
+    let (flag, value) = hint.split_once('=')?;
+    if value.contains(',') || value.chars().any(char::is_control) || escape(value) != value {
+        return None;
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._:@%+=-".contains(c);
+    if value.chars().all(plain) {
+        return Some(hint.to_string());
+    }
+    Some(format!("{flag}='{}'", value.replace('\'', "'\\''")))
+}
+
 /// RFC 3339 UTC with milliseconds, without pulling in a date crate.
 fn timestamp() -> String {
     let now = SystemTime::now()
@@ -189,6 +285,27 @@ fn timestamp() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn guest_text_is_escaped_and_hints_parse_as_one_grant() {
+        assert_eq!(super::escape("a\x1b[2Kb\r\n"), "a\\u{1b}[2Kb\\u{d}\\u{a}");
+        assert_eq!(super::escape("plain/ünï"), "plain/ünï");
+        assert_eq!(super::escape("x\u{202e}y"), "x\\u{202e}y");
+        let cases: &[(&str, Option<&str>)] = &[
+            ("--allow-read=/data/a.txt", Some("--allow-read=/data/a.txt")),
+            ("--allow-read=./x.py,/home,/root", None),
+            ("--allow-read=/a b", Some("--allow-read='/a b'")),
+            ("--allow-read=/it's", Some("--allow-read='/it'\\''s'")),
+            ("--allow-read=/a\nb", None),
+            (
+                "--allow-read=/$(rm -rf ~)",
+                Some("--allow-read='/$(rm -rf ~)'"),
+            ),
+        ];
+        for (hint, want) in cases {
+            assert_eq!(super::hint_text(hint).as_deref(), *want, "{hint}");
+        }
+    }
+
     #[test]
     fn timestamp_shape() {
         let t = super::timestamp();

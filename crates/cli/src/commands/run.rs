@@ -183,7 +183,29 @@ impl SandboxArgs {
 
 /// A raw policy resolved against the real file system.
 pub fn resolve(raw: RawPolicy, cwd: &Path) -> Result<Policy> {
-    Ok(raw.resolve(cwd, &HostFs)?)
+    let policy = raw.resolve(cwd, &HostFs)?;
+    refuse_own_files(&policy)?;
+    Ok(policy)
+}
+
+/// No grant may reach into capsa's cache: it holds code capsa runs
+/// natively and the Python every later run imports. (A grant that merely
+/// contains it is narrowed by the sandbox instead.)
+pub fn refuse_own_files(policy: &Policy) -> Result<()> {
+    let Some(cache) = CodeCache::default_dir() else {
+        return Ok(());
+    };
+    let cache = std::fs::canonicalize(&cache).unwrap_or(cache);
+    for g in &policy.fs.grants {
+        if g.host.starts_with(&cache) {
+            anyhow::bail!(
+                "{} is inside capsa's own cache {}, which no program may reach",
+                g.host.display(),
+                cache.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The working directory and the policy the flags give, or the exit code.
@@ -283,6 +305,11 @@ pub fn execute(
             }
         },
     };
+    if !sandbox.quiet {
+        for w in policy.net.warnings() {
+            say(&format!("capsa: note: {w}"));
+        }
+    }
     let config = RunConfig {
         argv0,
         program,
@@ -297,18 +324,31 @@ pub fn execute(
     match capsa_sandbox::run(config) {
         Ok(Outcome::Exited(code)) => code,
         Ok(Outcome::Limit { code, message }) => {
-            eprintln!("capsa: {message}");
+            say(&format!("capsa: {message}"));
             code
         }
         Ok(Outcome::Trapped(msg)) => {
-            eprintln!("capsa: the program crashed: {msg}");
+            say(&format!(
+                "capsa: the program crashed: {}",
+                capsa_sandbox::report::escape(&msg)
+            ));
             exit::TRAP
         }
         Err(e) => fail(e.exit_code(), e.into()),
     }
 }
 
+/// One line on stderr. Never panics: an exit code must reach the caller
+/// even when stderr is closed or full (`2>/dev/full`).
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 pub fn fail(code: i32, err: anyhow::Error) -> i32 {
-    eprintln!("capsa: error: {err:#}");
+    // Escaped line by line: an error quotes input (a path, a bundle's text).
+    let text = format!("{err:#}");
+    let lines: Vec<_> = text.lines().map(capsa_sandbox::report::escape).collect();
+    say(&format!("capsa: error: {}", lines.join("\n")));
     code
 }

@@ -1,0 +1,505 @@
+//! The escapes an independent review found in the fine-grained file rules
+//! (a read-only or denied area inside a writable grant, capsa's own cache
+//! inside a grant), each made for real by a Python guest: every open flag,
+//! hard links and renames, renames of an ancestor, links the guest makes
+//! itself followed by `..`, a descriptor kept while its name is re-pointed.
+//! Each test asserts the attempt failed and that nothing on the host changed.
+
+use crate::support::*;
+use std::path::Path;
+
+/// Runs `body` as a Python guest with `attempt(label, fn)` defined: each
+/// attempt prints `label: ok VALUE` or `label: err KIND`.
+fn attack(d: &Path, flags: &[&str], body: &str) -> Run {
+    let source = format!(
+        r#"
+import os, sys
+D = sys.argv[1]
+def attempt(label, fn):
+    try:
+        v = fn()
+        print(f"{{label}}: ok {{v!r}}")
+    except Exception as e:
+        print(f"{{label}}: err {{type(e).__name__}}")
+{body}
+"#
+    );
+    let script_dir = d.join("script");
+    std::fs::create_dir_all(&script_dir).unwrap();
+    py_script(&script_dir, flags, "attack.py", &source, &[s(d)])
+}
+
+/// Every attempt named in `labels` failed.
+fn all_failed(r: &Run, labels: &[&str]) {
+    for l in labels {
+        let line = r
+            .stdout
+            .lines()
+            .find(|x| x.starts_with(&format!("{l}: ")))
+            .unwrap_or_else(|| panic!("no attempt {l}: {}\n{}", r.stdout, r.stderr));
+        assert!(line.contains(": err "), "{line}\n{}", r.stderr);
+    }
+}
+
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::symlink_metadata(p).unwrap().modified().unwrap()
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (t, d) = scratch();
+    let w = d.join("w");
+    std::fs::create_dir_all(w.join("ro/sub")).unwrap();
+    std::fs::create_dir_all(w.join("proj/.git/hooks")).unwrap();
+    std::fs::write(w.join("ro/victim"), "KEEP").unwrap();
+    std::fs::write(w.join("secret.txt"), "TOP SECRET").unwrap();
+    std::fs::write(w.join("proj/.git/hooks/README"), "hooks").unwrap();
+    (t, d)
+}
+
+// Regression: --deny-read was not consulted for opens classed as writes
+// (`r+` gave a readable descriptor), nor for hard links and renames.
+#[test]
+fn deny_read_holds_for_every_open_flag_link_and_rename() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    let flags = [
+        format!("--allow-write={}", s(&w)),
+        format!("--deny-read={}", s(&w.join("secret.txt"))),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let before = tree(&w);
+    let r = attack(
+        &d,
+        &flags,
+        r#"
+S = D + "/w/secret.txt"
+for mode in ["r", "r+", "w", "w+", "a", "a+", "rb", "x"]:
+    attempt("open-" + mode, lambda: open(S, mode).read(5) if "r" in mode or "+" in mode else open(S, mode).close())
+for name, fl in [("rdwr", os.O_RDWR), ("wronly", os.O_WRONLY), ("trunc", os.O_WRONLY | os.O_TRUNC), ("creat", os.O_RDWR | os.O_CREAT), ("append", os.O_WRONLY | os.O_APPEND)]:
+    attempt("os-" + name, lambda: os.read(os.open(S, fl), 5) if fl & os.O_RDWR else os.open(S, fl))
+attempt("link", lambda: os.link(S, D + "/w/copy"))
+attempt("read-link", lambda: open(D + "/w/copy").read())
+attempt("rename", lambda: os.rename(S, D + "/w/moved"))
+attempt("read-moved", lambda: open(D + "/w/moved").read())
+attempt("remove", lambda: os.remove(S))
+attempt("stat", lambda: os.stat(S).st_size)
+attempt("utime", lambda: os.utime(S, (0, 0)))
+attempt("symlink-then-read", lambda: (os.symlink("secret.txt", D + "/w/alias"), open(D + "/w/alias").read()))
+"#,
+    );
+    all_failed(
+        &r,
+        &[
+            "open-r",
+            "open-r+",
+            "open-w",
+            "open-w+",
+            "open-a",
+            "open-a+",
+            "open-rb",
+            "open-x",
+            "os-rdwr",
+            "os-wronly",
+            "os-trunc",
+            "os-creat",
+            "os-append",
+            "link",
+            "read-link",
+            "rename",
+            "read-moved",
+            "remove",
+            "stat",
+            "utime",
+            "symlink-then-read",
+        ],
+    );
+    assert!(!r.stdout.contains("TOP"), "{}", r.stdout);
+    let after: Vec<_> = tree(&w)
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("alias"))
+        .collect();
+    assert_eq!(after, before, "the host changed: {}", r.stdout);
+}
+
+// Regression: renaming an ancestor of a protected path was a write to the
+// ancestor only, so `.git` could be moved away, its hooks written, and
+// moved back; or replaced by a new `.git` the next `git` run would use.
+#[test]
+fn renaming_an_ancestor_does_not_lift_a_deny() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    let flags = [
+        format!("--allow-write={}", s(&w)),
+        format!("--deny-write={}", s(&w.join("proj/.git/hooks"))),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let before = tree(&w);
+    let r = attack(
+        &d,
+        &flags,
+        r#"
+P = D + "/w/proj"
+attempt("direct", lambda: open(P + "/.git/hooks/pre-commit", "w").write("pwned"))
+attempt("rename-git", lambda: os.rename(P + "/.git", P + "/g2"))
+attempt("via-renamed", lambda: open(P + "/g2/hooks/pre-commit", "w").write("pwned"))
+attempt("rename-proj", lambda: os.rename(P, D + "/w/p2"))
+attempt("rename-hooks", lambda: os.rename(P + "/.git/hooks", P + "/.git/h2"))
+attempt("rmdir-git", lambda: os.rmdir(P + "/.git"))
+attempt("replace-git", lambda: (os.mkdir(D + "/w/empty"), os.rename(D + "/w/empty", P + "/.git")))
+attempt("rename-readme-out", lambda: os.rename(P + "/.git/hooks/README", P + "/README"))
+attempt("link-in", lambda: (open(D + "/w/evil", "w").write("pwned"), os.link(D + "/w/evil", P + "/.git/hooks/pre-commit")))
+attempt("rename-in", lambda: os.rename(D + "/w/evil", P + "/.git/hooks/pre-commit"))
+"#,
+    );
+    all_failed(
+        &r,
+        &[
+            "direct",
+            "rename-git",
+            "via-renamed",
+            "rename-proj",
+            "rename-hooks",
+            "rmdir-git",
+            "replace-git",
+            "rename-readme-out",
+            "link-in",
+            "rename-in",
+        ],
+    );
+    assert!(!w.join("proj/.git/hooks/pre-commit").exists());
+    let after: Vec<_> = tree(&w)
+        .into_iter()
+        .filter(|(n, _)| n != "empty/" && n != "evil")
+        .collect();
+    assert_eq!(after, before, "the host changed: {}", r.stdout);
+}
+
+// Regression: with `l -> ro/sub` made by the guest in a writable grant,
+// `l/../victim` was checked as `victim` and opened as `ro/victim`; and a
+// directory descriptor was tracked by its name, so re-pointing the name
+// after opening let writes through the descriptor land in `ro/`.
+#[test]
+fn links_the_guest_makes_and_kept_descriptors_stay_read_only() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    let flags = [
+        format!("--allow-write={}", s(&w)),
+        format!("--allow-read={}", s(&w.join("ro"))),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let before = tree(&w.join("ro"));
+    let victim_time = mtime(&w.join("ro/victim"));
+    let r = attack(
+        &d,
+        &flags,
+        r#"
+W = D + "/w"
+attempt("mklink", lambda: os.symlink("ro/sub", W + "/l"))
+attempt("dotdot-write", lambda: open(W + "/l/../victim", "w").write("pwned"))
+attempt("dotdot-trunc", lambda: os.open(W + "/l/../victim", os.O_WRONLY | os.O_TRUNC))
+def via_fd():
+    fd = os.open(W + "/l/..", os.O_RDONLY)
+    return os.open("victim", os.O_WRONLY | os.O_TRUNC, dir_fd=fd)
+attempt("dotdot-fd", via_fd)
+def repoint():
+    os.symlink("ro", W + "/l2")
+    fd = os.open(W + "/l2", os.O_RDONLY)
+    os.remove(W + "/l2")
+    os.mkdir(W + "/l2")
+    return os.open("victim", os.O_WRONLY | os.O_TRUNC, dir_fd=fd)
+attempt("repoint", repoint)
+attempt("new-in-ro", lambda: open(W + "/l/../planted", "w").write("x"))
+attempt("utime", lambda: os.utime(W + "/ro/victim", (0, 0)))
+def utime_fd():
+    fd = os.open(W + "/ro/victim", os.O_RDONLY)
+    os.utime(fd, (0, 0))
+attempt("utime-fd", utime_fd)
+attempt("rename-out", lambda: os.rename(W + "/ro/victim", W + "/mine"))
+attempt("link-out", lambda: os.link(W + "/ro/victim", W + "/mine2"))
+attempt("read-ok", lambda: open(W + "/l/../victim").read())
+"#,
+    );
+    all_failed(
+        &r,
+        &[
+            "dotdot-write",
+            "dotdot-trunc",
+            "dotdot-fd",
+            "repoint",
+            "new-in-ro",
+            "utime",
+            "utime-fd",
+            "rename-out",
+            "link-out",
+        ],
+    );
+    // Reading through the same path is granted, and works.
+    assert!(r.stdout.contains("read-ok: ok 'KEEP'"), "{}", r.stdout);
+    assert_eq!(tree(&w.join("ro")), before, "ro/ changed: {}", r.stdout);
+    assert_eq!(mtime(&w.join("ro/victim")), victim_time);
+}
+
+// Regression: a guest could leave a link whose relative target climbs out
+// of its grant; the next run (or any host tool) then followed it.
+#[test]
+fn links_made_by_the_guest_stay_inside_its_grant() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    std::fs::create_dir_all(d.join("victim")).unwrap();
+    std::fs::write(d.join("victim/config.json"), "{}").unwrap();
+    let flags = [format!("--allow-write={}", s(&w))];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let r = attack(
+        &d,
+        &flags,
+        r#"
+W = D + "/w"
+attempt("up", lambda: os.symlink("../victim/config.json", W + "/config.json"))
+attempt("abs", lambda: os.symlink("/etc/passwd", W + "/passwd"))
+attempt("deep-up", lambda: os.symlink("../../../victim", W + "/ro/sub/x"))
+attempt("dot-then-up", lambda: (os.symlink(".", W + "/self"), os.symlink("self/../victim", W + "/y")))
+attempt("inside", lambda: os.symlink("ro/victim", W + "/fine"))
+attempt("inside-up", lambda: os.symlink("../victim", W + "/proj/fine"))
+def move_up():
+    os.symlink("../secret.txt", W + "/proj/rel")
+    os.rename(W + "/proj/rel", W + "/rel")
+attempt("move-up", move_up)
+"#,
+    );
+    all_failed(&r, &["up", "abs", "deep-up", "dot-then-up", "move-up"]);
+    assert!(
+        r.stdout.contains("inside: ok"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stdout.contains("inside-up: ok"), "{}", r.stdout);
+    for name in ["config.json", "passwd", "y", "rel"] {
+        assert!(
+            std::fs::symlink_metadata(w.join(name)).is_err(),
+            "{name} was made: {}",
+            r.stdout
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(d.join("victim/config.json")).unwrap(),
+        "{}"
+    );
+}
+
+// Regression: a --deny-* path that did not exist yet was kept as text and
+// missed when an ancestor was a link; it could also simply be created.
+#[test]
+fn a_denied_path_that_does_not_exist_yet_cannot_be_made() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    std::fs::create_dir(w.join("real")).unwrap();
+    std::os::unix::fs::symlink("real", w.join("alias")).unwrap();
+    let flags = [
+        format!("--allow-write={}", s(&w)),
+        format!("--deny-read={}", s(&w.join("alias/.env"))),
+        format!("--deny-write={}", s(&w.join("later/deeper/file"))),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let r = attack(
+        &d,
+        &flags,
+        r#"
+W = D + "/w"
+attempt("env-real", lambda: open(W + "/real/.env", "w").write("x"))
+attempt("env-alias", lambda: open(W + "/alias/.env", "w").write("x"))
+attempt("later", lambda: os.makedirs(W + "/later/deeper"))
+attempt("later-rename", lambda: (os.mkdir(W + "/tmpdir"), os.rename(W + "/tmpdir", W + "/later")))
+attempt("other-ok", lambda: open(W + "/real/other", "w").write("x"))
+"#,
+    );
+    all_failed(&r, &["env-real", "env-alias", "later", "later-rename"]);
+    assert!(
+        r.stdout.contains("other-ok: ok"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(!w.join("real/.env").exists());
+    assert!(!w.join("later").exists());
+}
+
+// Regression: the lstat and readlink of a link answered differently when
+// its target existed on the host outside the grant: a file-existence oracle.
+#[test]
+fn links_out_of_a_grant_tell_nothing_about_the_host() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    std::fs::write(d.join("exists.txt"), "x").unwrap();
+    std::os::unix::fs::symlink("../exists.txt", w.join("a")).unwrap();
+    std::os::unix::fs::symlink("../missing.txt", w.join("b")).unwrap();
+    let flags = [format!("--allow-write={}", s(&w))];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let r = attack(
+        &d,
+        &flags,
+        r#"
+W = D + "/w"
+for n in "ab":
+    attempt("stat-" + n, lambda: os.stat(W + "/" + n))
+    attempt("lstat-" + n, lambda: os.lstat(W + "/" + n).st_size > 0)
+    attempt("exists-" + n, lambda: os.path.exists(W + "/" + n))
+"#,
+    );
+    let answer = |n: &str| -> Vec<String> {
+        let tag = format!("-{n}: ");
+        r.stdout
+            .lines()
+            .filter(|l| l.contains(&tag))
+            .map(|l| l.replacen(&tag, ": ", 1))
+            .collect()
+    };
+    assert_eq!(answer("a"), answer("b"), "{}", r.stdout);
+    assert_eq!(answer("a").len(), 3, "{}", r.stdout);
+}
+
+// Regression: capsa's cache (native code it loads unchecked, the Python
+// every later run imports) was writable by any guest granted $HOME.
+#[test]
+fn capsas_own_cache_is_out_of_reach_inside_a_grant() {
+    let (_g, d) = scratch();
+    let home = d.join("home");
+    let cache = home.join(".cache/capsa");
+    std::fs::create_dir_all(&home).unwrap();
+    let grant = format!("--allow-write={}", s(&home));
+    let with_cache = |args: &[&str]| -> Run {
+        capsa()
+            .env("CAPSA_CACHE_DIR", &cache)
+            .arg("run")
+            .arg(&grant)
+            .arg(probe(P2))
+            .args(args)
+            .output()
+            .expect("capsa runs")
+            .into()
+    };
+    // The first run compiles the probe into the cache.
+    let r = with_cache(&["hello"]);
+    assert_eq!(r.stdout, "ok: hello from wasm\n", "{}", r.stderr);
+    assert!(
+        r.stderr.contains("stays out of the program's reach"),
+        "{}",
+        r.stderr
+    );
+    let before = tree(&cache);
+    assert!(
+        before.iter().any(|(n, _)| n.ends_with(".cwasm")),
+        "{before:?}"
+    );
+    let code = before
+        .iter()
+        .find(|(n, _)| n.ends_with(".cwasm"))
+        .map(|(n, _)| cache.join(n))
+        .unwrap();
+    let attempts: Vec<Vec<String>> = vec![
+        vec!["write".into(), s(&code).into(), "pwned".into()],
+        vec![
+            "write".into(),
+            s(&cache.join("code/new.cwasm")).into(),
+            "x".into(),
+        ],
+        vec!["read".into(), s(&code).into()],
+        vec!["ls".into(), s(&cache).into()],
+        vec!["rm".into(), s(&code).into()],
+        vec![
+            "rename".into(),
+            s(&cache).into(),
+            s(&home.join("moved")).into(),
+        ],
+        vec![
+            "rename".into(),
+            s(&home.join(".cache")).into(),
+            s(&home.join("c2")).into(),
+        ],
+        vec!["mkdir".into(), s(&cache.join("python")).into()],
+    ];
+    for a in &attempts {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let r = with_cache(&a);
+        assert!(r.stdout.starts_with("err:"), "{a:?}: {}", r.stdout);
+        assert!(
+            r.stderr.contains("capsa's own files"),
+            "{a:?}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(tree(&cache), before, "the cache changed");
+    // A grant inside the cache is refused before anything runs.
+    let r: Run = capsa()
+        .env("CAPSA_CACHE_DIR", &cache)
+        .arg("run")
+        .arg(format!("--allow-read={}", s(&cache.join("code"))))
+        .arg(probe(P2))
+        .output()
+        .expect("capsa runs")
+        .into();
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("inside capsa's own cache"),
+        "{}",
+        r.stderr
+    );
+}
+
+// Regression: denial lines printed names the guest chose as they were, so
+// escape sequences redrew the terminal, and a comma in a name made a hint
+// that granted more than the name when pasted.
+#[test]
+fn denial_lines_escape_guest_names_and_hints_name_one_grant() {
+    let (_g, d) = scratch();
+    std::fs::write(d.join("granted.txt"), "g").unwrap();
+    let grant = format!("--allow-read={}", s(&d.join("granted.txt")));
+    let evil = format!("{}/x\u{1b}[2K\rcapsa: granted,/root", s(&d));
+    let r = run(&[&grant], &probe(P2), &["read", &evil]);
+    assert!(r.stdout.starts_with("err:"), "{}", r.stdout);
+    assert!(
+        !r.stderr.contains('\u{1b}') && !r.stderr.contains('\r'),
+        "{:?}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("\\u{1b}"), "{}", r.stderr);
+    assert!(!r.stderr.contains("hint:"), "{}", r.stderr);
+    let spaced = format!("{}/my file.txt", s(&d));
+    let r = run(&[&grant], &probe(P2), &["read", &spaced]);
+    assert!(
+        r.stderr.contains(&format!("hint: --allow-read='{spaced}'")),
+        "{}",
+        r.stderr
+    );
+}
+
+// Regression: every distinct denial was printed and remembered for the
+// whole run: a guest varying a name flooded the terminal and host memory.
+#[test]
+fn denial_lines_are_capped() {
+    let (_g, d) = scratch();
+    let r = attack(
+        &d,
+        &[],
+        r#"
+for i in range(2000):
+    try:
+        open(f"{D}/script/n{i}")
+    except OSError:
+        pass
+print("done")
+"#,
+    );
+    assert!(r.stdout.contains("done"), "{}", r.stderr);
+    let lines = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("capsa: denied:"))
+        .count();
+    assert!((1..=100).contains(&lines), "{lines} denial lines");
+    assert!(
+        r.stderr.contains("further denials not shown"),
+        "{}",
+        r.stderr
+    );
+}

@@ -1,0 +1,345 @@
+//! Which rules hold where, keyed by the objects themselves.
+//!
+//! A grant, a `--deny-*` path and capsa's own cache each mark one directory
+//! or file, identified by device and inode when the run starts. What holds
+//! for an object is decided while walking to it: entering a marked object
+//! applies its mark, so a rule follows its object through renames and hard
+//! links, and no spelling of a path (`..`, a link the guest made) reaches it
+//! without passing through it. The set of marks an object is under is its
+//! [`Domain`]; moving or linking anything between domains is refused.
+//!
+//! Names still matter to whatever reads these paths after the run (git runs
+//! `.git/hooks/pre-commit` by name; capsa finds its cache by name), so every
+//! directory on the way from a grant to a mark is pinned: it cannot be
+//! renamed, removed or replaced. A `--deny-*` path that does not exist yet
+//! marks its first missing name, which then cannot be created.
+
+use crate::fs_guard::Preopen;
+use capsa_policy::{Access, GrantKind, Policy};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Device and inode: what an object is, whatever it is called.
+pub type Ident = (u64, u64);
+
+#[cfg(unix)]
+pub fn ident_of(meta: &std::fs::Metadata) -> Ident {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// What the innermost grant on the way to an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Base {
+    /// Under no grant: the neighbours of a granted file.
+    Outside,
+    /// Index into `policy.fs.grants`.
+    Grant(usize),
+    /// The directory that holds granted files (index into the preopens):
+    /// it may be looked at and listed, showing only those files.
+    Holder(usize),
+}
+
+/// Every mark an object is under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Domain {
+    pub base: Base,
+    /// Index into [`Areas::denies`] of a rule that refuses all access.
+    pub deny_all: Option<usize>,
+    /// Index into [`Areas::denies`] of a rule that refuses changes.
+    pub deny_write: Option<usize>,
+}
+
+impl Domain {
+    const OUTSIDE: Domain = Domain {
+        base: Base::Outside,
+        deny_all: None,
+        deny_write: None,
+    };
+}
+
+/// A path nothing may read (or change) below, whatever is granted.
+#[derive(Debug, Clone)]
+pub struct DenyRule {
+    pub host: PathBuf,
+    /// Refuses reading too, not just changes.
+    pub all: bool,
+    /// What the user reads as the reason: `denied by --deny-read=/x`.
+    pub why: String,
+    /// capsa's own files: said once at start when a grant contains them.
+    pub own: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    Grant(usize),
+    Holder(usize),
+    Deny(usize),
+}
+
+/// Why an access is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Denied(usize),
+    ReadOnly(usize),
+    /// Only some files of this directory (a preopen index) are granted.
+    OnlyFiles(usize),
+    Outside,
+}
+
+#[derive(Debug, Default)]
+pub struct Areas {
+    marks: HashMap<Ident, Vec<Mark>>,
+    /// Marks of names that do not exist yet, by their directory.
+    pending: HashMap<(Ident, String), Vec<Mark>>,
+    /// Directories on the way to a mark: never renamed, removed or
+    /// replaced; with what they hold, for the message.
+    pinned: HashMap<Ident, String>,
+    pub denies: Vec<DenyRule>,
+    grant_access: Vec<Access>,
+}
+
+/// The longest existing ancestor of `path` (links resolved) and the first
+/// name below it that does not exist.
+fn existing_ancestor(path: &Path) -> Option<(PathBuf, Option<String>)> {
+    if let Ok(c) = std::fs::canonicalize(path) {
+        return Some((c, None));
+    }
+    let mut cur = path;
+    loop {
+        let name = cur.file_name()?.to_str()?.to_string();
+        let parent = cur.parent()?;
+        if let Ok(c) = std::fs::canonicalize(parent) {
+            return Some((c, Some(name)));
+        }
+        cur = parent;
+    }
+}
+
+impl Areas {
+    /// Marks every grant, file holder and denied path of `policy`, and
+    /// `own` (capsa's cache), as they are on the host now.
+    pub fn build(policy: &Policy, preopens: &[Preopen], own: &[PathBuf]) -> std::io::Result<Areas> {
+        let mut a = Areas {
+            grant_access: policy.fs.grants.iter().map(|g| g.access).collect(),
+            ..Areas::default()
+        };
+        let mut roots: Vec<(PathBuf, String)> = Vec::new();
+        for (i, g) in policy.fs.grants.iter().enumerate() {
+            let meta = std::fs::metadata(&g.host)?;
+            a.marks
+                .entry(ident_of(&meta))
+                .or_default()
+                .push(Mark::Grant(i));
+            roots.push((g.host.clone(), format!("the granted path {}", g.guest)));
+            debug_assert!(g.kind == GrantKind::File || meta.is_dir());
+        }
+        for (i, p) in preopens.iter().enumerate() {
+            if p.only.is_some() {
+                let meta = std::fs::metadata(&p.host)?;
+                a.marks
+                    .entry(ident_of(&meta))
+                    .or_default()
+                    .push(Mark::Holder(i));
+            }
+        }
+        let mut rules: Vec<DenyRule> = Vec::new();
+        for d in &policy.fs.deny_read {
+            rules.push(DenyRule {
+                host: d.clone(),
+                all: true,
+                why: format!("denied by --deny-read={}", d.display()),
+                own: false,
+            });
+        }
+        for d in &policy.fs.deny_write {
+            rules.push(DenyRule {
+                host: d.clone(),
+                all: false,
+                why: format!("denied by --deny-write={}", d.display()),
+                own: false,
+            });
+        }
+        for o in own {
+            rules.push(DenyRule {
+                host: o.clone(),
+                all: true,
+                why: format!("{} holds capsa's own files", o.display()),
+                own: true,
+            });
+        }
+        for rule in rules {
+            let j = a.denies.len();
+            let Some((base, missing)) = existing_ancestor(&rule.host) else {
+                a.denies.push(rule);
+                continue;
+            };
+            let meta = std::fs::metadata(&base)?;
+            match missing {
+                None => a
+                    .marks
+                    .entry(ident_of(&meta))
+                    .or_default()
+                    .push(Mark::Deny(j)),
+                Some(name) => {
+                    a.pending
+                        .entry((ident_of(&meta), name))
+                        .or_default()
+                        .push(Mark::Deny(j));
+                }
+            }
+            let what = if rule.own {
+                format!("capsa's own files ({})", rule.host.display())
+            } else {
+                format!("{}, which a --deny-* rule protects", rule.host.display())
+            };
+            roots.push((base, what));
+            a.denies.push(rule);
+        }
+        // Pin every directory from each preopen down to each mark.
+        for (root, what) in &roots {
+            for p in preopens {
+                let Ok(rel) = root.strip_prefix(&p.host) else {
+                    continue;
+                };
+                let mut cur = p.host.clone();
+                let mut pin = |p: &Path| {
+                    if let Ok(m) = std::fs::symlink_metadata(p) {
+                        a.pinned.entry(ident_of(&m)).or_insert_with(|| what.clone());
+                    }
+                };
+                pin(&cur);
+                for c in rel.components() {
+                    cur.push(c);
+                    pin(&cur);
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    /// The domain of the preopened directory `host`: every mark on its way
+    /// from `/` applies, but capsa's own: the standard library and a
+    /// bundle's files are granted read-only from inside the cache (no user
+    /// grant may be: the command line refuses it), and only walking into
+    /// the cache from a grant around it is refused.
+    pub fn domain_of_path(&self, host: &Path) -> Domain {
+        let mut d = Domain::OUTSIDE;
+        let mut cur = PathBuf::new();
+        for c in host.components() {
+            cur.push(c);
+            if let Ok(m) = std::fs::symlink_metadata(&cur) {
+                if let Base::Holder(_) = d.base {
+                    d.base = Base::Outside;
+                }
+                if let Some(marks) = self.marks.get(&ident_of(&m)) {
+                    let marks: Vec<Mark> = marks
+                        .iter()
+                        .copied()
+                        .filter(|m| !matches!(m, Mark::Deny(j) if self.denies[*j].own))
+                        .collect();
+                    self.apply(&mut d, &marks);
+                }
+            }
+        }
+        d
+    }
+
+    /// The domain of the object `ident`, entered from a directory in `parent`.
+    pub fn enter(&self, parent: Domain, ident: Ident) -> Domain {
+        let mut d = parent;
+        if let Base::Holder(_) = d.base {
+            d.base = Base::Outside;
+        }
+        if let Some(marks) = self.marks.get(&ident) {
+            self.apply(&mut d, marks);
+        }
+        d
+    }
+
+    /// The domain a new object named `name` in directory `dir` would have.
+    pub fn enter_new(&self, parent: Domain, dir: Ident, name: &str) -> Domain {
+        let mut d = parent;
+        if let Base::Holder(_) = d.base {
+            d.base = Base::Outside;
+        }
+        if let Some(marks) = self.pending.get(&(dir, name.to_string())) {
+            self.apply(&mut d, marks);
+        }
+        d
+    }
+
+    /// Whether entering `ident` resets the depth used to judge link targets.
+    pub fn is_grant_root(&self, ident: Ident) -> bool {
+        self.marks
+            .get(&ident)
+            .is_some_and(|m| m.iter().any(|m| matches!(m, Mark::Grant(_))))
+    }
+
+    fn apply(&self, d: &mut Domain, marks: &[Mark]) {
+        let mut grant: Option<usize> = None;
+        let mut holder = None;
+        for m in marks {
+            match *m {
+                // Two grants of one object: the wider access holds.
+                Mark::Grant(i) => {
+                    if grant.is_none_or(|g| self.grant_access[i] > self.grant_access[g]) {
+                        grant = Some(i);
+                    }
+                }
+                Mark::Holder(p) => holder = Some(p),
+                Mark::Deny(j) => {
+                    if self.denies[j].all {
+                        d.deny_all.get_or_insert(j);
+                    } else {
+                        d.deny_write.get_or_insert(j);
+                    }
+                }
+            }
+        }
+        if let Some(g) = grant {
+            d.base = Base::Grant(g);
+        } else if let (Some(p), Base::Outside) = (holder, d.base) {
+            d.base = Base::Holder(p);
+        }
+    }
+
+    /// What a pinned object holds, which keeps it where it is.
+    pub fn pinned(&self, ident: Ident) -> Option<&str> {
+        self.pinned.get(&ident).map(String::as_str)
+    }
+
+    pub fn may_read(&self, d: Domain) -> Result<(), Refusal> {
+        if let Some(j) = d.deny_all {
+            return Err(Refusal::Denied(j));
+        }
+        match d.base {
+            Base::Grant(_) | Base::Holder(_) => Ok(()),
+            Base::Outside => Err(Refusal::Outside),
+        }
+    }
+
+    pub fn may_write(&self, d: Domain) -> Result<(), Refusal> {
+        if let Some(j) = d.deny_all.or(d.deny_write) {
+            return Err(Refusal::Denied(j));
+        }
+        match d.base {
+            Base::Grant(g) if self.grant_access[g] == Access::ReadWrite => Ok(()),
+            Base::Grant(g) => Err(Refusal::ReadOnly(g)),
+            Base::Holder(p) => Err(Refusal::OnlyFiles(p)),
+            Base::Outside => Err(Refusal::Outside),
+        }
+    }
+
+    /// The rules that are capsa's own and lie inside a grant: said once.
+    pub fn own_inside<'a>(&'a self, policy: &'a Policy) -> impl Iterator<Item = &'a DenyRule> {
+        self.denies.iter().filter(move |r| {
+            r.own
+                && policy
+                    .fs
+                    .grants
+                    .iter()
+                    .any(|g| g.kind == GrantKind::Dir && r.host.starts_with(&g.host))
+        })
+    }
+}

@@ -1,0 +1,275 @@
+//! Walks a guest's path the way the kernel will, from the descriptor's real
+//! directory, one component at a time, and says what it reaches and under
+//! which rules.
+//!
+//! wasmtime-wasi then performs the operation on the same path from the same
+//! directory; the guest runs on this thread, so nothing it does can change
+//! the tree in between. The walk is at least as strict as wasmtime's own
+//! (which refuses absolute paths, absolute link targets and `..` above the
+//! descriptor), and every directory it passes through is entered as the
+//! object it is, so a link the guest made, a `..` after it, or a directory
+//! renamed since the descriptor was opened all land where the kernel lands.
+
+use crate::fs_area::{Areas, Domain, Ident};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+/// Links followed in one walk, as Linux allows (`ELOOP` after 40).
+const MAX_LINKS: usize = 40;
+
+/// A directory on the way.
+pub enum DirFd {
+    Start(Arc<std::fs::File>),
+    Owned(OwnedFd),
+}
+
+impl DirFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DirFd::Start(f) => f.as_fd(),
+            DirFd::Owned(f) => f.as_fd(),
+        }
+    }
+}
+
+pub struct Level {
+    pub dir: DirFd,
+    pub ident: Ident,
+    pub domain: Domain,
+    /// Directories between the innermost grant and this one.
+    pub depth: usize,
+}
+
+/// An object the walk found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub ident: Ident,
+    pub is_dir: bool,
+    pub is_link: bool,
+}
+
+pub struct Resolved {
+    /// The directory holding the final name; the object itself when the
+    /// path ends in `.` or `..` (then `name` is `None`).
+    pub parent: Level,
+    pub name: Option<String>,
+    /// What is there now, if anything.
+    pub target: Option<Found>,
+    /// The domain of the target, or of a new object made at that name.
+    pub domain: Domain,
+}
+
+pub enum Stop {
+    /// `..` above the descriptor, an absolute path or an absolute link;
+    /// `via_link` when a link's target did it.
+    Escape { via_link: bool },
+    /// The walk cannot go on (a missing directory, a file used as one):
+    /// the kernel will fail the same way from `at`. `domain` is that of
+    /// the name it stopped at, which the attempt is about.
+    Missing { at: Level, domain: Domain },
+    /// An error the kernel will give too; returned as it is.
+    Io(std::io::Error),
+}
+
+pub struct Start {
+    pub dir: Arc<std::fs::File>,
+    pub ident: Ident,
+    pub domain: Domain,
+    pub depth: usize,
+}
+
+fn found(st: &rustix::fs::Stat) -> Found {
+    let ft = FileType::from_raw_mode(st.st_mode);
+    Found {
+        ident: (st.st_dev as u64, st.st_ino as u64),
+        is_dir: ft == FileType::Directory,
+        is_link: ft == FileType::Symlink,
+    }
+}
+
+/// Resolves `path` from `start`. `follow` says whether a link in the last
+/// component is followed (a trailing `/` always follows, as the kernel does).
+pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<Resolved, Stop> {
+    if path.starts_with('/') {
+        return Err(Stop::Escape { via_link: false });
+    }
+    let follow = follow || path.ends_with('/');
+    let mut queue: std::collections::VecDeque<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut stack: Vec<Level> = vec![Level {
+        dir: DirFd::Start(start.dir),
+        ident: start.ident,
+        domain: start.domain,
+        depth: start.depth,
+    }];
+    let mut links = 0;
+    let end_here = |mut stack: Vec<Level>| {
+        let top = stack.pop().expect("the walk always has its start");
+        Ok(Resolved {
+            target: Some(Found {
+                ident: top.ident,
+                is_dir: true,
+                is_link: false,
+            }),
+            domain: top.domain,
+            parent: top,
+            name: None,
+        })
+    };
+    while let Some(c) = queue.pop_front() {
+        let last = queue.is_empty();
+        match c.as_str() {
+            "." => {
+                if last {
+                    return end_here(stack);
+                }
+            }
+            ".." => {
+                if stack.len() == 1 {
+                    return Err(Stop::Escape {
+                        via_link: links > 0,
+                    });
+                }
+                stack.pop();
+                if last {
+                    return end_here(stack);
+                }
+            }
+            name => {
+                let top = stack.last().expect("the walk always has its start");
+                let st = match rustix::fs::statat(top.dir.fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    Err(rustix::io::Errno::NOENT) if last => {
+                        let top = stack.pop().expect("the walk always has its start");
+                        let domain = areas.enter_new(top.domain, top.ident, name);
+                        return Ok(Resolved {
+                            parent: top,
+                            name: Some(name.to_string()),
+                            target: None,
+                            domain,
+                        });
+                    }
+                    Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {
+                        let at = stack.pop().expect("the walk always has its start");
+                        let domain = areas.enter_new(at.domain, at.ident, name);
+                        return Err(Stop::Missing { at, domain });
+                    }
+                    Err(e) => return Err(Stop::Io(e.into())),
+                };
+                let f = found(&st);
+                if f.is_link && (!last || follow) {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(Stop::Io(rustix::io::Errno::LOOP.into()));
+                    }
+                    let target = rustix::fs::readlinkat(top.dir.fd(), name, Vec::new())
+                        .map_err(|e| Stop::Io(e.into()))?;
+                    let target = target.to_string_lossy().into_owned();
+                    if target.starts_with('/') {
+                        return Err(Stop::Escape { via_link: true });
+                    }
+                    let trailing = last && path.ends_with('/');
+                    for part in target.split('/').filter(|p| !p.is_empty()).rev() {
+                        queue.push_front(part.to_string());
+                    }
+                    if trailing || queue.is_empty() {
+                        // `l/` and a link to `.`: the directory itself.
+                        queue.push_back(".".into());
+                    }
+                    continue;
+                }
+                if last {
+                    let top = stack.pop().expect("the walk always has its start");
+                    let domain = areas.enter(top.domain, f.ident);
+                    return Ok(Resolved {
+                        parent: top,
+                        name: Some(name.to_string()),
+                        target: Some(f),
+                        domain,
+                    });
+                }
+                if !f.is_dir {
+                    let at = stack.pop().expect("the walk always has its start");
+                    let domain = areas.enter(at.domain, f.ident);
+                    return Err(Stop::Missing { at, domain });
+                }
+                let fd = rustix::fs::openat(
+                    top.dir.fd(),
+                    name,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| Stop::Io(e.into()))?;
+                // The directory opened must be the one just looked at.
+                let now = rustix::fs::fstat(&fd).map_err(|e| Stop::Io(e.into()))?;
+                if found(&now).ident != f.ident {
+                    return Err(Stop::Io(rustix::io::Errno::AGAIN.into()));
+                }
+                let depth = if areas.is_grant_root(f.ident) {
+                    0
+                } else {
+                    top.depth + 1
+                };
+                let domain = areas.enter(top.domain, f.ident);
+                stack.push(Level {
+                    dir: DirFd::Owned(fd),
+                    ident: f.ident,
+                    domain,
+                    depth,
+                });
+            }
+        }
+    }
+    end_here(stack)
+}
+
+/// Would a link with this target, made in a directory `depth` levels below
+/// its grant, point outside the grant, for capsa or for any program that
+/// follows it on the host later? Only leading `..` are allowed, as many as
+/// there are levels to climb: a `..` after a name would climb from wherever
+/// that name leads (`x -> .` then `x/..` is the grant's parent).
+pub fn link_leaves_grant(target: &str, depth: usize) -> bool {
+    if target.starts_with('/') || target.is_empty() {
+        return true;
+    }
+    let mut up = 0;
+    let mut named = false;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if named => return true,
+            ".." => up += 1,
+            _ => named = true,
+        }
+    }
+    up > depth
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn link_targets() {
+        let cases: &[(&str, usize, bool)] = &[
+            ("a/b", 0, false),
+            ("../x", 0, true),
+            ("../x", 1, false),
+            ("a/../x", 1, true),
+            ("../../a/b", 2, false),
+            ("../../../a", 2, true),
+            ("/etc/passwd", 5, true),
+            ("", 0, true),
+            ("./.././x", 1, false),
+        ];
+        for (t, depth, leaves) in cases {
+            assert_eq!(
+                super::link_leaves_grant(t, *depth),
+                *leaves,
+                "{t} at {depth}"
+            );
+        }
+    }
+}
