@@ -57,6 +57,13 @@ fn programs_that_cannot_load() {
         "imports env::launch_missiles, which capsa does not provide",
     );
     check(&[], &wat("reactor.wat"), 126, "no _start function");
+    // Regression: a component importing what capsa lacks exited 134 (crash).
+    check(
+        &[],
+        &wat("component-import.wat"),
+        126,
+        "example:missing/launcher",
+    );
     check(
         &[],
         &wat("not-a-command.wat"),

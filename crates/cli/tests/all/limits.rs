@@ -97,3 +97,32 @@ fn exit_codes_pass_through() {
     let r = run(&[], &probe(P1), &["exit", "7"]);
     assert_eq!(r.code, 7, "{}", r.stderr);
 }
+
+// Regression: --memory was checked per linear memory, so a guest with many
+// memories held many times the limit.
+#[test]
+fn memory_limit_is_the_total_of_every_memory() {
+    let r = run(&["--memory=64M"], &wat("two-memories.wat"), &[]);
+    assert_eq!(r.code, 3, "the second memory grew past the total: {}", r.stderr);
+    let r = run(&["--memory=128M"], &wat("two-memories.wat"), &[]);
+    assert_eq!(r.code, 0, "both fit under 128M: {}", r.stderr);
+}
+
+// Regression: the watchdog panicked printing its message when stderr could
+// not be written (`2>/dev/full`), and the guest spun on.
+#[test]
+fn timeout_holds_when_stderr_cannot_be_written() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        return;
+    };
+    let start = Instant::now();
+    let out = capsa()
+        .args(["run", "--timeout=1s"])
+        .arg(probe(P2))
+        .arg("spin")
+        .stderr(full)
+        .output()
+        .expect("capsa runs");
+    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert_eq!(out.status.code(), Some(124));
+}
