@@ -13,13 +13,19 @@
 //! same folder packs to the same bytes. The digest covers the whole payload
 //! and is checked before anything is decompressed. A bundle is untrusted:
 //! the reader refuses links, directories, absolute paths, `..`, duplicate
-//! entries, more bytes than declared, and more unpacked bytes than
+//! entries, more or fewer bytes than declared, a payload that is not exactly
+//! one zstd frame, anything after the archive, and more unpacked bytes than
 //! [`ReadLimits`] allow, each with one line.
+//!
+//! One file is one bundle: a payload of one frame and nothing after it
+//! leaves no room for a second bundle to ride inside the first (in a zstd
+//! skippable frame, or as bytes the tar reader never looks at) and be found
+//! by something that searches the file differently.
 
 pub mod manifest;
 pub mod pack;
 
-pub use manifest::{Manifest, ManifestError};
+pub use manifest::{GUEST_APP, Manifest, ManifestError};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -33,6 +39,8 @@ const ZSTD_LEVEL: i32 = 10;
 pub enum BundleError {
     #[error("not a capsa bundle (it does not start with \"capsa bundle 1\")")]
     NotBundle,
+    #[error("the bundle's sha256 is {actual}, not the expected {expected}")]
+    UnexpectedDigest { actual: String, expected: String },
     #[error("damaged bundle: {0}")]
     Corrupt(String),
     #[error("the bundle was modified or damaged: its contents do not match its sha256 digest")]
@@ -91,7 +99,9 @@ pub fn is_bundle_file(path: &std::path::Path) -> bool {
 }
 
 /// Is `path` acceptable as a path inside a bundle? Relative, `/`-separated,
-/// no empty, `.` or `..` component, no backslash or NUL.
+/// no empty, `.` or `..` component, no backslash, no control or
+/// bidirectional character (`capsa inspect` lists every path, and the
+/// entry's is shown before anything runs).
 pub fn check_entry_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("empty path".into());
@@ -99,8 +109,16 @@ pub fn check_entry_path(path: &str) -> Result<(), String> {
     if path.starts_with('/') {
         return Err("absolute path".into());
     }
-    if path.contains('\\') || path.contains('\0') {
-        return Err("backslash or NUL in the path".into());
+    if path.contains('\\') {
+        return Err("backslash in the path".into());
+    }
+    if let Some(c) = path
+        .chars()
+        .find(|&c| capsa_policy::text::is_terminal_unsafe(c))
+    {
+        return Err(format!(
+            "the control or bidirectional character {c:?} in the path"
+        ));
     }
     if path.len() > 4096 {
         return Err("path longer than 4096 bytes".into());
@@ -159,27 +177,71 @@ pub fn write(
         .map_err(|e| BundleError::Corrupt(e.to_string()))?;
     let payload =
         zstd::bulk::compress(&tar, ZSTD_LEVEL).map_err(|e| BundleError::Corrupt(e.to_string()))?;
+    Ok(wrap_payload(&payload))
+}
+
+/// The magic line and the digest line, then `payload`: the last step of
+/// [`write`]. On its own it checks nothing, so tests use it to forge the
+/// hostile bundles the reader must refuse.
+pub fn wrap_payload(payload: &[u8]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     out.extend_from_slice(
         format!(
             "sha256={} size={}\n",
-            hex(&Sha256::digest(&payload)),
+            hex(&Sha256::digest(payload)),
             payload.len()
         )
         .as_bytes(),
     );
-    out.extend_from_slice(&payload);
-    Ok(out)
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A SHA-256 digest written as 64 hex digits (either case), as
+/// `--expect-sha256` takes it.
+pub fn parse_digest_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (i, b) in digest.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(digest)
 }
 
 /// Reads and checks bundle bytes: digest first, then every entry.
 pub fn read(bytes: &[u8], limits: ReadLimits) -> Result<Bundle, BundleError> {
+    read_expecting(bytes, limits, None)
+}
+
+/// [`read`], refusing the bundle unless its digest is `expected`. The digest
+/// is compared before anything is decompressed or parsed, so a bundle that
+/// is not the one the user meant never reaches the parsers.
+pub fn read_expecting(
+    bytes: &[u8],
+    limits: ReadLimits,
+    expected: Option<&[u8; 32]>,
+) -> Result<Bundle, BundleError> {
     let (digest, payload) = verify(bytes)?;
+    if let Some(want) = expected
+        && *want != digest
+    {
+        return Err(BundleError::UnexpectedDigest {
+            actual: hex(&digest),
+            expected: hex(want),
+        });
+    }
     decode(digest, payload, limits)
 }
 
+/// The first bytes of a zstd frame (its magic number, little-endian). A
+/// skippable frame starts with 0x184D2A5? instead and is refused.
+const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
 /// Checks the magic, the digest line, the payload's length and its SHA-256,
-/// without decompressing anything; returns the digest and the payload.
+/// and that the payload is exactly one zstd frame, without decompressing
+/// anything; returns the digest and the payload.
 pub fn verify(bytes: &[u8]) -> Result<([u8; 32], &[u8]), BundleError> {
     let rest = bytes.strip_prefix(MAGIC).ok_or(BundleError::NotBundle)?;
     let end = rest
@@ -192,22 +254,52 @@ pub fn verify(bytes: &[u8]) -> Result<([u8; 32], &[u8]), BundleError> {
     let payload = &rest[end + 1..];
     let (digest, size) =
         parse_digest_line(line).ok_or_else(|| BundleError::Corrupt("bad digest line".into()))?;
-    if payload.len() as u64 != size {
+    if (payload.len() as u64) < size {
         return Err(BundleError::Corrupt(format!(
             "{} payload bytes where the bundle declares {size} (truncated?)",
             payload.len()
+        )));
+    }
+    if payload.len() as u64 > size {
+        return Err(BundleError::Corrupt(format!(
+            "{} bytes after the {size} the bundle declares (a bundle is one file with nothing appended)",
+            payload.len() as u64 - size
         )));
     }
     let actual: [u8; 32] = Sha256::digest(payload).into();
     if actual != digest {
         return Err(BundleError::DigestMismatch);
     }
+    if payload.get(..4) != Some(&ZSTD_FRAME_MAGIC[..]) {
+        return Err(BundleError::Corrupt(
+            "the payload does not start with a zstd frame (a skippable frame?)".into(),
+        ));
+    }
+    // Reads the frame's header and block headers only: nothing is
+    // decompressed yet.
+    match zstd::zstd_safe::find_frame_compressed_size(payload) {
+        Ok(n) if n == payload.len() => {}
+        Ok(n) => {
+            return Err(BundleError::Corrupt(format!(
+                "{} bytes after the payload's zstd frame (a bundle's payload is exactly one frame)",
+                payload.len() - n.min(payload.len())
+            )));
+        }
+        Err(_) => {
+            return Err(BundleError::Corrupt(
+                "the payload is not a whole zstd frame".into(),
+            ));
+        }
+    }
     Ok((digest, payload))
 }
 
 /// The files of a verified payload, each entry checked.
 fn decode(digest: [u8; 32], payload: &[u8], limits: ReadLimits) -> Result<Bundle, BundleError> {
-    let decoder = zstd::Decoder::new(payload).map_err(|e| BundleError::Corrupt(e.to_string()))?;
+    // `verify` checked there is one frame; the decoder stops after it anyway.
+    let decoder = zstd::Decoder::new(payload)
+        .map_err(|e| BundleError::Corrupt(e.to_string()))?
+        .single_frame();
     // One byte more than allowed tells a bomb from a bundle exactly at the cap.
     let capped = decoder.take(limits.max_unpacked + 1);
     let mut archive = tar::Archive::new(capped);
@@ -273,7 +365,36 @@ fn decode(digest: [u8; 32], payload: &[u8], limits: ReadLimits) -> Result<Bundle
             });
         }
     }
+    // Only the archive's zero padding may follow its last entry: a second
+    // archive (or anything else) hidden there would be covered by the
+    // digest yet never listed by `capsa inspect`.
+    let mut rest = archive.into_inner();
+    let mut buf = [0u8; 8192];
+    loop {
+        match rest.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if buf[..n].iter().all(|&b| b == 0) => {}
+            Ok(_) => {
+                return Err(BundleError::Corrupt(
+                    "data after the end of the archive".into(),
+                ));
+            }
+            Err(e) => return Err(corrupt_or_bomb(e, limits)),
+        }
+    }
     let manifest = manifest.ok_or_else(|| BundleError::Corrupt("empty bundle".into()))?;
+    // `a` and `a/b` cannot both be files once unpacked.
+    for path in files.keys() {
+        let below = format!("{path}/");
+        if let Some((other, _)) = files.range(below.clone()..).next()
+            && other.starts_with(&below)
+        {
+            return Err(BundleError::UnsafeEntry {
+                path: other.clone(),
+                why: format!("{path:?} is a file, so it cannot hold other files"),
+            });
+        }
+    }
     if !files.contains_key(&manifest.run.entry) {
         return Err(ManifestError::Invalid(format!(
             "run.entry {:?} is not among the bundle's files",
@@ -300,26 +421,29 @@ fn parse_digest_line(line: &str) -> Option<([u8; 32], u64)> {
     let (d, s) = line.split_once(' ')?;
     let d = d.strip_prefix("sha256=")?;
     let size = s.strip_prefix("size=")?.parse().ok()?;
-    if d.len() != 64 {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (i, b) in digest.iter_mut().enumerate() {
-        *b = u8::from_str_radix(d.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some((digest, size))
+    Some((parse_digest_hex(d)?, size))
 }
 
-/// Unpacks `bundle` into `<cache_root>/bundles/<digest>/` (once) and returns
-/// that directory. The files are written to a temporary directory renamed
-/// into place, so a half-written directory is never used.
+/// The marker written last into an unpacked bundle; holds the digest.
+const COMPLETE: &str = ".complete";
+
+/// Unpacks `bundle` into `<cache_root>/bundles/<digest>/` and returns that
+/// directory. The files are written to a temporary directory renamed into
+/// place, so a half-written directory is never used.
+///
+/// A directory already there is used only if it holds exactly the bundle's
+/// files, byte for byte, and nothing else ([`check_unpacked`]): the marker
+/// only says that an unpack finished, not that nobody changed a file, added
+/// a `sitecustomize.py` or swapped a file for a link since. Anything else is
+/// unpacked again. The comparison reads what the bundle already holds in
+/// memory, so a run costs a read of its own files, not a decompression.
 pub fn extract(
     bundle: &Bundle,
     cache_root: &std::path::Path,
 ) -> std::io::Result<std::path::PathBuf> {
     let parent = cache_root.join("bundles");
     let dir = parent.join(bundle.digest_hex());
-    if dir.join(".complete").is_file() {
+    if check_unpacked(bundle, &dir).is_ok() {
         return Ok(dir);
     }
     std::fs::create_dir_all(&parent)?;
@@ -334,27 +458,102 @@ pub fn extract(
         }
         std::fs::write(&target, data)?;
     }
-    std::fs::write(tmp.path().join(".complete"), bundle.digest_hex())?;
-    if dir.exists() {
-        // Incomplete (no marker): replaced.
+    std::fs::write(tmp.path().join(COMPLETE), bundle.digest_hex())?;
+    if std::fs::symlink_metadata(&dir).is_ok() {
+        // Incomplete or changed: moved aside and removed. Another capsa
+        // may have moved it first.
         let old = tempfile::Builder::new()
             .prefix(".old-")
             .tempdir_in(&parent)?;
-        std::fs::rename(&dir, old.path().join("x"))?;
+        match std::fs::rename(&dir, old.path().join("x")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
     let kept = tmp.keep();
-    match std::fs::rename(&kept, &dir) {
-        Ok(()) => Ok(dir),
+    let placed = std::fs::rename(&kept, &dir);
+    if placed.is_err() {
+        let _ = std::fs::remove_dir_all(&kept);
+    }
+    // Checked even when freshly written: on a file system that folds case
+    // (`A.py` and `a.py` one file), what landed is not what the bundle holds.
+    match (placed, check_unpacked(bundle, &dir)) {
+        (_, Ok(())) => Ok(dir),
         // Another capsa unpacked the same bundle at the same moment.
-        Err(_) if dir.join(".complete").is_file() => {
-            let _ = std::fs::remove_dir_all(&kept);
-            Ok(dir)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&kept);
-            Err(e)
+        (Err(e), Err(_)) => Err(e),
+        (Ok(()), Err(why)) => Err(std::io::Error::other(format!(
+            "the unpacked bundle in {} does not match the bundle: {why}",
+            dir.display()
+        ))),
+    }
+}
+
+/// Does `dir` hold exactly `bundle`'s files, as regular files with the same
+/// bytes, the directories they need, and the completion marker, and nothing
+/// else (no link, no extra file)? Says what differs, if anything.
+pub fn check_unpacked(bundle: &Bundle, dir: &std::path::Path) -> Result<(), String> {
+    let marker = dir.join(COMPLETE);
+    let kind = std::fs::symlink_metadata(&marker).map_err(|e| format!("{COMPLETE}: {e}"))?;
+    if !kind.is_file()
+        || std::fs::read(&marker).ok().as_deref() != Some(bundle.digest_hex().as_bytes())
+    {
+        return Err(format!("{COMPLETE} is not this bundle's"));
+    }
+    let mut found = 0usize;
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((host, rel)) = stack.pop() {
+        let entries = std::fs::read_dir(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: {e}", host.display()))?;
+            let name = entry.file_name();
+            let name = name
+                .to_str()
+                .ok_or_else(|| format!("{}: a name that is not UTF-8", host.display()))?;
+            let path = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if path == COMPLETE {
+                continue;
+            }
+            // The entry's own type: a link is never followed.
+            let ty = entry.file_type().map_err(|e| format!("{path}: {e}"))?;
+            if ty.is_dir() {
+                let prefix = format!("{path}/");
+                let needed = bundle
+                    .files
+                    .range(prefix.clone()..)
+                    .next()
+                    .is_some_and(|(k, _)| k.starts_with(&prefix));
+                if !needed {
+                    return Err(format!("{path}/ is not in the bundle"));
+                }
+                stack.push((entry.path(), path));
+            } else if ty.is_file() {
+                let want = bundle
+                    .files
+                    .get(&path)
+                    .ok_or_else(|| format!("{path} is not in the bundle"))?;
+                let have = std::fs::read(entry.path()).map_err(|e| format!("{path}: {e}"))?;
+                if have != *want {
+                    return Err(format!("{path} differs from the bundle's"));
+                }
+                found += 1;
+            } else {
+                return Err(format!("{path} is not a regular file"));
+            }
         }
     }
+    if found != bundle.files.len() {
+        return Err(format!(
+            "{} of the bundle's {} files are missing",
+            bundle.files.len() - found.min(bundle.files.len()),
+            bundle.files.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The last 16 bytes of an executable carrying a bundle: the bundle's
@@ -372,10 +571,32 @@ pub fn embed(exe: &[u8], bundle: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The bundle appended to the executable `path`, if it carries one.
-pub fn embedded(path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
+/// The bundle appended to the running executable (one `capsa pack --exe`
+/// made), if it carries one.
+///
+/// Only capsa's own executable is ever searched for a trailer, never a file
+/// named on the command line: a file that is one thing when read from the
+/// front (a bundle, a program) must not become another when read from the
+/// back.
+pub fn own_bundle() -> std::io::Result<Option<Vec<u8>>> {
+    let me = std::env::current_exe()?;
+    let mut f = std::fs::File::open(me)?;
+    Ok(trailer(&mut f)?.map(|(bundle, _)| bundle))
+}
+
+/// The running executable without the bundle it may carry: the capsa that
+/// `capsa pack --exe` copies.
+pub fn own_executable() -> std::io::Result<Vec<u8>> {
+    let mut f = std::fs::File::open(std::env::current_exe()?)?;
+    let own = trailer(&mut f)?.map_or(0, |(_, appended)| appended);
+    let mut exe = std::fs::read(std::env::current_exe()?)?;
+    exe.truncate(exe.len().saturating_sub(own as usize));
+    Ok(exe)
+}
+
+/// The bundle in `f`'s trailer, and how many bytes it and the trailer take.
+fn trailer(f: &mut std::fs::File) -> std::io::Result<Option<(Vec<u8>, u64)>> {
     use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
     if len < 16 {
         return Ok(None);
@@ -386,7 +607,9 @@ pub fn embedded(path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
     if &tail[8..] != EXE_MAGIC {
         return Ok(None);
     }
-    let size = u64::from_le_bytes(tail[..8].try_into().unwrap());
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&tail[..8]);
+    let size = u64::from_le_bytes(size);
     if size > len - 16 {
         return Err(std::io::Error::other(
             "the appended bundle is longer than the file",
@@ -395,5 +618,5 @@ pub fn embedded(path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
     f.seek(SeekFrom::Start(len - 16 - size))?;
     let mut bytes = vec![0u8; size as usize];
     f.read_exact(&mut bytes)?;
-    Ok(Some(bytes))
+    Ok(Some((bytes, size + 16)))
 }

@@ -103,7 +103,126 @@ fn not_a_bundle_truncated_or_modified() {
     refused(&modified, "modified or damaged");
     let mut longer = good.clone();
     longer.push(0);
-    refused(&longer, "truncated");
+    refused(&longer, "1 bytes after the");
+}
+
+/// The payload of a bundle written by `write`.
+fn payload_of(bundle: &[u8]) -> &[u8] {
+    let (_, payload) = capsa_bundle::verify(bundle).unwrap();
+    payload
+}
+
+/// A zstd skippable frame holding `data`.
+fn skippable(data: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x50, 0x2A, 0x4D, 0x18];
+    f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+/// A valid bundle A once could carry a bundle B in a skippable frame at
+/// the end of its payload, with `capsa pack --exe`'s trailer after it: the
+/// digest covered it, the zstd decoder skipped it, and the trailer search
+/// ran B. A payload is now exactly one zstd frame.
+#[test]
+fn a_bundle_carries_nothing_but_itself() {
+    let a = write(&Manifest::default_for("main.py"), &files()).unwrap();
+    let mut b_files = BTreeMap::new();
+    b_files.insert("main.py".to_string(), b"print('B')".to_vec());
+    let b = write(&Manifest::default_for("main.py"), &b_files).unwrap();
+    let mut hidden = b.clone();
+    hidden.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    hidden.extend_from_slice(capsa_bundle::EXE_MAGIC);
+
+    let mut after = payload_of(&a).to_vec();
+    after.extend_from_slice(&skippable(&hidden));
+    refused(
+        &capsa_bundle::wrap_payload(&after),
+        "bytes after the payload's zstd frame",
+    );
+
+    let mut before = skippable(&hidden);
+    before.extend_from_slice(payload_of(&a));
+    refused(
+        &capsa_bundle::wrap_payload(&before),
+        "does not start with a zstd frame",
+    );
+
+    // Two real frames: the second would decompress as more archive.
+    let mut two = payload_of(&a).to_vec();
+    two.extend_from_slice(payload_of(&b));
+    refused(
+        &capsa_bundle::wrap_payload(&two),
+        "bytes after the payload's zstd frame",
+    );
+
+    let mut garbage = payload_of(&a).to_vec();
+    garbage.extend_from_slice(b"\0\0\0\0");
+    refused(
+        &capsa_bundle::wrap_payload(&garbage),
+        "bytes after the payload's zstd frame",
+    );
+
+    let cut = &payload_of(&a)[..payload_of(&a).len() - 5];
+    refused(&capsa_bundle::wrap_payload(cut), "not a whole zstd frame");
+
+    // A second archive after the first one's end, inside the one frame.
+    let mut tars = tar_of(&[
+        Entry::File("capsa.toml", MANIFEST),
+        Entry::File("main.py", b""),
+    ]);
+    tars.extend_from_slice(&tar_of(&[Entry::File("evil.py", b"x")]));
+    refused(
+        &wrap(&zstd::bulk::compress(&tars, 3).unwrap()),
+        "data after the end of the archive",
+    );
+    // Zero padding after the end is what tar writers add: accepted.
+    let mut padded = tar_of(&[
+        Entry::File("capsa.toml", MANIFEST),
+        Entry::File("main.py", b""),
+    ]);
+    padded.resize(padded.len() + 10 * 512, 0);
+    assert!(
+        read(
+            &wrap(&zstd::bulk::compress(&padded, 3).unwrap()),
+            ReadLimits::default()
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn expected_digest() {
+    let good = write(&Manifest::default_for("main.py"), &files()).unwrap();
+    let digest = read(&good, ReadLimits::default()).unwrap().digest;
+    let hex = capsa_bundle::hex(&digest);
+    assert_eq!(capsa_bundle::parse_digest_hex(&hex), Some(digest));
+    assert_eq!(
+        capsa_bundle::parse_digest_hex(&hex.to_uppercase()),
+        Some(digest)
+    );
+    for bad in [
+        "",
+        "abc",
+        &hex[1..],
+        &format!("{hex}0"),
+        &format!("g{}", &hex[1..]),
+    ] {
+        assert_eq!(capsa_bundle::parse_digest_hex(bad), None, "{bad:?}");
+    }
+    assert!(capsa_bundle::read_expecting(&good, ReadLimits::default(), Some(&digest)).is_ok());
+    let mut other = digest;
+    other[0] ^= 1;
+    let e = capsa_bundle::read_expecting(&good, ReadLimits::default(), Some(&other))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "the bundle's sha256 is {hex}, not the expected {}",
+            capsa_bundle::hex(&other)
+        )
+    );
 }
 
 #[test]
@@ -133,6 +252,18 @@ fn unsafe_entries() {
             "duplicate",
         ),
         (vec![Entry::File("main.py", b""), Entry::File("capsa.toml", MANIFEST)], "first entry"),
+        (
+            vec![Entry::File("capsa.toml", MANIFEST), Entry::File("main.py", b""), Entry::File("a\x1b[2K.py", b"")],
+            "control or bidirectional character '\\u{1b}'",
+        ),
+        (
+            vec![Entry::File("capsa.toml", MANIFEST), Entry::File("main.py", b""), Entry::File("\u{202e}yp.a", b"")],
+            "'\\u{202e}'",
+        ),
+        (
+            vec![Entry::File("capsa.toml", MANIFEST), Entry::File("main.py", b""), Entry::File("lib", b""), Entry::File("lib/x.py", b"")],
+            "\"lib\" is a file",
+        ),
         (vec![Entry::File("capsa.toml", MANIFEST)], "not among the bundle's files"),
         (
             vec![Entry::File("capsa.toml", b"version = 1\n[run]\nentry = \"main.py\"\nhooks = 1\n"), Entry::File("main.py", b"")],
@@ -148,6 +279,20 @@ fn unsafe_entries() {
                 Entry::File("main.py", b""),
             ],
             "ask.net rule",
+        ),
+        (
+            vec![
+                Entry::File("capsa.toml", b"version = 1\n[run]\nentry = \"main.py\"\n[ask.dirs.out]\naccess = \"read\"\nguest = \"/out,/\"\nreason = \"r\"\n"),
+                Entry::File("main.py", b""),
+            ],
+            "invalid guest path \"/out,/\"",
+        ),
+        (
+            vec![
+                Entry::File("capsa.toml", b"version = 1\n[run]\nentry = \"main.py\"\n[[ask.env]]\nname = \"A\"\nreason = \"ok\\r\\u001b[2K\"\n"),
+                Entry::File("main.py", b""),
+            ],
+            "invalid reason",
         ),
     ] {
         refused(&bundle_of(&entries), want);
@@ -191,4 +336,86 @@ proptest::proptest! {
         let _ = read(&wrap(&payload), ReadLimits::default());
         let _ = read(&payload, ReadLimits::default());
     }
+}
+
+/// An unpacked bundle in the cache was trusted because its `.complete`
+/// marker existed: a changed file, a planted `sitecustomize.py` or a file
+/// swapped for a link ran as the bundle's. Each run now checks the
+/// directory against the bundle and unpacks again when anything differs.
+#[test]
+fn unpacked_bundles_are_checked_on_every_use() {
+    let bundle = read(
+        &write(&Manifest::default_for("main.py"), &files()).unwrap(),
+        ReadLimits::default(),
+    )
+    .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = capsa_bundle::extract(&bundle, cache.path()).unwrap();
+    assert_eq!(dir, cache.path().join("bundles").join(bundle.digest_hex()));
+    assert_eq!(capsa_bundle::check_unpacked(&bundle, &dir), Ok(()));
+    let main = dir.join("main.py");
+
+    type Tamper = fn(&std::path::Path);
+    let tampering: &[(&str, Tamper, &str)] = &[
+        (
+            "changed",
+            |d| std::fs::write(d.join("main.py"), "import evil").unwrap(),
+            "main.py differs",
+        ),
+        (
+            "planted",
+            |d| std::fs::write(d.join("site-packages/sitecustomize.py"), "x").unwrap(),
+            "sitecustomize.py is not in the bundle",
+        ),
+        (
+            "extra dir",
+            |d| std::fs::create_dir(d.join("extra")).unwrap(),
+            "extra/ is not in the bundle",
+        ),
+        (
+            "removed",
+            |d| std::fs::remove_file(d.join("data/cities.csv")).unwrap(),
+            "1 of the bundle's 3 files are missing",
+        ),
+        (
+            "linked",
+            |d| {
+                std::fs::remove_file(d.join("main.py")).unwrap();
+                std::os::unix::fs::symlink("/etc/passwd", d.join("main.py")).unwrap();
+            },
+            "main.py is not a regular file",
+        ),
+        (
+            "marker",
+            |d| std::fs::write(d.join(".complete"), "0000").unwrap(),
+            "not this bundle's",
+        ),
+        (
+            "no marker",
+            |d| std::fs::remove_file(d.join(".complete")).unwrap(),
+            ".complete",
+        ),
+    ];
+    for (what, tamper, why) in tampering {
+        tamper(&dir);
+        let e = capsa_bundle::check_unpacked(&bundle, &dir).unwrap_err();
+        assert!(e.contains(why), "{what}: {e}");
+        assert_eq!(
+            capsa_bundle::extract(&bundle, cache.path()).unwrap(),
+            dir,
+            "{what}"
+        );
+        assert_eq!(
+            capsa_bundle::check_unpacked(&bundle, &dir),
+            Ok(()),
+            "{what}"
+        );
+        assert_eq!(std::fs::read(&main).unwrap(), b"print('hi')\n", "{what}");
+    }
+    // Nothing is left behind in the cache but the one directory.
+    let left: Vec<_> = std::fs::read_dir(cache.path().join("bundles"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from(bundle.digest_hex())]);
 }

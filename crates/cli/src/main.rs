@@ -36,9 +36,12 @@ struct ExeCli {
     /// Grant what the bundle asks for without asking.
     #[arg(long)]
     grant_requested: bool,
-    /// Bind a directory the bundle asks for to a host path.
-    #[arg(long, value_name = "NAME=PATH")]
-    bind: Vec<String>,
+    /// Bind an asked directory to a host path; :ro or :rw sets the access.
+    #[arg(long, value_name = "NAME=PATH[:ro|:rw]", value_parser = commands::bundle::parse_bind)]
+    bind: Vec<commands::bundle::Bind>,
+    /// Refuse to run unless the bundle's sha256 is HEX.
+    #[arg(long, value_name = "HEX", value_parser = commands::bundle::parse_sha256)]
+    expect_sha256: Option<[u8; 32]>,
     /// Arguments for the program.
     #[arg(
         value_name = "ARGS",
@@ -49,20 +52,24 @@ struct ExeCli {
 }
 
 fn main() -> ExitCode {
-    if let Ok(me) = std::env::current_exe()
-        && matches!(capsa_bundle::embedded(&me), Ok(Some(_)))
-    {
+    // Only capsa's own executable is searched for an appended bundle.
+    if let Ok(Some(bundle)) = capsa_bundle::own_bundle() {
         let cli = match parse::<ExeCli>() {
             Ok(cli) => cli,
             Err(code) => return code,
         };
-        return exit(commands::bundle::run(commands::run::RunArgs {
-            sandbox: cli.sandbox,
-            grant_requested: cli.grant_requested,
-            bind: cli.bind,
-            program: me,
-            args: cli.args,
-        }));
+        let me = std::env::current_exe().unwrap_or_else(|_| "capsa".into());
+        return exit(commands::bundle::run(
+            commands::run::RunArgs {
+                sandbox: cli.sandbox,
+                grant_requested: cli.grant_requested,
+                bind: cli.bind,
+                expect_sha256: cli.expect_sha256,
+                program: me,
+                args: cli.args,
+            },
+            Some(bundle),
+        ));
     }
     let cli = match parse::<Cli>() {
         Ok(cli) => cli,

@@ -205,7 +205,14 @@ pub(crate) fn resolve_grant(
             if g.split('/').any(|c| c == "..") {
                 return Err(err("the guest path may not contain ..".into()));
             }
-            normalize_guest(g)
+            // Typed flags may write `/mnt/d/` or `./`; what is left must be
+            // one guest path like any other (no control characters, no `::`).
+            crate::GuestPath::parse(&normalize_guest(g))
+                .map_err(|e| match e {
+                    PolicyError::GuestPath { reason, .. } => err(format!("guest path: {reason}")),
+                    other => other,
+                })?
+                .into()
         }
         None => host_abs
             .to_str()
@@ -442,5 +449,10 @@ mod tests {
                 "{bad:?}"
             );
         }
+        let e = resolve_grant("data::/a\x1b[2K", Access::Read, cwd, &FakeFs)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("guest path: the control"), "{e}");
+        assert!(resolve_grant("data::/a::b", Access::Read, cwd, &FakeFs).is_err());
     }
 }

@@ -8,18 +8,22 @@
 
 mod env;
 mod fs;
+mod guest;
 mod limits;
 mod net;
 mod raw;
+pub mod text;
 
 pub use env::{EnvPattern, EnvPolicy};
 pub use fs::{
     Access, FsGrant, FsOp, FsPolicy, GrantKind, PathResolver, ResolvedPath, join_guest_checked,
     normalize_guest, strip_guest_prefix,
 };
+pub use guest::{GuestPath, MAX_GUEST_PATH};
 pub use limits::{Limits, format_duration, format_size, parse_duration, parse_size};
 pub use net::{AddrClass, HostPattern, ListenRule, NetPolicy, NetRule, PortSpec, classify};
-pub use raw::{RawLimits, RawPolicy, split_all};
+pub use raw::{DirGrant, RawLimits, RawPolicy, TypedGrants, split_all};
+pub use text::{escape_for_terminal, is_terminal_unsafe, quote_flag_value};
 
 /// A policy every part of which has been checked: what the sandbox enforces.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +77,8 @@ pub enum PolicyError {
     Path { input: String, reason: String },
     #[error("empty item in {list} {input:?}")]
     EmptyItem { list: String, input: String },
+    #[error("invalid guest path {input:?}: {reason}")]
+    GuestPath { input: String, reason: String },
     #[error("invalid policy file: {0}")]
     Toml(String),
 }

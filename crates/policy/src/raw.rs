@@ -2,11 +2,11 @@
 //! and its resolution into a [`Policy`] the sandbox can enforce.
 
 use crate::env::parse_assignment;
-use crate::fs::{Access, FsGrant, PathResolver, normalize_host, resolve_grant};
+use crate::fs::{Access, FsGrant, GrantKind, PathResolver, normalize_host, resolve_grant};
 use crate::limits::{MAX_MEMORY, format_size};
 use crate::{
-    EnvPattern, EnvPolicy, FsPolicy, Limits, ListenRule, NetPolicy, NetRule, Policy, PolicyError,
-    parse_duration, parse_size,
+    EnvPattern, EnvPolicy, FsPolicy, GuestPath, Limits, ListenRule, NetPolicy, NetRule, Policy,
+    PolicyError, parse_duration, parse_size,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -64,6 +64,26 @@ impl Scalar {
             Scalar::Str(s) => s.clone(),
         }
     }
+}
+
+/// Grants that arrive already typed: a bundle's asks, as the user bound
+/// and consented to them. They join the flags' grants in
+/// [`RawPolicy::resolve_with`] without ever being written out as flag text,
+/// so nothing in them is split at `,` or `::` or parsed a second time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypedGrants {
+    pub dirs: Vec<DirGrant>,
+    pub net: Vec<NetRule>,
+    pub env: Vec<EnvPattern>,
+}
+
+/// A host directory shown to the guest at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// As the user typed it; relative to the working directory.
+    pub host: PathBuf,
+    pub guest: GuestPath,
+    pub access: Access,
 }
 
 impl From<String> for Scalar {
@@ -187,16 +207,33 @@ impl RawPolicy {
 
     /// Checks every rule and resolves every path against `cwd`.
     pub fn resolve(&self, cwd: &Path, resolver: &dyn PathResolver) -> Result<Policy, PolicyError> {
+        self.resolve_with(cwd, resolver, &TypedGrants::default())
+    }
+
+    /// [`resolve`](Self::resolve), plus grants that are already typed. They
+    /// meet the same checks as the flags' (a host path must exist, two
+    /// hosts may not share a guest path), and the `--deny-*` rules win over
+    /// them as over any grant.
+    pub fn resolve_with(
+        &self,
+        cwd: &Path,
+        resolver: &dyn PathResolver,
+        typed: &TypedGrants,
+    ) -> Result<Policy, PolicyError> {
         self.check_items()?;
+        let mut allow_net = parse_all(&self.allow_net, NetRule::parse)?;
+        allow_net.extend(typed.net.iter().cloned());
+        let mut allow_env = parse_all(&self.allow_env, EnvPattern::parse)?;
+        allow_env.extend(typed.env.iter().cloned());
         Ok(Policy {
-            fs: self.resolve_fs(cwd, resolver)?,
+            fs: self.resolve_fs(cwd, resolver, &typed.dirs)?,
             net: NetPolicy {
-                allow: parse_all(&self.allow_net, NetRule::parse)?,
+                allow: allow_net,
                 deny: parse_all(&self.deny_net, NetRule::parse)?,
                 listen: parse_all(&self.allow_listen, ListenRule::parse)?,
             },
             env: EnvPolicy {
-                allow: parse_all(&self.allow_env, EnvPattern::parse)?,
+                allow: allow_env,
                 set: self
                     .env
                     .iter()
@@ -207,29 +244,40 @@ impl RawPolicy {
         })
     }
 
-    fn resolve_fs(&self, cwd: &Path, resolver: &dyn PathResolver) -> Result<FsPolicy, PolicyError> {
+    fn resolve_fs(
+        &self,
+        cwd: &Path,
+        resolver: &dyn PathResolver,
+        dirs: &[DirGrant],
+    ) -> Result<FsPolicy, PolicyError> {
         let mut grants: Vec<FsGrant> = Vec::new();
         let specs = split_all(&self.allow_read)
             .map(|s| (s, Access::Read))
             .chain(split_all(&self.allow_write).map(|s| (s, Access::ReadWrite)));
         for (spec, access) in specs {
             let g = resolve_grant(spec, access, cwd, resolver)?;
-            if let Some(same) = grants.iter_mut().find(|o| o.guest == g.guest) {
-                if same.host != g.host {
-                    return Err(PolicyError::Path {
-                        input: spec.to_string(),
-                        reason: format!(
-                            "{} is already granted from {}; choose another guest path with HOST::GUEST",
-                            g.guest,
-                            same.host.display()
-                        ),
-                    });
-                }
-                // The same path granted twice: the wider access was asked for.
-                same.access = same.access.max(g.access);
-                continue;
+            add_grant(&mut grants, g, spec)?;
+        }
+        for d in dirs {
+            let shown = d.host.display().to_string();
+            let err = |reason: String| PolicyError::Path {
+                input: shown.clone(),
+                reason,
+            };
+            let abs = normalize_host(&cwd.join(&d.host));
+            let resolved = resolver
+                .resolve(&abs)
+                .map_err(|e| err(format!("{}: {e}", abs.display())))?;
+            if !resolved.is_dir {
+                return Err(err(format!("{} is not a directory", abs.display())));
             }
-            grants.push(g);
+            let g = FsGrant {
+                host: resolved.canonical,
+                guest: d.guest.to_string(),
+                access: d.access,
+                kind: GrantKind::Dir,
+            };
+            add_grant(&mut grants, g, &shown)?;
         }
         let deny = |list: &[String]| -> Vec<PathBuf> {
             split_all(list)
@@ -289,6 +337,27 @@ impl RawLimits {
         }
         Ok(limits)
     }
+}
+
+/// Adds `g` to `grants`, or widens the grant already at its guest path.
+fn add_grant(grants: &mut Vec<FsGrant>, g: FsGrant, input: &str) -> Result<(), PolicyError> {
+    if let Some(same) = grants.iter_mut().find(|o| o.guest == g.guest) {
+        if same.host != g.host {
+            return Err(PolicyError::Path {
+                input: input.to_string(),
+                reason: format!(
+                    "{} is already granted from {}; choose another guest path with HOST::GUEST",
+                    g.guest,
+                    same.host.display()
+                ),
+            });
+        }
+        // The same path granted twice: the wider access was asked for.
+        same.access = same.access.max(g.access);
+        return Ok(());
+    }
+    grants.push(g);
+    Ok(())
 }
 
 /// Flags take comma-separated lists (`--allow-read=a,b`): every item.
@@ -475,5 +544,83 @@ mod tests {
             ..Default::default()
         };
         assert!(raw.resolve(Path::new("/"), &Fs).is_err());
+    }
+
+    /// A bundle's guest path `/out,/` once became two grants, the second of
+    /// the host's `/`, because it was written into flag text and split at
+    /// `,`. Typed grants are never split: one ask is one grant.
+    #[test]
+    fn typed_grants_are_never_split() {
+        let guest = |s: &str| GuestPath::parse(s).unwrap();
+        // The text cannot even become a guest path.
+        assert!(GuestPath::parse("/out,/").is_err());
+        let typed = TypedGrants {
+            dirs: vec![DirGrant {
+                host: "out".into(),
+                guest: guest("/output"),
+                access: Access::Read,
+            }],
+            net: vec![NetRule::parse("api.example.com:443").unwrap()],
+            env: vec![EnvPattern::parse("API_TOKEN").unwrap()],
+        };
+        let raw = RawPolicy {
+            allow_net: vec!["b.com".into()],
+            ..Default::default()
+        };
+        let p = raw.resolve_with(Path::new("/home/u"), &Fs, &typed).unwrap();
+        assert_eq!(
+            p.fs.grants,
+            vec![FsGrant {
+                host: "/home/u/out".into(),
+                guest: "/output".into(),
+                access: Access::Read,
+                kind: GrantKind::Dir,
+            }]
+        );
+        let rules: Vec<String> = p.net.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(rules, ["b.com", "api.example.com:443"]);
+        assert_eq!(p.env.allow, typed.env);
+    }
+
+    #[test]
+    fn typed_dirs_are_checked_like_flags() {
+        let dir = |host: &str, g: &str| TypedGrants {
+            dirs: vec![DirGrant {
+                host: host.into(),
+                guest: GuestPath::parse(g).unwrap(),
+                access: Access::ReadWrite,
+            }],
+            ..Default::default()
+        };
+        let cwd = Path::new("/home/u");
+        let e = RawPolicy::default()
+            .resolve_with(cwd, &Fs, &dir("/missing/out", "/o"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("No such file"), "{e}");
+        let e = RawPolicy::default()
+            .resolve_with(cwd, &Fs, &dir("notes.txt", "/o"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        // Another host at the same guest path is refused, not shadowed.
+        let raw = RawPolicy {
+            allow_read: vec!["/etc::/o".into()],
+            ..Default::default()
+        };
+        let e = raw
+            .resolve_with(cwd, &Fs, &dir("out", "/o"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already granted from /etc"), "{e}");
+        // The user's own --deny-write still wins inside a bound directory.
+        let raw = RawPolicy {
+            deny_write: vec!["out/keep".into()],
+            ..Default::default()
+        };
+        let p = raw.resolve_with(cwd, &Fs, &dir("out", "/o")).unwrap();
+        let v =
+            p.fs.decide(Path::new("/home/u/out/keep/x"), crate::FsOp::Write, false);
+        assert!(!v.is_allowed(), "{v:?}");
     }
 }

@@ -3,7 +3,8 @@
 //! scope, and what is displayed parses back to the same rule.
 
 use capsa_policy::{
-    Access, AddrClass, FsGrant, FsOp, FsPolicy, GrantKind, NetPolicy, NetRule, classify,
+    Access, AddrClass, DirGrant, FsGrant, FsOp, FsPolicy, GrantKind, GuestPath, NetPolicy, NetRule,
+    PathResolver, RawPolicy, ResolvedPath, TypedGrants, classify,
 };
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -265,6 +266,48 @@ proptest! {
             } else {
                 prop_assert!(target.starts_with(&g.host));
             }
+        }
+    }
+
+    /// A guest path that parses displays as exactly its input, and the
+    /// display parses back to the same path.
+    #[test]
+    fn guest_paths_round_trip(text in "(/[a-z.,:\\ \u{1b}\u{202e}-]{0,6}){1,4}") {
+        if let Ok(p) = GuestPath::parse(&text) {
+            prop_assert_eq!(p.to_string(), text.clone());
+            prop_assert_eq!(GuestPath::parse(&p.to_string()).unwrap(), p);
+            prop_assert!(!text.contains(',') && !text.contains("::"));
+            prop_assert!(!text.chars().any(capsa_policy::text::is_terminal_unsafe));
+        }
+    }
+
+    /// Whatever a bundle asks for and the user binds, the resolved policy
+    /// holds exactly one grant per bound directory, at its guest path, with
+    /// the access the user gave: never more grants, never more access.
+    #[test]
+    fn typed_grants_grant_exactly_what_they_say(
+        dirs in prop::collection::btree_map("/[a-z]{1,4}", (path(), any::<bool>()), 0..4),
+    ) {
+        struct Same;
+        impl PathResolver for Same {
+            fn resolve(&self, path: &std::path::Path) -> Result<ResolvedPath, String> {
+                Ok(ResolvedPath { canonical: path.to_path_buf(), is_dir: true })
+            }
+        }
+        let typed = TypedGrants {
+            dirs: dirs.iter().map(|(g, (host, rw))| DirGrant {
+                host: host.clone(),
+                guest: GuestPath::parse(g).unwrap(),
+                access: if *rw { Access::ReadWrite } else { Access::Read },
+            }).collect(),
+            ..Default::default()
+        };
+        let p = RawPolicy::default().resolve_with(std::path::Path::new("/"), &Same, &typed).unwrap();
+        prop_assert_eq!(p.fs.grants.len(), dirs.len());
+        for ((g, (host, rw)), grant) in dirs.iter().zip(&p.fs.grants) {
+            prop_assert_eq!(&grant.guest, g);
+            prop_assert_eq!(&grant.host, host);
+            prop_assert_eq!(grant.access == Access::ReadWrite, *rw);
         }
     }
 }

@@ -630,6 +630,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         let src = self.check(&fd, &old_path, follow, Need::ReadWrite, "link from")?;
         let dst = self.check(&new_fd, &new_path, false, Need::Name, "link to")?;
         self.same_domain(&src, &dst)?;
+        // A hard link to a symbolic link is that link at another depth.
+        if let Some(target) = self.link_target(&src)? {
+            self.link_stays_inside(&dst, &target)?;
+        }
         let r =
             fs::HostDescriptor::link_at(&mut self.inner, fd, old_pf, old_path, new_fd, new_path);
         self.after(&dst, r)

@@ -259,7 +259,10 @@ impl HttpClient {
         let names = [key.host.clone()];
         let verdicts: Vec<(SocketAddr, Verdict)> = found
             .into_iter()
-            .map(|a| (a, net.decide_connect(a.ip(), key.port, &names)))
+            .map(|a| {
+                let v = crate::net_guard::decide_connect(&self.guard, a.ip(), key.port, &names);
+                (a, v)
+            })
             .collect();
         let allowed: Vec<SocketAddr> = verdicts
             .iter()

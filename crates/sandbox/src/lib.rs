@@ -64,6 +64,9 @@ pub struct Guard {
     areas: fs_area::Areas,
     /// Addresses the host resolved for granted names in this run.
     resolved: Mutex<HashMap<IpAddr, Vec<String>>>,
+    /// A UDP socket was bound under a listen grant: datagrams from anyone
+    /// may be received. Until then, only replies from granted peers.
+    udp_server: AtomicBool,
 }
 
 /// What to run, and how.
@@ -405,6 +408,7 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
         preopens,
         areas,
         resolved: Mutex::new(HashMap::new()),
+        udp_server: AtomicBool::new(false),
     });
 
     let budget = OutputBudget::new(limits.max_output);

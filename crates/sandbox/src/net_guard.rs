@@ -26,13 +26,26 @@ pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) ->
     let (verb, decision) = match usage {
         SocketAddrUse::TcpConnect => ("connect to", connect_decision(guard, addr)),
         SocketAddrUse::UdpSend => ("send to", connect_decision(guard, addr)),
-        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => ("bind to", net.decide_bind(addr)),
+        SocketAddrUse::TcpBind => ("bind to", net.decide_bind(addr)),
+        SocketAddrUse::UdpBind => {
+            let d = net.decide_bind(addr);
+            // An explicit bind that a listen rule granted makes a UDP
+            // server, which may hear from anyone; the implicit bind of a
+            // client does not.
+            if d.is_allowed() && !(addr.ip().is_unspecified() && addr.port() == 0) {
+                guard
+                    .udp_server
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            ("bind to", d)
+        }
         SocketAddrUse::TcpListen => ("listen on", net.decide_listen(addr)),
         // The socket is already listening with the user's grant.
         SocketAddrUse::TcpAccept => return true,
         // Replies to what the guest may send to, or anything on a granted port.
         SocketAddrUse::UdpReceive => {
-            return connect_decision(guard, addr).is_allowed() || !net.listen.is_empty();
+            return connect_decision(guard, addr).is_allowed()
+                || guard.udp_server.load(std::sync::atomic::Ordering::SeqCst);
         }
     };
     let target = addr.to_string();
@@ -48,10 +61,44 @@ fn connect_decision(guard: &Guard, addr: SocketAddr) -> Verdict {
         .get(&addr.ip())
         .cloned()
         .unwrap_or_default();
-    guard
-        .policy
-        .net
-        .decide_connect(addr.ip(), addr.port(), &names)
+    decide_connect(guard, addr.ip(), addr.port(), &names)
+}
+
+/// The policy's decision, and one thing only the host can know: a granted
+/// name that resolves to one of this machine's own addresses would reach
+/// services bound to every interface, as loopback would. Such an address
+/// is reached only when a rule names it by IP.
+pub fn decide_connect(guard: &Guard, ip: IpAddr, port: u16, names: &[String]) -> Verdict {
+    let net = &guard.policy.net;
+    let verdict = net.decide_connect(ip, port, names);
+    if !verdict.is_allowed()
+        || names.is_empty()
+        || ip.is_loopback()
+        || net.decide_connect(ip, port, &[]).is_allowed()
+    {
+        return verdict;
+    }
+    if !is_own_address(ip) {
+        return verdict;
+    }
+    let hint = match ip {
+        IpAddr::V6(_) => format!("--allow-net=[{ip}]:{port}"),
+        IpAddr::V4(_) => format!("--allow-net={ip}:{port}"),
+    };
+    Verdict::Deny {
+        rule: None,
+        reason: format!(
+            "{} resolved to an address of this machine, which is reached only when granted by IP",
+            names[0]
+        ),
+        hint: Some(hint),
+    }
+}
+
+/// Whether `ip` is an address of this machine: binding to it works only
+/// then. Nothing is sent.
+fn is_own_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Lookups in flight: stream → the granted name it resolves.

@@ -219,27 +219,7 @@ impl Reporter {
     }
 }
 
-/// `text` with every control and bidirectional-format character written as
-/// `\u{..}`: what reaches the terminal is what it says.
-pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
-    let bad = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !text.chars().any(bad) {
-        return text.into();
-    }
-    text.chars()
-        .map(|c| {
-            if bad(c) {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect::<String>()
-        .into()
-}
+pub use capsa_policy::escape_for_terminal as escape;
 
 /// A hint as the user may paste it: `--flag=VALUE` with the value quoted
 /// for the shell where it needs it, or no hint at all where the value could
@@ -247,14 +227,10 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 /// character cannot be typed).
 fn hint_text(hint: &str) -> Option<String> {
     let (flag, value) = hint.split_once('=')?;
-    if value.contains(',') || value.chars().any(char::is_control) || escape(value) != value {
+    if value.contains(',') || value.chars().any(capsa_policy::is_terminal_unsafe) {
         return None;
     }
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/._:@%+=-".contains(c);
-    if value.chars().all(plain) {
-        return Some(hint.to_string());
-    }
-    Some(format!("{flag}='{}'", value.replace('\'', "'\\''")))
+    Some(format!("{flag}={}", capsa_policy::quote_flag_value(value)))
 }
 
 /// RFC 3339 UTC with milliseconds, without pulling in a date crate.

@@ -1,7 +1,9 @@
 //! `capsa inspect app.capsa`: what a bundle runs and asks for, before it runs.
 
+use super::bundle::parse_sha256;
 use super::run::fail;
-use capsa_bundle::manifest::DirAccess;
+use capsa_bundle::BundleError;
+use capsa_policy::{escape_for_terminal, quote_flag_value};
 use capsa_sandbox::exit;
 use clap::Args;
 use std::path::PathBuf;
@@ -15,77 +17,113 @@ pub struct InspectArgs {
     /// Print JSON, for tools.
     #[arg(long)]
     json: bool,
+    /// Refuse the bundle unless its sha256 is HEX.
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+    expect_sha256: Option<[u8; 32]>,
 }
 
-/// Reads and verifies a bundle file, or says why not (exit 126).
-pub fn open(path: &std::path::Path) -> Result<capsa_bundle::Bundle, i32> {
-    let cannot = |e: std::io::Error| {
+/// Reads and verifies a bundle file, or says why not: 126 for a file that
+/// is not a sound bundle, 125 for one whose digest is not `expected`.
+///
+/// Only the file itself is read, from its start: a bundle appended to an
+/// executable is found only by that executable (`capsa_bundle::own_bundle`).
+pub fn open(
+    path: &std::path::Path,
+    expected: Option<&[u8; 32]>,
+) -> Result<capsa_bundle::Bundle, i32> {
+    let shown = escape_for_terminal(&path.display().to_string()).into_owned();
+    let bytes = std::fs::read(path).map_err(|e| {
         fail(
             exit::LOAD,
-            anyhow::anyhow!("cannot read {}: {e}", path.display()),
+            anyhow::anyhow!("cannot read {shown}: {}", super::run::describe_io(&e)),
         )
-    };
-    // A bundle file, or an executable made by `capsa pack --exe`.
-    let bytes = match capsa_bundle::embedded(path).map_err(cannot)? {
-        Some(bytes) => bytes,
-        None => std::fs::read(path).map_err(cannot)?,
-    };
-    capsa_bundle::read(&bytes, capsa_bundle::ReadLimits::default())
-        .map_err(|e| fail(exit::LOAD, anyhow::anyhow!("{}: {e}", path.display())))
+    })?;
+    decode(&shown, &bytes, expected)
+}
+
+/// [`open`] on bytes already read; `shown` names them in messages.
+pub fn decode(
+    shown: &str,
+    bytes: &[u8],
+    expected: Option<&[u8; 32]>,
+) -> Result<capsa_bundle::Bundle, i32> {
+    capsa_bundle::read_expecting(bytes, capsa_bundle::ReadLimits::default(), expected).map_err(
+        |e| {
+            let code = match e {
+                // The user's own check said no: the bundle may be sound.
+                BundleError::UnexpectedDigest { .. } => exit::USAGE,
+                _ => exit::LOAD,
+            };
+            fail(code, anyhow::anyhow!("{shown}: {e}"))
+        },
+    )
 }
 
 pub fn run(args: InspectArgs) -> i32 {
-    let b = match open(&args.bundle) {
+    let b = match open(&args.bundle, args.expect_sha256.as_ref()) {
         Ok(b) => b,
         Err(code) => return code,
     };
     let m = &b.manifest;
     if args.json {
+        // JSON escapes control characters itself; tools get the text as is.
         let v = serde_json::json!({
             "sha256": b.digest_hex(),
             "manifest": m,
             "files": b.files.iter().map(|(p, d)| serde_json::json!({"path": p, "size": d.len()})).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        match serde_json::to_string_pretty(&v) {
+            Ok(text) => println!("{text}"),
+            Err(e) => return fail(exit::INTERNAL, e.into()),
+        }
         return 0;
     }
-    println!("bundle  {}", args.bundle.display());
+    // Everything below that the bundle chose is escaped: the manifest's
+    // checks refuse control characters, and this does not rely on them.
+    let esc = |s: &str| escape_for_terminal(s).into_owned();
+    println!("bundle  {}", esc(&args.bundle.display().to_string()));
     println!("sha256  {}", b.digest_hex());
-    let args_text = if m.run.args.is_empty() {
-        String::new()
-    } else {
-        format!(" {}", m.run.args.join(" "))
-    };
-    println!("runs    {}{args_text}", m.run.entry);
+    let args_text: String = m
+        .run
+        .args
+        .iter()
+        .map(|a| format!(" {}", esc(&quote_flag_value(a))))
+        .collect();
+    println!("runs    {}{args_text}", esc(&m.run.entry));
     println!("asks for:");
-    if m.ask.net.is_empty() && m.ask.env.is_empty() && m.ask.dirs.is_empty() {
+    if !m.asks_anything() {
         println!("  nothing");
     }
     for n in &m.ask.net {
-        println!("  network  {:<32} {}", n.rule, n.reason);
-    }
-    for e in &m.ask.env {
-        println!("  env      {:<32} {}", e.name, e.reason);
-    }
-    for (name, d) in &m.ask.dirs {
-        let access = match d.access {
-            DirAccess::Read => "read-only",
-            DirAccess::ReadWrite => "read-write",
-        };
         println!(
-            "  dir      {:<32} {}",
-            format!("{name} ({access}, at {})", d.guest),
-            d.reason
+            "  network  {:<32} {}",
+            n.rule.to_string(),
+            esc(n.reason.as_str())
         );
     }
+    for e in &m.ask.env {
+        println!(
+            "  env      {:<32} {}",
+            e.name.to_string(),
+            esc(e.reason.as_str())
+        );
+    }
+    for (name, d) in &m.ask.dirs {
+        println!(
+            "  dir      {:<32} {}",
+            format!("{name} ({}, at {})", d.access.describe(), d.guest),
+            esc(d.reason.as_str())
+        );
+    }
+    let or_default = |v: Option<String>| v.unwrap_or_else(|| "default".into());
     println!(
         "limits  memory {}, timeout {}",
-        m.limits.memory.as_deref().unwrap_or("default"),
-        m.limits.timeout.as_deref().unwrap_or("default")
+        or_default(m.limits.memory.map(|l| l.to_string())),
+        or_default(m.limits.timeout.map(|l| l.to_string()))
     );
     println!("files:");
     for (p, d) in &b.files {
-        println!("  {:>10}  {p}", d.len());
+        println!("  {:>10}  {}", d.len(), esc(p));
     }
     0
 }

@@ -1,6 +1,7 @@
 //! `capsa pack DIR -o app.capsa`: a project folder into one bundle file.
 
 use super::run::fail;
+use capsa_policy::escape_for_terminal;
 use capsa_sandbox::exit;
 use clap::Args;
 use std::io::Write;
@@ -46,13 +47,8 @@ pub fn run(args: PackArgs) -> i32 {
         Err(e) => return fail(exit::USAGE, e.into()),
     };
     let file = if args.exe {
-        let me = std::env::current_exe().and_then(|p| {
-            // An executable made by --exe packs its own capsa, not itself.
-            let exe = std::fs::read(&p)?;
-            let own = capsa_bundle::embedded(&p)?.map_or(0, |b| b.len() + 16);
-            Ok(exe[..exe.len() - own].to_vec())
-        });
-        match me {
+        // An executable made by --exe packs its own capsa, not itself.
+        match capsa_bundle::own_executable() {
             Ok(exe) => capsa_bundle::embed(&exe, &bytes),
             Err(e) => {
                 return fail(
@@ -75,12 +71,13 @@ pub fn run(args: PackArgs) -> i32 {
         Err(e) => return fail(exit::INTERNAL, e.into()),
     };
     let size: usize = files.values().map(Vec::len).sum();
+    let esc = |p: &Path| escape_for_terminal(&p.display().to_string()).into_owned();
     println!(
         "packed {} ({} files, {size} bytes; runs {}) into {}\nsha256 {}",
-        args.dir.display(),
+        esc(&args.dir),
         files.len(),
-        manifest.run.entry,
-        args.output.display(),
+        escape_for_terminal(&manifest.run.entry),
+        esc(&args.output),
         digest
     );
     0

@@ -1,7 +1,7 @@
 //! `capsa run`: flags to a resolved policy, then one call into the sandbox.
 
 use anyhow::{Context, Result};
-use capsa_policy::{PathResolver, Policy, RawLimits, RawPolicy, ResolvedPath};
+use capsa_policy::{PathResolver, Policy, RawLimits, RawPolicy, ResolvedPath, TypedGrants};
 use capsa_sandbox::report::AuditSink;
 use capsa_sandbox::{CodeCache, Outcome, RunConfig, exit};
 use clap::Args;
@@ -42,9 +42,12 @@ pub struct RunArgs {
     /// Bundles: grant what the bundle asks for without asking.
     #[arg(long)]
     pub grant_requested: bool,
-    /// Bundles: bind a directory the bundle asks for to a host path.
-    #[arg(long, value_name = "NAME=PATH")]
-    pub bind: Vec<String>,
+    /// Bundles: bind an asked directory to a host path; :ro or :rw sets the access.
+    #[arg(long, value_name = "NAME=PATH[:ro|:rw]", value_parser = super::bundle::parse_bind)]
+    pub bind: Vec<super::bundle::Bind>,
+    /// Bundles: refuse the bundle unless its sha256 is HEX.
+    #[arg(long, value_name = "HEX", value_parser = super::bundle::parse_sha256)]
+    pub expect_sha256: Option<[u8; 32]>,
     /// The program: a .wasm or .wat file, a .py script, or a .capsa bundle.
     #[arg(value_name = "PROGRAM")]
     pub program: PathBuf,
@@ -183,7 +186,12 @@ impl SandboxArgs {
 
 /// A raw policy resolved against the real file system.
 pub fn resolve(raw: RawPolicy, cwd: &Path) -> Result<Policy> {
-    let policy = raw.resolve(cwd, &HostFs)?;
+    resolve_with(raw, &TypedGrants::default(), cwd)
+}
+
+/// [`resolve`], plus grants that arrive typed (a bundle's asks).
+pub fn resolve_with(raw: RawPolicy, typed: &TypedGrants, cwd: &Path) -> Result<Policy> {
+    let policy = raw.resolve_with(cwd, &HostFs, typed)?;
     refuse_own_files(&policy)?;
     Ok(policy)
 }
@@ -242,13 +250,13 @@ fn is_python(path: &Path) -> bool {
 
 pub fn run(args: RunArgs) -> i32 {
     if capsa_bundle::is_bundle_file(&args.program) {
-        return super::bundle::run(args);
+        return super::bundle::run(args, None);
     }
-    if args.grant_requested || !args.bind.is_empty() {
+    if args.grant_requested || !args.bind.is_empty() || args.expect_sha256.is_some() {
         return fail(
             exit::USAGE,
             anyhow::anyhow!(
-                "--grant-requested and --bind are for bundles; {} is not one",
+                "--grant-requested, --bind and --expect-sha256 are for bundles; {} is not one",
                 args.program.display()
             ),
         );
@@ -345,10 +353,15 @@ pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Prints `err` and its causes on one line (lines only where capsa itself
+/// broke them), escaped: a message may quote a path, a name or a reason
+/// that a bundle or a guest chose.
 pub fn fail(code: i32, err: anyhow::Error) -> i32 {
-    // Escaped line by line: an error quotes input (a path, a bundle's text).
     let text = format!("{err:#}");
-    let lines: Vec<_> = text.lines().map(capsa_sandbox::report::escape).collect();
+    let lines: Vec<_> = text
+        .split('\n')
+        .map(capsa_policy::escape_for_terminal)
+        .collect();
     say(&format!("capsa: error: {}", lines.join("\n")));
     code
 }

@@ -166,10 +166,25 @@ fn consent_is_needed_for_what_a_bundle_asks() {
         no_consent.stderr
     );
     assert!(!d.join("out/r.txt").exists(), "nothing ran");
-    let typed = go(&["--allow-env=CAPSA_TEST_TOKEN", "--bind", &bind]);
+    // A bind without :ro or :rw does not say which access it grants.
+    let unstated = go(&["--allow-env=CAPSA_TEST_TOKEN", "--bind", &bind]);
+    assert_eq!(unstated.code, 125, "{}", unstated.stderr);
+    assert!(
+        unstated
+            .stderr
+            .contains("read-write at /output: the report"),
+        "{}",
+        unstated.stderr
+    );
+    assert!(!d.join("out/r.txt").exists(), "nothing ran");
+    let typed = go(&[
+        "--allow-env=CAPSA_TEST_TOKEN",
+        "--bind",
+        &format!("{bind}:rw"),
+    ]);
     assert_eq!(
         typed.stdout, "t0k\n",
-        "the explicit flag is consent: {}",
+        "the explicit flags are consent: {}",
         typed.stderr
     );
     std::fs::remove_file(d.join("out/r.txt")).unwrap();
@@ -343,12 +358,26 @@ fn packed_executable_runs_without_capsa() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // capsa looks for an appended bundle only in its own executable: the
+    // file given to inspect (or run) is read from its start, as a bundle.
     let inspect: Run = capsa().arg("inspect").arg(&moved).output().unwrap().into();
+    assert_eq!(inspect.code, 126, "{}", inspect.stdout);
     assert!(
-        inspect.stdout.contains("runs    main.py"),
+        inspect.stderr.contains("not a capsa bundle"),
         "{}",
-        inspect.stdout
+        inspect.stderr
     );
+    // The executable checks the digest it is told to expect.
+    let wrong = std::process::Command::new(&moved)
+        .arg(format!("--expect-sha256={}", "0".repeat(64)))
+        .env(
+            "CAPSA_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains(&"0".repeat(64)));
     // Its flags are capsa run's: a limit applies.
     let limited = std::process::Command::new(&moved)
         .args(["--memory=lots"])
@@ -359,4 +388,471 @@ fn packed_executable_runs_without_capsa() {
         .output()
         .unwrap();
     assert_eq!(limited.status.code(), Some(125));
+}
+
+// Hostile bundles. capsa's own writer refuses what these carry, so they are
+// forged here byte by byte: a tar written by hand, stored in one zstd frame
+// of raw (uncompressed) blocks, behind a correct digest line. The reader
+// must refuse them on their content, not because the digest is wrong.
+
+/// A tar of regular files, in order.
+fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in entries {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+        h[136..148].copy_from_slice(b"00000000000\0");
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// One zstd frame of raw blocks: a 1 MiB window, blocks of at most 128 KiB,
+/// no checksum.
+fn zstd_frame(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 10 << 3];
+    let chunks: Vec<&[u8]> = if data.is_empty() {
+        vec![&[]]
+    } else {
+        data.chunks(128 << 10).collect()
+    };
+    for (i, c) in chunks.iter().enumerate() {
+        let last = u32::from(i + 1 == chunks.len());
+        let header = last | ((c.len() as u32) << 3);
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+/// A bundle of `manifest` and `files`, with nothing checked.
+fn forge(manifest: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut entries = vec![("capsa.toml", manifest.as_bytes())];
+    entries.extend_from_slice(files);
+    capsa_bundle::wrap_payload(&zstd_frame(&tar(&entries)))
+}
+
+/// The payload of a bundle file (after the magic and digest lines).
+fn payload(bundle: &[u8]) -> &[u8] {
+    let (_, p) = capsa_bundle::verify(bundle).unwrap();
+    p
+}
+
+/// A folder with the probe guest as `probe.wasm` and `manifest`.
+fn probe_project(root: &Path, name: &str, manifest: &str) -> std::path::PathBuf {
+    let app = root.join(name);
+    std::fs::create_dir(&app).unwrap();
+    std::fs::copy(probe(P1), app.join("probe.wasm")).unwrap();
+    std::fs::write(app.join("capsa.toml"), manifest).unwrap();
+    app
+}
+
+fn inspect(bundle: &Path) -> Run {
+    capsa().arg("inspect").arg(bundle).output().unwrap().into()
+}
+
+/// `guest = "/out,/"` once passed the manifest check, and the bind became
+/// the flag text `HOST::/out,/`, which the flag parser split at `,`: the
+/// bundle was granted the host's `/` with no prompt. Now the manifest is
+/// refused when packed and when read, and nothing runs.
+#[test]
+fn comma_in_a_guest_path_grants_nothing_more() {
+    let (_g, d) = scratch();
+    let manifest = "version = 1\n[run]\nentry = \"probe.wasm\"\n\
+        [ask.dirs.out]\naccess = \"read-write\"\nguest = \"/out,/\"\nreason = \"results\"\n";
+    let app = probe_project(&d, "app", manifest);
+    let packed = d.join("app.capsa");
+    let r = pack(&app, &packed, &[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(r#"ask.dirs.out.guest: invalid guest path "/out,/""#),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(!packed.exists());
+
+    let wasm = std::fs::read(probe(P1)).unwrap();
+    let forged = d.join("forged.capsa");
+    std::fs::write(&forged, forge(manifest, &[("probe.wasm", &wasm)])).unwrap();
+    std::fs::create_dir(d.join("out")).unwrap();
+    let bind = format!("out={}:rw", s(&d.join("out")));
+    let r = run_in(
+        &d,
+        &["--grant-requested", "--bind", &bind],
+        &forged,
+        &["read", "/etc/passwd"],
+    );
+    assert_eq!(r.code, 126, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("invalid guest path"), "{}", r.stderr);
+    assert!(
+        !r.stdout.contains("root:"),
+        "the host's / was read: {}",
+        r.stdout
+    );
+    assert_eq!(r.stdout, "", "nothing ran");
+    let i = inspect(&forged);
+    assert_eq!(i.code, 126, "{}", i.stdout);
+    assert!(i.stderr.contains("invalid guest path"), "{}", i.stderr);
+}
+
+/// A reason once reached the terminal raw: `\r\x1b[2K` erased the prompt's
+/// line and wrote a harmless-looking one over it. Such text is refused where
+/// it enters, and every message that quotes it shows it escaped.
+#[test]
+fn escape_sequences_from_a_bundle_never_reach_the_terminal() {
+    let (_g, d) = scratch();
+    let hostile = [
+        ("\\r\\u001b[2Kreads nothing", "\\u{1b}[2K"),
+        ("reads \\u202e/etc/shadow", "\\u{202e}"),
+        ("ok\\u009b2J", "\\u{9b}"),
+    ];
+    for (i, (reason, shown)) in hostile.iter().enumerate() {
+        let manifest = format!(
+            "version = 1\n[run]\nentry = \"probe.wasm\"\n\
+             [[ask.net]]\nrule = \"example.com:443\"\nreason = \"{reason}\"\n"
+        );
+        let app = probe_project(&d, &format!("app{i}"), &manifest);
+        let packed = d.join(format!("app{i}.capsa"));
+        let r = pack(&app, &packed, &[]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(r.stderr.contains("invalid reason"), "{}", r.stderr);
+        assert!(r.stderr.contains(shown), "{shown}: {}", r.stderr);
+        assert!(!packed.exists());
+
+        let wasm = std::fs::read(probe(P1)).unwrap();
+        let forged = d.join(format!("forged{i}.capsa"));
+        std::fs::write(&forged, forge(&manifest, &[("probe.wasm", &wasm)])).unwrap();
+        for r in [
+            inspect(&forged),
+            run_in(&d, &["--grant-requested"], &forged, &["hello"]),
+        ] {
+            assert_eq!(r.code, 126, "{}", r.stderr);
+            assert!(r.stderr.contains(shown), "{shown}: {}", r.stderr);
+            for out in [&r.stdout, &r.stderr] {
+                assert!(
+                    !out.contains(['\r', '\u{1b}', '\u{202e}', '\u{9b}']),
+                    "raw control text printed: {out:?}"
+                );
+            }
+            assert_eq!(r.stdout, "", "nothing ran");
+        }
+    }
+    // A bundle's own file name, printed by inspect and by error messages.
+    let bad_name = d.join("app\u{1b}[2K.capsa");
+    std::fs::write(&bad_name, b"capsa bundle 1\nsha256=zz size=1\nx").unwrap();
+    let r = run_in(&d, &[], &bad_name, &[]);
+    assert_eq!(r.code, 126, "{}", r.stderr);
+    assert!(r.stderr.contains("app\\u{1b}[2K.capsa"), "{}", r.stderr);
+    assert!(!r.stderr.contains('\u{1b}'), "{:?}", r.stderr);
+}
+
+/// A valid bundle A could carry a bundle B in a zstd skippable frame at the
+/// end of its payload, followed by `capsa pack --exe`'s trailer: A's digest
+/// covered it, the decoder skipped it, and the trailer search (run on any
+/// file given to capsa) ran B. Now a payload is exactly one frame, and only
+/// capsa's own executable is searched for a trailer.
+#[test]
+fn a_bundle_carrying_another_is_refused() {
+    let (_g, d) = scratch();
+    let a_dir = probe_project(
+        &d,
+        "a",
+        "version = 1\n[run]\nentry = \"probe.wasm\"\nargs = [\"args\", \"I am A\"]\n",
+    );
+    let b_dir = probe_project(
+        &d,
+        "b",
+        "version = 1\n[run]\nentry = \"probe.wasm\"\nargs = [\"args\", \"I am B\"]\n",
+    );
+    let (a, b) = (d.join("a.capsa"), d.join("b.capsa"));
+    assert_eq!(pack(&a_dir, &a, &[]).code, 0);
+    assert_eq!(pack(&b_dir, &b, &[]).code, 0);
+    let (a, b) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let mut trailer = b.clone();
+    trailer.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    trailer.extend_from_slice(capsa_bundle::EXE_MAGIC);
+
+    let mut skippable = vec![0x50, 0x2A, 0x4D, 0x18];
+    skippable.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+    skippable.extend_from_slice(&trailer);
+    let mut carrying = payload(&a).to_vec();
+    carrying.extend_from_slice(&skippable);
+    let mut appended = a.clone();
+    appended.extend_from_slice(&trailer);
+    let cases = [
+        (
+            capsa_bundle::wrap_payload(&carrying),
+            "bytes after the payload's zstd frame",
+        ),
+        (appended, "bytes after the"),
+    ];
+    for (bytes, want) in cases {
+        let f = d.join("carrying.capsa");
+        std::fs::write(&f, &bytes).unwrap();
+        for r in [inspect(&f), run_in(&d, &["--grant-requested"], &f, &[])] {
+            assert_eq!(r.code, 126, "{want}: {}{}", r.stdout, r.stderr);
+            assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
+            assert!(!r.stdout.contains("I am"), "{want}: {}", r.stdout);
+        }
+    }
+}
+
+/// `--bind NAME=PATH:ro` gives the bundle read-only access where it asked
+/// for read-write; a write fails in the guest and the host file is unchanged.
+#[test]
+fn bind_read_only_where_the_bundle_asks_read_write() {
+    let (_g, d) = scratch();
+    let app = probe_project(
+        &d,
+        "app",
+        "version = 1\n[run]\nentry = \"probe.wasm\"\n\
+         [ask.dirs.data]\naccess = \"read-write\"\nguest = \"/data\"\nreason = \"keeps notes\"\n",
+    );
+    let bundle = d.join("app.capsa");
+    assert_eq!(pack(&app, &bundle, &[]).code, 0);
+    // A host path may hold `:`; only a trailing :ro or :rw is the access.
+    let host = d.join("my:notes");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("keep.txt"), "original").unwrap();
+    let bind = |suffix: &str| format!("data={}{suffix}", s(&host));
+    let before = tree(&host);
+
+    let ro = bind(":ro");
+    let read = run_in(&d, &["--bind", &ro], &bundle, &["read", "/data/keep.txt"]);
+    assert_eq!(read.stdout, "ok: original\n", "{}", read.stderr);
+    for attempt in [
+        &["write", "/data/keep.txt", "changed"][..],
+        &["write", "/data/new.txt", "x"],
+        &["append", "/data/keep.txt", "more"],
+        &["rm", "/data/keep.txt"],
+    ] {
+        let w = run_in(&d, &["--bind", &ro], &bundle, attempt);
+        assert!(w.stdout.starts_with("err:"), "{attempt:?}: {}", w.stdout);
+        assert_eq!(tree(&host), before, "{attempt:?} changed the host");
+    }
+
+    // Without a suffix the bundle's own ask applies, after consent.
+    let plain = bind("");
+    let unasked = run_in(&d, &["--bind", &plain], &bundle, &["hello"]);
+    assert_eq!(unasked.code, 125, "{}", unasked.stderr);
+    let w = run_in(
+        &d,
+        &["--grant-requested", "--bind", &plain],
+        &bundle,
+        &["write", "/data/keep.txt", "changed"],
+    );
+    assert!(w.stdout.starts_with("ok:"), "{}{}", w.stdout, w.stderr);
+    assert_eq!(
+        std::fs::read_to_string(host.join("keep.txt")).unwrap(),
+        "changed"
+    );
+    let rw = bind(":rw");
+    let w = run_in(
+        &d,
+        &["--bind", &rw],
+        &bundle,
+        &["write", "/data/new.txt", "x"],
+    );
+    assert!(w.stdout.starts_with("ok:"), "{}{}", w.stdout, w.stderr);
+
+    // :rw never grants more than a read-only ask.
+    let reader = probe_project(
+        &d,
+        "reader",
+        "version = 1\n[run]\nentry = \"probe.wasm\"\n\
+         [ask.dirs.data]\naccess = \"read\"\nguest = \"/data\"\nreason = \"reads notes\"\n",
+    );
+    let reader_bundle = d.join("reader.capsa");
+    assert_eq!(pack(&reader, &reader_bundle, &[]).code, 0);
+    let more = run_in(&d, &["--bind", &rw], &reader_bundle, &["hello"]);
+    assert_eq!(more.code, 125, "{}", more.stderr);
+    assert!(more.stderr.contains("not to write it"), "{}", more.stderr);
+}
+
+/// A bundle that asked only for directories was never shown to the user:
+/// the prompt covered network and environment asks only.
+#[test]
+fn a_bundle_asking_only_for_directories_is_shown() {
+    let (_g, d) = scratch();
+    let app = probe_project(
+        &d,
+        "app",
+        "version = 1\n[run]\nentry = \"probe.wasm\"\n\
+         [ask.dirs.home]\naccess = \"read-write\"\nguest = \"/home\"\nreason = \"tidies up\"\n",
+    );
+    let bundle = d.join("app.capsa");
+    assert_eq!(pack(&app, &bundle, &[]).code, 0);
+    let host = d.join("home");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("keep.txt"), "mine").unwrap();
+    let bind = format!("home={}", s(&host));
+    let args = ["rm", "/home/keep.txt"];
+
+    let r = run_in(&d, &["--bind", &bind], &bundle, &args);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("--bind home={}:rw", s(&host))),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("read-write at /home: tidies up"),
+        "{}",
+        r.stderr
+    );
+    assert!(host.join("keep.txt").exists(), "nothing ran");
+
+    let mut argv = vec!["run", "--bind", bind.as_str(), s(&bundle)];
+    argv.extend(args);
+    let no = on_terminal(&d, &argv, "n\n", &[]);
+    assert_eq!(no.code, 125, "{}", no.stdout);
+    assert!(
+        no.stdout.contains("read-write at /home: tidies up"),
+        "{}",
+        no.stdout
+    );
+    assert!(no.stdout.contains("Grant these?"), "{}", no.stdout);
+    assert!(host.join("keep.txt").exists(), "nothing ran");
+    let yes = on_terminal(&d, &argv, "y\n", &[]);
+    assert_eq!(yes.code, 0, "{}", yes.stdout);
+    assert!(!host.join("keep.txt").exists());
+}
+
+#[test]
+fn expected_digest() {
+    let (_g, d) = scratch();
+    let app = probe_project(&d, "app", "version = 1\n[run]\nentry = \"probe.wasm\"\n");
+    let bundle = d.join("app.capsa");
+    let packed = pack(&app, &bundle, &[]);
+    assert_eq!(packed.code, 0);
+    let digest = packed
+        .stdout
+        .lines()
+        .last()
+        .unwrap()
+        .trim_start_matches("sha256 ")
+        .to_string();
+    assert_eq!(digest.len(), 64, "{}", packed.stdout);
+    let right = format!("--expect-sha256={digest}");
+    let ok = run_in(&d, &[&right], &bundle, &["hello"]);
+    assert_eq!(ok.stdout, "ok: hello from wasm\n", "{}", ok.stderr);
+    let upper = format!("--expect-sha256={}", digest.to_uppercase());
+    let ok = run_in(&d, &[&upper], &bundle, &[]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+
+    let other = format!(
+        "{}{}",
+        if digest.starts_with('0') { "1" } else { "0" },
+        &digest[1..]
+    );
+    let flag = format!("--expect-sha256={other}");
+    let run_wrong = run_in(&d, &[&flag], &bundle, &["hello"]);
+    let inspect_wrong: Run = capsa()
+        .args(["inspect", &flag])
+        .arg(&bundle)
+        .output()
+        .unwrap()
+        .into();
+    for r in [run_wrong, inspect_wrong] {
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert_eq!(r.stdout, "", "nothing ran");
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(
+            r.stderr.contains(&digest) && r.stderr.contains(&other),
+            "{}",
+            r.stderr
+        );
+    }
+    let bad = run_in(&d, &["--expect-sha256=abc"], &bundle, &[]);
+    assert_eq!(bad.code, 125, "{}", bad.stderr);
+    let not_bundle = run(&[&right], &probe(P1), &["hello"]);
+    assert_eq!(not_bundle.code, 125, "{}", not_bundle.stderr);
+}
+
+#[test]
+fn a_bundle_may_only_lower_limits() {
+    let (_g, d) = scratch();
+    for (i, (limits, want)) in [
+        ("memory = \"2G\"", "above capsa's default of 1G"),
+        ("timeout = \"1h\"", "above capsa's default of 10m"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let app = probe_project(
+            &d,
+            &format!("app{i}"),
+            &format!("version = 1\n[run]\nentry = \"probe.wasm\"\n[limits]\n{limits}\n"),
+        );
+        let r = pack(&app, &d.join("x.capsa"), &[]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(r.stderr.contains(want), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("a bundle may only lower limits"),
+            "{}",
+            r.stderr
+        );
+    }
+    // A lower limit applies; the user's flag still wins over it.
+    let app = probe_project(
+        &d,
+        "small",
+        "version = 1\n[run]\nentry = \"probe.wasm\"\n[limits]\nmemory = \"32M\"\n",
+    );
+    let bundle = d.join("small.capsa");
+    assert_eq!(pack(&app, &bundle, &[]).code, 0);
+    let r = run_in(&d, &[], &bundle, &["alloc"]);
+    assert_eq!(r.code, 137, "{}", r.stderr);
+    assert!(r.stderr.contains("memory limit of 32M"), "{}", r.stderr);
+}
+
+/// An unpacked bundle in the cache was trusted because its `.complete`
+/// marker existed: a changed or planted file there ran as the bundle's.
+#[test]
+fn a_changed_cache_is_unpacked_again() {
+    let (_g, d) = scratch();
+    let app = probe_project(&d, "app", "version = 1\n[run]\nentry = \"probe.wasm\"\n");
+    let bundle = d.join("app.capsa");
+    assert_eq!(pack(&app, &bundle, &[]).code, 0);
+    let cache = d.join("cache");
+    let go = |args: &[&str]| -> Run {
+        capsa()
+            .env("CAPSA_CACHE_DIR", &cache)
+            .arg("run")
+            .arg(&bundle)
+            .args(args)
+            .output()
+            .unwrap()
+            .into()
+    };
+    assert_eq!(go(&["hello"]).stdout, "ok: hello from wasm\n");
+    let unpacked: Vec<_> = std::fs::read_dir(cache.join("bundles"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    let dir = &unpacked[0];
+    std::fs::write(dir.join("probe.wasm"), b"(module)").unwrap();
+    std::fs::write(dir.join("planted.txt"), b"x").unwrap();
+    let r = go(&["ls", "/app"]);
+    assert_eq!(r.stdout, "ok: .complete,probe.wasm\n", "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(dir.join("probe.wasm")).unwrap(),
+        std::fs::read(probe(P1)).unwrap()
+    );
 }

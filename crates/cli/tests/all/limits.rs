@@ -103,7 +103,11 @@ fn exit_codes_pass_through() {
 #[test]
 fn memory_limit_is_the_total_of_every_memory() {
     let r = run(&["--memory=64M"], &wat("two-memories.wat"), &[]);
-    assert_eq!(r.code, 3, "the second memory grew past the total: {}", r.stderr);
+    assert_eq!(
+        r.code, 3,
+        "the second memory grew past the total: {}",
+        r.stderr
+    );
     let r = run(&["--memory=128M"], &wat("two-memories.wat"), &[]);
     assert_eq!(r.code, 0, "both fit under 128M: {}", r.stderr);
 }
@@ -123,6 +127,10 @@ fn timeout_holds_when_stderr_cannot_be_written() {
         .stderr(full)
         .output()
         .expect("capsa runs");
-    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
     assert_eq!(out.status.code(), Some(124));
 }

@@ -220,3 +220,83 @@ fn granted_name_is_looked_up_by_the_host() {
     );
     assert_eq!(r.stderr, "");
 }
+
+// Regression: a granted name that resolved to one of the machine's own
+// (public) addresses was connected to, reaching services bound to every
+// interface. Run in a network namespace the test makes (as root), with an
+// address of its own (on its loopback interface) and a private /etc/hosts, so
+// nothing can leave this machine whatever capsa does.
+#[test]
+fn granted_name_resolving_to_the_machines_own_address_is_refused() {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    if !is_root {
+        eprintln!("skipped: needs root for unshare -m -n");
+        return;
+    }
+    let (_g, d) = scratch();
+    std::fs::write(
+        d.join("hosts"),
+        "127.0.0.1 localhost\n45.45.45.45 own.test\n",
+    )
+    .unwrap();
+    let server = r#"
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7777)); s.listen()
+open(sys.argv[1], "w").write("ready")
+n = 0
+while True:
+    c, _ = s.accept(); n += 1
+    open(sys.argv[2], "w").write(str(n))
+    c.sendall(b"pong\n"); c.close()
+"#;
+    std::fs::write(d.join("server.py"), server).unwrap();
+    let script = format!(
+        r#"set -e
+ip link set lo up
+ip addr add 45.45.45.45/32 dev lo
+mount --bind {hosts} /etc/hosts
+python3 {dir}/server.py {dir}/ready {dir}/hits &
+server=$!
+for i in $(seq 50); do [ -e {dir}/ready ] && break; sleep 0.1; done
+"$CAPSA" run --allow-net=own.test:7777 "$PROBE" connect own.test:7777 >{dir}/by-name.out 2>{dir}/by-name.err || true
+"$CAPSA" run --allow-net=own.test:7777,45.45.45.45:7777 "$PROBE" connect own.test:7777 >{dir}/by-ip.out 2>{dir}/by-ip.err || true
+kill $server || true
+"#,
+        hosts = s(&d.join("hosts")),
+        dir = s(&d),
+    );
+    let status = std::process::Command::new("unshare")
+        .args(["-m", "-n", "sh", "-c", &script])
+        .env("CAPSA", env!("CARGO_BIN_EXE_capsa"))
+        .env("PROBE", probe(P2))
+        .env(
+            "CAPSA_CACHE_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
+        )
+        .status()
+        .expect("unshare runs");
+    assert!(status.success());
+    let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
+    assert!(
+        read("by-name.out").starts_with("err:"),
+        "{}",
+        read("by-name.err")
+    );
+    assert!(
+        read("by-name.err").contains("resolved to an address of this machine"),
+        "{}",
+        read("by-name.err")
+    );
+    // Named by IP, the same server is reachable; the refused run never got there.
+    assert_eq!(
+        read("by-ip.out"),
+        "ok: reply pong\n",
+        "{}",
+        read("by-ip.err")
+    );
+    assert_eq!(read("hits"), "1");
+}
