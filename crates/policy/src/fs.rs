@@ -90,6 +90,9 @@ pub struct FsPolicy {
     pub deny_read: Vec<PathBuf>,
     /// Canonical host paths nothing may change below.
     pub deny_write: Vec<PathBuf>,
+    /// The `--deny-*` paths as given, made absolute but not resolved: a
+    /// link on the way to one must keep pointing where it pointed.
+    pub deny_given: Vec<PathBuf>,
 }
 
 impl FsPolicy {
@@ -323,6 +326,7 @@ mod tests {
             ],
             deny_read: vec!["/data/secret".into()],
             deny_write: vec!["/data/out/keep".into()],
+            deny_given: Vec::new(),
         }
     }
 

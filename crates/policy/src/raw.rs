@@ -288,10 +288,15 @@ impl RawPolicy {
                 })
                 .collect()
         };
+        let deny_given = split_all(&self.deny_read)
+            .chain(split_all(&self.deny_write))
+            .map(|s| normalize_host(&cwd.join(s)))
+            .collect();
         Ok(FsPolicy {
             grants,
             deny_read: deny(&self.deny_read),
             deny_write: deny(&self.deny_write),
+            deny_given,
         })
     }
 }

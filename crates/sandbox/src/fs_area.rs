@@ -168,13 +168,48 @@ impl Areas {
                 own: true,
             });
         }
-        for rule in rules {
+        // The paths as given: a link on the way to one is pinned too, so
+        // that the name keeps leading to the object the rule marked.
+        let given: Vec<(PathBuf, String)> = policy
+            .fs
+            .deny_given
+            .iter()
+            .map(|p| {
+                (
+                    p.clone(),
+                    format!("the way to {} (a --deny-* path)", p.display()),
+                )
+            })
+            .chain(own.iter().map(|p| {
+                (
+                    p.clone(),
+                    format!("the way to capsa's own files ({})", p.display()),
+                )
+            }))
+            .collect();
+        for (path, what) in &given {
+            let mut cur = PathBuf::new();
+            for c in path.components() {
+                cur.push(c);
+                if let Ok(m) = std::fs::symlink_metadata(&cur) {
+                    a.pinned.entry(ident_of(&m)).or_insert_with(|| what.clone());
+                }
+            }
+        }
+        for mut rule in rules {
             let j = a.denies.len();
             let Some((base, missing)) = existing_ancestor(&rule.host) else {
                 a.denies.push(rule);
                 continue;
             };
             let meta = std::fs::metadata(&base)?;
+            if rule.own {
+                // Said to the user by the name grants use: the real one.
+                rule.host = match &missing {
+                    None => base.clone(),
+                    Some(name) => base.join(name),
+                };
+            }
             match missing {
                 None => a
                     .marks
@@ -191,7 +226,7 @@ impl Areas {
             let what = if rule.own {
                 format!("capsa's own files ({})", rule.host.display())
             } else {
-                format!("{}, which a --deny-* rule protects", rule.host.display())
+                format!("{} (a --deny-* path)", rule.host.display())
             };
             roots.push((base, what));
             a.denies.push(rule);

@@ -142,9 +142,14 @@ impl GuardedFs<'_> {
     }
 
     /// The host path, as a flag would name it, of the guest path `guest` in `pre`.
-    fn flag_path(&self, pre: &Preopen, guest: &str) -> String {
+    /// `None` when the name holds `::` (or a `,`): pasted, such a hint would
+    /// grant another path than the one tried.
+    fn flag_path(&self, pre: &Preopen, guest: &str) -> Option<String> {
+        if guest.contains("::") || guest.contains(',') {
+            return None;
+        }
         let Some(rel) = strip_guest_prefix(guest, &pre.guest) else {
-            return guest.to_string();
+            return Some(guest.to_string());
         };
         let host = if rel.is_empty() {
             pre.host.clone()
@@ -152,11 +157,11 @@ impl GuardedFs<'_> {
             pre.host.join(rel)
         };
         let shown = pre.show(guest);
-        if host.to_str() == Some(shown.as_str()) {
+        Some(if host.to_str() == Some(shown.as_str()) {
             shown
         } else {
             format!("{}::{shown}", host.display())
-        }
+        })
     }
 
     /// Reports why `need` is refused on `shown` and returns the error.
@@ -200,24 +205,30 @@ impl GuardedFs<'_> {
             Refusal::ReadOnly(g) => {
                 let grant = &self.guard.policy.fs.grants[g];
                 let reason = format!("{} is granted read-only", grant.guest);
-                let hint = format!("--allow-write={}", self.flag_path(pre, &hint_target));
-                self.deny(verb, &shown, reason, Some(grant.flag()), Some(hint));
+                let hint = self
+                    .flag_path(pre, &hint_target)
+                    .map(|p| format!("--allow-write={p}"));
+                self.deny(verb, &shown, reason, Some(grant.flag()), hint);
             }
             Refusal::OnlyFiles(p) => {
                 let holder = &self.guard.preopens[p];
                 let names = holder.only.as_deref().unwrap_or_default().join(", ");
                 let reason = format!("only {names} is granted in {}", holder.shown);
-                let hint = format!("{}={}", need.op().flag(), self.flag_path(pre, guest));
-                self.deny(verb, &shown, reason, None, Some(hint));
+                let hint = self
+                    .flag_path(pre, guest)
+                    .map(|p| format!("{}={p}", need.op().flag()));
+                self.deny(verb, &shown, reason, None, hint);
             }
             Refusal::Outside => {
-                let hint = format!("{}={}", need.op().flag(), self.flag_path(pre, &hint_target));
+                let hint = self
+                    .flag_path(pre, &hint_target)
+                    .map(|p| format!("{}={p}", need.op().flag()));
                 self.deny(
                     verb,
                     &shown,
                     "outside every granted path".into(),
                     None,
-                    Some(hint),
+                    hint,
                 );
             }
         }
@@ -281,7 +292,8 @@ impl GuardedFs<'_> {
                 } else {
                     format!("the path leaves the granted directory {}", pre.shown)
                 };
-                let hint = (!via_link).then(|| format!("{}={shown}", need.op().flag()));
+                let hint = (!via_link && !shown.contains("::"))
+                    .then(|| format!("{}={shown}", need.op().flag()));
                 self.deny(verb, &shown, reason, None, hint);
                 return not_permitted();
             }
@@ -304,6 +316,13 @@ impl GuardedFs<'_> {
                     need,
                     verb,
                 });
+            }
+            Err(Stop::Closed { at, domain }) => {
+                let w = match self.areas().may_read(domain) {
+                    Err(w) => w,
+                    Ok(()) => Refusal::Outside,
+                };
+                return self.refuse(w, Some(at.domain), (verb, &guest, preopen, need), true);
             }
             Err(Stop::Io(e)) => return Err(e.into()),
         };
@@ -404,7 +423,10 @@ impl GuardedFs<'_> {
         let Some(d) = &dst.r else {
             return Ok(());
         };
-        if fs_walk::link_leaves_grant(target, d.parent.depth) {
+        // The depth recorded when a descriptor was opened goes stale when
+        // its directory is moved; the link is judged where it is now.
+        let depth = fs_walk::depth_now(self.areas(), d.parent.dir.fd())?;
+        if fs_walk::link_leaves_grant(target, depth) {
             let pre = &self.guard.preopens[dst.preopen];
             let reason = format!("the link would point outside {}", pre.shown);
             self.deny(dst.verb, &dst.shown, reason, None, None);
@@ -420,8 +442,9 @@ impl GuardedFs<'_> {
         {
             let pre = &self.guard.preopens[c.preopen];
             let reason = format!("refused inside {}", pre.shown);
-            let hint = format!("{}={}", c.need.op().flag(), c.shown);
-            self.deny(c.verb, &c.shown, reason, None, Some(hint));
+            let hint =
+                (!c.shown.contains("::")).then(|| format!("{}={}", c.need.op().flag(), c.shown));
+            self.deny(c.verb, &c.shown, reason, None, hint);
         }
         result
     }

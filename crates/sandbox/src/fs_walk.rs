@@ -68,6 +68,8 @@ pub enum Stop {
     /// the kernel will fail the same way from `at`. `domain` is that of
     /// the name it stopped at, which the attempt is about.
     Missing { at: Level, domain: Domain },
+    /// A directory on the way that the guest may not read or go through.
+    Closed { at: Level, domain: Domain },
     /// An error the kernel will give too; returned as it is.
     Io(std::io::Error),
 }
@@ -141,7 +143,25 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
             }
             name => {
                 let top = stack.last().expect("the walk always has its start");
-                let st = match rustix::fs::statat(top.dir.fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                // A directory on the way is opened (as a path, not followed)
+                // and judged by what was opened; the last name is looked at.
+                let mut opened = None;
+                let looked = if last {
+                    rustix::fs::statat(top.dir.fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+                } else {
+                    rustix::fs::openat(
+                        top.dir.fd(),
+                        name,
+                        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .and_then(|fd| {
+                        let st = rustix::fs::fstat(&fd);
+                        opened = Some(fd);
+                        st
+                    })
+                };
+                let st = match looked {
                     Ok(st) => st,
                     Err(rustix::io::Errno::NOENT) if last => {
                         let top = stack.pop().expect("the walk always has its start");
@@ -197,24 +217,22 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                     let domain = areas.enter(at.domain, f.ident);
                     return Err(Stop::Missing { at, domain });
                 }
-                let fd = rustix::fs::openat(
-                    top.dir.fd(),
-                    name,
-                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| Stop::Io(e.into()))?;
-                // The directory opened must be the one just looked at.
-                let now = rustix::fs::fstat(&fd).map_err(|e| Stop::Io(e.into()))?;
-                if found(&now).ident != f.ident {
-                    return Err(Stop::Io(rustix::io::Errno::AGAIN.into()));
-                }
+                let Some(fd) = opened else {
+                    return Err(Stop::Io(rustix::io::Errno::NOTDIR.into()));
+                };
                 let depth = if areas.is_grant_root(f.ident) {
                     0
                 } else {
                     top.depth + 1
                 };
                 let domain = areas.enter(top.domain, f.ident);
+                if areas.may_read(domain).is_err() {
+                    // Going through a directory the guest may not read
+                    // would tell what it holds (`secret/x/..` works only
+                    // if `x` is there): the walk stops at its door.
+                    let at = stack.pop().expect("the walk always has its start");
+                    return Err(Stop::Closed { at, domain });
+                }
                 stack.push(Level {
                     dir: DirFd::Owned(fd),
                     ident: f.ident,
@@ -225,6 +243,36 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
         }
     }
     end_here(stack)
+}
+
+/// How many directories `dir` is below the innermost grant that holds it,
+/// counted on the host now by walking `..` up to a grant's root.
+pub fn depth_now(areas: &Areas, dir: BorrowedFd<'_>) -> std::io::Result<usize> {
+    let ident = |fd: BorrowedFd<'_>| -> std::io::Result<Ident> {
+        let st = rustix::fs::fstat(fd)?;
+        Ok((st.st_dev as u64, st.st_ino as u64))
+    };
+    let mut here = ident(dir)?;
+    let mut fd: Option<OwnedFd> = None;
+    for depth in 0..4096 {
+        if areas.is_grant_root(here) {
+            return Ok(depth);
+        }
+        let up = rustix::fs::openat(
+            fd.as_ref().map_or(dir, |f| f.as_fd()),
+            "..",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let above = ident(up.as_fd())?;
+        if above == here {
+            break;
+        }
+        here = above;
+        fd = Some(up);
+    }
+    // No grant above it: judged as a grant's root, the strictest.
+    Ok(0)
 }
 
 /// Would a link with this target, made in a directory `depth` levels below

@@ -513,19 +513,20 @@ fn own_dirs(config: &RunConfig) -> Result<Vec<PathBuf>, RunError> {
         return Ok(Vec::new());
     };
     let dir = cache.dir();
-    let inside_grant = config
-        .policy
-        .fs
-        .grants
-        .iter()
-        .any(|g| g.kind == GrantKind::Dir && dir.starts_with(&g.host));
-    if inside_grant {
-        load::make_private_dir(dir)
-            .map_err(|e| RunError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    // Made now, so that it is marked as an object, not only as a name.
+    let made = load::make_private_dir(dir);
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let inside_grant = config.policy.fs.grants.iter().any(|g| {
+        g.kind == GrantKind::Dir && (dir.starts_with(&g.host) || real.starts_with(&g.host))
+    });
+    if let (true, Err(e)) = (inside_grant, made) {
+        return Err(RunError::Setup(format!(
+            "cannot create {}: {e}",
+            dir.display()
+        )));
     }
-    Ok(vec![
-        std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
-    ])
+    // As given: the links on its way are pinned too (see `fs_area`).
+    Ok(vec![dir.to_path_buf()])
 }
 
 fn guest_env(guard: &Guard) -> Vec<(String, String)> {

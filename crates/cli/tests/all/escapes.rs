@@ -503,3 +503,120 @@ print("done")
         r.stderr
     );
 }
+
+// Regression (found attacking a release build): rules were pinned only
+// along their real paths, so a link on the way to a rule's path as given
+// (`lnk -> p` in `--deny-write=W/lnk/.git/hooks`) could be replaced by a
+// real directory with the attacker's hooks; a kept directory descriptor
+// judged new links by the depth it had when opened; a name with `::` gave
+// a hint that granted another, real path; and going through a denied
+// directory told what it held (`secret/x/../..`).
+#[test]
+fn links_on_the_way_stale_depths_and_hints_found_by_the_red_team() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    std::fs::create_dir_all(w.join("p/.git/hooks")).unwrap();
+    std::os::unix::fs::symlink("p", w.join("lnk")).unwrap();
+    std::fs::create_dir_all(w.join("deny/inner")).unwrap();
+    std::fs::create_dir_all(w.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(w.join("ro/keep")).unwrap();
+    std::fs::write(w.join("plain"), "p").unwrap();
+    let flags = [
+        format!("--allow-write={}", s(&w)),
+        format!("--deny-write={}", s(&w.join("lnk/.git/hooks"))),
+        format!("--deny-read={}", s(&w.join("deny"))),
+        format!("--allow-read={}", s(&w.join("ro"))),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let r = attack(
+        &d,
+        &flags,
+        r#"
+W = D + "/w"
+attempt("unlink-link", lambda: os.unlink(W + "/lnk"))
+attempt("rename-link", lambda: os.rename(W + "/lnk", W + "/lnk2"))
+attempt("hook", lambda: open(W + "/lnk/.git/hooks/pre-commit", "w").write("x"))
+def moved_fd():
+    fd = os.open(W + "/a/b/c", os.O_RDONLY)
+    os.rename(W + "/a/b/c", W + "/c")
+    os.symlink("../../x", "esc", dir_fd=fd)
+attempt("moved-fd", moved_fd)
+attempt("oracle-yes", lambda: os.stat(W + "/deny/inner/../../plain").st_size)
+attempt("oracle-no", lambda: os.stat(W + "/deny/nothing/../../plain").st_size)
+attempt("colons", lambda: open(W + "/ro/keep::/data/out.txt", "w").write("x"))
+"#,
+    );
+    all_failed(
+        &r,
+        &[
+            "unlink-link",
+            "rename-link",
+            "hook",
+            "moved-fd",
+            "oracle-yes",
+            "oracle-no",
+            "colons",
+        ],
+    );
+    assert_eq!(std::fs::read_link(w.join("lnk")).unwrap(), Path::new("p"));
+    assert!(!w.join("p/.git/hooks/pre-commit").exists());
+    assert!(
+        std::fs::symlink_metadata(w.join("c/esc")).is_err(),
+        "{}",
+        r.stdout
+    );
+    let line = |l: &str| {
+        r.stdout
+            .lines()
+            .find(|x| x.starts_with(l))
+            .unwrap()
+            .split(": ")
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(line("oracle-yes"), line("oracle-no"), "{}", r.stdout);
+    let colons = r
+        .stderr
+        .lines()
+        .skip_while(|l| !l.contains("keep::"))
+        .nth(1)
+        .unwrap_or("");
+    assert!(!colons.contains("hint:"), "{}", r.stderr);
+}
+
+// Regression (found attacking a release build): with the cache reached
+// through a link inside a writable grant (`~/.cache -> .dotcache`), the
+// guest replaced the link with a cache of its own, whose native code a
+// later run loaded.
+#[test]
+fn the_cache_cannot_be_swapped_through_a_link_on_its_way() {
+    let (_g, d) = scratch();
+    let home = d.join("home");
+    std::fs::create_dir_all(home.join(".dotcache")).unwrap();
+    std::os::unix::fs::symlink(".dotcache", home.join(".cache")).unwrap();
+    let cache = home.join(".cache/capsa");
+    let grant = format!("--allow-write={}", s(&home));
+    let attempt = |args: &[&str]| -> Run {
+        capsa()
+            .env("CAPSA_CACHE_DIR", &cache)
+            .arg("run")
+            .arg(&grant)
+            .arg(probe(P2))
+            .args(args)
+            .output()
+            .expect("capsa runs")
+            .into()
+    };
+    let link = home.join(".cache");
+    for a in [
+        vec!["rm", s(&link)],
+        vec!["rename", s(&link), s(&home.join("old"))],
+        vec!["rename", s(&home.join(".dotcache")), s(&home.join("old"))],
+    ] {
+        let r = attempt(&a);
+        assert!(r.stdout.starts_with("err:"), "{a:?}: {}", r.stdout);
+    }
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(".dotcache"));
+    assert!(home.join(".dotcache/capsa").is_dir());
+}
