@@ -90,9 +90,10 @@ pub struct FsPolicy {
     pub deny_read: Vec<PathBuf>,
     /// Canonical host paths nothing may change below.
     pub deny_write: Vec<PathBuf>,
-    /// The `--deny-*` paths as given, made absolute but not resolved: a
-    /// link on the way to one must keep pointing where it pointed.
-    pub deny_given: Vec<PathBuf>,
+    /// Every grant's and `--deny-*` host path as given, made absolute but
+    /// not resolved: a link on the way to one must keep pointing where it
+    /// pointed.
+    pub given: Vec<PathBuf>,
 }
 
 impl FsPolicy {
@@ -187,14 +188,10 @@ pub(crate) fn resolve_grant(
     if host.is_empty() {
         return Err(err("empty path".into()));
     }
-    // What cannot be typed or shown safely is refused, not mangled.
-    if spec.chars().any(char::is_control) {
+    // What cannot be typed or shown safely is refused, not mangled (the
+    // guest path is checked as a `GuestPath` below).
+    if host.chars().any(char::is_control) {
         return Err(err("the path contains a control character".into()));
-    }
-    if guest.is_some_and(|g| g.contains("::")) {
-        return Err(err(
-            "one :: separates the host path from the guest path".into()
-        ));
     }
     let host_abs = normalize_host(&cwd.join(host));
     let resolved = resolver
@@ -326,7 +323,7 @@ mod tests {
             ],
             deny_read: vec!["/data/secret".into()],
             deny_write: vec!["/data/out/keep".into()],
-            deny_given: Vec::new(),
+            given: Vec::new(),
         }
     }
 

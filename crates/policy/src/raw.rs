@@ -288,7 +288,10 @@ impl RawPolicy {
                 })
                 .collect()
         };
-        let deny_given = split_all(&self.deny_read)
+        let given = split_all(&self.allow_read)
+            .chain(split_all(&self.allow_write))
+            .map(|s| s.split_once("::").map_or(s, |(h, _)| h))
+            .chain(split_all(&self.deny_read))
             .chain(split_all(&self.deny_write))
             .map(|s| normalize_host(&cwd.join(s)))
             .collect();
@@ -296,7 +299,7 @@ impl RawPolicy {
             grants,
             deny_read: deny(&self.deny_read),
             deny_write: deny(&self.deny_write),
-            deny_given,
+            given,
         })
     }
 }

@@ -246,7 +246,7 @@ proptest! {
             }).collect(),
             deny_read: deny_read.clone(),
             deny_write: deny_write.clone(),
-            deny_given: Vec::new(),
+            given: Vec::new(),
         };
         let op = if write { FsOp::Write } else { FsOp::Read };
         let allowed = policy.decide(&target, op, true).is_allowed();

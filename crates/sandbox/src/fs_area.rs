@@ -116,6 +116,52 @@ fn existing_ancestor(path: &Path) -> Option<(PathBuf, Option<String>)> {
     }
 }
 
+/// Pins every object the host passes through when it resolves `path`:
+/// each directory, each link (every link of a chain), and the directories a
+/// `..` inside a link's target climbs through. Changing any of them would
+/// make the name lead somewhere else.
+fn pin_resolution(pinned: &mut HashMap<Ident, String>, path: &Path, what: &str) {
+    let mut queue: std::collections::VecDeque<std::ffi::OsString> = path
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let mut cur = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(c) = queue.pop_front() {
+        if c == "/" {
+            cur = PathBuf::from("/");
+            continue;
+        }
+        if c == "." {
+            continue;
+        }
+        if c == ".." {
+            cur.pop();
+        } else {
+            cur.push(&c);
+        }
+        let Ok(m) = std::fs::symlink_metadata(&cur) else {
+            return;
+        };
+        pinned
+            .entry(ident_of(&m))
+            .or_insert_with(|| what.to_string());
+        if m.file_type().is_symlink() {
+            links += 1;
+            let Ok(target) = std::fs::read_link(&cur) else {
+                return;
+            };
+            if links > 40 {
+                return;
+            }
+            cur.pop();
+            for part in target.components().rev() {
+                queue.push_front(part.as_os_str().to_owned());
+            }
+        }
+    }
+}
+
 impl Areas {
     /// Marks every grant, file holder and denied path of `policy`, and
     /// `own` (capsa's cache), as they are on the host now.
@@ -172,12 +218,12 @@ impl Areas {
         // that the name keeps leading to the object the rule marked.
         let given: Vec<(PathBuf, String)> = policy
             .fs
-            .deny_given
+            .given
             .iter()
             .map(|p| {
                 (
                     p.clone(),
-                    format!("the way to {} (a --deny-* path)", p.display()),
+                    format!("the way to {} (a granted or denied path)", p.display()),
                 )
             })
             .chain(own.iter().map(|p| {
@@ -188,13 +234,7 @@ impl Areas {
             }))
             .collect();
         for (path, what) in &given {
-            let mut cur = PathBuf::new();
-            for c in path.components() {
-                cur.push(c);
-                if let Ok(m) = std::fs::symlink_metadata(&cur) {
-                    a.pinned.entry(ident_of(&m)).or_insert_with(|| what.clone());
-                }
-            }
+            pin_resolution(&mut a.pinned, path, what);
         }
         for mut rule in rules {
             let j = a.denies.len();

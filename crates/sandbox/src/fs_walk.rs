@@ -182,6 +182,13 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                 };
                 let f = found(&st);
                 if f.is_link && (!last || follow) {
+                    // A link the guest may not see is not followed: what
+                    // it points to (or a loop) would tell it is there.
+                    let domain = areas.enter(top.domain, f.ident);
+                    if areas.may_read(domain).is_err() {
+                        let at = stack.pop().expect("the walk always has its start");
+                        return Err(Stop::Closed { at, domain });
+                    }
                     links += 1;
                     if links > MAX_LINKS {
                         return Err(Stop::Io(rustix::io::Errno::LOOP.into()));

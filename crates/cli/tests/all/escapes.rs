@@ -620,3 +620,64 @@ fn the_cache_cannot_be_swapped_through_a_link_on_its_way() {
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(".dotcache"));
     assert!(home.join(".dotcache/capsa").is_dir());
 }
+
+// Regression (second attack on a release build): only the links the path
+// as given named were pinned, not every link of a chain, nor what a `..`
+// in a link's target climbs through, nor the links on the way to a nested
+// grant; and a neighbour of a granted file that is a link was followed,
+// telling a loop or a link to a file from a missing name.
+#[test]
+fn every_link_on_the_way_to_a_rule_is_pinned_and_hidden_links_are_not_followed() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    std::fs::create_dir_all(w.join("p/.git/hooks")).unwrap();
+    std::fs::create_dir_all(w.join("a")).unwrap();
+    std::os::unix::fs::symlink("l2", w.join("lnk")).unwrap();
+    std::os::unix::fs::symlink("p", w.join("l2")).unwrap();
+    std::os::unix::fs::symlink("a/../p", w.join("lnk3")).unwrap();
+    std::os::unix::fs::symlink("ro", w.join("rl")).unwrap();
+    let h = d.join("h");
+    std::fs::create_dir_all(&h).unwrap();
+    std::fs::write(h.join("f"), "granted").unwrap();
+    std::os::unix::fs::symlink("loop", h.join("loop")).unwrap();
+    std::os::unix::fs::symlink("f", h.join("alias")).unwrap();
+    let flags = [
+        format!("--allow-write={}", s(&w)),
+        format!("--deny-write={}", s(&w.join("lnk/.git/hooks"))),
+        format!("--deny-write={}", s(&w.join("lnk3/.git/hooks"))),
+        format!("--allow-read={}", s(&w.join("rl"))),
+        format!("--allow-read={}", s(&h.join("f"))),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let r = attack(
+        &d,
+        &flags,
+        r#"
+W = D + "/w"
+attempt("chain", lambda: os.unlink(W + "/l2"))
+attempt("climbed", lambda: os.rename(W + "/a", W + "/a_old"))
+def nested():
+    fd = os.open(W, os.O_RDONLY)
+    os.unlink("rl", dir_fd=fd)
+attempt("nested", nested)
+for n in ["loop", "alias", "missing"]:
+    attempt("oracle-" + n, lambda: os.stat(D + "/h/" + n + "/.."))
+"#,
+    );
+    all_failed(&r, &["chain", "climbed", "nested"]);
+    assert_eq!(std::fs::read_link(w.join("l2")).unwrap(), Path::new("p"));
+    assert!(w.join("a").is_dir() && !w.join("a_old").exists());
+    assert_eq!(std::fs::read_link(w.join("rl")).unwrap(), Path::new("ro"));
+    let answers: Vec<&str> = ["loop", "alias", "missing"]
+        .iter()
+        .map(|n| {
+            r.stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("oracle-{n}: ")))
+                .map(|l| l.split_once(": ").unwrap().1)
+                .unwrap_or("absent")
+        })
+        .collect();
+    assert_eq!(answers[0], answers[2], "{}", r.stdout);
+    assert_eq!(answers[1], answers[2], "{}", r.stdout);
+}
