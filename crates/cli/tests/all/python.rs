@@ -631,3 +631,45 @@ fn repl_on_a_terminal() {
     assert!(r.stdout.contains(">>> "), "{}", r.stdout);
     assert!(r.stdout.contains("answer 42"), "{}", r.stdout);
 }
+
+// Regression: `/world` and `/bundled` stayed on sys.path from the snapshot,
+// `-c` put "" (the guest's `/`) first, and a grant below the working
+// directory at `python/json` appeared inside the standard library: each
+// made a folder granted as data an import directory.
+#[test]
+fn granted_data_never_becomes_an_import_directory() {
+    let (_g, d) = scratch();
+    let evil = |dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join("__init__.py"),
+            "print('EVIL IMPORTED')\nloads = None\n",
+        )
+        .unwrap();
+    };
+    evil(&d.join("data/yaml"));
+    evil(&d.join("python/json"));
+    std::fs::create_dir_all(d.join("work")).unwrap();
+    let flags = [
+        format!("--allow-read={}::/world", s(&d.join("data"))),
+        format!("--allow-read={}::/yaml", s(&d.join("data/yaml"))),
+        format!("--allow-read={}", s(&d.join("python/json"))),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let code = "
+try:
+    import yaml
+    print('yaml imported')
+except ImportError:
+    print('no yaml')
+import json
+print(json.dumps([1]))
+";
+    let r = py_in(&d, &flags, &["-c", code], "");
+    assert!(!r.stdout.contains("EVIL"), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, "no yaml\n[1]\n", "{}", r.stderr);
+    let script = d.join("work/s.py");
+    std::fs::write(&script, code).unwrap();
+    let r = run_in(&d, &flags, &script, &[]);
+    assert_eq!(r.stdout, "no yaml\n[1]\n", "{}", r.stderr);
+}
