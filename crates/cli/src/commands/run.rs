@@ -193,7 +193,59 @@ pub fn resolve(raw: RawPolicy, cwd: &Path) -> Result<Policy> {
 pub fn resolve_with(raw: RawPolicy, typed: &TypedGrants, cwd: &Path) -> Result<Policy> {
     let policy = raw.resolve_with(cwd, &HostFs, typed)?;
     refuse_own_files(&policy)?;
+    let specs =
+        capsa_policy::split_all(&raw.allow_read).chain(capsa_policy::split_all(&raw.allow_write));
+    for spec in specs {
+        let host = spec.split_once("::").map_or(spec, |(h, _)| h);
+        refuse_links_in_writable_grants(&cwd.join(host), &policy)?;
+    }
     Ok(policy)
+}
+
+/// A grant is never resolved through a link that lies inside a writable
+/// grant: a program granted that directory may have made or replaced the
+/// link (in this run's grant, or an earlier run's), and the grant would
+/// then land wherever it chose.
+fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<()> {
+    use capsa_policy::{Access, GrantKind};
+    let mut cur = PathBuf::new();
+    for c in given.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                cur.pop();
+                continue;
+            }
+            std::path::Component::CurDir => continue,
+            c => cur.push(c),
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&cur) else {
+            return Ok(());
+        };
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        let Some(real) = cur
+            .parent()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .zip(cur.file_name())
+            .map(|(p, n)| p.join(n))
+        else {
+            continue;
+        };
+        if let Some(g) = policy.fs.grants.iter().find(|g| {
+            g.access == Access::ReadWrite && g.kind == GrantKind::Dir && real.starts_with(&g.host)
+        }) {
+            anyhow::bail!(
+                "{} is reached through the link {}, which lies in the writable grant {}; grant the path it leads to instead",
+                given.display(),
+                cur.display(),
+                g.host.display()
+            );
+        }
+        // Go on from where the link leads, as the host does.
+        cur = std::fs::canonicalize(&cur).unwrap_or(cur);
+    }
+    Ok(())
 }
 
 /// No grant may reach into capsa's cache: it holds code capsa runs
