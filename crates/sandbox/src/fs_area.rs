@@ -99,21 +99,47 @@ pub struct Areas {
     grant_access: Vec<Access>,
 }
 
-/// The longest existing ancestor of `path` (links resolved) and the first
-/// name below it that does not exist.
+/// Where the host lands resolving `path`: the real directory it reaches
+/// and the first name there that does not exist (`None` if all do). Links
+/// are followed as the host follows them, dangling ones too: a rule given
+/// as `W/config`, a link to the missing `config.real`, marks `config.real`,
+/// the name a write through `W/config` would create.
 fn existing_ancestor(path: &Path) -> Option<(PathBuf, Option<String>)> {
-    if let Ok(c) = std::fs::canonicalize(path) {
-        return Some((c, None));
-    }
-    let mut cur = path;
-    loop {
-        let name = cur.file_name()?.to_str()?.to_string();
-        let parent = cur.parent()?;
-        if let Ok(c) = std::fs::canonicalize(parent) {
-            return Some((c, Some(name)));
+    let mut queue: std::collections::VecDeque<std::ffi::OsString> = path
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let mut cur = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(c) = queue.pop_front() {
+        if c == "/" {
+            cur = PathBuf::from("/");
+            continue;
         }
-        cur = parent;
+        if c == "." {
+            continue;
+        }
+        if c == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&c);
+        match std::fs::symlink_metadata(&next) {
+            Err(_) => return Some((cur, Some(c.to_str()?.to_string()))),
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&next).ok()?;
+                for part in target.components().rev() {
+                    queue.push_front(part.as_os_str().to_owned());
+                }
+            }
+            Ok(_) => cur = next,
+        }
     }
+    Some((cur, None))
 }
 
 /// Pins every object the host passes through when it resolves `path`:

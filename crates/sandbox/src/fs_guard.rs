@@ -85,6 +85,8 @@ enum Need {
     Write,
     /// Read and change it: the source of a rename or a hard link.
     ReadWrite,
+    /// Only know it is there: its directory must be readable.
+    Look,
     /// Change the name: remove it, rename onto it, make it. The directory
     /// changes too, and a pinned directory keeps its name.
     Name,
@@ -93,7 +95,7 @@ enum Need {
 impl Need {
     fn op(self) -> FsOp {
         match self {
-            Need::Read => FsOp::Read,
+            Need::Read | Need::Look => FsOp::Read,
             _ => FsOp::Write,
         }
     }
@@ -242,6 +244,14 @@ impl GuardedFs<'_> {
         let on = |res: Result<(), Refusal>| res.map_err(|w| (w, parent));
         match need {
             Need::Read => on(a.may_read(r.domain)),
+            Need::Look if r.name.is_some() && r.target.is_some() => {
+                // A neighbour of a granted file is not shown in a listing.
+                match (r.parent.domain.base, a.may_read(r.domain)) {
+                    (Base::Holder(_), Err(w)) => Err((w, parent)),
+                    _ => on(a.may_read(r.parent.domain)),
+                }
+            }
+            Need::Look => on(a.may_read(r.domain)),
             Need::Write => on(a.may_write(r.domain)),
             Need::ReadWrite => {
                 on(a.may_read(r.domain))?;
@@ -302,7 +312,7 @@ impl GuardedFs<'_> {
                 // is not granted, so a failure never tells what exists there.
                 let a = self.areas();
                 let res = match need {
-                    Need::Read => a.may_read(domain),
+                    Need::Read | Need::Look => a.may_read(domain),
                     _ => a.may_read(domain).and(a.may_write(domain)),
                 };
                 if let Err(w) = res {
@@ -819,8 +829,12 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         pf: PathFlags,
         path: String,
     ) -> FsResult<fs::MetadataHashValue> {
+        // The preview 1 adapter asks this for every entry of a listing:
+        // an entry's name is shown by its (readable) directory, so its
+        // identity is not kept from the guest, or a `--deny-read` inside a
+        // grant would make the grant's listing fail.
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
-        let c = self.check(&fd, &path, follow, Need::Read, "stat")?;
+        let c = self.check(&fd, &path, follow, Need::Look, "stat")?;
         let r = fs::HostDescriptor::metadata_hash_at(&mut self.inner, fd, pf, path);
         self.after(&c, r)
     }

@@ -689,3 +689,49 @@ for n in ["loop", "alias", "missing"]:
     assert_eq!(answers[0], answers[2], "{}", r.stdout);
     assert_eq!(answers[1], answers[2], "{}", r.stdout);
 }
+
+// Regression (third attack on a release build): a --deny-* path through a
+// dangling link was marked on the link's name, while a write through it
+// creates the link's target: the denied file was written, and a denied
+// hooks directory made under the link's target. And a --deny-read inside a
+// grant made the grant's listing fail (the preview 1 adapter looks at every
+// entry), which also told whether the denied path existed.
+#[test]
+fn denied_paths_through_dangling_links_and_listings() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    std::os::unix::fs::symlink("config.real", w.join("config")).unwrap();
+    std::os::unix::fs::symlink("tgt", w.join("l")).unwrap();
+    let flags = [
+        format!("--allow-write={}", s(&w)),
+        format!("--deny-write={}", s(&w.join("config"))),
+        format!("--deny-write={}", s(&w.join("l/hooks"))),
+        format!("--deny-read={}", s(&w.join("secret.txt"))),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let r = attack(
+        &d,
+        &flags,
+        r#"
+W = D + "/w"
+attempt("through", lambda: open(W + "/config", "w").write("evil=1"))
+attempt("target", lambda: open(W + "/config.real", "w").write("evil=1"))
+attempt("hooks", lambda: os.makedirs(W + "/tgt/hooks"))
+attempt("list", lambda: sorted(os.listdir(W)))
+"#,
+    );
+    all_failed(&r, &["through", "target", "hooks"]);
+    assert!(!w.join("config.real").exists() && !w.join("tgt").exists());
+    assert!(r.stdout.contains("list: ok"), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("'secret.txt'"), "{}", r.stdout);
+    for t in [P1, P2] {
+        let r = run(&flags, &probe(t), &["ls", s(&w)]);
+        assert!(
+            r.stdout.starts_with("ok: "),
+            "{t}: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        assert!(!r.stdout.contains("TOP SECRET"));
+    }
+}
