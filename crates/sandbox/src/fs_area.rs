@@ -99,12 +99,14 @@ pub struct Areas {
     grant_access: Vec<Access>,
 }
 
-/// Where the host lands resolving `path`: the real directory it reaches
-/// and the first name there that does not exist (`None` if all do). Links
-/// are followed as the host follows them, dangling ones too: a rule given
-/// as `W/config`, a link to the missing `config.real`, marks `config.real`,
-/// the name a write through `W/config` would create.
-fn existing_ancestor(path: &Path) -> Option<(PathBuf, Option<String>)> {
+/// Resolves `path` as the host does, links followed (dangling ones too),
+/// and calls `visit` with every object it passes through: each directory,
+/// each link of a chain, the directories a `..` in a link's target climbs
+/// into. Returns the real directory it reaches and the first name there
+/// that does not exist (`None` if all do): a rule given as `W/config`, a
+/// link to the missing `config.real`, lands on `config.real`, the name a
+/// write through `W/config` would create. `None` after 40 links.
+fn walk_host(path: &Path, mut visit: impl FnMut(Ident)) -> Option<(PathBuf, Option<String>)> {
     let mut queue: std::collections::VecDeque<std::ffi::OsString> = path
         .components()
         .map(|c| c.as_os_str().to_owned())
@@ -119,73 +121,29 @@ fn existing_ancestor(path: &Path) -> Option<(PathBuf, Option<String>)> {
         if c == "." {
             continue;
         }
-        if c == ".." {
-            cur.pop();
-            continue;
-        }
-        let next = cur.join(&c);
-        match std::fs::symlink_metadata(&next) {
-            Err(_) => return Some((cur, Some(c.to_str()?.to_string()))),
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return None;
-                }
-                let target = std::fs::read_link(&next).ok()?;
-                for part in target.components().rev() {
-                    queue.push_front(part.as_os_str().to_owned());
-                }
-            }
-            Ok(_) => cur = next,
-        }
-    }
-    Some((cur, None))
-}
-
-/// Pins every object the host passes through when it resolves `path`:
-/// each directory, each link (every link of a chain), and the directories a
-/// `..` inside a link's target climbs through. Changing any of them would
-/// make the name lead somewhere else.
-fn pin_resolution(pinned: &mut HashMap<Ident, String>, path: &Path, what: &str) {
-    let mut queue: std::collections::VecDeque<std::ffi::OsString> = path
-        .components()
-        .map(|c| c.as_os_str().to_owned())
-        .collect();
-    let mut cur = PathBuf::from("/");
-    let mut links = 0;
-    while let Some(c) = queue.pop_front() {
-        if c == "/" {
-            cur = PathBuf::from("/");
-            continue;
-        }
-        if c == "." {
-            continue;
-        }
-        if c == ".." {
-            cur.pop();
+        let next = if c == ".." {
+            cur.parent().map_or_else(|| cur.clone(), Path::to_path_buf)
         } else {
-            cur.push(&c);
-        }
-        let Ok(m) = std::fs::symlink_metadata(&cur) else {
-            return;
+            cur.join(&c)
         };
-        pinned
-            .entry(ident_of(&m))
-            .or_insert_with(|| what.to_string());
+        let Ok(m) = std::fs::symlink_metadata(&next) else {
+            return Some((cur, Some(c.to_str()?.to_string())));
+        };
+        visit(ident_of(&m));
         if m.file_type().is_symlink() {
             links += 1;
-            let Ok(target) = std::fs::read_link(&cur) else {
-                return;
-            };
             if links > 40 {
-                return;
+                return None;
             }
-            cur.pop();
+            let target = std::fs::read_link(&next).ok()?;
             for part in target.components().rev() {
                 queue.push_front(part.as_os_str().to_owned());
             }
+        } else {
+            cur = next;
         }
     }
+    Some((cur, None))
 }
 
 impl Areas {
@@ -260,11 +218,13 @@ impl Areas {
             }))
             .collect();
         for (path, what) in &given {
-            pin_resolution(&mut a.pinned, path, what);
+            walk_host(path, |ident| {
+                a.pinned.entry(ident).or_insert_with(|| what.clone());
+            });
         }
         for mut rule in rules {
             let j = a.denies.len();
-            let Some((base, missing)) = existing_ancestor(&rule.host) else {
+            let Some((base, missing)) = walk_host(&rule.host, |_| {}) else {
                 a.denies.push(rule);
                 continue;
             };
