@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
-"""Sandboxed Python against native python3, side by side in one run.
+"""Sandboxed Python against the machine's fastest python3, side by side.
 
-    python3 benches/python.py [--runs N] [--kernel-runs K]
+    python3 benches/python.py [--runs N] [--rounds R] [--capsa BIN] [--peer PY]...
 
-Builds capsa, prepares its Python runtime (in a scratch cache, so the first
-run pays for it and the timed runs are warm), then times:
+Peers: Debian's /usr/bin/python3 (built with PGO and LTO: usually the
+fastest on the machine) and any other `python3` on PATH, each named with
+its version. capsa is the release build (built here unless --capsa gives
+one), its Python runtime prepared in a scratch cache first. Rows:
 
-- start-up: `capsa run hello.py` against `python3 hello.py`, N runs each,
-  interleaved so machine noise hits both alike;
-- compute: the pure-Python kernels in benches/python/ (nbody, fib, json
-  round trips, regex, dicts and strings), K runs each, interleaved.
-
-Prints medians, the ratio capsa / native per row, and the geometric mean of
-the compute ratios. The kernels print a result; capsa's must equal native's.
+- start-up: `capsa run hello.py` against `PEER hello.py`, whole process,
+  N runs each, interleaved so machine noise hits all alike; medians;
+- peak memory of the same runs (the child's maximum resident set);
+- compute: seven benchmarks of pyperformance (nbody, richards, float,
+  spectral_norm, fannkuch, json_dumps, regex_v8), the scripts of the
+  `pyperformance` package from PyPI (downloaded into benches/.pyperformance
+  with pip), run through benches/pyperf_shim (pyperf's API in one process);
+  R rounds interleaved, the fastest per-loop time of each; the ratio
+  capsa / peer and its geometric mean.
 """
 
 import argparse
@@ -25,12 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS = ROOT / "benches" / "python"
-# Sized so that each takes 0.5-1.5 s natively here, start-up a small part.
-WORK = {"nbody.py": "200000", "fib.py": "33", "jsonrt.py": "2000", "regex.py": "300", "strings.py": "150"}
+HELLO = ROOT / "benches" / "python"
+SHIM = ROOT / "benches" / "pyperf_shim"
+STORE = ROOT / "benches" / ".pyperformance"
+PYPERFORMANCE = "pyperformance==1.14.0"
+BENCHMARKS = ["nbody", "richards", "float", "spectral_norm", "fannkuch", "json_dumps", "regex_v8"]
 
 
 def sh(*cmd, **kw):
@@ -42,69 +49,128 @@ def target_dir() -> Path:
     return Path(json.loads(out.stdout)["target_directory"])
 
 
-def timed(cmd, env, cwd):
+def run_measured(cmd, env, cwd):
+    """Wall time and stdout of one whole process."""
     start = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=cwd)
-    return time.perf_counter() - start, out.stdout
+    p = subprocess.run(cmd, capture_output=True, env=env, cwd=cwd)
+    elapsed = time.perf_counter() - start
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stderr.decode(errors='replace')}")
+    return elapsed, p.stdout
+
+
+def peak_rss(cmd, env, cwd) -> int:
+    """The maximum resident set of one run, in bytes (from wait4)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+    _, status, usage = os.wait4(p.pid, 0)
+    if status != 0:
+        sys.exit(f"{' '.join(map(str, cmd))} failed")
+    return usage.ru_maxrss * 1024
+
+
+def benchmark_scripts() -> Path:
+    """pyperformance's benchmark folders, from PyPI through pip."""
+    root = STORE / "benchmarks"
+    if not all((root / f"bm_{b}" / "run_benchmark.py").exists() for b in BENCHMARKS):
+        STORE.mkdir(parents=True, exist_ok=True)
+        sh(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", PYPERFORMANCE, "-d", str(STORE))
+        wheel = next(STORE.glob("pyperformance-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            for b in BENCHMARKS:
+                name = f"pyperformance/data-files/benchmarks/bm_{b}/run_benchmark.py"
+                dest = root / f"bm_{b}" / "run_benchmark.py"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(z.read(name))
+    return root
+
+
+def peers(extra) -> list:
+    found = []
+    for p in ["/usr/bin/python3", shutil.which("python3"), *extra]:
+        if not p or not Path(p).exists():
+            continue
+        real = os.path.realpath(p)
+        if any(os.path.realpath(q) == real for q, _ in found):
+            continue
+        version = sh(p, "-c", "import sys; print(sys.version.split()[0])", capture_output=True, text=True).stdout.strip()
+        found.append((p, version))
+    return found
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--kernel-runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=30, help="start-up runs per command")
+    ap.add_argument("--rounds", type=int, default=3, help="runs per compute benchmark and command")
+    ap.add_argument("--capsa", help="a capsa binary (default: build the release one)")
+    ap.add_argument("--peer", action="append", default=[], help="another python3 to compare with")
     args = ap.parse_args()
 
-    sh("cargo", "build", "--quiet", "-p", "capsa", cwd=ROOT)
-    capsa = target_dir() / "debug" / "capsa"
-    native = shutil.which("python3")
-    native_version = sh(native, "--version", capture_output=True, text=True).stdout.strip()
+    if args.capsa:
+        capsa = Path(args.capsa)
+    else:
+        sh("cargo", "build", "--quiet", "--release", "-p", "capsa", cwd=ROOT)
+        capsa = target_dir() / "release" / "capsa"
+    natives = peers(args.peer)
+    bench_root = benchmark_scripts()
     cache = Path(tempfile.mkdtemp(prefix="capsa-bench-cache-"))
     env = dict(os.environ, CAPSA_CACHE_DIR=str(cache))
+    env.pop("PYTHONPATH", None)
     try:
         sh(str(capsa), "python", "install", env=env, capture_output=True)
         capsa_version = sh(str(capsa), "python", "-V", env=env, capture_output=True, text=True).stdout.strip()
-        hello = [
-            ("capsa run hello.py", [str(capsa), "run", "hello.py"]),
-            ("python3 hello.py", [native, "hello.py"]),
+        commands = [("capsa", [str(capsa), "run", "hello.py"])] + [
+            (f"python3 {v}", [p, "hello.py"]) for p, v in natives
         ]
-        for _, cmd in hello:  # warm every cache
-            timed(cmd, env, KERNELS)
-        samples = {name: [] for name, _ in hello}
+        for _, cmd in commands:  # warm every cache
+            run_measured(cmd, env, HELLO)
+        start = {name: [] for name, _ in commands}
+        rss = {name: [] for name, _ in commands}
         for _ in range(args.runs):
-            for name, cmd in hello:
-                samples[name].append(timed(cmd, env, KERNELS)[0])
-        start = {name: statistics.median(v) for name, v in samples.items()}
+            for name, cmd in commands:
+                start[name].append(run_measured(cmd, env, HELLO)[0])
+        for _ in range(5):
+            for name, cmd in commands:
+                rss[name].append(peak_rss(cmd, env, HELLO))
 
-        rows = []
-        for kernel, work in WORK.items():
-            cmds = {
-                "capsa": [str(capsa), "run", kernel, work],
-                "native": [native, kernel, work],
-            }
-            outputs = {name: timed(cmd, env, KERNELS)[1] for name, cmd in cmds.items()}
-            if outputs["capsa"] != outputs["native"]:
-                sys.exit(f"{kernel}: capsa printed {outputs['capsa']!r}, native {outputs['native']!r}")
-            times = {name: [] for name in cmds}
-            for _ in range(args.kernel_runs):
-                for name, cmd in cmds.items():
-                    times[name].append(timed(cmd, env, KERNELS)[0])
-            c, n = statistics.median(times["capsa"]), statistics.median(times["native"])
-            rows.append((kernel, c, n, c / n))
+        compute = {}
+        for b in BENCHMARKS:
+            folder = bench_root / f"bm_{b}"
+            cmds = [
+                ("capsa", [str(capsa), "run", f"--python-path={SHIM}", "run_benchmark.py"]),
+            ] + [(f"python3 {v}", [p, "run_benchmark.py"]) for p, v in natives]
+            best = {name: math.inf for name, _ in cmds}
+            for _ in range(args.rounds):
+                for name, cmd in cmds:
+                    penv = dict(env, PYTHONPATH=str(SHIM)) if name != "capsa" else env
+                    _, out = run_measured(cmd, penv, folder)
+                    line = json.loads(out.decode().strip().splitlines()[-1])
+                    best[name] = min(best[name], min(line["seconds_per_loop"]))
+            compute[b] = best
+            print(f"  {b}: " + ", ".join(f"{n} {t * 1000:.2f} ms" for n, t in best.items()), file=sys.stderr)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
-    print(f"capsa: {capsa_version} (WASI, sandboxed); native: {native_version} ({native})")
-    print(f"\nstart-up, median of {args.runs} runs")
-    c, n = start["capsa run hello.py"], start["python3 hello.py"]
-    print(f"  capsa run hello.py {c * 1000:8.1f} ms")
-    print(f"  python3 hello.py   {n * 1000:8.1f} ms")
-    print(f"  ratio capsa/native {c / n:8.2f}")
-    print(f"\ncompute, median of {args.kernel_runs} runs (whole process)")
-    print(f"  {'kernel':<12}{'capsa s':>9}{'native s':>10}{'ratio':>8}")
-    for kernel, c, n, r in rows:
-        print(f"  {kernel:<12}{c:>9.2f}{n:>10.2f}{r:>8.2f}")
-    geo = math.exp(sum(math.log(r) for *_, r in rows) / len(rows))
-    print(f"  {'geometric mean':<31}{geo:>8.2f}")
+    names = [name for name, _ in commands]
+    print(f"capsa: {capsa_version} (WASI, sandboxed), {capsa}")
+    for p, v in natives:
+        print(f"python3 {v}: {p}")
+    print(f"\n{'':<24}" + "".join(f"{n:>16}" for n in names) + "".join(f"{'ratio ' + n[8:]:>14}" for n in names[1:]))
+
+    def row(label, values, fmt):
+        cells = "".join(f"{fmt(values[n]):>16}" for n in names)
+        ratios = "".join(f"{values['capsa'] / values[n]:>14.2f}" for n in names[1:])
+        print(f"{label:<24}{cells}{ratios}")
+
+    row(f"start-up (median of {args.runs})", {n: statistics.median(v) for n, v in start.items()},
+        lambda s: f"{s * 1000:.1f} ms")
+    row("peak memory, hello.py", {n: max(v) for n, v in rss.items()}, lambda b: f"{b / 1e6:.1f} MB")
+    for b, best in compute.items():
+        row(f"  {b}", best, lambda s: f"{s * 1000:.2f} ms")
+    geo = {
+        n: math.exp(sum(math.log(compute[b]["capsa"] / compute[b][n]) for b in compute) / len(compute))
+        for n in names[1:]
+    }
+    print(f"{'compute, geometric mean':<24}{'':>{16 * len(names)}}" + "".join(f"{geo[n]:>14.2f}" for n in names[1:]))
 
 
 if __name__ == "__main__":

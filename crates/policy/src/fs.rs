@@ -25,7 +25,8 @@ pub enum GrantKind {
 pub struct FsGrant {
     /// Canonical host path.
     pub host: PathBuf,
-    /// Absolute path the guest sees it at.
+    /// The path the guest sees it at: absolute, or a relative preopen
+    /// name (`HOST::name`), which wasi-libc takes from `/`.
     pub guest: String,
     pub access: Access,
     pub kind: GrantKind,
@@ -41,15 +42,24 @@ impl FsGrant {
         format!("{name}={}", spec(&self.host, &self.guest))
     }
 
+    /// Where the guest sees it, as an absolute path.
+    pub fn guest_absolute(&self) -> std::borrow::Cow<'_, str> {
+        if self.guest.starts_with('/') {
+            self.guest.as_str().into()
+        } else {
+            format!("/{}", self.guest).into()
+        }
+    }
+
     /// The guest path of a host path inside this grant.
     pub fn guest_path_of(&self, host: &Path) -> Option<String> {
         let rel = host.strip_prefix(&self.host).ok()?;
-        Some(join_guest(&self.guest, &rel.to_string_lossy()))
+        Some(join_guest(&self.guest_absolute(), &rel.to_string_lossy()))
     }
 
     /// The host path of a guest path inside this grant.
     pub fn host_path_of(&self, guest: &str) -> Option<PathBuf> {
-        let rel = strip_guest_prefix(guest, &self.guest)?;
+        let rel = strip_guest_prefix(guest, &self.guest_absolute())?;
         Some(if rel.is_empty() {
             self.host.clone()
         } else {
@@ -199,20 +209,33 @@ pub(crate) fn resolve_grant(
         .map_err(|e| err(format!("{}: {e}", host_abs.display())))?;
     let guest = match guest {
         Some(g) => {
-            if !g.starts_with('/') {
-                return Err(err("the guest path after :: must be absolute".into()));
+            if g.is_empty() {
+                return Err(err("empty guest path after ::".into()));
             }
+            // A relative guest path is a name, as WASI preopens are: wasi-libc
+            // resolves `data/x` against `/`, so `HOST::data` is `/data`; the
+            // guest sees the name as typed (programs look for it by name).
+            let relative = !g.starts_with('/');
+            let g = &if relative {
+                format!("/{g}")
+            } else {
+                g.to_string()
+            };
             if g.split('/').any(|c| c == "..") {
                 return Err(err("the guest path may not contain ..".into()));
             }
             // Typed flags may write `/mnt/d/` or `./`; what is left must be
             // one guest path like any other (no control characters, no `::`).
-            crate::GuestPath::parse(&normalize_guest(g))
+            let path: String = crate::GuestPath::parse(&normalize_guest(g))
                 .map_err(|e| match e {
                     PolicyError::GuestPath { reason, .. } => err(format!("guest path: {reason}")),
                     other => other,
                 })?
-                .into()
+                .into();
+            match path.strip_prefix('/') {
+                Some(name) if relative && !name.is_empty() => name.to_string(),
+                _ => path,
+            }
         }
         None => host_abs
             .to_str()

@@ -349,7 +349,10 @@ impl RawLimits {
 
 /// Adds `g` to `grants`, or widens the grant already at its guest path.
 fn add_grant(grants: &mut Vec<FsGrant>, g: FsGrant, input: &str) -> Result<(), PolicyError> {
-    if let Some(same) = grants.iter_mut().find(|o| o.guest == g.guest) {
+    if let Some(same) = grants
+        .iter_mut()
+        .find(|o| o.guest_absolute() == g.guest_absolute())
+    {
         if same.host != g.host {
             return Err(PolicyError::Path {
                 input: input.to_string(),

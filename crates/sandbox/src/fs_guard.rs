@@ -28,13 +28,21 @@ use wasmtime_wasi::p2::bindings::sync::io::streams;
 #[derive(Debug, Clone)]
 pub struct Preopen {
     pub host: PathBuf,
+    /// Where it is in the guest, always absolute.
     pub guest: String,
+    /// The preopen's name as the guest is told it: `guest`, or the relative
+    /// name a grant gave (`HOST::name`).
+    pub name: String,
     pub writable: bool,
     /// `Some`: only these names in the directory are granted (file grants).
     pub only: Option<Vec<String>>,
     /// The grant's own guest path, for messages: differs from `guest` for
     /// the alias of a grant below the working directory.
     pub shown: String,
+    /// The guarded root: `/` in the guest when nothing is granted there,
+    /// an empty directory the host has already removed. Every path that
+    /// reaches it lies outside every grant; it is refused and reported.
+    pub root_guard: bool,
 }
 
 impl Preopen {
@@ -237,6 +245,70 @@ impl GuardedFs<'_> {
         not_permitted()
     }
 
+    /// Refuses a path that reached the guarded root: it lies outside every
+    /// grant. The guest gets what it got before capsa saw such paths, "no
+    /// such file" (or "not permitted" for `/` itself); the user gets the
+    /// line.
+    fn refuse_outside_root<T>(&self, verb: &str, guest: &str, need: Need) -> FsResult<T> {
+        let (shown, target) = self.root_path_as_typed(guest, need);
+        // The hint names what was tried, or the directory a new name would
+        // be made in; never `/` itself (granting the whole machine is not a
+        // narrow grant), and none when nothing is there to grant.
+        let hint = target
+            .filter(|t| t != "/" && !t.contains("::") && !t.contains(','))
+            .map(|t| format!("{}={t}", need.op().flag()));
+        self.deny(verb, &shown, "outside every granted path".into(), None, hint);
+        if guest == "/" {
+            not_permitted()
+        } else {
+            Err(FsErrorCode::NoEntry.into())
+        }
+    }
+
+    /// The guarded root's path `guest` as the user would type it on the
+    /// host, and what a grant for it would name: the path if it exists, its
+    /// directory if the operation makes it.
+    ///
+    /// A program whose working directory is not granted resolves a relative
+    /// name against `/` (grants below the working directory are mounted
+    /// there), so `/data.csv` is `data.csv` when only that one exists.
+    fn root_path_as_typed(&self, guest: &str, need: Need) -> (String, Option<String>) {
+        use std::path::Path;
+        let makes = !matches!(need, Need::Read | Need::Look);
+        let grantable = |host: &Path, shown: &str| -> Option<String> {
+            if std::fs::symlink_metadata(host).is_ok() {
+                return Some(shown.to_string());
+            }
+            let dir = host.parent()?;
+            (makes && std::fs::metadata(dir).is_ok_and(|m| m.is_dir())).then(|| {
+                match shown.rsplit_once('/') {
+                    Some(("", _)) => "/".to_string(),
+                    Some((d, _)) => d.to_string(),
+                    None => ".".to_string(),
+                }
+            })
+        };
+        let rel = guest.trim_start_matches('/');
+        let absolute = (guest.to_string(), grantable(Path::new(guest), guest));
+        let cwd = self.guard.cwd.as_deref().filter(|c| *c != Path::new("/"));
+        let Some(cwd) = cwd.filter(|_| !rel.is_empty()) else {
+            return absolute;
+        };
+        let relative = (rel.to_string(), grantable(&cwd.join(rel), rel));
+        // What exists names it; else the one a narrow grant would make.
+        if std::fs::symlink_metadata(guest).is_ok() {
+            return absolute;
+        }
+        if std::fs::symlink_metadata(cwd.join(rel)).is_ok() {
+            return relative;
+        }
+        match (&absolute.1, &relative.1) {
+            (Some(a), _) if a != "/" => absolute,
+            (_, Some(_)) => relative,
+            _ => absolute,
+        }
+    }
+
     /// Decides whether `need` may be done to what `r` found.
     fn decide(&self, r: &Resolved, need: Need) -> Result<(), (Refusal, Option<Domain>)> {
         let a = self.areas();
@@ -283,6 +355,9 @@ impl GuardedFs<'_> {
         let preopen = t.preopen;
         let pre = &self.guard.preopens[preopen];
         let (guest, _) = join_guest_checked(&t.guest, path);
+        if pre.root_guard {
+            return self.refuse_outside_root(verb, &guest, need);
+        }
         let dir = match self.inner.table.get(fd)? {
             HostDescriptorObj::Dir(d) => d.dir.clone(),
             HostDescriptorObj::File(_) => return Err(FsErrorCode::NotDirectory.into()),
@@ -486,7 +561,7 @@ impl preopens::Host for GuardedFs<'_> {
         // wasmtime-wasi returns preopens in the order they were added, which
         // is the order of `Guard::preopens`.
         for (i, (fd, guest)) in dirs.iter().enumerate() {
-            let Some(pre) = self.guard.preopens.get(i).filter(|p| &p.guest == guest) else {
+            let Some(pre) = self.guard.preopens.get(i).filter(|p| &p.name == guest) else {
                 continue;
             };
             let ident = self.opened_ident(fd).map_err(|e| {
@@ -562,6 +637,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         let Some((domain, preopen, guest)) = self.tracked_domain(&fd) else {
             return not_permitted();
         };
+        if self.guard.preopens[preopen].root_guard {
+            return self.refuse_outside_root("change times of", &guest, Need::Write);
+        }
         if let Err(w) = self.areas().may_write(domain) {
             return self.refuse(
                 w,
@@ -593,6 +671,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         let Some((domain, preopen, guest)) = self.tracked_domain(&fd) else {
             return not_permitted();
         };
+        if self.guard.preopens[preopen].root_guard {
+            return self.refuse_outside_root("list", &guest, Need::Read);
+        }
         if let Err(w) = self.areas().may_read(domain) {
             return self.refuse(w, None, ("list", &guest, preopen, Need::Read), true);
         }
@@ -750,6 +831,13 @@ impl fs::HostDescriptor for GuardedFs<'_> {
     }
 
     fn remove_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
+        // `rmdir("dir/")` removes `dir`, as POSIX has it (wasmtime-wasi
+        // refuses the trailing slash with EINVAL): a file or a link named
+        // so still fails with ENOTDIR without it.
+        let path = match path.trim_end_matches('/') {
+            "" => path,
+            trimmed => trimmed.to_string(),
+        };
         let c = self.check(&fd, &path, false, Need::Name, "remove")?;
         let r = fs::HostDescriptor::remove_directory_at(&mut self.inner, fd, path);
         self.after(&c, r)

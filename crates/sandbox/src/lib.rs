@@ -67,6 +67,8 @@ pub struct Guard {
     /// A UDP socket was bound under a listen grant: datagrams from anyone
     /// may be received. Until then, only replies from granted peers.
     udp_server: AtomicBool,
+    /// The host's working directory, for naming refused paths as typed.
+    cwd: Option<PathBuf>,
 }
 
 /// What to run, and how.
@@ -249,6 +251,14 @@ fn engine(fuel: bool) -> Result<Engine, RunError> {
     // Never used (guests run synchronously), but must exceed the above.
     config.async_stack_size(GUEST_STACK + (1 << 20));
     config.consume_fuel(fuel);
+    if let Ok(t) = std::env::var("CAPSA_EXPERIMENT") {
+        if t.contains("nomove") {
+            config.memory_may_move(false);
+        }
+        if t.contains("eagertable") {
+            config.table_lazy_init(false);
+        }
+    }
     Engine::new(&config).map_err(|e| RunError::Setup(format!("cannot start the engine: {e:#}")))
 }
 
@@ -262,15 +272,17 @@ fn engine(fuel: bool) -> Result<Engine, RunError> {
 fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError> {
     let mut out: Vec<Preopen> = Vec::new();
     for g in &policy.fs.grants {
+        // A relative guest path is a preopen name wasi-libc takes from `/`.
+        let absolute = g.guest_absolute().into_owned();
         let (host, guest, name) = match g.kind {
-            GrantKind::Dir => (g.host.clone(), g.guest.clone(), None),
+            GrantKind::Dir => (g.host.clone(), absolute.clone(), None),
             GrantKind::File => {
                 let host = g
                     .host
                     .parent()
                     .map(PathBuf::from)
                     .unwrap_or_else(|| "/".into());
-                let (dir, name) = g.guest.rsplit_once('/').unwrap_or(("", &g.guest));
+                let (dir, name) = absolute.rsplit_once('/').unwrap_or(("", &absolute));
                 // The preopen is the host file's directory, so the guest must
                 // reach the file by its own name there.
                 if g.host.file_name().and_then(|n| n.to_str()) != Some(name) {
@@ -315,9 +327,14 @@ fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError
         out.push(Preopen {
             host,
             shown: guest.clone(),
+            name: match (g.kind, g.guest.starts_with('/')) {
+                (GrantKind::Dir, false) => g.guest.clone(),
+                _ => guest.clone(),
+            },
             guest,
             writable,
             only: name.map(|n| vec![n]),
+            root_guard: false,
         });
     }
     let aliases: Vec<Preopen> = out
@@ -333,6 +350,7 @@ fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError
             let inside =
                 |o: &Preopen| o.guest != "/" && strip_guest_prefix(&alias, &o.guest).is_some();
             (!rel.is_empty() && !out.iter().any(inside)).then(|| Preopen {
+                name: alias.clone(),
                 guest: alias,
                 ..p.clone()
             })
@@ -391,10 +409,22 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
 
     let limits = config.policy.limits;
     let ca_certs = http_guard::read_ca_certs(&config.ca_certs).map_err(RunError::Policy)?;
-    let preopens = preopens(&config.policy, config.cwd.as_deref())?;
+    let mut preopens = preopens(&config.policy, config.cwd.as_deref())?;
     let own = own_dirs(&config)?;
     let areas = fs_area::Areas::build(&config.policy, &preopens, &own)
         .map_err(|e| RunError::Setup(format!("cannot look at the granted paths: {e}")))?;
+    let root = RootGuard::make(&preopens)?;
+    if let Some(root) = &root {
+        preopens.push(Preopen {
+            host: root.0.clone(),
+            name: "/".into(),
+            guest: "/".into(),
+            shown: "/".into(),
+            writable: false,
+            only: None,
+            root_guard: true,
+        });
+    }
     let reporter = Reporter::new(config.quiet, config.audit);
     for rule in areas.own_inside(&config.policy) {
         reporter.note(&format!(
@@ -409,6 +439,7 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
         areas,
         resolved: Mutex::new(HashMap::new()),
         udp_server: AtomicBool::new(false),
+        cwd: config.cwd.as_deref().map(PathBuf::from),
     });
 
     let budget = OutputBudget::new(limits.max_output);
@@ -442,13 +473,15 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
         } else {
             FsPerms::ReadOnly
         };
-        b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| {
+        b.preopened_dir(&p.host, &p.name, perms).map_err(|e| {
             RunError::Setup(format!(
                 "cannot open granted directory {}: {e:#}",
                 p.host.display()
             ))
         })?;
     }
+    // Open now; removed, it can never hold anything.
+    drop(root);
 
     let mut linker = Linker::<HostState>::new(&engine);
     link(&mut linker).map_err(|e| RunError::Setup(format!("cannot set up WASI: {e:#}")))?;
@@ -502,6 +535,60 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
     }
     guard.reporter.flush();
     Ok(outcome)
+}
+
+/// The directory behind the guarded root (see [`Preopen::root_guard`]):
+/// made empty and private, opened as the guest's `/`, and removed once
+/// open, so nothing can ever be made in it. Without it, wasi-libc fails a
+/// path outside every preopen by itself and the host never hears of it.
+struct RootGuard(PathBuf);
+
+impl RootGuard {
+    /// `None` when a grant is mounted at `/` itself.
+    fn make(preopens: &[Preopen]) -> Result<Option<RootGuard>, RunError> {
+        if preopens.iter().any(|p| p.guest == "/") {
+            return Ok(None);
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        for attempt in 0..16u32 {
+            let nonce: u64 = rand_u64() ^ u64::from(attempt);
+            let dir = base.join(format!(".capsa-root-{}-{nonce:016x}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o500).create(&dir) {
+                Ok(()) => return Ok(Some(RootGuard(dir))),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(RunError::Setup(format!(
+                        "cannot create an empty directory in {}: {e}",
+                        base.display()
+                    )));
+                }
+            }
+        }
+        Err(RunError::Setup(format!(
+            "cannot create an empty directory in {}",
+            base.display()
+        )))
+    }
+}
+
+impl Drop for RootGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Random bits for a file name nobody can guess in advance.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
 }
 
 /// capsa's own directories, which no grant reaches: the cache holds code

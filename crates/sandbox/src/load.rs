@@ -237,13 +237,17 @@ fn adapt_module(path: &Path, module: &[u8]) -> Result<Vec<u8>, LoadError> {
         })
 }
 
-/// The standard preview 1 adapter, with `proc_exit` passing its code through.
+/// The standard preview 1 adapter, with two fixes so that a preview 1
+/// program behaves as on wasmtime's own preview 1:
 ///
-/// The adapter as shipped maps every non-zero `proc_exit` code to 1: a native
-/// program's `exit(7)` must give 7. So an import of
-/// `wasi:cli/exit.exit-with-code` (part of the world the adapter declares) is
-/// added, and `proc_exit`'s body replaced by a call to it; the canonical ABI
-/// keeps the low 8 bits, as a shell does.
+/// - `proc_exit` passes its code through. The adapter as shipped maps every
+///   non-zero code to 1: a native program's `exit(7)` must give 7. So an
+///   import of `wasi:cli/exit.exit-with-code` (part of the world the adapter
+///   declares) is added, and `proc_exit`'s body replaced by a call to it; the
+///   canonical ABI keeps the low 8 bits, as a shell does.
+/// - `fd_write` of no buffers checks its descriptor (BADF for a bad one):
+///   the adapter returns success before looking it up. A wrapper passes one
+///   empty buffer instead (wasi-testsuite `fd_write-to-invalid-fd`).
 fn adapter() -> &'static [u8] {
     use std::sync::OnceLock;
     static PATCHED: OnceLock<Vec<u8>> = OnceLock::new();
@@ -255,6 +259,7 @@ fn patch_proc_exit(adapter: &[u8]) -> Option<Vec<u8>> {
     use wasm_encoder::reencode::{Error, Reencode, utils};
     let mut func_imports = 0u32;
     let (mut exit_module, mut proc_exit, mut func_types) = (None, None, Vec::new());
+    let (mut fd_write, mut stack_pointer) = (None, None);
     for payload in wasmparser::Parser::new(0).parse_all(adapter) {
         match payload.ok()? {
             wasmparser::Payload::ImportSection(r) => {
@@ -279,6 +284,22 @@ fn patch_proc_exit(adapter: &[u8]) -> Option<Vec<u8>> {
                     if e.name == "proc_exit" && e.kind == wasmparser::ExternalKind::Func {
                         proc_exit = Some(e.index);
                     }
+                    if e.name == "fd_write" && e.kind == wasmparser::ExternalKind::Func {
+                        fd_write = Some(e.index);
+                    }
+                }
+            }
+            wasmparser::Payload::CustomSection(c) => {
+                if let wasmparser::KnownCustom::Name(names) = c.as_known() {
+                    for n in names {
+                        if let Ok(wasmparser::Name::Global(map)) = n {
+                            for naming in map.into_iter().flatten() {
+                                if naming.name == "__stack_pointer" {
+                                    stack_pointer = Some(naming.index);
+                                }
+                            }
+                        }
+                    }
                 }
             }
             _ => {}
@@ -292,6 +313,59 @@ fn patch_proc_exit(adapter: &[u8]) -> Option<Vec<u8>> {
         ty: u32,
         module: String,
         seen: u32,
+        /// `fd_write` (its index before the patch, its type) and the
+        /// adapter's stack pointer, for the wrapper.
+        fd_write: (u32, u32),
+        stack_pointer: u32,
+        /// Where the wrapper goes: after every defined function.
+        wrapper: u32,
+    }
+    impl Patch {
+        /// `fd_write(fd, iovs, len, nwritten)`: with no buffers, one empty
+        /// buffer from the adapter's stack, so the descriptor is checked.
+        fn fd_write_wrapper(&self) -> wasm_encoder::Function {
+            use wasm_encoder::{BlockType, MemArg, ValType};
+            let (sp, inner) = (self.stack_pointer, self.fd_write.0 + 1);
+            let mut f = wasm_encoder::Function::new([(2, ValType::I32)]);
+            f.instructions()
+                .local_get(2)
+                .global_get(sp)
+                .i32_eqz()
+                .i32_or()
+                .if_(BlockType::Result(ValType::I32))
+                .local_get(0)
+                .local_get(1)
+                .local_get(2)
+                .local_get(3)
+                .call(inner)
+                .else_()
+                .global_get(sp)
+                .i32_const(16)
+                .i32_sub()
+                .local_tee(4)
+                .global_set(sp)
+                .local_get(4)
+                .i64_const(0)
+                .i64_store(MemArg {
+                    offset: 0,
+                    align: 3,
+                    memory_index: 0,
+                })
+                .local_get(0)
+                .local_get(4)
+                .i32_const(1)
+                .local_get(3)
+                .call(inner)
+                .local_set(5)
+                .local_get(4)
+                .i32_const(16)
+                .i32_add()
+                .global_set(sp)
+                .local_get(5)
+                .end()
+                .end();
+            f
+        }
     }
     impl Reencode for Patch {
         type Error = std::convert::Infallible;
@@ -330,14 +404,48 @@ fn patch_proc_exit(adapter: &[u8]) -> Option<Vec<u8>> {
             self.seen += 1;
             Ok(())
         }
+        fn parse_function_section(
+            &mut self,
+            functions: &mut wasm_encoder::FunctionSection,
+            section: wasmparser::FunctionSectionReader<'_>,
+        ) -> Result<(), Error<Self::Error>> {
+            utils::parse_function_section(self, functions, section)?;
+            functions.function(self.fd_write.1);
+            Ok(())
+        }
+        fn parse_code_section(
+            &mut self,
+            code: &mut wasm_encoder::CodeSection,
+            section: wasmparser::CodeSectionReader<'_>,
+        ) -> Result<(), Error<Self::Error>> {
+            utils::parse_code_section(self, code, section)?;
+            code.function(&self.fd_write_wrapper());
+            Ok(())
+        }
+        fn parse_export(
+            &mut self,
+            exports: &mut wasm_encoder::ExportSection,
+            export: wasmparser::Export<'_>,
+        ) -> Result<(), Error<Self::Error>> {
+            if export.kind == wasmparser::ExternalKind::Func && export.index == self.fd_write.0 {
+                exports.export(export.name, wasm_encoder::ExportKind::Func, self.wrapper);
+                return Ok(());
+            }
+            utils::parse_export(self, exports, export)
+        }
     }
     let target = proc_exit?.checked_sub(func_imports)?;
+    let fd_write = fd_write?;
+    let fd_write_ty = *func_types.get(fd_write.checked_sub(func_imports)? as usize)?;
     let mut patch = Patch {
         imports: func_imports,
         target,
         ty: *func_types.get(target as usize)?,
         module: exit_module?,
         seen: 0,
+        fd_write: (fd_write, fd_write_ty),
+        stack_pointer: stack_pointer?,
+        wrapper: func_imports + 1 + u32::try_from(func_types.len()).ok()?,
     };
     let mut module = wasm_encoder::Module::new();
     patch
@@ -350,7 +458,7 @@ fn patch_proc_exit(adapter: &[u8]) -> Option<Vec<u8>> {
 
 /// Bumped whenever what capsa compiles from the same input changes (the
 /// adapter patch, say), so no stale entry is ever loaded.
-const CACHE_FORMAT: u32 = 1;
+const CACHE_FORMAT: u32 = 2;
 
 /// Compiled code, cached per machine under `dir`, keyed by the program's
 /// digest and everything about the engine that changes the code.

@@ -24,9 +24,22 @@ use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) -> bool {
     let net = &guard.policy.net;
     let (verb, decision) = match usage {
-        SocketAddrUse::TcpConnect => ("connect to", connect_decision(guard, addr)),
+        SocketAddrUse::TcpConnect => {
+            let d = connect_decision(guard, addr);
+            if !d.is_allowed() && addr.ip().is_loopback() && own_socket(addr, true) {
+                // The guest connects to itself: a listener it holds.
+                return true;
+            }
+            ("connect to", d)
+        }
         SocketAddrUse::UdpSend => ("send to", connect_decision(guard, addr)),
-        SocketAddrUse::TcpBind => ("bind to", net.decide_bind(addr)),
+        SocketAddrUse::TcpBind => {
+            let d = net.decide_bind(addr);
+            if !d.is_allowed() && is_private_loopback(addr) {
+                return true;
+            }
+            ("bind to", d)
+        }
         SocketAddrUse::UdpBind => {
             let d = net.decide_bind(addr);
             // An explicit bind that a listen rule granted makes a UDP
@@ -39,9 +52,22 @@ pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) ->
             }
             ("bind to", d)
         }
-        SocketAddrUse::TcpListen => ("listen on", net.decide_listen(addr)),
-        // The socket is already listening with the user's grant.
-        SocketAddrUse::TcpAccept => return true,
+        SocketAddrUse::TcpListen => {
+            let d = net.decide_listen(addr);
+            // Only a private bind (loopback, port 0) reaches an ungranted
+            // listen on loopback: such a listener accepts only the guest.
+            if !d.is_allowed() && addr.ip().is_loopback() {
+                return true;
+            }
+            ("listen on", d)
+        }
+        // With a listen grant, the guest may serve anyone on loopback, so a
+        // private listener gives it nothing more; without one, every listener
+        // is private and takes only the guest's own connections (anyone
+        // else's is reset before the guest sees it).
+        SocketAddrUse::TcpAccept => {
+            return !net.listen.is_empty() || own_socket(addr, false);
+        }
         // Replies to what the guest may send to, or anything on a granted port.
         SocketAddrUse::UdpReceive => {
             return connect_decision(guard, addr).is_allowed()
@@ -51,6 +77,45 @@ pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) ->
     let target = addr.to_string();
     guard.reporter.verdict(Kind::Net, verb, &target, &decision);
     decision.is_allowed()
+}
+
+/// A bind that needs no grant: an ephemeral port on loopback, as
+/// `socket.socketpair()` makes in CPython for WASI (and asyncio's event loop
+/// with it). What listens there accepts only the guest itself (see
+/// `TcpAccept` above), so it opens nothing another process could use.
+fn is_private_loopback(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback() && addr.port() == 0
+}
+
+/// Whether this process holds a socket whose local address is `addr` (a
+/// listening one, if `listening`): every socket capsa holds is the guest's
+/// or one capsa opened for it, so such a peer is the guest itself.
+#[cfg(unix)]
+fn own_socket(addr: SocketAddr, listening: bool) -> bool {
+    use std::os::fd::BorrowedFd;
+    let Ok(dir) = std::fs::read_dir("/dev/fd") else {
+        return false;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .any(|fd| {
+            // SAFETY: the descriptor is only queried; if it was closed since
+            // it was listed, the calls fail with EBADF.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let Ok(local) = rustix::net::getsockname(fd) else {
+                return false;
+            };
+            let Ok(local) = SocketAddr::try_from(local) else {
+                return false;
+            };
+            let same = local == addr
+                || (listening && local.port() == addr.port() && local.ip().is_unspecified());
+            same && (!listening || rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false))
+        })
+}
+
+#[cfg(not(unix))]
+fn own_socket(_addr: SocketAddr, _listening: bool) -> bool {
+    false
 }
 
 fn connect_decision(guard: &Guard, addr: SocketAddr) -> Verdict {

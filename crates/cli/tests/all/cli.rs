@@ -38,3 +38,12 @@ fn double_dash_ends_capsa_options() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("args --quiet\n"));
 }
+
+/// A preview 1 write of no buffers to a descriptor that is not open fails
+/// with BADF, as on wasmtime's own preview 1 (the adapter capsa wraps
+/// modules in returned success without looking).
+#[test]
+fn fd_write_of_no_buffers_checks_the_descriptor() {
+    let r = run(&[], &wat("fd-write-no-buffers.wat"), &[]);
+    assert_eq!(r.code, 80, "BADF for fd 99, success for stdout: {}", r.stderr);
+}

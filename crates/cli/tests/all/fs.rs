@@ -551,3 +551,148 @@ fn relative_paths_below_the_working_directory() {
         assert!(r.stdout.starts_with("err: NotFound"), "{t}: {}", r.stdout);
     });
 }
+
+/// A path outside every grant reaches the host's guarded root: the guest
+/// gets "not found" as before, the user the line that says what was tried.
+#[test]
+fn a_path_outside_every_grant_is_reported() {
+    both(|t| {
+        let (_g, d) = setup();
+        let before = tree(&d);
+        let grant = format!("--allow-read={}", s(&d.join("data")));
+        let secret = d.join("secret.txt");
+        let r = run(&[&grant], &probe(t), &["read", s(&secret)]);
+        assert!(r.stdout.starts_with("err: NotFound"), "{t}: {}", r.stdout);
+        assert!(!r.stdout.contains("SECRET"));
+        let line = format!(
+            "capsa: denied: read {} (outside every granted path)\n  hint: --allow-read={}\n",
+            s(&secret),
+            s(&secret)
+        );
+        assert!(r.stderr.contains(&line), "{t}: {}", r.stderr);
+
+        // A new file: the hint grants the directory it would be made in.
+        let new = d.join("new.txt");
+        let r = run(&[&grant], &probe(t), &["write", s(&new), "x"]);
+        assert!(r.stdout.starts_with("err: NotFound"), "{t}: {}", r.stdout);
+        assert!(
+            r.stderr
+                .contains(&format!("hint: --allow-write={}\n", s(&d))),
+            "{t}: {}",
+            r.stderr
+        );
+        // Nothing there: no hint, only the line.
+        let missing = d.join("missing/x.txt");
+        let r = run(&[&grant], &probe(t), &["read", s(&missing)]);
+        assert!(
+            r.stderr.contains(&format!(
+                "denied: read {} (outside every granted path)",
+                s(&missing)
+            )),
+            "{t}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("hint"), "{t}: {}", r.stderr);
+
+        // Listing `/` shows nothing hidden, and never hints at granting it.
+        let r = run(&[&grant], &probe(t), &["ls", "/"]);
+        assert!(r.stdout.starts_with("err:"), "{t}: {}", r.stdout);
+        assert!(
+            r.stderr.contains("denied: list / (outside every granted path)"),
+            "{t}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("--allow-read=/\n"), "{t}: {}", r.stderr);
+
+        // The grant itself is as reachable as before, with no line.
+        let r = run(&[&grant], &probe(t), &["read", s(&d.join("data/a.txt"))]);
+        assert_eq!(r.stdout, "ok: alpha\n", "{t}: {}", r.stderr);
+        assert_eq!(r.stderr, "", "{t}");
+        assert_eq!(tree(&d), before, "{t}: the host changed");
+    });
+}
+
+/// A relative name, as typed in the program, is named as the user knows
+/// it: a program's working directory is `/` unless granted.
+#[test]
+fn a_relative_path_outside_every_grant_is_named_as_typed() {
+    let (_g, d) = setup();
+    let r = run_in(&d, &[], &probe(P2), &["read", "notes.txt"]);
+    assert!(r.stdout.starts_with("err: NotFound"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains(
+            "capsa: denied: read notes.txt (outside every granted path)\n  hint: --allow-read=notes.txt\n"
+        ),
+        "{}",
+        r.stderr
+    );
+    // And the hint works as printed.
+    let r = run_in(&d, &["--allow-read=notes.txt"], &probe(P2), &["read", "notes.txt"]);
+    assert_eq!(r.stdout, "ok: notes\n", "{}", r.stderr);
+}
+
+/// Under `--quiet` the guarded root says nothing, and the guest cannot
+/// make anything in it (it is a removed directory).
+#[test]
+fn the_guarded_root_holds_nothing() {
+    both(|t| {
+        let (_g, d) = setup();
+        for (op, path) in [("write", "/x.txt"), ("mkdir", "/newdir")] {
+            let r = run(&["--quiet"], &probe(t), &[op, path, "x"]);
+            assert!(r.stdout.starts_with("err:"), "{t} {op}: {}", r.stdout);
+            assert_eq!(r.stderr, "", "{t} {op}");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".capsa-root-"))
+            .filter(|e| std::fs::read_dir(e.path()).is_ok_and(|mut r| r.next().is_some()))
+            .collect();
+        assert!(leftovers.is_empty(), "{t}: {leftovers:?}");
+        let _ = d;
+    });
+}
+
+/// `HOST::name` without a leading `/` is a name, as WASI preopens are
+/// (the WASI test suite maps its directories so): it is `/name`.
+#[test]
+fn a_relative_guest_path_is_taken_from_the_root() {
+    let (_g, d) = setup();
+    let grant = format!("--allow-read={}::data.dir", s(&d.join("data")));
+    both(|t| {
+        for path in ["data.dir/a.txt", "/data.dir/a.txt"] {
+            let r = run(&[&grant], &probe(t), &["read", path]);
+            assert_eq!(r.stdout, "ok: alpha\n", "{t} {path}: {}", r.stderr);
+        }
+    });
+    // The guest is told the name as given, as programs look it up so.
+    let r = run(&[&grant], &wat("preopen-name.wat"), &[]);
+    assert_eq!(r.stdout, "data.dir\n", "{}", r.stderr);
+    let abs = format!("--allow-read={}::/mnt/data", s(&d.join("data")));
+    let r = run(&[&abs], &wat("preopen-name.wat"), &[]);
+    assert_eq!(r.stdout, "/mnt/data\n", "{}", r.stderr);
+    let r = run(&[&format!("--allow-read={}::", s(&d.join("data")))], &probe(P2), &["read", "/a.txt"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("empty guest path"), "{}", r.stderr);
+}
+
+/// `rmdir("dir/")` removes the directory, as POSIX has it (the WASI test
+/// suite's `remove_directory_trailing_slashes`); a file so named is still
+/// not a directory.
+#[test]
+fn remove_a_directory_named_with_a_trailing_slash() {
+    both(|t| {
+        let (_g, d) = setup();
+        std::fs::create_dir(d.join("out/gone")).unwrap();
+        let grant = format!("--allow-write={}", s(&d.join("out")));
+        let path = format!("{}/", s(&d.join("out/gone")));
+        let r = run(&[&grant], &probe(t), &["rmdir", &path]);
+        assert_eq!(r.stdout, "ok: removed\n", "{t}: {}", r.stderr);
+        assert!(!d.join("out/gone").exists());
+        std::fs::write(d.join("out/file"), "x").unwrap();
+        let path = format!("{}/", s(&d.join("out/file")));
+        let r = run(&[&grant], &probe(t), &["rmdir", &path]);
+        assert!(r.stdout.starts_with("err:"), "{t}: {}", r.stdout);
+        assert!(d.join("out/file").exists());
+    });
+}

@@ -104,18 +104,165 @@ asyncio.run(main())
         code,
     );
     assert_eq!(r.stdout, "ECHO ME\n", "{}", r.stderr);
-    // Without the grants, the server cannot even start.
-    let denied = py_code(&d, &[], code);
-    assert_eq!(denied.code, 1);
-    assert!(
-        denied.stderr.contains("PermissionError") || denied.stderr.contains("OSError"),
-        "{}",
-        denied.stderr
+    // Without grants, a server on a loopback port of its own still serves
+    // the program itself (and only it: see the next test).
+    let own = py_code(&d, &[], code);
+    assert_eq!(own.stdout, "ECHO ME\n", "{}", own.stderr);
+    assert_eq!(own.stderr, "");
+    // A fixed port is a real server: it needs the grant.
+    let fixed = py_code(
+        &d,
+        &[],
+        "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 47011))",
     );
+    assert_eq!(fixed.code, 1);
     assert!(
-        denied.stderr.contains("capsa: denied:"),
+        fixed
+            .stderr
+            .contains("capsa: denied: bind to 127.0.0.1:47011"),
         "{}",
-        denied.stderr
+        fixed.stderr
+    );
+}
+
+/// asyncio needs no grant: its event loop wakes itself through
+/// `socket.socketpair()`, which CPython for WASI makes on loopback.
+#[test]
+fn asyncio_needs_no_grant() {
+    let (_g, d) = scratch();
+    let code = r#"
+import asyncio, socket
+async def worker(q, out):
+    while True:
+        item = await q.get()
+        out.append(item * 2)
+        q.task_done()
+async def main():
+    await asyncio.sleep(0.01)
+    print(await asyncio.gather(*(asyncio.sleep(0.01, result=i) for i in range(3))))
+    q, out = asyncio.Queue(), []
+    w = asyncio.create_task(worker(q, out))
+    for i in range(4):
+        q.put_nowait(i)
+    await q.join()
+    w.cancel()
+    print(out)
+    async with asyncio.TaskGroup() as tg:
+        a = tg.create_task(asyncio.sleep(0, result="a"))
+        b = tg.create_task(asyncio.sleep(0, result="b"))
+    print(a.result() + b.result())
+    try:
+        await asyncio.wait_for(asyncio.sleep(10), timeout=0.05)
+    except TimeoutError:
+        print("wait_for timed out")
+    try:
+        async with asyncio.timeout(0.05):
+            await asyncio.sleep(10)
+    except TimeoutError:
+        print("timeout timed out")
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    loop.call_soon_threadsafe(fut.set_result, "woken")
+    print(await fut)
+asyncio.run(main())
+a, b = socket.socketpair()
+a.sendall(b"ping"); print(b.recv(4).decode())
+b.sendall(b"pong"); print(a.recv(4).decode())
+"#;
+    let r = py_code(&d, &[], code);
+    assert_eq!(
+        r.stdout,
+        "[0, 1, 2]\n[0, 2, 4, 6]\nab\nwait_for timed out\ntimeout timed out\nwoken\nping\npong\n",
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr, "", "no denial, no hint");
+    assert_eq!(r.code, 0);
+}
+
+/// What the program listens on without a grant takes only its own
+/// connections: another process that connects is reset, unheard.
+#[test]
+fn a_private_listener_refuses_other_processes() {
+    use std::process::Stdio;
+    let (_g, d) = scratch();
+    let code = r#"
+import socket, sys, time
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen()
+print(l.getsockname()[1], flush=True)
+sys.stdin.readline()          # the host has tried to connect
+l.setblocking(False)
+try:
+    c, peer = l.accept()
+    print("accepted", peer, flush=True)
+except BlockingIOError:
+    print("nothing accepted", flush=True)
+"#;
+    python_ready();
+    let mut child = capsa()
+        .current_dir(&d)
+        .args(["python", "-c", code])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut port = String::new();
+    out.read_line(&mut port).unwrap();
+    let port: u16 = port.trim().parse().expect("the guest prints its port");
+    // The kernel may complete the handshake; nothing may come back.
+    if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        let _ = s.write_all(b"hello guest\n");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "the guest must not answer another process");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "nothing accepted\n");
+    assert!(status.success());
+}
+
+/// An asyncio client granted only its one outbound connection.
+#[test]
+fn asyncio_client_with_one_grant() {
+    let (_g, d) = scratch();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let mut line = String::new();
+            BufReader::new(&conn).read_line(&mut line).unwrap();
+            let _ = (&conn).write_all(line.to_uppercase().as_bytes());
+        }
+    });
+    let code = format!(
+        "import asyncio\n\
+         async def main():\n    \
+             r, w = await asyncio.open_connection('127.0.0.1', {port})\n    \
+             w.write(b'shout\\n'); await w.drain()\n    \
+             print((await r.readline()).decode().strip()); w.close()\n\
+         asyncio.run(main())"
+    );
+    let r = py_code(&d, &[&format!("--allow-net=127.0.0.1:{port}")], &code);
+    assert_eq!(r.stdout, "SHOUT\n", "{}", r.stderr);
+    assert_eq!(r.stderr, "");
+    // Without it, the one connection is refused with its line.
+    let r = py_code(&d, &[], &code);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains(&format!("capsa: denied: connect to 127.0.0.1:{port}")),
+        "{}",
+        r.stderr
     );
 }
 
