@@ -87,7 +87,8 @@ def benchmark_scripts() -> Path:
 def peers(extra) -> list:
     found = []
     for p in ["/usr/bin/python3", shutil.which("python3"), *extra]:
-        if not p or not Path(p).exists():
+        # A pyenv shim is a shell script: its start-up is not Python's.
+        if not p or not Path(p).exists() or ("/shims/" in p and p not in extra):
             continue
         real = os.path.realpath(p)
         if any(os.path.realpath(q) == real for q, _ in found):

@@ -457,7 +457,13 @@ mod tests {
             e,
             r#"invalid path grant "missing": /home/u/proj/missing: No such file or directory"#
         );
-        assert!(resolve_grant("data::rel", Access::Read, cwd, &FakeFs).is_err());
+        // A relative guest path is a preopen name, kept as typed.
+        let g = resolve_grant("data::rel.dir/", Access::Read, cwd, &FakeFs).unwrap();
+        assert_eq!(g.guest, "rel.dir");
+        assert_eq!(g.guest_absolute(), "/rel.dir");
+        assert_eq!(g.host_path_of("/rel.dir/x"), Some("/srv/data/x".into()));
+        assert!(resolve_grant("data::", Access::Read, cwd, &FakeFs).is_err());
+        assert!(resolve_grant("data::rel/..", Access::Read, cwd, &FakeFs).is_err());
         assert!(resolve_grant("data::/a/../b", Access::Read, cwd, &FakeFs).is_err());
         assert!(resolve_grant("", Access::Read, cwd, &FakeFs).is_err());
         // Regression: a guest path must be one clean absolute path.

@@ -48,6 +48,58 @@ import urllib.request, uuid, warnings, weakref, zipfile, zlib  # noqa: E401,F401
 _SNAPSHOT_PATH = list(sys.path)
 
 
+# asyncio's event loop wakes itself from other threads and signal handlers
+# through a socket pair; WASI has neither, and the pair would be loopback
+# sockets. The loop needs none.
+def _no_self_pipe(self):
+    self._ssock = self._csock = None
+
+
+import asyncio.selector_events  # noqa: E402
+
+asyncio.selector_events.BaseSelectorEventLoop._make_self_pipe = _no_self_pipe
+asyncio.selector_events.BaseSelectorEventLoop._close_self_pipe = lambda self: None
+
+
+def _socketpair(family=socket.AF_INET, type=socket.SOCK_STREAM, proto=0):
+    """socket.socketpair() as CPython emulates it where the platform has
+    none, but with a blocking connect: wasi-libc leaves a socket whose
+    non-blocking connect was never finished unusable. capsa lets the listener
+    take only this program's own connection."""
+    if family == socket.AF_INET:
+        host = "127.0.0.1"
+    elif family == socket.AF_INET6:
+        host = "::1"
+    else:
+        raise ValueError("Only AF_INET and AF_INET6 socket address families are supported")
+    if type != socket.SOCK_STREAM:
+        raise ValueError("Only SOCK_STREAM socket type is supported")
+    if proto != 0:
+        raise ValueError("Only protocol zero is supported")
+    lsock = socket.socket(family, type, proto)
+    try:
+        lsock.bind((host, 0))
+        lsock.listen()
+        addr, port = lsock.getsockname()[:2]
+        csock = socket.socket(family, type, proto)
+        try:
+            csock.connect((addr, port))
+            ssock, _ = lsock.accept()
+        except BaseException:
+            csock.close()
+            raise
+    finally:
+        lsock.close()
+    if ssock.getsockname() != csock.getpeername() or csock.getsockname() != ssock.getpeername():
+        ssock.close()
+        csock.close()
+        raise ConnectionError("Unexpected peer connection")
+    return ssock, csock
+
+
+socket.socketpair = _socketpair
+
+
 def _flush():
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -247,65 +247,68 @@ impl GuardedFs<'_> {
 
     /// Refuses a path that reached the guarded root: it lies outside every
     /// grant. The guest gets what it got before capsa saw such paths, "no
-    /// such file" (or "not permitted" for `/` itself); the user gets the
-    /// line.
+    /// such file"; the user gets the line.
     fn refuse_outside_root<T>(&self, verb: &str, guest: &str, need: Need) -> FsResult<T> {
-        let (shown, target) = self.root_path_as_typed(guest, need);
-        // The hint names what was tried, or the directory a new name would
-        // be made in; never `/` itself (granting the whole machine is not a
-        // narrow grant), and none when nothing is there to grant.
-        let hint = target
-            .filter(|t| t != "/" && !t.contains("::") && !t.contains(','))
-            .map(|t| format!("{}={t}", need.op().flag()));
-        self.deny(verb, &shown, "outside every granted path".into(), None, hint);
-        if guest == "/" {
-            not_permitted()
+        // Opening `/` is how a program lists it.
+        let verb = if guest == "/" && verb == "read" {
+            "list"
         } else {
-            Err(FsErrorCode::NoEntry.into())
-        }
+            verb
+        };
+        let (shown, relative) = self.root_path_as_typed(guest);
+        // The hint names what was read, or the directory where a name would
+        // be made or changed; never `/` itself (granting the whole machine
+        // is not a narrow grant). Nothing on the host is looked at for it:
+        // a lookup of a name the guest chose would carry that name out (to
+        // a network file system, an automounter) and could block the run.
+        let target = match need {
+            Need::Read | Need::Look => Some(shown.as_str()),
+            _ => match shown.rsplit_once('/') {
+                Some(("", _)) => None,
+                Some((d, _)) => Some(d),
+                None => Some("."),
+            },
+        };
+        // A relative name reaches `/` because the working directory is not
+        // granted: it is granted as the same name at `/` (a directory below
+        // the working directory is mounted there too, but a single file or
+        // the directory itself is not). `~` is a name a shell would have
+        // expanded: there is nothing to grant by it.
+        let flag = need.op().flag();
+        let hint = target
+            .filter(|t| *t != "/" && !t.contains("::") && !t.contains(','))
+            .filter(|t| !t.starts_with('~'))
+            .map(|t| match (relative, t) {
+                (false, t) => format!("{flag}={t}"),
+                (true, ".") => format!("{flag}=.::/"),
+                (true, t) => format!("{flag}={t}::/{t}"),
+            });
+        let reason = "outside every granted path".to_string();
+        self.deny(verb, &shown, reason, None, hint);
+        Err(FsErrorCode::NoEntry.into())
     }
 
-    /// The guarded root's path `guest` as the user would type it on the
-    /// host, and what a grant for it would name: the path if it exists, its
-    /// directory if the operation makes it.
+    /// The guarded root's path `guest` as the user typed it, and whether it
+    /// was relative.
     ///
     /// A program whose working directory is not granted resolves a relative
     /// name against `/` (grants below the working directory are mounted
-    /// there), so `/data.csv` is `data.csv` when only that one exists.
-    fn root_path_as_typed(&self, guest: &str, need: Need) -> (String, Option<String>) {
-        use std::path::Path;
-        let makes = !matches!(need, Need::Read | Need::Look);
-        let grantable = |host: &Path, shown: &str| -> Option<String> {
-            if std::fs::symlink_metadata(host).is_ok() {
-                return Some(shown.to_string());
-            }
-            let dir = host.parent()?;
-            (makes && std::fs::metadata(dir).is_ok_and(|m| m.is_dir())).then(|| {
-                match shown.rsplit_once('/') {
-                    Some(("", _)) => "/".to_string(),
-                    Some((d, _)) => d.to_string(),
-                    None => ".".to_string(),
-                }
-            })
-        };
+    /// there): `/data.csv` was `data.csv` when the host's `/` has no
+    /// `data.csv` (its entries are read once, at start).
+    fn root_path_as_typed(&self, guest: &str) -> (String, bool) {
         let rel = guest.trim_start_matches('/');
-        let absolute = (guest.to_string(), grantable(Path::new(guest), guest));
-        let cwd = self.guard.cwd.as_deref().filter(|c| *c != Path::new("/"));
-        let Some(cwd) = cwd.filter(|_| !rel.is_empty()) else {
-            return absolute;
-        };
-        let relative = (rel.to_string(), grantable(&cwd.join(rel), rel));
-        // What exists names it; else the one a narrow grant would make.
-        if std::fs::symlink_metadata(guest).is_ok() {
-            return absolute;
-        }
-        if std::fs::symlink_metadata(cwd.join(rel)).is_ok() {
-            return relative;
-        }
-        match (&absolute.1, &relative.1) {
-            (Some(a), _) if a != "/" => absolute,
-            (_, Some(_)) => relative,
-            _ => absolute,
+        let first = rel.split('/').next().unwrap_or_default();
+        let relative = !rel.is_empty()
+            && self
+                .guard
+                .cwd
+                .as_deref()
+                .is_some_and(|c| c != std::path::Path::new("/"))
+            && !self.guard.root_names.contains(first);
+        if relative {
+            (rel.to_string(), true)
+        } else {
+            (guest.to_string(), false)
         }
     }
 

@@ -14,6 +14,7 @@ pub mod load;
 mod net_guard;
 mod output;
 pub mod report;
+mod tcp_guard;
 
 use capsa_policy::{
     Access, GrantKind, Policy, Verdict, format_duration, format_size, strip_guest_prefix,
@@ -67,8 +68,13 @@ pub struct Guard {
     /// A UDP socket was bound under a listen grant: datagrams from anyone
     /// may be received. Until then, only replies from granted peers.
     udp_server: AtomicBool,
-    /// The host's working directory, for naming refused paths as typed.
+    /// Ephemeral loopback listeners the guest made without a grant: they
+    /// take only the guest's own connections (see `tcp_guard`).
+    private_listeners: Mutex<std::collections::HashSet<std::net::SocketAddr>>,
+    /// The host's working directory, and the names in the host's `/`, for
+    /// naming refused paths as typed.
     cwd: Option<PathBuf>,
+    root_names: std::collections::HashSet<String>,
 }
 
 /// What to run, and how.
@@ -251,14 +257,6 @@ fn engine(fuel: bool) -> Result<Engine, RunError> {
     // Never used (guests run synchronously), but must exceed the above.
     config.async_stack_size(GUEST_STACK + (1 << 20));
     config.consume_fuel(fuel);
-    if let Ok(t) = std::env::var("CAPSA_EXPERIMENT") {
-        if t.contains("nomove") {
-            config.memory_may_move(false);
-        }
-        if t.contains("eagertable") {
-            config.table_lazy_init(false);
-        }
-    }
     Engine::new(&config).map_err(|e| RunError::Setup(format!("cannot start the engine: {e:#}")))
 }
 
@@ -368,17 +366,29 @@ pub fn precompile(program: &load::Program, cache: &CodeCache) -> Result<(), RunE
 
 /// Runs one program to its end under `config.policy`, on a thread whose
 /// stack fits [`GUEST_STACK`].
+///
+/// Returns as soon as the outcome is known: the guest's memories and code
+/// are unmapped on that thread afterwards, which a caller about to exit
+/// need not wait for (it cost a run of Python a millisecond).
 pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("guest".into())
         .stack_size(HOST_STACK)
-        .spawn(move || run_here(config))
-        .map_err(|e| RunError::Setup(format!("cannot start the guest thread: {e}")))?
-        .join()
+        .spawn(move || {
+            if let Err(e) = run_here(config, &tx) {
+                let _ = tx.send(Err(e));
+            }
+        })
+        .map_err(|e| RunError::Setup(format!("cannot start the guest thread: {e}")))?;
+    rx.recv()
         .unwrap_or_else(|_| Err(RunError::Setup("the guest thread panicked".into())))
 }
 
-fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
+fn run_here(
+    config: RunConfig,
+    done: &std::sync::mpsc::Sender<Result<Outcome, RunError>>,
+) -> Result<(), RunError> {
     // The time limit covers loading and compiling too: a program crafted to
     // compile slowly must not hold the host past it.
     let finished = Arc::new(AtomicBool::new(false));
@@ -413,7 +423,7 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
     let own = own_dirs(&config)?;
     let areas = fs_area::Areas::build(&config.policy, &preopens, &own)
         .map_err(|e| RunError::Setup(format!("cannot look at the granted paths: {e}")))?;
-    let root = RootGuard::make(&preopens)?;
+    let root = RootGuard::make(&preopens);
     if let Some(root) = &root {
         preopens.push(Preopen {
             host: root.0.clone(),
@@ -439,7 +449,16 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
         areas,
         resolved: Mutex::new(HashMap::new()),
         udp_server: AtomicBool::new(false),
+        private_listeners: Mutex::new(Default::default()),
         cwd: config.cwd.as_deref().map(PathBuf::from),
+        root_names: match root {
+            Some(_) => std::fs::read_dir("/")
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect(),
+            None => Default::default(),
+        },
     });
 
     let budget = OutputBudget::new(limits.max_output);
@@ -534,7 +553,8 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
         guard.reporter.limit(message);
     }
     guard.reporter.flush();
-    Ok(outcome)
+    let _ = done.send(Ok(outcome));
+    Ok(())
 }
 
 /// The directory behind the guarded root (see [`Preopen::root_guard`]):
@@ -544,31 +564,32 @@ fn run_here(config: RunConfig) -> Result<Outcome, RunError> {
 struct RootGuard(PathBuf);
 
 impl RootGuard {
-    /// `None` when a grant is mounted at `/` itself.
-    fn make(preopens: &[Preopen]) -> Result<Option<RootGuard>, RunError> {
+    /// `None` when a grant is mounted at `/` itself, or no temporary
+    /// directory can be made.
+    fn make(preopens: &[Preopen]) -> Option<RootGuard> {
         if preopens.iter().any(|p| p.guest == "/") {
-            return Ok(None);
+            return None;
         }
         use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::temp_dir();
-        for attempt in 0..16u32 {
-            let nonce: u64 = rand_u64() ^ u64::from(attempt);
-            let dir = base.join(format!(".capsa-root-{}-{nonce:016x}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o500).create(&dir) {
-                Ok(()) => return Ok(Some(RootGuard(dir))),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(RunError::Setup(format!(
-                        "cannot create an empty directory in {}: {e}",
-                        base.display()
-                    )));
+        let mut tried = Vec::new();
+        for base in [std::env::temp_dir(), PathBuf::from("/tmp")] {
+            if tried.contains(&base) {
+                continue;
+            }
+            for attempt in 0..16u32 {
+                let nonce: u64 = rand_u64() ^ u64::from(attempt);
+                let dir = base.join(format!(".capsa-root-{}-{nonce:016x}", std::process::id()));
+                match std::fs::DirBuilder::new().mode(0o500).create(&dir) {
+                    Ok(()) => return Some(RootGuard(dir)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(_) => break,
                 }
             }
+            tried.push(base);
         }
-        Err(RunError::Setup(format!(
-            "cannot create an empty directory in {}",
-            base.display()
-        )))
+        // Without it the run is as safe, only quieter: wasi-libc fails such
+        // paths by itself.
+        None
     }
 }
 
@@ -673,6 +694,16 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "exit-with-code",
         |_, (code,): (u8,)| -> wasmtime::Result<()> { Err(I32Exit(i32::from(code)).into()) },
     )?;
+    fn tcp(s: &mut HostState) -> tcp_guard::GuardedTcp<'_> {
+        tcp_guard::GuardedTcp {
+            inner: s.wasi.sockets(),
+            guard: &s.guard,
+        }
+    }
+    wasmtime_wasi::p2::bindings::sync::sockets::tcp::add_to_linker::<
+        HostState,
+        tcp_guard::GuardedTcpData,
+    >(linker, tcp)?;
     types::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
     preopens::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
     ip_name_lookup::add_to_linker::<HostState, GuardedLookupData>(linker, lookup)?;

@@ -26,8 +26,8 @@ pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) ->
     let (verb, decision) = match usage {
         SocketAddrUse::TcpConnect => {
             let d = connect_decision(guard, addr);
-            if !d.is_allowed() && addr.ip().is_loopback() && own_socket(addr, true) {
-                // The guest connects to itself: a listener it holds.
+            if !d.is_allowed() && is_private_listener(guard, addr) {
+                // The guest connects to itself: a private listener it holds.
                 return true;
             }
             ("connect to", d)
@@ -57,17 +57,18 @@ pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) ->
             // Only a private bind (loopback, port 0) reaches an ungranted
             // listen on loopback: such a listener accepts only the guest.
             if !d.is_allowed() && addr.ip().is_loopback() {
+                guard
+                    .private_listeners
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(addr);
                 return true;
             }
             ("listen on", d)
         }
-        // With a listen grant, the guest may serve anyone on loopback, so a
-        // private listener gives it nothing more; without one, every listener
-        // is private and takes only the guest's own connections (anyone
-        // else's is reset before the guest sees it).
-        SocketAddrUse::TcpAccept => {
-            return !net.listen.is_empty() || own_socket(addr, false);
-        }
+        // A granted listener accepts anyone; a private one only the guest,
+        // which `tcp_guard` decides (only it knows the listener).
+        SocketAddrUse::TcpAccept => return true,
         // Replies to what the guest may send to, or anything on a granted port.
         SocketAddrUse::UdpReceive => {
             return connect_decision(guard, addr).is_allowed()
@@ -80,18 +81,28 @@ pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) ->
 }
 
 /// A bind that needs no grant: an ephemeral port on loopback, as
-/// `socket.socketpair()` makes in CPython for WASI (and asyncio's event loop
-/// with it). What listens there accepts only the guest itself (see
-/// `TcpAccept` above), so it opens nothing another process could use.
+/// `socket.socketpair()` makes in CPython for WASI. What listens there
+/// accepts only the guest itself (see `tcp_guard`), so it opens nothing
+/// another process could use.
 fn is_private_loopback(addr: SocketAddr) -> bool {
     addr.ip().is_loopback() && addr.port() == 0
 }
 
-/// Whether this process holds a socket whose local address is `addr` (a
-/// listening one, if `listening`): every socket capsa holds is the guest's
-/// or one capsa opened for it, so such a peer is the guest itself.
+/// Whether `addr` is a private listener the guest made (never one capsa
+/// inherited) and still holds: after it is closed, another process may
+/// take the port.
+fn is_private_listener(guard: &Guard, addr: SocketAddr) -> bool {
+    let made = guard
+        .private_listeners
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&addr);
+    made && holds_listener(addr)
+}
+
+/// Whether this process holds a listening socket bound exactly at `addr`.
 #[cfg(unix)]
-fn own_socket(addr: SocketAddr, listening: bool) -> bool {
+fn holds_listener(addr: SocketAddr) -> bool {
     use std::os::fd::BorrowedFd;
     let Ok(dir) = std::fs::read_dir("/dev/fd") else {
         return false;
@@ -101,20 +112,16 @@ fn own_socket(addr: SocketAddr, listening: bool) -> bool {
             // SAFETY: the descriptor is only queried; if it was closed since
             // it was listed, the calls fail with EBADF.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            let Ok(local) = rustix::net::getsockname(fd) else {
-                return false;
-            };
-            let Ok(local) = SocketAddr::try_from(local) else {
-                return false;
-            };
-            let same = local == addr
-                || (listening && local.port() == addr.port() && local.ip().is_unspecified());
-            same && (!listening || rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false))
+            rustix::net::getsockname(fd)
+                .ok()
+                .and_then(|a| SocketAddr::try_from(a).ok())
+                .is_some_and(|local| local == addr)
+                && rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false)
         })
 }
 
 #[cfg(not(unix))]
-fn own_socket(_addr: SocketAddr, _listening: bool) -> bool {
+fn holds_listener(_addr: SocketAddr) -> bool {
     false
 }
 

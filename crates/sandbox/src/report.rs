@@ -62,6 +62,23 @@ pub struct Reporter {
 /// not flood the terminal or grow this set without end.
 const MAX_DENIAL_LINES: usize = 100;
 
+/// Bytes of a name a denial line shows: a guest's names may be megabytes
+/// long, and each line is kept to be said only once.
+const MAX_TARGET_BYTES: usize = 512;
+
+/// `target` cut to [`MAX_TARGET_BYTES`] at a character boundary, and
+/// whether it was cut.
+fn clip(target: &str) -> (&str, bool) {
+    if target.len() <= MAX_TARGET_BYTES {
+        return (target, false);
+    }
+    let mut end = MAX_TARGET_BYTES;
+    while !target.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&target[..end], true)
+}
+
 /// Bytes of audit log one run may write; a guest must not fill the disk.
 pub const MAX_AUDIT_BYTES: u64 = 64 << 20;
 
@@ -133,7 +150,8 @@ impl Reporter {
         if d.allowed || self.quiet || d.kind == Kind::Limit {
             return;
         }
-        let key = (d.kind, d.op.to_string(), d.target.to_string());
+        let (target, cut) = clip(d.target);
+        let key = (d.kind, d.op.to_string(), target.to_string());
         if inner.seen.contains(&key) {
             return;
         }
@@ -151,11 +169,15 @@ impl Reporter {
         inner.seen.insert(key);
         // The target and the reason carry names the guest chose: escaped,
         // they cannot move the cursor, erase lines or forge a line of capsa's.
-        let mut msg = format!("capsa: denied: {} {}", d.op, escape(d.target));
-        if let Some(r) = d.reason {
-            msg.push_str(&format!(" ({})", escape(r)));
+        let mut msg = format!("capsa: denied: {} {}", d.op, escape(target));
+        if cut {
+            msg.push_str("...");
         }
-        if let Some(h) = d.hint.and_then(hint_text) {
+        if let Some(r) = d.reason {
+            msg.push_str(&format!(" ({})", escape(clip(r).0)));
+        }
+        // A hint for a name cut short would grant another one.
+        if let Some(h) = d.hint.filter(|_| !cut).and_then(hint_text) {
             msg.push_str(&format!("\n  hint: {h}"));
         }
         let mut err = std::io::stderr().lock();

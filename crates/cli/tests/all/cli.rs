@@ -45,5 +45,9 @@ fn double_dash_ends_capsa_options() {
 #[test]
 fn fd_write_of_no_buffers_checks_the_descriptor() {
     let r = run(&[], &wat("fd-write-no-buffers.wat"), &[]);
-    assert_eq!(r.code, 80, "BADF for fd 99, success for stdout: {}", r.stderr);
+    assert_eq!(
+        r.code, 80,
+        "BADF for fd 99, success for stdout: {}",
+        r.stderr
+    );
 }

@@ -178,9 +178,20 @@ fn deny_net_wins() {
 
 #[test]
 fn listening_needs_a_grant() {
+    // A fixed port, or any address but loopback, needs the grant; an
+    // ephemeral loopback port is private (see python::a_private_listener_*).
+    for addr in ["127.0.0.1:47012", "0.0.0.0:0"] {
+        let r = run(&[], &probe(P2), &["listen", addr]);
+        assert!(r.stdout.starts_with("err:"), "{addr}: {}", r.stdout);
+        assert!(r.stderr.contains("hint: --allow-listen="), "{}", r.stderr);
+    }
     let r = run(&[], &probe(P2), &["listen", "127.0.0.1:0"]);
-    assert!(r.stdout.starts_with("err:"), "{}", r.stdout);
-    assert!(r.stderr.contains("hint: --allow-listen="), "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("ok: listening on 127.0.0.1:"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.stderr, "");
     let r = run(
         &["--allow-listen=127.0.0.1:0"],
         &probe(P2),

@@ -181,24 +181,45 @@ b.sendall(b"pong"); print(a.recv(4).decode())
 }
 
 /// What the program listens on without a grant takes only its own
-/// connections: another process that connects is reset, unheard.
+/// connections: another process that connects is reset, unheard, also when
+/// it connects from an address one of the program's sockets is bound to
+/// (SO_REUSEADDR lets it share that address).
 #[test]
 fn a_private_listener_refuses_other_processes() {
     use std::process::Stdio;
     let (_g, d) = scratch();
     let code = r#"
-import socket, sys, time
+import socket, sys
 l = socket.socket()
 l.bind(("127.0.0.1", 0))
 l.listen()
-print(l.getsockname()[1], flush=True)
-sys.stdin.readline()          # the host has tried to connect
+spare = socket.socket()                  # bound, never listening
+spare.bind(("127.0.0.1", 0))
+a, b = socket.socketpair()               # an established connection of its own
+print(l.getsockname()[1], spare.getsockname()[1], b.getsockname()[1], flush=True)
+sys.stdin.readline()                     # the host has tried to connect
 l.setblocking(False)
 try:
     c, peer = l.accept()
-    print("accepted", peer, flush=True)
+    print("accepted", peer, c.recv(16), flush=True)
 except BlockingIOError:
     print("nothing accepted", flush=True)
+"#;
+    const ATTACKER: &str = r#"
+import socket, sys
+port, *sources = map(int, sys.argv[1:])
+for src in [0] + sources:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        if src:
+            s.bind(("127.0.0.1", src))
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"from outside")
+        s.settimeout(1)
+        print("answered", s.recv(16))
+    except OSError as e:
+        print("no answer", type(e).__name__)
 "#;
     python_ready();
     let mut child = capsa()
@@ -210,25 +231,56 @@ except BlockingIOError:
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut port = String::new();
-    out.read_line(&mut port).unwrap();
-    let port: u16 = port.trim().parse().expect("the guest prints its port");
-    // The kernel may complete the handshake; nothing may come back.
-    if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-        let _ = s.write_all(b"hello guest\n");
-        s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
-            .unwrap();
-        let mut buf = [0u8; 16];
-        let n = s.read(&mut buf).unwrap_or(0);
-        assert_eq!(n, 0, "the guest must not answer another process");
-    }
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut ports = String::new();
+    out.read_line(&mut ports).unwrap();
+    let ports: Vec<&str> = ports.split_whitespace().collect();
+    assert_eq!(ports.len(), 3, "the guest prints its ports");
+    let attack = std::process::Command::new("python3")
+        .args(["-c", ATTACKER])
+        .args(&ports)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&attack.stdout);
+    assert!(!said.contains("answered b'"), "{said}");
+    assert_eq!(
+        said.matches("no answer").count() + said.matches("answered b''").count(),
+        3,
+        "{said}"
+    );
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(rest, "nothing accepted\n");
     assert!(status.success());
+}
+
+/// A listen grant serves anyone, but connecting out still needs its own
+/// grant, also to a port the program listens on as well (another process
+/// may serve the same port on the other address family).
+#[test]
+fn a_listen_grant_reaches_no_other_service() {
+    let (_g, d) = scratch();
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = service.local_addr().unwrap().port();
+    service.set_nonblocking(true).unwrap();
+    let code = format!(
+        "import socket\n\
+         l = socket.socket(socket.AF_INET6)\n\
+         l.bind(('::', {port})); l.listen()\n\
+         c = socket.socket()\n\
+         c.connect(('127.0.0.1', {port}))\n\
+         print(c.recv(16))"
+    );
+    let r = py_code(&d, &["--allow-listen=0"], &code);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains(&format!("capsa: denied: connect to 127.0.0.1:{port}")),
+        "{}",
+        r.stderr
+    );
+    assert!(service.accept().is_err(), "the host's service was reached");
 }
 
 /// An asyncio client granted only its one outbound connection.
