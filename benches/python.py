@@ -10,7 +10,10 @@ one), its Python runtime prepared in a scratch cache first. Rows:
 
 - start-up: `capsa run hello.py` against `PEER hello.py`, whole process,
   N runs each, interleaved so machine noise hits all alike; medians;
-- peak memory of the same runs (the child's maximum resident set);
+- peak memory of the same runs (the child's maximum resident set), and,
+  read from /proc while benches/python/idle.py runs, the resident memory
+  and the part of it that is private (anonymous: not pages of files, such
+  as the compiled code and Python's snapshot, which every run shares);
 - compute: seven benchmarks of pyperformance (nbody, richards, float,
   spectral_norm, fannkuch, json_dumps, regex_v8), the scripts of the
   `pyperformance` package from PyPI (downloaded into benches/.pyperformance
@@ -66,6 +69,19 @@ def peak_rss(cmd, env, cwd) -> int:
     if status != 0:
         sys.exit(f"{' '.join(map(str, cmd))} failed")
     return usage.ru_maxrss * 1024
+
+
+def resident(cmd, env, cwd) -> tuple:
+    """Resident and private (anonymous) memory in bytes of one run of
+    idle.py, read from /proc once it says it is running."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+    p.stdout.readline()
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{p.pid}/status").read_text().splitlines() if ":" in line
+    )
+    p.communicate()
+    kb = lambda key: int(status[key].split()[0]) * 1024  # noqa: E731
+    return kb("VmRSS"), kb("RssAnon")
 
 
 def benchmark_scripts() -> Path:
@@ -132,6 +148,10 @@ def main() -> None:
         for _ in range(5):
             for name, cmd in commands:
                 rss[name].append(peak_rss(cmd, env, HELLO))
+        idle = {name: [] for name, _ in commands}
+        for _ in range(5):
+            for name, cmd in commands:
+                idle[name].append(resident(cmd[:-1] + ["idle.py"], env, HELLO))
 
         compute = {}
         for b in BENCHMARKS:
@@ -165,6 +185,10 @@ def main() -> None:
     row(f"start-up (median of {args.runs})", {n: statistics.median(v) for n, v in start.items()},
         lambda s: f"{s * 1000:.1f} ms")
     row("peak memory, hello.py", {n: max(v) for n, v in rss.items()}, lambda b: f"{b / 1e6:.1f} MB")
+    row("  resident, running", {n: statistics.median(r for r, _ in v) for n, v in idle.items()},
+        lambda b: f"{b / 1e6:.1f} MB")
+    row("  of it private", {n: statistics.median(a for _, a in v) for n, v in idle.items()},
+        lambda b: f"{b / 1e6:.1f} MB")
     for b, best in compute.items():
         row(f"  {b}", best, lambda s: f"{s * 1000:.2f} ms")
     geo = {

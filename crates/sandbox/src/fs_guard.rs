@@ -256,14 +256,22 @@ impl GuardedFs<'_> {
             verb
         };
         let (shown, relative) = self.root_path_as_typed(guest);
-        // The hint names what was read, or the directory where a name would
-        // be made or changed; never `/` itself (granting the whole machine
+        // `<stdin>`, `<string>`, `<unknown>`: names Python gives code that
+        // has no file, which a traceback may still try to open.
+        if shown.starts_with('<') && shown.ends_with('>') {
+            return Err(FsErrorCode::NoEntry.into());
+        }
+        // The hint names what was tried, or the directory where a name is
+        // made, removed or renamed; never `/` itself (granting the whole machine
         // is not a narrow grant). Nothing on the host is looked at for it:
         // a lookup of a name the guest chose would carry that name out (to
         // a network file system, an automounter) and could block the run.
         let target = match need {
-            Need::Read | Need::Look => Some(shown.as_str()),
-            _ => match shown.rsplit_once('/') {
+            // Writing may also make a new file, whose directory would have to
+            // be granted; but nothing is looked up to know, and a program
+            // must not be able to steer a hint to more than it tried.
+            Need::Read | Need::Look | Need::Write | Need::ReadWrite => Some(shown.as_str()),
+            Need::Name => match shown.rsplit_once('/') {
                 Some(("", _)) => None,
                 Some((d, _)) => Some(d),
                 None => Some("."),

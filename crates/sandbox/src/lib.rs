@@ -143,6 +143,7 @@ struct HostState {
     wasi: WasiState,
     fs: FsTracker,
     lookups: LookupTracker,
+    tcp: tcp_guard::TcpTracker,
     guard: Arc<Guard>,
     limiter: MemoryLimiter,
     http: WasiHttpCtx,
@@ -524,6 +525,7 @@ fn run_here(
             },
             fs: FsTracker::default(),
             lookups: LookupTracker::default(),
+            tcp: tcp_guard::TcpTracker::default(),
             guard: guard.clone(),
             limiter: MemoryLimiter {
                 memory: limits.memory,
@@ -697,6 +699,7 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     fn tcp(s: &mut HostState) -> tcp_guard::GuardedTcp<'_> {
         tcp_guard::GuardedTcp {
             inner: s.wasi.sockets(),
+            tracker: &mut s.tcp,
             guard: &s.guard,
         }
     }

@@ -26,7 +26,12 @@ pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) ->
     let (verb, decision) = match usage {
         SocketAddrUse::TcpConnect => {
             let d = connect_decision(guard, addr);
-            if !d.is_allowed() && is_private_listener(guard, addr) {
+            let private = guard
+                .private_listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&addr);
+            if !d.is_allowed() && private {
                 // The guest connects to itself: a private listener it holds.
                 return true;
             }
@@ -36,6 +41,7 @@ pub fn check_addr(guard: &Arc<Guard>, addr: SocketAddr, usage: SocketAddrUse) ->
         SocketAddrUse::TcpBind => {
             let d = net.decide_bind(addr);
             if !d.is_allowed() && is_private_loopback(addr) {
+                // `tcp_guard` counts and caps these.
                 return true;
             }
             ("bind to", d)
@@ -88,41 +94,10 @@ fn is_private_loopback(addr: SocketAddr) -> bool {
     addr.ip().is_loopback() && addr.port() == 0
 }
 
-/// Whether `addr` is a private listener the guest made (never one capsa
-/// inherited) and still holds: after it is closed, another process may
-/// take the port.
-fn is_private_listener(guard: &Guard, addr: SocketAddr) -> bool {
-    let made = guard
-        .private_listeners
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&addr);
-    made && holds_listener(addr)
-}
-
-/// Whether this process holds a listening socket bound exactly at `addr`.
-#[cfg(unix)]
-fn holds_listener(addr: SocketAddr) -> bool {
-    use std::os::fd::BorrowedFd;
-    let Ok(dir) = std::fs::read_dir("/dev/fd") else {
-        return false;
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .any(|fd| {
-            // SAFETY: the descriptor is only queried; if it was closed since
-            // it was listed, the calls fail with EBADF.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            rustix::net::getsockname(fd)
-                .ok()
-                .and_then(|a| SocketAddr::try_from(a).ok())
-                .is_some_and(|local| local == addr)
-                && rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false)
-        })
-}
-
-#[cfg(not(unix))]
-fn holds_listener(_addr: SocketAddr) -> bool {
-    false
+/// Whether binding `addr` makes a private socket: ungranted, ephemeral,
+/// on loopback.
+pub fn is_private_bind(guard: &Guard, addr: SocketAddr) -> bool {
+    is_private_loopback(addr) && !guard.policy.net.decide_bind(addr).is_allowed()
 }
 
 fn connect_decision(guard: &Guard, addr: SocketAddr) -> Verdict {

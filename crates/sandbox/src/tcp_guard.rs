@@ -1,15 +1,23 @@
 //! `wasi:sockets/tcp` as the guest sees it: wasmtime-wasi's implementation,
-//! with one check of capsa's in `accept`.
+//! with capsa's bookkeeping of private listeners.
 //!
 //! A guest may listen without a grant on an ephemeral loopback port (a
 //! "private listener", see `net_guard::check_addr`): CPython for WASI makes
-//! `socket.socketpair()` that way. Such a listener must take only the
-//! guest's own connections. Only `accept` knows which listener a connection
-//! came to, so that is decided here; every other call is passed through.
+//! `socket.socketpair()` that way. Such a listener takes only the guest's
+//! own connections: a connection is kept only if one of the guest's own
+//! sockets is its other end (the same four addresses: the kernel lets no
+//! two connections share them). Only `accept` knows which listener a
+//! connection came to, so that is decided here, from what this wrapper saw
+//! the guest make, never from what else capsa's process holds. A listener's
+//! address stops being connectable when the guest drops it, and the guest
+//! may hold only so many private sockets (each takes a port of the
+//! machine's).
 
 use crate::Guard;
-use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use crate::report::Kind;
+use capsa_policy::Verdict;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::p2::SocketError;
 use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, Network};
@@ -19,8 +27,33 @@ use wasmtime_wasi::p2::bindings::sync::sockets::tcp::{
 };
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
+/// Private sockets the guest may hold at once: listeners, binds and
+/// connections to its own listeners together.
+const MAX_PRIVATE_SOCKETS: usize = 256;
+
+/// Connections from someone else one `accept` drops before it lets the
+/// guest run again (a flood must not hold it there).
+const MAX_DROPPED_PER_ACCEPT: usize = 64;
+
+/// What the guest made, by socket: its private listeners (their address),
+/// its sockets connecting to one (that listener's address), and its other
+/// private binds.
+#[derive(Default)]
+pub struct TcpTracker {
+    listeners: HashMap<u32, SocketAddr>,
+    clients: HashMap<u32, SocketAddr>,
+    binds: std::collections::HashSet<u32>,
+}
+
+impl TcpTracker {
+    fn held(&self) -> usize {
+        self.listeners.len() + self.clients.len() + self.binds.len()
+    }
+}
+
 pub struct GuardedTcp<'a> {
     pub inner: WasiSocketsCtxView<'a>,
+    pub tracker: &'a mut TcpTracker,
     pub guard: &'a Guard,
 }
 
@@ -55,87 +88,48 @@ fn borrow<T: 'static>(r: &Resource<T>) -> Resource<T> {
     Resource::new_borrow(r.rep())
 }
 
-/// Whether the connection from `peer` is the guest's own: every socket on
-/// the machine bound at `peer` is one of this process's (the guest's, as
-/// capsa itself holds no loopback connections). Another process may bind the
-/// same address beside one of the guest's (SO_REUSEADDR), so one match is
-/// not enough: all of them must be ours.
-#[cfg(target_os = "linux")]
-pub fn peer_is_ours(peer: SocketAddr) -> bool {
-    let ours: HashSet<u64> = std::fs::read_dir("/proc/self/fd")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let link = std::fs::read_link(e.ok()?.path()).ok()?;
-            let link = link.to_str()?;
-            link.strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let peer = (peer.ip().to_canonical(), peer.port());
-    let mut found = false;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) else {
-                continue;
-            };
-            let Some(local) = proc_addr(local) else {
-                return false;
-            };
-            if (local.ip().to_canonical(), local.port()) != peer {
-                continue;
-            }
-            // A closed connection lingering in TIME_WAIT has no socket.
-            match inode.parse::<u64>() {
-                Ok(0) => continue,
-                Ok(i) if ours.contains(&i) => found = true,
-                _ => return false,
-            }
-        }
-    }
-    found
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn peer_is_ours(_peer: SocketAddr) -> bool {
-    false
-}
-
-/// An address of /proc/net/tcp{,6}: the address's 32-bit words in the
-/// machine's byte order, in hex, then `:` and the port in hex.
-#[cfg(target_os = "linux")]
-fn proc_addr(text: &str) -> Option<SocketAddr> {
-    let (addr, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let mut bytes = Vec::with_capacity(16);
-    for i in (0..addr.len()).step_by(8) {
-        let word = u32::from_str_radix(addr.get(i..i + 8)?, 16).ok()?;
-        bytes.extend_from_slice(&word.to_ne_bytes());
-    }
-    let ip = match bytes.len() {
-        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
 impl GuardedTcp<'_> {
-    fn is_private_listener(&mut self, listener: &Resource<TcpSocket>) -> bool {
-        let Ok(local) = HostTcpSocket::local_address(&mut self.inner, borrow(listener)) else {
-            return false;
-        };
+    fn private_listeners(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<SocketAddr>> {
         self.guard
             .private_listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&SocketAddr::from(local))
+    }
+
+    /// Refuses one more private socket past [`MAX_PRIVATE_SOCKETS`].
+    fn room(&self, verb: &str, addr: SocketAddr) -> Result<(), SocketError> {
+        if self.tracker.held() < MAX_PRIVATE_SOCKETS {
+            return Ok(());
+        }
+        let verdict = Verdict::Deny {
+            rule: None,
+            reason: format!(
+                "the program holds {MAX_PRIVATE_SOCKETS} ungranted loopback sockets already"
+            ),
+            hint: None,
+        };
+        self.guard
+            .reporter
+            .verdict(Kind::Net, verb, &addr.to_string(), &verdict);
+        Err(network::ErrorCode::AccessDenied.into())
+    }
+
+    /// Whether `peer`, connected to the private listener at `listener`, is
+    /// one of the guest's own sockets.
+    fn is_own(&mut self, peer: SocketAddr, listener: SocketAddr) -> bool {
+        let candidates: Vec<u32> = self
+            .tracker
+            .clients
+            .iter()
+            .filter(|(_, to)| **to == listener)
+            .map(|(rep, _)| *rep)
+            .collect();
+        candidates.into_iter().any(|rep| {
+            HostTcpSocket::local_address(&mut self.inner, Resource::new_borrow(rep))
+                .is_ok_and(|local| SocketAddr::from(local) == peer)
+        })
     }
 
     /// Drops a connection accepted on a private listener from someone else.
@@ -163,20 +157,21 @@ impl HostTcpSocket for GuardedTcp<'_> {
         ),
         SocketError,
     > {
-        if !self.is_private_listener(&this) {
+        let Some(&listener) = self.tracker.listeners.get(&this.rep()) else {
             return HostTcpSocket::accept(&mut self.inner, this);
-        }
-        loop {
+        };
+        for _ in 0..MAX_DROPPED_PER_ACCEPT {
             let (sock, input, output) = HostTcpSocket::accept(&mut self.inner, borrow(&this))?;
             let peer = HostTcpSocket::remote_address(&mut self.inner, borrow(&sock))
                 .ok()
                 .map(SocketAddr::from);
-            if peer.is_some_and(peer_is_ours) {
+            if peer.is_some_and(|p| self.is_own(p, listener)) {
                 return Ok((sock, input, output));
             }
-            // Someone else: gone before the guest sees it; wait for the next.
+            // Someone else: gone before the guest sees it.
             self.reset(sock, input, output).map_err(SocketError::trap)?;
         }
+        Err(network::ErrorCode::WouldBlock.into())
     }
 
     fn start_bind(
@@ -185,7 +180,17 @@ impl HostTcpSocket for GuardedTcp<'_> {
         network: Resource<Network>,
         local_address: IpSocketAddress,
     ) -> Result<(), SocketError> {
-        HostTcpSocket::start_bind(&mut self.inner, this, network, local_address)
+        let addr = SocketAddr::from(local_address);
+        let private = crate::net_guard::is_private_bind(self.guard, addr);
+        if private {
+            self.room("bind to", addr)?;
+        }
+        let rep = this.rep();
+        HostTcpSocket::start_bind(&mut self.inner, this, network, local_address)?;
+        if private {
+            self.tracker.binds.insert(rep);
+        }
+        Ok(())
     }
 
     fn finish_bind(&mut self, this: Resource<TcpSocket>) -> Result<(), SocketError> {
@@ -198,7 +203,17 @@ impl HostTcpSocket for GuardedTcp<'_> {
         network: Resource<Network>,
         remote_address: IpSocketAddress,
     ) -> Result<(), SocketError> {
-        HostTcpSocket::start_connect(&mut self.inner, this, network, remote_address)
+        let addr = SocketAddr::from(remote_address);
+        let own = self.private_listeners().contains(&addr);
+        if own {
+            self.room("connect to", addr)?;
+        }
+        let rep = this.rep();
+        HostTcpSocket::start_connect(&mut self.inner, this, network, remote_address)?;
+        if own {
+            self.tracker.clients.insert(rep, addr);
+        }
+        Ok(())
     }
 
     fn finish_connect(
@@ -209,7 +224,26 @@ impl HostTcpSocket for GuardedTcp<'_> {
     }
 
     fn start_listen(&mut self, this: Resource<TcpSocket>) -> Result<(), SocketError> {
-        HostTcpSocket::start_listen(&mut self.inner, this)
+        if let Err(e) = HostTcpSocket::start_listen(&mut self.inner, borrow(&this)) {
+            // The check may have recorded the address before listen failed.
+            if let Ok(local) = HostTcpSocket::local_address(&mut self.inner, borrow(&this)) {
+                let local = SocketAddr::from(local);
+                if !self.tracker.listeners.values().any(|a| *a == local) {
+                    self.private_listeners().remove(&local);
+                }
+            }
+            return Err(e);
+        }
+        // The check in front of listen recorded a private listener by its
+        // address; it is the guest's by this socket.
+        if let Ok(local) = HostTcpSocket::local_address(&mut self.inner, borrow(&this)) {
+            let local = SocketAddr::from(local);
+            if self.private_listeners().contains(&local) {
+                self.tracker.binds.remove(&this.rep());
+                self.tracker.listeners.insert(this.rep(), local);
+            }
+        }
+        Ok(())
     }
 
     fn finish_listen(&mut self, this: Resource<TcpSocket>) -> Result<(), SocketError> {
@@ -336,6 +370,13 @@ impl HostTcpSocket for GuardedTcp<'_> {
     }
 
     fn drop(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<()> {
+        let rep = this.rep();
+        if let Some(addr) = self.tracker.listeners.remove(&rep) {
+            // Closed: another process may take the address now.
+            self.private_listeners().remove(&addr);
+        }
+        self.tracker.clients.remove(&rep);
+        self.tracker.binds.remove(&rep);
         HostTcpSocket::drop(&mut self.inner, this)
     }
 }

@@ -571,10 +571,19 @@ fn a_path_outside_every_grant_is_reported() {
         );
         assert!(r.stderr.contains(&line), "{t}: {}", r.stderr);
 
-        // A new file: the hint grants the directory it would be made in.
+        // A write: the hint names what was tried, never more (nothing is
+        // looked up to know whether it exists), so a program cannot steer
+        // it to a directory; making a directory hints the one it is in.
         let new = d.join("new.txt");
         let r = run(&[&grant], &probe(t), &["write", s(&new), "x"]);
         assert!(r.stdout.starts_with("err: NotFound"), "{t}: {}", r.stdout);
+        assert!(
+            r.stderr
+                .contains(&format!("hint: --allow-write={}\n", s(&new))),
+            "{t}: {}",
+            r.stderr
+        );
+        let r = run(&[&grant], &probe(t), &["mkdir", s(&d.join("newdir"))]);
         assert!(
             r.stderr
                 .contains(&format!("hint: --allow-write={}\n", s(&d))),
@@ -638,8 +647,9 @@ fn a_relative_path_outside_every_grant_is_named_as_typed() {
         &["read", "notes.txt"],
     );
     assert_eq!(r.stdout, "ok: notes\n", "{}", r.stderr);
-    // A new file in the working directory: the hint mounts it at `/`.
-    let r = run_in(&d, &[], &probe(P2), &["write", "new.txt", "x"]);
+    // A new directory in the working directory: the hint mounts it at `/`,
+    // and works as printed.
+    let r = run_in(&d, &[], &probe(P2), &["mkdir", "newdir"]);
     assert!(
         r.stderr.contains("hint: --allow-write=.::/\n"),
         "{}",
@@ -649,10 +659,10 @@ fn a_relative_path_outside_every_grant_is_named_as_typed() {
         &d,
         &["--allow-write=.::/"],
         &probe(P2),
-        &["write", "new.txt", "x"],
+        &["mkdir", "newdir"],
     );
-    assert_eq!(r.stdout, "ok: written\n", "{}", r.stderr);
-    assert_eq!(std::fs::read_to_string(d.join("new.txt")).unwrap(), "x");
+    assert_eq!(r.stdout, "ok: created\n", "{}", r.stderr);
+    assert!(d.join("newdir").is_dir());
 }
 
 /// Under `--quiet` the guarded root says nothing, and the guest cannot

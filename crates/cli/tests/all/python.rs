@@ -220,6 +220,17 @@ for src in [0] + sources:
         print("answered", s.recv(16))
     except OSError as e:
         print("no answer", type(e).__name__)
+    # Sent, and closed at once: nothing of it is left at that address.
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        if src:
+            s.bind(("127.0.0.1", src))
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"from outside")
+    except OSError:
+        pass
+    s.close()
 "#;
     python_ready();
     let mut child = capsa()
@@ -253,6 +264,49 @@ for src in [0] + sources:
     let status = child.wait().unwrap();
     assert_eq!(rest, "nothing accepted\n");
     assert!(status.success());
+}
+
+/// A private listener is the program's while it holds it: once closed, its
+/// address needs a grant again (another process may take it). And the
+/// program may hold only so many ungranted loopback sockets (each takes a
+/// port of the machine's).
+#[test]
+fn private_sockets_are_bounded_and_end_with_their_listener() {
+    let (_g, d) = scratch();
+    let code = r#"
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+port = l.getsockname()[1]
+l.close()
+try:
+    socket.create_connection(("127.0.0.1", port))
+    print("connected")
+except OSError as e:
+    print("closed listener:", type(e).__name__)
+held = []
+try:
+    for _ in range(300):
+        s = socket.socket(); s.bind(("127.0.0.1", 0)); held.append(s)
+except OSError as e:
+    print("held", len(held), type(e).__name__)
+"#;
+    let r = py_code(&d, &[], code);
+    assert_eq!(
+        r.stdout, "closed listener: PermissionError\nheld 256 PermissionError\n",
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("capsa: denied: connect to 127.0.0.1:"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("(the program holds 256 ungranted loopback sockets already)"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A listen grant serves anyone, but connecting out still needs its own
