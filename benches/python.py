@@ -10,10 +10,10 @@ one), its Python runtime prepared in a scratch cache first. Rows:
 
 - start-up: `capsa run hello.py` against `PEER hello.py`, whole process,
   N runs each, interleaved so machine noise hits all alike; medians;
-- peak memory of the same runs (the child's maximum resident set), and,
-  read from /proc while benches/python/idle.py runs, the resident memory
-  and the part of it that is private (anonymous: not pages of files, such
-  as the compiled code and Python's snapshot, which every run shares);
+- memory, read from /proc while benches/python/idle.py runs: the peak
+  resident set so far, the resident set, and the part of it that is
+  private (anonymous: not pages of files, such as the compiled code and
+  Python's snapshot, which every run shares);
 - compute: seven benchmarks of pyperformance (nbody, richards, float,
   spectral_norm, fannkuch, json_dumps, regex_v8), the scripts of the
   `pyperformance` package from PyPI (downloaded into benches/.pyperformance
@@ -62,18 +62,10 @@ def run_measured(cmd, env, cwd):
     return elapsed, p.stdout
 
 
-def peak_rss(cmd, env, cwd) -> int:
-    """The maximum resident set of one run, in bytes (from wait4)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
-    _, status, usage = os.wait4(p.pid, 0)
-    if status != 0:
-        sys.exit(f"{' '.join(map(str, cmd))} failed")
-    return usage.ru_maxrss * 1024
-
-
 def resident(cmd, env, cwd) -> tuple:
-    """Resident and private (anonymous) memory in bytes of one run of
-    idle.py, read from /proc once it says it is running."""
+    """Peak resident, resident and private (anonymous) memory in bytes of
+    one run of idle.py, read from /proc once it says it is running. (Not
+    wait4's maximum: it counts the pages of the forking parent too.)"""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
     p.stdout.readline()
     status = dict(
@@ -81,7 +73,7 @@ def resident(cmd, env, cwd) -> tuple:
     )
     p.communicate()
     kb = lambda key: int(status[key].split()[0]) * 1024  # noqa: E731
-    return kb("VmRSS"), kb("RssAnon")
+    return kb("VmHWM"), kb("VmRSS"), kb("RssAnon")
 
 
 def benchmark_scripts() -> Path:
@@ -141,13 +133,9 @@ def main() -> None:
         for _, cmd in commands:  # warm every cache
             run_measured(cmd, env, HELLO)
         start = {name: [] for name, _ in commands}
-        rss = {name: [] for name, _ in commands}
         for _ in range(args.runs):
             for name, cmd in commands:
                 start[name].append(run_measured(cmd, env, HELLO)[0])
-        for _ in range(5):
-            for name, cmd in commands:
-                rss[name].append(peak_rss(cmd, env, HELLO))
         idle = {name: [] for name, _ in commands}
         for _ in range(5):
             for name, cmd in commands:
@@ -184,11 +172,10 @@ def main() -> None:
 
     row(f"start-up (median of {args.runs})", {n: statistics.median(v) for n, v in start.items()},
         lambda s: f"{s * 1000:.1f} ms")
-    row("peak memory, hello.py", {n: max(v) for n, v in rss.items()}, lambda b: f"{b / 1e6:.1f} MB")
-    row("  resident, running", {n: statistics.median(r for r, _ in v) for n, v in idle.items()},
-        lambda b: f"{b / 1e6:.1f} MB")
-    row("  of it private", {n: statistics.median(a for _, a in v) for n, v in idle.items()},
-        lambda b: f"{b / 1e6:.1f} MB")
+    mb = lambda b: f"{b / 1e6:.1f} MB"  # noqa: E731
+    row("peak memory", {n: statistics.median(p for p, _, _ in v) for n, v in idle.items()}, mb)
+    row("  resident, running", {n: statistics.median(r for _, r, _ in v) for n, v in idle.items()}, mb)
+    row("  of it private", {n: statistics.median(a for _, _, a in v) for n, v in idle.items()}, mb)
     for b, best in compute.items():
         row(f"  {b}", best, lambda s: f"{s * 1000:.2f} ms")
     geo = {
