@@ -370,7 +370,7 @@ pub fn precompile(program: &load::Program, cache: &CodeCache) -> Result<(), RunE
 ///
 /// Returns as soon as the outcome is known: the guest's memories and code
 /// are unmapped on that thread afterwards, which a caller about to exit
-/// need not wait for (it cost a run of Python a millisecond).
+/// need not wait for (it cost a run of Python about two milliseconds).
 pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()

@@ -36,12 +36,12 @@ const MAX_PRIVATE_SOCKETS: usize = 256;
 const MAX_DROPPED_PER_ACCEPT: usize = 64;
 
 /// What the guest made, by socket: its private listeners (their address),
-/// its sockets connecting to one (that listener's address), and its other
-/// private binds.
+/// its sockets connecting to one (that listener's address and their own),
+/// and its other private binds.
 #[derive(Default)]
 pub struct TcpTracker {
     listeners: HashMap<u32, SocketAddr>,
-    clients: HashMap<u32, SocketAddr>,
+    clients: HashMap<u32, (SocketAddr, SocketAddr)>,
     binds: std::collections::HashSet<u32>,
 }
 
@@ -118,18 +118,11 @@ impl GuardedTcp<'_> {
 
     /// Whether `peer`, connected to the private listener at `listener`, is
     /// one of the guest's own sockets.
-    fn is_own(&mut self, peer: SocketAddr, listener: SocketAddr) -> bool {
-        let candidates: Vec<u32> = self
-            .tracker
+    fn is_own(&self, peer: SocketAddr, listener: SocketAddr) -> bool {
+        self.tracker
             .clients
-            .iter()
-            .filter(|(_, to)| **to == listener)
-            .map(|(rep, _)| *rep)
-            .collect();
-        candidates.into_iter().any(|rep| {
-            HostTcpSocket::local_address(&mut self.inner, Resource::new_borrow(rep))
-                .is_ok_and(|local| SocketAddr::from(local) == peer)
-        })
+            .values()
+            .any(|&(to, from)| to == listener && from == peer)
     }
 
     /// Drops a connection accepted on a private listener from someone else.
@@ -204,15 +197,35 @@ impl HostTcpSocket for GuardedTcp<'_> {
         remote_address: IpSocketAddress,
     ) -> Result<(), SocketError> {
         let addr = SocketAddr::from(remote_address);
-        let own = self.private_listeners().contains(&addr);
-        if own {
-            self.room("connect to", addr)?;
+        if !self.private_listeners().contains(&addr) {
+            return HostTcpSocket::start_connect(&mut self.inner, this, network, remote_address);
         }
+        self.room("connect to", addr)?;
+        // The address the connection will come from: known only once bound,
+        // and not while connecting, when the listener may already see it.
+        // So bind first, as connect itself would (the private bind of an
+        // ephemeral loopback port).
+        let local = match HostTcpSocket::local_address(&mut self.inner, borrow(&this)) {
+            Ok(local) => SocketAddr::from(local),
+            Err(_) => {
+                let any = SocketAddr::new(addr.ip(), 0);
+                HostTcpSocket::start_bind(
+                    &mut self.inner,
+                    borrow(&this),
+                    borrow(&network),
+                    any.into(),
+                )?;
+                HostTcpSocket::finish_bind(&mut self.inner, borrow(&this))?;
+                SocketAddr::from(HostTcpSocket::local_address(
+                    &mut self.inner,
+                    borrow(&this),
+                )?)
+            }
+        };
         let rep = this.rep();
         HostTcpSocket::start_connect(&mut self.inner, this, network, remote_address)?;
-        if own {
-            self.tracker.clients.insert(rep, addr);
-        }
+        self.tracker.binds.remove(&rep);
+        self.tracker.clients.insert(rep, (addr, local));
         Ok(())
     }
 

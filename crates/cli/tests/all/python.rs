@@ -266,6 +266,28 @@ for src in [0] + sources:
     assert!(status.success());
 }
 
+/// asyncio accepts before its client has finished connecting: the
+/// program's own connection is known by its address before then.
+#[test]
+fn a_private_listener_accepts_a_connection_still_being_made() {
+    let (_g, d) = scratch();
+    let code = r#"
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+c = socket.socket(); c.setblocking(False)
+try:
+    c.connect(l.getsockname())
+except BlockingIOError:
+    pass
+l.settimeout(5)
+s, peer = l.accept()
+print("accepted")
+"#;
+    let r = py_code(&d, &[], code);
+    assert_eq!(r.stdout, "accepted\n", "{}", r.stderr);
+    assert_eq!(r.stderr, "");
+}
+
 /// A private listener is the program's while it holds it: once closed, its
 /// address needs a grant again (another process may take it). And the
 /// program may hold only so many ungranted loopback sockets (each takes a
