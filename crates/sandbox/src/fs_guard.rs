@@ -302,7 +302,7 @@ impl GuardedFs<'_> {
     /// A program whose working directory is not granted resolves a relative
     /// name against `/` (grants below the working directory are mounted
     /// there): `/data.csv` was `data.csv` when the host's `/` has no
-    /// `data.csv` (its entries are read once, at start).
+    /// `data.csv` (its entries are read once, when first needed).
     fn root_path_as_typed(&self, guest: &str) -> (String, bool) {
         let rel = guest.trim_start_matches('/');
         let first = rel.split('/').next().unwrap_or_default();
@@ -312,7 +312,11 @@ impl GuardedFs<'_> {
                 .cwd
                 .as_deref()
                 .is_some_and(|c| c != std::path::Path::new("/"))
-            && !self.guard.root_names.contains(first);
+            && !self
+                .guard
+                .root_names
+                .get_or_init(host_root_names)
+                .contains(first);
         if relative {
             (rel.to_string(), true)
         } else {
@@ -560,6 +564,15 @@ impl GuardedFs<'_> {
             .get(&fd.rep())
             .map(|t| (t.domain, t.preopen, t.guest.clone()))
     }
+}
+
+/// The names in the host's `/`: a fixed place, never one the guest chose.
+fn host_root_names() -> std::collections::HashSet<String> {
+    std::fs::read_dir("/")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect()
 }
 
 fn borrow<T: 'static>(r: &Resource<T>) -> Resource<T> {

@@ -21,7 +21,7 @@ use capsa_policy::{
 };
 use fs_guard::{FsTracker, GuardedFs, GuardedFsData, Preopen};
 use http_guard::{HttpClient, HttpHooks};
-use net_guard::{GuardedLookup, GuardedLookupData, LookupTracker};
+use net_guard::{GuardedSockets, GuardedSocketsData, LookupTracker};
 use output::{LimitedOutput, OutputBudget, Which};
 use report::{AuditSink, Kind, Reporter};
 use std::collections::HashMap;
@@ -71,10 +71,11 @@ pub struct Guard {
     /// Ephemeral loopback listeners the guest made without a grant: they
     /// take only the guest's own connections (see `tcp_guard`).
     private_listeners: Mutex<std::collections::HashSet<std::net::SocketAddr>>,
-    /// The host's working directory, and the names in the host's `/`, for
-    /// naming refused paths as typed.
+    /// The host's working directory, and the names in the host's `/` (read
+    /// at the first refusal that needs them), for naming refused paths as
+    /// typed.
     cwd: Option<PathBuf>,
-    root_names: std::collections::HashSet<String>,
+    root_names: std::sync::OnceLock<std::collections::HashSet<String>>,
 }
 
 /// What to run, and how.
@@ -452,14 +453,7 @@ fn run_here(
         udp_server: AtomicBool::new(false),
         private_listeners: Mutex::new(Default::default()),
         cwd: config.cwd.as_deref().map(PathBuf::from),
-        root_names: match root {
-            Some(_) => std::fs::read_dir("/")
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect(),
-            None => Default::default(),
-        },
+        root_names: Default::default(),
     });
 
     let budget = OutputBudget::new(limits.max_output);
@@ -683,10 +677,11 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             guard: &s.guard,
         }
     }
-    fn lookup(s: &mut HostState) -> GuardedLookup<'_> {
-        GuardedLookup {
+    fn sockets(s: &mut HostState) -> GuardedSockets<'_> {
+        GuardedSockets {
             inner: s.wasi.sockets(),
-            tracker: &mut s.lookups,
+            lookups: &mut s.lookups,
+            tcp: &mut s.tcp,
             guard: &s.guard,
         }
     }
@@ -696,20 +691,12 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "exit-with-code",
         |_, (code,): (u8,)| -> wasmtime::Result<()> { Err(I32Exit(i32::from(code)).into()) },
     )?;
-    fn tcp(s: &mut HostState) -> tcp_guard::GuardedTcp<'_> {
-        tcp_guard::GuardedTcp {
-            inner: s.wasi.sockets(),
-            tracker: &mut s.tcp,
-            guard: &s.guard,
-        }
-    }
-    wasmtime_wasi::p2::bindings::sync::sockets::tcp::add_to_linker::<
-        HostState,
-        tcp_guard::GuardedTcpData,
-    >(linker, tcp)?;
+    wasmtime_wasi::p2::bindings::sync::sockets::tcp::add_to_linker::<HostState, GuardedSocketsData>(
+        linker, sockets,
+    )?;
     types::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
     preopens::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
-    ip_name_lookup::add_to_linker::<HostState, GuardedLookupData>(linker, lookup)?;
+    ip_name_lookup::add_to_linker::<HostState, GuardedSocketsData>(linker, sockets)?;
     Ok(())
 }
 

@@ -154,19 +154,22 @@ pub struct LookupTracker {
     streams: HashMap<u32, String>,
 }
 
-pub struct GuardedLookup<'a> {
+/// `wasi:sockets` as the guest sees it: name lookups checked here, TCP
+/// sockets in `tcp_guard`, one view over wasmtime-wasi's for both.
+pub struct GuardedSockets<'a> {
     pub inner: WasiSocketsCtxView<'a>,
-    pub tracker: &'a mut LookupTracker,
+    pub lookups: &'a mut LookupTracker,
+    pub tcp: &'a mut crate::tcp_guard::TcpTracker,
     pub guard: &'a Guard,
 }
 
-pub struct GuardedLookupData;
+pub struct GuardedSocketsData;
 
-impl HasData for GuardedLookupData {
-    type Data<'a> = GuardedLookup<'a>;
+impl HasData for GuardedSocketsData {
+    type Data<'a> = GuardedSockets<'a>;
 }
 
-impl ip_name_lookup::Host for GuardedLookup<'_> {
+impl ip_name_lookup::Host for GuardedSockets<'_> {
     fn resolve_addresses(
         &mut self,
         network: Resource<Network>,
@@ -189,7 +192,7 @@ impl ip_name_lookup::Host for GuardedLookup<'_> {
         let stream =
             ip_name_lookup::Host::resolve_addresses(&mut self.inner, network, name.clone())?;
         if !literal {
-            self.tracker.streams.insert(
+            self.lookups.streams.insert(
                 stream.rep(),
                 name.trim_end_matches('.').to_ascii_lowercase(),
             );
@@ -198,12 +201,12 @@ impl ip_name_lookup::Host for GuardedLookup<'_> {
     }
 }
 
-impl ip_name_lookup::HostResolveAddressStream for GuardedLookup<'_> {
+impl ip_name_lookup::HostResolveAddressStream for GuardedSockets<'_> {
     fn resolve_next_address(
         &mut self,
         stream: Resource<ResolveAddressStream>,
     ) -> Result<Option<IpAddress>, SocketError> {
-        let name = self.tracker.streams.get(&stream.rep()).cloned();
+        let name = self.lookups.streams.get(&stream.rep()).cloned();
         let next = ip_name_lookup::HostResolveAddressStream::resolve_next_address(
             &mut self.inner,
             stream,
@@ -234,12 +237,12 @@ impl ip_name_lookup::HostResolveAddressStream for GuardedLookup<'_> {
     }
 
     fn drop(&mut self, stream: Resource<ResolveAddressStream>) -> wasmtime::Result<()> {
-        self.tracker.streams.remove(&stream.rep());
+        self.lookups.streams.remove(&stream.rep());
         ip_name_lookup::HostResolveAddressStream::drop(&mut self.inner, stream)
     }
 }
 
-impl network::Host for GuardedLookup<'_> {
+impl network::Host for GuardedSockets<'_> {
     fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
         network::Host::convert_error_code(&mut self.inner, error)
     }
@@ -252,7 +255,7 @@ impl network::Host for GuardedLookup<'_> {
     }
 }
 
-impl network::HostNetwork for GuardedLookup<'_> {
+impl network::HostNetwork for GuardedSockets<'_> {
     fn drop(&mut self, this: Resource<Network>) -> wasmtime::Result<()> {
         network::HostNetwork::drop(&mut self.inner, this)
     }

@@ -13,19 +13,18 @@
 //! may hold only so many private sockets (each takes a port of the
 //! machine's).
 
-use crate::Guard;
+use crate::net_guard::GuardedSockets;
 use crate::report::Kind;
 use capsa_policy::Verdict;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use wasmtime::component::{HasData, Resource};
+use wasmtime::component::Resource;
 use wasmtime_wasi::p2::SocketError;
-use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, Network};
+use wasmtime_wasi::p2::bindings::sockets::network::{self, Network};
 use wasmtime_wasi::p2::bindings::sync::sockets::tcp::{
     self, Duration, HostTcpSocket, InputStream, IpAddressFamily, IpSocketAddress, OutputStream,
     Pollable, ShutdownType, TcpSocket,
 };
-use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
 /// Private sockets the guest may hold at once: listeners, binds and
 /// connections to its own listeners together.
@@ -51,44 +50,13 @@ impl TcpTracker {
     }
 }
 
-pub struct GuardedTcp<'a> {
-    pub inner: WasiSocketsCtxView<'a>,
-    pub tracker: &'a mut TcpTracker,
-    pub guard: &'a Guard,
-}
-
-pub struct GuardedTcpData;
-
-impl HasData for GuardedTcpData {
-    type Data<'a> = GuardedTcp<'a>;
-}
-
-impl tcp::Host for GuardedTcp<'_> {}
-
-impl network::Host for GuardedTcp<'_> {
-    fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
-        network::Host::convert_error_code(&mut self.inner, error)
-    }
-
-    fn network_error_code(
-        &mut self,
-        err: Resource<network::Error>,
-    ) -> wasmtime::Result<Option<ErrorCode>> {
-        network::Host::network_error_code(&mut self.inner, err)
-    }
-}
-
-impl network::HostNetwork for GuardedTcp<'_> {
-    fn drop(&mut self, this: Resource<Network>) -> wasmtime::Result<()> {
-        network::HostNetwork::drop(&mut self.inner, this)
-    }
-}
+impl tcp::Host for GuardedSockets<'_> {}
 
 fn borrow<T: 'static>(r: &Resource<T>) -> Resource<T> {
     Resource::new_borrow(r.rep())
 }
 
-impl GuardedTcp<'_> {
+impl GuardedSockets<'_> {
     fn private_listeners(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashSet<SocketAddr>> {
@@ -100,7 +68,7 @@ impl GuardedTcp<'_> {
 
     /// Refuses one more private socket past [`MAX_PRIVATE_SOCKETS`].
     fn room(&self, verb: &str, addr: SocketAddr) -> Result<(), SocketError> {
-        if self.tracker.held() < MAX_PRIVATE_SOCKETS {
+        if self.tcp.held() < MAX_PRIVATE_SOCKETS {
             return Ok(());
         }
         let verdict = Verdict::Deny {
@@ -119,7 +87,7 @@ impl GuardedTcp<'_> {
     /// Whether `peer`, connected to the private listener at `listener`, is
     /// one of the guest's own sockets.
     fn is_own(&self, peer: SocketAddr, listener: SocketAddr) -> bool {
-        self.tracker
+        self.tcp
             .clients
             .values()
             .any(|&(to, from)| to == listener && from == peer)
@@ -138,7 +106,7 @@ impl GuardedTcp<'_> {
     }
 }
 
-impl HostTcpSocket for GuardedTcp<'_> {
+impl HostTcpSocket for GuardedSockets<'_> {
     fn accept(
         &mut self,
         this: Resource<TcpSocket>,
@@ -150,7 +118,7 @@ impl HostTcpSocket for GuardedTcp<'_> {
         ),
         SocketError,
     > {
-        let Some(&listener) = self.tracker.listeners.get(&this.rep()) else {
+        let Some(&listener) = self.tcp.listeners.get(&this.rep()) else {
             return HostTcpSocket::accept(&mut self.inner, this);
         };
         for _ in 0..MAX_DROPPED_PER_ACCEPT {
@@ -181,7 +149,7 @@ impl HostTcpSocket for GuardedTcp<'_> {
         let rep = this.rep();
         HostTcpSocket::start_bind(&mut self.inner, this, network, local_address)?;
         if private {
-            self.tracker.binds.insert(rep);
+            self.tcp.binds.insert(rep);
         }
         Ok(())
     }
@@ -224,8 +192,8 @@ impl HostTcpSocket for GuardedTcp<'_> {
         };
         let rep = this.rep();
         HostTcpSocket::start_connect(&mut self.inner, this, network, remote_address)?;
-        self.tracker.binds.remove(&rep);
-        self.tracker.clients.insert(rep, (addr, local));
+        self.tcp.binds.remove(&rep);
+        self.tcp.clients.insert(rep, (addr, local));
         Ok(())
     }
 
@@ -241,7 +209,7 @@ impl HostTcpSocket for GuardedTcp<'_> {
             // The check may have recorded the address before listen failed.
             if let Ok(local) = HostTcpSocket::local_address(&mut self.inner, borrow(&this)) {
                 let local = SocketAddr::from(local);
-                if !self.tracker.listeners.values().any(|a| *a == local) {
+                if !self.tcp.listeners.values().any(|a| *a == local) {
                     self.private_listeners().remove(&local);
                 }
             }
@@ -252,8 +220,8 @@ impl HostTcpSocket for GuardedTcp<'_> {
         if let Ok(local) = HostTcpSocket::local_address(&mut self.inner, borrow(&this)) {
             let local = SocketAddr::from(local);
             if self.private_listeners().contains(&local) {
-                self.tracker.binds.remove(&this.rep());
-                self.tracker.listeners.insert(this.rep(), local);
+                self.tcp.binds.remove(&this.rep());
+                self.tcp.listeners.insert(this.rep(), local);
             }
         }
         Ok(())
@@ -384,12 +352,12 @@ impl HostTcpSocket for GuardedTcp<'_> {
 
     fn drop(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<()> {
         let rep = this.rep();
-        if let Some(addr) = self.tracker.listeners.remove(&rep) {
+        if let Some(addr) = self.tcp.listeners.remove(&rep) {
             // Closed: another process may take the address now.
             self.private_listeners().remove(&addr);
         }
-        self.tracker.clients.remove(&rep);
-        self.tracker.binds.remove(&rep);
+        self.tcp.clients.remove(&rep);
+        self.tcp.binds.remove(&rep);
         HostTcpSocket::drop(&mut self.inner, this)
     }
 }

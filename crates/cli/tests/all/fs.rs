@@ -750,6 +750,15 @@ fn a_long_name_outside_every_grant_is_cut_short() {
         &r.stderr[..200]
     );
     assert!(!r.stderr.contains("hint"));
+    // Names that would move the terminal's cursor, or split a pasted hint
+    // into two grants, reach it escaped and with no hint.
+    for name in ["/\x1b[2Jx", "/a\nb", "/x,/root"] {
+        let r = run(&[], &probe(P2), &["read", name]);
+        assert!(r.stdout.starts_with("err:"), "{}", r.stdout);
+        assert!(!r.stderr.contains('\x1b'), "{:?}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{:?}", r.stderr);
+        assert!(!r.stderr.contains("hint"), "{:?}", r.stderr);
+    }
     let _ = d;
 }
 

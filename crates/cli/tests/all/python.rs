@@ -208,29 +208,26 @@ except BlockingIOError:
     const ATTACKER: &str = r#"
 import socket, sys
 port, *sources = map(int, sys.argv[1:])
-for src in [0] + sources:
+def send(src):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if src:
+        s.bind(("127.0.0.1", src))
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"from outside")
+    return s
+for src in [0] + sources:
     try:
-        if src:
-            s.bind(("127.0.0.1", src))
-        s.connect(("127.0.0.1", port))
-        s.sendall(b"from outside")
+        s = send(src)
         s.settimeout(1)
         print("answered", s.recv(16))
     except OSError as e:
         print("no answer", type(e).__name__)
     # Sent, and closed at once: nothing of it is left at that address.
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        if src:
-            s.bind(("127.0.0.1", src))
-        s.connect(("127.0.0.1", port))
-        s.sendall(b"from outside")
+        send(src).close()
     except OSError:
         pass
-    s.close()
 "#;
     python_ready();
     let mut child = capsa()
