@@ -676,6 +676,20 @@ fn the_guarded_root_holds_nothing() {
             assert!(r.stdout.starts_with("err:"), "{t} {op}: {}", r.stdout);
             assert_eq!(r.stderr, "", "{t} {op}");
         }
+        // Nor can a file of a grant be moved or linked into it.
+        let grant = format!("--allow-write={}", s(&d.join("out")));
+        std::fs::write(d.join("out/f"), "kept").unwrap();
+        let before_out = tree(&d);
+        for (op, to) in [("rename", "/f"), ("link", "/g")] {
+            let r = run(&[&grant], &probe(t), &[op, s(&d.join("out/f")), to]);
+            assert!(r.stdout.starts_with("err:"), "{t} {op}: {}", r.stdout);
+            assert!(
+                r.stderr.contains("outside every granted path"),
+                "{t} {op}: {}",
+                r.stderr
+            );
+        }
+        assert_eq!(tree(&d), before_out, "{t}: the host changed");
         let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
             .unwrap()
             .filter_map(|e| e.ok())
