@@ -237,12 +237,13 @@ pub(crate) fn resolve_grant(
                 _ => path,
             }
         }
-        None => host_abs
-            .to_str()
-            .ok_or_else(|| {
-                err("the path is not valid UTF-8; give a guest path with HOST::GUEST".into())
-            })?
-            .to_string(),
+        None => default_guest(&host_abs).ok_or_else(|| {
+            err(
+                "the path has no guest spelling (not UTF-8, or a network path); \
+                 give a guest path with HOST::GUEST"
+                    .into(),
+            )
+        })?,
     };
     Ok(FsGrant {
         host: resolved.canonical,
@@ -254,6 +255,18 @@ pub(crate) fn resolve_grant(
             GrantKind::File
         },
     })
+}
+
+/// The guest path of a grant given without `::`: the host path itself, in
+/// POSIX spelling on Windows (`C:\data` is `/c/data`, see [`crate::winpath`]).
+#[cfg(not(windows))]
+pub fn default_guest(host_abs: &Path) -> Option<String> {
+    host_abs.to_str().map(str::to_string)
+}
+
+#[cfg(windows)]
+pub fn default_guest(host_abs: &Path) -> Option<String> {
+    crate::winpath::guest_of_host(host_abs.to_str()?)
 }
 
 /// Makes `path` absolute against nothing but itself: removes `.` and folds

@@ -138,7 +138,7 @@ impl RawPolicy {
                         None => (item, None),
                     };
                     // An empty item or host stays empty, to be refused.
-                    let host = if host.is_empty() || host.starts_with('/') {
+                    let host = if host.is_empty() || Path::new(host).has_root() {
                         host.to_string()
                     } else {
                         dir.join(host).display().to_string()

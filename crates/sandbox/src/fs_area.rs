@@ -22,10 +22,9 @@ use std::path::{Path, PathBuf};
 /// Device and inode: what an object is, whatever it is called.
 pub type Ident = (u64, u64);
 
-#[cfg(unix)]
-pub fn ident_of(meta: &std::fs::Metadata) -> Ident {
-    use std::os::unix::fs::MetadataExt;
-    (meta.dev(), meta.ino())
+/// What the host path is, a link in its last name not followed.
+fn ident_nofollow(path: &Path) -> std::io::Result<Ident> {
+    crate::fs_host::stat_path(path, false).map(|f| f.ident)
 }
 
 /// What the innermost grant on the way to an object is.
@@ -114,8 +113,13 @@ fn walk_host(path: &Path, mut visit: impl FnMut(Ident)) -> Option<(PathBuf, Opti
     let mut cur = PathBuf::from("/");
     let mut links = 0;
     while let Some(c) = queue.pop_front() {
-        if c == "/" {
-            cur = PathBuf::from("/");
+        // A root (`/`, `\`), a drive (`C:`) or a share: pushing it
+        // replaces what it replaces, as the system resolves it.
+        if matches!(
+            Path::new(&c).components().next(),
+            Some(std::path::Component::RootDir | std::path::Component::Prefix(_))
+        ) {
+            cur.push(&c);
             continue;
         }
         if c == "." {
@@ -126,11 +130,11 @@ fn walk_host(path: &Path, mut visit: impl FnMut(Ident)) -> Option<(PathBuf, Opti
         } else {
             cur.join(&c)
         };
-        let Ok(m) = std::fs::symlink_metadata(&next) else {
+        let Ok(m) = crate::fs_host::stat_path(&next, false) else {
             return Some((cur, Some(c.to_str()?.to_string())));
         };
-        visit(ident_of(&m));
-        if m.file_type().is_symlink() {
+        visit(m.ident);
+        if m.is_link {
             links += 1;
             if links > 40 {
                 return None;
@@ -156,21 +160,15 @@ impl Areas {
         };
         let mut roots: Vec<(PathBuf, String)> = Vec::new();
         for (i, g) in policy.fs.grants.iter().enumerate() {
-            let meta = std::fs::metadata(&g.host)?;
-            a.marks
-                .entry(ident_of(&meta))
-                .or_default()
-                .push(Mark::Grant(i));
+            let meta = crate::fs_host::stat_path(&g.host, true)?;
+            a.marks.entry(meta.ident).or_default().push(Mark::Grant(i));
             roots.push((g.host.clone(), format!("the granted path {}", g.guest)));
-            debug_assert!(g.kind == GrantKind::File || meta.is_dir());
+            debug_assert!(g.kind == GrantKind::File || meta.is_dir);
         }
         for (i, p) in preopens.iter().enumerate() {
             if p.only.is_some() {
-                let meta = std::fs::metadata(&p.host)?;
-                a.marks
-                    .entry(ident_of(&meta))
-                    .or_default()
-                    .push(Mark::Holder(i));
+                let meta = crate::fs_host::stat_path(&p.host, true)?;
+                a.marks.entry(meta.ident).or_default().push(Mark::Holder(i));
             }
         }
         let mut rules: Vec<DenyRule> = Vec::new();
@@ -228,7 +226,7 @@ impl Areas {
                 a.denies.push(rule);
                 continue;
             };
-            let meta = std::fs::metadata(&base)?;
+            let base_ident = crate::fs_host::stat_path(&base, true)?.ident;
             if rule.own {
                 // Said to the user by the name grants use: the real one.
                 rule.host = match &missing {
@@ -237,14 +235,10 @@ impl Areas {
                 };
             }
             match missing {
-                None => a
-                    .marks
-                    .entry(ident_of(&meta))
-                    .or_default()
-                    .push(Mark::Deny(j)),
+                None => a.marks.entry(base_ident).or_default().push(Mark::Deny(j)),
                 Some(name) => {
                     a.pending
-                        .entry((ident_of(&meta), name))
+                        .entry((base_ident, name))
                         .or_default()
                         .push(Mark::Deny(j));
                 }
@@ -265,8 +259,8 @@ impl Areas {
                 };
                 let mut cur = p.host.clone();
                 let mut pin = |p: &Path| {
-                    if let Ok(m) = std::fs::symlink_metadata(p) {
-                        a.pinned.entry(ident_of(&m)).or_insert_with(|| what.clone());
+                    if let Ok(ident) = ident_nofollow(p) {
+                        a.pinned.entry(ident).or_insert_with(|| what.clone());
                     }
                 };
                 pin(&cur);
@@ -289,11 +283,11 @@ impl Areas {
         let mut cur = PathBuf::new();
         for c in host.components() {
             cur.push(c);
-            if let Ok(m) = std::fs::symlink_metadata(&cur) {
+            if let Ok(ident) = ident_nofollow(&cur) {
                 if let Base::Holder(_) = d.base {
                     d.base = Base::Outside;
                 }
-                if let Some(marks) = self.marks.get(&ident_of(&m)) {
+                if let Some(marks) = self.marks.get(&ident) {
                     let marks: Vec<Mark> = marks
                         .iter()
                         .copied()

@@ -126,11 +126,7 @@ fn not_permitted<T>() -> FsResult<T> {
     Err(FsErrorCode::NotPermitted.into())
 }
 
-#[cfg(unix)]
-fn ident_of_file(f: &std::fs::File) -> std::io::Result<Ident> {
-    let st = rustix::fs::fstat(f)?;
-    Ok((st.st_dev as u64, st.st_ino as u64))
-}
+use crate::fs_host::ident_of_file;
 
 impl GuardedFs<'_> {
     fn areas(&self) -> &Areas {
@@ -161,17 +157,18 @@ impl GuardedFs<'_> {
         let Some(rel) = strip_guest_prefix(guest, &pre.guest) else {
             return Some(guest.to_string());
         };
-        let host = if rel.is_empty() {
-            pre.host.clone()
-        } else {
-            pre.host.join(rel)
-        };
+        let host = rel
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .fold(pre.host.clone(), |h, c| h.join(c));
         let shown = pre.show(guest);
-        Some(if host.to_str() == Some(shown.as_str()) {
-            shown
-        } else {
-            format!("{}::{shown}", host.display())
-        })
+        Some(
+            if capsa_policy::default_guest(&host).as_deref() == Some(shown.as_str()) {
+                shown
+            } else {
+                format!("{}::{shown}", host.display())
+            },
+        )
     }
 
     /// Reports why `need` is refused on `shown` and returns the error.
@@ -286,10 +283,10 @@ impl GuardedFs<'_> {
         let hint = target
             .filter(|t| *t != "/" && !t.contains("::") && !t.contains(','))
             .filter(|t| !t.starts_with('~'))
-            .map(|t| match (relative, t) {
-                (false, t) => format!("{flag}={t}"),
-                (true, ".") => format!("{flag}=.::/"),
-                (true, t) => format!("{flag}={t}::/{t}"),
+            .and_then(|t| match (relative, t) {
+                (false, t) => host_spelling(t).map(|h| format!("{flag}={h}")),
+                (true, ".") => Some(format!("{flag}=.::/")),
+                (true, t) => Some(format!("{flag}={t}::/{t}")),
             });
         let reason = "outside every granted path".to_string();
         self.deny(verb, &shown, reason, None, hint);
@@ -510,9 +507,8 @@ impl GuardedFs<'_> {
         };
         match (&r.target, &r.name) {
             (Some(t), Some(name)) if t.is_link => {
-                let target = rustix::fs::readlinkat(r.parent.dir.fd(), name.as_str(), Vec::new())
-                    .map_err(std::io::Error::from)?;
-                Ok(Some(target.to_string_lossy().into_owned()))
+                let target = crate::fs_host::read_link(r.parent.dir.fd(), name)?;
+                Ok(Some(target))
             }
             _ => Ok(None),
         }
@@ -567,12 +563,33 @@ impl GuardedFs<'_> {
 }
 
 /// The names in the host's `/`: a fixed place, never one the guest chose.
+#[cfg(not(windows))]
 fn host_root_names() -> std::collections::HashSet<String> {
     std::fs::read_dir("/")
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect()
+}
+
+/// On Windows the guest's `/c` is the drive `C:`: the drives there are.
+#[cfg(windows)]
+fn host_root_names() -> std::collections::HashSet<String> {
+    ('a'..='z')
+        .filter(|d| std::path::Path::new(&format!("{d}:\\")).is_dir())
+        .map(String::from)
+        .collect()
+}
+
+/// How a user types the host path that an absolute guest path of the
+/// guarded root names: itself, or on Windows `/c/x` as `C:\x` (nothing
+/// for a path no drive holds).
+fn host_spelling(guest: &str) -> Option<String> {
+    if cfg!(windows) {
+        capsa_policy::winpath::host_of_guest(guest)
+    } else {
+        Some(guest.to_string())
+    }
 }
 
 fn borrow<T: 'static>(r: &Resource<T>) -> Resource<T> {

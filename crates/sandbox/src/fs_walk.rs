@@ -11,8 +11,8 @@
 //! renamed since the descriptor was opened all land where the kernel lands.
 
 use crate::fs_area::{Areas, Domain, Ident};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use crate::fs_host::{self, DirRef, Handle};
+use std::io::ErrorKind;
 use std::sync::Arc;
 
 /// Links followed in one walk, as Linux allows (`ELOOP` after 40).
@@ -21,14 +21,14 @@ const MAX_LINKS: usize = 40;
 /// A directory on the way.
 pub enum DirFd {
     Start(Arc<std::fs::File>),
-    Owned(OwnedFd),
+    Owned(Handle),
 }
 
 impl DirFd {
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub fn fd(&self) -> DirRef<'_> {
         match self {
-            DirFd::Start(f) => f.as_fd(),
-            DirFd::Owned(f) => f.as_fd(),
+            DirFd::Start(f) => fs_host::dir_ref(f),
+            DirFd::Owned(f) => fs_host::handle_ref(f),
         }
     }
 }
@@ -79,15 +79,6 @@ pub struct Start {
     pub ident: Ident,
     pub domain: Domain,
     pub depth: usize,
-}
-
-fn found(st: &rustix::fs::Stat) -> Found {
-    let ft = FileType::from_raw_mode(st.st_mode);
-    Found {
-        ident: (st.st_dev as u64, st.st_ino as u64),
-        is_dir: ft == FileType::Directory,
-        is_link: ft == FileType::Symlink,
-    }
 }
 
 /// Resolves `path` from `start`. `follow` says whether a link in the last
@@ -147,23 +138,16 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                 // and judged by what was opened; the last name is looked at.
                 let mut opened = None;
                 let looked = if last {
-                    rustix::fs::statat(top.dir.fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+                    fs_host::look(top.dir.fd(), name)
                 } else {
-                    rustix::fs::openat(
-                        top.dir.fd(),
-                        name,
-                        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .and_then(|fd| {
-                        let st = rustix::fs::fstat(&fd);
-                        opened = Some(fd);
-                        st
+                    fs_host::open_step(top.dir.fd(), name).map(|(fd, f)| {
+                        opened = fd;
+                        f
                     })
                 };
-                let st = match looked {
-                    Ok(st) => st,
-                    Err(rustix::io::Errno::NOENT) if last => {
+                let f = match looked {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == ErrorKind::NotFound && last => {
                         let top = stack.pop().expect("the walk always has its start");
                         let domain = areas.enter_new(top.domain, top.ident, name);
                         return Ok(Resolved {
@@ -173,14 +157,15 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                             domain,
                         });
                     }
-                    Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) =>
+                    {
                         let at = stack.pop().expect("the walk always has its start");
                         let domain = areas.enter_new(at.domain, at.ident, name);
                         return Err(Stop::Missing { at, domain });
                     }
-                    Err(e) => return Err(Stop::Io(e.into())),
+                    Err(e) => return Err(Stop::Io(e)),
                 };
-                let f = found(&st);
                 if f.is_link && (!last || follow) {
                     // A link the guest may not see is not followed: what
                     // it points to (or a loop) would tell it is there.
@@ -191,11 +176,9 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                     }
                     links += 1;
                     if links > MAX_LINKS {
-                        return Err(Stop::Io(rustix::io::Errno::LOOP.into()));
+                        return Err(Stop::Io(fs_host::loop_error()));
                     }
-                    let target = rustix::fs::readlinkat(top.dir.fd(), name, Vec::new())
-                        .map_err(|e| Stop::Io(e.into()))?;
-                    let target = target.to_string_lossy().into_owned();
+                    let target = fs_host::read_link(top.dir.fd(), name).map_err(Stop::Io)?;
                     if target.starts_with('/') {
                         return Err(Stop::Escape { via_link: true });
                     }
@@ -225,7 +208,7 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                     return Err(Stop::Missing { at, domain });
                 }
                 let Some(fd) = opened else {
-                    return Err(Stop::Io(rustix::io::Errno::NOTDIR.into()));
+                    return Err(Stop::Io(fs_host::not_dir_error()));
                 };
                 let depth = if areas.is_grant_root(f.ident) {
                     0
@@ -254,24 +237,15 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
 
 /// How many directories `dir` is below the innermost grant that holds it,
 /// counted on the host now by walking `..` up to a grant's root.
-pub fn depth_now(areas: &Areas, dir: BorrowedFd<'_>) -> std::io::Result<usize> {
-    let ident = |fd: BorrowedFd<'_>| -> std::io::Result<Ident> {
-        let st = rustix::fs::fstat(fd)?;
-        Ok((st.st_dev as u64, st.st_ino as u64))
-    };
-    let mut here = ident(dir)?;
-    let mut fd: Option<OwnedFd> = None;
+pub fn depth_now(areas: &Areas, dir: DirRef<'_>) -> std::io::Result<usize> {
+    let mut here: Ident = fs_host::ident(dir)?;
+    let mut fd: Option<Handle> = None;
     for depth in 0..4096 {
         if areas.is_grant_root(here) {
             return Ok(depth);
         }
-        let up = rustix::fs::openat(
-            fd.as_ref().map_or(dir, |f| f.as_fd()),
-            "..",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let above = ident(up.as_fd())?;
+        let up = fs_host::parent(fd.as_ref().map_or(dir, fs_host::handle_ref))?;
+        let above = fs_host::ident(fs_host::handle_ref(&up))?;
         if above == here {
             break;
         }

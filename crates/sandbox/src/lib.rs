@@ -8,6 +8,7 @@
 
 mod fs_area;
 mod fs_guard;
+mod fs_host;
 mod fs_walk;
 mod http_guard;
 pub mod load;
@@ -15,6 +16,8 @@ mod net_guard;
 mod output;
 pub mod report;
 mod tcp_guard;
+#[cfg(windows)]
+mod win_trust;
 
 use capsa_policy::{
     Access, GrantKind, Policy, Verdict, format_duration, format_size, strip_guest_prefix,
@@ -566,7 +569,6 @@ impl RootGuard {
         if preopens.iter().any(|p| p.guest == "/") {
             return None;
         }
-        use std::os::unix::fs::DirBuilderExt;
         let mut tried = Vec::new();
         for base in [std::env::temp_dir(), PathBuf::from("/tmp")] {
             if tried.contains(&base) {
@@ -575,7 +577,12 @@ impl RootGuard {
             for attempt in 0..16u32 {
                 let nonce: u64 = rand_u64() ^ u64::from(attempt);
                 let dir = base.join(format!(".capsa-root-{}-{nonce:016x}", std::process::id()));
-                match std::fs::DirBuilder::new().mode(0o500).create(&dir) {
+                #[cfg_attr(not(unix), allow(unused_mut))]
+                let mut builder = std::fs::DirBuilder::new();
+                // Nobody may make a name in it, the guest's view of `/`.
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o500);
+                match builder.create(&dir) {
                     Ok(()) => return Some(RootGuard(dir)),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                     Err(_) => break,

@@ -476,11 +476,15 @@ impl CodeCache {
         &self.dir
     }
 
-    /// The default location: `$CAPSA_CACHE_DIR`, else `$XDG_CACHE_HOME/capsa`,
-    /// else `~/.cache/capsa`.
+    /// The default location: `$CAPSA_CACHE_DIR`, else (on Windows)
+    /// `%LOCALAPPDATA%\capsa`, else `$XDG_CACHE_HOME/capsa`, else `~/.cache/capsa`.
     pub fn default_dir() -> Option<PathBuf> {
         if let Some(d) = std::env::var_os("CAPSA_CACHE_DIR") {
             return Some(d.into());
+        }
+        #[cfg(windows)]
+        if let Some(d) = std::env::var_os("LOCALAPPDATA").filter(|d| !d.is_empty()) {
+            return Some(Path::new(&d).join("capsa"));
         }
         if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
             return Some(Path::new(&d).join("capsa"));
@@ -592,10 +596,22 @@ pub fn trusted(root: &Path, entry: &Path) -> bool {
         }
         true
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
     {
-        let _ = root;
-        entry.exists()
+        let Ok(rel) = entry.strip_prefix(root) else {
+            return false;
+        };
+        let mut cur = root.to_path_buf();
+        if !crate::win_trust::private(&cur) {
+            return false;
+        }
+        for c in rel.components() {
+            cur.push(c);
+            if !crate::win_trust::private(&cur) {
+                return false;
+            }
+        }
+        true
     }
 }
 

@@ -298,11 +298,13 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
     let Some(cache_root) = CodeCache::default_dir() else {
         return fail(
             exit::INTERNAL,
-            anyhow::anyhow!("no cache directory: set CAPSA_CACHE_DIR or HOME"),
+            anyhow::anyhow!(
+                "no cache directory: set CAPSA_CACHE_DIR (or HOME, or on Windows LOCALAPPDATA)"
+            ),
         );
     };
     let dir =
-        match capsa_bundle::extract(&bundle, &cache_root).and_then(|d| std::fs::canonicalize(&d)) {
+        match capsa_bundle::extract(&bundle, &cache_root).and_then(|d| super::run::canonical(&d)) {
             Ok(d) => d,
             Err(e) => {
                 return fail(

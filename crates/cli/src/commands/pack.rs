@@ -100,6 +100,9 @@ fn write_atomically(path: &Path, bytes: &[u8], executable: bool) -> std::io::Res
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
+    // Windows runs a file by its name (`.exe`), not by a mode bit.
+    #[cfg(not(unix))]
+    let _ = executable;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

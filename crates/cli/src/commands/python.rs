@@ -1,7 +1,7 @@
 //! `capsa python` and Python scripts under `capsa run`: CPython 3.14 in the
 //! same sandbox, with the standard library mounted read-only.
 
-use super::run::{SandboxArgs, describe_io, execute, fail, prepare};
+use super::run::{SandboxArgs, canonical, describe_io, execute, fail, prepare};
 use capsa_policy::{Access, FsGrant, GrantKind, Policy};
 use capsa_python::{GUEST_STDLIB, Invocation, Mode};
 use capsa_sandbox::{CodeCache, exit};
@@ -68,7 +68,7 @@ fn cache_root() -> Result<PathBuf, i32> {
     CodeCache::default_dir().ok_or_else(|| {
         fail(
             exit::INTERNAL,
-            anyhow::anyhow!("no cache directory for Python: set CAPSA_CACHE_DIR or HOME"),
+            anyhow::anyhow!("no cache directory for Python: set CAPSA_CACHE_DIR (or HOME, or on Windows LOCALAPPDATA)"),
         )
     })
 }
@@ -96,11 +96,15 @@ fn install(force: bool) -> i32 {
     }
 }
 
+/// The guest path of a host path granted at its own name.
 fn utf8(path: &Path) -> Result<String, i32> {
-    path.to_str().map(str::to_string).ok_or_else(|| {
+    capsa_policy::default_guest(path).ok_or_else(|| {
         fail(
             exit::USAGE,
-            anyhow::anyhow!("{} is not a UTF-8 path; WASI paths must be", path.display()),
+            anyhow::anyhow!(
+                "{} has no guest path (not UTF-8, or a network path); WASI paths must be",
+                path.display()
+            ),
         )
     })
 }
@@ -116,7 +120,7 @@ fn read_grant(host: PathBuf, guest: String, kind: GrantKind) -> FsGrant {
 
 /// The script's grant and its path in the guest.
 fn grant_script(policy: &mut Policy, script: &str) -> Result<String, i32> {
-    let host = std::fs::canonicalize(script).map_err(|e| {
+    let host = canonical(Path::new(script)).map_err(|e| {
         fail(
             exit::LOAD,
             anyhow::anyhow!("cannot open the script {script}: {}", describe_io(&e)),
@@ -180,7 +184,7 @@ pub fn run_prepared(
         _ => None,
     };
     for dir in &sandbox.python_path {
-        let host = match std::fs::canonicalize(dir) {
+        let host = match canonical(dir) {
             Ok(h) if h.is_dir() => h,
             Ok(_) => {
                 return fail(
@@ -217,7 +221,7 @@ pub fn run_prepared(
     };
     // Grants and denials hold canonical paths. The standard library is
     // also denied writing, so a denial there never suggests --allow-write.
-    let stdlib = std::fs::canonicalize(&rt.stdlib).unwrap_or(rt.stdlib);
+    let stdlib = canonical(&rt.stdlib).unwrap_or(rt.stdlib);
     policy.fs.deny_write.push(stdlib.clone());
     policy
         .fs
@@ -227,12 +231,12 @@ pub fn run_prepared(
     // The entry point changes to the working directory only when it is
     // granted as a directory at its own path (else wasi-libc cannot, and the
     // attempt would only add a denial line).
-    let real_cwd = std::fs::canonicalize(&cwd).unwrap_or_else(|_| cwd.clone());
-    let cwd_str = real_cwd.to_str().map(str::to_string).filter(|_| {
-        policy
-            .fs
-            .grant_for(&real_cwd)
-            .is_some_and(|g| g.kind == GrantKind::Dir && Path::new(&g.guest) == g.host)
+    let real_cwd = canonical(&cwd).unwrap_or_else(|_| cwd.clone());
+    let cwd_str = capsa_policy::default_guest(&real_cwd).filter(|_| {
+        policy.fs.grant_for(&real_cwd).is_some_and(|g| {
+            g.kind == GrantKind::Dir
+                && capsa_policy::default_guest(&g.host).as_deref() == Some(g.guest.as_str())
+        })
     });
     let config = inv.to_guest_json(file.as_deref(), cwd_str.as_deref(), &path);
     execute(

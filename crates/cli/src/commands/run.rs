@@ -130,9 +130,20 @@ pub fn describe_io(e: &std::io::Error) -> String {
 /// Canonicalizes through the real file system.
 struct HostFs;
 
+/// `std::fs::canonicalize`, but a Windows path as a user types it: Windows
+/// gives `\\?\C:\x` for `C:\x`.
+pub fn canonical(path: &Path) -> std::io::Result<PathBuf> {
+    let c = std::fs::canonicalize(path)?;
+    #[cfg(windows)]
+    if let Some(s) = c.to_str() {
+        return Ok(PathBuf::from(capsa_policy::winpath::strip_verbatim(s)));
+    }
+    Ok(c)
+}
+
 impl PathResolver for HostFs {
     fn resolve(&self, path: &Path) -> std::result::Result<ResolvedPath, String> {
-        let canonical = std::fs::canonicalize(path).map_err(|e| describe_io(&e))?;
+        let canonical = canonical(path).map_err(|e| describe_io(&e))?;
         let is_dir = canonical.is_dir();
         Ok(ResolvedPath { canonical, is_dir })
     }
@@ -226,7 +237,7 @@ fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<()> 
         }
         let Some(real) = cur
             .parent()
-            .and_then(|p| std::fs::canonicalize(p).ok())
+            .and_then(|p| canonical(p).ok())
             .zip(cur.file_name())
             .map(|(p, n)| p.join(n))
         else {
@@ -243,7 +254,7 @@ fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<()> 
             );
         }
         // Go on from where the link leads, as the host does.
-        cur = std::fs::canonicalize(&cur).unwrap_or(cur);
+        cur = canonical(&cur).unwrap_or(cur);
     }
     Ok(())
 }
@@ -255,7 +266,7 @@ pub fn refuse_own_files(policy: &Policy) -> Result<()> {
     let Some(cache) = CodeCache::default_dir() else {
         return Ok(());
     };
-    let cache = std::fs::canonicalize(&cache).unwrap_or(cache);
+    let cache = canonical(&cache).unwrap_or(cache);
     for g in &policy.fs.grants {
         if g.host.starts_with(&cache) {
             anyhow::bail!(
@@ -375,7 +386,8 @@ pub fn execute(
         program,
         args,
         policy,
-        cwd: cwd.to_str().map(str::to_string),
+        // As the guest spells it (on Windows `C:\\x` is `/c/x`).
+        cwd: capsa_policy::default_guest(&cwd),
         quiet: sandbox.quiet,
         audit,
         cache: CodeCache::default_dir().map(CodeCache::new),

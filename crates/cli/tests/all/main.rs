@@ -10,6 +10,7 @@ mod escapes;
 mod fs;
 mod fs_model;
 mod http;
+mod install;
 mod limits;
 mod net;
 mod python;

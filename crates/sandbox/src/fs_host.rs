@@ -1,0 +1,221 @@
+//! The few calls the walk makes on the host, relative to a directory that is
+//! open, on each system: look at a name without following it, open a
+//! directory on the way as the object it is, read a link, go up one level,
+//! and say what an open object is (its device and file number).
+//!
+//! Unix does this with `openat(O_PATH|O_NOFOLLOW)` and `fstat`. Windows does
+//! it with the same `cap-primitives` calls wasmtime-wasi makes there, and
+//! identifies an object by its volume serial number and file index, read
+//! from a handle that is open on it. On Windows a name holding `\` or `:` is
+//! refused: the system would take it for a path or a stream, not one name.
+
+use crate::fs_area::Ident;
+use crate::fs_walk::Found;
+use std::io;
+use std::path::Path;
+
+pub use imp::*;
+
+#[cfg(unix)]
+mod imp {
+    use super::*;
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    use std::os::fd::{AsFd, OwnedFd};
+
+    /// A directory the walk holds open.
+    pub type Handle = OwnedFd;
+    /// A directory the walk reads from.
+    pub type DirRef<'a> = std::os::fd::BorrowedFd<'a>;
+
+    pub fn dir_ref(f: &std::fs::File) -> DirRef<'_> {
+        f.as_fd()
+    }
+
+    pub fn handle_ref(h: &Handle) -> DirRef<'_> {
+        h.as_fd()
+    }
+
+    fn found(st: &rustix::fs::Stat) -> Found {
+        let ft = FileType::from_raw_mode(st.st_mode);
+        Found {
+            ident: (st.st_dev as u64, st.st_ino as u64),
+            is_dir: ft == FileType::Directory,
+            is_link: ft == FileType::Symlink,
+        }
+    }
+
+    /// What `name` in `dir` is, a link not followed.
+    pub fn look(dir: DirRef<'_>, name: &str) -> io::Result<Found> {
+        Ok(found(&rustix::fs::statat(
+            dir,
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?))
+    }
+
+    /// Opens `name` in `dir`, a link not followed, and says what was opened;
+    /// the handle is `None` unless it is a directory.
+    pub fn open_step(dir: DirRef<'_>, name: &str) -> io::Result<(Option<Handle>, Found)> {
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let f = found(&rustix::fs::fstat(&fd)?);
+        Ok((f.is_dir.then_some(fd), f))
+    }
+
+    /// The target of the link `name` in `dir`, `/`-separated.
+    pub fn read_link(dir: DirRef<'_>, name: &str) -> io::Result<String> {
+        let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
+        Ok(target.to_string_lossy().into_owned())
+    }
+
+    /// The directory above `dir`.
+    pub fn parent(dir: DirRef<'_>) -> io::Result<Handle> {
+        Ok(rustix::fs::openat(
+            dir,
+            "..",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    pub fn ident(dir: DirRef<'_>) -> io::Result<Ident> {
+        Ok(found(&rustix::fs::fstat(dir)?).ident)
+    }
+
+    pub fn ident_of_file(f: &std::fs::File) -> io::Result<Ident> {
+        ident(f.as_fd())
+    }
+
+    /// Too many links on the way, as the system says it.
+    pub fn loop_error() -> io::Error {
+        rustix::io::Errno::LOOP.into()
+    }
+
+    /// A name on the way is not a directory, as the system says it.
+    pub fn not_dir_error() -> io::Error {
+        rustix::io::Errno::NOTDIR.into()
+    }
+
+    /// What the host path `path` is; a link in its last name followed or not.
+    pub fn stat_path(path: &Path, follow: bool) -> io::Result<Found> {
+        let flags = if follow {
+            AtFlags::empty()
+        } else {
+            AtFlags::SYMLINK_NOFOLLOW
+        };
+        Ok(found(&rustix::fs::statat(rustix::fs::CWD, path, flags)?))
+    }
+}
+
+#[cfg(windows)]
+mod imp {
+    use super::*;
+    use cap_primitives::fs::{self as cp, _WindowsByHandle, FollowSymlinks};
+    use std::os::windows::fs::OpenOptionsExt;
+
+    const FILE_FLAG_BACKUP_SEMANTICS: u32 = 0x0200_0000;
+    const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+
+    pub type Handle = std::fs::File;
+    pub type DirRef<'a> = &'a std::fs::File;
+
+    pub fn dir_ref(f: &std::fs::File) -> DirRef<'_> {
+        f
+    }
+
+    pub fn handle_ref(h: &Handle) -> DirRef<'_> {
+        h
+    }
+
+    /// One name, never a path or a stream (`a\b`, `file:stream`, `C:`).
+    fn one_name(name: &str) -> io::Result<&Path> {
+        if name.contains(['\\', ':']) {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        Ok(Path::new(name))
+    }
+
+    fn found(m: &cp::Metadata) -> io::Result<Found> {
+        let (Some(volume), Some(index)) = (m.volume_serial_number(), m.file_index()) else {
+            return Err(io::Error::other("no file identity from the handle"));
+        };
+        Ok(Found {
+            ident: (u64::from(volume), index),
+            is_dir: m.is_dir(),
+            is_link: m.file_type().is_symlink(),
+        })
+    }
+
+    pub fn look(dir: DirRef<'_>, name: &str) -> io::Result<Found> {
+        found(&cp::stat(dir, one_name(name)?, FollowSymlinks::No)?)
+    }
+
+    pub fn open_step(dir: DirRef<'_>, name: &str) -> io::Result<(Option<Handle>, Found)> {
+        let path = one_name(name)?;
+        match cp::open_dir_nofollow(dir, path) {
+            // Judged by the handle: what was opened, not what the name was.
+            Ok(h) => {
+                let f = found(&cp::Metadata::from_file(&h)?)?;
+                Ok((f.is_dir.then_some(h), f))
+            }
+            // A link or a file: said as such, never entered.
+            Err(e) => match look(dir, name) {
+                Ok(f) if !f.is_dir => Ok((None, f)),
+                _ => Err(e),
+            },
+        }
+    }
+
+    pub fn read_link(dir: DirRef<'_>, name: &str) -> io::Result<String> {
+        let target = cp::read_link_contents(dir, one_name(name)?)?;
+        // An absolute target (`C:\x`, `\x`, `\\server\x`) is said with a
+        // leading `/`, which the walk refuses as leaving the grant.
+        if target.has_root()
+            || target
+                .components()
+                .next()
+                .is_some_and(|c| matches!(c, std::path::Component::Prefix(_)))
+        {
+            return Ok(format!("/{}", target.display()));
+        }
+        Ok(target.to_string_lossy().replace('\\', "/"))
+    }
+
+    pub fn parent(dir: DirRef<'_>) -> io::Result<Handle> {
+        cp::open_parent_dir(dir, cap_primitives::ambient_authority())
+    }
+
+    pub fn ident(dir: DirRef<'_>) -> io::Result<Ident> {
+        Ok(found(&cp::Metadata::from_file(dir)?)?.ident)
+    }
+
+    pub fn ident_of_file(f: &std::fs::File) -> io::Result<Ident> {
+        ident(f)
+    }
+
+    pub fn loop_error() -> io::Error {
+        // ERROR_STOPPED_ON_SYMLINK
+        io::Error::from_raw_os_error(681)
+    }
+
+    pub fn not_dir_error() -> io::Error {
+        // ERROR_DIRECTORY
+        io::Error::from_raw_os_error(267)
+    }
+
+    pub fn stat_path(path: &Path, follow: bool) -> io::Result<Found> {
+        let mut o = std::fs::OpenOptions::new();
+        let flags = if follow {
+            FILE_FLAG_BACKUP_SEMANTICS
+        } else {
+            FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT
+        };
+        o.access_mode(0).custom_flags(flags);
+        let f = o.open(path)?;
+        found(&cp::Metadata::from_file(&f)?)
+    }
+}
