@@ -50,8 +50,17 @@ def install(platforms):
     }
     missing = sorted({pkg for p in platforms for tool, pkg in need.get(p, [])
                       if not shutil.which(tool)})
+    # arm64's own C library, installed as Debian installs it for arm64
+    # (multiarch), so that qemu runs capsa as the system would: with
+    # QEMU_LD_PREFIX instead, qemu would show the guest that prefix for every
+    # path that exists there, `/` included.
+    arm_libc = "linux-arm64" in platforms and not Path("/lib/ld-linux-aarch64.so.1").exists()
+    if arm_libc:
+        missing += ["libc6:arm64", "libgcc-s1:arm64"]
     if missing:
         sudo = [] if os.geteuid() == 0 else ["sudo"]
+        if arm_libc:
+            run([*sudo, "dpkg", "--add-architecture", "arm64"])
         run([*sudo, "apt-get", "update", "-qq"])
         run([*sudo, "apt-get", "install", "-y", "-qq", *missing],
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})

@@ -16,6 +16,58 @@ use std::path::Path;
 
 pub use imp::*;
 
+/// A name Windows takes for a device in any directory: `CON`, `nul`,
+/// `COM1.txt`, `lpt3 .log`, `CONOUT$` (before the first dot, blanks trimmed,
+/// any case). Pure, so it is tested everywhere.
+pub fn is_device_name(name: &str) -> bool {
+    let stem = name
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(' ');
+    let upper = stem.to_ascii_uppercase();
+    match upper.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$" | "CLOCK$" => true,
+        _ => upper
+            .strip_prefix("COM")
+            .or_else(|| upper.strip_prefix("LPT"))
+            .is_some_and(|n| {
+                matches!(
+                    n,
+                    "0" | "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "¹" | "²" | "³"
+                )
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn device_names() {
+        for n in [
+            "CON",
+            "con",
+            "Nul",
+            "nul.txt",
+            "COM1",
+            "com9.log",
+            "LPT3 ",
+            "lpt1 .x",
+            "CONOUT$",
+            "COM¹",
+            "aux.tar.gz",
+        ] {
+            assert!(super::is_device_name(n), "{n}");
+        }
+        for n in [
+            "CONSOLE", "con1", "COM", "COM10", "LPT", "nul_", "data", "", ".con", "x.CON", "¹¹",
+            "é",
+        ] {
+            assert!(!super::is_device_name(n), "{n}");
+        }
+    }
+}
+
 #[cfg(unix)]
 mod imp {
     use super::*;
@@ -131,9 +183,11 @@ mod imp {
         h
     }
 
-    /// One name, never a path or a stream (`a\b`, `file:stream`, `C:`).
+    /// One name of a file, never a path, a stream or a device (`a\b`,
+    /// `file:stream`, `C:`, `CON`, `nul.txt`: opening `CON` would write to the
+    /// terminal past capsa's output checks).
     fn one_name(name: &str) -> io::Result<&Path> {
-        if name.contains(['\\', ':']) {
+        if name.contains(['\\', ':']) || crate::fs_host::is_device_name(name) {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         Ok(Path::new(name))
