@@ -61,13 +61,25 @@ pub fn escape_for_terminal(text: &str) -> Cow<'_, str> {
 /// Shell-safe, not terminal-safe: single quotes keep control characters as
 /// they are, so print the result through [`escape_for_terminal`]. Nor does
 /// quoting stop capsa's own list flags from splitting at `,`.
+///
+/// On Windows, for cmd and PowerShell: `\` is plain there, and anything
+/// else is put in double quotes (`"C:\My Data\x"`), which a Windows file
+/// name cannot hold.
 pub fn quote_flag_value(value: &str) -> String {
+    quote_flag_value_for(value, cfg!(windows))
+}
+
+/// [`quote_flag_value`] for POSIX shells, or for Windows' (`windows`).
+pub fn quote_flag_value_for(value: &str, windows: bool) -> String {
     let plain = !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._:@%+=-".contains(&b));
+        && value.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"/._:@%+=-".contains(&b) || (windows && b == b'\\')
+        });
     if plain {
         return value.to_string();
+    }
+    if windows && !value.contains('"') {
+        return format!("\"{value}\"");
     }
     let mut out = String::with_capacity(value.len() + 2);
     out.push('\'');
@@ -86,6 +98,17 @@ pub fn quote_flag_value(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_quoting() {
+        assert_eq!(
+            quote_flag_value_for(r"C:\data\x.txt", true),
+            r"C:\data\x.txt"
+        );
+        assert_eq!(quote_flag_value_for(r"C:\My Data", true), r#""C:\My Data""#);
+        assert_eq!(quote_flag_value_for(r"C:\data", false), r"'C:\data'");
+        assert_eq!(quote_flag_value_for("a'b", true), r#""a'b""#);
+    }
 
     #[test]
     fn unsafe_characters() {

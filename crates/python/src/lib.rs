@@ -172,13 +172,13 @@ pub fn build(
         fs::remove_dir_all(tmp.path().join(scratch)).map_err(io)?;
     }
     let manifest_path = tmp.path().join("manifest.json");
-    fs::write(
-        &manifest_path,
-        serde_json::to_vec_pretty(&manifest).unwrap(),
-    )
-    .map_err(io)?;
-    fs::File::open(&manifest_path)
-        .and_then(|f| f.sync_all())
+    // Synced through the handle that wrote it: Windows refuses to flush a
+    // file opened only for reading.
+    fs::File::create(&manifest_path)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(&manifest).unwrap())?;
+            f.sync_all()
+        })
         .map_err(io)?;
 
     let dir = runtime_dir(cache_root);
