@@ -203,6 +203,7 @@ pub(crate) fn resolve_grant(
     if host.chars().any(char::is_control) {
         return Err(err("the path contains a control character".into()));
     }
+    host_spelling(host, cfg!(windows)).map_err(err)?;
     let host_abs = normalize_host(&cwd.join(host));
     let resolved = resolver
         .resolve(&host_abs)
@@ -255,6 +256,22 @@ pub(crate) fn resolve_grant(
             GrantKind::File
         },
     })
+}
+
+/// On Windows a host path starting with `/` is refused: `/c/data` is how
+/// the guest sees `C:\data`, and as a host path it would name `\c\data` on
+/// the current drive (a `--deny-*` there would silently deny nothing).
+pub(crate) fn host_spelling(host: &str, windows: bool) -> Result<(), String> {
+    if windows && host.starts_with('/') {
+        let guess = crate::winpath::host_of_guest(host)
+            .map(|h| format!(" ({h}?)"))
+            .unwrap_or_default();
+        return Err(format!(
+            "on Windows a host path is written with a drive, like C:\\data{guess}; \
+             /c/data is how the guest sees it"
+        ));
+    }
+    Ok(())
 }
 
 /// The guest path of a grant given without `::`: the host path itself, in
@@ -340,6 +357,15 @@ pub fn strip_guest_prefix<'a>(guest: &'a str, base: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_host_paths_are_not_written_as_guest_paths() {
+        let e = host_spelling("/z/var/secret", true).unwrap_err();
+        assert!(e.contains(r"(Z:\var\secret?)"), "{e}");
+        assert!(host_spelling(r"C:\data", true).is_ok());
+        assert!(host_spelling(r"\data", true).is_ok());
+        assert!(host_spelling("/data", false).is_ok());
+    }
 
     fn grant(host: &str, access: Access, kind: GrantKind) -> FsGrant {
         FsGrant {

@@ -279,6 +279,12 @@ impl RawPolicy {
             };
             add_grant(&mut grants, g, &shown)?;
         }
+        for s in split_all(&self.deny_read).chain(split_all(&self.deny_write)) {
+            crate::fs::host_spelling(s, cfg!(windows)).map_err(|reason| PolicyError::Path {
+                input: s.to_string(),
+                reason,
+            })?;
+        }
         let deny = |list: &[String]| -> Vec<PathBuf> {
             split_all(list)
                 .map(|s| {

@@ -22,6 +22,29 @@ use std::path::{Path, PathBuf};
 /// Device and inode: what an object is, whatever it is called.
 pub type Ident = (u64, u64);
 
+/// A name as the host's file system compares it: on Windows and macOS
+/// (whose file systems ignore case by default) each letter in upper case,
+/// by the one-to-one mappings those systems use (`ß` stays `ß`), so that a
+/// denied name that does not exist yet cannot be made as `.GIT`.
+fn fold_case(name: &str) -> String {
+    fold_case_if(name, cfg!(any(windows, target_os = "macos")))
+}
+
+fn fold_case_if(name: &str, fold: bool) -> String {
+    if !fold {
+        return name.to_string();
+    }
+    name.chars()
+        .map(|c| {
+            let mut up = c.to_uppercase();
+            match (up.next(), up.next()) {
+                (Some(u), None) => u,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
 /// What the host path is, a link in its last name not followed.
 fn ident_nofollow(path: &Path) -> std::io::Result<Ident> {
     crate::fs_host::stat_path(path, false).map(|f| f.ident)
@@ -226,7 +249,12 @@ impl Areas {
                 a.denies.push(rule);
                 continue;
             };
-            let base_ident = crate::fs_host::stat_path(&base, true)?.ident;
+            // Nothing on the way exists, not even a root (`\\server\share`
+            // that does not answer): nothing can reach it to mark.
+            let Ok(base_ident) = crate::fs_host::stat_path(&base, true).map(|f| f.ident) else {
+                a.denies.push(rule);
+                continue;
+            };
             if rule.own {
                 // Said to the user by the name grants use: the real one.
                 rule.host = match &missing {
@@ -238,7 +266,7 @@ impl Areas {
                 None => a.marks.entry(base_ident).or_default().push(Mark::Deny(j)),
                 Some(name) => {
                     a.pending
-                        .entry((base_ident, name))
+                        .entry((base_ident, fold_case(&name)))
                         .or_default()
                         .push(Mark::Deny(j));
                 }
@@ -318,7 +346,7 @@ impl Areas {
         if let Base::Holder(_) = d.base {
             d.base = Base::Outside;
         }
-        if let Some(marks) = self.pending.get(&(dir, name.to_string())) {
+        if let Some(marks) = self.pending.get(&(dir, fold_case(name))) {
             self.apply(&mut d, marks);
         }
         d
@@ -396,5 +424,18 @@ impl Areas {
                     .iter()
                     .any(|g| g.kind == GrantKind::Dir && r.host.starts_with(&g.host))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_fold_as_case_blind_file_systems_compare_them() {
+        use super::fold_case_if as f;
+        assert_eq!(f(".GIT", true), f(".git", true));
+        assert_eq!(f("Later", true), f("LATER", true));
+        assert_eq!(f("Émile", true), f("émile", true));
+        assert_ne!(f("ß", true), f("SS", true));
+        assert_ne!(f(".GIT", false), f(".git", false));
     }
 }

@@ -155,16 +155,18 @@ impl GuardedFs<'_> {
             return None;
         }
         let Some(rel) = strip_guest_prefix(guest, &pre.guest) else {
-            return Some(guest.to_string());
+            return host_spelling(guest);
         };
         let host = rel
             .split('/')
             .filter(|c| !c.is_empty())
             .fold(pre.host.clone(), |h, c| h.join(c));
         let shown = pre.show(guest);
+        // Granted at its own name: the host path, as the user types it (on
+        // Windows `C:\x`, never the guest's `/c/x`).
         Some(
             if capsa_policy::default_guest(&host).as_deref() == Some(shown.as_str()) {
-                shown
+                host.display().to_string()
             } else {
                 format!("{}::{shown}", host.display())
             },
@@ -390,7 +392,9 @@ impl GuardedFs<'_> {
                     format!("the path leaves the granted directory {}", pre.shown)
                 };
                 let hint = (!via_link && !shown.contains("::"))
-                    .then(|| format!("{}={shown}", need.op().flag()));
+                    .then(|| host_spelling(&shown))
+                    .flatten()
+                    .map(|h| format!("{}={h}", need.op().flag()));
                 self.deny(verb, &shown, reason, None, hint);
                 return not_permitted();
             }
@@ -538,8 +542,10 @@ impl GuardedFs<'_> {
         {
             let pre = &self.guard.preopens[c.preopen];
             let reason = format!("refused inside {}", pre.shown);
-            let hint =
-                (!c.shown.contains("::")).then(|| format!("{}={}", c.need.op().flag(), c.shown));
+            let hint = (!c.shown.contains("::"))
+                .then(|| host_spelling(&c.shown))
+                .flatten()
+                .map(|h| format!("{}={h}", c.need.op().flag()));
             self.deny(c.verb, &c.shown, reason, None, hint);
         }
         result
@@ -572,12 +578,12 @@ fn host_root_names() -> std::collections::HashSet<String> {
         .collect()
 }
 
-/// On Windows the guest's `/c` is the drive `C:`: the drives there are.
+/// On Windows the guest's `/c` (or `/C`) is the drive `C:`: the drives there are.
 #[cfg(windows)]
 fn host_root_names() -> std::collections::HashSet<String> {
     ('a'..='z')
         .filter(|d| std::path::Path::new(&format!("{d}:\\")).is_dir())
-        .map(String::from)
+        .flat_map(|d| [d.to_string(), d.to_ascii_uppercase().to_string()])
         .collect()
 }
 

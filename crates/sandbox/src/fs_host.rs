@@ -16,6 +16,19 @@ use std::path::Path;
 
 pub use imp::*;
 
+/// Whether Windows reads `name` as exactly one name, spelled as it is
+/// stored. Refused: `\` (a path), `:` (a stream, a drive), device names
+/// (opening `CON` would write to the terminal past capsa's output checks),
+/// and a name ending in `.` or a blank, which Windows' path functions strip
+/// (`x.` is `x` to them but a missing name to the walk: a rename to `cfg.`
+/// would replace a protected `cfg`). Pure, so it is tested everywhere.
+pub fn is_plain_windows_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains(['\\', ':'])
+        && !name.ends_with(['.', ' '])
+        && !is_device_name(name)
+}
+
 /// A name Windows takes for a device in any directory: `CON`, `nul`,
 /// `COM1.txt`, `lpt3 .log`, `CONOUT$` (before the first dot, blanks trimmed,
 /// any case). Pure, so it is tested everywhere.
@@ -42,6 +55,18 @@ pub fn is_device_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_windows_names() {
+        for n in ["data", ".git", "a.b", "x y", "é"] {
+            assert!(super::is_plain_windows_name(n), "{n}");
+        }
+        for n in [
+            "", "x.", "x ", "...", ". ", "a\\b", "f:s", "C:", "CON", "nul.txt",
+        ] {
+            assert!(!super::is_plain_windows_name(n), "{n}");
+        }
+    }
+
     #[test]
     fn device_names() {
         for n in [
@@ -105,15 +130,33 @@ mod imp {
         )?))
     }
 
+    /// How a directory on the way is opened: as a path only where Linux
+    /// allows it (`O_PATH` needs no read permission), else for reading.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const STEP: OFlags = OFlags::PATH;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const STEP: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY);
+
     /// Opens `name` in `dir`, a link not followed, and says what was opened;
     /// the handle is `None` unless it is a directory.
     pub fn open_step(dir: DirRef<'_>, name: &str) -> io::Result<(Option<Handle>, Found)> {
-        let fd = rustix::fs::openat(
+        let fd = match rustix::fs::openat(
             dir,
             name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            STEP | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        )?;
+        ) {
+            Ok(fd) => fd,
+            // Without `O_PATH` a link or a file is not opened as a
+            // directory: said as what it is, never entered.
+            Err(e) if !cfg!(any(target_os = "linux", target_os = "android")) => {
+                return match look(dir, name) {
+                    Ok(f) if !f.is_dir => Ok((None, f)),
+                    _ => Err(e.into()),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
         let f = found(&rustix::fs::fstat(&fd)?);
         Ok((f.is_dir.then_some(fd), f))
     }
@@ -129,7 +172,7 @@ mod imp {
         Ok(rustix::fs::openat(
             dir,
             "..",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            STEP | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?)
     }
@@ -183,11 +226,10 @@ mod imp {
         h
     }
 
-    /// One name of a file, never a path, a stream or a device (`a\b`,
-    /// `file:stream`, `C:`, `CON`, `nul.txt`: opening `CON` would write to the
-    /// terminal past capsa's output checks).
+    /// One name of a file, never a path, a stream, a device or another
+    /// spelling of a name (see [`is_plain_windows_name`]).
     fn one_name(name: &str) -> io::Result<&Path> {
-        if name.contains(['\\', ':']) || crate::fs_host::is_device_name(name) {
+        if !crate::fs_host::is_plain_windows_name(name) {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         Ok(Path::new(name))
