@@ -547,6 +547,14 @@ impl CodeCache {
             if let Ok(c) = unsafe { Component::deserialize_file(engine, &entry) } {
                 return Ok(c);
             }
+            // Where the file cannot be mapped as code (wine maps no file
+            // executable), its bytes are loaded instead: the same entry,
+            // checked the same way.
+            if let Ok(bytes) = std::fs::read(&entry)
+                && let Ok(c) = unsafe { Component::deserialize(engine, &bytes) }
+            {
+                return Ok(c);
+            }
             // Corrupt or from another engine: rebuilt below.
             let _ = std::fs::remove_file(&entry);
         }
