@@ -208,6 +208,13 @@ pub(crate) fn resolve_grant(
     let resolved = resolver
         .resolve(&host_abs)
         .map_err(|e| err(format!("{}: {e}", host_abs.display())))?;
+    if cfg!(windows) && is_network_path(&resolved.canonical.to_string_lossy()) {
+        return Err(err(format!(
+            "{}: network paths cannot be granted on Windows (the file calls capsa \
+             builds on resolve them against the working directory)",
+            resolved.canonical.display()
+        )));
+    }
     let guest = match guest {
         Some(g) => {
             if g.is_empty() {
@@ -256,6 +263,16 @@ pub(crate) fn resolve_grant(
             GrantKind::File
         },
     })
+}
+
+/// A Windows network path: `\\server\share`, `\\?\UNC\server\share`
+/// (also what a mapped network drive canonicalizes to).
+pub(crate) fn is_network_path(canonical: &str) -> bool {
+    canonical.starts_with(r"\\")
+        && !crate::winpath::strip_verbatim(canonical)
+            .as_bytes()
+            .get(1)
+            .is_some_and(|b| *b == b':')
 }
 
 /// On Windows a host path starting with `/` is refused: `/c/data` is how
@@ -357,6 +374,15 @@ pub fn strip_guest_prefix<'a>(guest: &'a str, base: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_paths_are_told_from_drives() {
+        assert!(is_network_path(r"\\server\share\x"));
+        assert!(is_network_path(r"\\?\UNC\server\share"));
+        assert!(!is_network_path(r"\\?\C:\data"));
+        assert!(!is_network_path(r"C:\data"));
+        assert!(!is_network_path("/srv/data"));
+    }
 
     #[test]
     fn windows_host_paths_are_not_written_as_guest_paths() {

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 pub type Ident = (u64, u64);
 
 /// A name as the host's file system compares it: on Windows and macOS
-/// (whose file systems ignore case by default) each letter in upper case,
-/// by the one-to-one mappings those systems use (`ß` stays `ß`), so that a
+/// (whose file systems ignore case by default) each letter in one case, by
+/// the one-to-one mappings those systems use (`ß` stays `ß`), so that a
 /// denied name that does not exist yet cannot be made as `.GIT`.
 fn fold_case(name: &str) -> String {
     fold_case_if(name, cfg!(any(windows, target_os = "macos")))
@@ -34,12 +34,22 @@ fn fold_case_if(name: &str, fold: bool) -> String {
     if !fold {
         return name.to_string();
     }
+    // Rust gives the full mappings; these systems use the simple one-to-one
+    // ones. Where the full upper case is more than one letter (`ß` is `SS`,
+    // `ᾀ` is `ἈΙ`), the simple mapping keeps `ß` and makes `ᾀ` and `ᾈ` one
+    // name: the lower case, when it is one letter, says so for both.
     name.chars()
         .map(|c| {
             let mut up = c.to_uppercase();
             match (up.next(), up.next()) {
                 (Some(u), None) => u,
-                _ => c,
+                _ => {
+                    let mut low = c.to_lowercase();
+                    match (low.next(), low.next()) {
+                        (Some(l), None) => l,
+                        _ => c,
+                    }
+                }
             }
         })
         .collect()
@@ -436,6 +446,10 @@ mod tests {
         assert_eq!(f("Later", true), f("LATER", true));
         assert_eq!(f("Émile", true), f("émile", true));
         assert_ne!(f("ß", true), f("SS", true));
+        assert_ne!(f("ß", true), f("ẞ", true));
+        // Found by the red team: Greek letters with iota subscript.
+        assert_eq!(f("ᾀ", true), f("ᾈ", true));
+        assert_eq!(f("ῳ", true), f("ῼ", true));
         assert_ne!(f(".GIT", false), f(".git", false));
     }
 }

@@ -22,6 +22,7 @@ pub use imp::*;
 /// and a name ending in `.` or a blank, which Windows' path functions strip
 /// (`x.` is `x` to them but a missing name to the walk: a rename to `cfg.`
 /// would replace a protected `cfg`). Pure, so it is tested everywhere.
+#[cfg_attr(not(windows), allow(dead_code))]
 pub fn is_plain_windows_name(name: &str) -> bool {
     !name.is_empty()
         && !name.contains(['\\', ':'])
@@ -32,6 +33,7 @@ pub fn is_plain_windows_name(name: &str) -> bool {
 /// A name Windows takes for a device in any directory: `CON`, `nul`,
 /// `COM1.txt`, `lpt3 .log`, `CONOUT$` (before the first dot, blanks trimmed,
 /// any case). Pure, so it is tested everywhere.
+#[cfg_attr(not(windows), allow(dead_code))]
 pub fn is_device_name(name: &str) -> bool {
     let stem = name
         .split('.')

@@ -262,7 +262,17 @@ pub fn depth_now(areas: &Areas, dir: DirRef<'_>) -> std::io::Result<usize> {
 /// there are levels to climb: a `..` after a name would climb from wherever
 /// that name leads (`x -> .` then `x/..` is the grant's parent).
 pub fn link_leaves_grant(target: &str, depth: usize) -> bool {
+    link_leaves_grant_on(target, depth, cfg!(windows))
+}
+
+/// [`link_leaves_grant`]; on Windows (`windows`) a target holding `\` or
+/// `:` is refused too: Windows reads `..\..\x` as three names and `C:x` as
+/// a drive, where this reads one name.
+fn link_leaves_grant_on(target: &str, depth: usize, windows: bool) -> bool {
     if target.starts_with('/') || target.is_empty() {
+        return true;
+    }
+    if windows && target.contains(['\\', ':']) {
         return true;
     }
     let mut up = 0;
@@ -293,6 +303,9 @@ mod tests {
             ("", 0, true),
             ("./.././x", 1, false),
         ];
+        assert!(super::link_leaves_grant_on(r"..\..\x", 5, true));
+        assert!(super::link_leaves_grant_on("C:x", 5, true));
+        assert!(!super::link_leaves_grant_on(r"a\b", 0, false));
         for (t, depth, leaves) in cases {
             assert_eq!(
                 super::link_leaves_grant(t, *depth),
