@@ -269,10 +269,7 @@ pub(crate) fn resolve_grant(
 /// (also what a mapped network drive canonicalizes to).
 pub(crate) fn is_network_path(canonical: &str) -> bool {
     canonical.starts_with(r"\\")
-        && !crate::winpath::strip_verbatim(canonical)
-            .as_bytes()
-            .get(1)
-            .is_some_and(|b| *b == b':')
+        && crate::winpath::strip_verbatim(canonical).as_bytes().get(1) != Some(&b':')
 }
 
 /// On Windows a host path starting with `/` is refused: `/c/data` is how

@@ -114,6 +114,8 @@ mod imp {
         h.as_fd()
     }
 
+    // `st_dev` and `st_ino` are not `u64` on every Unix (macOS: `i32`).
+    #[allow(clippy::unnecessary_cast)]
     fn found(st: &rustix::fs::Stat) -> Found {
         let ft = FileType::from_raw_mode(st.st_mode);
         Found {
