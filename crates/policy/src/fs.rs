@@ -300,6 +300,17 @@ pub fn default_guest(host_abs: &Path) -> Option<String> {
     crate::winpath::guest_of_host(host_abs.to_str()?)
 }
 
+/// The other way: how a user types the host path of a guest path granted at
+/// its own name. The same text, or on Windows `/c/x` as `C:\x` (`None` for
+/// a path no drive holds).
+pub fn default_host(guest: &str) -> Option<String> {
+    if cfg!(windows) {
+        crate::winpath::host_of_guest(guest)
+    } else {
+        Some(guest.to_string())
+    }
+}
+
 /// Makes `path` absolute against nothing but itself: removes `.` and folds
 /// `..` lexically. Only for what the user typed, before it is canonicalized.
 pub(crate) fn normalize_host(path: &Path) -> PathBuf {

@@ -155,7 +155,7 @@ impl GuardedFs<'_> {
             return None;
         }
         let Some(rel) = strip_guest_prefix(guest, &pre.guest) else {
-            return host_spelling(guest);
+            return capsa_policy::default_host(guest);
         };
         let host = rel
             .split('/')
@@ -286,7 +286,7 @@ impl GuardedFs<'_> {
             .filter(|t| *t != "/" && !t.contains("::") && !t.contains(','))
             .filter(|t| !t.starts_with('~'))
             .and_then(|t| match (relative, t) {
-                (false, t) => host_spelling(t).map(|h| format!("{flag}={h}")),
+                (false, t) => capsa_policy::default_host(t).map(|h| format!("{flag}={h}")),
                 (true, ".") => Some(format!("{flag}=.::/")),
                 (true, t) => Some(format!("{flag}={t}::/{t}")),
             });
@@ -392,7 +392,7 @@ impl GuardedFs<'_> {
                     format!("the path leaves the granted directory {}", pre.shown)
                 };
                 let hint = (!via_link && !shown.contains("::"))
-                    .then(|| host_spelling(&shown))
+                    .then(|| capsa_policy::default_host(&shown))
                     .flatten()
                     .map(|h| format!("{}={h}", need.op().flag()));
                 self.deny(verb, &shown, reason, None, hint);
@@ -543,7 +543,7 @@ impl GuardedFs<'_> {
             let pre = &self.guard.preopens[c.preopen];
             let reason = format!("refused inside {}", pre.shown);
             let hint = (!c.shown.contains("::"))
-                .then(|| host_spelling(&c.shown))
+                .then(|| capsa_policy::default_host(&c.shown))
                 .flatten()
                 .map(|h| format!("{}={h}", c.need.op().flag()));
             self.deny(c.verb, &c.shown, reason, None, hint);
@@ -585,17 +585,6 @@ fn host_root_names() -> std::collections::HashSet<String> {
         .filter(|d| std::path::Path::new(&format!("{d}:\\")).is_dir())
         .flat_map(|d| [d.to_string(), d.to_ascii_uppercase().to_string()])
         .collect()
-}
-
-/// How a user types the host path that an absolute guest path of the
-/// guarded root names: itself, or on Windows `/c/x` as `C:\x` (nothing
-/// for a path no drive holds).
-fn host_spelling(guest: &str) -> Option<String> {
-    if cfg!(windows) {
-        capsa_policy::winpath::host_of_guest(guest)
-    } else {
-        Some(guest.to_string())
-    }
 }
 
 fn borrow<T: 'static>(r: &Resource<T>) -> Resource<T> {

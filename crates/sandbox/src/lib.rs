@@ -626,7 +626,7 @@ fn own_dirs(config: &RunConfig) -> Result<Vec<PathBuf>, RunError> {
     let dir = cache.dir();
     // Made now, so that it is marked as an object, not only as a name.
     let made = load::make_private_dir(dir);
-    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let real = load::canonical(dir).unwrap_or_else(|_| dir.to_path_buf());
     let inside_grant = config.policy.fs.grants.iter().any(|g| {
         g.kind == GrantKind::Dir && (dir.starts_with(&g.host) || real.starts_with(&g.host))
     });

@@ -623,6 +623,19 @@ pub fn trusted(root: &Path, entry: &Path) -> bool {
     }
 }
 
+/// `std::fs::canonicalize`, but a Windows path as a user types it: Windows
+/// gives `\\?\C:\x` for `C:\x`.
+pub fn canonical(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let c = std::fs::canonicalize(path)?;
+    #[cfg(windows)]
+    if let Some(s) = c.to_str() {
+        return Ok(std::path::PathBuf::from(
+            capsa_policy::winpath::strip_verbatim(s),
+        ));
+    }
+    Ok(c)
+}
+
 /// Creates `dir` and its missing parents, readable and writable by this
 /// user alone.
 pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {

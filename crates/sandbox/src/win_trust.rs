@@ -58,19 +58,18 @@ fn current_user() -> Option<Vec<u8>> {
 
 /// Whether `path` is private to this user (see the module).
 pub fn private(path: &Path) -> bool {
-    if std::fs::symlink_metadata(path).map_or(true, |m| m.file_type().is_symlink()) {
+    use std::os::windows::fs::MetadataExt;
+    const FILE_ATTRIBUTE_REPARSE_POINT: u32 = 0x400;
+    // A link or a junction (both reparse points) is never trusted.
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if meta.file_type().is_symlink() || meta.file_attributes() & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
         return false;
     }
-    {
-        use std::os::windows::fs::MetadataExt;
-        const FILE_ATTRIBUTE_REPARSE_POINT: u32 = 0x400;
-        if std::fs::symlink_metadata(path)
-            .is_ok_and(|m| m.file_attributes() & FILE_ATTRIBUTE_REPARSE_POINT != 0)
-        {
-            return false;
-        }
-    }
-    let Some(mut me) = current_user() else {
+    // Asked once per process: every directory of every cache lookup needs it.
+    static ME: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let Some(me) = ME.get_or_init(current_user) else {
         return false;
     };
     let wide: Vec<u16> = path.as_os_str().encode_wide().chain([0]).collect();
@@ -93,7 +92,8 @@ pub fn private(path: &Path) -> bool {
         if err != ERROR_SUCCESS {
             return false;
         }
-        let me_sid: PSID = me.as_mut_ptr().cast();
+        // Only read (EqualSid), though the API's type is mutable.
+        let me_sid: PSID = me.as_ptr().cast_mut().cast();
         let trusted_sid = |sid: PSID| {
             EqualSid(sid, me_sid) != 0
                 || IsWellKnownSid(sid, WinLocalSystemSid) != 0

@@ -303,16 +303,17 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
             ),
         );
     };
-    let dir =
-        match capsa_bundle::extract(&bundle, &cache_root).and_then(|d| super::run::canonical(&d)) {
-            Ok(d) => d,
-            Err(e) => {
-                return fail(
-                    exit::INTERNAL,
-                    anyhow::anyhow!("cannot unpack {shown}: {e}"),
-                );
-            }
-        };
+    let dir = match capsa_bundle::extract(&bundle, &cache_root)
+        .and_then(|d| capsa_sandbox::load::canonical(&d))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            return fail(
+                exit::INTERNAL,
+                anyhow::anyhow!("cannot unpack {shown}: {e}"),
+            );
+        }
+    };
     policy.fs.grants.push(FsGrant {
         host: dir.clone(),
         guest: GUEST_APP.into(),

@@ -1,9 +1,10 @@
 //! `capsa python` and Python scripts under `capsa run`: CPython 3.14 in the
 //! same sandbox, with the standard library mounted read-only.
 
-use super::run::{SandboxArgs, canonical, describe_io, execute, fail, prepare};
+use super::run::{SandboxArgs, describe_io, execute, fail, prepare};
 use capsa_policy::{Access, FsGrant, GrantKind, Policy};
 use capsa_python::{GUEST_STDLIB, Invocation, Mode};
+use capsa_sandbox::load::canonical;
 use capsa_sandbox::{CodeCache, exit};
 use clap::Args;
 use std::io::IsTerminal;

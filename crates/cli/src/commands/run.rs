@@ -130,16 +130,7 @@ pub fn describe_io(e: &std::io::Error) -> String {
 /// Canonicalizes through the real file system.
 struct HostFs;
 
-/// `std::fs::canonicalize`, but a Windows path as a user types it: Windows
-/// gives `\\?\C:\x` for `C:\x`.
-pub fn canonical(path: &Path) -> std::io::Result<PathBuf> {
-    let c = std::fs::canonicalize(path)?;
-    #[cfg(windows)]
-    if let Some(s) = c.to_str() {
-        return Ok(PathBuf::from(capsa_policy::winpath::strip_verbatim(s)));
-    }
-    Ok(c)
-}
+use capsa_sandbox::load::canonical;
 
 impl PathResolver for HostFs {
     fn resolve(&self, path: &Path) -> std::result::Result<ResolvedPath, String> {
