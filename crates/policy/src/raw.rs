@@ -264,6 +264,7 @@ impl RawPolicy {
                 input: shown.clone(),
                 reason,
             };
+            crate::fs::host_spelling(&shown, cfg!(windows)).map_err(err)?;
             let abs = normalize_host(&cwd.join(&d.host));
             let resolved = resolver
                 .resolve(&abs)
