@@ -24,6 +24,7 @@ enum Command {
     Python(commands::python::PythonArgs),
     Pack(commands::pack::PackArgs),
     Inspect(commands::inspect::InspectArgs),
+    Serve(commands::serve::ServeArgs),
 }
 
 /// An executable made by `capsa pack --exe`: capsa with a bundle appended.
@@ -80,6 +81,7 @@ fn main() -> ExitCode {
         Command::Python(args) => commands::python::run(args),
         Command::Pack(args) => commands::pack::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     exit(code)
 }

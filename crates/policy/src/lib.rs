@@ -23,7 +23,7 @@ pub use fs::{
 pub use guest::{GuestPath, MAX_GUEST_PATH};
 pub use limits::{Limits, format_duration, format_size, parse_duration, parse_size};
 pub use net::{AddrClass, HostPattern, ListenRule, NetPolicy, NetRule, PortSpec, classify};
-pub use raw::{DirGrant, RawLimits, RawPolicy, TypedGrants, split_all};
+pub use raw::{DirGrant, RawLimits, RawPolicy, Scalar, TypedGrants, split_all};
 pub use text::{escape_for_terminal, is_terminal_unsafe, quote_flag_value};
 
 /// A policy every part of which has been checked: what the sandbox enforces.

@@ -8,13 +8,16 @@ use crate::{
     EnvPattern, EnvPolicy, FsPolicy, GuestPath, Limits, ListenRule, NetPolicy, NetRule, Policy,
     PolicyError, parse_duration, parse_size,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Grants and limits exactly as given. The same struct reads the command
 /// line and a policy file, so the two cannot drift apart.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+///
+/// It is written back out as a policy file by `capsa serve`, which hands
+/// each run its exact grants that way (never as flag text to be split).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawPolicy {
     #[serde(default)]
@@ -40,17 +43,21 @@ pub struct RawPolicy {
     pub limits: RawLimits,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Scalar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Scalar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fuel: Option<Scalar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_output: Option<Scalar>,
 }
 
 /// A limit in a policy file may be written `memory = "256M"` or `fuel = 1000`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Scalar {
     Int(u64),
@@ -108,6 +115,12 @@ impl RawPolicy {
                 e.message().trim_end()
             ))
         })
+    }
+
+    /// The policy file that [`from_toml`](Self::from_toml) reads back as
+    /// this same policy.
+    pub fn to_toml(&self) -> Result<String, PolicyError> {
+        toml::to_string(self).map_err(|e| PolicyError::Toml(e.to_string()))
     }
 
     /// Adds one `--env NAME=VALUE`.
@@ -409,6 +422,27 @@ mod tests {
                 is_dir: !path.to_string_lossy().ends_with(".txt"),
             })
         }
+    }
+
+    #[test]
+    fn a_written_policy_reads_back_the_same() {
+        let mut raw = RawPolicy {
+            allow_read: vec!["/data".into(), "/a b::/c".into()],
+            allow_write: vec!["/out".into()],
+            deny_net: vec!["10.0.0.0/8".into()],
+            allow_env: vec!["APP_*".into()],
+            ..Default::default()
+        };
+        raw.env.insert("MODE".into(), "a \"quoted\"\nvalue".into());
+        raw.limits.memory = Some(Scalar::Str("256M".into()));
+        raw.limits.fuel = Some(Scalar::Int(1000));
+        let text = raw.to_toml().unwrap();
+        assert_eq!(RawPolicy::from_toml(&text).unwrap(), raw, "{text}");
+        let empty = RawPolicy::default();
+        assert_eq!(
+            RawPolicy::from_toml(&empty.to_toml().unwrap()).unwrap(),
+            empty
+        );
     }
 
     #[test]

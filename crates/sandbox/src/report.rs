@@ -124,6 +124,8 @@ impl Reporter {
                 "decision": if d.allowed { "allow" } else { "deny" },
                 "rule": d.rule,
                 "reason": d.reason,
+                // The flag that would allow it, as the denial line gives it.
+                "hint": d.hint.filter(|_| !clip(d.target).1).and_then(hint_text),
             });
             let mut line = line.to_string();
             line.push('\n');

@@ -5,3 +5,4 @@ pub mod inspect;
 pub mod pack;
 pub mod python;
 pub mod run;
+pub mod serve;

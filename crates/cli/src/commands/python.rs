@@ -74,6 +74,16 @@ fn cache_root() -> Result<PathBuf, i32> {
     })
 }
 
+/// Prepares the runtime now if it is not yet (for a server, before its
+/// first request).
+pub fn prepare_runtime() -> Result<(), i32> {
+    let root = cache_root()?;
+    let code = CodeCache::new(root.clone());
+    capsa_python::ensure(&root, Some(&code), &mut |m| eprintln!("{m}"))
+        .map(|_| ())
+        .map_err(|e| fail(exit::INTERNAL, e.into()))
+}
+
 fn install(force: bool) -> i32 {
     let root = match cache_root() {
         Ok(r) => r,

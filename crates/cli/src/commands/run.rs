@@ -107,13 +107,13 @@ pub struct SandboxArgs {
     max_output: Option<String>,
     /// Do not print denials on stderr.
     #[arg(long, short)]
-    quiet: bool,
+    pub quiet: bool,
     /// Write every capability decision as a JSON line to FILE (- for stderr).
     #[arg(long, value_name = "FILE")]
-    audit: Option<PathBuf>,
+    pub audit: Option<PathBuf>,
     /// HTTPS: also trust the CA certificates in this PEM file.
     #[arg(long, value_name = "FILE")]
-    ca_cert: Vec<PathBuf>,
+    pub ca_cert: Vec<PathBuf>,
     /// Python: put this directory of packages on sys.path, read-only.
     #[arg(long, value_name = "DIR")]
     pub python_path: Vec<PathBuf>,

@@ -14,4 +14,5 @@ mod install;
 mod limits;
 mod net;
 mod python;
+mod serve;
 mod support;

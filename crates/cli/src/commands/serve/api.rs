@@ -1,0 +1,818 @@
+//! The HTTP side of `capsa serve`: authentication, routes, and the JSON of
+//! each request and answer.
+
+// A handler's early answer (a refusal) travels as the error of a Result.
+#![allow(clippy::result_large_err)]
+
+use super::ceiling::{Asks, Ceiling, Refusal};
+use super::child::{Launch, RunResult, Stream, Tap, run_once};
+use super::scratch::{self, FileError, Found};
+use super::session::{Ended, Session};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Bytes of one request body (a base64 program, files and code).
+const MAX_BODY: usize = 64 << 20;
+
+/// Sessions remembered after they end, so that a late call hears why.
+const ENDED_KEPT: usize = 1024;
+
+const OPENAPI: &str = include_str!("openapi.json");
+const SESSION_LOOP: &str = include_str!("session.py");
+
+/// The server's private directory: every run's and session's files.
+pub struct WorkDir {
+    pub path: PathBuf,
+    /// Removed when the server ends, if the server made it.
+    owned: bool,
+}
+
+impl WorkDir {
+    pub fn make(given: Option<&Path>) -> anyhow::Result<WorkDir> {
+        let (path, owned) = match given {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                (capsa_sandbox::load::canonical(dir)?, false)
+            }
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("capsa-serve-")
+                    .tempdir()
+                    .map_err(|e| anyhow::anyhow!("cannot make a working directory: {e}"))?;
+                (capsa_sandbox::load::canonical(&dir.keep())?, true)
+            }
+        };
+        let text = path.to_string_lossy();
+        if text.contains(',') || text.contains("::") || path.to_str().is_none() {
+            anyhow::bail!(
+                "{} cannot be granted to runs (a comma, `::` or not UTF-8): choose another --work-dir",
+                path.display()
+            );
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+        }
+        for sub in ["runs", "sessions"] {
+            std::fs::create_dir_all(path.join(sub))?;
+        }
+        std::fs::write(path.join("session.py"), SESSION_LOOP)?;
+        Ok(WorkDir { path, owned })
+    }
+}
+
+pub struct Config {
+    pub ceiling: Ceiling,
+    pub token: Option<String>,
+    pub idle: Duration,
+    pub max_sessions: usize,
+    pub max_runs: usize,
+    pub base: WorkDir,
+    pub listen: SocketAddr,
+    pub ca_certs: Vec<PathBuf>,
+    pub python_path: Vec<PathBuf>,
+}
+
+/// A session as the map holds it: its scratch directory is reachable while
+/// a call runs in it.
+#[derive(Clone)]
+struct Handle {
+    scratch: PathBuf,
+    session: Arc<tokio::sync::Mutex<Session>>,
+}
+
+pub struct State {
+    config: Config,
+    runs: Arc<tokio::sync::Semaphore>,
+    sessions: Mutex<HashMap<String, Handle>>,
+    ended: Mutex<VecDeque<(String, Ended)>>,
+    /// The `Host` values a tokenless server answers.
+    hosts: Vec<String>,
+}
+
+impl State {
+    pub fn new(config: Config) -> State {
+        State {
+            runs: Arc::new(tokio::sync::Semaphore::new(config.max_runs)),
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            ended: Mutex::new(VecDeque::new()),
+            hosts: Vec::new(),
+        }
+    }
+
+    pub fn listening_on(mut self, addr: SocketAddr) -> State {
+        let port = addr.port();
+        self.hosts = vec![
+            addr.to_string(),
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ];
+        self.config.listen = addr;
+        self
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.config.token.is_some()
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember_end(&self, id: &str, why: Ended) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if ended.len() >= ENDED_KEPT {
+            ended.pop_front();
+        }
+        ended.push_back((id.to_string(), why));
+    }
+
+    fn why_ended(&self, id: &str) -> Option<Ended> {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        ended
+            .iter()
+            .rev()
+            .find(|(i, _)| i == id)
+            .map(|(_, w)| w.clone())
+    }
+
+    pub async fn end_all(&self) {
+        let all: Vec<_> = self.sessions().drain().collect();
+        for (_, h) in all {
+            h.session.lock().await.end().await;
+        }
+        if self.config.base.owned {
+            let _ = std::fs::remove_dir_all(&self.config.base.path);
+        }
+    }
+}
+
+/// Ends sessions idle for longer than `--session-idle`.
+pub async fn reap_idle(state: Arc<State>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle: Vec<(String, Handle)> = state
+            .sessions()
+            .iter()
+            .filter(|(_, h)| {
+                // A session in a call is not idle.
+                h.session
+                    .try_lock()
+                    .is_ok_and(|s| s.last_used.elapsed() > state.config.idle)
+            })
+            .map(|(id, h)| (id.clone(), h.clone()))
+            .collect();
+        for (id, h) in idle {
+            state.sessions().remove(&id);
+            state.remember_end(
+                &id,
+                format!(
+                    "it was idle for longer than --session-idle={}",
+                    capsa_policy::format_duration(state.config.idle)
+                ),
+            );
+            h.session.lock().await.end().await;
+        }
+    }
+}
+
+pub async fn connection(state: Arc<State>, stream: tokio::net::TcpStream) {
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(io, service)
+        .await;
+}
+
+type Answer = Response<Body>;
+
+/// An answer's body: whole, or a stream of server-sent events.
+pub enum Body {
+    Full(Full<Bytes>),
+    Events(tokio::sync::mpsc::UnboundedReceiver<Bytes>),
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::Full(Full::new(Bytes::new()))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Body::Full(f) => std::pin::Pin::new(f).poll_frame(cx),
+            Body::Events(rx) => rx
+                .poll_recv(cx)
+                .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b)))),
+        }
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Body::Full(Full::new(bytes.into()))
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Answer {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(body))
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Answer {
+    json(status, &serde_json::json!({"error": message.into()}))
+}
+
+fn no_content() -> Answer {
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Body::default())
+        .unwrap_or_default()
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), Answer> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    match &state.config.token {
+        Some(token) => {
+            let given = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+            match given {
+                Some(t) if same(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
+                Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong token")),
+                None => Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    "this server needs Authorization: Bearer TOKEN",
+                )),
+            }
+        }
+        None => {
+            // A web page may send requests to a loopback port too; a
+            // browser always says where it came from.
+            if req.headers().contains_key("origin") {
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    "requests from web pages are refused (this server has no token)",
+                ));
+            }
+            match header("host") {
+                Some(h) if state.hosts.iter().any(|ok| ok.eq_ignore_ascii_case(h)) => Ok(()),
+                _ => Err(error(
+                    StatusCode::FORBIDDEN,
+                    "the Host header does not name this server's address (this server has no token)",
+                )),
+            }
+        }
+    }
+}
+
+async fn body_json<T: for<'a> Deserialize<'a>>(req: Request<Incoming>) -> Result<T, Answer> {
+    let ctype = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bytes = body_bytes(req).await?;
+    if bytes.is_empty() {
+        return serde_json::from_slice(b"{}")
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("a body is needed: {e}")));
+    }
+    if !ctype.starts_with("application/json") {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON (Content-Type: application/json)",
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
+}
+
+async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Answer> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a request body may hold at most {} MiB", MAX_BODY >> 20),
+        )),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
+    if let Err(answer) = authorize(&state, &req) {
+        return answer;
+    }
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
+    let method = req.method().clone();
+    let events = wants_events(&req);
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["v1", "openapi.json"]) => Response::builder()
+            .header("content-type", "application/json")
+            .body(full(OPENAPI))
+            .unwrap_or_default(),
+        (&Method::POST, ["v1", "run"]) => match body_json::<RunRequest>(req).await {
+            Ok(r) => post_run(&state, r, events).await,
+            Err(a) => a,
+        },
+        (&Method::POST, ["v1", "sessions"]) => match body_json::<Asks>(req).await {
+            Ok(asks) => post_session(&state, asks).await,
+            Err(a) => a,
+        },
+        (&Method::POST, ["v1", "sessions", id, "exec"]) => {
+            let id = id.to_string();
+            match body_json::<ExecRequest>(req).await {
+                Ok(r) => exec(&state, &id, r, events).await,
+                Err(a) => a,
+            }
+        }
+        (&Method::DELETE, ["v1", "sessions", id]) => delete_session(&state, id).await,
+        (&Method::GET, ["v1", "sessions", id, "files"]) => get_file(&state, id, None).await,
+        (&Method::GET, ["v1", "sessions", id, "files", name]) => {
+            get_file(&state, id, Some(name)).await
+        }
+        (&Method::PUT, ["v1", "sessions", id, "files", name]) => {
+            let (id, name) = (id.to_string(), name.to_string());
+            match body_bytes(req).await {
+                Ok(b) => put_file(&state, &id, &name, &b).await,
+                Err(a) => a,
+            }
+        }
+        (_, ["v1", "run" | "openapi.json"]) | (_, ["v1", "sessions", ..]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not taken at {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+/// `/v1/run`'s body: the program and its input, and what it asks for.
+#[derive(Debug)]
+struct RunRequest {
+    code: Option<String>,
+    wasm: Option<String>,
+    stdin: String,
+    args: Vec<String>,
+    files: BTreeMap<String, String>,
+    asks: Asks,
+}
+
+impl<'de> Deserialize<'de> for RunRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // serde's flatten does not combine with deny_unknown_fields: take
+        // the program's keys out, and read the rest as the asks.
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        fn take<T: for<'a> Deserialize<'a> + Default, E: Error>(
+            map: &mut serde_json::Map<String, serde_json::Value>,
+            key: &str,
+        ) -> Result<T, E> {
+            match map.remove(key) {
+                None | Some(serde_json::Value::Null) => Ok(T::default()),
+                Some(v) => serde_json::from_value(v).map_err(|e| E::custom(format!("{key}: {e}"))),
+            }
+        }
+        Ok(RunRequest {
+            code: take(&mut map, "code")?,
+            wasm: take(&mut map, "wasm")?,
+            stdin: take(&mut map, "stdin")?,
+            args: take(&mut map, "args")?,
+            files: take(&mut map, "files")?,
+            asks: serde_json::from_value(serde_json::Value::Object(map))
+                .map_err(D::Error::custom)?,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecRequest {
+    code: String,
+    #[serde(default)]
+    stdin: String,
+    /// Lower than the session's own limit, for this call.
+    timeout: Option<String>,
+}
+
+fn refused(r: Refusal) -> Answer {
+    match r {
+        Refusal::Bad(m) => error(StatusCode::BAD_REQUEST, m),
+        Refusal::Beyond(m) => error(StatusCode::FORBIDDEN, format!("denied: {m}")),
+    }
+}
+
+fn file_error(e: FileError) -> Answer {
+    match e {
+        FileError::BadName(m) => error(StatusCode::BAD_REQUEST, m),
+        FileError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+        FileError::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, m),
+        FileError::Io(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Answer {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("capsa serve: {e}"),
+    )
+}
+
+/// A run's own directory, removed with it.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
+    let program = match (&r.code, &r.wasm) {
+        (Some(code), None) => Program::Python(code.clone()),
+        (None, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(bytes) => Program::Wasm(bytes),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("wasm: not base64: {e}")),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give either \"code\" (Python) or \"wasm\" (a WASI program, base64)",
+            );
+        }
+    };
+    let dir = RunDir(state.config.base.path.join("runs").join(super::random_id()));
+    let scratch = dir.0.join("scratch");
+    if let Err(e) = std::fs::create_dir_all(&scratch) {
+        return internal(e);
+    }
+    let (policy, limits) = match state.config.ceiling.narrow(&r.asks, &scratch) {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    if let Err(e) = scratch::fill(&scratch, &r.files) {
+        return file_error(e);
+    }
+    let (program_file, cache) = match &program {
+        Program::Python(_) => (dir.0.join("main.py"), None),
+        Program::Wasm(_) => (dir.0.join("program.wasm"), Some(dir.0.join("cache"))),
+    };
+    let written = match &program {
+        Program::Python(code) => std::fs::write(&program_file, code),
+        Program::Wasm(bytes) => std::fs::write(&program_file, bytes),
+    };
+    let policy_file = dir.0.join("policy.toml");
+    let text = match policy.to_toml() {
+        Ok(t) => t,
+        Err(e) => return internal(e),
+    };
+    if let Err(e) = written.and_then(|_| std::fs::write(&policy_file, text)) {
+        return internal(e);
+    }
+    let state = state.clone();
+    respond(events, move |tap| async move {
+        let Ok(_permit) = state.runs.clone().acquire_owned().await else {
+            return Err("the server is ending".to_string());
+        };
+        let launch = Launch {
+            policy_file: &policy_file,
+            audit_file: &dir.0.join("audit.jsonl"),
+            scratch: &scratch,
+            ca_certs: &state.config.ca_certs,
+            python_path: &state.config.python_path,
+            cache_dir: cache.as_deref(),
+            program: &program_file,
+            args: &r.args,
+        };
+        match run_once(launch, r.stdin.into_bytes(), limits, tap).await {
+            Ok(result) => Ok(serde_json::to_value(&result).unwrap_or_default()),
+            Err(e) => Err(format!("cannot start a run: {e}")),
+        }
+    })
+    .await
+}
+
+/// Whether the client asked for server-sent events.
+fn wants_events(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all("accept")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+/// One server-sent event; `data` is one line of JSON.
+fn event(name: &str, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+/// Answers with what `work` returns: as one JSON body, or (`events`) as
+/// `stdout` and `stderr` events while it runs, then a `result` event with
+/// the whole answer (or an `error` event).
+async fn respond<F, Fut>(events: bool, work: F) -> Answer
+where
+    F: FnOnce(Tap) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, String>> + Send + 'static,
+{
+    if !events {
+        return match work(None).await {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => internal(e),
+        };
+    }
+    let (tap_tx, mut tap_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let fut = work(Some(tap_tx));
+    tokio::spawn(async move {
+        let forward = async {
+            while let Some((which, bytes)) = tap_rx.recv().await {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let name = match which {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                };
+                // A client that left ends nothing: the run goes to its end.
+                let _ = tx.send(event(name, &serde_json::Value::String(text)));
+            }
+        };
+        let (answer, ()) = tokio::join!(fut, forward);
+        let _ = tx.send(match answer {
+            Ok(v) => event("result", &v),
+            Err(e) => event(
+                "error",
+                &serde_json::json!({ "error": format!("capsa serve: {e}") }),
+            ),
+        });
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-store")
+        .body(Body::Events(rx))
+        .unwrap_or_default()
+}
+
+enum Program {
+    Python(String),
+    Wasm(Vec<u8>),
+}
+
+async fn post_session(state: &State, asks: Asks) -> Answer {
+    if state.sessions().len() >= state.config.max_sessions {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} sessions are open, the most this server keeps (--max-sessions); end one first",
+                state.config.max_sessions
+            ),
+        );
+    }
+    let id = super::random_id();
+    let dir = state.config.base.path.join("sessions").join(&id);
+    let scratch = dir.join("scratch");
+    if let Err(e) = std::fs::create_dir_all(&scratch) {
+        return internal(e);
+    }
+    let (mut policy, limits) = match state.config.ceiling.narrow(&asks, &scratch) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return refused(e);
+        }
+    };
+    // The interpreter lives on between calls; the server holds each call
+    // to the limits instead.
+    policy.limits.timeout = Some(capsa_policy::Scalar::Str("none".into()));
+    policy.limits.max_output = Some(capsa_policy::Scalar::Str("none".into()));
+    let policy_file = dir.join("policy.toml");
+    let written = policy
+        .to_toml()
+        .map_err(|e| e.to_string())
+        .and_then(|t| std::fs::write(&policy_file, t).map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&dir);
+        return internal(e);
+    }
+    let nonce = super::random_id();
+    let program = state.config.base.path.join("session.py");
+    let args = [nonce.clone()];
+    let launch = Launch {
+        policy_file: &policy_file,
+        audit_file: &dir.join("audit.jsonl"),
+        scratch: &scratch,
+        ca_certs: &state.config.ca_certs,
+        python_path: &state.config.python_path,
+        cache_dir: None,
+        program: &program,
+        args: &args,
+    };
+    match Session::start(launch, dir.clone(), nonce, limits) {
+        Ok(s) => {
+            let mut sessions = state.sessions();
+            if sessions.len() >= state.config.max_sessions {
+                drop(sessions);
+                tokio::spawn(async move {
+                    let mut s = s;
+                    s.end().await
+                });
+                return error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "the most sessions this server keeps are open (--max-sessions)",
+                );
+            }
+            let handle = Handle {
+                scratch: s.scratch.clone(),
+                session: Arc::new(tokio::sync::Mutex::new(s)),
+            };
+            sessions.insert(id.clone(), handle);
+            json(StatusCode::CREATED, &serde_json::json!({"id": id}))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            internal(format!("cannot start a session: {e}"))
+        }
+    }
+}
+
+fn gone(state: &State, id: &str) -> Answer {
+    let shown = capsa_policy::escape_for_terminal(id);
+    match state.why_ended(id) {
+        Some(why) => error(
+            StatusCode::NOT_FOUND,
+            format!("session {shown} has ended: {why}"),
+        ),
+        None => error(StatusCode::NOT_FOUND, format!("no session {shown}")),
+    }
+}
+
+fn find(state: &State, id: &str) -> Option<Handle> {
+    state.sessions().get(id).cloned()
+}
+
+async fn exec(state: &Arc<State>, id: &str, r: ExecRequest, events: bool) -> Answer {
+    let Some(handle) = find(state, id) else {
+        return gone(state, id);
+    };
+    let Ok(s) = handle.session.clone().try_lock_owned() else {
+        return error(
+            StatusCode::CONFLICT,
+            "the session is running another call; wait for its answer",
+        );
+    };
+    // It may have ended while this call waited for it.
+    if find(state, id).is_none() {
+        return gone(state, id);
+    }
+    let timeout = match r.timeout.as_deref().map(capsa_policy::parse_duration) {
+        None => None,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Some(Ok(t)) => match s.limits.timeout {
+            Some(max) if t > max => {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "denied: a timeout of {} is beyond this session's {}",
+                        capsa_policy::format_duration(t),
+                        capsa_policy::format_duration(max)
+                    ),
+                );
+            }
+            _ => Some(t),
+        },
+    };
+    let state = state.clone();
+    let id = id.to_string();
+    respond(events, move |tap| async move {
+        let mut s = s;
+        Ok(match s.exec(&r.code, &r.stdin, timeout, tap).await {
+            Ok(result) => serde_json::to_value(&result).unwrap_or_default(),
+            Err((result, why)) => {
+                state.sessions().remove(&id);
+                state.remember_end(&id, why);
+                s.end().await;
+                with_end(result)
+            }
+        })
+    })
+    .await
+}
+
+/// The answer of a call that ended its session says so.
+fn with_end(result: RunResult) -> serde_json::Value {
+    let mut v = serde_json::to_value(&result).unwrap_or_default();
+    v["session_ended"] = serde_json::Value::Bool(true);
+    v
+}
+
+async fn delete_session(state: &State, id: &str) -> Answer {
+    let Some(handle) = state.sessions().remove(id) else {
+        return gone(state, id);
+    };
+    state.remember_end(id, "it was deleted".into());
+    // A call going on in it ends with its process.
+    handle.session.lock().await.end().await;
+    no_content()
+}
+
+fn decode_name(raw: &str) -> Result<PathBuf, Answer> {
+    let name = percent_decode(raw)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "the file name is not UTF-8"))?;
+    scratch::check_name(&name).map_err(file_error)
+}
+
+async fn get_file(state: &State, id: &str, name: Option<&str>) -> Answer {
+    let Some(handle) = find(state, id) else {
+        return gone(state, id);
+    };
+    let name = match name.filter(|n| !n.is_empty()) {
+        Some(n) => match decode_name(n) {
+            Ok(p) => Some(p),
+            Err(a) => return a,
+        },
+        None => None,
+    };
+    let root = handle.scratch;
+    let found = tokio::task::spawn_blocking(move || scratch::read(&root, name.as_deref())).await;
+    match found {
+        Ok(Ok(Found::File(bytes))) => Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(full(bytes))
+            .unwrap_or_default(),
+        Ok(Ok(Found::Dir(entries))) => json(
+            StatusCode::OK,
+            &serde_json::json!({"entries": entries.into_iter().map(|(name, dir, size)| serde_json::json!({
+                "name": name, "type": if dir { "directory" } else { "file" }, "size": size,
+            })).collect::<Vec<_>>()}),
+        ),
+        Ok(Err(e)) => file_error(e),
+        Err(e) => internal(e),
+    }
+}
+
+async fn put_file(state: &State, id: &str, name: &str, bytes: &Bytes) -> Answer {
+    let Some(handle) = find(state, id) else {
+        return gone(state, id);
+    };
+    let name = match decode_name(name) {
+        Ok(p) => p,
+        Err(a) => return a,
+    };
+    let root = handle.scratch;
+    let bytes = bytes.clone();
+    match tokio::task::spawn_blocking(move || scratch::write(&root, &name, &bytes)).await {
+        Ok(Ok(())) => no_content(),
+        Ok(Err(e)) => file_error(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// `%XX` escapes of a URL path, decoded; `None` if the result is not UTF-8
+/// or an escape is malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}

@@ -1,0 +1,241 @@
+//! Each run, and each session, is a `capsa run` of its own: a child process
+//! of the server with a policy file written for it. A guest that loops,
+//! traps, exhausts its memory or floods its output ends its own process,
+//! with the code and message `capsa run` gives, and nothing else.
+
+use super::ceiling::Limits;
+use capsa_policy::{format_duration, format_size};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+/// Which of the guest's streams output came on.
+#[derive(Debug, Clone, Copy)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Where output goes as it comes, for a streaming answer.
+pub type Tap = Option<tokio::sync::mpsc::UnboundedSender<(Stream, Vec<u8>)>>;
+
+/// What `/v1/run` and a session call answer.
+#[derive(Debug, Serialize)]
+pub struct RunResult {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub denials: Vec<String>,
+    /// The limit that ended the run, as `capsa run` words it.
+    pub limit: Option<String>,
+    pub duration_ms: f64,
+}
+
+/// How a child is started.
+pub struct Launch<'a> {
+    pub policy_file: &'a Path,
+    pub audit_file: &'a Path,
+    pub scratch: &'a Path,
+    pub ca_certs: &'a [PathBuf],
+    pub python_path: &'a [PathBuf],
+    /// For a WebAssembly program: a cache of its own, so that programs
+    /// sent to the server cannot fill capsa's shared cache.
+    pub cache_dir: Option<&'a Path>,
+    pub program: &'a Path,
+    pub args: &'a [String],
+}
+
+/// Slack on top of a run's own time limit before the server ends the
+/// process itself: the child's watchdog says which limit it was.
+const GRACE: Duration = Duration::from_secs(2);
+
+pub fn command(launch: &Launch<'_>) -> Command {
+    let me = std::env::current_exe().unwrap_or_else(|_| "capsa".into());
+    let mut c = Command::new(me);
+    c.arg("run")
+        .arg("--quiet")
+        .arg(format!("--policy={}", launch.policy_file.display()))
+        .arg(format!("--audit={}", launch.audit_file.display()));
+    for ca in launch.ca_certs {
+        c.arg(format!("--ca-cert={}", ca.display()));
+    }
+    for p in launch.python_path {
+        c.arg(format!("--python-path={}", p.display()));
+    }
+    c.arg("--")
+        .arg(launch.program)
+        .args(launch.args)
+        .current_dir(launch.scratch)
+        // The server's credential is never the guest's to read, whatever
+        // --allow-env grants.
+        .env_remove("CAPSA_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(dir) = launch.cache_dir {
+        c.env("CAPSA_CACHE_DIR", dir);
+    }
+    c
+}
+
+/// Reads `r` to its end, keeping at most `cap` bytes; whether more came.
+async fn read_capped(
+    mut r: impl AsyncRead + Unpin,
+    cap: u64,
+    tap: Option<(
+        &tokio::sync::mpsc::UnboundedSender<(Stream, Vec<u8>)>,
+        Stream,
+    )>,
+) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut over = false;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = (cap as usize).saturating_sub(out.len());
+                let kept = &buf[..n.min(room)];
+                if let (Some((tx, which)), false) = (tap, kept.is_empty()) {
+                    let _ = tx.send((which, kept.to_vec()));
+                }
+                out.extend_from_slice(kept);
+                over |= n > room;
+            }
+        }
+    }
+    (out, over)
+}
+
+/// Runs one program to its end.
+pub async fn run_once(
+    launch: Launch<'_>,
+    stdin: Vec<u8>,
+    limits: Limits,
+    tap: Tap,
+) -> std::io::Result<RunResult> {
+    let start = Instant::now();
+    let mut child = command(&launch).spawn()?;
+    let mut input = child.stdin.take();
+    let feed = async move {
+        if let Some(i) = input.as_mut() {
+            // A guest that never reads its input must not hold the run.
+            let _ = i.write_all(&stdin).await;
+        }
+        drop(input);
+    };
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(std::io::Error::other("the run's pipes are missing"));
+    };
+    let out = read_capped(
+        stdout,
+        limits.max_output,
+        tap.as_ref().map(|t| (t, Stream::Stdout)),
+    );
+    let err = read_capped(
+        stderr,
+        limits.max_output,
+        tap.as_ref().map(|t| (t, Stream::Stderr)),
+    );
+    let wait = wait_within(&mut child, limits.timeout);
+    let ((), (stdout, _), (stderr, _), status) = tokio::join!(feed, out, err, wait);
+    let (exit_code, killed) = status?;
+    let audit = std::fs::read(launch.audit_file).unwrap_or_default();
+    let (denials, mut limit) = read_audit(&audit);
+    let exit_code = if killed {
+        let t = limits.timeout.unwrap_or_default();
+        limit.get_or_insert_with(|| timeout_message(t));
+        capsa_sandbox::exit::TIMEOUT
+    } else {
+        exit_code
+    };
+    Ok(RunResult {
+        exit_code,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        denials,
+        limit,
+        duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// The child's exit code, or that the server had to end it.
+async fn wait_within(child: &mut Child, timeout: Option<Duration>) -> std::io::Result<(i32, bool)> {
+    let status = match timeout {
+        None => child.wait().await?,
+        Some(t) => match tokio::time::timeout(t + GRACE, child.wait()).await {
+            Ok(s) => s?,
+            Err(_) => {
+                let _ = child.kill().await;
+                return Ok((capsa_sandbox::exit::TIMEOUT, true));
+            }
+        },
+    };
+    Ok((exit_code(status), false))
+}
+
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    if let Some(c) = status.code() {
+        return c;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return 128 + sig;
+        }
+    }
+    capsa_sandbox::exit::INTERNAL
+}
+
+pub fn timeout_message(t: Duration) -> String {
+    format!(
+        "time limit of {} reached; raise it with --timeout=DURATION",
+        format_duration(t)
+    )
+}
+
+pub fn output_message(max: u64) -> String {
+    format!(
+        "output limit of {} reached; raise it with --max-output=SIZE",
+        format_size(max)
+    )
+}
+
+/// At most this many denials are listed in one answer.
+const MAX_DENIALS: usize = 100;
+
+/// The denials and the limit recorded in an audit log, worded as capsa's
+/// own lines are (without the `capsa: ` prefix).
+pub fn read_audit(log: &[u8]) -> (Vec<String>, Option<String>) {
+    let mut denials: Vec<String> = Vec::new();
+    let mut limit = None;
+    for line in log.split(|&b| b == b'\n') {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["decision"] != "deny" {
+            continue;
+        }
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        if v["kind"] == "limit" {
+            limit.get_or_insert(text("target"));
+            continue;
+        }
+        let mut d = format!("denied: {} {}", text("op"), text("target"));
+        if let Some(r) = v["reason"].as_str() {
+            d.push_str(&format!(" ({r})"));
+        }
+        if let Some(h) = v["hint"].as_str() {
+            d.push_str(&format!("; hint: {h}"));
+        }
+        if !denials.contains(&d) && denials.len() < MAX_DENIALS {
+            denials.push(d);
+        }
+    }
+    (denials, limit)
+}

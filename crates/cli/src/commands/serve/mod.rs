@@ -1,0 +1,197 @@
+//! `capsa serve`: sandboxes behind an HTTP/1.1 JSON API, for programs (an
+//! agent's code interpreter, a grading service) that run code they did not
+//! write. The operator's flags are the ceiling of every request.
+
+mod api;
+mod ceiling;
+mod child;
+mod scratch;
+mod session;
+
+use super::run::{SandboxArgs, fail};
+use capsa_sandbox::exit;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+const AFTER_HELP: &str = "\
+The grant and limit flags are those of `capsa run`, and they are the ceiling:
+a request may ask for a subset of the grants (the same host paths, rules and
+names) and for lower limits, never more; a request that asks for more gets
+403 with the denial. Limits default to --timeout=60s, --memory=512M and
+--max-output=16M here (per run, and per call of a session).
+
+Every request needs `Authorization: Bearer TOKEN` when a token is set, from
+--token-file or the CAPSA_TOKEN variable. Without one, capsa serve listens
+only on a loopback address, and refuses requests a web page could have sent
+(with an Origin header, or a Host that is not the address it listens on).
+
+Endpoints (GET /v1/openapi.json describes them):
+  POST   /v1/run                          run Python code or a WASI program
+  POST   /v1/sessions                     start a persistent Python session
+  POST   /v1/sessions/ID/exec             run a cell in it
+  GET    /v1/sessions/ID/files/[PATH]     a file, or a directory's listing
+  PUT    /v1/sessions/ID/files/PATH       write a file
+  DELETE /v1/sessions/ID                  end it";
+
+#[derive(Args, Debug)]
+#[command(
+    about = "Serve sandboxes over HTTP: runs, and persistent Python sessions",
+    after_help = AFTER_HELP
+)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8700")]
+    listen: SocketAddr,
+    /// Read the bearer token from FILE (else from CAPSA_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// End a session after this long without a call.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    session_idle: String,
+    /// Sessions open at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_sessions: usize,
+    /// Runs going on at once; further runs wait their turn.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_runs: usize,
+    /// Where runs and sessions keep their files [default: a new private
+    /// directory in the system's temporary directory].
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+}
+
+/// Random bits that nobody outside can guess (session ids, names).
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // Without the system's randomness there is nothing safe to hand out.
+    getrandom::getrandom(&mut b).expect("the system's random source");
+    u64::from_le_bytes(b)
+}
+
+pub fn random_id() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+pub fn run(args: ServeArgs) -> i32 {
+    // Once per machine; every run and session would wait for it otherwise.
+    if let Err(code) = super::python::prepare_runtime() {
+        return code;
+    }
+    match setup(&args) {
+        Ok(state) => serve(state, args.listen),
+        Err((code, e)) => fail(code, e),
+    }
+}
+
+fn setup(args: &ServeArgs) -> Result<api::State, (i32, anyhow::Error)> {
+    let usage = |e: anyhow::Error| (exit::USAGE, e);
+    let cwd = std::env::current_dir().map_err(|e| (exit::INTERNAL, e.into()))?;
+    let raw = args.sandbox.raw_policy().map_err(usage)?;
+    if args.sandbox.audit.is_some() || args.sandbox.quiet {
+        return Err(usage(anyhow::anyhow!(
+            "--audit and --quiet are per run here: each answer lists its denials"
+        )));
+    }
+    let ceiling = ceiling::Ceiling::new(raw, &cwd).map_err(usage)?;
+    let token = match &args.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| usage(anyhow::anyhow!("cannot read {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("CAPSA_TOKEN").ok(),
+    };
+    if token.as_deref() == Some("") {
+        return Err(usage(anyhow::anyhow!("the token is empty")));
+    }
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        return Err(usage(anyhow::anyhow!(
+            "{} is not a loopback address: set a token with --token-file FILE or CAPSA_TOKEN",
+            args.listen
+        )));
+    }
+    let idle = capsa_policy::parse_duration(&args.session_idle).map_err(|e| usage(e.into()))?;
+    if args.max_runs == 0 || args.max_sessions == 0 {
+        return Err(usage(anyhow::anyhow!(
+            "--max-runs and --max-sessions must be at least 1"
+        )));
+    }
+    let base = api::WorkDir::make(args.work_dir.as_deref()).map_err(|e| (exit::INTERNAL, e))?;
+    for granted in ceiling.granted_paths() {
+        if base.path.starts_with(granted) || granted.starts_with(&base.path) {
+            return Err(usage(anyhow::anyhow!(
+                "the grant {} holds the server's own files ({}), where every run and session keeps its own: choose another --work-dir",
+                granted.display(),
+                base.path.display()
+            )));
+        }
+    }
+    Ok(api::State::new(api::Config {
+        ceiling,
+        token,
+        idle,
+        max_sessions: args.max_sessions,
+        max_runs: args.max_runs,
+        base,
+        listen: args.listen,
+        ca_certs: args.sandbox.ca_cert.clone(),
+        python_path: args.sandbox.python_path.clone(),
+    }))
+}
+
+fn serve(state: api::State, listen: SocketAddr) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(exit::INTERNAL, anyhow::anyhow!("cannot start: {e}")),
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                return fail(
+                    exit::USAGE,
+                    anyhow::anyhow!("cannot listen on {listen}: {e}"),
+                );
+            }
+        };
+        let shown = listener.local_addr().unwrap_or(listen);
+        let state = Arc::new(state.listening_on(shown));
+        super::run::say(&format!(
+            "capsa serve: listening on http://{shown}{}",
+            if state.has_token() {
+                ""
+            } else {
+                " (no token: only this machine, and no web page, may call it)"
+            }
+        ));
+        tokio::spawn(api::reap_idle(state.clone()));
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else {
+                        // Out of descriptors, for instance: wait, then go on.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    tokio::spawn(api::connection(state.clone(), stream));
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        state.end_all().await;
+        0
+    })
+}

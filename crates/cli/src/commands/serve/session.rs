@@ -1,0 +1,231 @@
+//! A session: one Python interpreter, kept in its own `capsa run` process
+//! between calls, with its own scratch directory. A call that reaches a
+//! limit ends the session (its process) and only it.
+
+use super::ceiling::Limits;
+use super::child::{Launch, RunResult, Stream, Tap, output_message, read_audit, timeout_message};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+
+pub struct Session {
+    /// `base/sessions/ID`: its policy, its audit log, its scratch directory.
+    pub dir: PathBuf,
+    pub scratch: PathBuf,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+    /// Marks the end of a call's output; the server chose it.
+    nonce: String,
+    /// Bytes of the audit log already reported.
+    audit_seen: usize,
+    audit_file: PathBuf,
+    pub limits: Limits,
+    pub last_used: Instant,
+}
+
+/// Why a session is gone.
+pub type Ended = String;
+
+impl Session {
+    pub fn start(
+        launch: Launch<'_>,
+        dir: PathBuf,
+        nonce: String,
+        limits: Limits,
+    ) -> std::io::Result<Session> {
+        let mut child = super::child::command(&launch).spawn()?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(std::io::Error::other("the interpreter's pipes are missing"));
+        };
+        Ok(Session {
+            dir,
+            scratch: launch.scratch.to_path_buf(),
+            stdin,
+            stdout,
+            stderr,
+            child,
+            nonce,
+            audit_seen: 0,
+            audit_file: launch.audit_file.to_path_buf(),
+            limits,
+            last_used: Instant::now(),
+        })
+    }
+
+    /// Runs one cell. `Err` carries the answer of a call that ended the
+    /// session, and why it ended.
+    pub async fn exec(
+        &mut self,
+        code: &str,
+        stdin: &str,
+        timeout: Option<Duration>,
+        tap: Tap,
+    ) -> Result<RunResult, (RunResult, Ended)> {
+        let start = Instant::now();
+        self.last_used = start;
+        let mut line = serde_json::json!({"code": code, "stdin": stdin}).to_string();
+        line.push('\n');
+        let out_mark = format!("\0capsa-end:{}:", self.nonce).into_bytes();
+        let err_mark = format!("\0capsa-end:{}\n", self.nonce).into_bytes();
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let (mut out_done, mut err_done) = (None::<i32>, false);
+        let max = self.limits.max_output;
+        let timeout = timeout.or(self.limits.timeout);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut limit: Option<String> = None;
+        let mut alive =
+            self.stdin.write_all(line.as_bytes()).await.is_ok() && self.stdin.flush().await.is_ok();
+        let (mut bo, mut be) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+        let (mut sent_out, mut sent_err) = (0usize, 0usize);
+        while alive && (out_done.is_none() || !err_done) {
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.stdout.read(&mut bo), if out_done.is_none() => match r {
+                    Ok(0) | Err(_) => alive = false,
+                    Ok(n) => {
+                        let from = out.len().saturating_sub(out_mark.len() + 8);
+                        out.extend_from_slice(&bo[..n]);
+                        if let Some(at) = find(&out[from..], &out_mark).map(|i| i + from) {
+                            let rest = &out[at + out_mark.len()..];
+                            if let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+                                let status = std::str::from_utf8(&rest[..nl]).ok().and_then(|s| s.parse().ok());
+                                out_done = Some(status.unwrap_or(1));
+                                out.truncate(at);
+                            }
+                        }
+                    }
+                },
+                r = self.stderr.read(&mut be), if !err_done => match r {
+                    Ok(0) | Err(_) => alive = false,
+                    Ok(n) => {
+                        let from = err.len().saturating_sub(err_mark.len());
+                        err.extend_from_slice(&be[..n]);
+                        if let Some(at) = find(&err[from..], &err_mark).map(|i| i + from) {
+                            err.truncate(at);
+                            err_done = true;
+                        }
+                    }
+                },
+                () = sleep => {
+                    limit = Some(timeout_message(timeout.unwrap_or_default()));
+                    alive = false;
+                }
+            }
+            // Stream what cannot be the start of an end mark.
+            if let Some(tx) = &tap {
+                for (buf, sent, which, done, mark) in [
+                    (
+                        &out,
+                        &mut sent_out,
+                        Stream::Stdout,
+                        out_done.is_some(),
+                        &out_mark,
+                    ),
+                    (&err, &mut sent_err, Stream::Stderr, err_done, &err_mark),
+                ] {
+                    let upto = if done {
+                        buf.len()
+                    } else {
+                        settled(buf, *sent, mark)
+                    };
+                    let upto = upto.min(max as usize);
+                    if upto > *sent {
+                        let _ = tx.send((which, buf[*sent..upto].to_vec()));
+                        *sent = upto;
+                    }
+                }
+            }
+            if (out.len() + err.len()) as u64 > max + out_mark.len() as u64 + 32 && limit.is_none()
+            {
+                limit = Some(output_message(max));
+                alive = false;
+            }
+        }
+        let audit = std::fs::read(&self.audit_file).unwrap_or_default();
+        let fresh = audit.get(self.audit_seen..).unwrap_or_default();
+        let (denials, audit_limit) = read_audit(fresh);
+        self.audit_seen = audit.len();
+        let clip = |mut v: Vec<u8>| {
+            v.truncate(max as usize);
+            String::from_utf8_lossy(&v).into_owned()
+        };
+        let mut result = RunResult {
+            exit_code: out_done.unwrap_or(0),
+            stdout: clip(out),
+            stderr: clip(err),
+            denials,
+            limit: None,
+            duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+        };
+        self.last_used = Instant::now();
+        if alive {
+            return Ok(result);
+        }
+        // The interpreter is gone, or is ended now.
+        let _ = self.child.start_kill();
+        let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        result.limit = limit.clone().or(audit_limit);
+        result.exit_code = match (&limit, status) {
+            (Some(l), _) if l.starts_with("time") => capsa_sandbox::exit::TIMEOUT,
+            (Some(_), _) => capsa_sandbox::exit::LIMIT,
+            (None, Ok(Ok(s))) => super::child::exit_code(s),
+            (None, _) => capsa_sandbox::exit::INTERNAL,
+        };
+        let why = match &result.limit {
+            Some(l) => format!("its interpreter ended: {l}"),
+            None => format!("its interpreter ended with exit code {}", result.exit_code),
+        };
+        Err((result, why))
+    }
+
+    /// Ends the interpreter and removes its files.
+    pub async fn end(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How much of `buf` is surely output: all of it but an end mark begun
+/// (whole, or cut at the buffer's end). `from` is where to look from.
+fn settled(buf: &[u8], from: usize, mark: &[u8]) -> usize {
+    let from = from.min(buf.len());
+    if let Some(at) = find(&buf[from..], mark) {
+        return from + at;
+    }
+    let held = (1..=mark.len().min(buf.len() - from))
+        .rev()
+        .find(|&k| buf.ends_with(&mark[..k]))
+        .unwrap_or(0);
+    buf.len() - held
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settled;
+
+    #[test]
+    fn output_is_held_back_only_where_an_end_mark_may_begin() {
+        let mark = b"\0capsa-end:abc:";
+        assert_eq!(settled(b"hello\n", 0, mark), 6);
+        assert_eq!(settled(b"hello\0cap", 0, mark), 5);
+        assert_eq!(settled(b"hello\0capsa-end:abc:0\n", 0, mark), 5);
+        assert_eq!(settled(b"a\0b", 0, mark), 3);
+        assert_eq!(settled(b"hello", 5, mark), 5);
+    }
+}

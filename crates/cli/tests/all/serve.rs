@@ -1,0 +1,712 @@
+//! `capsa serve`: the real server, spoken to over real HTTP on loopback.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: String,
+    token: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Answer {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl Server {
+    /// `capsa serve FLAGS` on an ephemeral loopback port, in `dir`.
+    fn start_in(dir: &Path, flags: &[&str], token: Option<&str>) -> Server {
+        python_ready();
+        let mut cmd = capsa();
+        cmd.current_dir(dir)
+            .arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(t) = token {
+            cmd.env("CAPSA_TOKEN", t);
+        }
+        let mut child = cmd.spawn().expect("capsa serve starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the server says where it listens");
+        Server {
+            child,
+            addr,
+            token: token.map(String::from),
+        }
+    }
+
+    fn start(flags: &[&str]) -> Server {
+        Server::start_in(Path::new("/"), flags, None)
+    }
+
+    /// One request on its own connection.
+    fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            head.push_str(&format!("Host: {}\r\n", self.addr));
+        }
+        if let Some(t) = self.token.as_ref().filter(|_| {
+            !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        }) {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let split = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head");
+        let headers = String::from_utf8_lossy(&all[..split]).to_lowercase();
+        let status = headers[9..12].parse().unwrap();
+        let mut body = all[split + 4..].to_vec();
+        if headers.contains("transfer-encoding: chunked") {
+            body = dechunk(&body);
+        }
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn post(&self, path: &str, value: Value) -> Answer {
+        self.raw(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            value.to_string().as_bytes(),
+        )
+    }
+
+    fn run(&self, value: Value) -> Value {
+        let a = self.post("/v1/run", value);
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        a.json()
+    }
+
+    fn session(&self, asks: Value) -> String {
+        let a = self.post("/v1/sessions", asks);
+        assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+        a.json()["id"].as_str().unwrap().to_string()
+    }
+
+    fn exec(&self, id: &str, code: &str) -> Value {
+        let a = self.post(&format!("/v1/sessions/{id}/exec"), json!({ "code": code }));
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        a.json()
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
+        b = &b[nl + 2 + n + 2..];
+    }
+}
+
+#[test]
+fn a_run_answers_with_its_output_denials_and_exit_code() {
+    let (_t, dir) = scratch();
+    std::fs::write(dir.join("data.txt"), "granted data").unwrap();
+    let server = Server::start(&[&format!("--allow-read={}", s(&dir))]);
+    let code = format!(
+        "import os, sys\n\
+         print(open({:?}).read())\n\
+         print(sorted(os.listdir('.')), open('in.txt').read(), sys.stdin.read(), sys.argv[1:])\n\
+         open('out.txt', 'w').write('x')\n\
+         try:\n    open('/etc/hostname')\nexcept OSError as e:\n    print(type(e).__name__)\n\
+         sys.exit(3)",
+        s(&dir.join("data.txt"))
+    );
+    let r = server.run(json!({
+        "code": code, "stdin": "from stdin", "args": ["a", "b"],
+        "files": {"in.txt": "from a file"},
+    }));
+    assert_eq!(r["exit_code"], 3, "{r}");
+    assert_eq!(
+        r["stdout"],
+        "granted data\n['in.txt'] from a file from stdin ['a', 'b']\nFileNotFoundError\n",
+        "{r}"
+    );
+    let denials = r["denials"].as_array().unwrap();
+    assert!(
+        denials.iter().any(|d| d
+            .as_str()
+            .unwrap()
+            .starts_with("denied: read /etc/hostname")),
+        "{r}"
+    );
+    assert_eq!(r["limit"], Value::Null);
+    assert!(r["duration_ms"].as_f64().unwrap() > 0.0);
+    // Nothing of the run is left behind, and nothing reached the grant.
+    assert_eq!(
+        tree(&dir),
+        vec![("data.txt".into(), b"granted data".to_vec())]
+    );
+}
+
+#[test]
+fn a_wasi_program_runs_from_base64() {
+    use base64::Engine as _;
+    let server = Server::start(&[]);
+    let wasm = std::fs::read(probe(P1)).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(wasm);
+    let r = server.run(json!({"wasm": b64, "args": ["args", "hi there"]}));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.starts_with("ok: ") && out.ends_with("program.wasm args hi there\n"),
+        "{r}"
+    );
+    let r = server.run(json!({"wasm": b64, "args": ["trap"]}));
+    assert_eq!(r["exit_code"], 134, "{r}");
+    let bad = server.post("/v1/run", json!({"wasm": "not base64!"}));
+    assert_eq!(bad.status, 400);
+    let neither = server.post("/v1/run", json!({"stdin": "x"}));
+    assert_eq!(neither.status, 400);
+    assert!(neither.json()["error"].as_str().unwrap().contains("code"));
+}
+
+#[test]
+fn a_request_may_ask_for_less_than_the_operator_granted_never_more() {
+    let (_t, dir) = scratch();
+    let (_o, other) = scratch();
+    std::fs::write(dir.join("a.txt"), "a").unwrap();
+    std::fs::write(other.join("secret.txt"), "secret").unwrap();
+    let server = Server::start(&[
+        &format!("--allow-read={}", s(&dir)),
+        "--allow-net=127.0.0.1:9",
+        "--memory=256M",
+        "--timeout=20s",
+    ]);
+    for (asks, why) in [
+        (json!({"allow_read": [s(&other)]}), "--allow-read="),
+        (json!({"allow_write": [s(&dir)]}), "--allow-write="),
+        (
+            json!({"allow_net": ["127.0.0.1:10"]}),
+            "--allow-net=127.0.0.1:10",
+        ),
+        (json!({"allow_env": ["HOME"]}), "--allow-env=HOME"),
+        (json!({"memory": "1G"}), "--memory=256M"),
+        (json!({"timeout": "1m"}), "--timeout=20s"),
+    ] {
+        let mut req = asks.clone();
+        req["code"] = json!(format!(
+            "print(open({:?}).read())",
+            s(&other.join("secret.txt"))
+        ));
+        let a = server.post("/v1/run", req);
+        assert_eq!(
+            a.status,
+            403,
+            "{asks}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let e = a.json()["error"].as_str().unwrap().to_string();
+        assert!(e.starts_with("denied: ") && e.contains(why), "{asks}: {e}");
+    }
+    // A subset: the operator's own grant, the same rule, lower limits.
+    let r = server.run(json!({
+        "code": format!("print(open({:?}).read())", s(&dir.join("a.txt"))),
+        "allow_read": [s(&dir)], "allow_net": ["127.0.0.1:9"], "memory": "64M", "timeout": "5s",
+    }));
+    assert_eq!(r["stdout"], "a\n", "{r}");
+    // Asking for no grants at all takes the operator's away.
+    let r = server.run(json!({
+        "code": format!("print(open({:?}).read())", s(&dir.join("a.txt"))),
+        "allow_read": [],
+    }));
+    assert_eq!(r["exit_code"], 1, "{r}");
+    assert!(
+        r["stderr"].as_str().unwrap().contains("FileNotFoundError"),
+        "{r}"
+    );
+    // Malformed asks are the client's error, not a denial.
+    for asks in [
+        json!({"allow_read": ["relative/path"]}),
+        json!({"allow_read": [format!("{}::/x", s(&dir))]}),
+        json!({"allow_net": ["a.com,b.com"]}),
+        json!({"memory": "lots"}),
+        json!({"allow_everything": true}),
+    ] {
+        let mut req = asks.clone();
+        req["code"] = json!("print(1)");
+        let a = server.post("/v1/run", req);
+        assert_eq!(
+            a.status,
+            400,
+            "{asks}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+}
+
+#[test]
+fn a_hostile_run_ends_alone_and_the_good_one_beside_it_is_intact() {
+    let server = std::sync::Arc::new(Server::start(&["--timeout=3s", "--memory=128M"]));
+    let hostile = [
+        (
+            json!({"code": "while True: pass", "timeout": "1s"}),
+            124,
+            "time limit of 1s",
+        ),
+        (
+            json!({"code": "import sys\nwhile True: sys.stdout.write('x' * 65536)", "max_output": "100K"}),
+            137,
+            "output limit of 100K",
+        ),
+        (
+            json!({"code": "a = []\nwhile True: a.append(bytearray(1 << 20))"}),
+            1,
+            "",
+        ),
+        (json!({"code": "def f(): f()\nf()"}), 1, ""),
+    ];
+    let mut handles = Vec::new();
+    for (req, code, limit) in hostile {
+        let server = server.clone();
+        handles.push(std::thread::spawn(move || {
+            let r = server.run(req.clone());
+            assert_eq!(r["exit_code"], code, "{req}: {r}");
+            if !limit.is_empty() {
+                assert!(
+                    r["limit"].as_str().unwrap_or_default().starts_with(limit),
+                    "{req}: {r}"
+                );
+            }
+        }));
+    }
+    for i in 0..6 {
+        let r = server.run(json!({"code": format!("print({i} * 7)")}));
+        assert_eq!(r["exit_code"], 0, "{r}");
+        assert_eq!(r["stdout"], format!("{}\n", i * 7), "{r}");
+        assert_eq!(r["stderr"], "", "{r}");
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn a_session_keeps_its_globals_and_shows_a_last_expression() {
+    let server = Server::start(&[]);
+    let id = server.session(json!({}));
+    let r = server.exec(&id, "x = 41\nx += 1\nx");
+    assert_eq!(r["stdout"], "42\n", "{r}");
+    assert_eq!(r["exit_code"], 0);
+    let r = server.exec(&id, "def f(y):\n    return x + y\nf(1)");
+    assert_eq!(r["stdout"], "43\n", "{r}");
+    let r = server.exec(&id, "1 / 0");
+    assert_eq!(r["exit_code"], 1, "{r}");
+    let err = r["stderr"].as_str().unwrap();
+    assert!(
+        err.contains("ZeroDivisionError") && err.contains("<cell>"),
+        "{r}"
+    );
+    assert!(
+        !err.contains("session.py"),
+        "the loop's own frame is hidden: {r}"
+    );
+    let r = server.exec(&id, "import sys\nsys.exit(5)");
+    assert_eq!(r["exit_code"], 5, "{r}");
+    // The exit of a cell is not the end of the session.
+    let r = server.exec(&id, "x");
+    assert_eq!(r["stdout"], "42\n", "{r}");
+    // Input for one call.
+    let a = server.post(
+        &format!("/v1/sessions/{id}/exec"),
+        json!({"code": "input() + '!'", "stdin": "typed\n"}),
+    );
+    assert_eq!(a.json()["stdout"], "'typed!'\n");
+    // Another session sees none of it.
+    let other = server.session(json!({}));
+    let r = server.exec(&other, "x");
+    assert!(r["stderr"].as_str().unwrap().contains("NameError"), "{r}");
+}
+
+#[test]
+fn session_files_go_in_and_out_of_its_scratch_directory() {
+    let server = Server::start(&[]);
+    let id = server.session(json!({}));
+    let put = server.raw(
+        "PUT",
+        &format!("/v1/sessions/{id}/files/sub/in%20put.txt"),
+        &[],
+        b"uploaded",
+    );
+    assert_eq!(put.status, 204, "{}", String::from_utf8_lossy(&put.body));
+    let r = server.exec(
+        &id,
+        "import os\nprint(open('sub/in put.txt').read())\nopen('out.bin', 'wb').write(bytes(range(256)))\nsorted(os.listdir('.'))",
+    );
+    assert_eq!(r["stdout"], "uploaded\n['out.bin', 'sub']\n", "{r}");
+    let got = server.raw("GET", &format!("/v1/sessions/{id}/files/out.bin"), &[], b"");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, (0..=255u8).collect::<Vec<_>>());
+    let list = server.raw("GET", &format!("/v1/sessions/{id}/files"), &[], b"");
+    assert_eq!(
+        list.json(),
+        json!({"entries": [
+            {"name": "out.bin", "type": "file", "size": 256},
+            {"name": "sub", "type": "directory", "size": 0},
+        ]})
+    );
+    for bad in ["../escape", "%2e%2e/escape", "/etc/passwd", "a%00b", "%ff"] {
+        let a = server.raw("GET", &format!("/v1/sessions/{id}/files/{bad}"), &[], b"");
+        assert!(a.status == 400 || a.status == 404, "{bad}: {}", a.status);
+        let a = server.raw("PUT", &format!("/v1/sessions/{id}/files/{bad}"), &[], b"x");
+        assert!(a.status == 400 || a.status == 404, "{bad}: {}", a.status);
+    }
+    let missing = server.raw("GET", &format!("/v1/sessions/{id}/files/nope"), &[], b"");
+    assert_eq!(missing.status, 404);
+}
+
+#[test]
+fn the_server_never_follows_a_link_out_of_a_scratch_directory() {
+    let (_t, outside) = scratch();
+    std::fs::write(outside.join("victim.txt"), "host file").unwrap();
+    let server = Server::start(&[]);
+    let id = server.session(json!({}));
+    let cwd = server.exec(&id, "import os\nprint(os.getcwd())");
+    let scratch_dir = std::path::PathBuf::from(cwd["stdout"].as_str().unwrap().trim());
+    assert!(scratch_dir.is_dir(), "{cwd}");
+    // Links planted in the scratch directory (as a guest, or anyone, might).
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(outside.join("victim.txt"), scratch_dir.join("leak")).unwrap();
+        std::os::unix::fs::symlink(&outside, scratch_dir.join("dirleak")).unwrap();
+    }
+    let before = tree(&outside);
+    for path in ["leak", "dirleak", "dirleak/victim.txt"] {
+        let a = server.raw("GET", &format!("/v1/sessions/{id}/files/{path}"), &[], b"");
+        assert_eq!(
+            a.status,
+            404,
+            "{path}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert!(!String::from_utf8_lossy(&a.body).contains("host file"));
+    }
+    let a = server.raw(
+        "PUT",
+        &format!("/v1/sessions/{id}/files/dirleak/new.txt"),
+        &[],
+        b"x",
+    );
+    assert_ne!(a.status, 204);
+    // Writing at a link's name replaces the link; the file it named is untouched.
+    let a = server.raw(
+        "PUT",
+        &format!("/v1/sessions/{id}/files/leak"),
+        &[],
+        b"replaced",
+    );
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(tree(&outside), before);
+    assert!(
+        !std::fs::symlink_metadata(scratch_dir.join("leak"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read(scratch_dir.join("leak")).unwrap(),
+        b"replaced"
+    );
+}
+
+#[test]
+fn a_call_past_its_limit_ends_only_its_own_session() {
+    let server = Server::start(&["--memory=128M"]);
+    let looping = server.session(json!({"timeout": "1s"}));
+    let calm = server.session(json!({}));
+    server.exec(&calm, "kept = 'still here'");
+    let r = server.exec(&looping, "while True: pass");
+    assert_eq!(r["exit_code"], 124, "{r}");
+    assert_eq!(r["session_ended"], true, "{r}");
+    assert!(
+        r["limit"]
+            .as_str()
+            .unwrap()
+            .starts_with("time limit of 1s reached"),
+        "{r}"
+    );
+    let gone = server.post(
+        &format!("/v1/sessions/{looping}/exec"),
+        json!({"code": "1"}),
+    );
+    assert_eq!(gone.status, 404);
+    assert!(
+        gone.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("time limit"),
+        "{}",
+        gone.json()
+    );
+    let flood = server.session(json!({"max_output": "64K"}));
+    let r = server.exec(&flood, "while True: print('y' * 1000)");
+    assert_eq!(r["exit_code"], 137, "{r}");
+    assert!(r["stdout"].as_str().unwrap().len() <= 64 * 1024, "capped");
+    assert_eq!(server.exec(&calm, "kept")["stdout"], "'still here'\n");
+    // A call may ask for less time than its session has, not more.
+    let a = server.post(
+        &format!("/v1/sessions/{calm}/exec"),
+        json!({"code": "1", "timeout": "2h"}),
+    );
+    assert_eq!(a.status, 403);
+}
+
+#[test]
+fn sessions_end_when_deleted_idle_or_too_many() {
+    let server = Server::start(&["--session-idle=1s", "--max-sessions=2"]);
+    let a = server.session(json!({}));
+    let b = server.session(json!({}));
+    let third = server.post("/v1/sessions", json!({}));
+    assert_eq!(
+        third.status,
+        429,
+        "{}",
+        String::from_utf8_lossy(&third.body)
+    );
+    let del = server.raw("DELETE", &format!("/v1/sessions/{a}"), &[], b"");
+    assert_eq!(del.status, 204);
+    let again = server.post(&format!("/v1/sessions/{a}/exec"), json!({"code": "1"}));
+    assert_eq!(again.status, 404);
+    assert!(again.json()["error"].as_str().unwrap().contains("deleted"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = server.post(&format!("/v1/sessions/{b}/exec"), json!({"code": "1"}));
+        if r.status == 404 {
+            assert!(
+                r.json()["error"].as_str().unwrap().contains("idle"),
+                "{}",
+                r.json()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ended for idleness");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    assert_eq!(server.post("/v1/sessions", json!({})).status, 201);
+}
+
+#[test]
+fn output_streams_as_server_sent_events() {
+    let server = Server::start(&[]);
+    let code = "import sys\nprint('one', flush=True)\nprint('two', file=sys.stderr)\nsys.exit(2)";
+    let a = server.raw(
+        "POST",
+        "/v1/run",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "text/event-stream"),
+        ],
+        json!({ "code": code }).to_string().as_bytes(),
+    );
+    assert_eq!(a.status, 200);
+    assert!(
+        a.headers.contains("content-type: text/event-stream"),
+        "{}",
+        a.headers
+    );
+    let text = String::from_utf8(a.body).unwrap();
+    let events = parse_events(&text);
+    assert_eq!(joined(&events, "stdout"), "one\n", "{text}");
+    assert_eq!(joined(&events, "stderr"), "two\n", "{text}");
+    let (last, result) = events.last().unwrap();
+    assert_eq!(last, "result");
+    assert_eq!(result["exit_code"], 2);
+    assert_eq!(result["stdout"], "one\n");
+    // The same from a session, where the end of a call is marked in-band.
+    let id = server.session(json!({}));
+    let a = server.raw(
+        "POST",
+        &format!("/v1/sessions/{id}/exec"),
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "text/event-stream"),
+        ],
+        json!({ "code": "print('a\\0b')\n6 * 7" })
+            .to_string()
+            .as_bytes(),
+    );
+    let text = String::from_utf8(a.body).unwrap();
+    let events = parse_events(&text);
+    assert_eq!(joined(&events, "stdout"), "a\0b\n42\n", "{text}");
+    assert_eq!(events.last().unwrap().0, "result", "{text}");
+}
+
+fn parse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (name, data) = e.split_once('\n').unwrap();
+            (
+                name.strip_prefix("event: ").unwrap().to_string(),
+                serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn joined(events: &[(String, Value)], kind: &str) -> String {
+    events
+        .iter()
+        .filter(|(n, _)| n == kind)
+        .map(|(_, v)| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn without_the_token_nothing_is_answered() {
+    let (_t, dir) = scratch();
+    let server = Server::start_in(&dir, &[], Some("s3cret-token"));
+    let a = server.raw("GET", "/v1/openapi.json", &[], b"");
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["openapi"], "3.0.3");
+    for auth in [
+        "",
+        "Bearer wrong",
+        "Bearer s3cret-tokenX",
+        "Basic s3cret-token",
+    ] {
+        let headers: Vec<(&str, &str)> = if auth.is_empty() {
+            vec![("Authorization", "")]
+        } else {
+            vec![("Authorization", auth)]
+        };
+        let a = server.raw(
+            "POST",
+            "/v1/run",
+            &[headers[0], ("Content-Type", "application/json")],
+            br#"{"code": "open('pwned', 'w')"}"#,
+        );
+        assert_eq!(a.status, 401, "{auth}");
+    }
+    assert!(tree(&dir).is_empty(), "nothing ran");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "from-a-file\n").unwrap();
+    let server = Server::start_in(&dir, &[&format!("--token-file={}", s(&token_file))], None);
+    let a = server.raw(
+        "GET",
+        "/v1/openapi.json",
+        &[("Authorization", "Bearer from-a-file")],
+        b"",
+    );
+    assert_eq!(a.status, 200);
+    let a = server.raw("GET", "/v1/openapi.json", &[], b"");
+    assert_eq!(a.status, 401);
+}
+
+#[test]
+fn a_tokenless_server_stays_on_loopback_and_refuses_web_pages() {
+    let r: Run = capsa()
+        .args(["serve", "--listen=0.0.0.0:0"])
+        .env_remove("CAPSA_TOKEN")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("not a loopback address"), "{}", r.stderr);
+    let server = Server::start(&[]);
+    let body = br#"{"code": "print(1)"}"#;
+    for headers in [
+        vec![
+            ("Origin", "https://evil.example"),
+            ("Content-Type", "application/json"),
+        ],
+        vec![
+            ("Host", "evil.example:80"),
+            ("Content-Type", "application/json"),
+        ],
+    ] {
+        let a = server.raw("POST", "/v1/run", &headers, body);
+        assert_eq!(a.status, 403, "{headers:?}");
+    }
+    // A form a page could post without asking first is not JSON.
+    let a = server.raw("POST", "/v1/run", &[("Content-Type", "text/plain")], body);
+    assert_eq!(a.status, 415);
+    assert_eq!(server.run(json!({"code": "print(1)"}))["stdout"], "1\n");
+}
+
+#[test]
+fn the_operator_cannot_grant_the_servers_own_files() {
+    let (_t, dir) = scratch();
+    let work = dir.join("work");
+    let r: Run = capsa()
+        .args(["serve", "--listen=127.0.0.1:0"])
+        .arg(format!("--work-dir={}", s(&work)))
+        .arg(format!("--allow-read={}", s(&dir)))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("holds the server's own files"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn the_server_token_never_reaches_a_guest() {
+    let (_t, dir) = scratch();
+    let server = Server::start_in(&dir, &["--allow-env=CAPSA_*"], Some("hidden-token"));
+    let r = server.run(json!({"code": "import os\nprint('CAPSA_CACHE_DIR' in os.environ, os.environ.get('CAPSA_TOKEN'))"}));
+    // The grant works (the cache's variable passes); the token does not.
+    assert_eq!(r["stdout"], "True None\n", "{r}");
+}
