@@ -25,6 +25,7 @@ enum Command {
     Pack(commands::pack::PackArgs),
     Inspect(commands::inspect::InspectArgs),
     Serve(commands::serve::ServeArgs),
+    Mcp(commands::serve::McpArgs),
 }
 
 /// An executable made by `capsa pack --exe`: capsa with a bundle appended.
@@ -82,6 +83,7 @@ fn main() -> ExitCode {
         Command::Pack(args) => commands::pack::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Mcp(args) => commands::serve::mcp(args),
     };
     exit(code)
 }

@@ -146,6 +146,12 @@ impl Reporter {
             if let Some(w) = inner.audit.as_mut() {
                 // Audit output failing (a full disk) must not kill the guest.
                 let _ = w.write_all(line.as_bytes());
+                // A denial is read while the program goes on (by `capsa
+                // serve`, after each call of a session); what was allowed
+                // may wait for the end of the run.
+                if !d.allowed {
+                    let _ = w.flush();
+                }
             }
         }
         // A limit is reported by the run's own closing message, not as a denial.

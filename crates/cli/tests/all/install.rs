@@ -87,4 +87,23 @@ fn wheel_installs_a_working_capsa_into_a_fresh_venv() {
     );
     assert!(stdout.starts_with("hello from Python 3.14"), "{stdout}");
     assert!(stdout.contains("and your keys stay yours"), "{stdout}");
+
+    // The Python API in the same wheel finds the binary it came with,
+    // with nothing on PATH.
+    let out = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import capsa; r = capsa.run('print(6 * 7)'); print(r.exit_code, r.stdout, end='')",
+        ])
+        .env("PATH", "/nonexistent")
+        .env_remove("CAPSA_BIN")
+        .env("CAPSA_CACHE_DIR", &cache)
+        .output()
+        .expect("the venv's python runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0 42\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -710,3 +710,39 @@ fn the_server_token_never_reaches_a_guest() {
     // The grant works (the cache's variable passes); the token does not.
     assert_eq!(r["stdout"], "True None\n", "{r}");
 }
+
+#[test]
+fn schemathesis_finds_no_server_error_or_answer_off_the_schema() {
+    let (_t, dir) = scratch();
+    let server = Server::start_in(
+        &dir,
+        &["--timeout=2s", "--max-sessions=64", "--session-idle=5s"],
+        Some("schema-token"),
+    );
+    // What the schema cannot say (a duration's range, a name that is
+    // already a file) the server answers 400 with a reason: the checks
+    // of whether valid data is accepted and invalid data refused are off.
+    let out = host_python()
+        .args(["-m", "schemathesis.cli", "run"])
+        .arg(format!("http://{}/v1/openapi.json", server.addr))
+        .args(["-H", "Authorization: Bearer schema-token"])
+        .args(["--max-examples", "10", "--seed", "1"])
+        .args([
+            "--exclude-checks",
+            "positive_data_acceptance,negative_data_rejection",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Tested: 8") || text.contains("Tested: 9"),
+        "{text}"
+    );
+    assert!(text.contains(" passed"), "{text}");
+}

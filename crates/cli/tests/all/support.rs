@@ -51,6 +51,11 @@ pub fn wat(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The cache every capsa of the tests shares.
+pub fn cache_dir() -> PathBuf {
+    target_root().join("capsa-cache")
+}
+
 /// `capsa` with a shared cache and a clean environment.
 pub fn capsa() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
@@ -279,4 +284,52 @@ pub fn pip_target(name: &str, packages: &[&str]) -> PathBuf {
     }
     done.insert(name.to_string(), ());
     dir
+}
+
+/// Python tools the tests drive capsa with (the MCP SDK, pytest,
+/// schemathesis, kubernetes-validate), installed from PyPI for the host's
+/// own python3 with `pip install --target`, once per test binary; returns
+/// the directory to put on PYTHONPATH.
+pub fn host_tools() -> PathBuf {
+    static DONE: OnceLock<PathBuf> = OnceLock::new();
+    DONE.get_or_init(|| {
+        const PACKAGES: &[&str] = &[
+            "mcp>=1.9,<2",
+            "pytest>=8,<10",
+            "schemathesis>=4,<5",
+            "kubernetes-validate>=1.30,<2",
+        ];
+        let dir = target_root().join("host-tools");
+        let stamp = dir.join(".installed");
+        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(&PACKAGES.join(" ")) {
+            let _ = std::fs::remove_dir_all(&dir);
+            let status = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .arg("--target")
+                .arg(&dir)
+                .args(PACKAGES)
+                .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+                .status()
+                .expect("python3 -m pip runs");
+            assert!(status.success(), "pip install {PACKAGES:?} failed");
+            std::fs::write(&stamp, PACKAGES.join(" ")).unwrap();
+        }
+        dir
+    })
+    .clone()
+}
+
+/// `python3` with the host tools on its path.
+pub fn host_python() -> Command {
+    let mut c = Command::new("python3");
+    c.env("PYTHONPATH", host_tools())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null());
+    c
 }

@@ -32,26 +32,27 @@ const SESSION_LOOP: &str = include_str!("session.py");
 /// The server's private directory: every run's and session's files.
 pub struct WorkDir {
     pub path: PathBuf,
-    /// Removed when the server ends, if the server made it.
+    /// Removed when the server ends.
     owned: bool,
 }
 
 impl WorkDir {
     pub fn make(given: Option<&Path>) -> anyhow::Result<WorkDir> {
-        let (path, owned) = match given {
+        // A directory of its own, private, even inside a given one (which
+        // may be shared, such as a volume mounted for it).
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("capsa-serve-");
+        let made = match given {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-                (capsa_sandbox::load::canonical(dir)?, false)
+                builder.tempdir_in(dir)
             }
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("capsa-serve-")
-                    .tempdir()
-                    .map_err(|e| anyhow::anyhow!("cannot make a working directory: {e}"))?;
-                (capsa_sandbox::load::canonical(&dir.keep())?, true)
-            }
-        };
+            None => builder.tempdir(),
+        }
+        .map_err(|e| anyhow::anyhow!("cannot make a working directory: {e}"))?;
+        let path = capsa_sandbox::load::canonical(&made.keep())?;
+        let owned = true;
         let text = path.to_string_lossy();
         if text.contains(',') || text.contains("::") || path.to_str().is_none() {
             anyhow::bail!(
@@ -99,6 +100,9 @@ pub struct State {
     ended: Mutex<VecDeque<(String, Ended)>>,
     /// The `Host` values a tokenless server answers.
     hosts: Vec<String>,
+    /// MCP clients over HTTP (`/mcp`), by their `Mcp-Session-Id`: the
+    /// session names each has given.
+    mcp: Mutex<HashMap<String, Arc<tokio::sync::Mutex<super::mcp::Names>>>>,
 }
 
 impl State {
@@ -109,6 +113,7 @@ impl State {
             sessions: Mutex::new(HashMap::new()),
             ended: Mutex::new(VecDeque::new()),
             hosts: Vec::new(),
+            mcp: Mutex::new(HashMap::new()),
         }
     }
 
@@ -250,6 +255,18 @@ fn error(status: StatusCode, message: impl Into<String>) -> Answer {
     json(status, &serde_json::json!({"error": message.into()}))
 }
 
+/// 405, with the methods the path takes (RFC 9110 asks for them).
+fn not_allowed(method: &Method, path: &str, allow: &'static str) -> Answer {
+    let shown = capsa_policy::escape_for_terminal(path);
+    let mut a = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not taken at {shown} (it takes {allow})"),
+    );
+    a.headers_mut()
+        .insert("allow", hyper::header::HeaderValue::from_static(allow));
+    a
+}
+
 fn no_content() -> Answer {
     Response::builder()
         .status(StatusCode::NO_CONTENT)
@@ -333,6 +350,10 @@ async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Answer> {
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
+    // For load balancers' probes, which carry no token; it tells nothing.
+    if req.method() == Method::GET && req.uri().path() == "/v1/health" {
+        return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+    }
     if let Err(answer) = authorize(&state, &req) {
         return answer;
     }
@@ -341,6 +362,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
     let method = req.method().clone();
     let events = wants_events(&req);
     match (&method, parts.as_slice()) {
+        (&Method::POST, ["mcp"]) => mcp_post(&state, req).await,
+        (&Method::DELETE, ["mcp"]) => mcp_delete(&state, &req).await,
+        (_, ["mcp"]) => not_allowed(&method, &path, "POST, DELETE"),
         (&Method::GET, ["v1", "openapi.json"]) => Response::builder()
             .header("content-type", "application/json")
             .body(full(OPENAPI))
@@ -372,10 +396,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
                 Err(a) => a,
             }
         }
-        (_, ["v1", "run" | "openapi.json"]) | (_, ["v1", "sessions", ..]) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not taken at {path}"),
-        ),
+        (_, ["v1", "run"]) | (_, ["v1", "sessions"]) | (_, ["v1", "sessions", _, "exec"]) => {
+            not_allowed(&method, &path, "POST")
+        }
+        (_, ["v1", "openapi.json" | "health"]) | (_, ["v1", "sessions", _, "files"]) => {
+            not_allowed(&method, &path, "GET")
+        }
+        (_, ["v1", "sessions", _]) => not_allowed(&method, &path, "DELETE"),
+        (_, ["v1", "sessions", _, "files", _]) => not_allowed(&method, &path, "GET, PUT"),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
 }
@@ -815,4 +843,172 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// MCP clients one server keeps at once over HTTP.
+const MAX_MCP_CLIENTS: usize = 1024;
+
+fn mcp_session_id(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
+/// MCP's streamable HTTP transport, answering each request in its response
+/// (as JSON; no server-initiated messages are sent).
+async fn mcp_post(state: &Arc<State>, req: Request<Incoming>) -> Answer {
+    let given = mcp_session_id(&req);
+    let msg: serde_json::Value = match body_json(req).await {
+        Ok(v) => v,
+        Err(a) => return a,
+    };
+    if !msg.is_object() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "send one JSON-RPC message per request",
+        );
+    }
+    let initialize = msg["method"] == "initialize";
+    let (id, names) = if initialize {
+        let mut clients = state.mcp.lock().unwrap_or_else(|e| e.into_inner());
+        if clients.len() >= MAX_MCP_CLIENTS {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many MCP clients; end one (DELETE /mcp) first",
+            );
+        }
+        let id = super::random_id();
+        let names = Arc::new(tokio::sync::Mutex::new(super::mcp::Names::default()));
+        clients.insert(id.clone(), names.clone());
+        (id, names)
+    } else {
+        let Some(id) = given else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "an Mcp-Session-Id header is needed (from the answer to initialize)",
+            );
+        };
+        let found = state
+            .mcp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        match found {
+            Some(n) => (id, n),
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "no such MCP session; initialize again",
+                );
+            }
+        }
+    };
+    let answer = {
+        let mut names = names.lock().await;
+        super::mcp::handle(state, &mut names, &msg).await
+    };
+    let mut r = match answer {
+        Some(a) => json(StatusCode::OK, &a),
+        None => Response::builder()
+            .status(StatusCode::ACCEPTED)
+            .body(Body::default())
+            .unwrap_or_default(),
+    };
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&id) {
+        r.headers_mut().insert("mcp-session-id", v);
+    }
+    r
+}
+
+/// Ends an MCP client's session, and the sandboxes it started.
+async fn mcp_delete(state: &Arc<State>, req: &Request<Incoming>) -> Answer {
+    let Some(id) = mcp_session_id(req) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "an Mcp-Session-Id header is needed",
+        );
+    };
+    let removed = state
+        .mcp
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    let Some(names) = removed else {
+        return error(StatusCode::NOT_FOUND, "no such MCP session");
+    };
+    for sid in names.lock().await.ids() {
+        let _ = delete_session(state, &sid).await;
+    }
+    no_content()
+}
+
+/// The same calls as the HTTP routes, for the MCP server: the status and
+/// the body of the answer the route would give.
+pub mod calls {
+    use super::*;
+
+    async fn decode(a: Answer) -> (StatusCode, Bytes) {
+        let status = a.status();
+        let body = a
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn bad(e: impl std::fmt::Display) -> (StatusCode, Bytes) {
+        let body = serde_json::json!({ "error": e.to_string() }).to_string();
+        (StatusCode::BAD_REQUEST, Bytes::from(body))
+    }
+
+    pub async fn run(state: &Arc<State>, body: serde_json::Value) -> (StatusCode, Bytes) {
+        match serde_json::from_value::<RunRequest>(body) {
+            Ok(r) => decode(post_run(state, r, false).await).await,
+            Err(e) => bad(e),
+        }
+    }
+
+    pub async fn start_session(state: &Arc<State>) -> (StatusCode, Bytes) {
+        decode(post_session(state, Asks::default()).await).await
+    }
+
+    pub async fn exec(state: &Arc<State>, id: &str, code: String) -> (StatusCode, Bytes) {
+        let r = ExecRequest {
+            code,
+            stdin: String::new(),
+            timeout: None,
+        };
+        decode(super::exec(state, id, r, false).await).await
+    }
+
+    pub async fn read(state: &Arc<State>, id: &str, name: Option<&str>) -> (StatusCode, Bytes) {
+        let name = name.map(utf8_percent_encode);
+        decode(get_file(state, id, name.as_deref()).await).await
+    }
+
+    pub async fn write(
+        state: &Arc<State>,
+        id: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> (StatusCode, Bytes) {
+        let name = utf8_percent_encode(name);
+        decode(put_file(state, id, &name, &Bytes::copy_from_slice(bytes)).await).await
+    }
+
+    /// The routes take a name as it appears in a URL.
+    fn utf8_percent_encode(name: &str) -> String {
+        name.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
 }

@@ -20,7 +20,8 @@ pub enum Stream {
 }
 
 /// Where output goes as it comes, for a streaming answer.
-pub type Tap = Option<tokio::sync::mpsc::UnboundedSender<(Stream, Vec<u8>)>>;
+pub type Tap = Option<Sender>;
+pub type Sender = tokio::sync::mpsc::UnboundedSender<(Stream, Vec<u8>)>;
 
 /// What `/v1/run` and a session call answer.
 #[derive(Debug, Serialize)]
@@ -86,10 +87,7 @@ pub fn command(launch: &Launch<'_>) -> Command {
 async fn read_capped(
     mut r: impl AsyncRead + Unpin,
     cap: u64,
-    tap: Option<(
-        &tokio::sync::mpsc::UnboundedSender<(Stream, Vec<u8>)>,
-        Stream,
-    )>,
+    tap: Option<(&Sender, Stream)>,
 ) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];

@@ -5,6 +5,7 @@
 mod api;
 mod ceiling;
 mod child;
+mod mcp;
 mod scratch;
 mod session;
 
@@ -43,13 +44,21 @@ Endpoints (GET /v1/openapi.json describes them):
 )]
 pub struct ServeArgs {
     #[command(flatten)]
-    sandbox: SandboxArgs,
+    common: CommonArgs,
     /// Address and port to listen on.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8700")]
     listen: SocketAddr,
     /// Read the bearer token from FILE (else from CAPSA_TOKEN).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+}
+
+/// What `capsa serve` and `capsa mcp` share: the ceiling, and how many
+/// sandboxes they keep.
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
     /// End a session after this long without a call.
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     session_idle: String,
@@ -59,8 +68,8 @@ pub struct ServeArgs {
     /// Runs going on at once; further runs wait their turn.
     #[arg(long, value_name = "N", default_value_t = 8)]
     max_runs: usize,
-    /// Where runs and sessions keep their files [default: a new private
-    /// directory in the system's temporary directory].
+    /// Where runs and sessions keep their files: a new private directory
+    /// is made in DIR [default: the system's temporary directory].
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
 }
@@ -82,13 +91,68 @@ pub fn run(args: ServeArgs) -> i32 {
     if let Err(code) = super::python::prepare_runtime() {
         return code;
     }
-    match setup(&args) {
+    let token = match read_token(&args) {
+        Ok(t) => t,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        return fail(
+            exit::USAGE,
+            anyhow::anyhow!(
+                "{} is not a loopback address: set a token with --token-file FILE or CAPSA_TOKEN",
+                args.listen
+            ),
+        );
+    }
+    match setup(&args.common, token, args.listen) {
         Ok(state) => serve(state, args.listen),
         Err((code, e)) => fail(code, e),
     }
 }
 
-fn setup(args: &ServeArgs) -> Result<api::State, (i32, anyhow::Error)> {
+/// `capsa mcp`: the same sandboxes as tools of a Model Context Protocol
+/// server on stdin and stdout.
+pub fn mcp(args: McpArgs) -> i32 {
+    if let Err(code) = super::python::prepare_runtime() {
+        return code;
+    }
+    match setup(&args.common, None, SocketAddr::from(([127, 0, 0, 1], 0))) {
+        Ok(state) => mcp::stdio(state),
+        Err((code, e)) => fail(code, e),
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(
+    about = "A Model Context Protocol server on stdio: run_python, read_file, write_file, list_files",
+    after_help = "The grant and limit flags are those of `capsa serve` and fix what every tool call\nmay do; nothing a model sends can widen them. Sessions are named by the model."
+)]
+pub struct McpArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn read_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let token = match &args.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("CAPSA_TOKEN").ok(),
+    };
+    if token.as_deref() == Some("") {
+        anyhow::bail!("the token is empty");
+    }
+    Ok(token)
+}
+
+fn setup(
+    args: &CommonArgs,
+    token: Option<String>,
+    listen: SocketAddr,
+) -> Result<api::State, (i32, anyhow::Error)> {
     let usage = |e: anyhow::Error| (exit::USAGE, e);
     let cwd = std::env::current_dir().map_err(|e| (exit::INTERNAL, e.into()))?;
     let raw = args.sandbox.raw_policy().map_err(usage)?;
@@ -98,24 +162,6 @@ fn setup(args: &ServeArgs) -> Result<api::State, (i32, anyhow::Error)> {
         )));
     }
     let ceiling = ceiling::Ceiling::new(raw, &cwd).map_err(usage)?;
-    let token = match &args.token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| usage(anyhow::anyhow!("cannot read {}: {e}", f.display())))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var("CAPSA_TOKEN").ok(),
-    };
-    if token.as_deref() == Some("") {
-        return Err(usage(anyhow::anyhow!("the token is empty")));
-    }
-    if token.is_none() && !args.listen.ip().is_loopback() {
-        return Err(usage(anyhow::anyhow!(
-            "{} is not a loopback address: set a token with --token-file FILE or CAPSA_TOKEN",
-            args.listen
-        )));
-    }
     let idle = capsa_policy::parse_duration(&args.session_idle).map_err(|e| usage(e.into()))?;
     if args.max_runs == 0 || args.max_sessions == 0 {
         return Err(usage(anyhow::anyhow!(
@@ -139,7 +185,7 @@ fn setup(args: &ServeArgs) -> Result<api::State, (i32, anyhow::Error)> {
         max_sessions: args.max_sessions,
         max_runs: args.max_runs,
         base,
-        listen: args.listen,
+        listen,
         ca_certs: args.sandbox.ca_cert.clone(),
         python_path: args.sandbox.python_path.clone(),
     }))

@@ -171,9 +171,15 @@ pub fn fill(
     root: &Path,
     files: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), FileError> {
-    for (name, content) in files {
-        let name = check_name(name)?;
-        write(root, &name, content.as_bytes())?;
+    for (given, content) in files {
+        let name = check_name(given)?;
+        // Names that clash (`a` and `a/b`) are the request's error.
+        write(root, &name, content.as_bytes()).map_err(|e| match e {
+            FileError::Io(m) | FileError::NotFound(m) => {
+                FileError::BadName(format!("files: cannot write {:?}: {m}", escape(given)))
+            }
+            other => other,
+        })?;
     }
     Ok(())
 }

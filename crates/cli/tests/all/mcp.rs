@@ -1,0 +1,115 @@
+//! `capsa mcp` and `capsa serve`'s /mcp, driven by the official MCP Python
+//! SDK as an agent's client would.
+
+use crate::support::*;
+use serde_json::Value;
+use std::path::Path;
+
+fn client() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/mcp_client.py")
+}
+
+fn check(out: &Value, secret_dir: &Path) {
+    assert_eq!(out["server"], "capsa");
+    assert!(out["instructions"].as_str().unwrap().contains("sandbox"));
+    let tools = out["tools"].as_object().unwrap();
+    let mut names: Vec<&str> = tools.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["list_files", "read_file", "run_python", "write_file"]
+    );
+    assert_eq!(tools["run_python"], serde_json::json!(["code"]));
+    let text = |k: &str| out[k]["text"].as_str().unwrap().to_string();
+    assert_eq!(text("cell"), "stdout:\n42\nexit code: 0", "{out}");
+    assert_eq!(out["cell"]["structured"]["stdout"], "42\n");
+    assert_eq!(text("kept"), "stdout:\n7\nexit code: 0");
+    assert_eq!(text("fresh"), "stdout:\nFalse\nexit code: 0");
+    assert_eq!(out["write"]["is_error"], false, "{out}");
+    assert_eq!(out["used"]["is_error"], false, "{out}");
+    assert_eq!(text("read"), "HÉLLO");
+    assert_eq!(text("list"), "in/\nout.txt (6 bytes)");
+    assert_eq!(out["escape"]["is_error"], true);
+    assert!(!text("escape").contains("root:"), "{out}");
+    let widen = text("widen");
+    assert_eq!(out["widen"]["is_error"], true, "{out}");
+    assert!(widen.contains("FileNotFoundError"), "{widen}");
+    assert!(
+        widen.contains(&format!("denied: read {}", s(secret_dir))),
+        "{widen}"
+    );
+    assert!(text("error").contains("ZeroDivisionError"));
+    let limit = text("limit");
+    assert!(limit.contains("limit reached: time limit of 2s"), "{limit}");
+    assert!(limit.contains("the session has ended"), "{limit}");
+    // The next call with the name starts a new interpreter.
+    assert_eq!(text("after"), "stdout:\nFalse\nexit code: 0", "{out}");
+    assert_eq!(out["no_session"]["is_error"], true);
+}
+
+fn secret() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (t, dir) = scratch();
+    std::fs::write(dir.join("secret.txt"), "secret").unwrap();
+    (t, dir)
+}
+
+#[test]
+fn an_agent_uses_the_tools_over_stdio() {
+    python_ready();
+    let (_t, dir) = secret();
+    let out = host_python()
+        .arg(client())
+        .arg("stdio")
+        .arg(env!("CARGO_BIN_EXE_capsa"))
+        .arg("--timeout=2s")
+        .arg(s(&dir.join("secret.txt")))
+        .env("CAPSA_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check(&v, &dir);
+}
+
+#[test]
+fn an_agent_uses_the_tools_over_streamable_http() {
+    python_ready();
+    let (_t, dir) = secret();
+    let mut server = capsa()
+        .args(["serve", "--listen=127.0.0.1:0", "--timeout=2s"])
+        .env("CAPSA_TOKEN", "mcp-test-token")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
+    }
+    let url = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = host_python()
+        .arg(client())
+        .args(["http", &format!("{url}/mcp"), "mcp-test-token"])
+        .arg(s(&dir.join("secret.txt")))
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check(&v, &dir);
+}
