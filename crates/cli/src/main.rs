@@ -26,6 +26,9 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     Serve(commands::serve::ServeArgs),
     Mcp(commands::serve::McpArgs),
+    /// A warm worker of `capsa serve` (started by it, not by hand).
+    #[command(hide = true)]
+    ServeWorker,
 }
 
 /// An executable made by `capsa pack --exe`: capsa with a bundle appended.
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Mcp(args) => commands::serve::mcp(args),
+        Command::ServeWorker => commands::serve::worker_main(),
     };
     exit(code)
 }

@@ -30,7 +30,7 @@ use report::{AuditSink, Kind, Reporter};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Linker, ResourceTable};
@@ -95,6 +95,8 @@ pub struct RunConfig {
     pub cache: Option<CodeCache>,
     /// PEM files of CAs trusted for HTTPS besides the system's (`--ca-cert`).
     pub ca_certs: Vec<PathBuf>,
+    /// The guest's stdin: these bytes, or (`None`) capsa's own stdin.
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// How a run ended, when capsa itself did not fail.
@@ -391,17 +393,17 @@ pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
 }
 
 fn run_here(
-    config: RunConfig,
+    mut config: RunConfig,
     done: &std::sync::mpsc::Sender<Result<Outcome, RunError>>,
 ) -> Result<(), RunError> {
     // The time limit covers loading and compiling too: a program crafted to
     // compile slowly must not hold the host past it.
-    let finished = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(Finished::default());
     // However this function ends, the watchdog stands down.
-    struct Finish(Arc<AtomicBool>);
+    struct Finish(Arc<Finished>);
     impl Drop for Finish {
         fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
+            self.0.set();
         }
     }
     let _finish = Finish(finished.clone());
@@ -409,18 +411,7 @@ fn run_here(
     if let Some(t) = config.policy.limits.timeout {
         start_watchdog(t, finished.clone(), early_reporter.clone());
     }
-    let engine = engine(config.policy.limits.fuel.is_some())?;
-    let program = load::Program::read(&config.program, config.cache.as_ref())?;
-    let component = match &config.cache {
-        Some(cache) => cache.load(&engine, &program)?,
-        None => wasmtime::component::Component::new(&engine, program.component_bytes()?).map_err(
-            |e| LoadError::Invalid {
-                path: config.program.clone(),
-                msg: format!("{e:#}"),
-            },
-        )?,
-    };
-    check_world(&engine, &component, &config.program)?;
+    let (engine, pre) = prepared(&config)?;
 
     let limits = config.policy.limits;
     let ca_certs = http_guard::read_ca_certs(&config.ca_certs).map_err(RunError::Policy)?;
@@ -465,8 +456,11 @@ fn run_here(
     // operation may block that thread instead of hopping to tokio's pool and
     // back (a stat cost 150 us that way).
     b.allow_blocking_current_thread(true);
-    b.inherit_stdin()
-        .stdout(LimitedOutput::new(Which::Stdout, budget.clone()))
+    match config.stdin.take() {
+        Some(bytes) => b.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(bytes)),
+        None => b.inherit_stdin(),
+    };
+    b.stdout(LimitedOutput::new(Which::Stdout, budget.clone()))
         .stderr(LimitedOutput::new(Which::Stderr, budget.clone()))
         .arg(&config.argv0)
         .args(&config.args)
@@ -500,16 +494,6 @@ fn run_here(
     // Open now; removed, it can never hold anything.
     drop(root);
 
-    let mut linker = Linker::<HostState>::new(&engine);
-    link(&mut linker).map_err(|e| RunError::Setup(format!("cannot set up WASI: {e:#}")))?;
-    // A program that imports what capsa lacks cannot be loaded (126); it
-    // is not a crash.
-    let pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| LoadError::UnknownImport {
-            path: config.program.clone(),
-            import: format!("{e:#}"),
-        })?;
     let mut table = ResourceTable::new();
     table.set_max_capacity(MAX_RESOURCES);
 
@@ -546,7 +530,7 @@ fn run_here(
         let command = wasmtime_wasi::p2::bindings::sync::Command::new(&mut store, &instance)?;
         command.wasi_cli_run().call_run(&mut store)
     });
-    finished.store(true, Ordering::SeqCst);
+    finished.set();
     let outcome = outcome(result, &store, &budget, &limits);
     if let Outcome::Limit { message, .. } = &outcome {
         guard.reporter.limit(message);
@@ -554,6 +538,84 @@ fn run_here(
     guard.reporter.flush();
     let _ = done.send(Ok(outcome));
     Ok(())
+}
+
+/// Engines, and programs ready to be instantiated, kept from run to run by
+/// a process that runs many programs (see [`keep_warm`]).
+#[derive(Default)]
+struct Warm {
+    /// Without fuel, and with.
+    engines: [Option<Engine>; 2],
+    /// The newest last: (program digest, fuel, ready to instantiate).
+    programs: Vec<([u8; 32], bool, wasmtime::component::InstancePre<HostState>)>,
+}
+
+/// Programs a warm process keeps ready.
+const WARM_PROGRAMS: usize = 4;
+
+static WARM: Mutex<Option<Warm>> = Mutex::new(None);
+
+/// From now on, this process keeps its engines and the programs it ran
+/// compiled, linked and ready to instantiate, so that a later run of the
+/// same program (a server's next run of Python) skips all of that. Each run
+/// still gets its own store, memories, WASI context and checks.
+pub fn keep_warm() {
+    *WARM.lock().unwrap_or_else(|e| e.into_inner()) = Some(Warm::default());
+}
+
+/// The engine, and `config.program` compiled, checked and linked.
+fn prepared(
+    config: &RunConfig,
+) -> Result<(Engine, wasmtime::component::InstancePre<HostState>), RunError> {
+    let fuel = config.policy.limits.fuel.is_some();
+    let mut warm = WARM.lock().unwrap_or_else(|e| e.into_inner());
+    let engine = match warm.as_mut() {
+        Some(w) => match &w.engines[usize::from(fuel)] {
+            Some(e) => e.clone(),
+            None => {
+                let e = engine(fuel)?;
+                w.engines[usize::from(fuel)] = Some(e.clone());
+                e
+            }
+        },
+        None => engine(fuel)?,
+    };
+    let program = load::Program::read(&config.program, config.cache.as_ref())?;
+    if let Some(w) = warm.as_ref()
+        && let Some((_, _, pre)) = w
+            .programs
+            .iter()
+            .find(|(d, f, _)| *d == program.digest && *f == fuel)
+    {
+        return Ok((engine, pre.clone()));
+    }
+    let component = match &config.cache {
+        Some(cache) => cache.load(&engine, &program)?,
+        None => wasmtime::component::Component::new(&engine, program.component_bytes()?).map_err(
+            |e| LoadError::Invalid {
+                path: config.program.clone(),
+                msg: format!("{e:#}"),
+            },
+        )?,
+    };
+    check_world(&engine, &component, &config.program)?;
+    let mut linker = Linker::<HostState>::new(&engine);
+    link(&mut linker).map_err(|e| RunError::Setup(format!("cannot set up WASI: {e:#}")))?;
+    // A program that imports what capsa lacks cannot be loaded (126); it
+    // is not a crash.
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::UnknownImport {
+            path: config.program.clone(),
+            import: format!("{e:#}"),
+        })?;
+    if let Some(w) = warm.as_mut() {
+        if w.programs.len() >= WARM_PROGRAMS {
+            w.programs.remove(0);
+        }
+        w.programs.push((program.digest, fuel, pre.clone()));
+    }
+    Ok((engine, pre))
 }
 
 /// The directory behind the guarded root (see [`Preopen::root_guard`]):
@@ -740,19 +802,13 @@ fn check_world(
 /// stderr is closed or full.
 fn start_watchdog(
     timeout: Duration,
-    finished: Arc<AtomicBool>,
+    finished: Arc<Finished>,
     guard: Arc<std::sync::OnceLock<Arc<Guard>>>,
 ) {
     std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                break;
-            }
-            std::thread::sleep(deadline - now);
-        }
-        if !finished.load(Ordering::SeqCst) {
+        // Wakes at the deadline, or as soon as the run ends (a process
+        // that runs many programs must not keep a thread per past run).
+        if !finished.wait_until(std::time::Instant::now() + timeout) {
             let message = timeout_message(timeout);
             if let Some(guard) = guard.get() {
                 guard.reporter.limit(&message);
@@ -763,6 +819,37 @@ fn start_watchdog(
             std::process::exit(exit::TIMEOUT);
         }
     });
+}
+
+/// Whether a run has ended, for its watchdog to wait on.
+#[derive(Default)]
+struct Finished {
+    done: Mutex<bool>,
+    cond: std::sync::Condvar,
+}
+
+impl Finished {
+    fn set(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits until the run ends or `deadline` passes; whether it ended.
+    fn wait_until(&self, deadline: std::time::Instant) -> bool {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            done = self
+                .cond
+                .wait_timeout(done, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        true
+    }
 }
 
 fn timeout_message(t: Duration) -> String {

@@ -117,6 +117,9 @@ pub struct SandboxArgs {
     /// Python: put this directory of packages on sys.path, read-only.
     #[arg(long, value_name = "DIR")]
     pub python_path: Vec<PathBuf>,
+    /// The program's stdin is this file's contents (capsa serve's workers).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub stdin_file: Option<PathBuf>,
 }
 
 /// An I/O error as a message names it ("no such file or directory").
@@ -372,6 +375,18 @@ pub fn execute(
             say(&format!("capsa: note: {w}"));
         }
     }
+    let stdin = match &sandbox.stdin_file {
+        None => None,
+        Some(f) => match std::fs::read(f) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                return fail(
+                    exit::USAGE,
+                    anyhow::anyhow!("cannot read {}: {}", f.display(), describe_io(&e)),
+                );
+            }
+        },
+    };
     let config = RunConfig {
         argv0,
         program,
@@ -383,6 +398,7 @@ pub fn execute(
         audit,
         cache: CodeCache::default_dir().map(CodeCache::new),
         ca_certs: sandbox.ca_cert.clone(),
+        stdin,
     };
     match capsa_sandbox::run(config) {
         Ok(Outcome::Exited(code)) => code,

@@ -83,6 +83,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub ca_certs: Vec<PathBuf>,
     pub python_path: Vec<PathBuf>,
+    /// Run Python in warm workers (else a `capsa run` per run).
+    pub warm: bool,
 }
 
 /// A session as the map holds it: its scratch directory is reachable while
@@ -96,6 +98,7 @@ struct Handle {
 pub struct State {
     config: Config,
     runs: Arc<tokio::sync::Semaphore>,
+    pool: Option<super::worker::Pool>,
     sessions: Mutex<HashMap<String, Handle>>,
     ended: Mutex<VecDeque<(String, Ended)>>,
     /// The `Host` values a tokenless server answers.
@@ -109,6 +112,9 @@ impl State {
     pub fn new(config: Config) -> State {
         State {
             runs: Arc::new(tokio::sync::Semaphore::new(config.max_runs)),
+            pool: config
+                .warm
+                .then(|| super::worker::Pool::new(&config.base.path)),
             config,
             sessions: Mutex::new(HashMap::new()),
             ended: Mutex::new(VecDeque::new()),
@@ -545,7 +551,19 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
             program: &program_file,
             args: &r.args,
         };
-        match run_once(launch, r.stdin.into_bytes(), limits, tap).await {
+        let result = match (&state.pool, cache.is_none()) {
+            // Python: a warm worker. A WebAssembly program sent by the
+            // client: a process of its own, with a cache of its own.
+            (Some(pool), true) => {
+                let stdin_file = dir.0.join("stdin");
+                if let Err(e) = std::fs::write(&stdin_file, r.stdin.as_bytes()) {
+                    return Err(format!("cannot write the run's input: {e}"));
+                }
+                pool.run(launch, &stdin_file, limits, tap).await
+            }
+            _ => run_once(launch, r.stdin.into_bytes(), limits, tap).await,
+        };
+        match result {
             Ok(result) => Ok(serde_json::to_value(&result).unwrap_or_default()),
             Err(e) => Err(format!("cannot start a run: {e}")),
         }

@@ -53,23 +53,32 @@ pub struct Launch<'a> {
 /// process itself: the child's watchdog says which limit it was.
 const GRACE: Duration = Duration::from_secs(2);
 
-pub fn command(launch: &Launch<'_>) -> Command {
-    let me = std::env::current_exe().unwrap_or_else(|_| "capsa".into());
-    let mut c = Command::new(me);
-    c.arg("run")
-        .arg("--quiet")
-        .arg(format!("--policy={}", launch.policy_file.display()))
-        .arg(format!("--audit={}", launch.audit_file.display()));
+/// `capsa run`'s arguments for `launch` (after `capsa run`).
+pub fn run_args(launch: &Launch<'_>) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = vec![
+        "--quiet".into(),
+        format!("--policy={}", launch.policy_file.display()).into(),
+        format!("--audit={}", launch.audit_file.display()).into(),
+    ];
     for ca in launch.ca_certs {
-        c.arg(format!("--ca-cert={}", ca.display()));
+        a.push(format!("--ca-cert={}", ca.display()).into());
     }
     for p in launch.python_path {
-        c.arg(format!("--python-path={}", p.display()));
+        a.push(format!("--python-path={}", p.display()).into());
     }
-    c.arg("--")
-        .arg(launch.program)
-        .args(launch.args)
-        .current_dir(launch.scratch)
+    a.push("--".into());
+    a.push(launch.program.into());
+    a.extend(launch.args.iter().map(Into::into));
+    a
+}
+
+/// A child of the server: `capsa ARGS`, with pipes for its standard streams,
+/// ended if the server lets go of it.
+pub fn capsa(args: impl IntoIterator<Item = std::ffi::OsString>, cwd: &Path) -> Command {
+    let me = std::env::current_exe().unwrap_or_else(|_| "capsa".into());
+    let mut c = Command::new(me);
+    c.args(args)
+        .current_dir(cwd)
         // The server's credential is never the guest's to read, whatever
         // --allow-env grants.
         .env_remove("CAPSA_TOKEN")
@@ -77,6 +86,12 @@ pub fn command(launch: &Launch<'_>) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    c
+}
+
+pub fn command(launch: &Launch<'_>) -> Command {
+    let args = std::iter::once("run".into()).chain(run_args(launch));
+    let mut c = capsa(args, launch.scratch);
     if let Some(dir) = launch.cache_dir {
         c.env("CAPSA_CACHE_DIR", dir);
     }

@@ -8,6 +8,9 @@ mod child;
 mod mcp;
 mod scratch;
 mod session;
+mod worker;
+
+pub use worker::work as worker_main;
 
 use super::run::{SandboxArgs, fail};
 use capsa_sandbox::exit;
@@ -68,6 +71,10 @@ pub struct CommonArgs {
     /// Runs going on at once; further runs wait their turn.
     #[arg(long, value_name = "N", default_value_t = 8)]
     max_runs: usize,
+    /// Run each Python program in a `capsa run` process of its own, not in
+    /// a warm worker (slower; for comparison).
+    #[arg(long)]
+    cold: bool,
     /// Where runs and sessions keep their files: a new private directory
     /// is made in DIR [default: the system's temporary directory].
     #[arg(long, value_name = "DIR")]
@@ -188,6 +195,7 @@ fn setup(
         listen,
         ca_certs: args.sandbox.ca_cert.clone(),
         python_path: args.sandbox.python_path.clone(),
+        warm: !args.cold,
     }))
 }
 

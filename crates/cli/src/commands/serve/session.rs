@@ -13,10 +13,7 @@ pub struct Session {
     /// `base/sessions/ID`: its policy, its audit log, its scratch directory.
     pub dir: PathBuf,
     pub scratch: PathBuf,
-    child: Child,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
-    stderr: ChildStderr,
+    talk: Conversation,
     /// Marks the end of a call's output; the server chose it.
     nonce: String,
     /// Bytes of the audit log already reported.
@@ -36,19 +33,10 @@ impl Session {
         nonce: String,
         limits: Limits,
     ) -> std::io::Result<Session> {
-        let mut child = super::child::command(&launch).spawn()?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(std::io::Error::other("the interpreter's pipes are missing"));
-        };
         Ok(Session {
             dir,
             scratch: launch.scratch.to_path_buf(),
-            stdin,
-            stdout,
-            stderr,
-            child,
+            talk: Conversation::start(super::child::command(&launch))?,
             nonce,
             audit_seen: 0,
             audit_file: launch.audit_file.to_path_buf(),
@@ -68,15 +56,129 @@ impl Session {
     ) -> Result<RunResult, (RunResult, Ended)> {
         let start = Instant::now();
         self.last_used = start;
-        let mut line = serde_json::json!({"code": code, "stdin": stdin}).to_string();
+        let line = serde_json::json!({"code": code, "stdin": stdin}).to_string();
+        let timeout = timeout.or(self.limits.timeout);
+        let reply = self
+            .talk
+            .call(&line, &self.nonce, timeout, self.limits.max_output, &tap)
+            .await;
+        let audit = std::fs::read(&self.audit_file).unwrap_or_default();
+        let fresh = audit.get(self.audit_seen..).unwrap_or_default();
+        let (denials, audit_limit) = read_audit(fresh);
+        self.audit_seen = audit.len();
+        self.last_used = Instant::now();
+        let (result, alive) = reply.result(denials, audit_limit, start);
+        if alive {
+            return Ok(result);
+        }
+        let why = match &result.limit {
+            Some(l) => format!("its interpreter ended: {l}"),
+            None => format!("its interpreter ended with exit code {}", result.exit_code),
+        };
+        Err((result, why))
+    }
+
+    /// Ends the interpreter and removes its files.
+    pub async fn end(&mut self) {
+        self.talk.end().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A child process that takes one request per line on its stdin and marks
+/// the end of each answer on its stdout (with a status) and its stderr,
+/// with a nonce the server chose: a session's interpreter, or a warm
+/// worker (see `worker`).
+pub struct Conversation {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+}
+
+/// What one call brought back.
+pub struct Reply {
+    out: Vec<u8>,
+    err: Vec<u8>,
+    /// The status the end mark gave.
+    status: Option<i32>,
+    /// A limit the server itself enforced (time, output).
+    limit: Option<String>,
+    /// The child is still there, ready for the next call; else it has
+    /// ended (and `exit` says how).
+    alive: bool,
+    exit: Option<i32>,
+    max: u64,
+}
+
+impl Reply {
+    /// The answer of the call, and whether the child is still there.
+    pub fn result(
+        self,
+        denials: Vec<String>,
+        audit_limit: Option<String>,
+        start: Instant,
+    ) -> (RunResult, bool) {
+        let clip = |mut v: Vec<u8>| {
+            v.truncate(self.max as usize);
+            String::from_utf8_lossy(&v).into_owned()
+        };
+        let mut result = RunResult {
+            exit_code: self.status.unwrap_or(0),
+            stdout: clip(self.out),
+            stderr: clip(self.err),
+            denials,
+            limit: None,
+            duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+        };
+        if self.alive {
+            return (result, true);
+        }
+        result.limit = self.limit.clone().or(audit_limit);
+        result.exit_code = match (&self.limit, self.exit) {
+            (Some(l), _) if l.starts_with("time") => capsa_sandbox::exit::TIMEOUT,
+            (Some(_), _) => capsa_sandbox::exit::LIMIT,
+            (None, Some(code)) => code,
+            (None, None) => capsa_sandbox::exit::INTERNAL,
+        };
+        (result, false)
+    }
+}
+
+impl Conversation {
+    pub fn start(mut command: tokio::process::Command) -> std::io::Result<Self> {
+        let mut child = command.spawn()?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(std::io::Error::other("the child's pipes are missing"));
+        };
+        Ok(Conversation {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Sends `line` and reads the answer to its end marks (with `nonce`),
+    /// within `timeout` and `max` bytes of output; past either, the child
+    /// is ended.
+    pub async fn call(
+        &mut self,
+        line: &str,
+        nonce: &str,
+        timeout: Option<Duration>,
+        max: u64,
+        tap: &Tap,
+    ) -> Reply {
+        let mut line = line.to_string();
         line.push('\n');
-        let out_mark = format!("\0capsa-end:{}:", self.nonce).into_bytes();
-        let err_mark = format!("\0capsa-end:{}\n", self.nonce).into_bytes();
+        let out_mark = format!("\0capsa-end:{nonce}:").into_bytes();
+        let err_mark = format!("\0capsa-end:{nonce}\n").into_bytes();
         let mut out = Vec::new();
         let mut err = Vec::new();
         let (mut out_done, mut err_done) = (None::<i32>, false);
-        let max = self.limits.max_output;
-        let timeout = timeout.or(self.limits.timeout);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut limit: Option<String> = None;
         let mut alive =
@@ -123,7 +225,7 @@ impl Session {
                 }
             }
             // Stream what cannot be the start of an end mark.
-            if let Some(tx) = &tap {
+            if let Some(tx) = tap {
                 for (buf, sent, which, done, mark) in [
                     (
                         &out,
@@ -152,48 +254,31 @@ impl Session {
                 alive = false;
             }
         }
-        let audit = std::fs::read(&self.audit_file).unwrap_or_default();
-        let fresh = audit.get(self.audit_seen..).unwrap_or_default();
-        let (denials, audit_limit) = read_audit(fresh);
-        self.audit_seen = audit.len();
-        let clip = |mut v: Vec<u8>| {
-            v.truncate(max as usize);
-            String::from_utf8_lossy(&v).into_owned()
+        let exit = if alive {
+            None
+        } else {
+            // Ended by the server, or gone by itself: either way, reaped.
+            let _ = self.child.start_kill();
+            match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+                Ok(Ok(s)) => Some(super::child::exit_code(s)),
+                _ => None,
+            }
         };
-        let mut result = RunResult {
-            exit_code: out_done.unwrap_or(0),
-            stdout: clip(out),
-            stderr: clip(err),
-            denials,
-            limit: None,
-            duration_ms: start.elapsed().as_secs_f64() * 1000.0,
-        };
-        self.last_used = Instant::now();
-        if alive {
-            return Ok(result);
+        Reply {
+            out,
+            err,
+            status: out_done,
+            limit,
+            alive,
+            exit,
+            max,
         }
-        // The interpreter is gone, or is ended now.
-        let _ = self.child.start_kill();
-        let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
-        result.limit = limit.clone().or(audit_limit);
-        result.exit_code = match (&limit, status) {
-            (Some(l), _) if l.starts_with("time") => capsa_sandbox::exit::TIMEOUT,
-            (Some(_), _) => capsa_sandbox::exit::LIMIT,
-            (None, Ok(Ok(s))) => super::child::exit_code(s),
-            (None, _) => capsa_sandbox::exit::INTERNAL,
-        };
-        let why = match &result.limit {
-            Some(l) => format!("its interpreter ended: {l}"),
-            None => format!("its interpreter ended with exit code {}", result.exit_code),
-        };
-        Err((result, why))
     }
 
-    /// Ends the interpreter and removes its files.
+    /// Ends the child.
     pub async fn end(&mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -1,0 +1,166 @@
+//! Warm workers: `capsa serve` runs Python code in worker processes that
+//! keep the engine and the Python runtime compiled, linked and ready to
+//! instantiate (`capsa_sandbox::keep_warm`), instead of starting a `capsa
+//! run` per request. A job is exactly a `capsa run` (the same arguments,
+//! the same code path, a fresh store and WASI context per run); only the
+//! process is reused. One job at a time per worker: a job that reaches its
+//! time limit ends its worker (the run's watchdog ends the process, as in
+//! `capsa run`), and the server starts another.
+//!
+//! The worker reads one job per line on its stdin; the program's stdin is
+//! always a file of the job's (`--stdin-file`), never the worker's own. It
+//! writes the job's output to its stdout and stderr and marks their ends
+//! with the job's nonce, which the server chose and no guest can see.
+
+use super::child::{Launch, RunResult, Tap, read_audit, run_args};
+use super::session::Conversation;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Serialize, Deserialize)]
+struct Job {
+    /// `capsa run`'s arguments.
+    args: Vec<std::ffi::OsString>,
+    cwd: PathBuf,
+    nonce: String,
+}
+
+/// A worker ends after this many jobs, so that nothing a long life
+/// accumulates (fragmented memory) grows without end.
+const JOBS_PER_WORKER: u32 = 1000;
+
+/// Slack on top of a job's own time limit before the server ends the
+/// worker itself.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// The worker process: `capsa serve-worker`.
+pub fn work() -> i32 {
+    capsa_sandbox::keep_warm();
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) | Err(_) => return 0,
+            Ok(_) => {}
+        }
+        let Ok(job) = serde_json::from_str::<Job>(&line) else {
+            return capsa_sandbox::exit::USAGE;
+        };
+        let code = run_job(&job);
+        // The job's output ends here; the guest has no more to write.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "\0capsa-end:{}:{code}", job.nonce);
+        let _ = out.flush();
+        drop(out);
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "\0capsa-end:{}", job.nonce);
+        let _ = err.flush();
+    }
+}
+
+fn run_job(job: &Job) -> i32 {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        run: crate::commands::run::RunArgs,
+    }
+    if std::env::set_current_dir(&job.cwd).is_err() {
+        return capsa_sandbox::exit::INTERNAL;
+    }
+    let args =
+        std::iter::once(std::ffi::OsString::from("capsa run")).chain(job.args.iter().cloned());
+    match Run::try_parse_from(args) {
+        // The worker's own stdin carries the jobs: a program never reads it.
+        Ok(r) if r.run.sandbox.stdin_file.is_some() => crate::commands::run::run(r.run),
+        Ok(_) => capsa_sandbox::exit::USAGE,
+        Err(e) => {
+            let _ = e.print();
+            capsa_sandbox::exit::USAGE
+        }
+    }
+}
+
+struct Worker {
+    talk: Conversation,
+    jobs: u32,
+}
+
+/// Workers not busy with a job.
+pub struct Pool {
+    idle: std::sync::Mutex<Vec<Worker>>,
+    cwd: PathBuf,
+}
+
+impl Pool {
+    pub fn new(cwd: &Path) -> Pool {
+        Pool {
+            idle: std::sync::Mutex::new(Vec::new()),
+            cwd: cwd.to_path_buf(),
+        }
+    }
+
+    fn take(&self) -> std::io::Result<Worker> {
+        if let Some(w) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(w);
+        }
+        let cmd = super::child::capsa(["serve-worker".into()], &self.cwd);
+        Ok(Worker {
+            talk: Conversation::start(cmd)?,
+            jobs: 0,
+        })
+    }
+
+    /// Runs `launch` as `capsa run` would, with `stdin_file` as its stdin.
+    pub async fn run(
+        &self,
+        launch: Launch<'_>,
+        stdin_file: &Path,
+        limits: super::ceiling::Limits,
+        tap: Tap,
+    ) -> std::io::Result<RunResult> {
+        let start = Instant::now();
+        let mut worker = self.take()?;
+        let mut args = vec![std::ffi::OsString::from(format!(
+            "--stdin-file={}",
+            stdin_file.display()
+        ))];
+        args.extend(run_args(&launch));
+        let job = Job {
+            args,
+            cwd: launch.scratch.to_path_buf(),
+            nonce: super::random_id(),
+        };
+        let line = serde_json::to_string(&job).map_err(std::io::Error::other)?;
+        let reply = worker
+            .talk
+            .call(
+                &line,
+                &job.nonce,
+                limits.timeout.map(|t| t + GRACE),
+                limits.max_output,
+                &tap,
+            )
+            .await;
+        let audit = std::fs::read(launch.audit_file).unwrap_or_default();
+        let (denials, audit_limit) = read_audit(&audit);
+        let (mut result, alive) = reply.result(denials, audit_limit.clone(), start);
+        if alive {
+            worker.jobs += 1;
+            // A limit the run reached is its own; the worker goes on.
+            result.limit = audit_limit;
+            if worker.jobs < JOBS_PER_WORKER {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(worker);
+            } else {
+                worker.talk.end().await;
+            }
+        }
+        Ok(result)
+    }
+}
