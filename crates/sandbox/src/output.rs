@@ -10,6 +10,9 @@ use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal as WasiIsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
+/// Bytes one write may carry (the guest's own memory holds them first).
+const MAX_WRITE: usize = 1 << 30;
+
 /// Bytes left for stdout and stderr together.
 pub struct OutputBudget {
     remaining: Option<AtomicU64>,
@@ -120,7 +123,10 @@ impl OutputStream for LimitedOutput {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
+        // As much as a program may ask to write at once: `write` takes it
+        // all, synchronously. A smaller permit made wasi-libc's write()
+        // short, and CPython's print() lost the rest of a large string.
+        Ok(MAX_WRITE)
     }
 }
 

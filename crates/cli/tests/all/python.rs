@@ -945,3 +945,22 @@ print(json.dumps([1]))
     let r = run_in(&d, &flags, &script, &[]);
     assert_eq!(r.stdout, "no yaml\n[1]\n", "{}", r.stderr);
 }
+
+#[test]
+fn large_writes_reach_stdout_whole() {
+    let (_t, dir) = scratch();
+    let r = py_code(
+        &dir,
+        &[],
+        "import os, sys\n\
+         print('x' * (1 << 20))\n\
+         sys.stdout.flush()\n\
+         n = os.write(1, b'y' * (3 << 20))\n\
+         print(n, file=sys.stderr)",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.len(), (1 << 20) + 1 + (3 << 20));
+    assert!(r.stdout.starts_with(&"x".repeat(1 << 20)));
+    assert!(r.stdout.ends_with(&"y".repeat(3 << 20)));
+    assert_eq!(r.stderr.trim(), (3 << 20).to_string());
+}
