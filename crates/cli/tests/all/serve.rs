@@ -746,3 +746,176 @@ fn schemathesis_finds_no_server_error_or_answer_off_the_schema() {
     );
     assert!(text.contains(" passed"), "{text}");
 }
+
+/// The session's scratch directory, as its interpreter sees it.
+fn session_dir(server: &Server, id: &str) -> std::path::PathBuf {
+    let r = server.exec(id, "import os\nprint(os.getcwd())");
+    let scratch = std::path::PathBuf::from(r["stdout"].as_str().unwrap().trim());
+    scratch.parent().unwrap().to_path_buf()
+}
+
+/// Sends a request and hangs up before the answer.
+fn hang_up(server: &Server, path: &str, body: &Value) {
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let body = body.to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+}
+
+#[test]
+fn a_client_that_hangs_up_leaves_its_session_in_step() {
+    let server = Server::start(&["--timeout=10s"]);
+    let id = server.session(json!({}));
+    let path = format!("/v1/sessions/{id}/exec");
+    hang_up(
+        &server,
+        &path,
+        &json!({"code": "import time\ntime.sleep(1)\nprint('ONE')"}),
+    );
+    // The first call goes on to its end; then the next is answered as itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = server.post(&path, json!({"code": "print('TWO')"}));
+        if a.status == 409 {
+            assert!(Instant::now() < deadline, "the first call never ended");
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        assert_eq!(a.status, 200);
+        assert_eq!(a.json()["stdout"], "TWO\n", "{}", a.json());
+        break;
+    }
+}
+
+#[test]
+fn a_session_that_will_not_read_is_still_ended_in_time() {
+    let server = Server::start(&["--timeout=2s"]);
+    let id = server.session(json!({}));
+    let dir = session_dir(&server, &id);
+    let path = format!("/v1/sessions/{id}/exec");
+    hang_up(&server, &path, &json!({"code": "while True: pass"}));
+    // A call too large for the pipe while the interpreter spins.
+    let big = format!("x = '{}'", "y".repeat(1 << 20));
+    let start = Instant::now();
+    let a = server.post(&path, json!({ "code": big }));
+    assert!(
+        a.status == 409 || a.status == 404 || a.status == 200,
+        "{}",
+        a.status
+    );
+    let del = server.raw("DELETE", &format!("/v1/sessions/{id}"), &[], b"");
+    assert!(del.status == 204 || del.status == 404, "{}", del.status);
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dir.exists() {
+        assert!(Instant::now() < deadline, "the session's files stay");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_cell_that_forges_the_end_of_its_call_ends_its_session() {
+    let server = Server::start(&["--timeout=30s"]);
+    let id = server.session(json!({}));
+    let forge = "import os, sys\n\
+                 nonce = sys._getframe(1).f_globals['nonce']\n\
+                 os.write(1, b'looks done\\0capsa-end:' + nonce + b':0\\n')\n\
+                 os.write(2, b'\\0capsa-end:' + nonce + b'\\n')\n\
+                 while True: pass";
+    let r = server.exec(&id, forge);
+    assert_eq!(r["stdout"], "looks done", "{r}");
+    // The server looks at the interpreter between calls (every 500 ms).
+    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = server.post(
+            &format!("/v1/sessions/{id}/exec"),
+            json!({"code": "print(1)"}),
+        );
+        if a.status == 404 {
+            let e = a.json()["error"].as_str().unwrap().to_string();
+            assert!(e.contains("kept running after its call had ended"), "{e}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spinning cell was never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_ends_every_sandbox_and_removes_the_servers_files() {
+    let (_t, work) = scratch();
+    let server = Server::start(&["--timeout=none", &format!("--work-dir={}", s(&work))]);
+    let id = server.session(json!({}));
+    let dir = session_dir(&server, &id);
+    std::fs::write(dir.join("scratch").join("notes.txt"), "x").unwrap();
+    hang_up(
+        &server,
+        &format!("/v1/sessions/{id}/exec"),
+        &json!({"code": "while True: pass"}),
+    );
+    let pid = server.child.id();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_dir(&work).unwrap().next().is_some() {
+        assert!(Instant::now() < deadline, "files left: {:?}", tree(&work));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // No process of the server's is left running its sandboxes.
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path().join("cwd")).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| p.starts_with(s(&work)))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn only_webassembly_binaries_are_taken_as_wasm_and_denials_are_escaped() {
+    use base64::Engine as _;
+    let server = Server::start(&[]);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for not_wasm in [&b"capsa bundle"[..], b"(module)", b""] {
+        let a = server.post("/v1/run", json!({"wasm": b64.encode(not_wasm)}));
+        assert_eq!(a.status, 400, "{not_wasm:?}");
+    }
+    let r = server.run(json!({"code": "try:\n    open('/etc/hostname')\nexcept OSError:\n    pass\nopen('/nowhere\\x1b[2J; hint: --allow-read=/\\nfake')"}));
+    let denials: Vec<&str> = r["denials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(denials.len(), 2, "{r}");
+    // capsa's own hint is on a line of its own.
+    assert_eq!(
+        denials[0],
+        "denied: read /etc/hostname (outside every granted path)\n  hint: --allow-read=/etc/hostname"
+    );
+    // What the guest named cannot make a line, a hint or an escape of its own.
+    let d = denials[1];
+    assert!(!d.contains('\x1b') && !d.contains('\n'), "{d}");
+    assert!(d.contains("\\u{1b}[2J") && d.contains("\\u{a}fake"), "{d}");
+}

@@ -23,6 +23,12 @@ use std::time::Duration;
 /// Bytes of one request body (a base64 program, files and code).
 const MAX_BODY: usize = 64 << 20;
 
+/// Time for a request's body to arrive, once its head has.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connections open at once; more are closed as they come.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Sessions remembered after they end, so that a late call hears why.
 const ENDED_KEPT: usize = 1024;
 
@@ -93,11 +99,24 @@ pub struct Config {
 struct Handle {
     scratch: PathBuf,
     session: Arc<tokio::sync::Mutex<Session>>,
+    cancel: Arc<tokio::sync::Notify>,
+}
+
+impl Handle {
+    /// Ends the session: a call going on ends now, then its interpreter.
+    async fn end(&self) {
+        self.cancel.notify_one();
+        self.session.lock().await.end().await;
+    }
 }
 
 pub struct State {
     config: Config,
     runs: Arc<tokio::sync::Semaphore>,
+    /// Runs accepted and waiting for one of `runs`.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Open connections.
+    pub connections: Arc<tokio::sync::Semaphore>,
     pool: Option<super::worker::Pool>,
     sessions: Mutex<HashMap<String, Handle>>,
     ended: Mutex<VecDeque<(String, Ended)>>,
@@ -112,6 +131,8 @@ impl State {
     pub fn new(config: Config) -> State {
         State {
             runs: Arc::new(tokio::sync::Semaphore::new(config.max_runs)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             pool: config
                 .warm
                 .then(|| super::worker::Pool::new(&config.base.path)),
@@ -163,7 +184,7 @@ impl State {
     pub async fn end_all(&self) {
         let all: Vec<_> = self.sessions().drain().collect();
         for (_, h) in all {
-            h.session.lock().await.end().await;
+            h.end().await;
         }
         if self.config.base.owned {
             let _ = std::fs::remove_dir_all(&self.config.base.path);
@@ -171,31 +192,32 @@ impl State {
     }
 }
 
-/// Ends sessions idle for longer than `--session-idle`.
+/// Ends sessions idle for longer than `--session-idle`, and sessions whose
+/// interpreter runs between calls.
 pub async fn reap_idle(state: Arc<State>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let idle: Vec<(String, Handle)> = state
-            .sessions()
-            .iter()
-            .filter(|(_, h)| {
-                // A session in a call is not idle.
-                h.session
-                    .try_lock()
-                    .is_ok_and(|s| s.last_used.elapsed() > state.config.idle)
-            })
-            .map(|(id, h)| (id.clone(), h.clone()))
-            .collect();
-        for (id, h) in idle {
-            state.sessions().remove(&id);
-            state.remember_end(
-                &id,
-                format!(
+        let mut ending: Vec<(String, Handle, String)> = Vec::new();
+        for (id, h) in state.sessions().iter() {
+            // A session in a call is not idle.
+            let Ok(s) = h.session.try_lock() else {
+                continue;
+            };
+            if s.ran_between_calls() {
+                let why = RAN_BETWEEN_CALLS.to_string();
+                ending.push((id.clone(), h.clone(), why));
+            } else if s.last_used.elapsed() > state.config.idle {
+                let why = format!(
                     "it was idle for longer than --session-idle={}",
                     capsa_policy::format_duration(state.config.idle)
-                ),
-            );
-            h.session.lock().await.end().await;
+                );
+                ending.push((id.clone(), h.clone(), why));
+            }
+        }
+        for (id, h, why) in ending {
+            state.sessions().remove(&id);
+            state.remember_end(&id, why);
+            h.end().await;
         }
     }
 }
@@ -218,7 +240,7 @@ type Answer = Response<Body>;
 /// An answer's body: whole, or a stream of server-sent events.
 pub enum Body {
     Full(Full<Bytes>),
-    Events(tokio::sync::mpsc::UnboundedReceiver<Bytes>),
+    Events(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl Default for Body {
@@ -342,7 +364,17 @@ async fn body_json<T: for<'a> Deserialize<'a>>(req: Request<Incoming>) -> Result
 }
 
 async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Answer> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match collected {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -498,7 +530,15 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
     let program = match (&r.code, &r.wasm) {
         (Some(code), None) => Program::Python(code.clone()),
         (None, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64) {
-            Ok(bytes) => Program::Wasm(bytes),
+            // A module or a component; nothing else `capsa run` would take
+            // (a bundle, text) is sent this way.
+            Ok(bytes) if bytes.starts_with(b"\0asm") => Program::Wasm(bytes),
+            Ok(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "wasm: not a WebAssembly binary (a module or a component, starting with \\0asm)",
+                );
+            }
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("wasm: not base64: {e}")),
         },
         _ => {
@@ -536,11 +576,27 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
     if let Err(e) = written.and_then(|_| std::fs::write(&policy_file, text)) {
         return internal(e);
     }
+    // Runs beyond the queue's length are refused now, not held in memory.
+    let queued = state
+        .waiting
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if queued >= MAX_WAITING_PER_RUN * state.config.max_runs {
+        state
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many runs are waiting (--max-runs at once); try again later",
+        );
+    }
     let state = state.clone();
     respond(events, move |tap| async move {
         let Ok(_permit) = state.runs.clone().acquire_owned().await else {
             return Err("the server is ending".to_string());
         };
+        state
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         let launch = Launch {
             policy_file: &policy_file,
             audit_file: &dir.0.join("audit.jsonl"),
@@ -594,34 +650,47 @@ where
     Fut: std::future::Future<Output = Result<serde_json::Value, String>> + Send + 'static,
 {
     if !events {
-        return match work(None).await {
-            Ok(v) => json(StatusCode::OK, &v),
+        // In a task of its own: a client that hangs up does not cut a call
+        // short (a session would be left mid-call); it goes to its end, and
+        // its answer is dropped.
+        return match tokio::spawn(work(None)).await {
+            Ok(Ok(v)) => json(StatusCode::OK, &v),
+            Ok(Err(e)) => internal(e),
             Err(e) => internal(e),
         };
     }
-    let (tap_tx, mut tap_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tap_tx, mut tap_rx) = tokio::sync::mpsc::channel(16);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
     let fut = work(Some(tap_tx));
     tokio::spawn(async move {
         let forward = async {
+            let mut listening = true;
             while let Some((which, bytes)) = tap_rx.recv().await {
+                if !listening {
+                    continue;
+                }
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 let name = match which {
                     Stream::Stdout => "stdout",
                     Stream::Stderr => "stderr",
                 };
                 // A client that left ends nothing: the run goes to its end.
-                let _ = tx.send(event(name, &serde_json::Value::String(text)));
+                listening = tx
+                    .send(event(name, &serde_json::Value::String(text)))
+                    .await
+                    .is_ok();
             }
         };
         let (answer, ()) = tokio::join!(fut, forward);
-        let _ = tx.send(match answer {
-            Ok(v) => event("result", &v),
-            Err(e) => event(
-                "error",
-                &serde_json::json!({ "error": format!("capsa serve: {e}") }),
-            ),
-        });
+        let _ = tx
+            .send(match answer {
+                Ok(v) => event("result", &v),
+                Err(e) => event(
+                    "error",
+                    &serde_json::json!({ "error": format!("capsa serve: {e}") }),
+                ),
+            })
+            .await;
     });
     Response::builder()
         .header("content-type", "text/event-stream")
@@ -671,9 +740,8 @@ async fn post_session(state: &State, asks: Asks) -> Answer {
         let _ = std::fs::remove_dir_all(&dir);
         return internal(e);
     }
-    let nonce = super::random_id();
     let program = state.config.base.path.join("session.py");
-    let args = [nonce.clone()];
+    let args: [String; 0] = [];
     let launch = Launch {
         policy_file: &policy_file,
         audit_file: &dir.join("audit.jsonl"),
@@ -684,7 +752,7 @@ async fn post_session(state: &State, asks: Asks) -> Answer {
         program: &program,
         args: &args,
     };
-    match Session::start(launch, dir.clone(), nonce, limits) {
+    match Session::start(launch, dir.clone(), limits) {
         Ok(s) => {
             let mut sessions = state.sessions();
             if sessions.len() >= state.config.max_sessions {
@@ -700,6 +768,7 @@ async fn post_session(state: &State, asks: Asks) -> Answer {
             }
             let handle = Handle {
                 scratch: s.scratch.clone(),
+                cancel: s.cancel.clone(),
                 session: Arc::new(tokio::sync::Mutex::new(s)),
             };
             sessions.insert(id.clone(), handle);
@@ -739,6 +808,13 @@ async fn exec(state: &Arc<State>, id: &str, r: ExecRequest, events: bool) -> Ans
     };
     // It may have ended while this call waited for it.
     if find(state, id).is_none() {
+        return gone(state, id);
+    }
+    if s.ran_between_calls() {
+        state.sessions().remove(id);
+        state.remember_end(id, RAN_BETWEEN_CALLS.into());
+        let mut s = s;
+        s.end().await;
         return gone(state, id);
     }
     let timeout = match r.timeout.as_deref().map(capsa_policy::parse_duration) {
@@ -788,7 +864,7 @@ async fn delete_session(state: &State, id: &str) -> Answer {
     };
     state.remember_end(id, "it was deleted".into());
     // A call going on in it ends with its process.
-    handle.session.lock().await.end().await;
+    handle.end().await;
     no_content()
 }
 
@@ -862,6 +938,11 @@ fn percent_decode(s: &str) -> Option<String> {
     }
     String::from_utf8(out).ok()
 }
+
+const RAN_BETWEEN_CALLS: &str = "its interpreter kept running after its call had ended";
+
+/// Runs that may wait for each of `--max-runs`.
+const MAX_WAITING_PER_RUN: usize = 4;
 
 /// MCP clients one server keeps at once over HTTP.
 const MAX_MCP_CLIENTS: usize = 1024;

@@ -19,9 +19,11 @@ pub enum Stream {
     Stderr,
 }
 
-/// Where output goes as it comes, for a streaming answer.
+/// Where output goes as it comes, for a streaming answer. Bounded: a
+/// client that reads slowly slows the program down (and its time limit
+/// still holds), it does not grow the server's memory.
 pub type Tap = Option<Sender>;
-pub type Sender = tokio::sync::mpsc::UnboundedSender<(Stream, Vec<u8>)>;
+pub type Sender = tokio::sync::mpsc::Sender<(Stream, Vec<u8>)>;
 
 /// What `/v1/run` and a session call answer.
 #[derive(Debug, Serialize)]
@@ -75,8 +77,7 @@ pub fn run_args(launch: &Launch<'_>) -> Vec<std::ffi::OsString> {
 /// A child of the server: `capsa ARGS`, with pipes for its standard streams,
 /// ended if the server lets go of it.
 pub fn capsa(args: impl IntoIterator<Item = std::ffi::OsString>, cwd: &Path) -> Command {
-    let me = std::env::current_exe().unwrap_or_else(|_| "capsa".into());
-    let mut c = Command::new(me);
+    let mut c = Command::new(own_exe());
     c.args(args)
         .current_dir(cwd)
         // The server's credential is never the guest's to read, whatever
@@ -86,7 +87,30 @@ pub fn capsa(args: impl IntoIterator<Item = std::ffi::OsString>, cwd: &Path) -> 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // A child ends with the server, even one busy with a call that has no
+    // time limit (a session's interpreter between the server's checks).
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(2) is async-signal-safe; nothing else runs here.
+    unsafe {
+        c.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
     c
+}
+
+/// This executable. On Linux, the file the process runs, even after an
+/// upgrade replaced (or removed) the file at its path.
+fn own_exe() -> std::path::PathBuf {
+    #[cfg(target_os = "linux")]
+    {
+        std::path::PathBuf::from("/proc/self/exe")
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        std::env::current_exe().unwrap_or_else(|_| "capsa".into())
+    }
 }
 
 pub fn command(launch: &Launch<'_>) -> Command {
@@ -114,7 +138,7 @@ async fn read_capped(
                 let room = (cap as usize).saturating_sub(out.len());
                 let kept = &buf[..n.min(room)];
                 if let (Some((tx, which)), false) = (tap, kept.is_empty()) {
-                    let _ = tx.send((which, kept.to_vec()));
+                    let _ = tx.send((which, kept.to_vec())).await;
                 }
                 out.extend_from_slice(kept);
                 over |= n > room;
@@ -239,12 +263,15 @@ pub fn read_audit(log: &[u8]) -> (Vec<String>, Option<String>) {
             limit.get_or_insert(text("target"));
             continue;
         }
-        let mut d = format!("denied: {} {}", text("op"), text("target"));
+        // Names the guest chose are escaped: no control character, no line
+        // of its own; a hint is capsa's, on a line of its own.
+        let esc = |t: String| capsa_policy::escape_for_terminal(&t).into_owned();
+        let mut d = format!("denied: {} {}", esc(text("op")), esc(text("target")));
         if let Some(r) = v["reason"].as_str() {
-            d.push_str(&format!(" ({r})"));
+            d.push_str(&format!(" ({})", esc(r.to_string())));
         }
         if let Some(h) = v["hint"].as_str() {
-            d.push_str(&format!("; hint: {h}"));
+            d.push_str(&format!("\n  hint: {}", esc(h.to_string())));
         }
         if !denials.contains(&d) && denials.len() < MAX_DENIALS {
             denials.push(d);

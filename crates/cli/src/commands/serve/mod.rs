@@ -228,8 +228,28 @@ fn serve(state: api::State, listen: SocketAddr) -> i32 {
             }
         ));
         tokio::spawn(api::reap_idle(state.clone()));
+        // Ctrl-C, or SIGTERM (a service manager's stop): end every sandbox
+        // and remove the server's files before exiting.
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         };
         tokio::pin!(shutdown);
         loop {
@@ -240,7 +260,16 @@ fn serve(state: api::State, listen: SocketAddr) -> i32 {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     };
-                    tokio::spawn(api::connection(state.clone(), stream));
+                    // Past the cap, a connection is closed at once.
+                    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+                        drop(stream);
+                        continue;
+                    };
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        api::connection(state, stream).await;
+                        drop(permit);
+                    });
                 }
                 () = &mut shutdown => break,
             }

@@ -1,7 +1,9 @@
 # capsa serve: the loop of a session's interpreter. Each request is one JSON
-# line on the real stdin, {"code": ..., "stdin": ...}; the cell runs in one
-# namespace kept from call to call, and its end is marked on stdout and
-# stderr with this session's nonce, which the server reads up to.
+# line on the real stdin, {"code": ..., "stdin": ..., "nonce": ...}; the cell
+# runs in one namespace kept from call to call, and its end is marked on
+# stdout and stderr with the call's nonce, which the server reads up to.
+# (A cell can read the nonce and mark an end early; the server then sees the
+# interpreter using the CPU between calls, and ends the session.)
 import ast
 import io
 import json
@@ -10,7 +12,6 @@ import sys
 import traceback
 
 _requests = sys.stdin.buffer
-_nonce = sys.argv[1].encode()
 sys.argv = [""]
 _ns = {"__name__": "__main__", "__builtins__": __builtins__}
 
@@ -53,10 +54,11 @@ while True:
     if not line:
         break
     request = json.loads(line)
+    nonce = request["nonce"].encode()
     sys.stdin = io.StringIO(request.get("stdin", ""))
     status = _run(request["code"])
     _flush()
     sys.stdout = sys.__stdout__
     sys.stderr = sys.__stderr__
-    os.write(1, b"\0capsa-end:" + _nonce + b":" + str(status).encode() + b"\n")
-    os.write(2, b"\0capsa-end:" + _nonce + b"\n")
+    os.write(1, b"\0capsa-end:" + nonce + b":" + str(status).encode() + b"\n")
+    os.write(2, b"\0capsa-end:" + nonce + b"\n")

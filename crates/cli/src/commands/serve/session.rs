@@ -5,6 +5,7 @@
 use super::ceiling::Limits;
 use super::child::{Launch, RunResult, Stream, Tap, output_message, read_audit, timeout_message};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
@@ -14,8 +15,12 @@ pub struct Session {
     pub dir: PathBuf,
     pub scratch: PathBuf,
     talk: Conversation,
-    /// Marks the end of a call's output; the server chose it.
-    nonce: String,
+    /// Ends a call going on now (for DELETE, idle expiry, shutdown), without
+    /// waiting for the session's lock.
+    pub cancel: Arc<tokio::sync::Notify>,
+    /// The interpreter's CPU time when its last call ended: it must not
+    /// grow between calls.
+    cpu_after_call: Option<u64>,
     /// Bytes of the audit log already reported.
     audit_seen: usize,
     audit_file: PathBuf,
@@ -27,17 +32,13 @@ pub struct Session {
 pub type Ended = String;
 
 impl Session {
-    pub fn start(
-        launch: Launch<'_>,
-        dir: PathBuf,
-        nonce: String,
-        limits: Limits,
-    ) -> std::io::Result<Session> {
+    pub fn start(launch: Launch<'_>, dir: PathBuf, limits: Limits) -> std::io::Result<Session> {
         Ok(Session {
             dir,
             scratch: launch.scratch.to_path_buf(),
             talk: Conversation::start(super::child::command(&launch))?,
-            nonce,
+            cancel: Arc::new(tokio::sync::Notify::new()),
+            cpu_after_call: None,
             audit_seen: 0,
             audit_file: launch.audit_file.to_path_buf(),
             limits,
@@ -56,11 +57,20 @@ impl Session {
     ) -> Result<RunResult, (RunResult, Ended)> {
         let start = Instant::now();
         self.last_used = start;
-        let line = serde_json::json!({"code": code, "stdin": stdin}).to_string();
+        // A mark of its own for each call, which the server chose.
+        let nonce = super::random_id();
+        let line = serde_json::json!({"code": code, "stdin": stdin, "nonce": nonce}).to_string();
         let timeout = timeout.or(self.limits.timeout);
         let reply = self
             .talk
-            .call(&line, &self.nonce, timeout, self.limits.max_output, &tap)
+            .call(
+                &line,
+                &nonce,
+                timeout,
+                self.limits.max_output,
+                &tap,
+                &self.cancel,
+            )
             .await;
         let audit = std::fs::read(&self.audit_file).unwrap_or_default();
         let fresh = audit.get(self.audit_seen..).unwrap_or_default();
@@ -69,6 +79,7 @@ impl Session {
         self.last_used = Instant::now();
         let (result, alive) = reply.result(denials, audit_limit, start);
         if alive {
+            self.cpu_after_call = self.talk.cpu_ms();
             return Ok(result);
         }
         let why = match &result.limit {
@@ -76,6 +87,18 @@ impl Session {
             None => format!("its interpreter ended with exit code {}", result.exit_code),
         };
         Err((result, why))
+    }
+
+    /// Whether the interpreter used the CPU since its last call ended: a
+    /// cell that forged the end of its call (it can read its own
+    /// interpreter's memory) and went on running, outside any time limit.
+    pub fn ran_between_calls(&self) -> bool {
+        /// More than the interpreter's own idling could take.
+        const SLACK_MS: u64 = 250;
+        match (self.cpu_after_call, self.talk.cpu_ms()) {
+            (Some(then), Some(now)) => now.saturating_sub(then) > SLACK_MS,
+            _ => false,
+        }
     }
 
     /// Ends the interpreter and removes its files.
@@ -171,6 +194,7 @@ impl Conversation {
         timeout: Option<Duration>,
         max: u64,
         tap: &Tap,
+        cancel: &tokio::sync::Notify,
     ) -> Reply {
         let mut line = line.to_string();
         line.push('\n');
@@ -181,8 +205,24 @@ impl Conversation {
         let (mut out_done, mut err_done) = (None::<i32>, false);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut limit: Option<String> = None;
-        let mut alive =
-            self.stdin.write_all(line.as_bytes()).await.is_ok() && self.stdin.flush().await.is_ok();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        // A child that does not read (a cell still running) must not hold
+        // the call past its limit, nor past an end asked for.
+        let mut alive = tokio::select! {
+            w = async {
+                self.stdin.write_all(line.as_bytes()).await.is_ok() && self.stdin.flush().await.is_ok()
+            } => w,
+            () = sleep => {
+                limit = Some(timeout_message(timeout.unwrap_or_default()));
+                false
+            }
+            () = cancel.notified() => false,
+        };
         let (mut bo, mut be) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
         let (mut sent_out, mut sent_err) = (0usize, 0usize);
         while alive && (out_done.is_none() || !err_done) {
@@ -223,6 +263,7 @@ impl Conversation {
                     limit = Some(timeout_message(timeout.unwrap_or_default()));
                     alive = false;
                 }
+                () = cancel.notified() => alive = false,
             }
             // Stream what cannot be the start of an end mark.
             if let Some(tx) = tap {
@@ -243,7 +284,7 @@ impl Conversation {
                     };
                     let upto = upto.min(max as usize);
                     if upto > *sent {
-                        let _ = tx.send((which, buf[*sent..upto].to_vec()));
+                        let _ = tx.send((which, buf[*sent..upto].to_vec())).await;
                         *sent = upto;
                     }
                 }
@@ -272,6 +313,26 @@ impl Conversation {
             alive,
             exit,
             max,
+        }
+    }
+
+    /// The child's CPU time so far, in milliseconds (where the system tells).
+    pub fn cpu_ms(&self) -> Option<u64> {
+        #[cfg(target_os = "linux")]
+        {
+            // Not yet reaped (the session holds it), so the id is still its.
+            let pid = self.child.id()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name, which may hold spaces.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            let hz = rustix::param::clock_ticks_per_second();
+            Some(ticks * 1000 / hz.max(1))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
         }
     }
 

@@ -143,6 +143,7 @@ impl Pool {
                 limits.timeout.map(|t| t + GRACE),
                 limits.max_output,
                 &tap,
+                &tokio::sync::Notify::new(),
             )
             .await;
         let audit = std::fs::read(launch.audit_file).unwrap_or_default();
