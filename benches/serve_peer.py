@@ -37,18 +37,18 @@ def seconds(text):
 
 class Session:
     def __init__(self):
-        self.nonce = secrets.token_hex(16)
         self.dir = tempfile.mkdtemp(prefix="peer-session-")
-        self.proc = subprocess.Popen([sys.executable, str(LOOP), self.nonce], cwd=self.dir,
+        self.proc = subprocess.Popen([sys.executable, str(LOOP)], cwd=self.dir,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lock = threading.Lock()
 
     def exec(self, code):
         with self.lock:
-            self.proc.stdin.write((json.dumps({"code": code}) + "\n").encode())
+            nonce = secrets.token_hex(16)
+            self.proc.stdin.write((json.dumps({"code": code, "nonce": nonce}) + "\n").encode())
             self.proc.stdin.flush()
-            out_mark = b"\0capsa-end:" + self.nonce.encode() + b":"
-            err_mark = b"\0capsa-end:" + self.nonce.encode() + b"\n"
+            out_mark = b"\0capsa-end:" + nonce.encode() + b":"
+            err_mark = b"\0capsa-end:" + nonce.encode() + b"\n"
             out = b""
             while out_mark not in out or not out.endswith(b"\n"):
                 out += os.read(self.proc.stdout.fileno(), 65536)

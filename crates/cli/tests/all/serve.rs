@@ -919,3 +919,58 @@ fn only_webassembly_binaries_are_taken_as_wasm_and_denials_are_escaped() {
     assert!(!d.contains('\x1b') && !d.contains('\n'), "{d}");
     assert!(d.contains("\\u{1b}[2J") && d.contains("\\u{a}fake"), "{d}");
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn no_part_of_proc_is_granted_by_a_server() {
+    let (_t, work) = scratch();
+    for grant in ["/", "/proc", "/proc/self"] {
+        let r: Run = capsa()
+            .args(["serve", "--listen=127.0.0.1:0"])
+            .arg(format!("--allow-read={grant}"))
+            .arg(format!("--work-dir={}", s(&work)))
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(r.code, 125, "{grant}: {}", r.stderr);
+        assert!(r.stderr.contains("holds /proc"), "{}", r.stderr);
+    }
+    // Nothing was left behind by the refusals.
+    assert!(tree(&work).is_empty(), "{:?}", tree(&work));
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_worker_that_died_while_idle_is_not_handed_to_a_run() {
+    let server = Server::start(&["--max-runs=1"]);
+    assert_eq!(server.run(json!({"code": "print(1)"}))["stdout"], "1\n");
+    // The idle worker, killed from outside (as the OOM killer would).
+    let workers: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat[stat.rfind(')')? + 2..]
+                .split(' ')
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            (ppid == server.child.id() && cmdline.windows(12).any(|w| w == b"serve-worker"))
+                .then_some(pid)
+        })
+        .collect();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &workers[0].to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let r = server.run(json!({"code": "print(2)"}));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(r["stdout"], "2\n", "{r}");
+}

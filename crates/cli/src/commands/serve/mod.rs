@@ -16,7 +16,7 @@ use super::run::{SandboxArgs, fail};
 use capsa_sandbox::exit;
 use clap::Args;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,9 +175,21 @@ fn setup(
             "--max-runs and --max-sessions must be at least 1"
         )));
     }
+    // /proc shows every process of the user: the server's environment (its
+    // token), and the memory of the workers that run other clients' code.
+    #[cfg(target_os = "linux")]
+    for granted in ceiling.granted_paths() {
+        if Path::new("/proc").starts_with(granted) || granted.starts_with("/proc") {
+            return Err(usage(anyhow::anyhow!(
+                "the grant {} holds /proc, where a program could read the server's memory and environment and those of other runs: capsa serve grants no part of it",
+                granted.display()
+            )));
+        }
+    }
     let base = api::WorkDir::make(args.work_dir.as_deref()).map_err(|e| (exit::INTERNAL, e))?;
     for granted in ceiling.granted_paths() {
         if base.path.starts_with(granted) || granted.starts_with(&base.path) {
+            let _ = std::fs::remove_dir_all(&base.path);
             return Err(usage(anyhow::anyhow!(
                 "the grant {} holds the server's own files ({}), where every run and session keeps its own: choose another --work-dir",
                 granted.display(),

@@ -67,6 +67,7 @@ impl Session {
                 &line,
                 &nonce,
                 timeout,
+                Duration::ZERO,
                 self.limits.max_output,
                 &tap,
                 &self.cancel,
@@ -185,13 +186,15 @@ impl Conversation {
     }
 
     /// Sends `line` and reads the answer to its end marks (with `nonce`),
-    /// within `timeout` and `max` bytes of output; past either, the child
-    /// is ended.
+    /// within `timeout` (and `slack` more) and `max` bytes of output; past
+    /// either, the child is ended.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call(
         &mut self,
         line: &str,
         nonce: &str,
         timeout: Option<Duration>,
+        slack: Duration,
         max: u64,
         tap: &Tap,
         cancel: &tokio::sync::Notify,
@@ -203,7 +206,7 @@ impl Conversation {
         let mut out = Vec::new();
         let mut err = Vec::new();
         let (mut out_done, mut err_done) = (None::<i32>, false);
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t + slack);
         let mut limit: Option<String> = None;
         let sleep = async {
             match deadline {
@@ -314,6 +317,12 @@ impl Conversation {
             exit,
             max,
         }
+    }
+
+    /// Whether the child is still there (a worker may die while idle: the
+    /// OOM killer, an operator).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The child's CPU time so far, in milliseconds (where the system tells).

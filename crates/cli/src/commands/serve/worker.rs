@@ -104,8 +104,17 @@ impl Pool {
     }
 
     fn take(&self) -> std::io::Result<Worker> {
-        if let Some(w) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            return Ok(w);
+        loop {
+            let w = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match w {
+                // One that died while idle is not handed to a run.
+                Some(mut w) => {
+                    if w.talk.alive() {
+                        return Ok(w);
+                    }
+                }
+                None => break,
+            }
         }
         let cmd = super::child::capsa(["serve-worker".into()], &self.cwd);
         Ok(Worker {
@@ -140,7 +149,8 @@ impl Pool {
             .call(
                 &line,
                 &job.nonce,
-                limits.timeout.map(|t| t + GRACE),
+                limits.timeout,
+                GRACE,
                 limits.max_output,
                 &tap,
                 &tokio::sync::Notify::new(),
