@@ -15,10 +15,11 @@ capsa's sessions use (crates/cli/src/commands/serve/session.py), run by
 - latency of a session call `x += 1`: 500 calls, p50 and p99;
 - memory of N idle sessions: the proportional set size (PSS) of the server
   and all its processes, before and after, and per session;
-- a load of 200 requests from C clients, a quarter of them hostile (a loop
-  past a 1 s limit, a memory bomb, an output flood, runaway recursion): every good one
-  answered correctly, every hostile one by its limit, and the server's
-  memory afterwards.
+- a load of L requests (--load, 1000) sent at once, each on its own
+  connection, a quarter of them hostile (a loop past a 1 s limit, a memory
+  bomb, an output flood, runaway recursion): every good one answered
+  correctly, every hostile one by its limit, nothing lost, and the server's
+  memory afterwards against before.
 """
 
 import argparse
@@ -165,7 +166,8 @@ HOSTILE = [
 ]
 
 
-def load(server, addr, clients, total=200):
+def load(server, addr, total):
+    """`total` requests at once, each on its own connection; a quarter hostile."""
     jobs = []
     for i in range(total):
         if i % 4 == 3:
@@ -175,28 +177,28 @@ def load(server, addr, clients, total=200):
             jobs.append(({"code": f"print({n} * 3)"}, lambda r, n=n: r["stdout"] == f"{n * 3}\n"))
     random.shuffle(jobs)
     before = pss_kib(server.pid)
-    lock = threading.Lock()
     wrong = []
+    go = threading.Barrier(total)
 
-    def work():
+    def work(body, ok):
         c = Client(addr)
-        while True:
-            with lock:
-                if not jobs:
-                    return
-                body, ok = jobs.pop()
+        c.conn.timeout = 600
+        go.wait()
+        try:
             status, r = c.post("/v1/run", body)
-            if status != 200 or not ok(r):
-                wrong.append((body, status, r))
+        except Exception as e:  # noqa: BLE001 - a lost request is a result
+            status, r = None, repr(e)
+        if status != 200 or not ok(r):
+            wrong.append((body, status, r))
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=work) for _ in range(clients)]
+    threads = [threading.Thread(target=work, args=job) for job in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
-    time.sleep(1)
+    time.sleep(2)
     return elapsed, len(wrong), before / 1024, pss_kib(server.pid) / 1024, wrong[:3]
 
 
@@ -206,6 +208,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--sessions", type=int, default=100)
+    ap.add_argument("--load", type=int, default=1000)
     args = ap.parse_args()
     capsa = args.capsa
     if not capsa:
@@ -218,6 +221,7 @@ def main():
     subprocess.run([capsa, "python", "install"], env=env, check=True, capture_output=True)
     servers = {
         "capsa serve": [capsa, "serve", "--listen=127.0.0.1:0", f"--max-runs={args.clients}",
+                        f"--max-queue={args.load}",
                         f"--max-sessions={args.sessions + 8}", "--timeout=10s"],
         "native (python3 subprocesses)": [NATIVE, str(PEER), "--listen=127.0.0.1:0",
                                           f"--max-runs={args.clients}"],
@@ -231,19 +235,19 @@ def main():
                 r["throughput"] = throughput(addr, args.seconds, args.clients)
                 r["p50"], r["p99"] = session_latency(addr)
                 r["mem"] = idle_memory(p, addr, args.sessions)
-                r["load"] = load(p, addr, args.clients)
+                r["load"] = load(p, addr, args.load)
                 results[name] = r
             finally:
                 stop(p)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"{'':34} {'runs/s':>8} {'exec p50':>9} {'exec p99':>9} "
-          f"{'idle PSS':>9} {f'+{args.sessions} sess.':>11} {'per sess.':>10} {'load 200':>9} {'wrong':>6} {'PSS after':>10}")
+          f"{'idle PSS':>9} {f'+{args.sessions} sess.':>11} {'per sess.':>10} {f'load {args.load}':>10} {'wrong':>6} {'PSS after':>10}")
     for name, r in results.items():
         before, after, per = r["mem"]
         elapsed, wrong, lb, la, examples = r["load"]
         print(f"{name:34} {r['throughput']:8.0f} {r['p50']:7.2f}ms {r['p99']:7.2f}ms "
-              f"{before:7.1f}MB {after:9.1f}MB {per:8.2f}MB {elapsed:8.2f}s {wrong:6d} {la:8.1f}MB")
+              f"{before:7.1f}MB {after:9.1f}MB {per:8.2f}MB {elapsed:9.2f}s {wrong:6d} {la:8.1f}MB")
         for e in examples:
             print(f"   wrong: {e}")
     names = list(results)

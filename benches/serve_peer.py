@@ -157,6 +157,7 @@ def main():
             self.answer(204 if s else 404)
 
     host, port = args.listen.rsplit(":", 1)
+    ThreadingHTTPServer.request_queue_size = 4096
     server = ThreadingHTTPServer((host, int(port)), Handler)
     print(f"serve_peer: listening on http://{host}:{server.server_address[1]}", file=sys.stderr, flush=True)
     try:

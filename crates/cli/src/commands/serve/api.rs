@@ -26,8 +26,8 @@ const MAX_BODY: usize = 64 << 20;
 /// Time for a request's body to arrive, once its head has.
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Connections open at once; more are closed as they come.
-pub const MAX_CONNECTIONS: usize = 256;
+/// Connections open at once, at most; more are closed as they come.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Sessions remembered after they end, so that a late call hears why.
 const ENDED_KEPT: usize = 1024;
@@ -85,6 +85,8 @@ pub struct Config {
     pub idle: Duration,
     pub max_sessions: usize,
     pub max_runs: usize,
+    /// Runs that may wait for one of `max_runs`.
+    pub max_queue: usize,
     pub base: WorkDir,
     pub listen: SocketAddr,
     pub ca_certs: Vec<PathBuf>,
@@ -113,8 +115,8 @@ impl Handle {
 pub struct State {
     config: Config,
     runs: Arc<tokio::sync::Semaphore>,
-    /// Runs accepted and waiting for one of `runs`.
-    waiting: std::sync::atomic::AtomicUsize,
+    /// Runs accepted and waiting for one of `runs`, and their bytes.
+    waiting: Arc<(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicU64)>,
     /// Open connections.
     pub connections: Arc<tokio::sync::Semaphore>,
     pool: Option<super::worker::Pool>,
@@ -131,8 +133,8 @@ impl State {
     pub fn new(config: Config) -> State {
         State {
             runs: Arc::new(tokio::sync::Semaphore::new(config.max_runs)),
-            waiting: std::sync::atomic::AtomicUsize::new(0),
-            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            waiting: Arc::default(),
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections())),
             pool: config
                 .warm
                 .then(|| super::worker::Pool::new(&config.base.path)),
@@ -576,27 +578,26 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
     if let Err(e) = written.and_then(|_| std::fs::write(&policy_file, text)) {
         return internal(e);
     }
-    // Runs beyond the queue's length are refused now, not held in memory.
-    let queued = state
-        .waiting
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    if queued >= MAX_WAITING_PER_RUN * state.config.max_runs {
-        state
-            .waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    // Runs beyond the queue's length, or its bytes, are refused now.
+    let size = (r.code.as_ref().map_or(0, String::len)
+        + r.wasm.as_ref().map_or(0, String::len)
+        + r.stdin.len()
+        + r.files
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()) as u64;
+    let Some(ticket) = Queued::enter(state, size) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "too many runs are waiting (--max-runs at once); try again later",
+            "too many runs are waiting (see --max-runs and --max-queue); try again later",
         );
-    }
+    };
     let state = state.clone();
     respond(events, move |tap| async move {
         let Ok(_permit) = state.runs.clone().acquire_owned().await else {
             return Err("the server is ending".to_string());
         };
-        state
-            .waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        drop(ticket);
         let launch = Launch {
             policy_file: &policy_file,
             audit_file: &dir.0.join("audit.jsonl"),
@@ -941,8 +942,57 @@ fn percent_decode(s: &str) -> Option<String> {
 
 const RAN_BETWEEN_CALLS: &str = "its interpreter kept running after its call had ended";
 
-/// Runs that may wait for each of `--max-runs`.
-const MAX_WAITING_PER_RUN: usize = 4;
+/// Bytes of the runs waiting (their programs, input and files, on disk).
+const MAX_WAITING_BYTES: u64 = 1 << 30;
+
+/// A run's place in the queue, given back when it starts (or is dropped).
+struct Queued {
+    waiting: Arc<(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicU64)>,
+    size: u64,
+}
+
+impl Queued {
+    fn enter(state: &State, size: u64) -> Option<Queued> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let w = state.waiting.clone();
+        let queued = Queued {
+            waiting: w.clone(),
+            size,
+        };
+        let n = w.0.fetch_add(1, SeqCst);
+        let bytes = w.1.fetch_add(size, SeqCst);
+        // Given back at once (by drop) when over.
+        (n < state.config.max_queue && bytes + size <= MAX_WAITING_BYTES).then_some(queued)
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiting.0.fetch_sub(1, SeqCst);
+        self.waiting.1.fetch_sub(self.size, SeqCst);
+    }
+}
+
+/// Connections the server keeps open at once: as many as its descriptors
+/// allow (raised to the hard limit), half of them, at most 4096.
+fn max_connections() -> usize {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            limit.current = limit.maximum;
+            let _ = setrlimit(Resource::Nofile, limit);
+        }
+        let fds = getrlimit(Resource::Nofile).current.unwrap_or(1024);
+        ((fds / 2) as usize).clamp(64, MAX_CONNECTIONS)
+    }
+    #[cfg(not(unix))]
+    {
+        MAX_CONNECTIONS
+    }
+}
 
 /// MCP clients one server keeps at once over HTTP.
 const MAX_MCP_CLIENTS: usize = 1024;

@@ -71,6 +71,9 @@ pub struct CommonArgs {
     /// Runs going on at once; further runs wait their turn.
     #[arg(long, value_name = "N", default_value_t = 8)]
     max_runs: usize,
+    /// Runs that may wait their turn; more are answered 503 at once.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_queue: usize,
     /// Run each Python program in a `capsa run` process of its own, not in
     /// a warm worker (slower; for comparison).
     #[arg(long)]
@@ -203,12 +206,26 @@ fn setup(
         idle,
         max_sessions: args.max_sessions,
         max_runs: args.max_runs,
+        max_queue: args.max_queue,
         base,
         listen,
         ca_certs: args.sandbox.ca_cert.clone(),
         python_path: args.sandbox.python_path.clone(),
         warm: !args.cold,
     }))
+}
+
+/// A listener whose queue holds a burst of connections (std's 128 reset
+/// the rest of a thousand clients arriving at once); the system caps it.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 fn serve(state: api::State, listen: SocketAddr) -> i32 {
@@ -220,7 +237,7 @@ fn serve(state: api::State, listen: SocketAddr) -> i32 {
         Err(e) => return fail(exit::INTERNAL, anyhow::anyhow!("cannot start: {e}")),
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(listen).await {
+        let listener = match bind(listen) {
             Ok(l) => l,
             Err(e) => {
                 return fail(
