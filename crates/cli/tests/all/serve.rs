@@ -974,3 +974,84 @@ fn a_worker_that_died_while_idle_is_not_handed_to_a_run() {
     assert_eq!(r["exit_code"], 0, "{r}");
     assert_eq!(r["stdout"], "2\n", "{r}");
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn python_path_is_held_to_the_same_checks_as_grants() {
+    let (_t, work) = scratch();
+    let r: Run = capsa()
+        .args(["serve", "--listen=127.0.0.1:0", "--python-path=/proc"])
+        .arg(format!("--work-dir={}", s(&work)))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("holds /proc"), "{}", r.stderr);
+    let r: Run = capsa()
+        .args(["serve", "--listen=127.0.0.1:0"])
+        .arg(format!("--python-path={}", s(&work)))
+        .arg(format!("--work-dir={}", s(&work.join("inner"))))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("holds the server's own files"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_stream_nobody_reads_gives_its_run_back() {
+    let server = Server::start(&["--max-runs=1", "--timeout=3s"]);
+    // A streamed run whose client sends and never reads a byte.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let body = json!({"code": "while True: print('x' * 60000)"}).to_string();
+    write!(
+        s,
+        "POST /v1/run HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // The only run slot comes back: the next run is answered in time.
+    let start = Instant::now();
+    let r = server.run(json!({"code": "print('next')"}));
+    assert_eq!(r["stdout"], "next\n", "{r}");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(s);
+}
+
+#[test]
+fn an_mcp_client_that_went_away_is_forgotten() {
+    let server = Server::start(&["--session-idle=1s"]);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let a = server.post("/mcp", init);
+    assert_eq!(a.status, 200);
+    let id = a
+        .headers
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}).to_string();
+    let call = |id: &str| {
+        server.raw(
+            "POST",
+            "/mcp",
+            &[("Content-Type", "application/json"), ("Mcp-Session-Id", id)],
+            ping.as_bytes(),
+        )
+    };
+    assert_eq!(call(&id).status, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(call(&id).status, 404);
+}

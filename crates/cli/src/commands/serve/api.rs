@@ -119,6 +119,11 @@ pub struct State {
     waiting: Arc<(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicU64)>,
     /// Open connections.
     pub connections: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
+    /// Open connections by peer address: one peer may hold a quarter.
+    peers: Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Kibibytes of request bodies being read or handled at once.
+    body_kib: Arc<tokio::sync::Semaphore>,
     pool: Option<super::worker::Pool>,
     sessions: Mutex<HashMap<String, Handle>>,
     ended: Mutex<VecDeque<(String, Ended)>>,
@@ -135,6 +140,9 @@ impl State {
             runs: Arc::new(tokio::sync::Semaphore::new(config.max_runs)),
             waiting: Arc::default(),
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections())),
+            max_connections: max_connections(),
+            peers: Mutex::new(HashMap::new()),
+            body_kib: Arc::new(tokio::sync::Semaphore::new(BODIES_KIB)),
             pool: config
                 .warm
                 .then(|| super::worker::Pool::new(&config.base.path)),
@@ -156,6 +164,21 @@ impl State {
         ];
         self.config.listen = addr;
         self
+    }
+
+    /// Counts a connection from `peer`; `None` if that peer holds its share.
+    pub fn enter(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<PeerSlot> {
+        let share = (self.max_connections / 4).max(16);
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = peers.entry(peer).or_default();
+        if *n >= share {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            state: self.clone(),
+            peer,
+        })
     }
 
     pub fn has_token(&self) -> bool {
@@ -221,18 +244,115 @@ pub async fn reap_idle(state: Arc<State>) {
             state.remember_end(&id, why);
             h.end().await;
         }
+        // MCP clients over HTTP that went away without DELETE /mcp.
+        let idle_clients: Vec<(String, Arc<tokio::sync::Mutex<super::mcp::Names>>)> = state
+            .mcp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, n)| {
+                n.try_lock()
+                    .is_ok_and(|n| n.last_used.elapsed() > state.config.idle)
+            })
+            .map(|(id, n)| (id.clone(), n.clone()))
+            .collect();
+        for (id, names) in idle_clients {
+            state
+                .mcp
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            for sid in names.lock().await.ids() {
+                let _ = delete_session(&state, &sid).await;
+            }
+        }
+    }
+}
+
+/// How long an answer may wait for a client that does not read it; then
+/// the connection is closed (else it would be held for good).
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// A connection whose writes fail once they have waited [`WRITE_STALL`].
+struct Stalls<T> {
+    inner: T,
+    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Stalls<T> {
+    fn check<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<R>>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match r {
+            Poll::Pending => {
+                let w = self
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+                match w.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            done => {
+                self.waiting = None;
+                done
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stalls<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stalls<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, r)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, r)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 pub async fn connection(state: Arc<State>, stream: tokio::net::TcpStream) {
-    let io = hyper_util::rt::TokioIo::new(stream);
+    let io = hyper_util::rt::TokioIo::new(Stalls {
+        inner: stream,
+        waiting: None,
+    });
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(Duration::from_secs(15))
         .serve_connection(io, service)
         .await;
 }
@@ -397,6 +517,28 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
     if let Err(answer) = authorize(&state, &req) {
         return answer;
     }
+    // Room for the body in the server's memory, before any of it is read.
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a request body may hold at most {} MiB", MAX_BODY >> 20),
+        );
+    }
+    let has_body =
+        declared.is_some_and(|n| n > 0) || req.headers().contains_key("transfer-encoding");
+    let kib = if has_body {
+        (declared.unwrap_or(MAX_BODY as u64).div_ceil(1024)) as u32
+    } else {
+        0
+    };
+    let Ok(_room) = state.body_kib.clone().acquire_many_owned(kib).await else {
+        return internal("the server is ending");
+    };
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
     let method = req.method().clone();
@@ -941,6 +1083,27 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 const RAN_BETWEEN_CALLS: &str = "its interpreter kept running after its call had ended";
+
+/// A connection counted against its peer, until dropped.
+pub struct PeerSlot {
+    state: Arc<State>,
+    peer: std::net::IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = self.state.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = peers.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Kibibytes of request bodies the server holds at once (512 MiB).
+const BODIES_KIB: usize = 512 << 10;
 
 /// Bytes of the runs waiting (their programs, input and files, on disk).
 const MAX_WAITING_BYTES: u64 = 1 << 30;

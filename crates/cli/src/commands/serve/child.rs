@@ -25,6 +25,19 @@ pub enum Stream {
 pub type Tap = Option<Sender>;
 pub type Sender = tokio::sync::mpsc::Sender<(Stream, Vec<u8>)>;
 
+/// How long a streamed piece of output may wait for a client that reads
+/// too slowly; then the stream stops (the answer still carries all of it).
+const STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Streams `item` unless the client has fallen behind (or left); whether
+/// to go on streaming.
+pub async fn stream(tx: &Sender, item: (Stream, Vec<u8>)) -> bool {
+    matches!(
+        tokio::time::timeout(STREAM_STALL, tx.send(item)).await,
+        Ok(Ok(()))
+    )
+}
+
 /// What `/v1/run` and a session call answer.
 #[derive(Debug, Serialize)]
 pub struct RunResult {
@@ -131,14 +144,17 @@ async fn read_capped(
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut over = false;
+    let mut tap = tap;
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 let room = (cap as usize).saturating_sub(out.len());
                 let kept = &buf[..n.min(room)];
-                if let (Some((tx, which)), false) = (tap, kept.is_empty()) {
-                    let _ = tx.send((which, kept.to_vec())).await;
+                if let (Some((tx, which)), false) = (tap, kept.is_empty())
+                    && !stream(tx, (which, kept.to_vec())).await
+                {
+                    tap = None;
                 }
                 out.extend_from_slice(kept);
                 over |= n > room;

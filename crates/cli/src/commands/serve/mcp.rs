@@ -85,8 +85,20 @@ pub fn tools() -> Value {
 }
 
 /// The model's session names, and the server's sessions behind them.
-#[derive(Default)]
-pub struct Names(HashMap<String, String>);
+pub struct Names {
+    map: HashMap<String, String>,
+    /// When the client last called (over HTTP, an idle client is ended).
+    pub last_used: std::time::Instant,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names {
+            map: HashMap::new(),
+            last_used: std::time::Instant::now(),
+        }
+    }
+}
 
 /// Bytes of a session name; a name is only a key.
 const MAX_NAME: usize = 256;
@@ -94,7 +106,7 @@ const MAX_NAME: usize = 256;
 impl Names {
     /// The server's sessions behind these names.
     pub fn ids(&self) -> Vec<String> {
-        self.0.values().cloned().collect()
+        self.map.values().cloned().collect()
     }
 
     async fn session(
@@ -106,7 +118,7 @@ impl Names {
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(format!("a session name is 1 to {MAX_NAME} bytes"));
         }
-        if let Some(id) = self.0.get(name) {
+        if let Some(id) = self.map.get(name) {
             return Ok(id.clone());
         }
         if !create {
@@ -118,7 +130,7 @@ impl Names {
         let v: Value = serde_json::from_slice(&body).unwrap_or_default();
         match v["id"].as_str() {
             Some(id) if status.is_success() => {
-                self.0.insert(name.to_string(), id.to_string());
+                self.map.insert(name.to_string(), id.to_string());
                 Ok(id.to_string())
             }
             _ => Err(error_text(&v)),
@@ -197,7 +209,7 @@ pub async fn call_tool(
                     let answer = calls::exec(state, &id, code).await;
                     let v: Value = serde_json::from_slice(&answer.1).unwrap_or_default();
                     if v["session_ended"] == true || answer.0 == hyper::StatusCode::NOT_FOUND {
-                        names.0.remove(s);
+                        names.map.remove(s);
                     }
                     answer
                 }
@@ -283,6 +295,7 @@ pub async fn call_tool(
 
 /// Answers one JSON-RPC message; `None` for a notification.
 pub async fn handle(state: &Arc<State>, names: &mut Names, msg: &Value) -> Option<Value> {
+    names.last_used = std::time::Instant::now();
     let id = msg.get("id").cloned();
     let method = msg["method"].as_str().unwrap_or_default();
     let reply = |r: Result<Value, (i64, String)>| {

@@ -180,8 +180,19 @@ fn setup(
     }
     // /proc shows every process of the user: the server's environment (its
     // token), and the memory of the workers that run other clients' code.
+    // --python-path is a read grant too.
+    let python_path: Vec<PathBuf> = args
+        .sandbox
+        .python_path
+        .iter()
+        .map(|p| capsa_sandbox::load::canonical(p).unwrap_or_else(|_| cwd.join(p)))
+        .collect();
+    let granted: Vec<&Path> = ceiling
+        .granted_paths()
+        .chain(python_path.iter().map(PathBuf::as_path))
+        .collect();
     #[cfg(target_os = "linux")]
-    for granted in ceiling.granted_paths() {
+    for granted in &granted {
         if Path::new("/proc").starts_with(granted) || granted.starts_with("/proc") {
             return Err(usage(anyhow::anyhow!(
                 "the grant {} holds /proc, where a program could read the server's memory and environment and those of other runs: capsa serve grants no part of it",
@@ -190,7 +201,7 @@ fn setup(
         }
     }
     let base = api::WorkDir::make(args.work_dir.as_deref()).map_err(|e| (exit::INTERNAL, e))?;
-    for granted in ceiling.granted_paths() {
+    for granted in &granted {
         if base.path.starts_with(granted) || granted.starts_with(&base.path) {
             let _ = std::fs::remove_dir_all(&base.path);
             return Err(usage(anyhow::anyhow!(
@@ -284,12 +295,17 @@ fn serve(state: api::State, listen: SocketAddr) -> i32 {
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else {
+                    let Ok((stream, peer)) = accepted else {
                         // Out of descriptors, for instance: wait, then go on.
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     };
-                    // Past the cap, a connection is closed at once.
+                    // Past the cap, or the peer's share of it, a connection
+                    // is closed at once.
+                    let Some(slot) = state.enter(peer.ip()) else {
+                        drop(stream);
+                        continue;
+                    };
                     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
                         drop(stream);
                         continue;
@@ -297,7 +313,7 @@ fn serve(state: api::State, listen: SocketAddr) -> i32 {
                     let state = state.clone();
                     tokio::spawn(async move {
                         api::connection(state, stream).await;
-                        drop(permit);
+                        drop((permit, slot));
                     });
                 }
                 () = &mut shutdown => break,

@@ -228,6 +228,7 @@ impl Conversation {
         };
         let (mut bo, mut be) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
         let (mut sent_out, mut sent_err) = (0usize, 0usize);
+        let mut streaming = true;
         while alive && (out_done.is_none() || !err_done) {
             let sleep = async {
                 match deadline {
@@ -268,8 +269,9 @@ impl Conversation {
                 }
                 () = cancel.notified() => alive = false,
             }
-            // Stream what cannot be the start of an end mark.
-            if let Some(tx) = tap {
+            // Stream what cannot be the start of an end mark (unless the
+            // client fell behind: then the answer carries it all).
+            if let Some(tx) = tap.as_ref().filter(|_| streaming) {
                 for (buf, sent, which, done, mark) in [
                     (
                         &out,
@@ -286,8 +288,9 @@ impl Conversation {
                         settled(buf, *sent, mark)
                     };
                     let upto = upto.min(max as usize);
-                    if upto > *sent {
-                        let _ = tx.send((which, buf[*sent..upto].to_vec())).await;
+                    if upto > *sent && streaming {
+                        streaming =
+                            super::child::stream(tx, (which, buf[*sent..upto].to_vec())).await;
                         *sent = upto;
                     }
                 }
