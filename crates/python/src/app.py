@@ -158,6 +158,9 @@ def _restore_run_state(inv):
             # The working directory is not granted; relative paths still
             # reach the directories granted below it (capsa mounts them).
             pass
+    # Bytecode capsa compiled for the program's packages, read-only; None
+    # keeps CPython's own place (which it may read, but not write).
+    sys.pycache_prefix = inv.get("pycache_prefix")
     os._exit = _hard_exit
     if inv.get("unbuffered"):
         for stream in (sys.stdout, sys.stderr):

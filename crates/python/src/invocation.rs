@@ -190,6 +190,18 @@ impl Invocation {
     /// script's absolute path in the guest; `path` the `--python-path`
     /// directories as the guest sees them.
     pub fn to_guest_json(&self, file: Option<&str>, cwd: Option<&str>, path: &[String]) -> String {
+        self.to_guest_json_with(file, cwd, path, None)
+    }
+
+    /// [`to_guest_json`](Self::to_guest_json), with a `sys.pycache_prefix`
+    /// where capsa keeps bytecode the program may read.
+    pub fn to_guest_json_with(
+        &self,
+        file: Option<&str>,
+        cwd: Option<&str>,
+        path: &[String],
+        pycache_prefix: Option<&str>,
+    ) -> String {
         let (mode, target) = match &self.mode {
             Mode::Script(s) => ("script", s.as_str()),
             Mode::Code(c) => ("code", c.as_str()),
@@ -220,6 +232,7 @@ impl Invocation {
             "path0": path0,
             "path": path,
             "unbuffered": self.unbuffered,
+            "pycache_prefix": pycache_prefix,
             "quiet": self.quiet,
             "inspect": self.inspect,
             "warnings": self.warnings,

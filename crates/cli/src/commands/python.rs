@@ -183,6 +183,8 @@ pub fn run_prepared(
         return 0;
     }
     let mut path = Vec::new();
+    // --python-path directories: (host, guest).
+    let mut packages: Vec<(PathBuf, String)> = Vec::new();
     let file = match (&inv.mode, granted) {
         (_, Some(g)) => {
             path.extend(g.python_path);
@@ -215,6 +217,7 @@ pub fn run_prepared(
             Err(code) => return code,
         };
         path.push(guest.clone());
+        packages.push((host.clone(), guest.clone()));
         policy
             .fs
             .grants
@@ -232,12 +235,37 @@ pub fn run_prepared(
     };
     // Grants and denials hold canonical paths. The standard library is
     // also denied writing, so a denial there never suggests --allow-write.
-    let stdlib = canonical(&rt.stdlib).unwrap_or(rt.stdlib);
+    let stdlib = canonical(&rt.stdlib).unwrap_or_else(|_| rt.stdlib.clone());
     policy.fs.deny_write.push(stdlib.clone());
-    policy
-        .fs
-        .grants
-        .push(read_grant(stdlib, GUEST_STDLIB.into(), GrantKind::Dir));
+    policy.fs.grants.push(read_grant(
+        stdlib.clone(),
+        GUEST_STDLIB.into(),
+        GrantKind::Dir,
+    ));
+
+    // Their bytecode and the standard library's, compiled by capsa,
+    // read-only; the prefix itself is an empty directory, so that a module
+    // elsewhere (beside the script) finds no bytecode without a denial.
+    let mut pycache_prefix = None;
+    if !packages.is_empty() {
+        packages.push((stdlib.clone(), GUEST_STDLIB.to_string()));
+        let mut mounts = Vec::new();
+        for (host, guest) in &packages {
+            mounts.extend(super::pycache::prepare(&root, &rt, host, guest));
+        }
+        if let (false, Some(empty)) = (mounts.is_empty(), super::pycache::empty(&root)) {
+            mounts.push(empty);
+            for b in mounts {
+                let host = canonical(&b.host).unwrap_or(b.host);
+                policy.fs.deny_write.push(host.clone());
+                policy
+                    .fs
+                    .grants
+                    .push(read_grant(host, b.guest, GrantKind::Dir));
+            }
+            pycache_prefix = Some(super::pycache::GUEST_PREFIX);
+        }
+    }
 
     // The entry point changes to the working directory only when it is
     // granted as a directory at its own path (else wasi-libc cannot, and the
@@ -249,7 +277,7 @@ pub fn run_prepared(
                 && capsa_policy::default_guest(&g.host).as_deref() == Some(g.guest.as_str())
         })
     });
-    let config = inv.to_guest_json(file.as_deref(), cwd_str.as_deref(), &path);
+    let config = inv.to_guest_json_with(file.as_deref(), cwd_str.as_deref(), &path, pycache_prefix);
     execute(
         sandbox,
         cwd,

@@ -964,3 +964,78 @@ fn large_writes_reach_stdout_whole() {
     assert!(r.stdout.ends_with(&"y".repeat(3 << 20)));
     assert_eq!(r.stderr.trim(), (3 << 20).to_string());
 }
+
+/// The bytecode capsa keeps for `dir` (a `--python-path` directory).
+fn bytecode_of(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![cache_dir().join("pycache")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "pyc")
+                && p.to_string_lossy().contains("capsa_bc_probe")
+            {
+                found.push(p);
+            }
+        }
+    }
+    let _ = dir;
+    found
+}
+
+#[test]
+fn python_path_imports_use_bytecode_the_program_cannot_write_and_never_stale() {
+    let (_t, dir) = scratch();
+    let pkgs = dir.join("pkgs");
+    std::fs::create_dir_all(pkgs.join("capsa_bc_probe")).unwrap();
+    let module = pkgs.join("capsa_bc_probe/__init__.py");
+    std::fs::write(&module, "VALUE = 'first'\n").unwrap();
+    let flag = format!("--python-path={}", s(&pkgs));
+    let code = "import capsa_bc_probe, sys\n\
+                print(capsa_bc_probe.VALUE, capsa_bc_probe.__cached__.startswith(sys.pycache_prefix))";
+    let r = py_code(&dir, &[&flag], code);
+    assert_eq!(r.stdout, "first True\n", "{}", r.stderr);
+    assert_eq!(r.stderr, "");
+    let pycs = bytecode_of(&pkgs);
+    assert!(!pycs.is_empty(), "no bytecode was written");
+    let before: Vec<Vec<u8>> = pycs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+
+    // The same size and the same change time: capsa's listing sees no
+    // change, and CPython still checks the source's hash.
+    let mtime = std::fs::metadata(&module).unwrap().modified().unwrap();
+    std::fs::write(&module, "VALUE = 'other'\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&module)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let r = py_code(&dir, &[&flag], code);
+    assert_eq!(r.stdout, "other True\n", "{}", r.stderr);
+
+    // The program may read its bytecode, never write it.
+    let attack = [
+        "import capsa_bc_probe, os",
+        "target = capsa_bc_probe.__cached__",
+        "for f in (lambda: open(target, 'wb').write(b'planted'), lambda: os.remove(target),",
+        "          lambda: os.rename(target, target + '.x')):",
+        "    try:",
+        "        f(); print('changed')",
+        "    except OSError as e:",
+        "        print(type(e).__name__)",
+        "print(os.listdir('/capsa-pycache'))",
+    ]
+    .join("\n");
+    let r = py_code(&dir, &[&flag], &attack);
+    assert!(!r.stdout.contains("changed"), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.ends_with("[]\n"),
+        "other directories' bytecode is not listed: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    let after: Vec<Vec<u8>> = pycs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert_eq!(before, after);
+}
