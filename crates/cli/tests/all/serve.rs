@@ -1055,3 +1055,33 @@ fn an_mcp_client_that_went_away_is_forgotten() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(call(&id).status, 404);
 }
+
+#[test]
+fn bodies_being_run_do_not_hold_the_budget_for_reading_bodies() {
+    let server = Server::start(&["--max-runs=16", "--timeout=20s"]);
+    // Chunked bodies were counted as the largest body, for as long as
+    // their runs lasted: eight of them held every other body out.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        let body = json!({"code": "import time\ntime.sleep(8)"}).to_string();
+        write!(
+            s,
+            "POST /v1/run HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            server.addr,
+            body.len()
+        )
+        .unwrap();
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let r = server.run(json!({"code": "print('through')"}));
+    assert_eq!(r["stdout"], "through\n", "{r}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(held);
+}

@@ -10,7 +10,7 @@ use super::scratch::{self, FileError, Found};
 use super::session::{Ended, Session};
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
@@ -463,14 +463,17 @@ fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), Answer> {
     }
 }
 
-async fn body_json<T: for<'a> Deserialize<'a>>(req: Request<Incoming>) -> Result<T, Answer> {
+async fn body_json<T: for<'a> Deserialize<'a>>(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<T, Answer> {
     let ctype = req
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let bytes = body_bytes(req).await?;
+    let bytes = body_bytes(state, req).await?;
     if bytes.is_empty() {
         return serde_json::from_slice(b"{}")
             .map_err(|e| error(StatusCode::BAD_REQUEST, format!("a body is needed: {e}")));
@@ -485,26 +488,54 @@ async fn body_json<T: for<'a> Deserialize<'a>>(req: Request<Incoming>) -> Result
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
 }
 
-async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Answer> {
-    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
-    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
-        return Err(error(
+/// The body, read within [`BODY_TIMEOUT`] and [`MAX_BODY`]. While it is
+/// read, its bytes are counted against the server's budget for bodies
+/// (`503` at once when that is spent, not a wait behind others); the count
+/// is given back once it is read.
+async fn body_bytes(state: &State, req: Request<Incoming>) -> Result<Bytes, Answer> {
+    let budget = state.body_kib.clone();
+    let read = async move {
+        let mut body = req.into_body();
+        let mut out = bytes::BytesMut::new();
+        let mut held = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if out.len() + data.len() > MAX_BODY {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("a request body may hold at most {} MiB", MAX_BODY >> 20),
+                ));
+            }
+            let kib = (data.len().div_ceil(1024)) as u32;
+            match budget.clone().try_acquire_many_owned(kib) {
+                Ok(permit) => held.push(permit),
+                Err(_) => {
+                    return Err(error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the server is reading too many request bodies now; try again later",
+                    ));
+                }
+            }
+            out.extend_from_slice(&data);
+        }
+        Ok(out.freeze())
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(r) => r,
+        Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,
             format!(
                 "the body did not arrive within {} s",
                 BODY_TIMEOUT.as_secs()
             ),
-        ));
-    };
-    match collected {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a request body may hold at most {} MiB", MAX_BODY >> 20),
-        )),
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the body: {e}"),
         )),
     }
 }
@@ -529,16 +560,6 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
             format!("a request body may hold at most {} MiB", MAX_BODY >> 20),
         );
     }
-    let has_body =
-        declared.is_some_and(|n| n > 0) || req.headers().contains_key("transfer-encoding");
-    let kib = if has_body {
-        (declared.unwrap_or(MAX_BODY as u64).div_ceil(1024)) as u32
-    } else {
-        0
-    };
-    let Ok(_room) = state.body_kib.clone().acquire_many_owned(kib).await else {
-        return internal("the server is ending");
-    };
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
     let method = req.method().clone();
@@ -551,17 +572,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
             .header("content-type", "application/json")
             .body(full(OPENAPI))
             .unwrap_or_default(),
-        (&Method::POST, ["v1", "run"]) => match body_json::<RunRequest>(req).await {
+        (&Method::POST, ["v1", "run"]) => match body_json::<RunRequest>(&state, req).await {
             Ok(r) => post_run(&state, r, events).await,
             Err(a) => a,
         },
-        (&Method::POST, ["v1", "sessions"]) => match body_json::<Asks>(req).await {
+        (&Method::POST, ["v1", "sessions"]) => match body_json::<Asks>(&state, req).await {
             Ok(asks) => post_session(&state, asks).await,
             Err(a) => a,
         },
         (&Method::POST, ["v1", "sessions", id, "exec"]) => {
             let id = id.to_string();
-            match body_json::<ExecRequest>(req).await {
+            match body_json::<ExecRequest>(&state, req).await {
                 Ok(r) => exec(&state, &id, r, events).await,
                 Err(a) => a,
             }
@@ -573,7 +594,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
         }
         (&Method::PUT, ["v1", "sessions", id, "files", name]) => {
             let (id, name) = (id.to_string(), name.to_string());
-            match body_bytes(req).await {
+            match body_bytes(&state, req).await {
                 Ok(b) => put_file(&state, &id, &name, &b).await,
                 Err(a) => a,
             }
@@ -1102,7 +1123,7 @@ impl Drop for PeerSlot {
     }
 }
 
-/// Kibibytes of request bodies the server holds at once (512 MiB).
+/// Kibibytes of request bodies the server reads at once (512 MiB).
 const BODIES_KIB: usize = 512 << 10;
 
 /// Bytes of the runs waiting (their programs, input and files, on disk).
@@ -1171,7 +1192,7 @@ fn mcp_session_id(req: &Request<Incoming>) -> Option<String> {
 /// (as JSON; no server-initiated messages are sent).
 async fn mcp_post(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     let given = mcp_session_id(&req);
-    let msg: serde_json::Value = match body_json(req).await {
+    let msg: serde_json::Value = match body_json(state, req).await {
         Ok(v) => v,
         Err(a) => return a,
     };
@@ -1183,11 +1204,31 @@ async fn mcp_post(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     }
     let initialize = msg["method"] == "initialize";
     let (id, names) = if initialize {
+        // When the table is full, the client unheard from longest makes
+        // room (a flood of clients cannot lock new ones out).
+        let evicted = {
+            let mut clients = state.mcp.lock().unwrap_or_else(|e| e.into_inner());
+            let oldest = (clients.len() >= MAX_MCP_CLIENTS)
+                .then(|| {
+                    clients
+                        .iter()
+                        .filter_map(|(id, n)| Some((n.try_lock().ok()?.last_used, id.clone())))
+                        .min()
+                        .map(|(_, id)| id)
+                })
+                .flatten();
+            oldest.and_then(|id| clients.remove(&id))
+        };
+        if let Some(old) = evicted {
+            for sid in old.lock().await.ids() {
+                let _ = delete_session(state, &sid).await;
+            }
+        }
         let mut clients = state.mcp.lock().unwrap_or_else(|e| e.into_inner());
         if clients.len() >= MAX_MCP_CLIENTS {
             return error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "too many MCP clients; end one (DELETE /mcp) first",
+                "too many MCP clients are busy; end one (DELETE /mcp) first",
             );
         }
         let id = super::random_id();
