@@ -38,7 +38,12 @@ Endpoints (GET /v1/openapi.json describes them):
   POST   /v1/sessions/ID/exec             run a cell in it
   GET    /v1/sessions/ID/files/[PATH]     a file, or a directory's listing
   PUT    /v1/sessions/ID/files/PATH       write a file
-  DELETE /v1/sessions/ID                  end it";
+  DELETE /v1/sessions/ID                  end it
+  GET    /v1/health                       for probes; needs no token
+  POST   /mcp                             the tools of `capsa mcp`, over HTTP
+
+The --memory, --timeout and --max-output defaults shown above are those of
+`capsa run`; the server's own are the ones given here.";
 
 #[derive(Args, Debug)]
 #[command(
