@@ -29,6 +29,9 @@ enum Command {
     /// A warm worker of `capsa serve` (started by it, not by hand).
     #[command(hide = true)]
     ServeWorker,
+    /// The compile step of `--python-path` bytecode (started by capsa).
+    #[command(hide = true)]
+    PycacheCompile,
 }
 
 /// An executable made by `capsa pack --exe`: capsa with a bundle appended.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Mcp(args) => commands::serve::mcp(args),
         Command::ServeWorker => commands::serve::worker_main(),
+        Command::PycacheCompile => commands::pycache::compile_main(),
     };
     exit(code)
 }

@@ -58,8 +58,19 @@ fn sources(dir: &Path) -> Option<String> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .ok()?
                     .as_nanos();
+                // The inode's change time too, which no one can set back:
+                // a source rewritten with its old size and time is
+                // compiled again (CPython's hash check would catch it, but
+                // compile it in memory on every run).
+                #[cfg(unix)]
+                let inode = {
+                    use std::os::unix::fs::MetadataExt;
+                    format!("{}.{}", meta.ctime(), meta.ctime_nsec())
+                };
+                #[cfg(not(unix))]
+                let inode = String::new();
                 out.push(format!(
-                    "{}\t{}\t{changed}",
+                    "{}\t{}\t{changed}\t{inode}",
                     entry.path().strip_prefix(dir).ok()?.display(),
                     meta.len()
                 ));
@@ -73,24 +84,67 @@ fn sources(dir: &Path) -> Option<String> {
     Some(out.join("\n"))
 }
 
+/// How the program's own policy bounds the compile step: it reads nothing
+/// the program may not (`deny_read`), and it gets no more memory or time
+/// than the program (and at most [`MAX_COMPILE_TIME`]).
+pub struct Bounds<'a> {
+    pub deny_read: &'a [PathBuf],
+    pub memory: u64,
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// Time the compile step of one directory may take at most; past it the
+/// run goes on without (the rest of) its bytecode.
+const MAX_COMPILE_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The cache of `src` (its host path, and its path in the guest), compiled
 /// now if its sources changed since. `None` when there is no usable cache:
 /// the run then compiles in memory, as before.
-pub fn prepare(root: &Path, rt: &Runtime, src: &Path, src_guest: &str) -> Option<Bytecode> {
+pub fn prepare(root: &Path, src: &Path, src_guest: &str, bounds: &Bounds<'_>) -> Option<Bytecode> {
     use sha2::{Digest, Sha256};
-    let key: String = Sha256::digest(src.as_os_str().as_encoded_bytes())[..12]
+    // A cache per directory and per set of read denials in it: bytecode of
+    // a file denied to one run is never shown to it.
+    let mut denied: Vec<&PathBuf> = bounds
+        .deny_read
+        .iter()
+        .filter(|d| d.starts_with(src))
+        .collect();
+    denied.sort();
+    let mut key = Sha256::new();
+    key.update(src.as_os_str().as_encoded_bytes());
+    for d in &denied {
+        key.update(b"\0");
+        key.update(d.as_os_str().as_encoded_bytes());
+    }
+    let key: String = key.finalize()[..12]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     let pycache = root.join("pycache");
     capsa_sandbox::load::make_private_dir(&pycache).ok()?;
-    let host = pycache.join(key);
+    let host = pycache.join(&key);
     capsa_sandbox::load::make_private_dir(&host).ok()?;
     let guest = format!("{GUEST_PREFIX}{src_guest}");
-    let stamp_file = pycache.join(format!("{}.sources", host.file_name()?.to_str()?));
+    let stamp_file = pycache.join(format!("{key}.sources"));
     let stamp = sources(src)?;
     if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
-        compile(root, rt, src, src_guest, &host, &guest)?;
+        let job = Job {
+            root: root.to_path_buf(),
+            src: src.to_path_buf(),
+            src_guest: src_guest.to_string(),
+            cache: host.clone(),
+            cache_guest: guest.clone(),
+            deny_read: denied.into_iter().cloned().collect(),
+            memory: bounds.memory,
+            timeout_ms: bounds
+                .timeout
+                .map_or(MAX_COMPILE_TIME, |t| t.min(MAX_COMPILE_TIME))
+                .as_millis() as u64,
+        };
+        // Compiled or not (a source too costly to compile), the listing is
+        // kept: the next run does not try again until a source changes,
+        // and uses what bytecode there is.
+        let _ = compile_in_child(&job);
         let tmp = stamp_file.with_extension("tmp");
         std::fs::write(&tmp, &stamp).ok()?;
         std::fs::rename(&tmp, &stamp_file).ok()?;
@@ -98,17 +152,62 @@ pub fn prepare(root: &Path, rt: &Runtime, src: &Path, src_guest: &str) -> Option
     Some(Bytecode { host, guest })
 }
 
-/// Runs `compileall` over `src` in the sandbox: read access to `src` and
-/// the standard library, write access to `cache` alone, no network, no
-/// environment.
-fn compile(
-    root: &Path,
-    rt: &Runtime,
-    src: &Path,
-    src_guest: &str,
-    cache: &Path,
-    cache_guest: &str,
-) -> Option<()> {
+/// What the compile step is given.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Job {
+    root: PathBuf,
+    src: PathBuf,
+    src_guest: String,
+    cache: PathBuf,
+    cache_guest: String,
+    deny_read: Vec<PathBuf>,
+    memory: u64,
+    timeout_ms: u64,
+}
+
+/// Runs the compile step in a process of its own (`capsa pycache-compile`),
+/// whose time limit ends only it.
+fn compile_in_child(job: &Job) -> Option<()> {
+    use std::io::Write;
+    let me = std::env::current_exe().ok()?;
+    let mut child = std::process::Command::new(me)
+        .arg("pycache-compile")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let line = serde_json::to_string(job).ok()?;
+    child.stdin.take()?.write_all(line.as_bytes()).ok()?;
+    child.wait().ok()?.success().then_some(())
+}
+
+/// `capsa pycache-compile`: one compile step, its job on stdin.
+pub fn compile_main() -> i32 {
+    let mut line = String::new();
+    if std::io::Read::read_to_string(&mut std::io::stdin(), &mut line).is_err() {
+        return capsa_sandbox::exit::USAGE;
+    }
+    let Ok(job) = serde_json::from_str::<Job>(&line) else {
+        return capsa_sandbox::exit::USAGE;
+    };
+    let Ok(rt) = capsa_python::ensure(
+        &job.root,
+        Some(&CodeCache::new(job.root.clone())),
+        &mut |_| {},
+    ) else {
+        return capsa_sandbox::exit::INTERNAL;
+    };
+    match compile(&job, &rt) {
+        Some(()) => 0,
+        None => 1,
+    }
+}
+
+/// Runs `compileall` over `src` in the sandbox: read access to `src` (less
+/// the program's read denials) and the standard library, write access to
+/// the cache alone, no network, no environment, the program's memory.
+fn compile(job: &Job, rt: &Runtime) -> Option<()> {
     let grant = |host: &Path, guest: &str, access| FsGrant {
         host: host.to_path_buf(),
         guest: guest.to_string(),
@@ -119,17 +218,28 @@ fn compile(
     let mut policy = Policy::default();
     policy.fs.grants = vec![
         grant(&stdlib, capsa_python::GUEST_STDLIB, Access::Read),
-        grant(src, src_guest, Access::Read),
-        grant(cache, cache_guest, Access::ReadWrite),
+        grant(&job.src, &job.src_guest, Access::Read),
+        grant(&job.cache, &job.cache_guest, Access::ReadWrite),
     ];
-    policy.fs.deny_write = vec![stdlib, src.to_path_buf()];
+    policy.fs.deny_write = vec![stdlib, job.src.clone()];
+    policy.fs.deny_read = job.deny_read.clone();
+    policy.limits.memory = job.memory;
+    policy.limits.timeout = Some(std::time::Duration::from_millis(job.timeout_ms.max(1)));
+    // The mount point exists although the directories above it do not: a
+    // top-level module's bytecode goes straight into it.
     let code = format!(
-        "import compileall, py_compile, sys\n\
+        "import compileall, os, py_compile, sys\n\
+         _makedirs = os.makedirs\n\
+         def _existing(name, *a, **k):\n\
+         \x20   if os.path.isdir(name):\n\
+         \x20       return\n\
+         \x20   return _makedirs(name, *a, **k)\n\
+         os.makedirs = _existing\n\
          sys.pycache_prefix = {prefix:?}\n\
          compileall.compile_dir({src:?}, quiet=2, workers=1,\n\
-             invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)\n",
+         \x20   invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)\n",
         prefix = GUEST_PREFIX,
-        src = src_guest,
+        src = job.src_guest,
     );
     let inv = capsa_python::invocation::parse(&["-c".into(), code], false).ok()?;
     let config = RunConfig {
@@ -140,7 +250,7 @@ fn compile(
         cwd: None,
         quiet: true,
         audit: None,
-        cache: Some(CodeCache::new(root.to_path_buf())),
+        cache: Some(CodeCache::new(job.root.clone())),
         ca_certs: Vec::new(),
         stdin: Some(Vec::new()),
     };

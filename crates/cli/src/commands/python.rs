@@ -250,8 +250,13 @@ pub fn run_prepared(
     if !packages.is_empty() {
         packages.push((stdlib.clone(), GUEST_STDLIB.to_string()));
         let mut mounts = Vec::new();
+        let bounds = super::pycache::Bounds {
+            deny_read: &policy.fs.deny_read,
+            memory: policy.limits.memory,
+            timeout: policy.limits.timeout,
+        };
         for (host, guest) in &packages {
-            mounts.extend(super::pycache::prepare(&root, &rt, host, guest));
+            mounts.extend(super::pycache::prepare(&root, host, guest, &bounds));
         }
         if let (false, Some(empty)) = (mounts.is_empty(), super::pycache::empty(&root)) {
             mounts.push(empty);

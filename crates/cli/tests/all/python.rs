@@ -976,12 +976,16 @@ fn bytecode_of(dir: &Path) -> Vec<std::path::PathBuf> {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "pyc")
                 && p.to_string_lossy().contains("capsa_bc_probe")
+                // Compiled from this test's own directory.
+                && std::fs::read(&p)
+                    .unwrap_or_default()
+                    .windows(s(dir).len())
+                    .any(|w| w == s(dir).as_bytes())
             {
                 found.push(p);
             }
         }
     }
-    let _ = dir;
     found
 }
 
@@ -999,11 +1003,11 @@ fn python_path_imports_use_bytecode_the_program_cannot_write_and_never_stale() {
     assert_eq!(r.stdout, "first True\n", "{}", r.stderr);
     assert_eq!(r.stderr, "");
     let pycs = bytecode_of(&pkgs);
-    assert!(!pycs.is_empty(), "no bytecode was written");
-    let before: Vec<Vec<u8>> = pycs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert_eq!(pycs.len(), 1, "{pycs:?}");
+    let first = std::fs::read(&pycs[0]).unwrap();
 
-    // The same size and the same change time: capsa's listing sees no
-    // change, and CPython still checks the source's hash.
+    // The same size and the same modification time: the inode's change
+    // time still tells capsa to compile again.
     let mtime = std::fs::metadata(&module).unwrap().modified().unwrap();
     std::fs::write(&module, "VALUE = 'other'\n").unwrap();
     std::fs::File::options()
@@ -1014,6 +1018,15 @@ fn python_path_imports_use_bytecode_the_program_cannot_write_and_never_stale() {
         .unwrap();
     let r = py_code(&dir, &[&flag], code);
     assert_eq!(r.stdout, "other True\n", "{}", r.stderr);
+    // Bytecode of the old source where the new one's should be (a source
+    // changed after it was compiled): CPython's hash check refuses it.
+    let fresh = std::fs::read(&pycs[0]).unwrap();
+    assert_ne!(first, fresh, "compiled again");
+    std::fs::write(&pycs[0], &first).unwrap();
+    let r = py_code(&dir, &[&flag], code);
+    assert_eq!(r.stdout, "other True\n", "{}", r.stderr);
+    std::fs::write(&pycs[0], &fresh).unwrap();
+    let before: Vec<Vec<u8>> = pycs.iter().map(|p| std::fs::read(p).unwrap()).collect();
 
     // The program may read its bytecode, never write it.
     let attack = [
@@ -1038,4 +1051,81 @@ fn python_path_imports_use_bytecode_the_program_cannot_write_and_never_stale() {
     );
     let after: Vec<Vec<u8>> = pycs.iter().map(|p| std::fs::read(p).unwrap()).collect();
     assert_eq!(before, after);
+}
+
+#[test]
+fn bytecode_never_shows_a_file_denied_to_the_program() {
+    let (_t, dir) = scratch();
+    let pkgs = dir.join("pkgs");
+    std::fs::create_dir_all(pkgs.join("lib")).unwrap();
+    std::fs::write(
+        pkgs.join("lib/secret_bc_probe.py"),
+        "TOKEN = 'hunter2-bc'\n",
+    )
+    .unwrap();
+    std::fs::write(pkgs.join("lib/open_bc_probe.py"), "X = 1\n").unwrap();
+    let code = [
+        "import os, sys, marshal",
+        "import open_bc_probe",
+        "base = sys.pycache_prefix + os.path.dirname(open_bc_probe.__file__)",
+        "names = os.listdir(base)",
+        "print(sorted(n.split('.')[0] for n in names))",
+        "for n in names:",
+        "    data = open(os.path.join(base, n), 'rb').read()",
+        "    print(b'hunter2' in data)",
+    ]
+    .join("\n");
+    let r = py_code(
+        &dir,
+        &[
+            &format!("--python-path={}", s(&pkgs.join("lib"))),
+            &format!("--deny-read={}", s(&pkgs.join("lib/secret_bc_probe.py"))),
+        ],
+        &code,
+    );
+    assert_eq!(r.stdout, "['open_bc_probe']\nFalse\n", "{}", r.stderr);
+}
+
+#[test]
+fn a_package_too_costly_to_compile_holds_a_run_only_to_its_limit() {
+    let (_t, dir) = scratch();
+    let pkgs = dir.join("pkgs");
+    std::fs::create_dir_all(&pkgs).unwrap();
+    // CPython compiles each `finally` body twice: 2^depth.
+    let mut src = String::from("def f():\n");
+    for depth in 0..22 {
+        let pad = "    ".repeat(depth + 1);
+        src.push_str(&format!("{pad}try:\n"));
+    }
+    src.push_str(&format!("{}pass\n", "    ".repeat(23)));
+    for depth in (0..22).rev() {
+        let pad = "    ".repeat(depth + 1);
+        src.push_str(&format!("{pad}finally:\n{pad}    x = {depth}\n"));
+    }
+    std::fs::write(pkgs.join("slow_bc_probe.py"), src).unwrap();
+    let start = std::time::Instant::now();
+    let r = py_code(
+        &dir,
+        &[&format!("--python-path={}", s(&pkgs)), "--timeout=3s"],
+        "print('ran')",
+    );
+    assert_eq!(r.stdout, "ran\n", "{}", r.stderr);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    // The next run does not try again until a source changes.
+    let start = std::time::Instant::now();
+    let r = py_code(
+        &dir,
+        &[&format!("--python-path={}", s(&pkgs)), "--timeout=3s"],
+        "print('again')",
+    );
+    assert_eq!(r.stdout, "again\n", "{}", r.stderr);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
 }
