@@ -91,17 +91,37 @@ pub struct Bounds<'a> {
     pub deny_read: &'a [PathBuf],
     pub memory: u64,
     pub timeout: Option<std::time::Duration>,
+    /// When the run began: its compile steps share one deadline.
+    pub started: std::time::Instant,
 }
 
-/// Time the compile step of one directory may take at most; past it the
-/// run goes on without (the rest of) its bytecode.
+/// Time the compile steps of one run may take at most together; past it
+/// the run goes on without (the rest of) its bytecode.
 const MAX_COMPILE_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Bounds<'_> {
+    /// Compile time left: the run's time limit (and [`MAX_COMPILE_TIME`])
+    /// covers every directory's step together.
+    fn remaining(&self) -> std::time::Duration {
+        self.budget().saturating_sub(self.started.elapsed())
+    }
+
+    /// Compile time of the run as a whole.
+    fn budget(&self) -> std::time::Duration {
+        self.timeout
+            .map_or(MAX_COMPILE_TIME, |t| t.min(MAX_COMPILE_TIME))
+    }
+}
 
 /// The cache of `src` (its host path, and its path in the guest), compiled
 /// now if its sources changed since. `None` when there is no usable cache:
 /// the run then compiles in memory, as before.
 pub fn prepare(root: &Path, src: &Path, src_guest: &str, bounds: &Bounds<'_>) -> Option<Bytecode> {
     use sha2::{Digest, Sha256};
+    // A directory denied as a whole (itself, or one above it) gets none.
+    if bounds.deny_read.iter().any(|d| src.starts_with(d)) {
+        return None;
+    }
     // A cache per directory and per set of read denials in it: bytecode of
     // a file denied to one run is never shown to it.
     let mut denied: Vec<&PathBuf> = bounds
@@ -126,8 +146,18 @@ pub fn prepare(root: &Path, src: &Path, src_guest: &str, bounds: &Bounds<'_>) ->
     capsa_sandbox::load::make_private_dir(&host).ok()?;
     let guest = format!("{GUEST_PREFIX}{src_guest}");
     let stamp_file = pycache.join(format!("{key}.sources"));
+    let failed_file = pycache.join(format!("{key}.failed"));
     let stamp = sources(src)?;
-    if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
+    // A compile that failed (a source too costly to compile) is tried again
+    // only when a source changed, or with more memory or time than it had;
+    // meanwhile the run uses what bytecode there is.
+    let limits = format!("{}\t{}", bounds.memory, bounds.budget().as_millis());
+    let failed_before = std::fs::read_to_string(&failed_file).ok().is_some_and(|f| {
+        f.split_once('\n')
+            .is_some_and(|(had, listing)| listing == stamp && !more_than(&limits, had))
+    });
+    let current = std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str());
+    if !failed_before && !current {
         let job = Job {
             root: root.to_path_buf(),
             src: src.to_path_buf(),
@@ -136,20 +166,32 @@ pub fn prepare(root: &Path, src: &Path, src_guest: &str, bounds: &Bounds<'_>) ->
             cache_guest: guest.clone(),
             deny_read: denied.into_iter().cloned().collect(),
             memory: bounds.memory,
-            timeout_ms: bounds
-                .timeout
-                .map_or(MAX_COMPILE_TIME, |t| t.min(MAX_COMPILE_TIME))
-                .as_millis() as u64,
+            timeout_ms: bounds.remaining().as_millis() as u64,
         };
-        // Compiled or not (a source too costly to compile), the listing is
-        // kept: the next run does not try again until a source changes,
-        // and uses what bytecode there is.
-        let _ = compile_in_child(&job);
-        let tmp = stamp_file.with_extension("tmp");
-        std::fs::write(&tmp, &stamp).ok()?;
-        std::fs::rename(&tmp, &stamp_file).ok()?;
+        let (file, text) = match compile_in_child(&job) {
+            Some(()) => {
+                let _ = std::fs::remove_file(&failed_file);
+                (&stamp_file, stamp)
+            }
+            None => (&failed_file, format!("{limits}\n{stamp}")),
+        };
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, text).ok()?;
+        std::fs::rename(&tmp, file).ok()?;
     }
     Some(Bytecode { host, guest })
+}
+
+/// Whether limits `now` ("memory\tmillis") exceed `had` in either.
+fn more_than(now: &str, had: &str) -> bool {
+    let parse = |s: &str| -> Option<(u64, u128)> {
+        let (m, t) = s.split_once('\t')?;
+        Some((m.parse().ok()?, t.parse().ok()?))
+    };
+    match (parse(now), parse(had)) {
+        (Some((m1, t1)), Some((m0, t0))) => m1 > m0 || t1 > t0,
+        _ => true,
+    }
 }
 
 /// What the compile step is given.
@@ -170,13 +212,22 @@ struct Job {
 fn compile_in_child(job: &Job) -> Option<()> {
     use std::io::Write;
     let me = std::env::current_exe().ok()?;
-    let mut child = std::process::Command::new(me)
-        .arg("pycache-compile")
+    let mut cmd = std::process::Command::new(me);
+    cmd.arg("pycache-compile")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
+        .stderr(std::process::Stdio::null());
+    // It ends with capsa, which may be ended first (a worker at its limit).
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(2) is async-signal-safe; nothing else runs here.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().ok()?;
     let line = serde_json::to_string(job).ok()?;
     child.stdin.take()?.write_all(line.as_bytes()).ok()?;
     child.wait().ok()?.success().then_some(())

@@ -254,6 +254,7 @@ pub fn run_prepared(
             deny_read: &policy.fs.deny_read,
             memory: policy.limits.memory,
             timeout: policy.limits.timeout,
+            started: std::time::Instant::now(),
         };
         for (host, guest) in &packages {
             mounts.extend(super::pycache::prepare(&root, host, guest, &bounds));

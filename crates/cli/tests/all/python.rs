@@ -1129,3 +1129,31 @@ fn a_package_too_costly_to_compile_holds_a_run_only_to_its_limit() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_denied_parent_of_a_python_path_directory_leaves_it_without_bytecode() {
+    let (_t, dir) = scratch();
+    let lib = dir.join("proj/lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(lib.join("parent_bc_probe.py"), "TOKEN = 'hunter2-parent'\n").unwrap();
+    let code = [
+        "import os",
+        "base = '/capsa-pycache' + os.environ.get('LIB', '')",
+        "try:",
+        "    print(sorted(os.listdir(base)))",
+        "except OSError as e:",
+        "    print(type(e).__name__)",
+    ]
+    .join("\n");
+    let r = py_code(
+        &dir,
+        &[
+            &format!("--python-path={}", s(&lib)),
+            &format!("--deny-read={}", s(&dir.join("proj"))),
+            "--env",
+            &format!("LIB={}", s(&lib)),
+        ],
+        &code,
+    );
+    assert_eq!(r.stdout, "FileNotFoundError\n", "{}", r.stderr);
+}

@@ -1085,3 +1085,13 @@ fn bodies_being_run_do_not_hold_the_budget_for_reading_bodies() {
     );
     drop(held);
 }
+
+#[test]
+fn a_relative_python_path_is_the_operators() {
+    let (_t, dir) = scratch();
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    std::fs::write(dir.join("lib/rel_serve_probe.py"), "X = 'from lib'\n").unwrap();
+    let server = Server::start_in(&dir, &["--python-path=lib"], None);
+    let r = server.run(json!({"code": "import rel_serve_probe\nprint(rel_serve_probe.X)"}));
+    assert_eq!(r["stdout"], "from lib\n", "{r}");
+}

@@ -226,7 +226,9 @@ fn setup(
         base,
         listen,
         ca_certs: args.sandbox.ca_cert.clone(),
-        python_path: args.sandbox.python_path.clone(),
+        // Each run starts in its own directory: relative paths are the
+        // operator's, from here.
+        python_path: python_path.clone(),
         warm: !args.cold,
     }))
 }
