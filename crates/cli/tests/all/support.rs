@@ -251,37 +251,18 @@ pub fn pip_target(name: &str, packages: &[&str]) -> PathBuf {
     if done.contains_key(name) {
         return dir;
     }
-    let stamp = dir.join(".installed");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(&packages.join(" ")) {
-        let _ = std::fs::remove_dir_all(&dir);
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--no-compile", "--no-deps", "--only-binary=:all:"])
-            .args([
-                "--platform",
-                "any",
-                "--implementation",
-                "py",
-                "--python-version",
-                "3.14",
-            ])
-            .arg("--target")
-            .arg(&dir)
-            .args(packages)
-            // Debian's pip refuses installs outside a venv unless told; a
-            // --target directory touches nothing of the system's.
-            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
-            .status()
-            .expect("python3 -m pip runs");
-        assert!(status.success(), "pip install {packages:?} failed");
-        std::fs::write(&stamp, packages.join(" ")).unwrap();
-    }
+    let guest_only = [
+        "--no-compile",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--platform",
+        "any",
+        "--implementation",
+        "py",
+        "--python-version",
+        "3.14",
+    ];
+    pip_install_once(&dir, &guest_only, packages);
     done.insert(name.to_string(), ());
     dir
 }
@@ -300,26 +281,7 @@ pub fn host_tools() -> PathBuf {
             "kubernetes-validate>=1.30,<2",
         ];
         let dir = target_root().join("host-tools");
-        let stamp = dir.join(".installed");
-        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(&PACKAGES.join(" ")) {
-            let _ = std::fs::remove_dir_all(&dir);
-            let status = Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .arg("--target")
-                .arg(&dir)
-                .args(PACKAGES)
-                .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
-                .status()
-                .expect("python3 -m pip runs");
-            assert!(status.success(), "pip install {PACKAGES:?} failed");
-            std::fs::write(&stamp, PACKAGES.join(" ")).unwrap();
-        }
+        pip_install_once(&dir, &[], PACKAGES);
         dir
     })
     .clone()
@@ -332,4 +294,34 @@ pub fn host_python() -> Command {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null());
     c
+}
+
+/// `python3 -m pip install --target DIR FLAGS PACKAGES`, unless DIR already
+/// holds exactly these packages (a stamp in it says so).
+fn pip_install_once(dir: &Path, flags: &[&str], packages: &[&str]) {
+    let stamp = dir.join(".installed");
+    let want = [flags, packages].concat().join(" ");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(flags)
+        .arg("--target")
+        .arg(dir)
+        .args(packages)
+        // Debian's pip refuses installs outside a venv unless told; a
+        // --target directory touches nothing of the system's.
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+        .status()
+        .expect("python3 -m pip runs");
+    assert!(status.success(), "pip install {packages:?} failed");
+    std::fs::write(&stamp, want).unwrap();
 }
