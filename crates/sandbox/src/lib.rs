@@ -852,10 +852,19 @@ impl Finished {
     }
 }
 
-fn timeout_message(t: Duration) -> String {
+/// What a run that reached its time limit reports (without `capsa: `).
+pub fn timeout_message(t: Duration) -> String {
     format!(
         "time limit of {} reached; raise it with --timeout=DURATION",
         format_duration(t)
+    )
+}
+
+/// What a run that reached its output limit reports.
+pub fn output_message(max: u64) -> String {
+    format!(
+        "output limit of {} reached; raise it with --max-output=SIZE",
+        format_size(max)
     )
 }
 
@@ -878,10 +887,7 @@ fn outcome(
         message,
     };
     if budget.was_hit() {
-        let max = limits.max_output.map(format_size).unwrap_or_default();
-        return limit(format!(
-            "output limit of {max} reached; raise it with --max-output=SIZE"
-        ));
+        return limit(output_message(limits.max_output.unwrap_or_default()));
     }
     if let Some(Trap::OutOfFuel) = err.downcast_ref::<Trap>() {
         let fuel = limits.fuel.unwrap_or_default();

@@ -158,7 +158,7 @@ impl Reporter {
         if d.allowed || self.quiet || d.kind == Kind::Limit {
             return;
         }
-        let (target, cut) = clip(d.target);
+        let target = clip(d.target).0;
         let key = (d.kind, d.op.to_string(), target.to_string());
         if inner.seen.contains(&key) {
             return;
@@ -175,21 +175,10 @@ impl Reporter {
             return;
         }
         inner.seen.insert(key);
-        // The target and the reason carry names the guest chose: escaped,
-        // they cannot move the cursor, erase lines or forge a line of capsa's.
-        let mut msg = format!("capsa: denied: {} {}", d.op, escape(target));
-        if cut {
-            msg.push_str("...");
-        }
-        if let Some(r) = d.reason {
-            msg.push_str(&format!(" ({})", escape(clip(r).0)));
-        }
-        // A hint for a name cut short would grant another one.
-        if let Some(h) = d.hint.filter(|_| !cut).and_then(hint_text) {
-            msg.push_str(&format!("\n  hint: {h}"));
-        }
+        let hint = d.hint.and_then(hint_text);
+        let msg = denial_text(d.op, d.target, d.reason, hint.as_deref());
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{msg}");
+        let _ = writeln!(err, "capsa: {msg}");
     }
 
     /// Whether allowed decisions are recorded at all (`--audit`).
@@ -250,6 +239,27 @@ impl Reporter {
 }
 
 pub use capsa_policy::escape_for_terminal as escape;
+
+/// A denial as capsa words it, without `capsa: ` (the line on stderr, and
+/// `capsa serve`'s answers). The target and the reason carry names the
+/// guest chose: escaped, they cannot move the cursor, erase lines or forge
+/// a line of capsa's; cut at [`MAX_TARGET_BYTES`]. `hint` is a flag as
+/// [`hint_text`] gives it, on a line of its own, and left out for a name
+/// cut short (it would grant another one).
+pub fn denial_text(op: &str, target: &str, reason: Option<&str>, hint: Option<&str>) -> String {
+    let (target, cut) = clip(target);
+    let mut msg = format!("denied: {} {}", escape(op), escape(target));
+    if cut {
+        msg.push_str("...");
+    }
+    if let Some(r) = reason {
+        msg.push_str(&format!(" ({})", escape(clip(r).0)));
+    }
+    if let Some(h) = hint.filter(|_| !cut) {
+        msg.push_str(&format!("\n  hint: {}", escape(h)));
+    }
+    msg
+}
 
 /// A hint as the user may paste it: `--flag=VALUE` with the value quoted
 /// for the shell where it needs it, or no hint at all where the value could

@@ -122,7 +122,7 @@ pub struct State {
     max_connections: usize,
     /// Open connections by peer address: one peer may hold a quarter.
     peers: Mutex<HashMap<std::net::IpAddr, usize>>,
-    /// Kibibytes of request bodies being read or handled at once.
+    /// Kibibytes of request bodies being read at once.
     body_kib: Arc<tokio::sync::Semaphore>,
     pool: Option<super::worker::Pool>,
     sessions: Mutex<HashMap<String, Handle>>,
@@ -136,11 +136,13 @@ pub struct State {
 
 impl State {
     pub fn new(config: Config) -> State {
+        // Raises the descriptor limit once, and sizes the cap by it.
+        let connections = max_connections();
         State {
             runs: Arc::new(tokio::sync::Semaphore::new(config.max_runs)),
             waiting: Arc::default(),
-            connections: Arc::new(tokio::sync::Semaphore::new(max_connections())),
-            max_connections: max_connections(),
+            connections: Arc::new(tokio::sync::Semaphore::new(connections)),
+            max_connections: connections,
             peers: Mutex::new(HashMap::new()),
             body_kib: Arc::new(tokio::sync::Semaphore::new(BODIES_KIB)),
             pool: config

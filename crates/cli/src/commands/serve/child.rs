@@ -4,7 +4,6 @@
 //! with the code and message `capsa run` gives, and nothing else.
 
 use super::ceiling::Limits;
-use capsa_policy::{format_duration, format_size};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -66,7 +65,7 @@ pub struct Launch<'a> {
 
 /// Slack on top of a run's own time limit before the server ends the
 /// process itself: the child's watchdog says which limit it was.
-const GRACE: Duration = Duration::from_secs(2);
+pub const GRACE: Duration = Duration::from_secs(2);
 
 /// `capsa run`'s arguments for `launch` (after `capsa run`).
 pub fn run_args(launch: &Launch<'_>) -> Vec<std::ffi::OsString> {
@@ -245,25 +244,13 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
     capsa_sandbox::exit::INTERNAL
 }
 
-pub fn timeout_message(t: Duration) -> String {
-    format!(
-        "time limit of {} reached; raise it with --timeout=DURATION",
-        format_duration(t)
-    )
-}
-
-pub fn output_message(max: u64) -> String {
-    format!(
-        "output limit of {} reached; raise it with --max-output=SIZE",
-        format_size(max)
-    )
-}
+pub use capsa_sandbox::{output_message, timeout_message};
 
 /// At most this many denials are listed in one answer.
 const MAX_DENIALS: usize = 100;
 
 /// The denials and the limit recorded in an audit log, worded as capsa's
-/// own lines are (without the `capsa: ` prefix).
+/// own lines are ([`capsa_sandbox::report::denial_text`]).
 pub fn read_audit(log: &[u8]) -> (Vec<String>, Option<String>) {
     let mut denials: Vec<String> = Vec::new();
     let mut limit = None;
@@ -279,16 +266,12 @@ pub fn read_audit(log: &[u8]) -> (Vec<String>, Option<String>) {
             limit.get_or_insert(text("target"));
             continue;
         }
-        // Names the guest chose are escaped: no control character, no line
-        // of its own; a hint is capsa's, on a line of its own.
-        let esc = |t: String| capsa_policy::escape_for_terminal(&t).into_owned();
-        let mut d = format!("denied: {} {}", esc(text("op")), esc(text("target")));
-        if let Some(r) = v["reason"].as_str() {
-            d.push_str(&format!(" ({})", esc(r.to_string())));
-        }
-        if let Some(h) = v["hint"].as_str() {
-            d.push_str(&format!("\n  hint: {}", esc(h.to_string())));
-        }
+        let d = capsa_sandbox::report::denial_text(
+            &text("op"),
+            &text("target"),
+            v["reason"].as_str(),
+            v["hint"].as_str(),
+        );
         if !denials.contains(&d) && denials.len() < MAX_DENIALS {
             denials.push(d);
         }

@@ -12,12 +12,12 @@
 //! writes the job's output to its stdout and stderr and marks their ends
 //! with the job's nonce, which the server chose and no guest can see.
 
-use super::child::{Launch, RunResult, Tap, read_audit, run_args};
+use super::child::{GRACE, Launch, RunResult, Tap, read_audit, run_args};
 use super::session::Conversation;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Serialize, Deserialize)]
 struct Job {
@@ -30,10 +30,6 @@ struct Job {
 /// A worker ends after this many jobs, so that nothing a long life
 /// accumulates (fragmented memory) grows without end.
 const JOBS_PER_WORKER: u32 = 1000;
-
-/// Slack on top of a job's own time limit before the server ends the
-/// worker itself.
-const GRACE: Duration = Duration::from_secs(2);
 
 /// The worker process: `capsa serve-worker`.
 pub fn work() -> i32 {
