@@ -57,12 +57,18 @@ fn secret() -> (tempfile::TempDir, std::path::PathBuf) {
 fn an_agent_uses_the_tools_over_stdio() {
     python_ready();
     let (_t, dir) = secret();
+    drive(
+        &["stdio", env!("CARGO_BIN_EXE_capsa"), "--timeout=2s"],
+        &dir,
+    );
+}
+
+/// Runs the SDK client (`ARGS SECRET`) and checks all it saw.
+fn drive(args: &[&str], secret_dir: &Path) {
     let out = host_python()
         .arg(client())
-        .arg("stdio")
-        .arg(env!("CARGO_BIN_EXE_capsa"))
-        .arg("--timeout=2s")
-        .arg(s(&dir.join("secret.txt")))
+        .args(args)
+        .arg(s(&secret_dir.join("secret.txt")))
         .env("CAPSA_CACHE_DIR", cache_dir())
         .output()
         .unwrap();
@@ -72,44 +78,15 @@ fn an_agent_uses_the_tools_over_stdio() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    check(&v, &dir);
+    check(&v, secret_dir);
 }
 
 #[test]
 fn an_agent_uses_the_tools_over_streamable_http() {
     python_ready();
     let (_t, dir) = secret();
-    let mut server = capsa()
-        .args(["serve", "--listen=127.0.0.1:0", "--timeout=2s"])
-        .env("CAPSA_TOKEN", "mcp-test-token")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening on") {
-        line.clear();
-        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
-    }
-    let url = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_string();
-    let out = host_python()
-        .arg(client())
-        .args(["http", &format!("{url}/mcp"), "mcp-test-token"])
-        .arg(s(&dir.join("secret.txt")))
-        .output()
-        .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    check(&v, &dir);
+    let server =
+        crate::serve::Server::start_in(Path::new("/"), &["--timeout=2s"], Some("mcp-test-token"));
+    let mcp = format!("http://{}/mcp", server.addr);
+    drive(&["http", &mcp, "mcp-test-token"], &dir);
 }

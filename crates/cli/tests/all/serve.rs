@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-struct Server {
+pub struct Server {
     child: Child,
-    addr: String,
+    pub addr: String,
     token: Option<String>,
 }
 
@@ -36,7 +36,7 @@ impl Answer {
 
 impl Server {
     /// `capsa serve FLAGS` on an ephemeral loopback port, in `dir`.
-    fn start_in(dir: &Path, flags: &[&str], token: Option<&str>) -> Server {
+    pub fn start_in(dir: &Path, flags: &[&str], token: Option<&str>) -> Server {
         python_ready();
         let mut cmd = capsa();
         cmd.current_dir(dir)
@@ -654,14 +654,7 @@ fn without_the_token_nothing_is_answered() {
 
 #[test]
 fn a_tokenless_server_stays_on_loopback_and_refuses_web_pages() {
-    let r: Run = capsa()
-        .args(["serve", "--listen=0.0.0.0:0"])
-        .env_remove("CAPSA_TOKEN")
-        .output()
-        .unwrap()
-        .into();
-    assert_eq!(r.code, 125, "{}", r.stderr);
-    assert!(r.stderr.contains("not a loopback address"), "{}", r.stderr);
+    refused_start(&["--listen=0.0.0.0:0"], "not a loopback address");
     let server = Server::start(&[]);
     let body = br#"{"code": "print(1)"}"#;
     for headers in [
@@ -687,18 +680,12 @@ fn a_tokenless_server_stays_on_loopback_and_refuses_web_pages() {
 fn the_operator_cannot_grant_the_servers_own_files() {
     let (_t, dir) = scratch();
     let work = dir.join("work");
-    let r: Run = capsa()
-        .args(["serve", "--listen=127.0.0.1:0"])
-        .arg(format!("--work-dir={}", s(&work)))
-        .arg(format!("--allow-read={}", s(&dir)))
-        .output()
-        .unwrap()
-        .into();
-    assert_eq!(r.code, 125, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("holds the server's own files"),
-        "{}",
-        r.stderr
+    refused_start(
+        &[
+            &format!("--work-dir={}", s(&work)),
+            &format!("--allow-read={}", s(&dir)),
+        ],
+        "holds the server's own files",
     );
 }
 
@@ -925,15 +912,13 @@ fn only_webassembly_binaries_are_taken_as_wasm_and_denials_are_escaped() {
 fn no_part_of_proc_is_granted_by_a_server() {
     let (_t, work) = scratch();
     for grant in ["/", "/proc", "/proc/self"] {
-        let r: Run = capsa()
-            .args(["serve", "--listen=127.0.0.1:0"])
-            .arg(format!("--allow-read={grant}"))
-            .arg(format!("--work-dir={}", s(&work)))
-            .output()
-            .unwrap()
-            .into();
-        assert_eq!(r.code, 125, "{grant}: {}", r.stderr);
-        assert!(r.stderr.contains("holds /proc"), "{}", r.stderr);
+        refused_start(
+            &[
+                &format!("--allow-read={grant}"),
+                &format!("--work-dir={}", s(&work)),
+            ],
+            "holds /proc",
+        );
     }
     // Nothing was left behind by the refusals.
     assert!(tree(&work).is_empty(), "{:?}", tree(&work));
@@ -979,26 +964,16 @@ fn a_worker_that_died_while_idle_is_not_handed_to_a_run() {
 #[test]
 fn python_path_is_held_to_the_same_checks_as_grants() {
     let (_t, work) = scratch();
-    let r: Run = capsa()
-        .args(["serve", "--listen=127.0.0.1:0", "--python-path=/proc"])
-        .arg(format!("--work-dir={}", s(&work)))
-        .output()
-        .unwrap()
-        .into();
-    assert_eq!(r.code, 125, "{}", r.stderr);
-    assert!(r.stderr.contains("holds /proc"), "{}", r.stderr);
-    let r: Run = capsa()
-        .args(["serve", "--listen=127.0.0.1:0"])
-        .arg(format!("--python-path={}", s(&work)))
-        .arg(format!("--work-dir={}", s(&work.join("inner"))))
-        .output()
-        .unwrap()
-        .into();
-    assert_eq!(r.code, 125, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("holds the server's own files"),
-        "{}",
-        r.stderr
+    refused_start(
+        &["--python-path=/proc", &format!("--work-dir={}", s(&work))],
+        "holds /proc",
+    );
+    refused_start(
+        &[
+            &format!("--python-path={}", s(&work)),
+            &format!("--work-dir={}", s(&work.join("inner"))),
+        ],
+        "holds the server's own files",
     );
 }
 
@@ -1088,4 +1063,52 @@ fn answered_within(server: &Server, limit: Duration) {
     let r = server.run(json!({"code": "print('through')"}));
     assert_eq!(r["stdout"], "through\n", "{r}");
     assert!(start.elapsed() < limit, "{:?}", start.elapsed());
+}
+
+/// `capsa serve FLAGS` (on an ephemeral loopback port unless FLAGS say
+/// where) refuses to start (125), saying `why`.
+fn refused_start(flags: &[&str], why: &str) {
+    let listen =
+        (!flags.iter().any(|f| f.starts_with("--listen"))).then_some("--listen=127.0.0.1:0");
+    let r: Run = capsa()
+        .arg("serve")
+        .args(listen)
+        .args(flags)
+        .env_remove("CAPSA_TOKEN")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 125, "{flags:?}: {}", r.stderr);
+    assert!(r.stderr.contains(why), "{flags:?}: {}", r.stderr);
+}
+
+#[test]
+fn links_a_session_makes_itself_lead_the_server_nowhere() {
+    let (_t, ro) = scratch();
+    std::fs::write(ro.join("shared.txt"), "read-only data").unwrap();
+    let server = Server::start(&[&format!("--allow-read={}", s(&ro))]);
+    let id = server.session(json!({}));
+    // The guest tries to reach the read-only file through names in its
+    // own scratch directory, then asks the client to write "there".
+    let code = format!(
+        "import os\nfor make in (os.link, os.symlink):\n    try:\n        make({src:?}, make.__name__)\n        print(make.__name__, 'made')\n    except OSError as e:\n        print(make.__name__, type(e).__name__)\ntry:\n    os.symlink('/etc/hostname', 'out')\nexcept OSError as e:\n    print('out', type(e).__name__)",
+        src = s(&ro.join("shared.txt"))
+    );
+    let r = server.exec(&id, &code);
+    assert!(!r["stdout"].as_str().unwrap().contains("made"), "{r}");
+    for name in ["link", "symlink", "out"] {
+        let put = server.raw(
+            "PUT",
+            &format!("/v1/sessions/{id}/files/{name}"),
+            &[],
+            b"overwritten",
+        );
+        assert_eq!(put.status, 204, "{name}");
+        let got = server.raw("GET", &format!("/v1/sessions/{id}/files/{name}"), &[], b"");
+        assert_eq!(got.body, b"overwritten", "{name}");
+    }
+    assert_eq!(
+        tree(&ro),
+        vec![("shared.txt".into(), b"read-only data".to_vec())]
+    );
 }
