@@ -245,6 +245,62 @@ fn remove_stale(parent: &Path) {
     }
 }
 
+/// A new runtime component, snapshotted now with a hash seed of its own,
+/// for a program that runs elsewhere (a browser page): never the cached one,
+/// whose seed belongs to this machine. Takes as long as a first build.
+pub fn generate_fresh() -> Result<Vec<u8>, PythonError> {
+    let err = |e: std::io::Error| PythonError::Build(e.to_string());
+    let work = tempfile::Builder::new()
+        .prefix("capsa-python-")
+        .tempdir()
+        .map_err(err)?;
+    let component = work.path().join("python.wasm");
+    generate(work.path(), &component)?;
+    fs::read(&component).map_err(err)
+}
+
+/// Directories of the standard library a program in a page has no use for
+/// (tests, GUI toolkits, installers): left out of a site.
+const STDLIB_UNUSED: [&str; 7] = [
+    "test/",
+    "idlelib/",
+    "tkinter/",
+    "turtledemo/",
+    "ensurepip/",
+    "lib2to3/",
+    "__phello__/",
+];
+
+/// The standard library's `.py` files, by path below [`GUEST_STDLIB`], for
+/// a site: without tests and GUI toolkits.
+pub fn stdlib_sources() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let decoder = zstd::Decoder::new(STDLIB_TAR_ZST)?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut out = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if !path.ends_with(".py")
+            || STDLIB_UNUSED
+                .iter()
+                .any(|d| path.starts_with(d) || path.contains(&format!("/{d}")))
+        {
+            continue;
+        }
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data)?;
+        out.push((path, data));
+    }
+    Ok(out)
+}
+
 fn unpack_stdlib(dest: &Path) -> std::io::Result<()> {
     let decoder = zstd::Decoder::new(STDLIB_TAR_ZST)?;
     let mut archive = tar::Archive::new(decoder);

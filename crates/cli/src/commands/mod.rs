@@ -7,3 +7,4 @@ pub mod pycache;
 pub mod python;
 pub mod run;
 pub mod serve;
+pub mod web;

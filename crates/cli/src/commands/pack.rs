@@ -14,16 +14,21 @@ single .wasm) runs with nothing asked. Hidden files, __pycache__ and .pyc
 are left out; links are refused. The same folder always packs to the same
 bytes.
 
-Exit status: 0 packed; 125 a bad folder or manifest; 70 the bundle could not
-be written (nothing is left behind).";
+With --web, the site runs the bundle in a browser page (Chrome or Edge 137
+or later: it needs WebAssembly JavaScript Promise Integration), with what
+the bundle asks for shown first and enforced by the page: see README, In a
+browser.
+
+Exit status: 0 packed; 125 a bad folder, bundle or manifest; 70 the bundle
+or site could not be written (nothing is left behind).";
 
 #[derive(Args, Debug)]
 #[command(about = "Pack a project folder into one .capsa bundle", after_help = AFTER_HELP)]
 pub struct PackArgs {
-    /// The project folder.
+    /// The project folder (with --web, also a .capsa bundle).
     #[arg(value_name = "DIR")]
     dir: PathBuf,
-    /// The bundle to write.
+    /// The bundle to write (with --web, the site's directory or .html file).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     /// Carry this directory of pure-Python packages (into site-packages/).
@@ -31,12 +36,28 @@ pub struct PackArgs {
     python_path: Vec<PathBuf>,
     /// Write a native executable for this machine that runs the bundle
     /// (capsa itself with the bundle appended; no capsa needed to run it).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "web")]
     exe: bool,
+    /// Write a static web site instead: a directory (or with --single-file
+    /// one .html) whose page runs the bundle in a browser, DIR being a
+    /// project folder or a .capsa bundle.
+    #[arg(long)]
+    web: bool,
+    /// With --web: one self-contained .html file.
+    #[arg(long, requires = "web")]
+    single_file: bool,
 }
 
 pub fn run(args: PackArgs) -> i32 {
     let python_path: Vec<&Path> = args.python_path.iter().map(PathBuf::as_path).collect();
+    if args.web {
+        return super::web::run(super::web::WebArgs {
+            input: &args.dir,
+            output: &args.output,
+            python_path: &python_path,
+            single_file: args.single_file,
+        });
+    }
     let (manifest, files) =
         match capsa_bundle::pack::collect(&args.dir, &python_path, Some(&args.output)) {
             Ok(c) => c,

@@ -1,0 +1,184 @@
+// The page around a bundle: shows what the bundle asks for and lets the
+// user allow it (typing in the variables it asks for, choosing files for the
+// folders it asks for), runs it in a Web Worker, shows its output as text,
+// then gives a Python bundle's REPL a line to type into. Nothing the guest
+// writes is ever parsed as HTML.
+import { escapeText } from "./text.js";
+
+const $ = (sel) => document.querySelector(sel);
+const el = (tag, attrs = {}, ...kids) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else e.setAttribute(k, v);
+  }
+  for (const k of kids) e.append(k);
+  return e;
+};
+
+const site = JSON.parse($("#capsa-site").textContent);
+const state = (s) => {
+  document.body.dataset.state = s;
+};
+
+/** Where each file of the site is: beside the page, or inside it (--single-file). */
+async function assetUrls() {
+  const packed = $("#capsa-files");
+  const urls = {};
+  if (!packed) {
+    for (const name of site.files) urls[name] = new URL(name, location.href).href;
+    return urls;
+  }
+  const files = JSON.parse(packed.textContent);
+  for (const [name, b64] of Object.entries(files)) {
+    const bin = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const gunzipped = new Blob([bin]).stream().pipeThrough(new DecompressionStream("gzip"));
+    const bytes = await new Response(gunzipped).arrayBuffer();
+    const type = name.endsWith(".js") ? "text/javascript" : name.endsWith(".wasm") ? "application/wasm" : "application/octet-stream";
+    urls[name] = URL.createObjectURL(new Blob([bytes], { type }));
+  }
+  return urls;
+}
+
+const out = $("#output");
+let lastOut = null;
+function show(stream, text) {
+  if (lastOut && lastOut.dataset.stream === stream) {
+    lastOut.append(text);
+  } else {
+    lastOut = el("span", { class: stream, "data-stream": stream }, text);
+    out.append(lastOut);
+  }
+  out.scrollTop = out.scrollHeight;
+}
+
+function consent() {
+  const ask = site.ask;
+  const box = $("#asks");
+  const inputs = { env: {}, dirs: {} };
+  if (!ask.net.length && !ask.env.length && !ask.dirs.length) return Promise.resolve({ env: {}, dirs: {} });
+  state("consent");
+  box.hidden = false;
+  const list = el("ul");
+  for (const n of ask.net) {
+    list.append(el("li", {}, el("b", {}, "network "), el("code", {}, escapeText(n.rule)), ` ${escapeText(n.reason || "")}`));
+  }
+  for (const e of ask.env) {
+    const input = el("input", { type: "text", name: `env-${e.name}`, autocomplete: "off" });
+    inputs.env[e.name] = input;
+    list.append(el("li", {}, el("b", {}, "variable "), el("code", {}, escapeText(e.name)), ` ${escapeText(e.reason || "")} `, input));
+  }
+  for (const d of ask.dirs) {
+    const input = el("input", { type: "file", multiple: "", name: `dir-${d.name}` });
+    inputs.dirs[d.name] = input;
+    list.append(el("li", {}, el("b", {}, d.access === "read-write" ? "folder (read and write) " : "folder (read) "),
+      el("code", {}, escapeText(d.guest)), ` ${escapeText(d.reason || "")} `, input));
+  }
+  box.append(el("p", {}, "This program asks for:"), list);
+  const allow = el("button", { id: "allow" }, "Allow and run");
+  const deny = el("button", { id: "deny" }, "Do not run");
+  box.append(allow, " ", deny);
+  return new Promise((resolve) => {
+    deny.onclick = () => {
+      box.hidden = true;
+      show("stderr", "capsa: not run: the permissions were not given\n");
+      state("declined");
+    };
+    allow.onclick = async () => {
+      const env = {};
+      for (const [name, input] of Object.entries(inputs.env)) env[name] = input.value;
+      const dirs = {};
+      for (const [name, input] of Object.entries(inputs.dirs)) {
+        const files = [];
+        for (const f of input.files) files.push([f.name, new Uint8Array(await f.arrayBuffer())]);
+        dirs[name] = files;
+      }
+      box.hidden = true;
+      resolve({ env, dirs });
+    };
+  });
+}
+
+function downloads(title, files) {
+  if (!files.length) return;
+  const list = el("ul");
+  for (const [path, bytes] of files) {
+    const a = el("a", { href: URL.createObjectURL(new Blob([bytes])), download: path.split("/").pop() }, escapeText(path));
+    list.append(el("li", {}, a));
+  }
+  $("#files").append(el("p", {}, title), list);
+}
+
+async function main() {
+  $("#title").textContent = escapeText(site.name);
+  if (typeof WebAssembly.Suspending !== "function") {
+    show("stderr", "capsa: this browser cannot run the program: it needs WebAssembly JavaScript Promise Integration (Chrome or Edge 137 or later)\n");
+    state("failed");
+    return;
+  }
+  const given = await consent();
+  state("loading");
+  const urls = await assetUrls();
+  const assets = { component: urls[site.component], core: {}, app: urls["app.bin"], stdlib: urls["stdlib.bin"] };
+  for (const name of site.core) assets.core[name] = urls[name];
+  const worker = new Worker(urls["worker.js"], { type: "module" });
+  const line = $("#stdin");
+  const form = $("#repl");
+  const send = (text) => worker.postMessage({ type: "stdin", text });
+  form.onsubmit = (e) => {
+    e.preventDefault();
+    show("stdin", line.value + "\n");
+    send(line.value + "\n");
+    line.value = "";
+    form.hidden = true;
+    state("running");
+  };
+  line.onkeydown = (e) => {
+    if (e.key === "d" && e.ctrlKey) {
+      e.preventDefault();
+      worker.postMessage({ type: "eof" });
+      form.hidden = true;
+    }
+  };
+  $("#eof").onclick = () => {
+    worker.postMessage({ type: "eof" });
+    form.hidden = true;
+  };
+  $("#stop").onclick = () => {
+    worker.terminate();
+    show("stderr", "capsa: stopped\n");
+    form.hidden = true;
+    state("exited");
+  };
+  worker.onmessage = (e) => {
+    const m = e.data;
+    if (m.type === "out") show(m.stream, m.text);
+    else if (m.type === "denied") show("denied", m.text + "\n");
+    else if (m.type === "ready") state("running");
+    else if (m.type === "stdin-wait") {
+      form.hidden = false;
+      line.focus();
+      state("input");
+    } else if (m.type === "exit") {
+      form.hidden = true;
+      $("#status").textContent = `exited with code ${m.code}`;
+      document.body.dataset.exitCode = String(m.code);
+      for (const [name, files] of Object.entries(m.dirs)) downloads(`Files in ${name}:`, files);
+      downloads("Files written in the working directory:", m.scratch);
+      state("exited");
+    } else if (m.type === "fail") {
+      show("stderr", `capsa: the program could not run: ${m.text}\n`);
+      state("failed");
+    }
+  };
+  worker.onerror = (e) => {
+    show("stderr", `capsa: the program could not run: ${e.message}\n`);
+    state("failed");
+  };
+  worker.postMessage({ type: "start", site, assets, env: given.env, dirs: given.dirs });
+}
+
+main().catch((e) => {
+  show("stderr", `capsa: ${e}\n`);
+  state("failed");
+});

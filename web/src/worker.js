@@ -1,0 +1,238 @@
+// The bundle's program, run in a Web Worker. Its only way out is the WASI
+// imports built here: preview2-shim's implementations for the browser,
+// with the bundle's permissions checked in front of them. The guest gets
+// no JavaScript: no module that reaches the page, no eval, no DOM, no
+// storage, no sockets. A request goes out through fetch only to a host and
+// port the bundle asked for; its files are trees in this worker's memory.
+//
+// Messages from the page: {type: "start", site, assets, env, dirs};
+// {type: "stdin", text}; {type: "eof"}.
+// To the page: {type: "out", stream, text}; {type: "denied", text};
+// {type: "stdin-wait"}; {type: "exit", code, dirs}; {type: "fail", text}.
+import * as cli from "@bytecodealliance/preview2-shim/cli";
+import * as clocks from "@bytecodealliance/preview2-shim/clocks";
+import * as filesystem from "@bytecodealliance/preview2-shim/filesystem";
+import * as http from "@bytecodealliance/preview2-shim/http";
+import * as io from "@bytecodealliance/preview2-shim/io";
+import * as random from "@bytecodealliance/preview2-shim/random";
+import * as sockets from "@bytecodealliance/preview2-shim/sockets";
+import { decide, parseRule } from "./rules.js";
+import { guardedAdapter, unpack, listFiles, addFile } from "./files.js";
+import { denialText } from "./text.js";
+
+const post = (msg) => self.postMessage(msg);
+
+class Exit extends Error {
+  constructor(code) {
+    super(`exit ${code}`);
+    this.exitCode = code;
+  }
+}
+
+// stdin: lines the user typed in the page, read when the guest blocks.
+const stdin = { chunks: [], eof: false, waiting: null, wakers: [] };
+function stdinArrived() {
+  stdin.waiting?.();
+  for (const wake of stdin.wakers.splice(0)) wake();
+}
+const stdinHandler = {
+  blockingRead: readStdin,
+  read(len) {
+    if (stdin.chunks.length || stdin.eof) return readStdin(len);
+    post({ type: "stdin-wait" });
+    return new Uint8Array(0);
+  },
+  subscribe() {
+    if (stdin.chunks.length || stdin.eof) return io.pollableCreate();
+    return io.pollableCreate(new Promise((resolve) => stdin.wakers.push(resolve)));
+  },
+};
+function readStdin(len) {
+  const n = Number(len);
+  const give = () => {
+    if (stdin.chunks.length) {
+      const head = stdin.chunks[0];
+      if (head.length <= n) return stdin.chunks.shift();
+      stdin.chunks[0] = head.subarray(n);
+      return head.subarray(0, n);
+    }
+    throw { tag: "closed" };
+  };
+  if (stdin.chunks.length || stdin.eof) return give();
+  post({ type: "stdin-wait" });
+  return new Promise((resolve) => {
+    stdin.waiting = () => {
+      stdin.waiting = null;
+      try {
+        resolve(give());
+      } catch (e) {
+        resolve(Promise.reject(e));
+      }
+    };
+  });
+}
+
+function output(stream) {
+  const dec = new TextDecoder();
+  return {
+    write(bytes) {
+      post({ type: "out", stream, text: dec.decode(bytes, { stream: true }) });
+    },
+    flush() {},
+    blockingFlush() {},
+  };
+}
+
+/** wasi:http/outgoing-handler, asking the bundle's rules before fetch. */
+function guardedHttp(rules) {
+  return {
+    handle(request, options) {
+      const scheme = request.scheme();
+      const tls = !scheme || scheme.tag === "HTTPS";
+      if (scheme && scheme.tag !== "HTTP" && scheme.tag !== "HTTPS") throw { tag: "HTTP-protocol-error" };
+      const authority = request.authority() || "";
+      let url;
+      try {
+        url = new URL(`${tls ? "https" : "http"}://${authority}`);
+      } catch {
+        throw { tag: "HTTP-request-URI-invalid" };
+      }
+      if (url.username || url.password || url.pathname !== "/" || url.search || url.hash) {
+        throw { tag: "HTTP-request-URI-invalid" };
+      }
+      const port = url.port ? Number(url.port) : tls ? 443 : 80;
+      const host = url.hostname;
+      const verdict = decide(rules, host, port);
+      if (!verdict.allowed) {
+        const path = (request.pathWithQuery() || "/").split("?")[0];
+        const method = request.method();
+        const m = method.tag === "other" ? method.val : method.tag.toUpperCase();
+        const hostShown = host.startsWith("[") ? host : host.replace(/\.$/, "");
+        post({
+          type: "denied",
+          text: denialText(m, `${tls ? "https" : "http"}://${hostShown}:${port}${path}`, verdict.reason, verdict.hint),
+        });
+        throw { tag: "HTTP-request-denied" };
+      }
+      return http.outgoingHandler.handle(request, options);
+    },
+  };
+}
+
+const refused = () => {
+  throw "access-denied";
+};
+
+async function start({ site, assets, env, dirs }) {
+  const rules = site.ask.net.map((a) => parseRule(a.rule));
+  const mounts = {};
+  const app = { dir: {} };
+  if (assets.app) await unpack(await (await fetch(assets.app)).arrayBuffer(), app);
+  mounts["/app"] = { tree: app, writable: false };
+  if (assets.stdlib) {
+    mounts[site.stdlib] = { tree: await unpack(await (await fetch(assets.stdlib)).arrayBuffer()), writable: false };
+  }
+  const scratch = { dir: {} };
+  mounts[site.cwd] = { tree: scratch, writable: true };
+  const asked = {};
+  for (const d of site.ask.dirs) {
+    const given = dirs[d.name];
+    if (!given) continue;
+    const tree = { dir: {} };
+    for (const [path, bytes] of given) addFile(tree, path, bytes);
+    asked[d.name] = tree;
+    mounts[d.guest] = { tree, writable: d.access === "read-write" };
+  }
+  const fs = filesystem.createFilesystem({ adapter: guardedAdapter, preopens: mounts });
+  const environment = {};
+  for (const e of site.ask.env) {
+    if (Object.hasOwn(env, e.name)) environment[e.name] = String(env[e.name]);
+  }
+  const c = cli.createCli({
+    arguments: site.argv,
+    environment,
+    initialCwd: site.cwd,
+    stdout: output("stdout"),
+    stderr: output("stderr"),
+    stdin: stdinHandler,
+  });
+  const exit = {
+    exit(status) {
+      throw new Exit(status.tag === "err" ? 1 : 0);
+    },
+    exitWithCode(code) {
+      throw new Exit(code);
+    },
+  };
+  const none = {
+    createTcpSocket: refused,
+    createUdpSocket: refused,
+    resolveAddresses: refused,
+  };
+  const imports = {
+    "capsa:python/process": { exitWithCode: (code) => { throw new Exit(code); } },
+    "wasi:cli/environment": c.environment,
+    "wasi:cli/exit": exit,
+    "wasi:cli/stderr": c.stderr,
+    "wasi:cli/stdin": c.stdin,
+    "wasi:cli/stdout": c.stdout,
+    "wasi:cli/terminal-input": c.terminalInput,
+    "wasi:cli/terminal-output": c.terminalOutput,
+    "wasi:cli/terminal-stderr": c.terminalStderr,
+    "wasi:cli/terminal-stdin": c.terminalStdin,
+    "wasi:cli/terminal-stdout": c.terminalStdout,
+    "wasi:clocks/monotonic-clock": clocks.monotonicClock,
+    "wasi:clocks/wall-clock": clocks.wallClock,
+    "wasi:filesystem/preopens": fs.preopens,
+    "wasi:filesystem/types": fs.types,
+    "wasi:http/outgoing-handler": guardedHttp(rules),
+    "wasi:http/types": http.types,
+    "wasi:io/error": io.error,
+    "wasi:io/poll": io.poll,
+    "wasi:io/streams": io.streams,
+    "wasi:random/insecure": random.insecure,
+    "wasi:random/insecure-seed": random.insecureSeed,
+    "wasi:random/random": random.random,
+    "wasi:sockets/instance-network": sockets.instanceNetwork,
+    "wasi:sockets/ip-name-lookup": { ...sockets.ipNameLookup, resolveAddresses: none.resolveAddresses },
+    "wasi:sockets/network": sockets.network,
+    "wasi:sockets/tcp": sockets.tcp,
+    "wasi:sockets/tcp-create-socket": { createTcpSocket: none.createTcpSocket },
+    "wasi:sockets/udp": sockets.udp,
+    "wasi:sockets/udp-create-socket": { createUdpSocket: none.createUdpSocket },
+  };
+  const { instantiate } = await import(assets.component);
+  const getCoreModule = async (name) => {
+    const url = assets.core[name];
+    if (!url) throw new Error(`the site has no ${name}`);
+    return WebAssembly.compile(await (await fetch(url)).arrayBuffer());
+  };
+  const started = performance.now();
+  const instance = await instantiate(getCoreModule, imports);
+  post({ type: "ready", ms: performance.now() - started });
+  let code = 0;
+  try {
+    await instance.run.run();
+  } catch (e) {
+    if (e instanceof Exit) code = e.exitCode;
+    else if (e && e.exitError) code = e.code;
+    else if (e && e.payload === undefined && e.name === "ComponentError") code = 1;
+    else throw e;
+  }
+  const out = {};
+  for (const [name, tree] of Object.entries(asked)) out[name] = listFiles(tree);
+  post({ type: "exit", code, dirs: out, scratch: listFiles(scratch) });
+}
+
+self.onmessage = (e) => {
+  const msg = e.data;
+  if (msg.type === "start") {
+    start(msg).catch((err) => post({ type: "fail", text: String((err && err.stack) || err) }));
+  } else if (msg.type === "stdin") {
+    stdin.chunks.push(new TextEncoder().encode(msg.text));
+    stdinArrived();
+  } else if (msg.type === "eof") {
+    stdin.eof = true;
+    stdinArrived();
+  }
+};
