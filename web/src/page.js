@@ -32,8 +32,10 @@ async function assetUrls() {
   const files = JSON.parse(packed.textContent);
   for (const [name, b64] of Object.entries(files)) {
     const bin = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    const gunzipped = new Blob([bin]).stream().pipeThrough(new DecompressionStream("gzip"));
-    const bytes = await new Response(gunzipped).arrayBuffer();
+    // The archives (.bin) are gzip already, and stay so: the worker unpacks them.
+    const bytes = name.endsWith(".bin")
+      ? bin
+      : await new Response(new Blob([bin]).stream().pipeThrough(new DecompressionStream("gzip"))).arrayBuffer();
     const type = name.endsWith(".js") ? "text/javascript" : name.endsWith(".wasm") ? "application/wasm" : "application/octet-stream";
     urls[name] = URL.createObjectURL(new Blob([bytes], { type }));
   }
@@ -111,6 +113,7 @@ function downloads(title, files) {
 
 async function main() {
   $("#title").textContent = escapeText(site.name);
+  $("#digest").textContent = `bundle sha256 ${site.digest}`;
   if (typeof WebAssembly.Suspending !== "function") {
     show("stderr", "capsa: this browser cannot run the program: it needs WebAssembly JavaScript Promise Integration (Chrome or Edge 137 or later)\n");
     state("failed");
@@ -122,6 +125,24 @@ async function main() {
   const assets = { component: urls[site.component], core: {}, app: urls["app.bin"], stdlib: urls["stdlib.bin"] };
   for (const name of site.core) assets.core[name] = urls[name];
   const worker = new Worker(urls["worker.js"], { type: "module" });
+  // The time limit counts while the program computes, not while it waits
+  // for the user to type: it ends the Worker, and the page stays.
+  let timer = null;
+  const end = (text, code) => {
+    clearTimeout(timer);
+    $("#stop").disabled = true;
+    worker.terminate();
+    form.hidden = true;
+    show("stderr", `capsa: ${text}\n`);
+    $("#status").textContent = `ended: ${text}`;
+    document.body.dataset.exitCode = String(code);
+    state("exited");
+  };
+  const startClock = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => end(site.limits.timeout_text, 124), site.limits.timeout_ms);
+  };
+  const stopClock = () => clearTimeout(timer);
   const line = $("#stdin");
   const form = $("#repl");
   const send = (text) => worker.postMessage({ type: "stdin", text });
@@ -131,6 +152,7 @@ async function main() {
     send(line.value + "\n");
     line.value = "";
     form.hidden = true;
+    startClock();
     state("running");
   };
   line.onkeydown = (e) => {
@@ -138,28 +160,29 @@ async function main() {
       e.preventDefault();
       worker.postMessage({ type: "eof" });
       form.hidden = true;
+      startClock();
     }
   };
   $("#eof").onclick = () => {
     worker.postMessage({ type: "eof" });
     form.hidden = true;
+    startClock();
   };
-  $("#stop").onclick = () => {
-    worker.terminate();
-    show("stderr", "capsa: stopped\n");
-    form.hidden = true;
-    state("exited");
-  };
+  $("#stop").onclick = () => end("stopped by the user", 130);
   worker.onmessage = (e) => {
     const m = e.data;
     if (m.type === "out") show(m.stream, m.text);
     else if (m.type === "denied") show("denied", m.text + "\n");
     else if (m.type === "ready") state("running");
+    else if (m.type === "output-limit") end(site.limits.output_text, 137);
     else if (m.type === "stdin-wait") {
+      stopClock();
       form.hidden = false;
       line.focus();
       state("input");
     } else if (m.type === "exit") {
+      stopClock();
+      $("#stop").disabled = true;
       form.hidden = true;
       $("#status").textContent = `exited with code ${m.code}`;
       document.body.dataset.exitCode = String(m.code);
@@ -167,6 +190,7 @@ async function main() {
       downloads("Files written in the working directory:", m.scratch);
       state("exited");
     } else if (m.type === "fail") {
+      stopClock();
       show("stderr", `capsa: the program could not run: ${m.text}\n`);
       state("failed");
     }
@@ -175,6 +199,7 @@ async function main() {
     show("stderr", `capsa: the program could not run: ${e.message}\n`);
     state("failed");
   };
+  startClock();
   worker.postMessage({ type: "start", site, assets, env: given.env, dirs: given.dirs });
 }
 

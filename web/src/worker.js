@@ -35,18 +35,6 @@ function stdinArrived() {
   stdin.waiting?.();
   for (const wake of stdin.wakers.splice(0)) wake();
 }
-const stdinHandler = {
-  blockingRead: readStdin,
-  read(len) {
-    if (stdin.chunks.length || stdin.eof) return readStdin(len);
-    post({ type: "stdin-wait" });
-    return new Uint8Array(0);
-  },
-  subscribe() {
-    if (stdin.chunks.length || stdin.eof) return io.pollableCreate();
-    return io.pollableCreate(new Promise((resolve) => stdin.wakers.push(resolve)));
-  },
-};
 function readStdin(len) {
   const n = Number(len);
   const give = () => {
@@ -60,22 +48,45 @@ function readStdin(len) {
   };
   if (stdin.chunks.length || stdin.eof) return give();
   post({ type: "stdin-wait" });
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     stdin.waiting = () => {
       stdin.waiting = null;
       try {
         resolve(give());
       } catch (e) {
-        resolve(Promise.reject(e));
+        reject(e);
       }
     };
   });
 }
+// `read` waits too (capsa makes it a suspending import): a guest that
+// polls stdin with non-blocking reads would otherwise spin and never let
+// the page's message in.
+const stdinHandler = {
+  blockingRead: readStdin,
+  read: readStdin,
+  subscribe() {
+    if (stdin.chunks.length || stdin.eof) return io.pollableCreate();
+    return io.pollableCreate(new Promise((resolve) => stdin.wakers.push(resolve)));
+  },
+};
+
+// Output the guest may still write before the page ends it.
+let outputLeft = Infinity;
 
 function output(stream) {
   const dec = new TextDecoder();
   return {
     write(bytes) {
+      if (outputLeft <= 0) return;
+      if (bytes.length > outputLeft) {
+        bytes = bytes.subarray(0, outputLeft);
+        outputLeft = 0;
+        post({ type: "out", stream, text: dec.decode(bytes) });
+        post({ type: "output-limit" });
+        return;
+      }
+      outputLeft -= bytes.length;
       post({ type: "out", stream, text: dec.decode(bytes, { stream: true }) });
     },
     flush() {},
@@ -124,6 +135,7 @@ const refused = () => {
 };
 
 async function start({ site, assets, env, dirs }) {
+  outputLeft = site.limits.max_output;
   const rules = site.ask.net.map((a) => parseRule(a.rule));
   const mounts = {};
   const app = { dir: {} };

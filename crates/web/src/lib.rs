@@ -27,8 +27,11 @@ const PAGE_JS: &str = include_str!(concat!(env!("OUT_DIR"), "/web/page.js"));
 const INDEX_HTML: &str = include_str!(concat!(env!("OUT_DIR"), "/web/index.html"));
 
 /// The guest's blocking WASI calls, which suspend the guest while the page
-/// waits (jco's own list for `--async-wasi-imports`).
-const ASYNC_IMPORTS: [&str; 8] = [
+/// waits: jco's own list for `--async-wasi-imports`, and `read`, which the
+/// host's stdin makes wait for a line (a guest that polls stdin with
+/// non-blocking reads would otherwise spin and never let the line in).
+const ASYNC_IMPORTS: [&str; 9] = [
+    "wasi:io/streams#[method]input-stream.read",
     "wasi:io/poll#poll",
     "wasi:io/poll#[method]pollable.block",
     "wasi:io/streams#[method]input-stream.blocking-read",
@@ -55,6 +58,21 @@ pub struct SiteConfig {
     /// Where the standard library is mounted (Python), read-only.
     pub stdlib: Option<String>,
     pub ask: Asks,
+    /// The bundle's SHA-256 digest, shown with what it asks for.
+    pub digest: String,
+    pub limits: PageLimits,
+}
+
+/// Limits the page enforces by ending the Worker: the wall-clock time a
+/// program may compute (its start, or one REPL line; time spent waiting for
+/// the user's input is not counted) and the bytes of output it may write.
+#[derive(Debug, Clone, Serialize)]
+pub struct PageLimits {
+    pub timeout_ms: u64,
+    /// What the page says when the time is up (the command line's words).
+    pub timeout_text: String,
+    pub max_output: u64,
+    pub output_text: String,
 }
 
 /// What the bundle asks for, shown to the user before it runs.
@@ -134,6 +152,13 @@ pub fn write_site(site: &Site, out: &Path, single_file: bool) -> Result<Written,
             .tempfile_in(parent)
             .map_err(io)?;
         tmp.write_all(html.as_bytes()).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(io)?;
+        }
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(out).map_err(|e| io(e.error))?;
         return Ok(Written {

@@ -12,6 +12,10 @@ use std::path::Path;
 /// The page's working directory: empty and writable, gone with the page.
 const GUEST_SCRATCH: &str = "/scratch";
 
+/// Output a page holds before it ends the program: a page cannot show the
+/// gigabyte the command line allows (the same cap as `capsa serve`'s).
+const PAGE_MAX_OUTPUT: u64 = 16 << 20;
+
 pub struct WebArgs<'a> {
     pub input: &'a Path,
     pub output: &'a Path,
@@ -78,12 +82,30 @@ pub fn run(args: WebArgs) -> i32 {
         argv.extend(manifest.run.args.iter().cloned());
         (component, argv, Vec::new())
     };
+    let digest = match capsa_bundle::write(&manifest, &files)
+        .map(|b| capsa_bundle::verify(&b).map(|(d, _)| d))
+    {
+        Ok(Ok(d)) => capsa_bundle::hex(&d),
+        Ok(Err(e)) | Err(e) => return fail(exit::USAGE, e.into()),
+    };
+    let timeout = manifest
+        .limits
+        .timeout
+        .map(|t| t.duration())
+        .unwrap_or(capsa_policy::Limits::DEFAULT_TIMEOUT);
     let config = capsa_web::SiteConfig {
         name,
         argv,
         cwd: GUEST_SCRATCH.into(),
         stdlib: python.then(|| capsa_python::GUEST_STDLIB.to_string()),
         ask: asks(&manifest),
+        digest,
+        limits: capsa_web::PageLimits {
+            timeout_ms: timeout.as_millis() as u64,
+            timeout_text: capsa_sandbox::timeout_message(timeout),
+            max_output: PAGE_MAX_OUTPUT,
+            output_text: capsa_sandbox::output_message(PAGE_MAX_OUTPUT),
+        },
     };
     let app: Vec<(String, Vec<u8>)> = files.into_iter().collect();
     let site = capsa_web::Site {

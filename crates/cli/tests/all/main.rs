@@ -18,3 +18,4 @@ mod python;
 mod python_api;
 mod serve;
 mod support;
+mod web;

@@ -1,0 +1,501 @@
+//! `capsa pack --web`: the site it writes, served on loopback and opened in
+//! headless Chromium (playwright-core from web/'s npm packages, driven by
+//! web/test/drive.mjs), as a user would. The guest tries to get out of what
+//! its bundle asked for; the page and the server's log say it did not.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web")
+}
+
+/// A static file server on loopback (Python's http.server, as the README
+/// suggests), logging each request it gets.
+struct Static {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Static {
+    fn start(root: &Path) -> Static {
+        let log = root.with_extension("log");
+        let mut child = Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "0",
+                "--directory",
+            ])
+            .arg(root)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .split(" port ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("http.server said {line:?}"));
+        Static { child, port, log }
+    }
+
+    fn requests(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Static {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pack_web(project: &Path, out: &Path, extra: &[&str]) -> Run {
+    capsa()
+        .args(["pack", "--web"])
+        .args(extra)
+        .arg(project)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("capsa runs")
+        .into()
+}
+
+/// Opens the page and does what `scenario` says (see drive.mjs).
+fn drive(scenario: Value) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scenario.json");
+    std::fs::write(&file, scenario.to_string()).unwrap();
+    let out = Command::new("node")
+        .arg(web_dir().join("test/drive.mjs"))
+        .arg(&file)
+        .current_dir(web_dir())
+        .output()
+        .expect("node runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+        panic!(
+            "drive.mjs said {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(result.get("error").is_none(), "{result:#}");
+    result
+}
+
+fn output(r: &Value) -> &str {
+    r["output"].as_str().unwrap_or_default()
+}
+
+const MAIN_PY: &str = r##"
+import os, sys, socket
+ORIGINAL = open("/app/main.py").read()
+greeting = "hello from the page"
+print(greeting, sys.platform)
+print("cwd", os.getcwd(), "scratch", sorted(os.listdir(".")))
+print("env", sorted(os.environ.items()))
+print("data", open("/data/in.txt").read())
+open("/data/out.txt", "w").write("written by the program")
+
+def attempt(label, fn):
+    try:
+        fn()
+        print(label, "succeeded")
+    except BaseException as e:
+        print(label, "failed", type(e).__name__)
+
+attempt("truncate /app", lambda: open("/app/main.py", "w"))
+attempt("append /app", lambda: open("/app/main.py", "a").write("#"))
+attempt("r+ /app", lambda: open("/app/main.py", "r+").write("#"))
+attempt("create in /app", lambda: open("/app/new.py", "x"))
+attempt("mkdir in /app", lambda: os.mkdir("/app/d"))
+attempt("remove from /app", lambda: os.remove("/app/main.py"))
+attempt("rename out of /app", lambda: os.rename("/app/main.py", "/scratch/moved.py"))
+open("/scratch/planted.py", "w").write("print('planted')")
+attempt("rename into /app", lambda: os.rename("/scratch/planted.py", "/app/planted.py"))
+attempt("link out of /app", lambda: os.link("/app/main.py", "/scratch/linked.py"))
+attempt("link into /app", lambda: os.link("/scratch/planted.py", "/app/linked.py"))
+attempt("symlink in /app", lambda: os.symlink("main.py", "/app/s.py"))
+attempt("utime /app", lambda: os.utime("/app/main.py", (0, 0)))
+attempt("truncate() /app", lambda: os.truncate("/app/main.py", 0))
+attempt("stdlib write", lambda: open("/python/os.py", "a").write("#"))
+attempt("read /etc/passwd", lambda: open("/etc/passwd").read())
+attempt("import js", lambda: __import__("js"))
+attempt("import pyodide", lambda: __import__("pyodide"))
+attempt("socket", lambda: socket.create_connection(("127.0.0.1", PORT), timeout=2))
+os.remove("/scratch/planted.py")
+print("app after", sorted(os.listdir("/app")), open("/app/main.py").read() == ORIGINAL)
+import urllib.request
+print("allowed", urllib.request.urlopen("http://127.0.0.1:PORT/site/app.bin").status)
+try:
+    urllib.request.urlopen("http://localhost:PORT/secret-by-name")
+    print("denied request succeeded")
+except Exception as e:
+    print("denied request", type(e).__name__, e)
+try:
+    urllib.request.urlopen("http://127.0.0.1:1/secret-by-port")
+    print("other port succeeded")
+except Exception as e:
+    print("other port", type(e).__name__)
+print("<img src=x onerror=document.title='pwned'>")
+"##;
+
+/// A Python project asking for the test server's own address, a variable
+/// and a folder, in `root/project`; `root` is what the server serves.
+fn python_project(root: &Path, port: u16) -> PathBuf {
+    let app = root.join("project");
+    std::fs::create_dir_all(&app).unwrap();
+    let main = MAIN_PY.replace("PORT", &port.to_string());
+    std::fs::write(app.join("main.py"), main).unwrap();
+    std::fs::write(
+        app.join("capsa.toml"),
+        format!(
+            r#"version = 1
+[run]
+entry = "main.py"
+[[ask.net]]
+rule = "127.0.0.1:{port}"
+reason = "fetches from its own server"
+[[ask.env]]
+name = "TOKEN"
+reason = "signs the requests"
+[ask.dirs.data]
+access = "read-write"
+guest = "/data"
+reason = "reads in.txt, writes out.txt"
+"#
+        ),
+    )
+    .unwrap();
+    app
+}
+
+#[test]
+fn a_python_bundle_runs_in_the_page_with_only_what_it_asked_for() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Static::start(root.path());
+    let project = python_project(root.path(), server.port);
+    let site = root.path().join("site");
+    let r = pack_web(&project, &site, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("wrote "), "{}", r.stdout);
+    for f in [
+        "index.html",
+        "page.js",
+        "worker.js",
+        "component.js",
+        "component.core.wasm",
+        "app.bin",
+        "stdlib.bin",
+    ] {
+        assert!(site.join(f).is_file(), "{f} missing");
+    }
+    let url = format!("http://127.0.0.1:{}/site/index.html", server.port);
+    let r = drive(json!({
+        "url": url,
+        "consent": "allow",
+        "env": {"TOKEN": "s3cret"},
+        "files": {"data": [["in.txt", "uploaded by the user"]]},
+        "lines": ["print('vars', greeting.upper())", "open('notes.txt', 'w').write('x'); print('listed', os.listdir('.'))"],
+        "eof": true,
+        "screenshot": root.path().join("page.png"),
+    }));
+    // Kept where a person can look at it: the page as the user saw it.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-page.png");
+    std::fs::copy(root.path().join("page.png"), &shot).expect("the test took a screenshot");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    let out = output(&r);
+    let digest = r["digest"].as_str().unwrap();
+    assert!(
+        digest.starts_with("bundle sha256 ") && digest.len() == 14 + 64,
+        "{digest}"
+    );
+    let asks = r["asks"].as_str().unwrap();
+    for asked in [
+        "127.0.0.1:",
+        "fetches from its own server",
+        "TOKEN",
+        "/data",
+        "reads in.txt",
+    ] {
+        assert!(
+            asks.contains(asked),
+            "the page did not show {asked}: {asks}"
+        );
+    }
+    assert_eq!(r["state"], "exited", "{r:#}");
+    assert_eq!(r["exitCode"], "0", "{out}");
+    assert!(out.contains("hello from the page wasi"), "{out}");
+    assert!(out.contains("cwd /scratch scratch []"), "{out}");
+    assert!(out.contains("env [('TOKEN', 's3cret')]"), "{out}");
+    assert!(out.contains("data uploaded by the user"), "{out}");
+    for line in out.lines().filter(|l| {
+        [
+            "truncate",
+            "append",
+            "r+",
+            "create",
+            "mkdir",
+            "remove",
+            "rename",
+            "link",
+            "symlink",
+            "utime",
+            "stdlib",
+            "read /etc",
+            "import",
+            "socket",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    }) {
+        assert!(line.contains(" failed "), "an escape worked: {line}\n{out}");
+    }
+    assert_eq!(out.matches(" failed ").count(), 18, "{out}");
+    assert!(out.contains("app after ['main.py'] True"), "{out}");
+    assert!(out.contains("allowed 200"), "{out}");
+    assert!(
+        out.contains("capsa: denied: GET http://localhost:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/secret-by-name (localhost is not granted)\n  hint: --allow-net=localhost:"),
+        "{out}"
+    );
+    assert!(out.contains("denied request URLError"), "{out}");
+    assert!(
+        out.contains("capsa: denied: GET http://127.0.0.1:1/secret-by-port"),
+        "{out}"
+    );
+    assert!(out.contains("other port URLError"), "{out}");
+    // The REPL runs in the program's globals, as python3 -i.
+    assert!(out.contains("vars HELLO FROM THE PAGE"), "{out}");
+    assert!(out.contains("listed ['notes.txt']"), "{out}");
+    // Guest text is text: no element was made of it.
+    assert!(out.contains("<img src=x onerror="), "{out}");
+    assert_eq!(r["elementsInOutput"], 0, "{r:#}");
+    let files = r["files"].as_str().unwrap();
+    assert!(
+        files.contains("out.txt") && files.contains("notes.txt"),
+        "{files}"
+    );
+    // Nothing the page refused reached the server.
+    let log = server.requests();
+    assert!(log.contains("GET /site/app.bin"), "{log}");
+    assert!(!log.contains("secret"), "{log}");
+
+    // A reload starts with an empty scratch directory again.
+    let again = drive(
+        json!({"url": url, "consent": "allow", "env": {"TOKEN": "t"}, "files": {"data": [["in.txt", "2"]]}, "eof": true}),
+    );
+    assert!(
+        output(&again).contains("cwd /scratch scratch []"),
+        "{again:#}"
+    );
+}
+
+#[test]
+fn declining_runs_nothing_and_fetches_no_program() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Static::start(root.path());
+    let project = python_project(root.path(), server.port);
+    let site = root.path().join("site");
+    assert_eq!(pack_web(&project, &site, &[]).code, 0);
+    let r =
+        drive(json!({"url": format!("http://127.0.0.1:{}/site/", server.port), "consent": "deny"}));
+    assert_eq!(r["state"], "declined", "{r:#}");
+    assert!(output(&r).contains("capsa: not run"), "{r:#}");
+    let log = server.requests();
+    assert!(
+        !log.contains(".wasm") && !log.contains("worker.js"),
+        "{log}"
+    );
+}
+
+#[test]
+fn one_html_file_holds_the_whole_site() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Static::start(root.path());
+    let app = root.path().join("hello");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("main.py"),
+        "import json\nprint(json.dumps({'from': 'one file'}))\n",
+    )
+    .unwrap();
+    let html = root.path().join("hello.html");
+    let r = pack_web(&app, &html, &["--single-file"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(html.is_file());
+    let r =
+        drive(json!({"url": format!("http://127.0.0.1:{}/hello.html", server.port), "eof": true}));
+    assert_eq!(r["state"], "exited", "{r:#}");
+    assert!(output(&r).contains("{\"from\": \"one file\"}"), "{r:#}");
+    // Everything came from the one file.
+    let log = server.requests();
+    assert_eq!(
+        log.matches("GET /").count(),
+        1 + log.matches("favicon").count(),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_wasi_program_runs_in_the_page_and_cannot_write_its_files() {
+    for (target, args, want) in [
+        (P2, r#"["hello"]"#, "ok: hello from wasm"),
+        (P1, r#"["write", "/app/probe.wasm", "x"]"#, "err: "),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let server = Static::start(root.path());
+        let app = root.path().join("probe");
+        std::fs::create_dir(&app).unwrap();
+        std::fs::copy(probe(target), app.join("probe.wasm")).unwrap();
+        std::fs::write(
+            app.join("capsa.toml"),
+            format!("version = 1\n[run]\nentry = \"probe.wasm\"\nargs = {args}\n"),
+        )
+        .unwrap();
+        let bundle = root.path().join("probe.capsa");
+        let packed = capsa()
+            .args(["pack"])
+            .arg(&app)
+            .arg("-o")
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert!(packed.status.success());
+        // From the bundle file, as from the folder.
+        let site = root.path().join("site");
+        let r = pack_web(&bundle, &site, &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = drive(json!({"url": format!("http://127.0.0.1:{}/site/", server.port)}));
+        assert_eq!(r["state"], "exited", "{r:#}");
+        assert!(output(&r).contains(want), "{target}: {r:#}");
+        let code = if want.starts_with("ok") { "0" } else { "1" };
+        assert_eq!(r["exitCode"], code, "{target}: {r:#}");
+    }
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_leaves_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let bogus = root.path().join("bogus.capsa");
+    std::fs::write(&bogus, b"not a bundle").unwrap();
+    let out = root.path().join("site");
+    let r = pack_web(&bogus, &out, &[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.starts_with("capsa: error: "), "{}", r.stderr);
+    assert!(!out.exists());
+    // A file of the user's at the output is never replaced by a site.
+    let app = root.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("prog.wat"),
+        "(module (memory (export \"memory\") 1) (func (export \"_start\")))",
+    )
+    .unwrap();
+    let precious = root.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("keep.txt"), "mine").unwrap();
+    let r = pack_web(&app, &precious, &[]);
+    assert_eq!(r.code, 70, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(precious.join("keep.txt")).unwrap(),
+        "mine"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".capsa-web"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let r = capsa()
+        .args(["pack", "--single-file"])
+        .arg(&app)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--web"));
+}
+
+#[test]
+fn the_time_limit_ends_the_program_and_the_page_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Static::start(root.path());
+    let app = root.path().join("spin");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("main.py"),
+        "print('spinning')\nwhile True:\n    pass\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("capsa.toml"),
+        "version = 1\n[run]\nentry = \"main.py\"\n[limits]\ntimeout = \"2s\"\n",
+    )
+    .unwrap();
+    let site = root.path().join("site");
+    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+    let started = std::time::Instant::now();
+    let r = drive(json!({"url": format!("http://127.0.0.1:{}/site/", server.port)}));
+    assert_eq!(r["state"], "exited", "{r:#}");
+    assert_eq!(r["exitCode"], "124", "{r:#}");
+    let out = output(&r);
+    assert!(
+        out.contains("spinning\ncapsa: time limit of 2s reached; raise it with --timeout=DURATION"),
+        "{out}"
+    );
+    assert!(
+        r["status"]
+            .as_str()
+            .unwrap()
+            .contains("ended: time limit of 2s"),
+        "{r:#}"
+    );
+    assert!(started.elapsed().as_secs() < 50);
+}
+
+#[test]
+fn output_past_the_cap_ends_the_program() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Static::start(root.path());
+    let app = root.path().join("flood");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("main.py"),
+        "import sys\nfor i in range(20):\n    sys.stdout.write(str(i % 10) * (1 << 20))\nprint('not reached')\n",
+    )
+    .unwrap();
+    let site = root.path().join("site");
+    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+    let r = drive(
+        json!({"url": format!("http://127.0.0.1:{}/site/", server.port), "timeoutMs": 120000}),
+    );
+    assert_eq!(r["exitCode"], "137", "{}", r["status"]);
+    let out = output(&r);
+    assert!(
+        out.contains("capsa: output limit of 16M reached"),
+        "{}",
+        &out[out.len().saturating_sub(300)..]
+    );
+    assert!(!out.contains("not reached"));
+    assert!(out.len() < (16 << 20) + 1000, "{}", out.len());
+}
