@@ -94,34 +94,40 @@ function output(stream) {
   };
 }
 
-/** wasi:http/outgoing-handler, asking the bundle's rules before fetch. */
+/**
+ * wasi:http/outgoing-handler, asking the bundle's rules before fetch. The
+ * decision is made on the URL preview2-shim will fetch, built the way it
+ * builds it (scheme, authority and path-with-query concatenated) and parsed
+ * by the browser's own URL parser: a path that does not start with "/"
+ * could otherwise move the host (`example.com` + `.evil.net/`).
+ */
 function guardedHttp(rules) {
   return {
     handle(request, options) {
       const scheme = request.scheme();
-      const tls = !scheme || scheme.tag === "HTTPS";
       if (scheme && scheme.tag !== "HTTP" && scheme.tag !== "HTTPS") throw { tag: "HTTP-protocol-error" };
+      const tls = !scheme || scheme.tag === "HTTPS";
       const authority = request.authority() || "";
+      const pathWithQuery = request.pathWithQuery() || "";
+      if (!authority || !pathWithQuery.startsWith("/")) throw { tag: "HTTP-request-URI-invalid" };
       let url;
       try {
-        url = new URL(`${tls ? "https" : "http"}://${authority}`);
+        url = new URL(`${tls ? "https:" : "http:"}//${authority}${pathWithQuery}`);
       } catch {
         throw { tag: "HTTP-request-URI-invalid" };
       }
-      if (url.username || url.password || url.pathname !== "/" || url.search || url.hash) {
+      if (url.username || url.password || url.protocol !== (tls ? "https:" : "http:")) {
         throw { tag: "HTTP-request-URI-invalid" };
       }
       const port = url.port ? Number(url.port) : tls ? 443 : 80;
       const host = url.hostname;
       const verdict = decide(rules, host, port);
       if (!verdict.allowed) {
-        const path = (request.pathWithQuery() || "/").split("?")[0];
         const method = request.method();
         const m = method.tag === "other" ? method.val : method.tag.toUpperCase();
-        const hostShown = host.startsWith("[") ? host : host.replace(/\.$/, "");
         post({
           type: "denied",
-          text: denialText(m, `${tls ? "https" : "http"}://${hostShown}:${port}${path}`, verdict.reason, verdict.hint),
+          text: denialText(m, `${url.protocol}//${host.replace(/\.$/, "")}:${port}${url.pathname}`, verdict.reason, verdict.hint),
         });
         throw { tag: "HTTP-request-denied" };
       }
