@@ -140,16 +140,32 @@ const refused = () => {
   throw "access-denied";
 };
 
+/** Compiles a core module, streaming where the server says application/wasm. */
+async function compile(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  if ((response.headers.get("content-type") || "").startsWith("application/wasm")) {
+    return WebAssembly.compileStreaming(response);
+  }
+  return WebAssembly.compile(await response.arrayBuffer());
+}
+
 async function start({ site, assets, env, dirs }) {
   outputLeft = site.limits.max_output;
+  // Every core module is fetched and compiled at once, while the files are
+  // unpacked, rather than one by one as instantiation asks for them.
+  const modules = {};
+  for (const [name, url] of Object.entries(assets.core)) {
+    modules[name] = compile(url);
+    modules[name].catch(() => {});
+  }
+  const glue = import(assets.component);
   const rules = site.ask.net.map((a) => parseRule(a.rule));
   const mounts = {};
-  const app = { dir: {} };
-  if (assets.app) await unpack(await (await fetch(assets.app)).arrayBuffer(), app);
+  const archive = async (url) => (url ? unpack(await (await fetch(url)).arrayBuffer()) : { dir: {} });
+  const [app, stdlib] = await Promise.all([archive(assets.app), archive(assets.stdlib)]);
   mounts["/app"] = { tree: app, writable: false };
-  if (assets.stdlib) {
-    mounts[site.stdlib] = { tree: await unpack(await (await fetch(assets.stdlib)).arrayBuffer()), writable: false };
-  }
+  if (assets.stdlib) mounts[site.stdlib] = { tree: stdlib, writable: false };
   const scratch = { dir: {} };
   mounts[site.cwd] = { tree: scratch, writable: true };
   const asked = {};
@@ -219,11 +235,10 @@ async function start({ site, assets, env, dirs }) {
     "wasi:sockets/udp": sockets.udp,
     "wasi:sockets/udp-create-socket": { createUdpSocket: none.createUdpSocket },
   };
-  const { instantiate } = await import(assets.component);
-  const getCoreModule = async (name) => {
-    const url = assets.core[name];
-    if (!url) throw new Error(`the site has no ${name}`);
-    return WebAssembly.compile(await (await fetch(url)).arrayBuffer());
+  const { instantiate } = await glue;
+  const getCoreModule = (name) => {
+    if (!Object.hasOwn(modules, name)) throw new Error(`the site has no ${name}`);
+    return modules[name];
   };
   const started = performance.now();
   const instance = await instantiate(getCoreModule, imports);
