@@ -44,14 +44,22 @@ async function assetUrls() {
 
 const out = $("#output");
 let lastOut = null;
+let scrollQueued = false;
+/** Adds to one text node per run of a stream; scrolls once a frame. */
 function show(stream, text) {
   if (lastOut && lastOut.dataset.stream === stream) {
-    lastOut.append(text);
+    lastOut.firstChild.appendData(text);
   } else {
-    lastOut = el("span", { class: stream, "data-stream": stream }, text);
+    lastOut = el("span", { class: stream, "data-stream": stream }, document.createTextNode(text));
     out.append(lastOut);
   }
-  out.scrollTop = out.scrollHeight;
+  if (!scrollQueued) {
+    scrollQueued = true;
+    requestAnimationFrame(() => {
+      scrollQueued = false;
+      out.scrollTop = out.scrollHeight;
+    });
+  }
 }
 
 function consent() {
@@ -128,7 +136,11 @@ async function main() {
   // The time limit counts while the program computes, not while it waits
   // for the user to type: it ends the Worker, and the page stays.
   let timer = null;
+  let deadline = Infinity;
+  let ended = false;
   const end = (text, code) => {
+    if (ended) return;
+    ended = true;
     clearTimeout(timer);
     $("#stop").disabled = true;
     worker.terminate();
@@ -140,9 +152,13 @@ async function main() {
   };
   const startClock = () => {
     clearTimeout(timer);
+    deadline = performance.now() + site.limits.timeout_ms;
     timer = setTimeout(() => end(site.limits.timeout_text, 124), site.limits.timeout_ms);
   };
-  const stopClock = () => clearTimeout(timer);
+  const stopClock = () => {
+    clearTimeout(timer);
+    deadline = Infinity;
+  };
   const line = $("#stdin");
   const form = $("#repl");
   const send = (text) => worker.postMessage({ type: "stdin", text });
@@ -171,6 +187,8 @@ async function main() {
   $("#stop").onclick = () => end("stopped by the user", 130);
   worker.onmessage = (e) => {
     const m = e.data;
+    // Also here, in case messages kept the timer from firing.
+    if (performance.now() > deadline) return end(site.limits.timeout_text, 124);
     if (m.type === "out") show(m.stream, m.text);
     else if (m.type === "denied") show("denied", m.text + "\n");
     else if (m.type === "ready") state("running");

@@ -15,7 +15,7 @@ export function denialText(op, target, reason, hint) {
   const cut = target.length > MAX_TARGET;
   let msg = `capsa: denied: ${escapeText(op)} ${escapeText(cut ? target.slice(0, MAX_TARGET) : target)}`;
   if (cut) msg += "...";
-  if (reason) msg += ` (${escapeText(reason)})`;
-  if (hint && !cut) msg += `\n  hint: ${escapeText(hint)}`;
+  if (reason) msg += ` (${escapeText(reason.length > MAX_TARGET ? reason.slice(0, MAX_TARGET) + "..." : reason)})`;
+  if (hint && !cut && hint.length <= MAX_TARGET) msg += `\n  hint: ${escapeText(hint)}`;
   return msg;
 }

@@ -47,6 +47,7 @@ function readStdin(len) {
     throw { tag: "closed" };
   };
   if (stdin.chunks.length || stdin.eof) return give();
+  flushOutput();
   post({ type: "stdin-wait" });
   return new Promise((resolve, reject) => {
     stdin.waiting = () => {
@@ -71,27 +72,98 @@ const stdinHandler = {
   },
 };
 
-// Output the guest may still write before the page ends it.
+// The guest's output, sent to the page as it comes, up to 64 messages in
+// each 30 ms; past that, gathered into one message per 30 ms or 64 KiB. A
+// message per write would flood the page's main thread (a loop of one-byte
+// writes froze it, and with it the time limit); batching everything would
+// hold back the last line of a program that then loops until its limit.
+// Output and denial lines count against one cap; past it the page ends the
+// Worker.
 let outputLeft = Infinity;
+const pending = [];
+let pendingBytes = 0;
+let windowStart = 0;
+let windowCount = 0;
+let flushTimer = null;
+const WINDOW_MS = 30;
+const WINDOW_MESSAGES = 64;
+const FLUSH_BYTES = 64 << 10;
+
+function flushOutput() {
+  clearTimeout(flushTimer);
+  flushTimer = null;
+  for (const [stream, text] of pending.splice(0)) post({ type: "out", stream, text });
+  pendingBytes = 0;
+}
+
+function emit(stream, text, bytes) {
+  const now = performance.now();
+  if (now - windowStart >= WINDOW_MS) {
+    windowStart = now;
+    windowCount = 0;
+  }
+  const last = pending[pending.length - 1];
+  if (last && last[0] === stream) last[1] += text;
+  else pending.push([stream, text]);
+  pendingBytes += bytes;
+  if (windowCount < WINDOW_MESSAGES || pendingBytes >= FLUSH_BYTES) {
+    windowCount++;
+    flushOutput();
+  } else if (!flushTimer) {
+    flushTimer = setTimeout(flushOutput, WINDOW_MS);
+  }
+}
+
+/** Takes `n` bytes from the cap; false (and the page told) once it is used up. */
+function spend(n) {
+  if (outputLeft <= 0) return false;
+  if (n >= outputLeft) {
+    outputLeft = 0;
+    return false;
+  }
+  outputLeft -= n;
+  return true;
+}
+
+function overLimit() {
+  flushOutput();
+  post({ type: "output-limit" });
+}
 
 function output(stream) {
   const dec = new TextDecoder();
   return {
+    // As capsa run's own output streams: one permit for any write, so a
+    // large write is never cut short (the shim's default is 1,000,000).
+    checkWrite() {
+      return 1n << 30n;
+    },
     write(bytes) {
       if (outputLeft <= 0) return;
-      if (bytes.length > outputLeft) {
-        bytes = bytes.subarray(0, outputLeft);
-        outputLeft = 0;
-        post({ type: "out", stream, text: dec.decode(bytes) });
-        post({ type: "output-limit" });
+      const n = bytes.length;
+      const room = outputLeft;
+      if (!spend(n)) {
+        // What fits, then the page ends the program (as capsa run cuts).
+        emit(stream, dec.decode(bytes.subarray(0, room)), 0);
+        overLimit();
         return;
       }
-      outputLeft -= bytes.length;
-      post({ type: "out", stream, text: dec.decode(bytes, { stream: true }) });
+      emit(stream, dec.decode(bytes, { stream: true }), n);
     },
     flush() {},
     blockingFlush() {},
   };
+}
+
+/** A denial line, in order with the output and counted against its cap. */
+function deny(text) {
+  if (outputLeft <= 0) return;
+  flushOutput();
+  if (!spend(text.length + 1)) {
+    overLimit();
+    return;
+  }
+  post({ type: "denied", text });
 }
 
 /**
@@ -125,10 +197,7 @@ function guardedHttp(rules) {
       if (!verdict.allowed) {
         const method = request.method();
         const m = method.tag === "other" ? method.val : method.tag.toUpperCase();
-        post({
-          type: "denied",
-          text: denialText(m, `${url.protocol}//${host.replace(/\.$/, "")}:${port}${url.pathname}`, verdict.reason, verdict.hint),
-        });
+        deny(denialText(m, `${url.protocol}//${host.replace(/\.$/, "")}:${port}${url.pathname}`, verdict.reason, verdict.hint));
         throw { tag: "HTTP-request-denied" };
       }
       return http.outgoingHandler.handle(request, options);
@@ -140,9 +209,23 @@ const refused = () => {
   throw "access-denied";
 };
 
+// The host's own fetch, for the site's files; the guest's requests go
+// through preview2-shim's `globalThis.fetch`, replaced below so that a
+// redirect is never followed: the page cannot check where it leads before
+// the browser goes there (capsa run checks each hop).
+const siteFetch = globalThis.fetch.bind(globalThis);
+globalThis.fetch = async (url, init = {}) => {
+  const response = await siteFetch(url, { ...init, redirect: "manual", credentials: "omit" });
+  if (response.type === "opaqueredirect") {
+    deny(denialText(init.method || "GET", String(url).split("?")[0], "it answered with a redirect, which a page cannot check before following", null));
+    throw new TypeError("a redirect was refused");
+  }
+  return response;
+};
+
 /** Compiles a core module, streaming where the server says application/wasm. */
 async function compile(url) {
-  const response = await fetch(url);
+  const response = await siteFetch(url);
   if (!response.ok) throw new Error(`${url}: ${response.status}`);
   if ((response.headers.get("content-type") || "").startsWith("application/wasm")) {
     return WebAssembly.compileStreaming(response);
@@ -162,7 +245,7 @@ async function start({ site, assets, env, dirs }) {
   const glue = import(assets.component);
   const rules = site.ask.net.map((a) => parseRule(a.rule));
   const mounts = {};
-  const archive = async (url) => (url ? unpack(await (await fetch(url)).arrayBuffer()) : { dir: {} });
+  const archive = async (url) => (url ? unpack(await (await siteFetch(url)).arrayBuffer()) : { dir: {} });
   const [app, stdlib] = await Promise.all([archive(assets.app), archive(assets.stdlib)]);
   mounts["/app"] = { tree: app, writable: false };
   if (assets.stdlib) mounts[site.stdlib] = { tree: stdlib, writable: false };
@@ -254,13 +337,17 @@ async function start({ site, assets, env, dirs }) {
   }
   const out = {};
   for (const [name, tree] of Object.entries(asked)) out[name] = listFiles(tree);
+  flushOutput();
   post({ type: "exit", code, dirs: out, scratch: listFiles(scratch) });
 }
 
 self.onmessage = (e) => {
   const msg = e.data;
   if (msg.type === "start") {
-    start(msg).catch((err) => post({ type: "fail", text: String((err && err.stack) || err) }));
+    start(msg).catch((err) => {
+      flushOutput();
+      post({ type: "fail", text: String((err && err.stack) || err) });
+    });
   } else if (msg.type === "stdin") {
     stdin.chunks.push(new TextEncoder().encode(msg.text));
     stdinArrived();

@@ -29,4 +29,6 @@ test("a denial line escapes what the guest chose", () => {
   assert.equal(escapeText("a\nb"), "a\\u{a}b");
   assert.ok(denialText("GET", "y".repeat(600), "r", "h").includes("..."));
   assert.ok(!denialText("GET", "y".repeat(600), "r", "h").includes("hint"));
+  const huge = "a".repeat(1 << 20);
+  assert.ok(denialText("GET", `http://${huge}:80/`, `${huge} is not granted`, `--allow-net=${huge}:80`).length < 1200);
 });

@@ -132,10 +132,64 @@ pub enum WebError {
     Io { path: PathBuf, err: std::io::Error },
 }
 
+/// The file in a site directory, and the comment at the top of a one-file
+/// site, that say capsa wrote it: only such a site (or an empty directory,
+/// or nothing) is ever replaced.
+pub const SITE_MARKER: &str = ".capsa-site";
+const HTML_MARKER: &str = "<!-- written by capsa pack --web -->";
+
+/// Refuses an output that is not capsa's to replace: anything but nothing,
+/// an empty directory, or a site capsa wrote (of the same kind). A link is
+/// never followed.
+pub fn check_output(out: &Path, single_file: bool) -> Result<(), WebError> {
+    let refuse = |why: &str| WebError::Io {
+        path: out.to_path_buf(),
+        err: std::io::Error::other(why.to_string()),
+    };
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => {
+            return Err(WebError::Io {
+                path: out.to_path_buf(),
+                err,
+            });
+        }
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refuse("it is a link; give the path itself"));
+    }
+    if single_file {
+        let mut head = [0u8; 256];
+        let n = std::fs::File::open(out)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+            .unwrap_or(0);
+        let ours = meta.is_file() && String::from_utf8_lossy(&head[..n]).contains(HTML_MARKER);
+        if !ours {
+            return Err(refuse("it exists and is not a page capsa pack --web wrote"));
+        }
+        return Ok(());
+    }
+    let empty = meta.is_dir()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+    let ours = meta.is_dir()
+        && std::fs::symlink_metadata(out.join(SITE_MARKER)).is_ok_and(|m| m.is_file());
+    if !(empty || ours) {
+        return Err(refuse(
+            "it exists and is not an empty directory or a site capsa pack --web wrote",
+        ));
+    }
+    Ok(())
+}
+
 /// Writes the site to `out`: a directory, or with `single_file` one HTML
-/// file. What was at `out` is replaced only once the whole site is written;
-/// an error leaves nothing behind.
+/// file. What was at `out` is replaced only once the whole site is written,
+/// and only if [`check_output`] allows; an error leaves nothing behind and
+/// what was there in place.
 pub fn write_site(site: &Site, out: &Path, single_file: bool) -> Result<Written, WebError> {
+    check_output(out, single_file)?;
     let files = site_files(site)?;
     let io = |err| WebError::Io {
         path: out.to_path_buf(),
@@ -160,6 +214,7 @@ pub fn write_site(site: &Site, out: &Path, single_file: bool) -> Result<Written,
                 .map_err(io)?;
         }
         tmp.as_file().sync_all().map_err(io)?;
+        check_output(out, single_file)?;
         tmp.persist(out).map_err(|e| io(e.error))?;
         return Ok(Written {
             path: out.to_path_buf(),
@@ -176,6 +231,7 @@ pub fn write_site(site: &Site, out: &Path, single_file: bool) -> Result<Written,
     let mut all: Vec<(&str, &[u8])> = vec![
         ("index.html", html.as_bytes()),
         ("page.js", PAGE_JS.as_bytes()),
+        (SITE_MARKER, b"written by capsa pack --web; capsa replaces this directory when it writes the site again\n"),
     ];
     all.extend(files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
     for (name, data) in &all {
@@ -187,23 +243,26 @@ pub fn write_site(site: &Site, out: &Path, single_file: bool) -> Result<Written,
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).map_err(io)?;
     }
-    if out.exists() {
-        let meta = std::fs::symlink_metadata(out).map_err(io)?;
-        let empty_dir = meta.is_dir() && std::fs::read_dir(out).map_err(io)?.next().is_none();
-        let old_site =
-            meta.is_dir() && out.join("index.html").is_file() && out.join("worker.js").is_file();
-        if !(empty_dir || old_site) {
-            return Err(io(std::io::Error::other(
-                "it exists and is not an empty directory or a site capsa wrote",
-            )));
+    // Checked again just before the swap: it may have changed meanwhile.
+    check_output(out, single_file)?;
+    let aside = tempfile::Builder::new()
+        .prefix(".capsa-web-old-")
+        .tempdir_in(parent)
+        .map_err(io)?;
+    let old = aside.path().join("site");
+    let moved = match std::fs::rename(out, &old) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io(e)),
+    };
+    if let Err(e) = std::fs::rename(tmp.path(), out) {
+        if moved {
+            // Put back what was there.
+            let _ = std::fs::rename(&old, out);
         }
-        let aside = tempfile::Builder::new()
-            .prefix(".capsa-web-old-")
-            .tempdir_in(parent)
-            .map_err(io)?;
-        std::fs::rename(out, aside.path().join("site")).map_err(io)?;
+        return Err(io(e));
     }
-    std::fs::rename(tmp.keep(), out).map_err(io)?;
+    let _ = tmp.keep();
     Ok(Written {
         path: out.to_path_buf(),
         bytes,
@@ -310,6 +369,11 @@ fn page_html(site: &Site, files: &[(String, Vec<u8>)], inline: Option<(&str, &st
     }
     let title = html_escape(&site.config.name);
     INDEX_HTML
+        .replacen(
+            "<!doctype html>",
+            &format!("<!doctype html>\n{HTML_MARKER}"),
+            1,
+        )
         .replace(
             "<title>capsa</title>",
             &format!("<title>{title} · capsa</title>"),

@@ -19,8 +19,9 @@ or later: it needs WebAssembly JavaScript Promise Integration), with what
 the bundle asks for shown first and enforced by the page: see README, In a
 browser.
 
-Exit status: 0 packed; 125 a bad folder, bundle or manifest; 70 the bundle
-or site could not be written (nothing is left behind).";
+Exit status: 0 packed; 125 a bad folder, bundle or manifest, or an output
+capsa will not replace; 70 the bundle or site could not be written (nothing
+is left behind).";
 
 #[derive(Args, Debug)]
 #[command(about = "Pack a project folder into one .capsa bundle", after_help = AFTER_HELP)]

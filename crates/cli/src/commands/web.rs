@@ -24,6 +24,12 @@ pub struct WebArgs<'a> {
 }
 
 pub fn run(args: WebArgs) -> i32 {
+    if let Err(e) = check_paths(args.input, args.output) {
+        return fail(exit::USAGE, e);
+    }
+    if let Err(e) = capsa_web::check_output(args.output, args.single_file) {
+        return fail(exit::USAGE, e.into());
+    }
     let (manifest, files) = match read_input(args.input, args.python_path) {
         Ok(x) => x,
         Err(e) => return fail(exit::USAGE, e),
@@ -148,6 +154,32 @@ pub fn run(args: WebArgs) -> i32 {
 }
 
 type Files = BTreeMap<String, Vec<u8>>;
+
+/// The site may be neither the input nor inside it, nor hold it: replacing
+/// it would destroy the project being packed.
+fn check_paths(input: &Path, output: &Path) -> anyhow::Result<()> {
+    let shown = |p: &Path| escape_for_terminal(&p.display().to_string()).into_owned();
+    let input = std::fs::canonicalize(input)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", shown(input)))?;
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Some(name) = output.file_name() else {
+        anyhow::bail!("{} names no file or directory to write", shown(output));
+    };
+    let parent = std::fs::canonicalize(parent)
+        .map_err(|e| anyhow::anyhow!("cannot write into {}: {e}", shown(parent)))?;
+    let out = parent.join(name);
+    if out == input || out.starts_with(&input) || input.starts_with(&out) {
+        anyhow::bail!(
+            "the site {} would overlap what is packed, {}: write it elsewhere",
+            shown(output),
+            shown(&input)
+        );
+    }
+    Ok(())
+}
 
 /// A project folder as `capsa pack` takes it, or a `.capsa` bundle.
 fn read_input(input: &Path, python_path: &[&Path]) -> anyhow::Result<(Manifest, Files)> {

@@ -24,10 +24,28 @@ struct Static {
 
 const STATIC_SERVER: &str = r#"
 import functools, http.server, sys
+import urllib.parse
 class Handler(http.server.SimpleHTTPRequestHandler):
     def end_headers(self):
         self.send_header("Access-Control-Allow-Origin", "*")
         super().end_headers()
+    def redirect(self):
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        self.send_response(int(q["code"][0]))
+        self.send_header("Location", q["to"][0])
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_GET(self):
+        if self.path.startswith("/redirect?"):
+            return self.redirect()
+        super().do_GET()
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.startswith("/redirect?"):
+            return self.redirect()
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=sys.argv[1]))
 print("port", server.server_address[1], flush=True)
 server.serve_forever()
@@ -437,11 +455,58 @@ fn bad_input_gets_a_clear_error_and_leaves_nothing() {
     std::fs::create_dir(&precious).unwrap();
     std::fs::write(precious.join("keep.txt"), "mine").unwrap();
     let r = pack_web(&app, &precious, &[]);
-    assert_eq!(r.code, 70, "{}", r.stderr);
+    assert_eq!(r.code, 125, "{}", r.stderr);
     assert_eq!(
         std::fs::read_to_string(precious.join("keep.txt")).unwrap(),
         "mine"
     );
+    // Not even a folder that looks like a site (index.html, worker.js)
+    // unless capsa's marker says capsa wrote it.
+    std::fs::write(precious.join("index.html"), "<p>my page</p>").unwrap();
+    std::fs::write(precious.join("worker.js"), "// mine").unwrap();
+    let r = pack_web(&app, &precious, &[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("not an empty directory or a site capsa pack --web wrote"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(precious.join("keep.txt")).unwrap(),
+        "mine"
+    );
+    // A user's file is not replaced by a one-file site, nor is the input.
+    let notes = root.path().join("notes.txt");
+    std::fs::write(&notes, "my notes").unwrap();
+    let r = pack_web(&app, &notes, &["--single-file"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
+    for inside in [app.clone(), app.join("site"), root.path().to_path_buf()] {
+        let r = pack_web(&app, &inside, &[]);
+        assert_eq!(r.code, 125, "{}: {}", inside.display(), r.stderr);
+        assert!(app.join("prog.wat").is_file());
+    }
+    // What capsa wrote, it replaces: a site directory and a one-file site.
+    let site = root.path().join("mysite");
+    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+    assert!(site.join(".capsa-site").is_file());
+    let r = pack_web(&app, &site, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let one = root.path().join("one.html");
+    assert_eq!(pack_web(&app, &one, &["--single-file"]).code, 0);
+    let r = pack_web(&app, &one, &["--single-file"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A link at the output is not followed.
+    #[cfg(unix)]
+    {
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&site, &link).unwrap();
+        let r = pack_web(&app, &link, &[]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(site.join(".capsa-site").is_file());
+        std::fs::remove_file(&link).unwrap();
+    }
     let leftovers: Vec<_> = std::fs::read_dir(root.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -504,7 +569,7 @@ fn output_past_the_cap_ends_the_program() {
     std::fs::create_dir(&app).unwrap();
     std::fs::write(
         app.join("main.py"),
-        "import sys\nfor i in range(20):\n    sys.stdout.write(str(i % 10) * (1 << 20))\nprint('not reached')\n",
+        "import sys\nsys.stdout.write('Q' * 3_000_000 + '\\n')\nfor i in range(20):\n    sys.stdout.write(str(i % 10) * (1 << 20))\nprint('not reached')\n",
     )
     .unwrap();
     let site = root.path().join("site");
@@ -520,5 +585,89 @@ fn output_past_the_cap_ends_the_program() {
         &out[out.len().saturating_sub(300)..]
     );
     assert!(!out.contains("not reached"));
+    // A large write arrives whole.
+    assert_eq!(out.matches('Q').count(), 3_000_000);
     assert!(out.len() < (16 << 20) + 1000, "{}", out.len());
+}
+
+#[test]
+fn a_redirect_from_a_granted_server_is_not_followed() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Static::start(root.path());
+    let other_root = tempfile::tempdir().unwrap();
+    let other = Static::start(other_root.path());
+    let app = root.path().join("redir");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("main.py"),
+        format!(
+            r#"import urllib.request
+for code in (302, 307):
+    try:
+        r = urllib.request.urlopen(urllib.request.Request(
+            "http://127.0.0.1:{port}/redirect?code=%d&to=http://127.0.0.1:{other}/leaked-%d" % (code, code),
+            data=b"secret=hunter2", method="POST"))
+        print(code, "followed", r.status, r.read())
+    except Exception as e:
+        print(code, "refused", type(e).__name__)
+"#,
+            port = server.port,
+            other = other.port
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("capsa.toml"),
+        format!(
+            "version = 1\n[run]\nentry = \"main.py\"\n[[ask.net]]\nrule = \"127.0.0.1:{}\"\nreason = \"its server\"\n",
+            server.port
+        ),
+    )
+    .unwrap();
+    let site = root.path().join("site");
+    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+    let r = drive(
+        json!({"url": format!("http://127.0.0.1:{}/site/", server.port), "consent": "allow", "eof": true}),
+    );
+    let out = output(&r);
+    assert!(
+        out.contains("302 refused") && out.contains("307 refused"),
+        "{out}"
+    );
+    assert!(
+        out.contains("it answered with a redirect, which a page cannot check before following"),
+        "{out}"
+    );
+    // The granted server was asked; the other never was.
+    assert!(
+        server.requests().contains("POST /redirect?code=307"),
+        "{}",
+        server.requests()
+    );
+    assert!(!other.requests().contains("leaked"), "{}", other.requests());
+}
+
+#[test]
+fn a_flood_of_tiny_writes_does_not_stop_the_time_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Static::start(root.path());
+    let app = root.path().join("drip");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("main.py"),
+        "import os\nwhile True:\n    os.write(1, b'x')\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("capsa.toml"),
+        "version = 1\n[run]\nentry = \"main.py\"\n[limits]\ntimeout = \"3s\"\n",
+    )
+    .unwrap();
+    let site = root.path().join("site");
+    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+    let started = std::time::Instant::now();
+    let r = drive(json!({"url": format!("http://127.0.0.1:{}/site/", server.port)}));
+    assert_eq!(r["exitCode"], "124", "{}", r["status"]);
+    assert!(output(&r).contains("xxxxxxxxxx"));
+    assert!(started.elapsed().as_secs() < 40, "{:?}", started.elapsed());
 }
