@@ -4,6 +4,16 @@ use crate::{MANIFEST, Manifest, check_entry_path};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A path in an error message, as a terminal may show it: a file name
+/// holding a newline or an escape sequence cannot forge a line.
+fn shown(p: &Path) -> String {
+    shown_str(&p.display().to_string())
+}
+
+fn shown_str(s: &str) -> String {
+    capsa_policy::escape_for_terminal(s).into_owned()
+}
+
 /// Where `--python-path` directories go inside a bundle.
 pub const SITE_PACKAGES: &str = "site-packages";
 
@@ -26,7 +36,7 @@ pub fn collect(
     if !dir.is_dir() {
         return Err(PackError::Input(format!(
             "{} is not a directory",
-            dir.display()
+            shown(&dir)
         )));
     }
     let mut files = BTreeMap::new();
@@ -35,7 +45,7 @@ pub fn collect(
         if !p.is_dir() {
             return Err(PackError::Input(format!(
                 "--python-path={}: not a directory",
-                p.display()
+                shown(&p)
             )));
         }
         walk(p, SITE_PACKAGES, skip, &mut files)?;
@@ -43,13 +53,13 @@ pub fn collect(
     let manifest_path = dir.join(MANIFEST);
     let manifest = if manifest_path.is_file() {
         let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|e| PackError::Input(format!("{}: {e}", manifest_path.display())))?;
+            .map_err(|e| PackError::Input(format!("{}: {e}", shown(&manifest_path))))?;
         Manifest::from_toml(&text)?
     } else {
         Manifest::default_for(&default_entry(&files).ok_or_else(|| {
             PackError::Input(format!(
                 "{} has no capsa.toml, no main.py and not exactly one .wasm file: nothing to run",
-                dir.display()
+                shown(&dir)
             ))
         })?)
     };
@@ -57,7 +67,7 @@ pub fn collect(
         return Err(PackError::Input(format!(
             "run.entry {:?} is not a file in {}",
             manifest.run.entry,
-            dir.display()
+            shown(&dir)
         )));
     }
     Ok((manifest, files))
@@ -82,7 +92,7 @@ fn walk(
     skip: Option<&Path>,
     out: &mut BTreeMap<String, Vec<u8>>,
 ) -> Result<(), PackError> {
-    let io = |p: &Path, e: std::io::Error| PackError::Input(format!("{}: {e}", p.display()));
+    let io = |p: &Path, e: std::io::Error| PackError::Input(format!("{}: {e}", shown(&p)));
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| io(dir, e))?
         .collect::<Result<_, _>>()
@@ -91,9 +101,9 @@ fn walk(
     for entry in entries {
         let path = entry.path();
         let name = entry.file_name();
-        let name = name.to_str().ok_or_else(|| {
-            PackError::Input(format!("{}: the name is not UTF-8", path.display()))
-        })?;
+        let name = name
+            .to_str()
+            .ok_or_else(|| PackError::Input(format!("{}: the name is not UTF-8", shown(&path))))?;
         if name.starts_with('.') || name == "__pycache__" || name.ends_with(".pyc") {
             continue;
         }
@@ -108,12 +118,13 @@ fn walk(
         } else {
             format!("{prefix}/{name}")
         };
-        check_entry_path(&rel).map_err(|why| PackError::Input(format!("{rel}: {why}")))?;
+        check_entry_path(&rel)
+            .map_err(|why| PackError::Input(format!("{}: {why}", shown_str(&rel))))?;
         let ty = entry.file_type().map_err(|e| io(&path, e))?;
         if ty.is_symlink() {
             return Err(PackError::Input(format!(
                 "{} is a symbolic link; bundles hold regular files only (copy the file in)",
-                path.display()
+                shown(&path)
             )));
         } else if ty.is_dir() {
             walk(&path, &rel, skip, out)?;
@@ -122,7 +133,7 @@ fn walk(
         } else {
             return Err(PackError::Input(format!(
                 "{} is not a regular file",
-                path.display()
+                shown(&path)
             )));
         }
     }

@@ -856,3 +856,17 @@ fn a_changed_cache_is_unpacked_again() {
         std::fs::read(probe(P1)).unwrap()
     );
 }
+
+#[test]
+fn a_file_name_cannot_forge_a_line_of_packs_errors() {
+    let (_t, dir) = scratch();
+    let app = dir.join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(app.join("main.py"), "print(1)\n").unwrap();
+    std::fs::write(app.join("x\ncapsa: packed fine\n\u{1b}[2J.py"), "").unwrap();
+    let r = pack(&app, &dir.join("app.capsa"), &[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(!r.stderr.contains('\u{1b}'), "{}", r.stderr);
+    assert!(!dir.join("app.capsa").exists());
+}
