@@ -31,7 +31,8 @@ async function assetUrls() {
   }
   const files = JSON.parse(packed.textContent);
   for (const [name, b64] of Object.entries(files)) {
-    const bin = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    // The browser's own base64 decoder (a data: URL), not a loop in JS.
+    const bin = new Uint8Array(await (await fetch(`data:application/octet-stream;base64,${b64}`)).arrayBuffer());
     // The archives (.bin) are gzip already, and stay so: the worker unpacks them.
     const bytes = name.endsWith(".bin")
       ? bin
