@@ -128,6 +128,8 @@ pub struct Written {
 pub enum WebError {
     #[error("cannot turn the program into JavaScript: {0}")]
     Transpile(String),
+    #[error("{0} is 4 GiB or more: a page cannot hold it")]
+    TooLarge(String),
     #[error("cannot write {}: {err}", path.display())]
     Io { path: PathBuf, err: std::io::Error },
 }
@@ -293,6 +295,11 @@ fn site_files(site: &Site) -> Result<Vec<(String, Vec<u8>)>, WebError> {
             || (name.starts_with(&format!("{NAME}.core")) && name.ends_with(".wasm"))
         {
             files.push((name, data));
+        }
+    }
+    for (path, data) in site.app.iter().chain(site.stdlib) {
+        if data.len() > u32::MAX as usize || path.len() > u32::MAX as usize {
+            return Err(WebError::TooLarge(path.clone()));
         }
     }
     files.push(("app.bin".into(), archive(site.app)));

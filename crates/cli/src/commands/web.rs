@@ -122,7 +122,9 @@ pub fn run(args: WebArgs) -> i32 {
     };
     let written = match capsa_web::write_site(&site, args.output, args.single_file) {
         Ok(w) => w,
-        Err(e @ capsa_web::WebError::Transpile(_)) => return fail(exit::USAGE, e.into()),
+        Err(e @ (capsa_web::WebError::Transpile(_) | capsa_web::WebError::TooLarge(_))) => {
+            return fail(exit::USAGE, e.into());
+        }
         Err(e) => return fail(exit::INTERNAL, e.into()),
     };
     let mut skipped = Vec::new();
