@@ -235,8 +235,13 @@ async function compile(url) {
 
 async function start({ site, assets, env, dirs }) {
   outputLeft = site.limits.max_output;
-  // Every core module is fetched and compiled at once, while the files are
-  // unpacked, rather than one by one as instantiation asks for them.
+  // The file archives are asked for first (a browser opens six connections
+  // to a server: behind the large modules they waited), then every core
+  // module is fetched and compiled at once, while the files are unpacked,
+  // rather than one by one as instantiation asks for them.
+  const archive = async (url) => (url ? unpack(await (await siteFetch(url)).arrayBuffer()) : { dir: {} });
+  const archives = Promise.all([archive(assets.app), archive(assets.stdlib)]);
+  archives.catch(() => {});
   const modules = {};
   for (const [name, url] of Object.entries(assets.core)) {
     modules[name] = compile(url);
@@ -245,8 +250,7 @@ async function start({ site, assets, env, dirs }) {
   const glue = import(assets.component);
   const rules = site.ask.net.map((a) => parseRule(a.rule));
   const mounts = {};
-  const archive = async (url) => (url ? unpack(await (await siteFetch(url)).arrayBuffer()) : { dir: {} });
-  const [app, stdlib] = await Promise.all([archive(assets.app), archive(assets.stdlib)]);
+  const [app, stdlib] = await archives;
   mounts["/app"] = { tree: app, writable: false };
   if (assets.stdlib) mounts[site.stdlib] = { tree: stdlib, writable: false };
   const scratch = { dir: {} };
