@@ -43,24 +43,79 @@ async function assetUrls() {
   return urls;
 }
 
+// Output is queued and drawn at most every 100 ms, in text nodes of at most
+// 64 KiB, and the page keeps only the last 256 KiB of it on screen (all of
+// it stays downloadable): a program that writes without end must not take
+// the page's main thread, where the time limit and Stop live.
 const out = $("#output");
+const DRAW_MS = 100;
+const BLOCK = 64 << 10;
+const KEEP = 256 << 10;
+const queue = [];
+const whole = [];
+let shown = 0;
+let dropped = 0;
+let drawTimer = null;
 let lastOut = null;
-let scrollQueued = false;
-/** Adds to one text node per run of a stream; scrolls once a frame. */
+let onDraw = () => {};
+
 function show(stream, text) {
-  if (lastOut && lastOut.dataset.stream === stream) {
-    lastOut.firstChild.appendData(text);
-  } else {
-    lastOut = el("span", { class: stream, "data-stream": stream }, document.createTextNode(text));
-    out.append(lastOut);
+  queue.push([stream, text]);
+  whole.push(text);
+  if (!drawTimer) drawTimer = setTimeout(draw, DRAW_MS);
+}
+
+function draw() {
+  drawTimer = null;
+  for (const [stream, text] of queue.splice(0)) {
+    const node = lastOut && lastOut.dataset.stream === stream ? lastOut.lastChild : null;
+    if (node && node.length + text.length <= BLOCK) {
+      node.appendData(text);
+    } else if (lastOut && lastOut.dataset.stream === stream) {
+      lastOut.append(document.createTextNode(text));
+    } else {
+      lastOut = el("span", { class: stream, "data-stream": stream }, document.createTextNode(text));
+      out.append(lastOut);
+    }
+    shown += text.length;
   }
-  if (!scrollQueued) {
-    scrollQueued = true;
-    requestAnimationFrame(() => {
-      scrollQueued = false;
-      out.scrollTop = out.scrollHeight;
-    });
+  while (shown > KEEP && out.firstChild) {
+    const span = out.firstChild;
+    if (span.id === "dropped") {
+      if (span === out.lastChild) break;
+      out.append(span);
+      continue;
+    }
+    const first = span.firstChild;
+    if (!first || span.childNodes.length === 1 || first.length > shown - KEEP) {
+      const n = span.textContent.length;
+      if (span === lastOut && n <= shown - KEEP) lastOut = null;
+      if (span === lastOut) break;
+      span.remove();
+      shown -= n;
+      dropped += n;
+    } else {
+      shown -= first.length;
+      dropped += first.length;
+      first.remove();
+    }
   }
+  if (dropped) {
+    let note = $("#dropped");
+    if (!note) {
+      note = el("span", { id: "dropped", class: "note" });
+      out.prepend(note);
+    } else if (note !== out.firstChild) out.prepend(note);
+    note.textContent = `[${dropped} earlier characters are not shown here; the whole output is offered for download at the end]\n`;
+  }
+  out.scrollTop = out.scrollHeight;
+  onDraw();
+}
+
+/** Draws what is queued now (before the page reads or ends). */
+function drawNow() {
+  clearTimeout(drawTimer);
+  draw();
 }
 
 function consent() {
@@ -93,6 +148,7 @@ function consent() {
     deny.onclick = () => {
       box.hidden = true;
       show("stderr", "capsa: not run: the permissions were not given\n");
+      drawNow();
       state("declined");
     };
     allow.onclick = async () => {
@@ -110,6 +166,11 @@ function consent() {
   });
 }
 
+/** The whole output, when the page had to drop some of it from view. */
+function offerWhole() {
+  if (dropped) downloads("The whole output:", [["output.txt", new TextEncoder().encode(whole.join(""))]]);
+}
+
 function downloads(title, files) {
   if (!files.length) return;
   const list = el("ul");
@@ -125,6 +186,7 @@ async function main() {
   $("#digest").textContent = `bundle sha256 ${site.digest}`;
   if (typeof WebAssembly.Suspending !== "function") {
     show("stderr", "capsa: this browser cannot run the program: it needs WebAssembly JavaScript Promise Integration (Chrome or Edge 137 or later)\n");
+    drawNow();
     state("failed");
     return;
   }
@@ -147,6 +209,8 @@ async function main() {
     worker.terminate();
     form.hidden = true;
     show("stderr", `capsa: ${text}\n`);
+    drawNow();
+    offerWhole();
     $("#status").textContent = `ended: ${text}`;
     document.body.dataset.exitCode = String(code);
     state("exited");
@@ -155,6 +219,9 @@ async function main() {
     clearTimeout(timer);
     deadline = performance.now() + site.limits.timeout_ms;
     timer = setTimeout(() => end(site.limits.timeout_text, 124), site.limits.timeout_ms);
+  };
+  onDraw = () => {
+    if (performance.now() > deadline) end(site.limits.timeout_text, 124);
   };
   const stopClock = () => {
     clearTimeout(timer);
@@ -190,19 +257,21 @@ async function main() {
     const m = e.data;
     // Also here, in case messages kept the timer from firing.
     if (performance.now() > deadline) return end(site.limits.timeout_text, 124);
-    if (m.type === "out") show(m.stream, m.text);
-    else if (m.type === "denied") show("denied", m.text + "\n");
+    if (m.type === "out") for (const [stream, text] of m.runs) show(stream, text);
     else if (m.type === "ready") state("running");
     else if (m.type === "output-limit") end(site.limits.output_text, 137);
     else if (m.type === "stdin-wait") {
       stopClock();
       form.hidden = false;
       line.focus();
+      drawNow();
       state("input");
     } else if (m.type === "exit") {
       stopClock();
       $("#stop").disabled = true;
       form.hidden = true;
+      drawNow();
+      offerWhole();
       $("#status").textContent = `exited with code ${m.code}`;
       document.body.dataset.exitCode = String(m.code);
       for (const [name, files] of Object.entries(m.dirs)) downloads(`Files in ${name}:`, files);
@@ -211,11 +280,13 @@ async function main() {
     } else if (m.type === "fail") {
       stopClock();
       show("stderr", `capsa: the program could not run: ${m.text}\n`);
+      drawNow();
       state("failed");
     }
   };
   worker.onerror = (e) => {
     show("stderr", `capsa: the program could not run: ${e.message}\n`);
+    drawNow();
     state("failed");
   };
   startClock();
@@ -224,5 +295,6 @@ async function main() {
 
 main().catch((e) => {
   show("stderr", `capsa: ${e}\n`);
+  drawNow();
   state("failed");
 });

@@ -7,7 +7,8 @@
 //
 // Messages from the page: {type: "start", site, assets, env, dirs};
 // {type: "stdin", text}; {type: "eof"}.
-// To the page: {type: "out", stream, text}; {type: "denied", text};
+// To the page: {type: "out", runs: [[stream, text], ...]} (stream is
+// stdout, stderr or denied);
 // {type: "stdin-wait"}; {type: "exit", code, dirs}; {type: "fail", text}.
 import * as cli from "@bytecodealliance/preview2-shim/cli";
 import * as clocks from "@bytecodealliance/preview2-shim/clocks";
@@ -92,7 +93,7 @@ const FLUSH_BYTES = 64 << 10;
 function flushOutput() {
   clearTimeout(flushTimer);
   flushTimer = null;
-  for (const [stream, text] of pending.splice(0)) post({ type: "out", stream, text });
+  if (pending.length) post({ type: "out", runs: pending.splice(0) });
   pendingBytes = 0;
 }
 
@@ -155,15 +156,14 @@ function output(stream) {
   };
 }
 
-/** A denial line, in order with the output and counted against its cap. */
+/** A denial line, in order with the output, batched with it and counted against its cap. */
 function deny(text) {
   if (outputLeft <= 0) return;
-  flushOutput();
   if (!spend(text.length + 1)) {
     overLimit();
     return;
   }
-  post({ type: "denied", text });
+  emit("denied", text + "\n", text.length + 1);
 }
 
 /**
@@ -215,7 +215,7 @@ const refused = () => {
 // the browser goes there (capsa run checks each hop).
 const siteFetch = globalThis.fetch.bind(globalThis);
 globalThis.fetch = async (url, init = {}) => {
-  const response = await siteFetch(url, { ...init, redirect: "manual", credentials: "omit" });
+  const response = await siteFetch(url, { ...init, redirect: "manual", credentials: "omit", referrerPolicy: "no-referrer" });
   if (response.type === "opaqueredirect") {
     deny(denialText(init.method || "GET", String(url).split("?")[0], "it answered with a redirect, which a page cannot check before following", null));
     throw new TypeError("a redirect was refused");

@@ -35,6 +35,7 @@ try {
     await until(["input", "exited", "failed", "declined"]);
   }
   result.firstInputMs = Date.now() - started;
+  result.firstStateMs = result.firstInputMs;
   for (const line of sc.lines || []) {
     if ((await state()) !== "input") break;
     await page.fill("#stdin", line);
@@ -45,6 +46,7 @@ try {
     await page.click("#eof");
     await until(["exited", "failed"]);
   }
+  result.finalMs = Date.now() - started;
   if (sc.screenshot) await page.screenshot({ path: sc.screenshot, fullPage: true });
   result.state = await state();
   result.output = await page.textContent("#output");
@@ -53,6 +55,11 @@ try {
   result.status = await page.textContent("#status");
   result.exitCode = await page.evaluate(() => document.body.dataset.exitCode ?? null);
   result.files = await page.textContent("#files");
+  // The whole output, when the page offered it for download.
+  result.wholeOutput = await page.evaluate(async () => {
+    const link = [...document.querySelectorAll("#files a")].find((a) => a.download === "output.txt");
+    return link ? await (await fetch(link.href)).text() : null;
+  });
 } catch (e) {
   result.error = String(e);
   try {

@@ -162,11 +162,15 @@ pub fn check_output(out: &Path, single_file: bool) -> Result<(), WebError> {
         return Err(refuse("it is a link; give the path itself"));
     }
     if single_file {
+        // Only a regular file is opened (a pipe would block the open).
+        if !meta.is_file() {
+            return Err(refuse("it exists and is not a page capsa pack --web wrote"));
+        }
         let mut head = [0u8; 256];
         let n = std::fs::File::open(out)
             .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
             .unwrap_or(0);
-        let ours = meta.is_file() && String::from_utf8_lossy(&head[..n]).contains(HTML_MARKER);
+        let ours = String::from_utf8_lossy(&head[..n]).contains(HTML_MARKER);
         if !ours {
             return Err(refuse("it exists and is not a page capsa pack --web wrote"));
         }
@@ -176,12 +180,38 @@ pub fn check_output(out: &Path, single_file: bool) -> Result<(), WebError> {
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_none())
             .unwrap_or(false);
-    let ours = meta.is_dir()
-        && std::fs::symlink_metadata(out.join(SITE_MARKER)).is_ok_and(|m| m.is_file());
-    if !(empty || ours) {
+    if empty {
+        return Ok(());
+    }
+    // A site capsa wrote lists its files in the marker; anything else in
+    // the directory (a .git, a CNAME, notes) is the user's, and keeps it.
+    let listed = std::fs::read_to_string(out.join(SITE_MARKER))
+        .ok()
+        .filter(|_| std::fs::symlink_metadata(out.join(SITE_MARKER)).is_ok_and(|m| m.is_file()));
+    let Some(listed) = listed.filter(|_| meta.is_dir()) else {
         return Err(refuse(
             "it exists and is not an empty directory or a site capsa pack --web wrote",
         ));
+    };
+    let ours: std::collections::BTreeSet<&str> = listed.lines().skip(1).collect();
+    let entries = std::fs::read_dir(out).map_err(|err| WebError::Io {
+        path: out.to_path_buf(),
+        err,
+    })?;
+    for entry in entries {
+        let name = entry
+            .map_err(|err| WebError::Io {
+                path: out.to_path_buf(),
+                err,
+            })?
+            .file_name();
+        let name = name.to_string_lossy();
+        if name != SITE_MARKER && !ours.contains(name.as_ref()) {
+            return Err(refuse(&format!(
+                "it holds {}, which capsa did not write; move it out first",
+                capsa_escape(&name)
+            )));
+        }
     }
     Ok(())
 }
@@ -233,9 +263,17 @@ pub fn write_site(site: &Site, out: &Path, single_file: bool) -> Result<Written,
     let mut all: Vec<(&str, &[u8])> = vec![
         ("index.html", html.as_bytes()),
         ("page.js", PAGE_JS.as_bytes()),
-        (SITE_MARKER, b"written by capsa pack --web; capsa replaces this directory when it writes the site again\n"),
     ];
     all.extend(files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+    // The marker: capsa's own files, one per line, after a line saying so.
+    let mut marker = String::from(
+        "written by capsa pack --web, which replaces this directory only while it holds nothing but these files:\n",
+    );
+    for (name, _) in &all {
+        marker.push_str(name);
+        marker.push('\n');
+    }
+    all.push((SITE_MARKER, marker.as_bytes()));
     for (name, data) in &all {
         std::fs::write(tmp.path().join(name), data).map_err(io)?;
         bytes += data.len() as u64;
@@ -404,6 +442,19 @@ fn single_html(site: &Site, files: &[(String, Vec<u8>)]) -> std::io::Result<Stri
     // page.js as UTF-8 bytes in base64 (atob gives Latin-1 code units).
     let page_b64 = b64.encode(PAGE_JS.as_bytes());
     Ok(page_html(site, files, Some((&files_json, &page_b64))))
+}
+
+/// A name as a terminal may show it.
+fn capsa_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 fn html_escape(s: &str) -> String {

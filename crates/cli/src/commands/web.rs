@@ -24,6 +24,13 @@ pub struct WebArgs<'a> {
 }
 
 pub fn run(args: WebArgs) -> i32 {
+    // `site/` is `site`: a trailing slash would make a link's target be
+    // checked instead of the link.
+    let output: std::path::PathBuf = args.output.components().collect();
+    let args = WebArgs {
+        output: &output,
+        ..args
+    };
     if let Err(e) = check_paths(args.input, args.output) {
         return fail(exit::USAGE, e);
     }

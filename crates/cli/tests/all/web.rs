@@ -493,6 +493,19 @@ fn bad_input_gets_a_clear_error_and_leaves_nothing() {
     assert!(site.join(".capsa-site").is_file());
     let r = pack_web(&app, &site, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // ... unless the user put something of theirs in it.
+    std::fs::create_dir(site.join(".git")).unwrap();
+    std::fs::write(site.join(".git").join("HEAD"), "ref: refs/heads/main").unwrap();
+    let r = pack_web(&app, &site, &[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("it holds .git, which capsa did not write"),
+        "{}",
+        r.stderr
+    );
+    assert!(site.join(".git").join("HEAD").is_file());
+    std::fs::remove_dir_all(site.join(".git")).unwrap();
     let one = root.path().join("one.html");
     assert_eq!(pack_web(&app, &one, &["--single-file"]).code, 0);
     let r = pack_web(&app, &one, &["--single-file"]);
@@ -579,14 +592,26 @@ fn output_past_the_cap_ends_the_program() {
     );
     assert_eq!(r["exitCode"], "137", "{}", r["status"]);
     let out = output(&r);
+    // The page keeps the last 256 KiB in view and offers all of it.
+    assert!(out.len() < 300 << 10, "{}", out.len());
+    assert!(
+        out.contains("earlier characters are not shown here"),
+        "{}",
+        &out[..200]
+    );
+    let whole = r["wholeOutput"]
+        .as_str()
+        .expect("the whole output is offered");
+    assert!(whole.contains("capsa: output limit of 16M reached"));
     assert!(
         out.contains("capsa: output limit of 16M reached"),
         "{}",
         &out[out.len().saturating_sub(300)..]
     );
-    assert!(!out.contains("not reached"));
+    assert!(!whole.contains("not reached"));
     // A large write arrives whole.
-    assert_eq!(out.matches('Q').count(), 3_000_000);
+    assert_eq!(whole.matches('Q').count(), 3_000_000);
+    assert!(whole.len() < (16 << 20) + 1000, "{}", whole.len());
     assert!(out.len() < (16 << 20) + 1000, "{}", out.len());
 }
 
@@ -655,12 +680,12 @@ fn a_flood_of_tiny_writes_does_not_stop_the_time_limit() {
     std::fs::create_dir(&app).unwrap();
     std::fs::write(
         app.join("main.py"),
-        "import os\nwhile True:\n    os.write(1, b'x')\n",
+        "import os, urllib.request\nn = 0\nwhile True:\n    os.write(1, b'x')\n    os.write(2, b'y' * 150)\n    n += 1\n    if n % 50 == 0:\n        try:\n            urllib.request.urlopen('http://127.0.0.1:1/')\n        except Exception:\n            pass\n",
     )
     .unwrap();
     std::fs::write(
         app.join("capsa.toml"),
-        "version = 1\n[run]\nentry = \"main.py\"\n[limits]\ntimeout = \"3s\"\n",
+        "version = 1\n[run]\nentry = \"main.py\"\n[limits]\ntimeout = \"8s\"\n",
     )
     .unwrap();
     let site = root.path().join("site");
@@ -668,6 +693,15 @@ fn a_flood_of_tiny_writes_does_not_stop_the_time_limit() {
     let started = std::time::Instant::now();
     let r = drive(json!({"url": format!("http://127.0.0.1:{}/site/", server.port)}));
     assert_eq!(r["exitCode"], "124", "{}", r["status"]);
-    assert!(output(&r).contains("xxxxxxxxxx"));
+    let out = output(&r);
+    assert!(
+        out.contains("xy") && out.contains("capsa: denied: GET http://127.0.0.1:1/"),
+        "{}",
+        &out[out.len().saturating_sub(500)..]
+    );
+    // Ended at its limit (the page loads in about 1 s): the flood of
+    // stdout, stderr and denials never held the page's main thread.
+    let ended = r["finalMs"].as_u64().unwrap();
+    assert!(ended < 8_000 + 4_000, "ended after {ended} ms");
     assert!(started.elapsed().as_secs() < 40, "{:?}", started.elapsed());
 }
