@@ -51,8 +51,13 @@ const out = $("#output");
 const DRAW_MS = 100;
 const BLOCK = 64 << 10;
 const KEEP = 256 << 10;
+// Runs of one stream each become a span: at most this many are drawn at a
+// time and kept (alternating one-byte writes to stdout and stderr would
+// otherwise make a node per byte).
+const MAX_SPANS = 2000;
 const queue = [];
 const whole = [];
+let wholeTail = "";
 let shown = 0;
 let dropped = 0;
 let drawTimer = null;
@@ -61,13 +66,22 @@ let onDraw = () => {};
 
 function show(stream, text) {
   queue.push([stream, text]);
-  whole.push(text);
+  wholeTail += text;
+  if (wholeTail.length > BLOCK) {
+    whole.push(wholeTail);
+    wholeTail = "";
+  }
   if (!drawTimer) drawTimer = setTimeout(draw, DRAW_MS);
 }
 
 function draw() {
   drawTimer = null;
-  for (const [stream, text] of queue.splice(0)) {
+  let runs = queue.splice(0);
+  if (runs.length > MAX_SPANS) {
+    for (const [, text] of runs.slice(0, runs.length - MAX_SPANS)) dropped += text.length;
+    runs = runs.slice(-MAX_SPANS);
+  }
+  for (const [stream, text] of runs) {
     const node = lastOut && lastOut.dataset.stream === stream ? lastOut.lastChild : null;
     if (node && node.length + text.length <= BLOCK) {
       node.appendData(text);
@@ -79,34 +93,29 @@ function draw() {
     }
     shown += text.length;
   }
-  while (shown > KEEP && out.firstChild) {
+  const note = $("#dropped");
+  if (note) note.remove();
+  // The oldest goes first: whole spans, or a span's first text node.
+  while ((shown > KEEP || out.childNodes.length > MAX_SPANS) && out.firstChild) {
     const span = out.firstChild;
-    if (span.id === "dropped") {
-      if (span === out.lastChild) break;
-      out.append(span);
-      continue;
-    }
     const first = span.firstChild;
-    if (!first || span.childNodes.length === 1 || first.length > shown - KEEP) {
+    if (span !== lastOut && (span.childNodes.length <= 1 || out.childNodes.length > MAX_SPANS)) {
       const n = span.textContent.length;
-      if (span === lastOut && n <= shown - KEEP) lastOut = null;
-      if (span === lastOut) break;
       span.remove();
       shown -= n;
       dropped += n;
-    } else {
+    } else if (span.childNodes.length > 1) {
       shown -= first.length;
       dropped += first.length;
       first.remove();
+    } else {
+      break;
     }
   }
   if (dropped) {
-    let note = $("#dropped");
-    if (!note) {
-      note = el("span", { id: "dropped", class: "note" });
-      out.prepend(note);
-    } else if (note !== out.firstChild) out.prepend(note);
-    note.textContent = `[${dropped} earlier characters are not shown here; the whole output is offered for download at the end]\n`;
+    const n = note || el("span", { id: "dropped", class: "note" });
+    n.textContent = `[${dropped} earlier characters are not shown here; the whole output is offered for download at the end]\n`;
+    out.prepend(n);
   }
   out.scrollTop = out.scrollHeight;
   onDraw();
@@ -168,7 +177,7 @@ function consent() {
 
 /** The whole output, when the page had to drop some of it from view. */
 function offerWhole() {
-  if (dropped) downloads("The whole output:", [["output.txt", new TextEncoder().encode(whole.join(""))]]);
+  if (dropped) downloads("The whole output:", [["output.txt", new TextEncoder().encode(whole.join("") + wholeTail)]]);
 }
 
 function downloads(title, files) {
