@@ -63,6 +63,30 @@ let dropped = 0;
 let drawTimer = null;
 let lastOut = null;
 let onDraw = () => {};
+// Combining marks in a row past this many are shown as a count: a letter
+// with thousands of accents is one cluster whose layout cost grows with the
+// square of its length (200,000 of them froze a page for 42 s).
+const MAX_MARKS = 32;
+const MARK = /\p{M}/u;
+let marksCarry = 0;
+
+function tame(text) {
+  const shown = text.replace(/\p{M}+/gu, (m, offset) => {
+    const before = offset === 0 ? marksCarry : 0;
+    const total = before + m.length;
+    if (total <= MAX_MARKS) return m;
+    const keep = Math.max(0, MAX_MARKS - before);
+    return `${m.slice(0, keep)}\u2026[${m.length - keep} combining marks]`;
+  });
+  // Marks at the end carry over to the next write. Counted backwards: an
+  // anchored pattern (/\p{M}+$/) backtracks quadratically over a long run
+  // that a newline follows.
+  let i = text.length;
+  while (i > 0 && MARK.test(text[i - 1])) i--;
+  const trailing = text.length - i;
+  marksCarry = trailing === text.length ? marksCarry + trailing : trailing;
+  return shown;
+}
 
 function show(stream, text) {
   queue.push([stream, text]);
@@ -81,7 +105,13 @@ function draw() {
     for (const [, text] of runs.slice(0, runs.length - MAX_SPANS)) dropped += text.length;
     runs = runs.slice(-MAX_SPANS);
   }
-  for (const [stream, text] of runs) {
+  const pieces = [];
+  for (const [stream, raw] of runs) {
+    // In pieces of at most a block, so the view can keep a large write's end.
+    const text = tame(raw);
+    for (let i = 0; i < text.length; i += BLOCK) pieces.push([stream, text.slice(i, i + BLOCK)]);
+  }
+  for (const [stream, text] of pieces) {
     const node = lastOut && lastOut.dataset.stream === stream ? lastOut.lastChild : null;
     if (node && node.length + text.length <= BLOCK) {
       node.appendData(text);
@@ -113,6 +143,7 @@ function draw() {
     }
   }
   if (dropped) {
+    $("#whole").hidden = false;
     const n = note || el("span", { id: "dropped", class: "note" });
     n.textContent = `[${dropped} earlier characters are not shown here; the whole output is offered for download at the end]\n`;
     out.prepend(n);
@@ -175,9 +206,13 @@ function consent() {
   });
 }
 
+function wholeBytes() {
+  return new TextEncoder().encode(whole.join("") + wholeTail);
+}
+
 /** The whole output, when the page had to drop some of it from view. */
 function offerWhole() {
-  if (dropped) downloads("The whole output:", [["output.txt", new TextEncoder().encode(whole.join("") + wholeTail)]]);
+  if (dropped) downloads("The whole output:", [["output.txt", wholeBytes()]]);
 }
 
 function downloads(title, files) {
@@ -262,10 +297,19 @@ async function main() {
     startClock();
   };
   $("#stop").onclick = () => end("stopped by the user", 130);
+  // While it runs, what is out of view so far.
+  $("#whole").onclick = () => {
+    const a = el("a", { href: URL.createObjectURL(new Blob([wholeBytes()])), download: "output.txt" });
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  };
   worker.onmessage = (e) => {
     const m = e.data;
-    // Also here, in case messages kept the timer from firing.
-    if (performance.now() > deadline) return end(site.limits.timeout_text, 124);
+    // Also here (after the message: what came in time is shown), in case
+    // messages kept the timer from firing.
+    queueMicrotask(() => {
+      if (performance.now() > deadline) end(site.limits.timeout_text, 124);
+    });
     if (m.type === "out") for (const [stream, text] of m.runs) show(stream, text);
     else if (m.type === "ready") state("running");
     else if (m.type === "output-limit") end(site.limits.output_text, 137);

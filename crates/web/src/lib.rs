@@ -206,7 +206,10 @@ pub fn check_output(out: &Path, single_file: bool) -> Result<(), WebError> {
             })?
             .file_name();
         let name = name.to_string_lossy();
-        if name != SITE_MARKER && !ours.contains(name.as_ref()) {
+        // A listed name must still be a file capsa wrote: one the user
+        // turned into a directory (or a link) is theirs.
+        let file = std::fs::symlink_metadata(out.join(name.as_ref())).is_ok_and(|m| m.is_file());
+        if name != SITE_MARKER && (!ours.contains(name.as_ref()) || !file) {
             return Err(refuse(&format!(
                 "it holds {}, which capsa did not write; move it out first",
                 capsa_escape(&name)

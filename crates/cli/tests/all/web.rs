@@ -506,6 +506,15 @@ fn bad_input_gets_a_clear_error_and_leaves_nothing() {
     );
     assert!(site.join(".git").join("HEAD").is_file());
     std::fs::remove_dir_all(site.join(".git")).unwrap();
+    // A file of the site that the user turned into a folder is theirs too.
+    std::fs::remove_file(site.join("page.js")).unwrap();
+    std::fs::create_dir(site.join("page.js")).unwrap();
+    std::fs::write(site.join("page.js").join("user.txt"), "mine").unwrap();
+    let r = pack_web(&app, &site, &[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(site.join("page.js").join("user.txt").is_file());
+    std::fs::remove_dir_all(site.join("page.js")).unwrap();
+    assert_eq!(pack_web(&app, &site, &[]).code, 0);
     let one = root.path().join("one.html");
     assert_eq!(pack_web(&app, &one, &["--single-file"]).code, 0);
     let r = pack_web(&app, &one, &["--single-file"]);
@@ -704,4 +713,46 @@ fn a_flood_of_tiny_writes_does_not_stop_the_time_limit() {
     let ended = r["finalMs"].as_u64().unwrap();
     assert!(ended < 8_000 + 4_000, "ended after {ended} ms");
     assert!(started.elapsed().as_secs() < 40, "{:?}", started.elapsed());
+}
+
+#[test]
+fn text_that_is_costly_to_lay_out_does_not_stop_the_time_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Static::start(root.path());
+    let app = root.path().join("accents");
+    std::fs::create_dir(&app).unwrap();
+    // A large write whose end must stay in view, then one letter with
+    // 200,000 combining accents (one cluster; it froze a page for 42 s).
+    std::fs::write(
+        app.join("main.py"),
+        "import os, sys, time\nos.write(1, b'x' * 3_000_000 + b'TAIL\\n')\ntime.sleep(0.5)\nsys.stdout.write('a' + '\\u0301' * 200_000 + '\\n')\nsys.stdout.flush()\ntime.sleep(100)\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("capsa.toml"),
+        "version = 1\n[run]\nentry = \"main.py\"\n[limits]\ntimeout = \"4s\"\n",
+    )
+    .unwrap();
+    let site = root.path().join("site");
+    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+    let r = drive(json!({"url": format!("http://127.0.0.1:{}/site/", server.port)}));
+    assert_eq!(r["exitCode"], "124", "{}", r["status"]);
+    let ended = r["finalMs"].as_u64().unwrap();
+    assert!(ended < 4_000 + 4_000, "ended after {ended} ms");
+    let out = output(&r);
+    assert!(
+        out.contains("xxxxTAIL\n"),
+        "the end of the large write is not in view"
+    );
+    assert!(
+        out.contains("\u{2026}[199968 combining marks]"),
+        "{}",
+        &out[out.len().saturating_sub(300)..]
+    );
+    // The download has every byte as written.
+    let whole = r["wholeOutput"]
+        .as_str()
+        .expect("the whole output is offered");
+    assert_eq!(whole.matches('\u{301}').count(), 200_000);
+    assert_eq!(whole.matches('x').count(), 3_000_000);
 }
