@@ -41,6 +41,18 @@ pub fn run(args: WebArgs) -> i32 {
         Ok(x) => x,
         Err(e) => return fail(exit::USAGE, e),
     };
+    for d in manifest.ask.dirs.values() {
+        let g = d.guest.as_str();
+        if g == GUEST_SCRATCH || g.starts_with(&format!("{GUEST_SCRATCH}/")) {
+            return fail(
+                exit::USAGE,
+                anyhow::anyhow!(
+                    "the bundle asks for a folder at {}, but {GUEST_SCRATCH} is the page's working directory: choose another guest path",
+                    escape_for_terminal(g)
+                ),
+            );
+        }
+    }
     let esc = |p: &Path| escape_for_terminal(&p.display().to_string()).into_owned();
     let name = args
         .input

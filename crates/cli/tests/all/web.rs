@@ -535,6 +535,23 @@ fn bad_input_gets_a_clear_error_and_leaves_nothing() {
         .filter(|n| n.starts_with(".capsa-web"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A folder asked for where the page keeps its working directory.
+    let clash = root.path().join("clash");
+    std::fs::create_dir(&clash).unwrap();
+    std::fs::write(clash.join("main.py"), "print(1)\n").unwrap();
+    std::fs::write(
+        clash.join("capsa.toml"),
+        "version = 1\n[run]\nentry = \"main.py\"\n[ask.dirs.d]\naccess = \"read\"\nguest = \"/scratch\"\nreason = \"x\"\n",
+    )
+    .unwrap();
+    let r = pack_web(&clash, &root.path().join("clash-site"), &[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("/scratch is the page's working directory"),
+        "{}",
+        r.stderr
+    );
     let r = capsa()
         .args(["pack", "--single-file"])
         .arg(&app)
