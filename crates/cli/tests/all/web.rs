@@ -96,6 +96,25 @@ fn pack_web(project: &Path, out: &Path, extra: &[&str]) -> Run {
         .into()
 }
 
+/// `root/NAME/main.py`, and a `capsa.toml` running it with `toml` after its
+/// `[run]` table when given, packed with `--web` into `root/site`.
+fn packed(root: &Path, name: &str, main_py: &str, toml: Option<&str>) -> PathBuf {
+    let app = root.join(name);
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(app.join("main.py"), main_py).unwrap();
+    if let Some(extra) = toml {
+        std::fs::write(
+            app.join("capsa.toml"),
+            format!("version = 1\n[run]\nentry = \"main.py\"\n{extra}"),
+        )
+        .unwrap();
+    }
+    let site = root.join("site");
+    let r = pack_web(&app, &site, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    site
+}
+
 /// Opens the page and does what `scenario` says (see drive.mjs).
 fn drive(scenario: Value) -> Value {
     let dir = tempfile::tempdir().unwrap();
@@ -567,20 +586,12 @@ fn bad_input_gets_a_clear_error_and_leaves_nothing() {
 fn the_time_limit_ends_the_program_and_the_page_says_so() {
     let root = tempfile::tempdir().unwrap();
     let server = Static::start(root.path());
-    let app = root.path().join("spin");
-    std::fs::create_dir(&app).unwrap();
-    std::fs::write(
-        app.join("main.py"),
+    let site = packed(
+        root.path(),
+        "spin",
         "print('spinning')\nwhile True:\n    pass\n",
-    )
-    .unwrap();
-    std::fs::write(
-        app.join("capsa.toml"),
-        "version = 1\n[run]\nentry = \"main.py\"\n[limits]\ntimeout = \"2s\"\n",
-    )
-    .unwrap();
-    let site = root.path().join("site");
-    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+        Some("[limits]\ntimeout = \"2s\"\n"),
+    );
     let started = std::time::Instant::now();
     let r = drive(json!({"url": format!("http://127.0.0.1:{}/site/", server.port)}));
     assert_eq!(r["state"], "exited", "{r:#}");
@@ -604,15 +615,12 @@ fn the_time_limit_ends_the_program_and_the_page_says_so() {
 fn output_past_the_cap_ends_the_program() {
     let root = tempfile::tempdir().unwrap();
     let server = Static::start(root.path());
-    let app = root.path().join("flood");
-    std::fs::create_dir(&app).unwrap();
-    std::fs::write(
-        app.join("main.py"),
+    let site = packed(
+        root.path(),
+        "flood",
         "import sys\nsys.stdout.write('Q' * 3_000_000 + '\\n')\nfor i in range(20):\n    sys.stdout.write(str(i % 10) * (1 << 20))\nprint('not reached')\n",
-    )
-    .unwrap();
-    let site = root.path().join("site");
-    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+        None,
+    );
     let r = drive(
         json!({"url": format!("http://127.0.0.1:{}/site/", server.port), "timeoutMs": 120000}),
     );
@@ -702,20 +710,12 @@ for code in (302, 307):
 fn a_flood_of_tiny_writes_does_not_stop_the_time_limit() {
     let root = tempfile::tempdir().unwrap();
     let server = Static::start(root.path());
-    let app = root.path().join("drip");
-    std::fs::create_dir(&app).unwrap();
-    std::fs::write(
-        app.join("main.py"),
+    let site = packed(
+        root.path(),
+        "drip",
         "import os, urllib.request\nn = 0\nwhile True:\n    os.write(1, b'x')\n    os.write(2, b'y' * 150)\n    n += 1\n    if n % 50 == 0:\n        try:\n            urllib.request.urlopen('http://127.0.0.1:1/')\n        except Exception:\n            pass\n",
-    )
-    .unwrap();
-    std::fs::write(
-        app.join("capsa.toml"),
-        "version = 1\n[run]\nentry = \"main.py\"\n[limits]\ntimeout = \"8s\"\n",
-    )
-    .unwrap();
-    let site = root.path().join("site");
-    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+        Some("[limits]\ntimeout = \"8s\"\n"),
+    );
     let started = std::time::Instant::now();
     let r = drive(json!({"url": format!("http://127.0.0.1:{}/site/", server.port)}));
     assert_eq!(r["exitCode"], "124", "{}", r["status"]);
@@ -736,22 +736,14 @@ fn a_flood_of_tiny_writes_does_not_stop_the_time_limit() {
 fn text_that_is_costly_to_lay_out_does_not_stop_the_time_limit() {
     let root = tempfile::tempdir().unwrap();
     let server = Static::start(root.path());
-    let app = root.path().join("accents");
-    std::fs::create_dir(&app).unwrap();
     // A large write whose end must stay in view, then one letter with
     // 200,000 combining accents (one cluster; it froze a page for 42 s).
-    std::fs::write(
-        app.join("main.py"),
+    let site = packed(
+        root.path(),
+        "accents",
         "import os, sys, time\nos.write(1, b'x' * 3_000_000 + b'TAIL\\n')\ntime.sleep(0.5)\nsys.stdout.write('a' + '\\u0301' * 200_000 + '\\n')\nsys.stdout.flush()\ntime.sleep(100)\n",
-    )
-    .unwrap();
-    std::fs::write(
-        app.join("capsa.toml"),
-        "version = 1\n[run]\nentry = \"main.py\"\n[limits]\ntimeout = \"4s\"\n",
-    )
-    .unwrap();
-    let site = root.path().join("site");
-    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+        Some("[limits]\ntimeout = \"4s\"\n"),
+    );
     let r = drive(json!({"url": format!("http://127.0.0.1:{}/site/", server.port)}));
     assert_eq!(r["exitCode"], "124", "{}", r["status"]);
     let ended = r["finalMs"].as_u64().unwrap();
