@@ -212,7 +212,7 @@ pub fn check_output(out: &Path, single_file: bool) -> Result<(), WebError> {
         if name != SITE_MARKER && (!ours.contains(name.as_ref()) || !file) {
             return Err(refuse(&format!(
                 "it holds {}, which capsa did not write; move it out first",
-                capsa_escape(&name)
+                capsa_policy::escape_for_terminal(&name)
             )));
         }
     }
@@ -445,19 +445,6 @@ fn single_html(site: &Site, files: &[(String, Vec<u8>)]) -> std::io::Result<Stri
     // page.js as UTF-8 bytes in base64 (atob gives Latin-1 code units).
     let page_b64 = b64.encode(PAGE_JS.as_bytes());
     Ok(page_html(site, files, Some((&files_json, &page_b64))))
-}
-
-/// A name as a terminal may show it.
-fn capsa_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
-                c.escape_unicode().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 fn html_escape(s: &str) -> String {

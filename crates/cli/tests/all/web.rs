@@ -655,12 +655,8 @@ fn a_redirect_from_a_granted_server_is_not_followed() {
     let server = Static::start(root.path());
     let other_root = tempfile::tempdir().unwrap();
     let other = Static::start(other_root.path());
-    let app = root.path().join("redir");
-    std::fs::create_dir(&app).unwrap();
-    std::fs::write(
-        app.join("main.py"),
-        format!(
-            r#"import urllib.request
+    let main = format!(
+        r#"import urllib.request
 for code in (302, 307):
     try:
         r = urllib.request.urlopen(urllib.request.Request(
@@ -670,21 +666,14 @@ for code in (302, 307):
     except Exception as e:
         print(code, "refused", type(e).__name__)
 "#,
-            port = server.port,
-            other = other.port
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        app.join("capsa.toml"),
-        format!(
-            "version = 1\n[run]\nentry = \"main.py\"\n[[ask.net]]\nrule = \"127.0.0.1:{}\"\nreason = \"its server\"\n",
-            server.port
-        ),
-    )
-    .unwrap();
-    let site = root.path().join("site");
-    assert_eq!(pack_web(&app, &site, &[]).code, 0);
+        port = server.port,
+        other = other.port
+    );
+    let asks = format!(
+        "[[ask.net]]\nrule = \"127.0.0.1:{}\"\nreason = \"its server\"\n",
+        server.port
+    );
+    packed(root.path(), "redir", &main, Some(&asks));
     let r = drive(
         json!({"url": format!("http://127.0.0.1:{}/site/", server.port), "consent": "allow", "eof": true}),
     );
