@@ -22,6 +22,7 @@ struct Cli {
 enum Command {
     Run(commands::run::RunArgs),
     Python(commands::python::PythonArgs),
+    Pip(commands::pip::PipArgs),
     Pack(commands::pack::PackArgs),
     Inspect(commands::inspect::InspectArgs),
     Serve(commands::serve::ServeArgs),
@@ -86,6 +87,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Python(args) => commands::python::run(args),
+        Command::Pip(args) => commands::pip::run(args),
         Command::Pack(args) => commands::pack::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Serve(args) => commands::serve::run(args),

@@ -41,7 +41,7 @@ import hmac, html, html.parser, http, http.client, inspect, ipaddress  # noqa: E
 import itertools, keyword, linecache, locale, logging, math, numbers  # noqa: E401,F401
 import operator, pathlib, pickle, platform, pprint, queue, random, re  # noqa: E401,F401
 import secrets, selectors, shlex, shutil, socket, sqlite3, statistics  # noqa: E401,F401
-import string, struct, tempfile, textwrap, threading, time, tokenize  # noqa: E401,F401
+import string, struct, sysconfig, tempfile, textwrap, threading, time, tokenize  # noqa: E401,F401
 import tomllib, typing, unicodedata, urllib, urllib.error, urllib.parse  # noqa: E401,F401
 import urllib.request, uuid, warnings, weakref, zipfile, zlib  # noqa: E401,F401
 

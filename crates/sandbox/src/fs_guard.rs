@@ -295,6 +295,39 @@ impl GuardedFs<'_> {
         Err(FsErrorCode::NoEntry.into())
     }
 
+    /// A directory on the way to a grant (`/home` and `/home/me` for a grant
+    /// of `/home/me/data`), reached through the guarded root: it is there
+    /// for the program as the grant's own path says, so `stat` finds a
+    /// directory, with nothing of the host's (no size, no times), and no
+    /// denial is reported. (Python's `os.path.realpath` looks at each.)
+    /// Opening or listing it is still refused. Returns the path's parts.
+    fn on_the_way_to_a_grant(&self, fd: &Resource<Descriptor>, path: &str) -> Option<Vec<String>> {
+        let t = self.tracker.descriptors.get(&fd.rep())?;
+        if !self.guard.preopens[t.preopen].root_guard {
+            return None;
+        }
+        let (guest, _) = join_guest_checked(&t.guest, path);
+        let parts = |p: &str| -> Option<Vec<String>> {
+            let mut v = Vec::new();
+            for c in p.split('/') {
+                match c {
+                    "" | "." => {}
+                    ".." => return None,
+                    c => v.push(c.to_string()),
+                }
+            }
+            Some(v)
+        };
+        let ours = parts(&guest)?;
+        let below = self
+            .guard
+            .preopens
+            .iter()
+            .filter(|p| !p.root_guard)
+            .any(|p| parts(&p.guest).is_some_and(|g| g.len() > ours.len() && g.starts_with(&ours)));
+        below.then_some(ours)
+    }
+
     /// The guarded root's path `guest` as the user typed it, and whether it
     /// was relative.
     ///
@@ -430,6 +463,11 @@ impl GuardedFs<'_> {
         if let Err((w, parent)) = self.decide(&r, need) {
             return self.refuse(w, parent, (verb, &guest, preopen, need), r.target.is_some());
         }
+        // A directory is never made over something that exists: the answer
+        // is that it exists (`os.makedirs` of a granted folder expects it).
+        if verb == "create directory" && r.target.is_some() {
+            return Err(FsErrorCode::Exist.into());
+        }
         if need == Need::Name
             && let Some(t) = r.target
             && let Some(what) = self.areas().pinned(t.ident)
@@ -472,6 +510,18 @@ impl GuardedFs<'_> {
             Some(_) => self.areas().enter(d.parent.domain, obj.ident),
             None => d.domain,
         };
+        // Between two writable grants with no denial in force, the answer
+        // is the system's for two file systems: EXDEV, which programs meet
+        // by copying (each copy checked as usual). Nothing moves either way.
+        let plain = |d: Domain| {
+            d.deny_all.is_none()
+                && d.deny_write.is_none()
+                && matches!(d.base, Base::Grant(_))
+                && self.areas().may_write(d).is_ok()
+        };
+        if there != s.domain && s.name.is_some() && plain(there) && plain(s.domain) {
+            return Err(FsErrorCode::CrossDevice.into());
+        }
         if there != s.domain || (obj.is_dir && s.name.is_none()) {
             let reason = "it would move between areas with different grants".to_string();
             self.deny(src.verb, &src.shown, reason, None, None);
@@ -745,6 +795,16 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         pf: PathFlags,
         path: String,
     ) -> FsResult<fs::DescriptorStat> {
+        if self.on_the_way_to_a_grant(&fd, &path).is_some() {
+            return Ok(fs::DescriptorStat {
+                type_: fs::DescriptorType::Directory,
+                link_count: 1,
+                size: 0,
+                data_access_timestamp: None,
+                data_modification_timestamp: None,
+                status_change_timestamp: None,
+            });
+        }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
         let c = self.check(&fd, &path, follow, Need::Read, "stat")?;
         let r = fs::HostDescriptor::stat_at(&mut self.inner, fd, pf, path);
@@ -957,6 +1017,15 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         // an entry's name is shown by its (readable) directory, so its
         // identity is not kept from the guest, or a `--deny-read` inside a
         // grant would make the grant's listing fail.
+        if let Some(parts) = self.on_the_way_to_a_grant(&fd, &path) {
+            // An identity of its own, from its name only.
+            let (mut lower, mut upper) = (0xcbf2_9ce4_8422_2325u64, 0x6c62_272e_07bb_0142u64);
+            for b in parts.join("/").bytes() {
+                lower = (lower ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+                upper = (upper ^ u64::from(b)).wrapping_mul(0x100_0000_01b3 ^ 0x5555);
+            }
+            return Ok(fs::MetadataHashValue { lower, upper });
+        }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
         let c = self.check(&fd, &path, follow, Need::Look, "stat")?;
         let r = fs::HostDescriptor::metadata_hash_at(&mut self.inner, fd, pf, path);

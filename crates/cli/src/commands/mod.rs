@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod inspect;
 pub mod pack;
+pub mod pip;
 pub mod pycache;
 pub mod python;
 pub mod run;

@@ -61,14 +61,14 @@ pub struct RunArgs {
 }
 
 /// Grants and limits, shared by `capsa run` and `capsa python`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct SandboxArgs {
     /// Read-only access to a directory or file (HOST or HOST::GUEST).
     #[arg(long, value_name = "PATH[,PATH...]")]
-    allow_read: Vec<String>,
+    pub(crate) allow_read: Vec<String>,
     /// Read and write access to a directory or file (HOST or HOST::GUEST).
     #[arg(long, value_name = "PATH[,PATH...]")]
-    allow_write: Vec<String>,
+    pub(crate) allow_write: Vec<String>,
     /// Refuse reading below these paths, whatever else is granted.
     #[arg(long, value_name = "PATH[,PATH...]")]
     deny_read: Vec<String>,
@@ -77,7 +77,7 @@ pub struct SandboxArgs {
     deny_write: Vec<String>,
     /// Outbound connections to these hosts, addresses or networks.
     #[arg(long, value_name = "RULE[,RULE...]")]
-    allow_net: Vec<String>,
+    pub(crate) allow_net: Vec<String>,
     /// Refuse these hosts, addresses or networks, whatever else is granted.
     #[arg(long, value_name = "RULE[,RULE...]")]
     deny_net: Vec<String>,
@@ -89,7 +89,7 @@ pub struct SandboxArgs {
     allow_env: Vec<String>,
     /// Set a variable for the program.
     #[arg(long = "env", value_name = "NAME=VALUE")]
-    env: Vec<String>,
+    pub(crate) env: Vec<String>,
     /// Read grants and limits from a TOML file; flags add to it.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
@@ -120,6 +120,11 @@ pub struct SandboxArgs {
     /// The program's stdin is this file's contents (capsa serve's workers).
     #[arg(long, value_name = "FILE", hide = true)]
     pub stdin_file: Option<PathBuf>,
+}
+
+/// `path` without links, or as given if it cannot be resolved.
+pub fn canonical_or(path: &Path) -> PathBuf {
+    capsa_sandbox::load::canonical(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// An I/O error as a message names it ("no such file or directory").

@@ -1,0 +1,329 @@
+//! pip's command line, read just enough to grant what it names: the install
+//! target, the files it reads, the index it uses. Paths become absolute,
+//! since pip runs in a temporary working directory.
+
+use std::path::{Path, PathBuf};
+
+/// pip's arguments, ready for the sandbox, and what they need granted.
+#[derive(Debug, Default)]
+pub struct PipCommand {
+    /// pip's command (`install`, `list`, ...), if any.
+    pub command: Option<String>,
+    /// The arguments to hand pip, with paths made absolute.
+    pub args: Vec<String>,
+    /// Directories pip writes: created if missing, granted read-write.
+    pub write_dirs: Vec<PathBuf>,
+    /// Files and directories pip reads: granted read-only.
+    pub read_paths: Vec<PathBuf>,
+    /// `--index-url`, `--extra-index-url`, `--find-links` URLs, `--no-index`.
+    pub index_url: Option<String>,
+    pub extra_index_urls: Vec<String>,
+    pub find_links: Vec<String>,
+    pub no_index: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Value {
+    /// A directory pip writes.
+    WriteDir,
+    /// A file or directory pip reads.
+    ReadPath,
+    IndexUrl,
+    ExtraIndexUrl,
+    FindLinks,
+    /// Any other option that takes a value: passed on.
+    Other,
+}
+
+/// Options that take a value, by every name pip gives them.
+const VALUED: &[(&[&str], Value)] = &[
+    (&["-t", "--target"], Value::WriteDir),
+    (
+        &["-d", "--dest", "--destination-dir", "--download"],
+        Value::WriteDir,
+    ),
+    (&["-w", "--wheel-dir"], Value::WriteDir),
+    (&["-r", "--requirement", "--requirements"], Value::ReadPath),
+    (&["-c", "--constraint"], Value::ReadPath),
+    (&["--build-constraint", "--path"], Value::ReadPath),
+    (&["-i", "--index-url", "--index"], Value::IndexUrl),
+    (&["--extra-index-url"], Value::ExtraIndexUrl),
+    (&["-f", "--find-links"], Value::FindLinks),
+    (
+        &[
+            "--platform",
+            "--python-version",
+            "--implementation",
+            "--abi",
+            "--upgrade-strategy",
+            "--global-option",
+            "--config-settings",
+            "-C",
+            "--no-binary",
+            "--only-binary",
+            "--progress-bar",
+            "--root-user-action",
+            "--retries",
+            "--timeout",
+            "--exists-action",
+            "--trusted-host",
+            "--use-feature",
+            "--use-deprecated",
+            "--keyring-provider",
+            "--format",
+            "--exclude",
+            "--group",
+            "--uploaded-prior-to",
+            "--resume-retries",
+            "--algorithm",
+            "-a",
+            "--report",
+            "--excludes",
+            "--release-control",
+            "--all-releases",
+            "--only-final",
+        ],
+        Value::Other,
+    ),
+];
+
+/// Options capsa cannot honour, and why.
+const REFUSED: &[(&[&str], &str)] = &[
+    (
+        &["--user"],
+        "packages go to --target DIR, not to a user site",
+    ),
+    (&["--prefix", "--root"], "packages go to --target DIR"),
+    (
+        &["-e", "--editable"],
+        "an editable install writes into the source folder; install it with --target",
+    ),
+    (
+        &["--src"],
+        "version control checkouts need git, which cannot run in WASI",
+    ),
+    (&["--cache-dir"], "pip's cache is capsa's, for one run only"),
+    (
+        &["--log", "--log-file", "--local-log"],
+        "pip's output is on stderr",
+    ),
+    (
+        &["--cert", "--client-cert"],
+        "TLS is done by capsa's host: use capsa's --ca-cert before pip's command",
+    ),
+    (&["--proxy"], "the host connects to the index directly"),
+    (&["--python"], "pip runs on capsa's CPython 3.14"),
+    (&["--report"], "pip's report file is not supported yet"),
+];
+
+/// Commands that take a directory to write, and the option that names it.
+const NEEDS_DIR: &[(&str, &str)] = &[("install", "--target"), ("download", "-d"), ("wheel", "-w")];
+
+fn find(name: &str) -> Option<Value> {
+    VALUED
+        .iter()
+        .find(|(names, _)| names.contains(&name))
+        .map(|(_, v)| *v)
+}
+
+fn refused(name: &str) -> Option<&'static str> {
+    REFUSED
+        .iter()
+        .find(|(names, _)| names.contains(&name))
+        .map(|(_, why)| *why)
+}
+
+fn is_url(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+pub fn parse(argv: &[String], cwd: &Path) -> Result<PipCommand, String> {
+    let mut cmd = PipCommand::default();
+    let abs = |p: &str| -> PathBuf { cwd.join(p) };
+    let mut i = 0;
+    let mut after_dashes = false;
+    while i < argv.len() {
+        let a = &argv[i];
+        i += 1;
+        if after_dashes || !a.starts_with('-') || a == "-" {
+            if cmd.command.is_none() {
+                cmd.command = Some(a.clone());
+                cmd.args.push(a.clone());
+                continue;
+            }
+            // A local archive or folder to install: read-only.
+            let local = Path::new(a);
+            if !is_url(a)
+                && !a.contains('@')
+                && abs(a).exists()
+                && (a.contains('/') || local.extension().is_some())
+            {
+                let p = abs(a);
+                cmd.read_paths.push(p.clone());
+                cmd.args.push(p.display().to_string());
+            } else {
+                cmd.args.push(a.clone());
+            }
+            continue;
+        }
+        if a == "--" {
+            after_dashes = true;
+            cmd.args.push(a.clone());
+            continue;
+        }
+        // `--name=value`, `-xVALUE` or `--name value`.
+        let (name, inline) = if let Some(rest) = a.strip_prefix("--") {
+            match rest.split_once('=') {
+                Some((n, v)) => (format!("--{n}"), Some(v.to_string())),
+                None => (a.clone(), None),
+            }
+        } else if a.len() > 2 && find(&a[..2]).is_some() {
+            (a[..2].to_string(), Some(a[2..].to_string()))
+        } else {
+            (a.clone(), None)
+        };
+        if let Some(why) = refused(&name) {
+            return Err(format!("{name} is not supported: {why}"));
+        }
+        if name == "--no-index" {
+            cmd.no_index = true;
+            cmd.args.push(a.clone());
+            continue;
+        }
+        let Some(kind) = find(&name) else {
+            cmd.args.push(a.clone());
+            continue;
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => {
+                let Some(v) = argv.get(i) else {
+                    return Err(format!("{name} needs a value"));
+                };
+                i += 1;
+                v.clone()
+            }
+        };
+        let value = match kind {
+            Value::WriteDir => {
+                let p = abs(&value);
+                cmd.write_dirs.push(p.clone());
+                p.display().to_string()
+            }
+            Value::ReadPath => {
+                let p = abs(&value);
+                if !p.exists() {
+                    return Err(format!("{name} {value}: no such file or directory"));
+                }
+                cmd.read_paths.push(p.clone());
+                p.display().to_string()
+            }
+            Value::IndexUrl => {
+                cmd.index_url = Some(value.clone());
+                value
+            }
+            Value::ExtraIndexUrl => {
+                cmd.extra_index_urls.push(value.clone());
+                value
+            }
+            Value::FindLinks if is_url(&value) => {
+                cmd.find_links.push(value.clone());
+                value
+            }
+            Value::FindLinks => {
+                let p = abs(&value);
+                if !p.exists() {
+                    return Err(format!("{name} {value}: no such file or directory"));
+                }
+                cmd.read_paths.push(p.clone());
+                p.display().to_string()
+            }
+            Value::Other => value,
+        };
+        cmd.args.push(name);
+        cmd.args.push(value);
+    }
+    if let Some(c) = &cmd.command
+        && let Some((_, opt)) = NEEDS_DIR.iter().find(|(n, _)| n == c)
+        && cmd.write_dirs.is_empty()
+    {
+        return Err(match c.as_str() {
+            "install" => "install needs --target DIR: the packages go there, and `capsa run \
+                          --python-path=DIR` uses them (pip cannot write anywhere else)"
+                .to_string(),
+            c => format!("{c} needs {opt} DIR: pip writes only there"),
+        });
+    }
+    if cmd.command.as_deref() == Some("install") {
+        // The bytecode pip would write is capsa's to make, read-only, when a
+        // run uses the folder.
+        cmd.args.insert(1, "--no-compile".into());
+    }
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<PipCommand, String> {
+        let v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        parse(&v, Path::new("/work"))
+    }
+
+    #[test]
+    fn paths_become_absolute_and_granted() {
+        let c = p(&[
+            "install",
+            "--target=libs",
+            "-r",
+            "/",
+            "-i",
+            "http://127.0.0.1:9/simple",
+            "six",
+        ])
+        .unwrap();
+        assert_eq!(c.command.as_deref(), Some("install"));
+        assert_eq!(c.write_dirs, vec![PathBuf::from("/work/libs")]);
+        assert_eq!(c.read_paths, vec![PathBuf::from("/")]);
+        assert_eq!(c.index_url.as_deref(), Some("http://127.0.0.1:9/simple"));
+        assert_eq!(
+            c.args,
+            [
+                "install",
+                "--no-compile",
+                "--target",
+                "/work/libs",
+                "-r",
+                "/",
+                "-i",
+                "http://127.0.0.1:9/simple",
+                "six"
+            ]
+        );
+        let c = p(&["download", "-dout", "six"]).unwrap();
+        assert_eq!(c.write_dirs, vec![PathBuf::from("/work/out")]);
+    }
+
+    #[test]
+    fn refuses_what_would_write_elsewhere_and_says_why() {
+        for bad in [
+            &["install", "--user", "six"][..],
+            &["install", "-t", "x", "-e", "."],
+            &["install", "--prefix=/usr", "-t", "x"],
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains("not supported"), "{e}");
+        }
+        let e = p(&["install", "six"]).unwrap_err();
+        assert!(e.contains("--target DIR"), "{e}");
+        assert!(p(&["install", "-t"]).unwrap_err().contains("needs a value"));
+        assert!(
+            p(&["install", "-t", "x", "-r", "/no/such/file"])
+                .unwrap_err()
+                .contains("no such file")
+        );
+        assert!(p(&["list"]).is_ok());
+    }
+}

@@ -1,0 +1,352 @@
+//! `capsa pip`: pip itself, run on capsa's CPython inside the sandbox.
+//!
+//! Installing a package runs its code (a build backend, `setup.py`). Here
+//! that code gets what pip needs and nothing else of the user's: the package
+//! index (read from the host's pip configuration, the environment and the
+//! command line), the install target, a temporary directory that is also
+//! pip's cache for this run only, and the files named on the command line.
+
+mod args;
+mod index;
+
+use super::python::run_prepared;
+use super::run::{SandboxArgs, describe_io, fail, prepare};
+use capsa_sandbox::{CodeCache, exit};
+use clap::Args;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The pip capsa runs: a pinned release, fetched once from the index and
+/// checked against this digest.
+pub const PIP_VERSION: &str = "26.3";
+const PIP_WHEEL: &str = "pip-26.3-py3-none-any.whl";
+const PIP_WHEEL_SHA256: &str = "f3b60b20ffaadd4415ed7957212a38ac63fa4c5fa375bd0f4a797777940fad13";
+
+const LAUNCHER: &str = include_str!("_capsa_pip.py");
+const FETCH: &str = include_str!("_capsa_pip_fetch.py");
+
+const AFTER_HELP: &str = "\
+capsa's options come before pip's command: `capsa pip --ca-cert=ca.pem install
+--target=libs rich`. Everything from the command on is pip's.
+
+pip runs in the sandbox, and so does every package's build (setup.py, build
+backends). They may reach only the package index (pip's own configuration,
+PIP_INDEX_URL, --index-url and --extra-index-url; for PyPI also
+files.pythonhosted.org), write only the install target (--target, and -d/-w
+of download and wheel) and a temporary directory that serves as pip's cache
+for this run, and read only the files named on the command line
+(requirements and constraints files, local archives and folders).
+
+Only pure-Python packages install: pip picks py3-none-any wheels, builds
+source distributions as pure Python (optional C speed-ups, as in markupsafe,
+fall back), and says so when a package has only native wheels or needs a C
+compiler. Use the packages with `capsa run --python-path=DIR`.
+
+Not supported: --user, --prefix, --root, -e/--editable, --src, --cache-dir,
+--log, --cert/--client-cert (use capsa's --ca-cert), --proxy, --python.";
+
+#[derive(Args, Debug)]
+#[command(
+    about = "Run pip inside the sandbox: install pure-Python packages into a folder",
+    after_help = AFTER_HELP,
+    disable_version_flag = true
+)]
+pub struct PipArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    /// pip's command and its arguments: install --target DIR PACKAGE...
+    #[arg(
+        value_name = "PIP ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true
+    )]
+    args: Vec<String>,
+}
+
+pub fn run(mut args: PipArgs) -> i32 {
+    let cwd = match std::env::current_dir() {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                exit::INTERNAL,
+                anyhow::anyhow!("cannot read the working directory: {e}"),
+            );
+        }
+    };
+    let cmd = match args::parse(&args.args, &cwd) {
+        Ok(c) => c,
+        Err(e) => return fail(exit::USAGE, anyhow::anyhow!("capsa pip: {e}")),
+    };
+    let indexes = match index::configured(&cmd, &cwd) {
+        Ok(i) => i,
+        Err(e) => return fail(exit::USAGE, anyhow::anyhow!("capsa pip: {e}")),
+    };
+    let root = match CodeCache::default_dir() {
+        Some(r) => r,
+        None => {
+            return fail(
+                exit::INTERNAL,
+                anyhow::anyhow!("no cache directory for pip: set CAPSA_CACHE_DIR (or HOME)"),
+            );
+        }
+    };
+    let pip_dir = match ensure_pip(&root, &indexes, &args.sandbox) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    for dir in &cmd.write_dirs {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return fail(
+                exit::USAGE,
+                anyhow::anyhow!(
+                    "capsa pip: cannot create {}: {}",
+                    dir.display(),
+                    describe_io(&e)
+                ),
+            );
+        }
+    }
+    // pip's home, temporary files and cache, for this run only: a cache
+    // that one install's build code could write would let it plant files
+    // for the next install.
+    let scratch = match tempfile::Builder::new().prefix("capsa-pip-").tempdir() {
+        Ok(t) => t,
+        Err(e) => {
+            return fail(
+                exit::INTERNAL,
+                anyhow::anyhow!("cannot make a temporary directory: {e}"),
+            );
+        }
+    };
+    let scratch_path = super::run::canonical_or(scratch.path());
+    let Some(scratch_guest) = capsa_policy::default_guest(&scratch_path) else {
+        return fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("the temporary directory's path is not UTF-8"),
+        );
+    };
+    let sb = &mut args.sandbox;
+    sb.allow_write.push(scratch_path.display().to_string());
+    for d in &cmd.write_dirs {
+        sb.allow_write.push(d.display().to_string());
+    }
+    for f in &cmd.read_paths {
+        sb.allow_read.push(f.display().to_string());
+    }
+    sb.allow_net.extend(indexes.net_rules());
+    for (k, v) in indexes.env() {
+        sb.env.push(format!("{k}={v}"));
+    }
+    for (k, v) in [
+        ("HOME", scratch_guest.as_str()),
+        ("TMPDIR", scratch_guest.as_str()),
+        // No program can be started, so none is looked for.
+        ("PATH", ""),
+        ("PIP_USE_FEATURE", "inprocess-build-deps"),
+        ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+    ] {
+        sb.env.push(format!("{k}={v}"));
+    }
+    sb.python_path.push(pip_dir);
+    let (_, policy) = match prepare(sb) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let mut argv = vec!["-m".to_string(), "_capsa_pip".to_string()];
+    argv.extend(cmd.args);
+    let inv = match capsa_python::invocation::parse(&argv, false) {
+        Ok(i) => i,
+        Err(e) => return fail(exit::USAGE, anyhow::anyhow!("capsa pip: {e}")),
+    };
+    let code = run_prepared(&args.sandbox, inv, scratch_path, policy, None);
+    drop(scratch);
+    code
+}
+
+/// The directory holding pip and capsa's launcher for it, on `sys.path`:
+/// made once per launcher, from the pinned wheel, fetched once.
+fn ensure_pip(root: &Path, indexes: &index::Indexes, user: &SandboxArgs) -> Result<PathBuf, i32> {
+    let home = root.join("pip");
+    let launcher_hash = hex(&Sha256::digest(LAUNCHER.as_bytes()))[..16].to_string();
+    let dir = home.join(format!("{PIP_VERSION}-{launcher_hash}"));
+    if dir.join(".complete").is_file() {
+        return Ok(dir);
+    }
+    let io = |what: &str, e: std::io::Error| {
+        fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("cannot {what}: {}", describe_io(&e)),
+        )
+    };
+    std::fs::create_dir_all(&home).map_err(|e| io(&format!("create {}", home.display()), e))?;
+    let wheel = home.join(PIP_WHEEL);
+    let staging = tempfile::Builder::new()
+        .prefix(".pip-")
+        .tempdir_in(&home)
+        .map_err(|e| io("make a directory for pip", e))?;
+    let unpacked = staging.path().join("pip");
+    if !digest_matches(&wheel) {
+        fetch_pip(indexes, user, &wheel, &unpacked)?;
+    } else {
+        // The wheel is here (an earlier launcher's); unpack it again.
+        unpack_local(&wheel, user, &unpacked)?;
+    }
+    std::fs::write(unpacked.join("_capsa_pip.py"), LAUNCHER)
+        .map_err(|e| io("write pip's launcher", e))?;
+    std::fs::write(unpacked.join(".complete"), PIP_VERSION)
+        .map_err(|e| io("finish pip's directory", e))?;
+    match std::fs::rename(&unpacked, &dir) {
+        Ok(()) => Ok(dir),
+        // Another capsa made it meanwhile.
+        Err(_) if dir.join(".complete").is_file() => Ok(dir),
+        Err(e) => Err(io(&format!("move pip into {}", dir.display()), e)),
+    }
+}
+
+fn digest_matches(file: &Path) -> bool {
+    std::fs::read(file).is_ok_and(|b| hex(&Sha256::digest(&b)) == PIP_WHEEL_SHA256)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fetches the pinned wheel from the first index, in the sandbox (granted
+/// the index and an empty directory), and unpacks it into `unpacked`.
+fn fetch_pip(
+    indexes: &index::Indexes,
+    user: &SandboxArgs,
+    wheel: &Path,
+    unpacked: &Path,
+) -> Result<(), i32> {
+    let Some(index) = indexes.first_index() else {
+        return Err(fail(
+            exit::USAGE,
+            anyhow::anyhow!(
+                "capsa pip runs pip {PIP_VERSION}, which it fetches once from a package index; \
+                 --no-index leaves none (run capsa pip once with an index)"
+            ),
+        ));
+    };
+    eprintln!("capsa: fetching pip {PIP_VERSION} from {index} (once)");
+    let dest = tempfile::Builder::new()
+        .prefix("capsa-pip-fetch-")
+        .tempdir()
+        .map_err(|e| {
+            fail(
+                exit::INTERNAL,
+                anyhow::anyhow!("cannot make a temporary directory: {e}"),
+            )
+        })?;
+    let dest_path = super::run::canonical_or(dest.path());
+    let mut sb = SandboxArgs::default();
+    sb.allow_write.push(dest_path.display().to_string());
+    sb.allow_net.extend(indexes.net_rules());
+    sb.allow_net.extend(user.allow_net.iter().cloned());
+    sb.ca_cert = user.ca_cert.clone();
+    sb.quiet = user.quiet;
+    let code = run_helper(
+        &sb,
+        FETCH,
+        &[
+            index,
+            PIP_WHEEL,
+            PIP_WHEEL_SHA256,
+            &dest_path.display().to_string(),
+        ],
+    )?;
+    if code != 0 {
+        return Err(code);
+    }
+    let fetched = dest_path.join(PIP_WHEEL);
+    // Checked again here: the sandboxed step could only have written this
+    // directory, but capsa trusts no file it did not check itself.
+    if !digest_matches(&fetched) {
+        return Err(fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("pip's wheel did not arrive whole; try again"),
+        ));
+    }
+    copy_tree(&dest_path.join("pip"), unpacked).map_err(|e| {
+        fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("cannot copy pip: {}", describe_io(&e)),
+        )
+    })?;
+    std::fs::copy(&fetched, wheel).map_err(|e| {
+        fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("cannot keep pip's wheel: {}", describe_io(&e)),
+        )
+    })?;
+    Ok(())
+}
+
+/// Unpacks the kept wheel (already checked) into `unpacked`, in the sandbox.
+fn unpack_local(wheel: &Path, user: &SandboxArgs, unpacked: &Path) -> Result<(), i32> {
+    let dest = tempfile::Builder::new()
+        .prefix("capsa-pip-unpack-")
+        .tempdir()
+        .map_err(|e| {
+            fail(
+                exit::INTERNAL,
+                anyhow::anyhow!("cannot make a temporary directory: {e}"),
+            )
+        })?;
+    let dest_path = super::run::canonical_or(dest.path());
+    let copy = dest_path.join(PIP_WHEEL);
+    std::fs::copy(wheel, &copy).map_err(|e| {
+        fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("cannot copy pip's wheel: {}", describe_io(&e)),
+        )
+    })?;
+    let mut sb = SandboxArgs::default();
+    sb.allow_write.push(dest_path.display().to_string());
+    sb.quiet = user.quiet;
+    let code = run_helper(
+        &sb,
+        "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])",
+        &[
+            &copy.display().to_string(),
+            &dest_path.join("pip").display().to_string(),
+        ],
+    )?;
+    if code != 0 {
+        return Err(code);
+    }
+    copy_tree(&dest_path.join("pip"), unpacked).map_err(|e| {
+        fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("cannot copy pip: {}", describe_io(&e)),
+        )
+    })
+}
+
+/// Runs capsa's own Python `code` with `args` under `sb`; its exit code.
+fn run_helper(sb: &SandboxArgs, code: &str, args: &[&str]) -> Result<i32, i32> {
+    let (cwd, policy) = prepare(sb)?;
+    let mut argv = vec!["-c".to_string(), code.to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let inv = capsa_python::invocation::parse(&argv, false)
+        .map_err(|e| fail(exit::INTERNAL, anyhow::anyhow!("{e}")))?;
+    Ok(run_prepared(sb, inv, cwd, policy, None))
+}
+
+/// Copies regular files and directories (never links) from a directory a
+/// sandboxed step wrote.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let dest = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
