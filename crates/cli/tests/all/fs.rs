@@ -791,3 +791,126 @@ fn an_unusable_tmpdir_does_not_stop_a_run() {
     assert_eq!(r.stdout, "ok: hello from wasm\n", "{}", r.stderr);
     assert_eq!(r.code, 0);
 }
+
+#[test]
+fn directories_on_the_way_to_a_grant_stat_as_bare_directories_and_nothing_more() {
+    python_ready();
+    let (_t, d) = setup();
+    let grant = d.join("data/sub");
+    let code = format!(
+        r#"import os
+D = {d:?}
+print(os.path.isdir(D), os.path.isdir(D + "/data"), os.path.realpath(D + "/data/sub") == D + "/data/sub")
+st = os.stat(D + "/data")
+print(st.st_size, st.st_mtime, st.st_ino != os.stat(D).st_ino)
+for name, fn in [("list", lambda: os.listdir(D + "/data")),
+                 ("neighbour", lambda: open(D + "/data/a.txt").read()),
+                 ("beside", lambda: os.stat(D + "/secret.txt"))]:
+    try:
+        fn()
+        print(name, "reached")
+    except OSError as e:
+        print(name, type(e).__name__)
+"#,
+        d = s(&d)
+    );
+    let r = py_code(&d, &[&format!("--allow-read={}", s(&grant))], &code);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "True True True\n0 0.0 True\nlist FileNotFoundError\nneighbour FileNotFoundError\nbeside FileNotFoundError\n"
+    );
+    // Only the refusals are reported; the directories on the way are not.
+    assert!(
+        !r.stderr.contains(&format!("stat {} ", s(&d))),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains(&format!("stat {}/data ", s(&d))),
+        "{}",
+        r.stderr
+    );
+    for refused in [
+        "read {D}/data ",
+        "read {D}/data/a.txt ",
+        "stat {D}/secret.txt ",
+    ] {
+        let line = format!("denied: {}", refused.replace("{D}", s(&d)));
+        assert!(r.stderr.contains(&line), "{line}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn making_a_granted_folder_again_says_it_exists() {
+    python_ready();
+    let (_t, d) = setup();
+    let code = format!(
+        "import os\nos.makedirs({out:?}, exist_ok=True)\ntry:\n    os.makedirs({out:?})\nexcept FileExistsError:\n    print('exists')\n",
+        out = s(&d.join("out"))
+    );
+    let r = py_code(
+        &d,
+        &[&format!("--allow-write={}", s(&d.join("out")))],
+        &code,
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "exists\n"), "{}", r.stderr);
+    assert!(!r.stderr.contains("denied"), "{}", r.stderr);
+}
+
+#[test]
+fn a_rename_between_two_writable_grants_is_cross_device_and_moves_nothing() {
+    python_ready();
+    let (_t, d) = setup();
+    std::fs::write(d.join("out/f.txt"), "mine").unwrap();
+    let other = d.join("data/sub");
+    let code = format!(
+        r#"import errno, os, shutil
+try:
+    os.rename({src:?}, {dst:?})
+    print("moved")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+print(os.path.exists({src:?}), os.path.exists({dst:?}))
+shutil.move({src:?}, {dst:?})
+print(open({dst:?}).read())
+"#,
+        src = s(&d.join("out/f.txt")),
+        dst = s(&other.join("f.txt"))
+    );
+    let r = py_code(
+        &d,
+        &[&format!(
+            "--allow-write={},{}",
+            s(&d.join("out")),
+            s(&other)
+        )],
+        &code,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "EXDEV\nTrue False\nmine\n");
+    assert!(!r.stderr.contains("denied"), "{}", r.stderr);
+    // shutil.move copied it, each step checked: it is where it was sent.
+    assert!(!d.join("out/f.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(other.join("f.txt")).unwrap(),
+        "mine"
+    );
+    // Out of a read-only grant, a rename is still refused and reported.
+    let code = format!(
+        "import os\ntry:\n    os.rename({a:?}, {b:?})\nexcept OSError as e:\n    print(type(e).__name__)\n",
+        a = s(&d.join("data/a.txt")),
+        b = s(&d.join("out/a.txt"))
+    );
+    let r = py_code(
+        &d,
+        &[
+            &format!("--allow-read={}", s(&d.join("data"))),
+            &format!("--allow-write={}", s(&d.join("out"))),
+        ],
+        &code,
+    );
+    assert_eq!(r.stdout, "PermissionError\n", "{}", r.stderr);
+    assert!(r.stderr.contains("denied: rename"), "{}", r.stderr);
+    assert!(d.join("data/a.txt").exists() && !d.join("out/a.txt").exists());
+}

@@ -14,6 +14,7 @@ mod install;
 mod limits;
 mod mcp;
 mod net;
+mod pip;
 mod python;
 mod python_api;
 mod serve;

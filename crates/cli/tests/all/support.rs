@@ -325,3 +325,77 @@ fn pip_install_once(dir: &Path, flags: &[&str], packages: &[&str]) {
     assert!(status.success(), "pip install {packages:?} failed");
     std::fs::write(&stamp, want).unwrap();
 }
+
+/// A static file server on loopback (Python's http.server, as the README
+/// suggests, sending CORS headers so a page of another origin may read
+/// it), logging each request it gets.
+pub struct Static {
+    child: std::process::Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+const STATIC_SERVER: &str = r#"
+import functools, http.server, sys
+import urllib.parse
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def end_headers(self):
+        self.send_header("Access-Control-Allow-Origin", "*")
+        super().end_headers()
+    def redirect(self):
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        self.send_response(int(q["code"][0]))
+        self.send_header("Location", q["to"][0])
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_GET(self):
+        if self.path.startswith("/redirect?"):
+            return self.redirect()
+        super().do_GET()
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.startswith("/redirect?"):
+            return self.redirect()
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=sys.argv[1]))
+print("port", server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+impl Static {
+    pub fn start(root: &Path) -> Static {
+        let log = root.with_extension("log");
+        let mut child = Command::new("python3")
+            .args(["-c", STATIC_SERVER])
+            .arg(root)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line
+            .strip_prefix("port ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the server said {line:?}"));
+        Static { child, port, log }
+    }
+
+    /// What the server logged: one line per request.
+    pub fn requests(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Static {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

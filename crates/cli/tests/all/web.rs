@@ -5,83 +5,11 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 fn web_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web")
-}
-
-/// A static file server on loopback (Python's http.server, as the README
-/// suggests, sending CORS headers so a page of another origin may read
-/// it), logging each request it gets.
-struct Static {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-const STATIC_SERVER: &str = r#"
-import functools, http.server, sys
-import urllib.parse
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def end_headers(self):
-        self.send_header("Access-Control-Allow-Origin", "*")
-        super().end_headers()
-    def redirect(self):
-        q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-        self.send_response(int(q["code"][0]))
-        self.send_header("Location", q["to"][0])
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-    def do_GET(self):
-        if self.path.startswith("/redirect?"):
-            return self.redirect()
-        super().do_GET()
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.path.startswith("/redirect?"):
-            return self.redirect()
-        self.send_response(404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=sys.argv[1]))
-print("port", server.server_address[1], flush=True)
-server.serve_forever()
-"#;
-
-impl Static {
-    fn start(root: &Path) -> Static {
-        let log = root.with_extension("log");
-        let mut child = Command::new("python3")
-            .args(["-c", STATIC_SERVER])
-            .arg(root)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("python3 runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .strip_prefix("port ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("the server said {line:?}"));
-        Static { child, port, log }
-    }
-
-    fn requests(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Static {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn pack_web(project: &Path, out: &Path, extra: &[&str]) -> Run {
