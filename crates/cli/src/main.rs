@@ -74,6 +74,7 @@ fn main() -> ExitCode {
                 grant_requested: cli.grant_requested,
                 bind: cli.bind,
                 expect_sha256: cli.expect_sha256,
+                with: Vec::new(),
                 program: me,
                 args: cli.args,
             },

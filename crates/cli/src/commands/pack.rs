@@ -50,7 +50,31 @@ pub struct PackArgs {
 }
 
 pub fn run(args: PackArgs) -> i32 {
-    let python_path: Vec<&Path> = args.python_path.iter().map(PathBuf::as_path).collect();
+    // A Python entry with a `# /// script` block carries its packages,
+    // installed in the sandbox (once), so the bundle runs offline.
+    let mut extra = Vec::new();
+    if args.dir.is_dir()
+        && let Ok((manifest, _)) = capsa_bundle::pack::collect(&args.dir, &[], None)
+        && manifest.run.entry.ends_with(".py")
+    {
+        let entry = args.dir.join(&manifest.run.entry);
+        match super::pip::inline::script_requirements(&entry, &[]) {
+            Ok(reqs) if reqs.is_empty() => {}
+            Ok(reqs) => match super::pip::inline::environment(&reqs, &Default::default()) {
+                Ok(env) => extra.push(env),
+                Err(code) => return code,
+            },
+            Err(e) => {
+                return fail(exit::USAGE, anyhow::anyhow!("{}: {e}", entry.display()));
+            }
+        }
+    }
+    let python_path: Vec<&Path> = args
+        .python_path
+        .iter()
+        .chain(&extra)
+        .map(PathBuf::as_path)
+        .collect();
     if args.web {
         return super::web::run(super::web::WebArgs {
             input: &args.dir,

@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// Bundles: refuse the bundle unless its sha256 is HEX.
     #[arg(long, value_name = "HEX", value_parser = super::bundle::parse_sha256)]
     pub expect_sha256: Option<[u8; 32]>,
+    /// Python: also install this requirement for the script, as its
+    /// `# /// script` block would (in the sandbox, once).
+    #[arg(long, value_name = "PKG")]
+    pub with: Vec<String>,
     /// The program: a .wasm or .wat file, a .py script, or a .capsa bundle.
     #[arg(value_name = "PROGRAM")]
     pub program: PathBuf,
@@ -310,7 +314,17 @@ fn is_python(path: &Path) -> bool {
             .is_some_and(|line| line.windows(6).any(|w| w == b"python"))
 }
 
-pub fn run(args: RunArgs) -> i32 {
+pub fn run(mut args: RunArgs) -> i32 {
+    let python = !capsa_bundle::is_bundle_file(&args.program) && is_python(&args.program);
+    if !args.with.is_empty() && !python {
+        return fail(
+            exit::USAGE,
+            anyhow::anyhow!(
+                "--with is for Python scripts; {} is not one",
+                args.program.display()
+            ),
+        );
+    }
     if capsa_bundle::is_bundle_file(&args.program) {
         return super::bundle::run(args, None);
     }
@@ -323,7 +337,24 @@ pub fn run(args: RunArgs) -> i32 {
             ),
         );
     }
-    if is_python(&args.program) {
+    if python {
+        // The packages its `# /// script` block (and --with) asks for,
+        // installed in the sandbox once, read-only for the run.
+        let reqs = match super::pip::inline::script_requirements(&args.program, &args.with) {
+            Ok(r) => r,
+            Err(e) => {
+                return fail(
+                    exit::USAGE,
+                    anyhow::anyhow!("{}: {e}", args.program.display()),
+                );
+            }
+        };
+        if !reqs.is_empty() {
+            match super::pip::inline::environment(&reqs, &args.sandbox) {
+                Ok(env) => args.sandbox.python_path.push(env),
+                Err(code) => return code,
+            }
+        }
         let script = args.program.to_string_lossy().into_owned();
         return super::python::run_invocation(
             &args.sandbox,

@@ -8,6 +8,7 @@
 
 mod args;
 mod index;
+pub mod inline;
 
 use super::python::run_prepared;
 use super::run::{SandboxArgs, describe_io, fail, prepare};
@@ -64,7 +65,7 @@ pub struct PipArgs {
     args: Vec<String>,
 }
 
-pub fn run(mut args: PipArgs) -> i32 {
+pub fn run(args: PipArgs) -> i32 {
     let cwd = match std::env::current_dir() {
         Ok(c) => c,
         Err(e) => {
@@ -74,7 +75,12 @@ pub fn run(mut args: PipArgs) -> i32 {
             );
         }
     };
-    let cmd = match args::parse(&args.args, &cwd) {
+    run_pip(args.sandbox, &args.args, &cwd)
+}
+
+/// pip with `argv` in the sandbox, `user`'s flags added to what it is granted.
+pub fn run_pip(mut user: SandboxArgs, argv: &[String], cwd: &Path) -> i32 {
+    let cmd = match args::parse(argv, cwd) {
         Ok(c) => c,
         Err(e) => return fail(exit::USAGE, anyhow::anyhow!("capsa pip: {e}")),
     };
@@ -91,7 +97,7 @@ pub fn run(mut args: PipArgs) -> i32 {
             );
         }
     };
-    let pip_dir = match ensure_pip(&root, &indexes, &args.sandbox) {
+    let pip_dir = match ensure_pip(&root, &indexes, &user) {
         Ok(d) => d,
         Err(code) => return code,
     };
@@ -126,7 +132,7 @@ pub fn run(mut args: PipArgs) -> i32 {
             anyhow::anyhow!("the temporary directory's path is not UTF-8"),
         );
     };
-    let sb = &mut args.sandbox;
+    let sb = &mut user;
     sb.allow_write.push(scratch_path.display().to_string());
     for d in &cmd.write_dirs {
         sb.allow_write.push(d.display().to_string());
@@ -159,7 +165,7 @@ pub fn run(mut args: PipArgs) -> i32 {
         Ok(i) => i,
         Err(e) => return fail(exit::USAGE, anyhow::anyhow!("capsa pip: {e}")),
     };
-    let code = run_prepared(&args.sandbox, inv, scratch_path, policy, None);
+    let code = run_prepared(&user, inv, scratch_path, policy, None);
     drop(scratch);
     code
 }
@@ -208,7 +214,7 @@ fn digest_matches(file: &Path) -> bool {
     std::fs::read(file).is_ok_and(|b| hex(&Sha256::digest(&b)) == PIP_WHEEL_SHA256)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -336,7 +342,7 @@ fn run_helper(sb: &SandboxArgs, code: &str, args: &[&str]) -> Result<i32, i32> {
 
 /// Copies regular files and directories (never links) from a directory a
 /// sandboxed step wrote.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
