@@ -372,3 +372,137 @@ fn pip_refuses_what_would_write_outside_its_target_before_starting() {
     }
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
+
+/// `capsa ARGS` in `dir`, its index the loopback one (as the host's pip
+/// would be told by PIP_INDEX_URL), no pip configuration of the host's.
+fn capsa_with_index(dir: &Path, index: &str, args: &[&str]) -> Run {
+    let mut c = capsa();
+    c.current_dir(dir)
+        .args(args)
+        .env("PIP_CONFIG_FILE", "/dev/null");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PIP_") && k != "PIP_CONFIG_FILE" {
+            c.env_remove(k);
+        }
+    }
+    c.env("PIP_INDEX_URL", index);
+    c.output().expect("capsa runs").into()
+}
+
+#[test]
+fn a_scripts_inline_dependencies_install_once_and_the_script_never_gets_the_index() {
+    python_ready();
+    let server = Static::start(&files_from_pypi());
+    let index = format!("http://127.0.0.1:{}/simple/", server.port);
+    let (_t, dir) = scratch();
+    let script = format!(
+        r##"# /// script
+# requires-python = ">=3.11"
+# dependencies = ["six"]
+# ///
+import six, urllib.request
+print("six", six.PY3)
+try:
+    urllib.request.urlopen({index:?}, timeout=3)
+    print("index reached")
+except OSError as e:
+    print("index refused")
+try:
+    open(six.__file__, "a").write("# planted")
+    print("env written")
+except OSError as e:
+    print("env read-only")
+"##
+    );
+    std::fs::write(dir.join("app.py"), &script).unwrap();
+    let r = capsa_with_index(&dir, &index, &["run", "app.py"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "six True\nindex refused\nenv read-only\n");
+    assert!(
+        r.stderr
+            .contains("capsa: installing the script's dependencies in the sandbox (once): six"),
+        "{}",
+        r.stderr
+    );
+    let asked = server.requests().lines().count();
+    // The second run installs nothing and asks the index for nothing.
+    let r = capsa_with_index(&dir, &index, &["run", "app.py"]);
+    assert_eq!(
+        r.stdout, "six True\nindex refused\nenv read-only\n",
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("installing"), "{}", r.stderr);
+    assert_eq!(server.requests().lines().count(), asked);
+    // --with adds one; an environment of its own.
+    let r = capsa_with_index(&dir, &index, &["run", "--with", "markupsafe", "app.py"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("(once): markupsafe, six"), "{}", r.stderr);
+}
+
+#[test]
+fn a_bundle_of_a_script_with_inline_dependencies_carries_them_and_runs_offline() {
+    python_ready();
+    let (_t, dir) = scratch();
+    let proj = dir.join("proj");
+    std::fs::create_dir(&proj).unwrap();
+    std::fs::write(
+        proj.join("main.py"),
+        "# /// script\n# dependencies = [\"six==1.17.0\"]\n# ///\nimport six\nprint(six.__version__)\n",
+    )
+    .unwrap();
+    {
+        let server = Static::start(&files_from_pypi());
+        let index = format!("http://127.0.0.1:{}/simple/", server.port);
+        let r = capsa_with_index(&dir, &index, &["pack", "proj", "-o", "app.capsa"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    // The index is gone; the bundle has what it needs.
+    let r = capsa_with_index(
+        &dir,
+        "http://127.0.0.1:9/simple/",
+        &["run", "--grant-requested", "app.capsa"],
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "1.17.0\n"), "{}", r.stderr);
+}
+
+#[test]
+fn a_script_block_that_cannot_be_met_is_refused_before_anything_runs() {
+    let (_t, dir) = scratch();
+    for (block, says) in [
+        (
+            "# requires-python = \">=3.15\"\n",
+            "requires Python >=3.15; capsa runs Python 3.14.0",
+        ),
+        (
+            "# dependencies = [\"--index-url=http://127.0.0.1:9/\"]\n",
+            "is not a requirement",
+        ),
+        ("# dependencies = \"six\"\n", "must be a list of strings"),
+    ] {
+        std::fs::write(
+            dir.join("app.py"),
+            format!("# /// script\n{block}# ///\nopen('ran', 'w')\n"),
+        )
+        .unwrap();
+        let r = capsa_with_index(
+            &dir,
+            "http://127.0.0.1:9/simple/",
+            &["run", "--allow-write=.", "app.py"],
+        );
+        assert_eq!(r.code, 125, "{block}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{block}: {}", r.stderr);
+        assert!(!dir.join("ran").exists());
+    }
+    let r = capsa_with_index(
+        &dir,
+        "http://127.0.0.1:9/simple/",
+        &["run", "--with", "six", "prog.wasm"],
+    );
+    assert_eq!(r.code, 125);
+    assert!(
+        r.stderr.contains("--with is for Python scripts"),
+        "{}",
+        r.stderr
+    );
+}
