@@ -49,6 +49,9 @@ pub struct PythonArgs {
 }
 
 pub fn run(args: PythonArgs) -> i32 {
+    if let Err(code) = super::run::refuse_python_path_in_cache(&args.sandbox) {
+        return code;
+    }
     match args.args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["install"] => return install(false),
         ["install", "--force"] => return install(true),

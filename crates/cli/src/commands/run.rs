@@ -282,6 +282,29 @@ pub fn refuse_own_files(policy: &Policy) -> Result<()> {
     Ok(())
 }
 
+/// `--python-path` as the user gave it may not reach into capsa's cache
+/// (capsa mounts its own folders there, pip and environments, itself).
+pub fn refuse_python_path_in_cache(sandbox: &SandboxArgs) -> std::result::Result<(), i32> {
+    let Some(cache) = CodeCache::default_dir() else {
+        return Ok(());
+    };
+    let cache = canonical(&cache).unwrap_or(cache);
+    for dir in &sandbox.python_path {
+        let real = canonical(dir).unwrap_or_else(|_| dir.clone());
+        if real.starts_with(&cache) || cache.starts_with(&real) {
+            return Err(fail(
+                exit::USAGE,
+                anyhow::anyhow!(
+                    "--python-path={}: it holds or is inside capsa's own cache {}, which no program may reach",
+                    dir.display(),
+                    cache.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The working directory and the policy the flags give, or the exit code.
 pub fn prepare(sandbox: &SandboxArgs) -> std::result::Result<(PathBuf, Policy), i32> {
     let cwd = std::env::current_dir().map_err(|e| {
@@ -315,6 +338,9 @@ fn is_python(path: &Path) -> bool {
 }
 
 pub fn run(mut args: RunArgs) -> i32 {
+    if let Err(code) = refuse_python_path_in_cache(&args.sandbox) {
+        return code;
+    }
     let python = !capsa_bundle::is_bundle_file(&args.program) && is_python(&args.program);
     if !args.with.is_empty() && !python {
         return fail(

@@ -506,3 +506,92 @@ fn a_script_block_that_cannot_be_met_is_refused_before_anything_runs() {
         r.stderr
     );
 }
+
+#[test]
+fn pip_paths_are_granted_as_they_are_never_split_or_followed() {
+    python_ready();
+    let server = Static::start(&files_from_pypi());
+    let index = format!("http://127.0.0.1:{}/simple/", server.port);
+    let (_t, dir) = scratch();
+    let victim = dir.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("keep.txt"), "keep").unwrap();
+    // A comma is part of the name, not a second grant.
+    let target = format!("libs,{}", s(&victim));
+    let r = pip_in(
+        &dir,
+        &dir,
+        &["install", "-i", &index, "--target", &target, "six"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(dir.join(&target).join("six.py").is_file());
+    assert_eq!(
+        tree(&victim),
+        vec![("keep.txt".to_string(), b"keep".to_vec())]
+    );
+    // A target, requirements file or find-links folder reached through a
+    // link is refused before anything runs.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&victim, dir.join("site-libs")).unwrap();
+        std::fs::write(victim.join("req.txt"), "six\n").unwrap();
+        for args in [
+            &["install", "-i", &index, "-t", "site-libs", "six"][..],
+            &[
+                "install",
+                "-i",
+                &index,
+                "-t",
+                "x",
+                "-r",
+                "site-libs/req.txt",
+            ],
+            &["install", "-i", &index, "-t", "x", "-f", "site-libs", "six"],
+        ] {
+            let r = pip_in(&dir, &dir, args, &[]);
+            assert_eq!(r.code, 125, "{args:?}: {}", r.stderr);
+            assert!(r.stderr.contains("is a link"), "{args:?}: {}", r.stderr);
+        }
+        assert!(!victim.join("six.py").exists());
+    }
+    // An index whose host holds a comma grants nothing more.
+    let r = pip_in(
+        &dir,
+        &dir,
+        &[
+            "install",
+            "-i",
+            "http://x,127.0.0.1:9/simple/",
+            "-t",
+            "y",
+            "six",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    // pip takes whole option names only: an abbreviation of a refused one
+    // is pip's usage error, not a cache kept across runs.
+    let r = pip_in(
+        &dir,
+        &dir,
+        &[
+            "install",
+            "-i",
+            &index,
+            "-t",
+            "z",
+            "--cache-di",
+            "keep",
+            "six",
+        ],
+        &[],
+    );
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("no such option: --cache-di"),
+        "{}",
+        r.stderr
+    );
+    assert!(!dir.join("keep").exists());
+}

@@ -246,7 +246,7 @@ def _install_runner():
             spinner.finish("error" if code else "done")
         if compiler:
             sys.stderr.write(
-                f"capsa: {_package_name(cwd)} needs a C compiler to build ({compiler}); "
+                f"capsa: {_shown(_package_name(cwd))} needs a C compiler to build ({_shown(compiler)}); "
                 "capsa runs pip in WASI, which has none, and a C extension could not "
                 "run there either: only pure-Python packages install\n"
             )
@@ -349,12 +349,30 @@ def _note_platforms():
     LinkEvaluator.evaluate_link = evaluate_link
 
 
+def _shown(text):
+    """Text from an index or a package, safe on a terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _exact_options():
+    """pip takes any unique prefix of a long option (`--cache-di`); capsa read
+    the command line by full names, so pip must too."""
+    import optparse
+
+    def _match_long_opt(self, opt):
+        if opt in self._long_opt:
+            return opt
+        raise optparse.BadOptionError(opt)
+
+    optparse.OptionParser._match_long_opt = _match_long_opt
+
+
 def _say_why_not_found():
     for name, files in sorted(_foreign.items()):
         if _suited.get(name):
             continue
         sys.stderr.write(
-            f"capsa: {name} has only wheels built for other platforms ({files[0]}"
+            f"capsa: {_shown(name)} has only wheels built for other platforms ({_shown(files[0])}"
             f"{' and others' if len(files) > 1 else ''}) and no source or pure-Python wheel: "
             "it is a C extension, which cannot run in CPython for WASI, where capsa runs "
             "Python; only pure-Python packages install\n"
@@ -362,6 +380,7 @@ def _say_why_not_found():
 
 
 def main(argv):
+    _exact_options()
     _fill_os()
     _fill_mmap()
     _local_config_paths()

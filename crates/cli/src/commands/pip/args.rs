@@ -2,6 +2,7 @@
 //! target, the files it reads, the index it uses. Paths become absolute,
 //! since pip runs in a temporary working directory.
 
+use capsa_policy::escape_for_terminal;
 use std::path::{Path, PathBuf};
 
 /// pip's arguments, ready for the sandbox, and what they need granted.
@@ -28,6 +29,8 @@ enum Value {
     WriteDir,
     /// A file or directory pip reads.
     ReadPath,
+    /// A file pip reads (requirements, constraints).
+    ReadFile,
     IndexUrl,
     ExtraIndexUrl,
     FindLinks,
@@ -43,9 +46,10 @@ const VALUED: &[(&[&str], Value)] = &[
         Value::WriteDir,
     ),
     (&["-w", "--wheel-dir"], Value::WriteDir),
-    (&["-r", "--requirement", "--requirements"], Value::ReadPath),
-    (&["-c", "--constraint"], Value::ReadPath),
-    (&["--build-constraint", "--path"], Value::ReadPath),
+    (&["-r", "--requirement", "--requirements"], Value::ReadFile),
+    (&["-c", "--constraint"], Value::ReadFile),
+    (&["--build-constraint"], Value::ReadFile),
+    (&["--path"], Value::ReadPath),
     (&["-i", "--index-url", "--index"], Value::IndexUrl),
     (&["--extra-index-url"], Value::ExtraIndexUrl),
     (&["-f", "--find-links"], Value::FindLinks),
@@ -138,6 +142,44 @@ fn is_url(s: &str) -> bool {
     lower.starts_with("http://") || lower.starts_with("https://")
 }
 
+/// `value` made absolute against `cwd` (which the system gave: no links),
+/// refused if it is empty or reached through a link: a link would send the
+/// grant wherever it points, and such names often come with the project
+/// being installed. Its own components are checked as far as they exist.
+fn plain_path(cwd: &Path, value: &str, option: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    if value.is_empty() {
+        return Err(format!("{option} needs a path"));
+    }
+    let given = Path::new(value);
+    let mut cur = if given.is_absolute() {
+        PathBuf::new()
+    } else {
+        cwd.to_path_buf()
+    };
+    for c in given.components() {
+        match c {
+            Component::ParentDir => {
+                cur.pop();
+            }
+            Component::CurDir => {}
+            c => {
+                cur.push(c);
+                if matches!(c, Component::Normal(_))
+                    && std::fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink())
+                {
+                    return Err(format!(
+                        "{option} {}: {} is a link; give the path it leads to",
+                        escape_for_terminal(value),
+                        escape_for_terminal(&cur.display().to_string())
+                    ));
+                }
+            }
+        }
+    }
+    Ok(cur)
+}
+
 pub fn parse(argv: &[String], cwd: &Path) -> Result<PipCommand, String> {
     let mut cmd = PipCommand::default();
     let abs = |p: &str| -> PathBuf { cwd.join(p) };
@@ -159,7 +201,7 @@ pub fn parse(argv: &[String], cwd: &Path) -> Result<PipCommand, String> {
                 && abs(a).exists()
                 && (a.contains('/') || local.extension().is_some())
             {
-                let p = abs(a);
+                let p = plain_path(cwd, a, "a local package")?;
                 cmd.read_paths.push(p.clone());
                 cmd.args.push(p.display().to_string());
             } else {
@@ -184,7 +226,10 @@ pub fn parse(argv: &[String], cwd: &Path) -> Result<PipCommand, String> {
             (a.clone(), None)
         };
         if let Some(why) = refused(&name) {
-            return Err(format!("{name} is not supported: {why}"));
+            return Err(format!(
+                "{} is not supported: {why}",
+                escape_for_terminal(&name)
+            ));
         }
         if name == "--no-index" {
             cmd.no_index = true;
@@ -207,14 +252,29 @@ pub fn parse(argv: &[String], cwd: &Path) -> Result<PipCommand, String> {
         };
         let value = match kind {
             Value::WriteDir => {
-                let p = abs(&value);
+                let p = plain_path(cwd, &value, &name)?;
+                if p.exists() && !p.is_dir() {
+                    return Err(format!(
+                        "{name} {}: not a directory",
+                        escape_for_terminal(&value)
+                    ));
+                }
                 cmd.write_dirs.push(p.clone());
                 p.display().to_string()
             }
-            Value::ReadPath => {
-                let p = abs(&value);
+            Value::ReadPath | Value::ReadFile => {
+                let p = plain_path(cwd, &value, &name)?;
                 if !p.exists() {
-                    return Err(format!("{name} {value}: no such file or directory"));
+                    return Err(format!(
+                        "{name} {}: no such file or directory",
+                        escape_for_terminal(&value)
+                    ));
+                }
+                if kind == Value::ReadFile && !p.is_file() {
+                    return Err(format!(
+                        "{name} {}: not a file",
+                        escape_for_terminal(&value)
+                    ));
                 }
                 cmd.read_paths.push(p.clone());
                 p.display().to_string()
@@ -232,9 +292,12 @@ pub fn parse(argv: &[String], cwd: &Path) -> Result<PipCommand, String> {
                 value
             }
             Value::FindLinks => {
-                let p = abs(&value);
+                let p = plain_path(cwd, &value, &name)?;
                 if !p.exists() {
-                    return Err(format!("{name} {value}: no such file or directory"));
+                    return Err(format!(
+                        "{name} {}: no such file or directory",
+                        escape_for_terminal(&value)
+                    ));
                 }
                 cmd.read_paths.push(p.clone());
                 p.display().to_string()
@@ -274,36 +337,75 @@ mod tests {
 
     #[test]
     fn paths_become_absolute_and_granted() {
-        let c = p(&[
-            "install",
-            "--target=libs",
-            "-r",
-            "/",
-            "-i",
-            "http://127.0.0.1:9/simple",
-            "six",
-        ])
+        let t = tempfile::tempdir().unwrap();
+        let cwd = std::fs::canonicalize(t.path()).unwrap();
+        std::fs::write(cwd.join("req.txt"), "six\n").unwrap();
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = parse(
+            &v(&[
+                "install",
+                "--target=libs",
+                "-r",
+                "req.txt",
+                "-i",
+                "http://127.0.0.1:9/simple",
+                "six",
+            ]),
+            &cwd,
+        )
         .unwrap();
         assert_eq!(c.command.as_deref(), Some("install"));
-        assert_eq!(c.write_dirs, vec![PathBuf::from("/work/libs")]);
-        assert_eq!(c.read_paths, vec![PathBuf::from("/")]);
+        assert_eq!(c.write_dirs, vec![cwd.join("libs")]);
+        assert_eq!(c.read_paths, vec![cwd.join("req.txt")]);
         assert_eq!(c.index_url.as_deref(), Some("http://127.0.0.1:9/simple"));
+        let (libs, req) = (
+            cwd.join("libs").display().to_string(),
+            cwd.join("req.txt").display().to_string(),
+        );
         assert_eq!(
             c.args,
             [
                 "install",
                 "--no-compile",
                 "--target",
-                "/work/libs",
+                &libs,
                 "-r",
-                "/",
+                &req,
                 "-i",
                 "http://127.0.0.1:9/simple",
                 "six"
             ]
         );
-        let c = p(&["download", "-dout", "six"]).unwrap();
-        assert_eq!(c.write_dirs, vec![PathBuf::from("/work/out")]);
+        let c = parse(&v(&["download", "-dout", "six"]), &cwd).unwrap();
+        assert_eq!(c.write_dirs, vec![cwd.join("out")]);
+        // Links, directories given as files, and empty paths are refused.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/", cwd.join("link")).unwrap();
+            for bad in [
+                &["install", "-t", "link"][..],
+                &["install", "-t", "link/x"],
+                &["install", "-t", "x", "-r", "link/etc/passwd"],
+            ] {
+                let e = parse(&v(bad), &cwd).unwrap_err();
+                assert!(e.contains("is a link"), "{bad:?}: {e}");
+            }
+        }
+        assert!(
+            parse(&v(&["install", "-t", "x", "-r", "."]), &cwd)
+                .unwrap_err()
+                .contains("not a file")
+        );
+        assert!(
+            parse(&v(&["install", "--target="]), &cwd)
+                .unwrap_err()
+                .contains("needs a path")
+        );
+        assert!(
+            parse(&v(&["install", "-t", "req.txt"]), &cwd)
+                .unwrap_err()
+                .contains("not a directory")
+        );
     }
 
     #[test]

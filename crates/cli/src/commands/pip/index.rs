@@ -81,7 +81,14 @@ pub fn host_port(url: &str) -> Option<String> {
     };
     let authority = rest.split(['/', '?', '#']).next()?;
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host_port.is_empty() {
+    // A host name, an IPv4 address or a bracketed IPv6 one, and a port:
+    // nothing a grant would read as more (`,`, `::` outside brackets).
+    let plain =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']');
+    if host_port.is_empty() || !host_port.chars().all(plain) {
+        return None;
+    }
+    if !host_port.starts_with('[') && host_port.matches(':').count() > 1 {
         return None;
     }
     let has_port = if host_port.starts_with('[') {
@@ -247,6 +254,8 @@ mod tests {
         assert_eq!(host_port("http://[::1]:81/").as_deref(), Some("[::1]:81"));
         assert_eq!(host_port("http://[::1]/").as_deref(), Some("[::1]:80"));
         assert_eq!(host_port("file:///x"), None);
+        assert_eq!(host_port("http://x,127.0.0.1:8766/simple/"), None);
+        assert_eq!(host_port("http://a::b/"), None);
         let ix = Indexes::default();
         assert_eq!(
             ix.net_rules(),

@@ -189,7 +189,7 @@ pub fn environment(requirements: &[String], user: &SandboxArgs) -> Result<PathBu
     let envs = root.join("envs");
     let dir = envs.join(&key);
     if dir.join(".complete").is_file() {
-        return Ok(dir.join("lib"));
+        return super::trusted(&root, &dir.join("lib")).map(|()| dir.join("lib"));
     }
     super::super::run::say(&format!(
         "capsa: installing the script's dependencies in the sandbox (once): {}",
@@ -225,7 +225,7 @@ pub fn environment(requirements: &[String], user: &SandboxArgs) -> Result<PathBu
         );
         return Err(code);
     }
-    std::fs::create_dir_all(&envs).map_err(|e| {
+    capsa_sandbox::load::make_private_dir(&envs).map_err(|e| {
         fail(
             exit::INTERNAL,
             format!("cannot create {}: {e}", envs.display()),
@@ -253,7 +253,7 @@ pub fn environment(requirements: &[String], user: &SandboxArgs) -> Result<PathBu
         Ok(()) => Ok(dir.join("lib")),
         Err(_) if dir.join(".complete").is_file() => {
             let _ = std::fs::remove_dir_all(&staged);
-            Ok(dir.join("lib"))
+            super::trusted(&root, &dir.join("lib")).map(|()| dir.join("lib"))
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staged);

@@ -12,6 +12,7 @@ pub mod inline;
 
 use super::python::run_prepared;
 use super::run::{SandboxArgs, describe_io, fail, prepare};
+use capsa_policy::{Access, FsGrant, GrantKind};
 use capsa_sandbox::{CodeCache, exit};
 use clap::Args;
 use sha2::{Digest, Sha256};
@@ -75,6 +76,9 @@ pub fn run(args: PipArgs) -> i32 {
             );
         }
     };
+    if let Err(code) = super::run::refuse_python_path_in_cache(&args.sandbox) {
+        return code;
+    }
     run_pip(args.sandbox, &args.args, &cwd)
 }
 
@@ -101,7 +105,20 @@ pub fn run_pip(mut user: SandboxArgs, argv: &[String], cwd: &Path) -> i32 {
         Ok(d) => d,
         Err(code) => return code,
     };
+    // No folder pip writes may lie in capsa's cache (checked before any is
+    // made); each is made, then granted by its real path.
+    let cache = super::run::canonical_or(&root);
     for dir in &cmd.write_dirs {
+        if dir.starts_with(&cache) || dir.starts_with(&root) {
+            return fail(
+                exit::USAGE,
+                anyhow::anyhow!(
+                    "capsa pip: {} is inside capsa's own cache {}, which no program may reach",
+                    dir.display(),
+                    cache.display()
+                ),
+            );
+        }
         if let Err(e) = std::fs::create_dir_all(dir) {
             return fail(
                 exit::USAGE,
@@ -133,13 +150,6 @@ pub fn run_pip(mut user: SandboxArgs, argv: &[String], cwd: &Path) -> i32 {
         );
     };
     let sb = &mut user;
-    sb.allow_write.push(scratch_path.display().to_string());
-    for d in &cmd.write_dirs {
-        sb.allow_write.push(d.display().to_string());
-    }
-    for f in &cmd.read_paths {
-        sb.allow_read.push(f.display().to_string());
-    }
     sb.allow_net.extend(indexes.net_rules());
     for (k, v) in indexes.env() {
         sb.env.push(format!("{k}={v}"));
@@ -155,10 +165,48 @@ pub fn run_pip(mut user: SandboxArgs, argv: &[String], cwd: &Path) -> i32 {
         sb.env.push(format!("{k}={v}"));
     }
     sb.python_path.push(pip_dir);
-    let (_, policy) = match prepare(sb) {
+    let (_, mut policy) = match prepare(sb) {
         Ok(p) => p,
         Err(code) => return code,
     };
+    // Granted as typed grants, by real path: never as flag text, which a
+    // comma or `::` in a path would split into more grants.
+    let mut grants = vec![(scratch_path.clone(), Access::ReadWrite)];
+    grants.extend(
+        cmd.write_dirs
+            .iter()
+            .map(|d| (d.clone(), Access::ReadWrite)),
+    );
+    grants.extend(cmd.read_paths.iter().map(|f| (f.clone(), Access::Read)));
+    for (path, access) in grants {
+        let host = super::run::canonical_or(&path);
+        if host.starts_with(&cache) {
+            return fail(
+                exit::USAGE,
+                anyhow::anyhow!("capsa pip: {} is inside capsa's own cache", path.display()),
+            );
+        }
+        let Some(guest) = capsa_policy::default_guest(&host) else {
+            return fail(
+                exit::USAGE,
+                anyhow::anyhow!(
+                    "capsa pip: {} has no guest path (not UTF-8)",
+                    path.display()
+                ),
+            );
+        };
+        let kind = if host.is_dir() {
+            GrantKind::Dir
+        } else {
+            GrantKind::File
+        };
+        policy.fs.grants.push(FsGrant {
+            host,
+            guest,
+            access,
+            kind,
+        });
+    }
     let mut argv = vec!["-m".to_string(), "_capsa_pip".to_string()];
     argv.extend(cmd.args);
     let inv = match capsa_python::invocation::parse(&argv, false) {
@@ -177,7 +225,7 @@ fn ensure_pip(root: &Path, indexes: &index::Indexes, user: &SandboxArgs) -> Resu
     let launcher_hash = hex(&Sha256::digest(LAUNCHER.as_bytes()))[..16].to_string();
     let dir = home.join(format!("{PIP_VERSION}-{launcher_hash}"));
     if dir.join(".complete").is_file() {
-        return Ok(dir);
+        return trusted(root, &dir).map(|()| dir);
     }
     let io = |what: &str, e: std::io::Error| {
         fail(
@@ -185,7 +233,8 @@ fn ensure_pip(root: &Path, indexes: &index::Indexes, user: &SandboxArgs) -> Resu
             anyhow::anyhow!("cannot {what}: {}", describe_io(&e)),
         )
     };
-    std::fs::create_dir_all(&home).map_err(|e| io(&format!("create {}", home.display()), e))?;
+    capsa_sandbox::load::make_private_dir(&home)
+        .map_err(|e| io(&format!("create {}", home.display()), e))?;
     let wheel = home.join(PIP_WHEEL);
     let staging = tempfile::Builder::new()
         .prefix(".pip-")
@@ -205,9 +254,39 @@ fn ensure_pip(root: &Path, indexes: &index::Indexes, user: &SandboxArgs) -> Resu
     match std::fs::rename(&unpacked, &dir) {
         Ok(()) => Ok(dir),
         // Another capsa made it meanwhile.
-        Err(_) if dir.join(".complete").is_file() => Ok(dir),
+        Err(_) if dir.join(".complete").is_file() => trusted(root, &dir).map(|()| dir),
         Err(e) => Err(io(&format!("move pip into {}", dir.display()), e)),
     }
+}
+
+/// A folder of capsa's cache that it will put on `sys.path`: only if it and
+/// every folder above it up to the cache are this user's alone (as every
+/// cache entry, see `capsa_sandbox::load::trusted`).
+pub(crate) fn trusted(root: &Path, dir: &Path) -> Result<(), i32> {
+    if capsa_sandbox::load::trusted(root, dir) {
+        return Ok(());
+    }
+    Err(fail(
+        exit::INTERNAL,
+        anyhow::anyhow!(
+            "capsa will not use {}: it, or a folder above it, is a link or may be written by another user; remove it",
+            dir.display()
+        ),
+    ))
+}
+
+/// Puts the checked wheel at `wheel`: written create-new beside it, never
+/// through a link, then renamed over whatever was there.
+fn keep_wheel(fetched: &Path, wheel: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let bytes = std::fs::read(fetched)?;
+    let dir = wheel.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{PIP_WHEEL}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = capsa_sandbox::load::create_new_private(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, wheel)
 }
 
 fn digest_matches(file: &Path) -> bool {
@@ -247,13 +326,13 @@ fn fetch_pip(
         })?;
     let dest_path = super::run::canonical_or(dest.path());
     let mut sb = SandboxArgs::default();
-    sb.allow_write.push(dest_path.display().to_string());
     sb.allow_net.extend(indexes.net_rules());
     sb.allow_net.extend(user.allow_net.iter().cloned());
     sb.ca_cert = user.ca_cert.clone();
     sb.quiet = user.quiet;
     let code = run_helper(
         &sb,
+        &dest_path,
         FETCH,
         &[
             index,
@@ -280,7 +359,7 @@ fn fetch_pip(
             anyhow::anyhow!("cannot copy pip: {}", describe_io(&e)),
         )
     })?;
-    std::fs::copy(&fetched, wheel).map_err(|e| {
+    keep_wheel(&fetched, wheel).map_err(|e| {
         fail(
             exit::INTERNAL,
             anyhow::anyhow!("cannot keep pip's wheel: {}", describe_io(&e)),
@@ -309,10 +388,10 @@ fn unpack_local(wheel: &Path, user: &SandboxArgs, unpacked: &Path) -> Result<(),
         )
     })?;
     let mut sb = SandboxArgs::default();
-    sb.allow_write.push(dest_path.display().to_string());
     sb.quiet = user.quiet;
     let code = run_helper(
         &sb,
+        &dest_path,
         "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])",
         &[
             &copy.display().to_string(),
@@ -330,9 +409,22 @@ fn unpack_local(wheel: &Path, user: &SandboxArgs, unpacked: &Path) -> Result<(),
     })
 }
 
-/// Runs capsa's own Python `code` with `args` under `sb`; its exit code.
-fn run_helper(sb: &SandboxArgs, code: &str, args: &[&str]) -> Result<i32, i32> {
-    let (cwd, policy) = prepare(sb)?;
+/// Runs capsa's own Python `code` with `args` under `sb`, granted `writable`
+/// (a fresh temporary directory); its exit code.
+fn run_helper(sb: &SandboxArgs, writable: &Path, code: &str, args: &[&str]) -> Result<i32, i32> {
+    let (cwd, mut policy) = prepare(sb)?;
+    let guest = capsa_policy::default_guest(writable).ok_or_else(|| {
+        fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("the temporary directory's path is not UTF-8"),
+        )
+    })?;
+    policy.fs.grants.push(FsGrant {
+        host: writable.to_path_buf(),
+        guest,
+        access: Access::ReadWrite,
+        kind: GrantKind::Dir,
+    });
     let mut argv = vec!["-c".to_string(), code.to_string()];
     argv.extend(args.iter().map(|a| a.to_string()));
     let inv = capsa_python::invocation::parse(&argv, false)
@@ -343,7 +435,7 @@ fn run_helper(sb: &SandboxArgs, code: &str, args: &[&str]) -> Result<i32, i32> {
 /// Copies regular files and directories (never links) from a directory a
 /// sandboxed step wrote.
 pub(crate) fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
+    capsa_sandbox::load::make_private_dir(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let kind = entry.file_type()?;
