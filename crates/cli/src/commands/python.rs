@@ -18,8 +18,8 @@ options capsa understands.
 
 The script is visible to the program, the files beside it are not, unless
 granted. The standard library is read-only at /python. --python-path=DIR
-puts DIR on sys.path read-only (fill it with `pip install --target DIR
-PACKAGE`; pure-Python packages only).
+puts DIR on sys.path read-only (fill it with `capsa pip install --target
+DIR PACKAGE`, pip in the sandbox; pure-Python packages only).
 
 Not available in WASI: ssl, ctypes, threads (starting one), subprocess,
 multiprocessing, signal handlers, bz2, lzma, mmap.

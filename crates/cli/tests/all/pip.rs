@@ -424,7 +424,19 @@ except OSError as e:
         "{}",
         r.stderr
     );
-    let asked = server.requests().lines().count();
+    // The server logs each request after answering it: wait for the last.
+    let settled = || {
+        let mut n = server.requests().lines().count();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let m = server.requests().lines().count();
+            if m == n {
+                return n;
+            }
+            n = m;
+        }
+    };
+    let asked = settled();
     // The second run installs nothing and asks the index for nothing.
     let r = capsa_with_index(&dir, &index, &["run", "app.py"]);
     assert_eq!(
@@ -433,7 +445,7 @@ except OSError as e:
         r.stderr
     );
     assert!(!r.stderr.contains("installing"), "{}", r.stderr);
-    assert_eq!(server.requests().lines().count(), asked);
+    assert_eq!(settled(), asked);
     // --with adds one; an environment of its own.
     let r = capsa_with_index(&dir, &index, &["run", "--with", "markupsafe", "app.py"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
