@@ -491,6 +491,14 @@ fn a_script_block_that_cannot_be_met_is_refused_before_anything_runs() {
             "is not a requirement",
         ),
         ("# dependencies = \"six\"\n", "must be a list of strings"),
+        (
+            "# dependencies = [\"six @ file:///etc/passwd\"]\n",
+            "not a path, a file: URL or an option",
+        ),
+        (
+            "# dependencies = [\"./helper\"]\n",
+            "not a path, a file: URL or an option",
+        ),
     ] {
         std::fs::write(
             dir.join("app.py"),

@@ -333,6 +333,7 @@ pub struct Static {
     child: std::process::Child,
     pub port: u16,
     log: PathBuf,
+    _log_dir: tempfile::TempDir,
 }
 
 const STATIC_SERVER: &str = r#"
@@ -366,7 +367,9 @@ server.serve_forever()
 
 impl Static {
     pub fn start(root: &Path) -> Static {
-        let log = root.with_extension("log");
+        // A log of its own: servers of parallel tests may share a root.
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("requests.log");
         let mut child = Command::new("python3")
             .args(["-c", STATIC_SERVER])
             .arg(root)
@@ -384,7 +387,12 @@ impl Static {
             .strip_prefix("port ")
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| panic!("the server said {line:?}"));
-        Static { child, port, log }
+        Static {
+            child,
+            port,
+            log,
+            _log_dir: log_dir,
+        }
     }
 
     /// What the server logged: one line per request.

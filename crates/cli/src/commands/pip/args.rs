@@ -42,11 +42,18 @@ enum Value {
 const VALUED: &[(&[&str], Value)] = &[
     (&["-t", "--target"], Value::WriteDir),
     (
-        &["-d", "--dest", "--destination-dir", "--download"],
+        &[
+            "-d",
+            "--dest",
+            "--destination-dir",
+            "--destination-directory",
+            "--download",
+        ],
         Value::WriteDir,
     ),
     (&["-w", "--wheel-dir"], Value::WriteDir),
     (&["-r", "--requirement", "--requirements"], Value::ReadFile),
+    (&["--requirements-from-script"], Value::ReadFile),
     (&["-c", "--constraint"], Value::ReadFile),
     (&["--build-constraint"], Value::ReadFile),
     (&["--path"], Value::ReadPath),
@@ -86,6 +93,9 @@ const VALUED: &[(&[&str], Value)] = &[
             "--release-control",
             "--all-releases",
             "--only-final",
+            "--default-timeout",
+            "--editor",
+            "--refresh-package",
         ],
         Value::Other,
     ),
@@ -103,9 +113,14 @@ const REFUSED: &[(&[&str], &str)] = &[
         "an editable install writes into the source folder; install it with --target",
     ),
     (
-        &["--src"],
+        &["--src", "--source", "--source-dir", "--source-directory"],
         "version control checkouts need git, which cannot run in WASI",
     ),
+    (
+        &["-o", "--output"],
+        "pip's output file is not supported; pip writes only the target",
+    ),
+    (&["--pypi-url"], "give the index with --index-url"),
     (&["--cache-dir"], "pip's cache is capsa's, for one run only"),
     (
         &["--log", "--log-file", "--local-log"],
@@ -194,9 +209,11 @@ pub fn parse(argv: &[String], cwd: &Path) -> Result<PipCommand, String> {
                 cmd.args.push(a.clone());
                 continue;
             }
-            // A local archive or folder to install: read-only.
+            // A local archive or folder to install: read-only (only before
+            // `--`: capsa passes requirements it did not check after it).
             let local = Path::new(a);
-            if !is_url(a)
+            if !after_dashes
+                && !is_url(a)
                 && !a.contains('@')
                 && abs(a).exists()
                 && (a.contains('/') || local.extension().is_some())
@@ -220,8 +237,21 @@ pub fn parse(argv: &[String], cwd: &Path) -> Result<PipCommand, String> {
                 Some((n, v)) => (format!("--{n}"), Some(v.to_string())),
                 None => (a.clone(), None),
             }
-        } else if a.len() > 2 && find(&a[..2]).is_some() {
+        } else if a.len() > 2 && (find(&a[..2]).is_some() || refused(&a[..2]).is_some()) {
             (a[..2].to_string(), Some(a[2..].to_string()))
+        } else if a.len() > 2 {
+            // A group of short flags (`-qv`): none of them may be one that
+            // takes a value or is refused, which capsa would not see.
+            if let Some(c) = a[1..].chars().find(|c| {
+                let o = format!("-{c}");
+                find(&o).is_some() || refused(&o).is_some()
+            }) {
+                return Err(format!(
+                    "give -{c} on its own, not in the group {}",
+                    escape_for_terminal(a)
+                ));
+            }
+            (a.clone(), None)
         } else {
             (a.clone(), None)
         };
@@ -427,5 +457,23 @@ mod tests {
                 .contains("no such file")
         );
         assert!(p(&["list"]).is_ok());
+        assert!(
+            p(&["install", "-t", "x", "-qe", "."])
+                .unwrap_err()
+                .contains("give -e on its own")
+        );
+        assert!(
+            p(&["install", "-qqt", "x"])
+                .unwrap_err()
+                .contains("give -t on its own")
+        );
+        assert!(p(&["install", "-t", "x", "-qv", "six"]).is_ok());
+        assert!(
+            p(&["install", "-t", "x", "--source-dir=s"])
+                .unwrap_err()
+                .contains("not supported")
+        );
+        let c = p(&["install", "-t", "x", "--", "/etc"]).unwrap();
+        assert!(c.read_paths.is_empty());
     }
 }

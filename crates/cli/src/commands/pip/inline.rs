@@ -90,15 +90,76 @@ pub fn parse(source: &str) -> Result<Option<Inline>, String> {
     Ok(Some(inline))
 }
 
-/// A requirement as pip takes it; never an option (`--index-url=...`), which
-/// would change where pip looks.
+/// A requirement as pip takes it, from a package index only: a name, with
+/// extras, versions and markers, or `name @ https://...`. Never an option
+/// (`--index-url=...`, which would change where pip looks), a path or a
+/// `file:` URL (a script would choose which of the user's files the
+/// install step reads, and its environment would hold them).
 pub fn requirement(r: &str) -> Result<String, String> {
     let r = r.trim();
-    if r.is_empty() || r.starts_with('-') || r.chars().any(char::is_control) {
-        return Err(format!(
-            "{} is not a requirement (a name, with versions or extras)",
+    let refuse = || {
+        Err(format!(
+            "{} is not a requirement capsa installs: a package name, with extras, versions \
+             or markers, or NAME @ https://URL (not a path, a file: URL or an option)",
             capsa_policy::escape_for_terminal(r)
-        ));
+        ))
+    };
+    if r.chars()
+        .any(|c| c.is_control() || !(c.is_ascii_graphic() || c == ' '))
+    {
+        return refuse();
+    }
+    let name_len = r
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+        .unwrap_or(r.len());
+    let name = &r[..name_len];
+    // pip reads a name that ends like an archive as a file's.
+    let archive = [
+        ".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz",
+    ];
+    let lower = name.to_ascii_lowercase();
+    if name.is_empty()
+        || !name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || archive.iter().any(|a| lower.ends_with(a))
+    {
+        return refuse();
+    }
+    let (spec, markers) = r[name_len..]
+        .split_once(';')
+        .unwrap_or((&r[name_len..], ""));
+    let _ = markers;
+    let spec = match spec.split_once('@') {
+        Some((before, url)) => {
+            let url = url.trim().to_ascii_lowercase();
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return refuse();
+            }
+            before
+        }
+        None => spec,
+    };
+    let plain = |c: char| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                ' ' | '['
+                    | ']'
+                    | ','
+                    | '.'
+                    | '-'
+                    | '_'
+                    | '<'
+                    | '>'
+                    | '='
+                    | '!'
+                    | '~'
+                    | '*'
+                    | '('
+                    | ')'
+            )
+    };
+    if !spec.chars().all(plain) {
+        return refuse();
     }
     Ok(r.to_string())
 }
@@ -197,7 +258,7 @@ pub fn environment(requirements: &[String], user: &SandboxArgs) -> Result<PathBu
     ));
     // pip writes a temporary folder outside the cache (no grant may reach
     // into it); capsa copies what it installed (files and folders only).
-    let target = tempfile::Builder::new()
+    let target = super::private_dir()
         .prefix("capsa-env-")
         .tempdir()
         .map_err(|e| {
@@ -231,7 +292,7 @@ pub fn environment(requirements: &[String], user: &SandboxArgs) -> Result<PathBu
             format!("cannot create {}: {e}", envs.display()),
         )
     })?;
-    let staging = tempfile::Builder::new()
+    let staging = super::private_dir()
         .prefix(".env-")
         .tempdir_in(&envs)
         .map_err(|e| {
@@ -298,6 +359,32 @@ mod tests {
             parse("# /// script\n# dependencies = [\"--index-url=http://evil\"]\n# ///\n").is_err()
         );
         assert!(parse("# /// script\n# dependencies = \"six\"\n# ///\n").is_err());
+        for ok in [
+            "six",
+            "rich>=13,<15",
+            "requests[socks]==2.32.3",
+            "six; python_version >= '3'",
+            "pkg @ https://example.org/pkg-1.0.tar.gz",
+            "zope.interface",
+        ] {
+            assert_eq!(requirement(ok).as_deref(), Ok(ok), "{ok}");
+        }
+        for bad in [
+            "./aaa-helper",
+            "/home/me/backup.tar.gz",
+            "pkg @ file:///etc/passwd",
+            "x/../y",
+            "-e .",
+            "\u{ad}six",
+            "six\u{200b}",
+            "a.whl/..",
+            "a.whl",
+            "x.tar.gz",
+            "~/x",
+            "",
+        ] {
+            assert!(requirement(bad).is_err(), "{bad:?}");
+        }
         let two =
             "# /// script\n# dependencies = []\n# ///\n# /// script\n# dependencies = []\n# ///\n";
         assert!(parse(two).is_err());

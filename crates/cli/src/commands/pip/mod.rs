@@ -133,7 +133,7 @@ pub fn run_pip(mut user: SandboxArgs, argv: &[String], cwd: &Path) -> i32 {
     // pip's home, temporary files and cache, for this run only: a cache
     // that one install's build code could write would let it plant files
     // for the next install.
-    let scratch = match tempfile::Builder::new().prefix("capsa-pip-").tempdir() {
+    let scratch = match private_dir().prefix("capsa-pip-").tempdir() {
         Ok(t) => t,
         Err(e) => {
             return fail(
@@ -180,6 +180,18 @@ pub fn run_pip(mut user: SandboxArgs, argv: &[String], cwd: &Path) -> i32 {
     grants.extend(cmd.read_paths.iter().map(|f| (f.clone(), Access::Read)));
     for (path, access) in grants {
         let host = super::run::canonical_or(&path);
+        // The path was checked for links, component by component: if it
+        // resolves elsewhere now, something changed it meanwhile.
+        if host != path {
+            return fail(
+                exit::USAGE,
+                anyhow::anyhow!(
+                    "capsa pip: {} changed while capsa looked at it (it now leads to {}); nothing was granted",
+                    path.display(),
+                    host.display()
+                ),
+            );
+        }
         if host.starts_with(&cache) {
             return fail(
                 exit::USAGE,
@@ -236,7 +248,7 @@ fn ensure_pip(root: &Path, indexes: &index::Indexes, user: &SandboxArgs) -> Resu
     capsa_sandbox::load::make_private_dir(&home)
         .map_err(|e| io(&format!("create {}", home.display()), e))?;
     let wheel = home.join(PIP_WHEEL);
-    let staging = tempfile::Builder::new()
+    let staging = private_dir()
         .prefix(".pip-")
         .tempdir_in(&home)
         .map_err(|e| io("make a directory for pip", e))?;
@@ -257,6 +269,19 @@ fn ensure_pip(root: &Path, indexes: &index::Indexes, user: &SandboxArgs) -> Resu
         Err(_) if dir.join(".complete").is_file() => trusted(root, &dir).map(|()| dir),
         Err(e) => Err(io(&format!("move pip into {}", dir.display()), e)),
     }
+}
+
+/// A builder of temporary folders only this user may enter (0700, whatever
+/// the umask): another user must not plant a file in what capsa copies into
+/// its cache or grants a program.
+pub(crate) fn private_dir() -> tempfile::Builder<'static, 'static> {
+    let mut b = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    b
 }
 
 /// A folder of capsa's cache that it will put on `sys.path`: only if it and
@@ -315,7 +340,7 @@ fn fetch_pip(
         ));
     };
     eprintln!("capsa: fetching pip {PIP_VERSION} from {index} (once)");
-    let dest = tempfile::Builder::new()
+    let dest = private_dir()
         .prefix("capsa-pip-fetch-")
         .tempdir()
         .map_err(|e| {
@@ -370,7 +395,7 @@ fn fetch_pip(
 
 /// Unpacks the kept wheel (already checked) into `unpacked`, in the sandbox.
 fn unpack_local(wheel: &Path, user: &SandboxArgs, unpacked: &Path) -> Result<(), i32> {
-    let dest = tempfile::Builder::new()
+    let dest = private_dir()
         .prefix("capsa-pip-unpack-")
         .tempdir()
         .map_err(|e| {
