@@ -10,6 +10,9 @@ its sdist; each as `capsa pip install -t DIR` and as Debian's
 lives for one run, so the host's runs without its cache too), interleaved.
 Then a script with a `# /// script` block: its first run (which installs)
 and a later run, against the host's python3 with the packages on PYTHONPATH.
+Last, a report script importing rich, jinja2 and markdown, from a folder
+`capsa pip` filled (`--python-path`), first run and later runs, against
+python3 with the same packages installed by the host's pip.
 """
 
 import argparse
@@ -25,8 +28,25 @@ import threading
 import time
 
 HOST_PYTHON = "/usr/bin/python3"
-WHEELS = ["pip==26.3", "six==1.17.0", "setuptools==80.9.0"]
+WHEELS = [
+    "pip==26.3", "six==1.17.0", "setuptools==80.9.0",
+    # The report script's packages (issue 15's figure).
+    "rich==15.0.0", "jinja2==3.1.6", "markdown==3.11.3", "pygments==2.21.0",
+    "markdown-it-py==4.3.0", "mdurl==0.1.2",
+]
 SDISTS = ["markupsafe==3.0.3"]
+REPORT = """import jinja2, markdown
+from rich.console import Console
+from rich.table import Table
+t = Table(title="report")
+t.add_column("name")
+t.add_column("value")
+for i in range(20):
+    t.add_row(f"row {i}", str(i * i))
+Console(width=60, force_terminal=False).print(t)
+print(jinja2.Template("Hello {{ name }}: {% for x in xs %}{{ x }} {% endfor %}").render(name="w", xs=range(5)))
+print(markdown.markdown("# Title\\n\\nSome *text* and a [link](https://example.org)."))
+"""
 SCRIPT = """# /// script
 # dependencies = ["six", "markupsafe"]
 # ///
@@ -109,10 +129,29 @@ def main():
             c = statistics.median(rows[(label, "capsa pip")])
             h = statistics.median(rows[(label, "host pip")])
             print(f"  {label:26} capsa {c:6.2f} s   host {h:6.2f} s   ratio {c / h:4.2f}")
+        # The report script: packages from --python-path against the same
+        # packages for python3 (the host's pip compiled their bytecode).
+        rdir = os.path.join(work, "report")
+        os.mkdir(rdir)
+        with open(os.path.join(rdir, "report.py"), "w") as f:
+            f.write(REPORT)
+        pkgs = ["rich", "jinja2", "markdown"]
+        timed([capsa, "pip", "install", "-q", "-i", index, "-t", os.path.join(rdir, "libs")] + pkgs, env, rdir)
+        timed([HOST_PYTHON, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-i", index,
+               "-t", os.path.join(rdir, "native")] + pkgs, env, rdir)
+        renv = {**env, "PYTHONPATH": os.path.join(rdir, "native")}
+        report_first = timed([capsa, "run", "--python-path=libs", "report.py"], env, rdir)
+        report_capsa, report_native = [], []
+        for _ in range(a.runs):
+            report_capsa.append(timed([capsa, "run", "--python-path=libs", "report.py"], env, rdir))
+            report_native.append(timed([HOST_PYTHON, "report.py"], renv, rdir))
         ln = statistics.median(later)
         nn = statistics.median(native)
         print(f"  inline deps, first run     capsa {first:6.2f} s (installs)")
         print(f"  inline deps, later runs    capsa {ln:6.3f} s   python3 {nn:6.3f} s   ratio {ln / nn:4.2f}")
+        rc, rn = statistics.median(report_capsa), statistics.median(report_native)
+        print(f"  rich+jinja2+markdown, 1st  capsa {report_first:6.3f} s (compiles bytecode)")
+        print(f"  rich+jinja2+markdown       capsa {rc:6.3f} s   python3 {rn:6.3f} s   ratio {rc / rn:4.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -138,6 +138,15 @@ const REFUSED: &[(&[&str], &str)] = &[
 /// Commands that take a directory to write, and the option that names it.
 const NEEDS_DIR: &[(&str, &str)] = &[("install", "--target"), ("download", "-d"), ("wheel", "-w")];
 
+/// Short options that are plain flags in some commands: `show -f`
+/// (`--files`), `completion -f` (fish), `list -o` (`--outdated`).
+fn is_flag_here(name: &str, command: Option<&str>) -> bool {
+    matches!(
+        (name, command),
+        ("-f", Some("show" | "completion")) | ("-o", Some("list"))
+    )
+}
+
 fn find(name: &str) -> Option<Value> {
     VALUED
         .iter()
@@ -237,14 +246,19 @@ pub fn parse(argv: &[String], cwd: &Path) -> Result<PipCommand, String> {
                 Some((n, v)) => (format!("--{n}"), Some(v.to_string())),
                 None => (a.clone(), None),
             }
-        } else if a.len() > 2 && (find(&a[..2]).is_some() || refused(&a[..2]).is_some()) {
+        } else if a.len() > 2
+            && a.is_char_boundary(2)
+            && (find(&a[..2]).is_some() || refused(&a[..2]).is_some())
+            && !is_flag_here(&a[..2], cmd.command.as_deref())
+        {
             (a[..2].to_string(), Some(a[2..].to_string()))
         } else if a.len() > 2 {
             // A group of short flags (`-qv`): none of them may be one that
             // takes a value or is refused, which capsa would not see.
             if let Some(c) = a[1..].chars().find(|c| {
                 let o = format!("-{c}");
-                find(&o).is_some() || refused(&o).is_some()
+                (find(&o).is_some() || refused(&o).is_some())
+                    && !is_flag_here(&o, cmd.command.as_deref())
             }) {
                 return Err(format!(
                     "give -{c} on its own, not in the group {}",
@@ -255,6 +269,10 @@ pub fn parse(argv: &[String], cwd: &Path) -> Result<PipCommand, String> {
         } else {
             (a.clone(), None)
         };
+        if is_flag_here(&name, cmd.command.as_deref()) {
+            cmd.args.push(a.clone());
+            continue;
+        }
         if let Some(why) = refused(&name) {
             return Err(format!(
                 "{} is not supported: {why}",
@@ -457,6 +475,10 @@ mod tests {
                 .contains("no such file")
         );
         assert!(p(&["list"]).is_ok());
+        assert!(p(&["list", "-o"]).is_ok());
+        assert!(p(&["show", "-f", "six"]).unwrap().read_paths.is_empty());
+        assert!(p(&["-\u{e9}"]).is_ok() || p(&["-\u{e9}"]).is_err());
+        assert!(p(&["install", "-t", "x", "-\u{e9}x"]).is_ok());
         assert!(
             p(&["install", "-t", "x", "-qe", "."])
                 .unwrap_err()

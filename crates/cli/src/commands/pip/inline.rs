@@ -138,6 +138,10 @@ pub fn requirement(r: &str) -> Result<String, String> {
         }
         None => spec,
     };
+    let spec_lower = spec.trim().to_ascii_lowercase();
+    if archive.iter().any(|a| spec_lower.ends_with(a)) {
+        return refuse();
+    }
     let plain = |c: char| {
         c.is_ascii_alphanumeric()
             || matches!(

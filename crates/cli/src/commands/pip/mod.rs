@@ -119,7 +119,7 @@ pub fn run_pip(mut user: SandboxArgs, argv: &[String], cwd: &Path) -> i32 {
                 ),
             );
         }
-        if let Err(e) = std::fs::create_dir_all(dir) {
+        if let Err(e) = make_dirs_nofollow(dir) {
             return fail(
                 exit::USAGE,
                 anyhow::anyhow!(
@@ -271,17 +271,46 @@ fn ensure_pip(root: &Path, indexes: &index::Indexes, user: &SandboxArgs) -> Resu
     }
 }
 
+/// `create_dir_all`, but never through a link, even one made meanwhile:
+/// each folder is made in, and opened from, the handle of its parent.
+#[cfg(unix)]
+fn make_dirs_nofollow(dir: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
+    use std::path::Component;
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut cur = openat(CWD, "/", dir_flags, Mode::empty())?;
+    for c in dir.components() {
+        let Component::Normal(name) = c else {
+            continue;
+        };
+        match mkdirat(&cur, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        cur = openat(&cur, name, dir_flags | OFlags::NOFOLLOW, Mode::empty())?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_dirs_nofollow(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
 /// A builder of temporary folders only this user may enter (0700, whatever
 /// the umask): another user must not plant a file in what capsa copies into
 /// its cache or grants a program.
 pub(crate) fn private_dir() -> tempfile::Builder<'static, 'static> {
-    let mut b = tempfile::Builder::new();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
+        let mut b = tempfile::Builder::new();
         b.permissions(std::fs::Permissions::from_mode(0o700));
+        b
     }
-    b
+    #[cfg(not(unix))]
+    tempfile::Builder::new()
 }
 
 /// A folder of capsa's cache that it will put on `sys.path`: only if it and
