@@ -100,6 +100,36 @@ def _socketpair(family=socket.AF_INET, type=socket.SOCK_STREAM, proto=0):
 socket.socketpair = _socketpair
 
 
+import importlib._bootstrap_external as _bootstrap_external  # noqa: E402
+
+
+def _write_atomic(path, data, mode=0o666):
+    """importlib's own, but a short write goes on where it stopped: WASI
+    writes a file at most 64 KiB per call, and the original took any short
+    write for a failure, so bytecode over 64 KiB (py_compile, compileall,
+    capsa's --python-path step) was never written."""
+    path_tmp = f"{path}.{id(path)}"
+    fd = os.open(path_tmp, os.O_EXCL | os.O_CREAT | os.O_WRONLY, mode & 0o666)
+    try:
+        with io.FileIO(fd, "wb") as file:
+            view = memoryview(data)
+            while view:
+                n = file.write(view)
+                if not n:
+                    raise OSError("os.write() didn't write the full pyc file")
+                view = view[n:]
+        os.replace(path_tmp, path)
+    except OSError:
+        try:
+            os.unlink(path_tmp)
+        except OSError:
+            pass
+        raise
+
+
+_bootstrap_external._write_atomic = _write_atomic
+
+
 def _flush():
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -131,6 +131,9 @@ pub fn prepare(root: &Path, src: &Path, src_guest: &str, bounds: &Bounds<'_>) ->
         .collect();
     denied.sort();
     let mut key = Sha256::new();
+    // The compile step's version: 2 writes bytecode over 64 KiB, which
+    // version 1 silently left out (a cache it made is not reused).
+    key.update(b"v2\0");
     key.update(src.as_os_str().as_encoded_bytes());
     for d in &denied {
         key.update(b"\0");

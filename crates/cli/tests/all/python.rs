@@ -967,6 +967,11 @@ fn large_writes_reach_stdout_whole() {
 
 /// The bytecode capsa keeps for `dir` (a `--python-path` directory).
 fn bytecode_of(dir: &Path) -> Vec<std::path::PathBuf> {
+    bytecode_named(dir, "capsa_bc_probe")
+}
+
+/// The bytecode capsa compiled for modules named `name`* from `dir`.
+fn bytecode_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![cache_dir().join("pycache")];
     while let Some(d) = stack.pop() {
@@ -975,7 +980,7 @@ fn bytecode_of(dir: &Path) -> Vec<std::path::PathBuf> {
             if p.is_dir() {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "pyc")
-                && p.to_string_lossy().contains("capsa_bc_probe")
+                && p.to_string_lossy().contains(name)
                 // Compiled from this test's own directory.
                 && std::fs::read(&p)
                     .unwrap_or_default()
@@ -1156,4 +1161,51 @@ fn a_denied_parent_of_a_python_path_directory_leaves_it_without_bytecode() {
         &code,
     );
     assert_eq!(r.stdout, "FileNotFoundError\n", "{}", r.stderr);
+}
+
+#[test]
+fn bytecode_over_64_kib_is_written_and_used() {
+    let (_t, dir) = scratch();
+    let pkgs = dir.join("pkgs");
+    std::fs::create_dir_all(&pkgs).unwrap();
+    // A module whose bytecode is far over 64 KiB (WASI writes a file at
+    // most 64 KiB per call; a short write must go on, not fail).
+    let mut big = String::new();
+    for i in 0..3000 {
+        big.push_str(&format!(
+            "def f{i}(x):\n    return x * {i} + len('{i:0>40}')\n"
+        ));
+    }
+    big.push_str("VALUE = f2999(1)\n");
+    std::fs::write(pkgs.join("capsa_big_probe.py"), &big).unwrap();
+    let flag = format!("--python-path={}", s(&pkgs));
+    let code = "import importlib._bootstrap_external as b, sys\n\
+                compiled = []\n\
+                real = b.SourceLoader.source_to_code\n\
+                b.SourceLoader.source_to_code = lambda self, *a, **k: compiled.append(a[1]) or real(self, *a, **k)\n\
+                import capsa_big_probe\n\
+                print(capsa_big_probe.VALUE, compiled)";
+    let r = py_code(&dir, &[&flag], code);
+    assert_eq!(r.stdout, "3039 []\n", "{}", r.stderr);
+    let pycs = bytecode_named(&pkgs, "capsa_big_probe");
+    assert_eq!(pycs.len(), 1, "{pycs:?}");
+    assert!(std::fs::metadata(&pycs[0]).unwrap().len() > 64 * 1024);
+    // And py_compile in a program writes one whole into a granted folder.
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let code = format!(
+        "import py_compile\nprint(py_compile.compile({src:?}, cfile={dst:?}, doraise=True) is not None)",
+        src = s(&pkgs.join("capsa_big_probe.py")),
+        dst = s(&out.join("big.pyc"))
+    );
+    let r = py_code(
+        &dir,
+        &[
+            &format!("--allow-read={}", s(&pkgs)),
+            &format!("--allow-write={}", s(&out)),
+        ],
+        &code,
+    );
+    assert_eq!(r.stdout, "True\n", "{}", r.stderr);
+    assert!(std::fs::metadata(out.join("big.pyc")).unwrap().len() > 64 * 1024);
 }
