@@ -135,6 +135,15 @@ fn pip_in(dir: &Path, home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run 
     c.output().expect("capsa runs").into()
 }
 
+/// The shared index served on loopback, its URL, and a scratch folder.
+fn served() -> (Static, String, tempfile::TempDir, PathBuf) {
+    python_ready();
+    let server = Static::start(&files_from_pypi());
+    let index = format!("http://127.0.0.1:{}/simple/", server.port);
+    let (t, dir) = scratch();
+    (server, index, t, dir)
+}
+
 #[test]
 fn pip_installs_pure_wheels_and_builds_sdists_as_pure_python_in_the_sandbox() {
     python_ready();
@@ -209,10 +218,7 @@ fn walk(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_package_with_only_native_wheels_is_refused_by_name() {
-    python_ready();
-    let server = Static::start(&files_from_pypi());
-    let index = format!("http://127.0.0.1:{}/simple/", server.port);
-    let (_t, dir) = scratch();
+    let (_server, index, _t, dir) = served();
     let r = pip_in(
         &dir,
         &dir,
@@ -232,10 +238,7 @@ fn a_package_with_only_native_wheels_is_refused_by_name() {
 
 #[test]
 fn a_build_that_needs_a_c_compiler_fails_with_one_line_naming_the_package() {
-    python_ready();
-    let server = Static::start(&files_from_pypi());
-    let index = format!("http://127.0.0.1:{}/simple/", server.port);
-    let (_t, dir) = scratch();
+    let (_server, index, _t, dir) = served();
     let r = pip_in(
         &dir,
         &dir,
@@ -391,10 +394,7 @@ fn capsa_with_index(dir: &Path, index: &str, args: &[&str]) -> Run {
 
 #[test]
 fn a_scripts_inline_dependencies_install_once_and_the_script_never_gets_the_index() {
-    python_ready();
-    let server = Static::start(&files_from_pypi());
-    let index = format!("http://127.0.0.1:{}/simple/", server.port);
-    let (_t, dir) = scratch();
+    let (server, index, _t, dir) = served();
     let script = format!(
         r##"# /// script
 # requires-python = ">=3.11"
@@ -529,10 +529,7 @@ fn a_script_block_that_cannot_be_met_is_refused_before_anything_runs() {
 
 #[test]
 fn pip_paths_are_granted_as_they_are_never_split_or_followed() {
-    python_ready();
-    let server = Static::start(&files_from_pypi());
-    let index = format!("http://127.0.0.1:{}/simple/", server.port);
-    let (_t, dir) = scratch();
+    let (_server, index, _t, dir) = served();
     let victim = dir.join("victim");
     std::fs::create_dir(&victim).unwrap();
     std::fs::write(victim.join("keep.txt"), "keep").unwrap();

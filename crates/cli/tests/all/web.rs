@@ -6,7 +6,7 @@
 use crate::support::*;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn web_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web")
@@ -514,7 +514,7 @@ fn bad_input_gets_a_clear_error_and_leaves_nothing() {
 fn the_time_limit_ends_the_program_and_the_page_says_so() {
     let root = tempfile::tempdir().unwrap();
     let server = Static::start(root.path());
-    let site = packed(
+    let _site = packed(
         root.path(),
         "spin",
         "print('spinning')\nwhile True:\n    pass\n",
@@ -543,7 +543,7 @@ fn the_time_limit_ends_the_program_and_the_page_says_so() {
 fn output_past_the_cap_ends_the_program() {
     let root = tempfile::tempdir().unwrap();
     let server = Static::start(root.path());
-    let site = packed(
+    let _site = packed(
         root.path(),
         "flood",
         "import sys\nsys.stdout.write('Q' * 3_000_000 + '\\n')\nfor i in range(20):\n    sys.stdout.write(str(i % 10) * (1 << 20))\nprint('not reached')\n",
@@ -627,7 +627,7 @@ for code in (302, 307):
 fn a_flood_of_tiny_writes_does_not_stop_the_time_limit() {
     let root = tempfile::tempdir().unwrap();
     let server = Static::start(root.path());
-    let site = packed(
+    let _site = packed(
         root.path(),
         "drip",
         "import os, urllib.request\nn = 0\nwhile True:\n    os.write(1, b'x')\n    os.write(2, b'y' * 150)\n    n += 1\n    if n % 50 == 0:\n        try:\n            urllib.request.urlopen('http://127.0.0.1:1/')\n        except Exception:\n            pass\n",
@@ -655,7 +655,7 @@ fn text_that_is_costly_to_lay_out_does_not_stop_the_time_limit() {
     let server = Static::start(root.path());
     // A large write whose end must stay in view, then one letter with
     // 200,000 combining accents (one cluster; it froze a page for 42 s).
-    let site = packed(
+    let _site = packed(
         root.path(),
         "accents",
         "import os, sys, time\nos.write(1, b'x' * 3_000_000 + b'TAIL\\n')\ntime.sleep(0.5)\nsys.stdout.write('a' + '\\u0301' * 200_000 + '\\n')\nsys.stdout.flush()\ntime.sleep(100)\n",

@@ -262,16 +262,7 @@ pub fn environment(requirements: &[String], user: &SandboxArgs) -> Result<PathBu
     ));
     // pip writes a temporary folder outside the cache (no grant may reach
     // into it); capsa copies what it installed (files and folders only).
-    let target = super::private_dir()
-        .prefix("capsa-env-")
-        .tempdir()
-        .map_err(|e| {
-            fail(
-                exit::INTERNAL,
-                format!("cannot make a temporary directory: {e}"),
-            )
-        })?;
-    let target_path = super::super::run::canonical_or(target.path());
+    let (_target, target_path) = super::private_temp("capsa-env-")?;
     let mut argv = vec![
         "install".to_string(),
         "--quiet".to_string(),

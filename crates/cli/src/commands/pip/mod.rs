@@ -133,16 +133,10 @@ pub fn run_pip(mut user: SandboxArgs, argv: &[String], cwd: &Path) -> i32 {
     // pip's home, temporary files and cache, for this run only: a cache
     // that one install's build code could write would let it plant files
     // for the next install.
-    let scratch = match private_dir().prefix("capsa-pip-").tempdir() {
+    let (scratch, scratch_path) = match private_temp("capsa-pip-") {
         Ok(t) => t,
-        Err(e) => {
-            return fail(
-                exit::INTERNAL,
-                anyhow::anyhow!("cannot make a temporary directory: {e}"),
-            );
-        }
+        Err(code) => return code,
     };
-    let scratch_path = super::run::canonical_or(scratch.path());
     let Some(scratch_guest) = capsa_policy::default_guest(&scratch_path) else {
         return fail(
             exit::INTERNAL,
@@ -313,6 +307,18 @@ pub(crate) fn private_dir() -> tempfile::Builder<'static, 'static> {
     tempfile::Builder::new()
 }
 
+/// A fresh private temporary folder (see [`private_dir`]) and its real path.
+pub(crate) fn private_temp(prefix: &str) -> Result<(tempfile::TempDir, PathBuf), i32> {
+    let dir = private_dir().prefix(prefix).tempdir().map_err(|e| {
+        fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("cannot make a temporary directory: {e}"),
+        )
+    })?;
+    let path = super::run::canonical_or(dir.path());
+    Ok((dir, path))
+}
+
 /// A folder of capsa's cache that it will put on `sys.path`: only if it and
 /// every folder above it up to the cache are this user's alone (as every
 /// cache entry, see `capsa_sandbox::load::trusted`).
@@ -369,16 +375,7 @@ fn fetch_pip(
         ));
     };
     eprintln!("capsa: fetching pip {PIP_VERSION} from {index} (once)");
-    let dest = private_dir()
-        .prefix("capsa-pip-fetch-")
-        .tempdir()
-        .map_err(|e| {
-            fail(
-                exit::INTERNAL,
-                anyhow::anyhow!("cannot make a temporary directory: {e}"),
-            )
-        })?;
-    let dest_path = super::run::canonical_or(dest.path());
+    let (_dest, dest_path) = private_temp("capsa-pip-fetch-")?;
     let mut sb = SandboxArgs::default();
     sb.allow_net.extend(indexes.net_rules());
     sb.allow_net.extend(user.allow_net.iter().cloned());
@@ -424,16 +421,7 @@ fn fetch_pip(
 
 /// Unpacks the kept wheel (already checked) into `unpacked`, in the sandbox.
 fn unpack_local(wheel: &Path, user: &SandboxArgs, unpacked: &Path) -> Result<(), i32> {
-    let dest = private_dir()
-        .prefix("capsa-pip-unpack-")
-        .tempdir()
-        .map_err(|e| {
-            fail(
-                exit::INTERNAL,
-                anyhow::anyhow!("cannot make a temporary directory: {e}"),
-            )
-        })?;
-    let dest_path = super::run::canonical_or(dest.path());
+    let (_dest, dest_path) = private_temp("capsa-pip-unpack-")?;
     let copy = dest_path.join(PIP_WHEEL);
     std::fs::copy(wheel, &copy).map_err(|e| {
         fail(
