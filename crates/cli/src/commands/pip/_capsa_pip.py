@@ -13,7 +13,12 @@ cannot start one:
 - Build backends (PEP 517): pip runs each hook as `python _in_process.py
   HOOK DIR`; here that script runs in this interpreter, in the build
   environment pip made, with the modules it imported dropped afterwards.
-  Anything else pip would start (git, a compiler) fails with one line.
+  Anything else pip would start (git, a compiler) fails with one line, and
+  a build that wanted a compiler says so, naming the package.
+- Threads: rich's live displays refresh as pip reports, not from a thread.
+- Configuration: capsa read the host's and passes the index in `PIP_*`;
+  no file is read here. Options are taken by whole names only.
+- A package with only native wheels is named as such when pip finds none.
 """
 
 import contextlib
