@@ -50,11 +50,8 @@ pub fn collect(
         }
         walk(p, SITE_PACKAGES, skip, &mut files)?;
     }
-    let manifest_path = dir.join(MANIFEST);
-    let manifest = if manifest_path.is_file() {
-        let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|e| PackError::Input(format!("{}: {e}", shown(&manifest_path))))?;
-        Manifest::from_toml(&text)?
+    let manifest = if let Some(m) = read_manifest(dir)? {
+        m
     } else {
         Manifest::default_for(&default_entry(&files).ok_or_else(|| {
             PackError::Input(format!(
@@ -71,6 +68,28 @@ pub fn collect(
         )));
     }
     Ok((manifest, files))
+}
+
+/// The folder's `capsa.toml`, if it has one.
+fn read_manifest(dir: &Path) -> Result<Option<Manifest>, PackError> {
+    let manifest_path = dir.join(MANIFEST);
+    if !manifest_path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&manifest_path)
+        .map_err(|e| PackError::Input(format!("{}: {e}", shown(&manifest_path))))?;
+    Ok(Some(Manifest::from_toml(&text)?))
+}
+
+/// The entry [`collect`] would find when it is named (`capsa.toml`'s
+/// `run.entry`) or is `main.py`, without reading the folder's files. A lone
+/// `.wasm` is found only by collecting; any error is `collect`'s to report.
+pub fn named_entry(dir: &Path) -> Option<String> {
+    match read_manifest(dir) {
+        Ok(Some(m)) => Some(m.run.entry),
+        Ok(None) => dir.join("main.py").is_file().then(|| "main.py".into()),
+        Err(_) => None,
+    }
 }
 
 fn default_entry(files: &BTreeMap<String, Vec<u8>>) -> Option<String> {

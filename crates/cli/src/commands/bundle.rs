@@ -228,14 +228,9 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
         Err(code) => return code,
     };
     let m = &bundle.manifest;
-    let cwd = match std::env::current_dir() {
+    let cwd = match super::run::working_dir() {
         Ok(d) => d,
-        Err(e) => {
-            return fail(
-                exit::INTERNAL,
-                anyhow::anyhow!("cannot read the working directory: {e}"),
-            );
-        }
+        Err(code) => return code,
     };
     let binds = match check_binds(&shown, m, &args.bind) {
         Ok(b) => b,

@@ -54,10 +54,10 @@ pub fn run(args: PackArgs) -> i32 {
     // installed in the sandbox (once), so the bundle runs offline.
     let mut extra = Vec::new();
     if args.dir.is_dir()
-        && let Ok((manifest, _)) = capsa_bundle::pack::collect(&args.dir, &[], None)
-        && manifest.run.entry.ends_with(".py")
+        && let Some(entry) = capsa_bundle::pack::named_entry(&args.dir)
+        && entry.ends_with(".py")
     {
-        let entry = args.dir.join(&manifest.run.entry);
+        let entry = args.dir.join(entry);
         match super::pip::inline::script_requirements(&entry, &[]) {
             Ok(reqs) if reqs.is_empty() => {}
             Ok(reqs) => match super::pip::inline::environment(&reqs, &Default::default()) {

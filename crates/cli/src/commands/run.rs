@@ -305,14 +305,19 @@ pub fn refuse_python_path_in_cache(sandbox: &SandboxArgs) -> std::result::Result
     Ok(())
 }
 
-/// The working directory and the policy the flags give, or the exit code.
-pub fn prepare(sandbox: &SandboxArgs) -> std::result::Result<(PathBuf, Policy), i32> {
-    let cwd = std::env::current_dir().map_err(|e| {
+/// capsa's working directory, or the exit code (said) when it cannot be read.
+pub fn working_dir() -> std::result::Result<PathBuf, i32> {
+    std::env::current_dir().map_err(|e| {
         fail(
             exit::INTERNAL,
             anyhow::anyhow!("cannot read the working directory: {e}"),
         )
-    })?;
+    })
+}
+
+/// The working directory and the policy the flags give, or the exit code.
+pub fn prepare(sandbox: &SandboxArgs) -> std::result::Result<(PathBuf, Policy), i32> {
+    let cwd = working_dir()?;
     let policy = sandbox.policy(&cwd).map_err(|e| fail(exit::USAGE, e))?;
     Ok((cwd, policy))
 }

@@ -47,11 +47,16 @@ fn download(dir: &Path, flags: &[&str], specs: &[&str]) {
 
 /// An sdist `NAME-1.0.tar.gz` in `dir` with these files (setuptools builds it).
 fn sdist(dir: &Path, name: &str, setup_py: &str) {
+    sdist_saying(dir, name, name, setup_py)
+}
+
+/// The same, its PKG-INFO giving `said` for its name.
+fn sdist_saying(dir: &Path, name: &str, said: &str, setup_py: &str) {
     let pyproject = format!(
         "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\
          [project]\nname = \"{name}\"\nversion = \"1.0\"\n"
     );
-    let pkg_info = format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n");
+    let pkg_info = format!("Metadata-Version: 2.1\nName: {said}\nVersion: 1.0\n");
     let maker = r#"
 import io, sys, tarfile
 out, name = sys.argv[1], sys.argv[2]
@@ -109,6 +114,15 @@ fn files_from_pypi() -> PathBuf {
             "needsc",
             "from setuptools import setup, Extension\n\
              setup(ext_modules=[Extension('needsc._fast', ['fast.c'])])\n",
+        );
+        // One whose name, as its PKG-INFO gives it, would retitle a
+        // terminal and clear it.
+        sdist_saying(
+            &simple.join("needsc2"),
+            "needsc2",
+            "needsc2\u{1b}]0;pwned\u{7}\u{1b}[2J",
+            "from setuptools import setup, Extension\n\
+             setup(ext_modules=[Extension('needsc2._fast', ['fast.c'])])\n",
         );
         root
     })
@@ -252,6 +266,24 @@ fn a_build_that_needs_a_c_compiler_fails_with_one_line_naming_the_package() {
         .filter(|l| l.starts_with("capsa: needsc needs a C compiler"))
         .collect();
     assert_eq!(lines.len(), 1, "{}", r.stderr);
+    // A name a package chose reaches the terminal escaped.
+    let r = pip_in(
+        &dir,
+        &dir,
+        &["install", "-i", &index, "-t", "libs", "needsc2"],
+        &[],
+    );
+    assert_ne!(r.code, 0);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("capsa: needsc2"))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(
+        line.contains("needsc2\\x1b]0;pwned\\x07\\x1b[2J needs a C compiler"),
+        "{line}"
+    );
+    assert!(!r.stderr.contains('\u{1b}'), "{}", r.stderr);
 }
 
 #[test]

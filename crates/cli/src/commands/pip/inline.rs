@@ -233,7 +233,7 @@ pub fn environment(requirements: &[String], user: &SandboxArgs) -> Result<PathBu
         command: Some("install".into()),
         ..Default::default()
     };
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let cwd = super::super::run::working_dir()?;
     let indexes = index::configured(&cmd, &cwd).map_err(|e| fail(exit::USAGE, e))?;
     let mut reqs: Vec<String> = requirements.to_vec();
     reqs.sort();

@@ -67,14 +67,9 @@ pub struct PipArgs {
 }
 
 pub fn run(args: PipArgs) -> i32 {
-    let cwd = match std::env::current_dir() {
+    let cwd = match super::run::working_dir() {
         Ok(c) => c,
-        Err(e) => {
-            return fail(
-                exit::INTERNAL,
-                anyhow::anyhow!("cannot read the working directory: {e}"),
-            );
-        }
+        Err(code) => return code,
     };
     if let Err(code) = super::run::refuse_python_path_in_cache(&args.sandbox) {
         return code;
