@@ -16,6 +16,8 @@ sys.dont_write_bytecode = True
 
 import os
 import builtins
+import importlib.machinery
+import importlib.util
 import io
 import json
 import runpy
@@ -210,6 +212,25 @@ def _fresh_main():
     return main
 
 
+def _run_script(path):
+    """Runs the script at `path` as `python3 path` does: read once, compiled
+    and run in a fresh `__main__` module. (runpy.run_path opened it twice,
+    once to ask whether it is a zip archive: 0.7 ms a run against 0.3 ms.)
+    A zip archive or bytecode file, which python3 also runs, still goes
+    through runpy. Returns the module's globals."""
+    with io.open_code(path) as f:
+        source = f.read()
+    if source[:4] == importlib.util.MAGIC_NUMBER or b"PK\x05\x06" in source[-65557:]:
+        return runpy.run_path(path, run_name="__main__")
+    main = _fresh_main()
+    main.__file__ = path
+    main.__cached__ = None
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+    code = compile(source, path, "exec", dont_inherit=True)
+    exec(code, main.__dict__)
+    return main.__dict__
+
+
 def _interact(main, quiet):
     banner = (
         ""
@@ -234,7 +255,7 @@ def _main(inv):
     if mode == "version":
         print(f"Python {platform.python_version()}")
     elif mode == "script":
-        namespace = runpy.run_path(inv["file"], run_name="__main__")
+        namespace = _run_script(inv["file"])
     elif mode == "module":
         runpy._run_module_as_main(inv["target"], alter_argv=True)  # noqa: SLF001 - what -m does
     elif mode == "code":
@@ -294,7 +315,10 @@ def _warm_up():
 
     warm = os.path.join(os.path.dirname(__file__), "_capsa_warmup.py")
     if os.path.exists(warm):
-        runpy.run_path(warm, run_name="__capsa_warmup__")
+        main = sys.modules.get("__main__")
+        _run_script(warm)
+        if main is not None:
+            sys.modules["__main__"] = main
     compile("x = 1", "<string>", "exec")
     try:
         raise ValueError("warm-up")

@@ -977,7 +977,16 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         fd: Resource<Descriptor>,
         offset: u64,
     ) -> FsResult<Resource<streams::InputStream>> {
-        fs::HostDescriptor::read_via_stream(&mut self.inner, fd, offset)
+        let file = match self.inner.table.get(&fd)? {
+            HostDescriptorObj::File(f) => f.file.clone(),
+            // A directory's error is wasmtime-wasi's.
+            HostDescriptorObj::Dir(_) => {
+                return fs::HostDescriptor::read_via_stream(&mut self.inner, fd, offset);
+            }
+        };
+        let stream: wasmtime_wasi::p2::DynInputStream =
+            Box::new(crate::fs_stream::FileReadStream::new(file, offset));
+        Ok(self.inner.table.push(stream)?)
     }
 
     fn write_via_stream(
@@ -985,7 +994,14 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         fd: Resource<Descriptor>,
         offset: u64,
     ) -> FsResult<Resource<streams::OutputStream>> {
-        fs::HostDescriptor::write_via_stream(&mut self.inner, fd, offset)
+        let file = match self.inner.table.get(&fd)? {
+            HostDescriptorObj::File(f) if !f.perms.write_not_permitted() => f.file.clone(),
+            // Refusals are wasmtime-wasi's.
+            _ => return fs::HostDescriptor::write_via_stream(&mut self.inner, fd, offset),
+        };
+        let stream: wasmtime_wasi::p2::DynOutputStream =
+            Box::new(crate::fs_stream::FileWriteStream::new(file, offset));
+        Ok(self.inner.table.push(stream)?)
     }
 
     fn append_via_stream(

@@ -9,6 +9,7 @@
 mod fs_area;
 mod fs_guard;
 mod fs_host;
+mod fs_stream;
 mod fs_walk;
 mod http_guard;
 pub mod load;

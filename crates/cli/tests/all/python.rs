@@ -1209,3 +1209,103 @@ fn bytecode_over_64_kib_is_written_and_used() {
     assert_eq!(r.stdout, "True\n", "{}", r.stderr);
     assert!(std::fs::metadata(out.join("big.pyc")).unwrap().len() > 64 * 1024);
 }
+
+/// Reads and writes through file streams (`os.read`, `os.write`, buffered
+/// files), which capsa does on the guest's own thread: whole large writes,
+/// positions kept across seeks, appends, the end of a file, and a file
+/// reopened read-only to read back exactly what was written.
+#[test]
+fn file_streams_read_and_write_as_natively() {
+    let (_t, dir) = scratch();
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let code = "import os, sys\n\
+         d = sys.argv[1]\n\
+         fd = os.open(d + '/big.bin', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\n\
+         print(os.write(fd, bytes(range(256)) * (12 << 12)))\n\
+         os.close(fd)\n\
+         with open(d + '/t.txt', 'w') as f: f.write('one\\n')\n\
+         with open(d + '/t.txt', 'a') as f: f.write('two\\n')\n\
+         with open(d + '/t.txt', 'r+') as f:\n    f.seek(1); f.write('X'); f.seek(0); print(repr(f.read()))\n\
+         fd = os.open(d + '/t.txt', os.O_RDONLY)\n\
+         print(os.read(fd, 3), os.read(fd, 100), os.read(fd, 100))\n\
+         os.lseek(fd, 4, 0); print(os.read(fd, 2))\n\
+         os.close(fd)\n\
+         data = open(d + '/big.bin', 'rb').read()\n\
+         print(len(data), data == bytes(range(256)) * (12 << 12))";
+    let script = dir.join("streams.py");
+    std::fs::write(&script, code).unwrap();
+    python_ready();
+    let sandboxed = run(
+        &[
+            &format!("--allow-read={}", s(&dir)),
+            &format!("--allow-write={}", s(&out)),
+        ],
+        &script,
+        &[&s(&out)],
+    );
+    let native: Run = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .unwrap()
+        .into();
+    for r in [sandboxed, native] {
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(
+            r.stdout, "12582912\n'oXe\\ntwo\\n'\nb'oXe' b'\\ntwo\\n' b''\nb'tw'\n12582912 True\n",
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("t.txt")).unwrap(),
+        "oXe\ntwo\n"
+    );
+}
+
+/// A write stream is only as writable as its descriptor: a file of a
+/// read-only grant, and a file opened read-only inside a writable grant,
+/// refuse `os.write` and stay as they were.
+#[test]
+fn file_streams_write_nothing_through_a_read_only_descriptor() {
+    let (_t, dir) = scratch();
+    let ro = dir.join("ro");
+    let rw = dir.join("rw");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::create_dir(&rw).unwrap();
+    std::fs::write(ro.join("a.txt"), "kept a\n").unwrap();
+    std::fs::write(rw.join("b.txt"), "kept b\n").unwrap();
+    let r = py_code(
+        &dir,
+        &[
+            &format!("--allow-read={}", s(&ro)),
+            &format!("--allow-write={}", s(&rw)),
+        ],
+        &format!(
+            "import os\n\
+             for p in ['{}/a.txt', '{}/b.txt']:\n    \
+             fd = os.open(p, os.O_RDONLY)\n    \
+             try:\n        os.write(fd, b'changed'); print('wrote', p)\n    \
+             except OSError as e: print('refused')\n    \
+             try:\n        os.lseek(fd, 0, 0); print(os.read(fd, 100))\n    \
+             finally: os.close(fd)",
+            s(&ro),
+            s(&rw)
+        ),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout, "refused\nb'kept a\\n'\nrefused\nb'kept b\\n'\n",
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(ro.join("a.txt")).unwrap(),
+        "kept a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("b.txt")).unwrap(),
+        "kept b\n"
+    );
+}
