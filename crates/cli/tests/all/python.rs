@@ -1309,3 +1309,45 @@ fn file_streams_write_nothing_through_a_read_only_descriptor() {
         "kept b\n"
     );
 }
+
+/// A write stream follows its descriptor, never its name: the guest opens
+/// a file, moves it away and puts a link to a read-only granted file in
+/// its place, then writes through the descriptor it kept. The data lands
+/// in the moved file; the read-only file is unchanged.
+#[test]
+fn a_kept_write_stream_follows_its_file_not_a_name_pointed_elsewhere() {
+    let (_t, dir) = scratch();
+    let ro = dir.join("ro");
+    let rw = dir.join("rw");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::create_dir(&rw).unwrap();
+    std::fs::write(ro.join("a.txt"), "kept a\n").unwrap();
+    let r = py_code(
+        &dir,
+        &[
+            &format!("--allow-read={}", s(&ro)),
+            &format!("--allow-write={}", s(&rw)),
+        ],
+        &format!(
+            "import os\n\
+             rw = '{}'\n\
+             fd = os.open(rw + '/f.txt', os.O_WRONLY | os.O_CREAT)\n\
+             os.rename(rw + '/f.txt', rw + '/g.txt')\n\
+             try:\n    os.symlink('../ro/a.txt', rw + '/f.txt'); print('linked')\n\
+             except OSError: print('no link')\n\
+             print(os.write(fd, b'through the kept descriptor\\n' * 3000))\n\
+             os.close(fd)",
+            s(&rw)
+        ),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.ends_with("84000\n"), "{}", r.stdout);
+    assert_eq!(
+        std::fs::read_to_string(ro.join("a.txt")).unwrap(),
+        "kept a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("g.txt")).unwrap(),
+        "through the kept descriptor\n".repeat(3000)
+    );
+}
