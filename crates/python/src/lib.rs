@@ -16,6 +16,7 @@
 //! build once and a crash leaves no partial entry.
 
 pub mod invocation;
+pub mod prune;
 
 use capsa_sandbox::CodeCache;
 use serde::{Deserialize, Serialize};
@@ -30,8 +31,9 @@ pub use invocation::{Invocation, Mode};
 /// `sys.path` and code objects were made with.
 pub const GUEST_STDLIB: &str = "/python";
 
-/// Bump when the layout of a runtime directory changes.
-const FORMAT: u32 = 1;
+/// Bump when the layout of a runtime directory, or the way its component is
+/// made, changes.
+const FORMAT: u32 = 2;
 
 const APP_PY: &str = include_str!("app.py");
 const HTTP_PY: &str = include_str!("_capsa_http.py");
@@ -329,7 +331,7 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
         .to_str()
         .ok_or_else(|| PythonError::Build("cache path is not UTF-8".into()))?
         .to_string();
-    let output = output.to_path_buf();
+    let out_path = output.to_path_buf();
     // componentize-py's generator is async and runs its own engine; keep its
     // runtime on a thread of its own, away from capsa's synchronous WASI.
     std::thread::spawn(move || -> Result<(), String> {
@@ -345,7 +347,7 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
             python_path: &[&app],
             module_worlds: &[],
             app_name: "app",
-            output_path: &output,
+            output_path: &out_path,
             add_to_linker: None,
             stub_wasi: false,
             import_interface_names: &imports,
@@ -359,5 +361,11 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
     })
     .join()
     .map_err(|_| PythonError::Build("the generator panicked".into()))?
-    .map_err(PythonError::Build)
+    .map_err(PythonError::Build)?;
+    // Fewer names for wasmtime to read back on every start.
+    let bytes = fs::read(output).map_err(err)?;
+    if let Some((pruned, _)) = prune::prune_exports(&bytes) {
+        fs::write(output, pruned).map_err(err)?;
+    }
+    Ok(())
 }

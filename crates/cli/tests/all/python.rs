@@ -1351,3 +1351,28 @@ fn a_kept_write_stream_follows_its_file_not_a_name_pointed_elsewhere() {
         "through the kept descriptor\n".repeat(3000)
     );
 }
+
+/// The runtime component keeps only the core exports its wiring reads (every
+/// name costs each start): a second pass finds nothing left to drop.
+#[test]
+fn the_runtime_component_has_no_unreachable_exports() {
+    python_ready();
+    let component = capsa_python::runtime_dir(&cache_dir()).join("python.wasm");
+    let bytes = std::fs::read(&component).expect("the runtime component");
+    let (_, again) = capsa_python::prune::prune_exports(&bytes).expect("the pass follows it");
+    assert_eq!(again.exports_before, again.exports_after, "{again:?}");
+    assert!(again.exports_after > 100, "{again:?}");
+    // And the runtime still runs, with the exports it kept.
+    let (_g, d) = scratch();
+    let r = py_code(
+        &d,
+        &[],
+        "import json, re, sqlite3; print(json.dumps(re.findall('a+', 'caab')))",
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "[\"aa\"]\n"),
+        "{}",
+        r.stderr
+    );
+}
