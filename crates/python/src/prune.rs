@@ -155,14 +155,20 @@ impl Plan {
                         }
                     }
                 }
+                // A module passed to a component, or put in a bag of exports
+                // (which may be exported or passed on), is read by name there.
                 Payload::ComponentInstanceSection(reader) => {
                     for instance in reader.clone() {
-                        if let wasmparser::ComponentInstance::Instantiate { args, .. } =
-                            instance.ok()?
-                        {
-                            if args.iter().any(|a| a.kind == ComponentExternalKind::Module) {
-                                return None;
+                        let passes_a_module = match instance.ok()? {
+                            wasmparser::ComponentInstance::Instantiate { args, .. } => {
+                                args.iter().any(|a| a.kind == ComponentExternalKind::Module)
                             }
+                            wasmparser::ComponentInstance::FromExports(exports) => exports
+                                .iter()
+                                .any(|e| e.kind == ComponentExternalKind::Module),
+                        };
+                        if passes_a_module {
+                            return None;
                         }
                     }
                 }
@@ -342,6 +348,12 @@ mod tests {
             (core module $m (func (export "f")) (func (export "g")))
             (export "m" (core module $m)))"#;
         assert!(prune_exports(&wat::parse_str(exported).unwrap()).is_none());
+        let bagged = r#"(component
+            (core module $m (func (export "f")) (func (export "g")))
+            (core instance (instantiate $m))
+            (instance $bag (export "m" (core module $m)))
+            (export "bag" (instance $bag)))"#;
+        assert!(prune_exports(&wat::parse_str(bagged).unwrap()).is_none());
         assert!(prune_exports(b"\0asm\x01\0\0\0").is_none());
         assert!(prune_exports(b"not wasm").is_none());
     }
