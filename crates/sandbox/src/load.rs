@@ -188,7 +188,7 @@ fn adapt_module(path: &Path, module: &[u8]) -> Result<Vec<u8>, LoadError> {
     wasmparser::Validator::new()
         .validate_all(module)
         .map_err(|e| invalid(e.to_string()))?;
-    let mut has_start = false;
+    let (mut has_start, mut has_memory) = (false, false);
     for payload in wasmparser::Parser::new(0).parse_all(module) {
         match payload.map_err(|e| invalid(e.to_string()))? {
             wasmparser::Payload::ImportSection(reader) => {
@@ -204,9 +204,10 @@ fn adapt_module(path: &Path, module: &[u8]) -> Result<Vec<u8>, LoadError> {
             }
             wasmparser::Payload::ExportSection(reader) => {
                 for exp in reader {
-                    if exp.map_err(|e| invalid(e.to_string()))?.name == "_start" {
-                        has_start = true;
-                    }
+                    let exp = exp.map_err(|e| invalid(e.to_string()))?;
+                    has_start |= exp.name == "_start";
+                    has_memory |=
+                        exp.name == "memory" && exp.kind == wasmparser::ExternalKind::Memory;
                 }
             }
             _ => {}
@@ -216,6 +217,13 @@ fn adapt_module(path: &Path, module: &[u8]) -> Result<Vec<u8>, LoadError> {
         return Err(LoadError::NotCommand {
             path: path.into(),
             msg: "the module exports no _start function".into(),
+        });
+    }
+    if !has_memory {
+        return Err(LoadError::NotCommand {
+            path: path.into(),
+            msg: "the module exports no memory named `memory`, through which WASI passes its data"
+                .into(),
         });
     }
     wit_component::ComponentEncoder::default()

@@ -57,6 +57,13 @@ fn programs_that_cannot_load() {
         "imports env::launch_missiles, which capsa does not provide",
     );
     check(&[], &wat("reactor.wat"), 126, "no _start function");
+    // Was: "failed to satisfy import `env::memory`: main module cannot import memory".
+    check(
+        &[],
+        &wat("no-memory.wat"),
+        126,
+        "exports no memory named `memory`",
+    );
     // Regression: a component importing what capsa lacks exited 134 (crash).
     check(
         &[],
