@@ -1264,24 +1264,32 @@ fn file_streams_read_and_write_as_natively() {
     );
 }
 
+/// In `dir`: `ro/` holding `a.txt` ("kept a"), granted read-only, and an
+/// empty `rw/`, granted writable; with their grant flags.
+fn read_only_and_writable(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, [String; 2]) {
+    let ro = dir.join("ro");
+    let rw = dir.join("rw");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::create_dir(&rw).unwrap();
+    std::fs::write(ro.join("a.txt"), "kept a\n").unwrap();
+    let grants = [
+        format!("--allow-read={}", s(&ro)),
+        format!("--allow-write={}", s(&rw)),
+    ];
+    (ro, rw, grants)
+}
+
 /// A write stream is only as writable as its descriptor: a file of a
 /// read-only grant, and a file opened read-only inside a writable grant,
 /// refuse `os.write` and stay as they were.
 #[test]
 fn file_streams_write_nothing_through_a_read_only_descriptor() {
     let (_t, dir) = scratch();
-    let ro = dir.join("ro");
-    let rw = dir.join("rw");
-    std::fs::create_dir(&ro).unwrap();
-    std::fs::create_dir(&rw).unwrap();
-    std::fs::write(ro.join("a.txt"), "kept a\n").unwrap();
+    let (ro, rw, grants) = read_only_and_writable(&dir);
     std::fs::write(rw.join("b.txt"), "kept b\n").unwrap();
     let r = py_code(
         &dir,
-        &[
-            &format!("--allow-read={}", s(&ro)),
-            &format!("--allow-write={}", s(&rw)),
-        ],
+        &[&grants[0], &grants[1]],
         &format!(
             "import os\n\
              for p in ['{}/a.txt', '{}/b.txt']:\n    \
@@ -1317,17 +1325,10 @@ fn file_streams_write_nothing_through_a_read_only_descriptor() {
 #[test]
 fn a_kept_write_stream_follows_its_file_not_a_name_pointed_elsewhere() {
     let (_t, dir) = scratch();
-    let ro = dir.join("ro");
-    let rw = dir.join("rw");
-    std::fs::create_dir(&ro).unwrap();
-    std::fs::create_dir(&rw).unwrap();
-    std::fs::write(ro.join("a.txt"), "kept a\n").unwrap();
+    let (ro, rw, grants) = read_only_and_writable(&dir);
     let r = py_code(
         &dir,
-        &[
-            &format!("--allow-read={}", s(&ro)),
-            &format!("--allow-write={}", s(&rw)),
-        ],
+        &[&grants[0], &grants[1]],
         &format!(
             "import os\n\
              rw = '{}'\n\
