@@ -62,6 +62,22 @@ before the Python options: see `capsa python --help`.";
 
 /// Parses `python3`'s arguments. `stdin_tty` picks the REPL or stdin when
 /// no program is given.
+/// The entry point's arguments for the least a run does: start, run
+/// `pass`, exit. Such a run shows which pages of the snapshot every run
+/// writes (see `capsa_sandbox::prefault`).
+pub fn minimal() -> String {
+    let inv = Invocation {
+        mode: Mode::Code("pass".into()),
+        args: Vec::new(),
+        unbuffered: false,
+        safe_path: true,
+        quiet: true,
+        inspect: false,
+        warnings: Vec::new(),
+    };
+    inv.to_guest_json(None, None, &[])
+}
+
 pub fn parse(argv: &[String], stdin_tty: bool) -> Result<Invocation, String> {
     let mut inv = Invocation {
         mode: if stdin_tty { Mode::Repl } else { Mode::Stdin },

@@ -15,6 +15,7 @@ mod http_guard;
 pub mod load;
 mod net_guard;
 mod output;
+pub mod prefault;
 pub mod report;
 mod tcp_guard;
 #[cfg(windows)]
@@ -98,6 +99,11 @@ pub struct RunConfig {
     pub ca_certs: Vec<PathBuf>,
     /// The guest's stdin: these bytes, or (`None`) capsa's own stdin.
     pub stdin: Option<Vec<u8>>,
+    /// Arguments for a minimal run of the same program, with nothing
+    /// granted and no output, that shows which pages of its memory snapshot
+    /// every run writes; made before the program's first run on this
+    /// machine (see [`prefault`]). `None`: no profile is made.
+    pub teach_pages: Option<Vec<String>>,
 }
 
 /// How a run ended, when capsa itself did not fail.
@@ -379,8 +385,14 @@ pub fn precompile(program: &load::Program, cache: &CodeCache) -> Result<(), RunE
 /// are unmapped on that thread afterwards, which a caller about to exit
 /// need not wait for (it cost a run of Python about two milliseconds).
 pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
+    // A process that runs many programs lets the last one's thread finish
+    // unmapping first: one snapshot mapped at a time (see `prefault`).
+    let warm = WARM.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+    if warm && let Some(last) = LAST_GUEST.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = last.join();
+    }
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
+    let guest = std::thread::Builder::new()
         .name("guest".into())
         .stack_size(HOST_STACK)
         .spawn(move || {
@@ -389,9 +401,17 @@ pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
             }
         })
         .map_err(|e| RunError::Setup(format!("cannot start the guest thread: {e}")))?;
-    rx.recv()
-        .unwrap_or_else(|_| Err(RunError::Setup("the guest thread panicked".into())))
+    let outcome = rx
+        .recv()
+        .unwrap_or_else(|_| Err(RunError::Setup("the guest thread panicked".into())));
+    if warm {
+        *LAST_GUEST.lock().unwrap_or_else(|e| e.into_inner()) = Some(guest);
+    }
+    outcome
 }
+
+/// The thread of a warm process's last run, which may still be unmapping.
+static LAST_GUEST: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
 
 fn run_here(
     mut config: RunConfig,
@@ -412,8 +432,72 @@ fn run_here(
     if let Some(t) = config.policy.limits.timeout {
         start_watchdog(t, finished.clone(), early_reporter.clone());
     }
-    let (engine, pre) = prepared(&config)?;
+    let (engine, pre, cwasm) = prepared(&config)?;
+    let snapshot = cwasm.map(|(root, file)| {
+        // The first run of a snapshot on this machine is preceded by a
+        // minimal one that records which pages every run writes: a profile
+        // taken from the user's own program would hold its pages too.
+        if let Some(args) = config.teach_pages.take()
+            && !prefault::profile_path(&file).exists()
+        {
+            let teach = RunConfig {
+                program: config.program.clone(),
+                argv0: config.argv0.clone(),
+                args,
+                policy: Policy::default(),
+                cwd: None,
+                quiet: true,
+                audit: None,
+                cache: None,
+                ca_certs: Vec::new(),
+                stdin: Some(Vec::new()),
+                teach_pages: None,
+            };
+            let snapshot = Pages::Learn(root.clone(), file.clone());
+            let _ = run_instance(
+                teach,
+                &engine,
+                &pre,
+                snapshot,
+                &Finished::default(),
+                None,
+                |_| {},
+            );
+        }
+        Pages::Populate(root, file)
+    });
+    run_instance(
+        config,
+        &engine,
+        &pre,
+        snapshot.unwrap_or(Pages::None),
+        &finished,
+        Some(&*early_reporter),
+        |outcome| {
+            let _ = done.send(Ok(outcome));
+        },
+    )
+}
 
+/// What a run does with its snapshot's page profile (see [`prefault`]):
+/// the cache root and the compiled file.
+enum Pages {
+    None,
+    Populate(PathBuf, PathBuf),
+    Learn(PathBuf, PathBuf),
+}
+
+/// Instantiates `pre` and runs it under `config.policy`; hands the outcome
+/// to `deliver`, then tears the instance down.
+fn run_instance(
+    mut config: RunConfig,
+    engine: &Engine,
+    pre: &wasmtime::component::InstancePre<HostState>,
+    pages: Pages,
+    finished: &Finished,
+    early_reporter: Option<&std::sync::OnceLock<Arc<Guard>>>,
+    deliver: impl FnOnce(Outcome),
+) -> Result<(), RunError> {
     let limits = config.policy.limits;
     let ca_certs = http_guard::read_ca_certs(&config.ca_certs).map_err(RunError::Policy)?;
     let mut preopens = preopens(&config.policy, config.cwd.as_deref())?;
@@ -499,7 +583,7 @@ fn run_here(
     table.set_max_capacity(MAX_RESOURCES);
 
     let mut store = Store::new(
-        &engine,
+        engine,
         HostState {
             wasi: WasiState {
                 ctx: b.build(),
@@ -525,11 +609,24 @@ fn run_here(
             .set_fuel(fuel)
             .map_err(|e| RunError::Setup(format!("cannot set fuel: {e:#}")))?;
     }
-    let _ = early_reporter.set(guard.clone());
+    if let Some(r) = early_reporter {
+        let _ = r.set(guard.clone());
+    }
 
     let result = pre.instantiate(&mut store).and_then(|instance| {
+        let snapshot = match &pages {
+            Pages::None => None,
+            Pages::Populate(root, file) => {
+                prefault::Snapshot::find(root, file).inspect(|s| s.populate())
+            }
+            Pages::Learn(root, file) => prefault::Snapshot::find(root, file),
+        };
         let command = wasmtime_wasi::p2::bindings::sync::Command::new(&mut store, &instance)?;
-        command.wasi_cli_run().call_run(&mut store)
+        let ran = command.wasi_cli_run().call_run(&mut store);
+        if let (Pages::Learn(..), Some(s)) = (&pages, snapshot) {
+            s.learn();
+        }
+        ran
     });
     finished.set();
     let outcome = outcome(result, &store, &budget, &limits);
@@ -537,7 +634,7 @@ fn run_here(
         guard.reporter.limit(message);
     }
     guard.reporter.flush();
-    let _ = done.send(Ok(outcome));
+    deliver(outcome);
     Ok(())
 }
 
@@ -565,9 +662,7 @@ pub fn keep_warm() {
 }
 
 /// The engine, and `config.program` compiled, checked and linked.
-fn prepared(
-    config: &RunConfig,
-) -> Result<(Engine, wasmtime::component::InstancePre<HostState>), RunError> {
+fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
     let fuel = config.policy.limits.fuel.is_some();
     let mut warm = WARM.lock().unwrap_or_else(|e| e.into_inner());
     let engine = match warm.as_mut() {
@@ -588,7 +683,8 @@ fn prepared(
             .iter()
             .find(|(d, f, _)| *d == program.digest && *f == fuel)
     {
-        return Ok((engine, pre.clone()));
+        let cwasm = cwasm_of(config, &engine, &program);
+        return Ok((engine, pre.clone(), cwasm));
     }
     let component = match &config.cache {
         Some(cache) => cache.load(&engine, &program)?,
@@ -616,8 +712,29 @@ fn prepared(
         }
         w.programs.push((program.digest, fuel, pre.clone()));
     }
-    Ok((engine, pre))
+    let cwasm = cwasm_of(config, &engine, &program);
+    Ok((engine, pre, cwasm))
 }
+
+fn cwasm_of(
+    config: &RunConfig,
+    engine: &Engine,
+    program: &load::Program,
+) -> Option<(PathBuf, PathBuf)> {
+    let cache = config.cache.as_ref()?;
+    Some((
+        cache.dir().to_path_buf(),
+        cache.entry(engine, &program.digest),
+    ))
+}
+
+/// The engine, the program ready to instantiate, and the compiled file in
+/// capsa's cache it may have been mapped from (with the cache's root).
+type Prepared = (
+    Engine,
+    wasmtime::component::InstancePre<HostState>,
+    Option<(PathBuf, PathBuf)>,
+);
 
 /// The directory behind the guarded root (see [`Preopen::root_guard`]):
 /// made empty and private, opened as the guest's `/`, and removed once

@@ -527,7 +527,7 @@ impl CodeCache {
         let _ = store(&self.dir, &self.stamp_file(stamp), &record);
     }
 
-    fn entry(&self, engine: &Engine, digest: &[u8; 32]) -> PathBuf {
+    pub(crate) fn entry(&self, engine: &Engine, digest: &[u8; 32]) -> PathBuf {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
@@ -565,8 +565,10 @@ impl CodeCache {
             {
                 return Ok(c);
             }
-            // Corrupt or from another engine: rebuilt below.
+            // Corrupt or from another engine: rebuilt below, and its page
+            // profile made again.
             let _ = std::fs::remove_file(&entry);
+            let _ = std::fs::remove_file(crate::prefault::profile_path(&entry));
         }
         let compiled = engine
             .precompile_component(&program.component_bytes()?)
@@ -740,7 +742,7 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Writes `bytes` to `entry` atomically: a reader sees the whole file or none.
-fn store(root: &Path, entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn store(root: &Path, entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = entry
         .parent()
         .ok_or_else(|| std::io::Error::other("no parent"))?;

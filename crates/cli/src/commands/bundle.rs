@@ -345,6 +345,7 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
             dir.join(entry),
             args.program.display().to_string(),
             guest_args,
+            None,
         )
     }
 }

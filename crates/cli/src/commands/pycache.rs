@@ -307,6 +307,7 @@ fn compile(job: &Job, rt: &Runtime) -> Option<()> {
         cache: Some(CodeCache::new(job.root.clone())),
         ca_certs: Vec::new(),
         stdin: Some(Vec::new()),
+        teach_pages: None,
     };
     match capsa_sandbox::run(config) {
         Ok(Outcome::Exited(0)) => Some(()),

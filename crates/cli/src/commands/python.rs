@@ -294,5 +294,6 @@ pub fn run_prepared(
         rt.component,
         "python3".into(),
         vec![config],
+        Some(vec![capsa_python::invocation::minimal()]),
     )
 }

@@ -412,6 +412,7 @@ pub fn run(mut args: RunArgs) -> i32 {
         args.program.clone(),
         args.program.display().to_string(),
         args.args,
+        None,
     )
 }
 
@@ -423,6 +424,7 @@ pub fn execute(
     program: PathBuf,
     argv0: String,
     args: Vec<String>,
+    teach_pages: Option<Vec<String>>,
 ) -> i32 {
     let audit = match &sandbox.audit {
         None => None,
@@ -466,6 +468,7 @@ pub fn execute(
         cache: CodeCache::default_dir().map(CodeCache::new),
         ca_certs: sandbox.ca_cert.clone(),
         stdin,
+        teach_pages,
     };
     match capsa_sandbox::run(config) {
         Ok(Outcome::Exited(code)) => code,

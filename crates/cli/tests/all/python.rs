@@ -1377,3 +1377,121 @@ fn the_runtime_component_has_no_unreachable_exports() {
         r.stderr
     );
 }
+
+/// A private copy (hard links) of the shared cache, with no page profile
+/// in it, and the runtime's compiled file there.
+fn cache_without_page_profiles(dir: &Path) -> std::path::PathBuf {
+    python_ready();
+    let cache = dir.join("cache");
+    let ok = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(cache_dir())
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    for e in std::fs::read_dir(cache.join("code")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "pages") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    cache
+}
+
+fn page_profiles(cache: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(cache.join("code"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pages"))
+        .collect()
+}
+
+/// Pages a profile holds; `None` if it is not one.
+fn profile_pages(text: &str) -> Option<u32> {
+    let mut lines = text.lines();
+    (lines.next()? == "capsa-pages 1").then_some(())?;
+    let (_, total) = lines.next()?.split_once(' ')?;
+    let total: u32 = total.parse().ok()?;
+    let mut n = 0;
+    for r in lines.next()?.split_whitespace() {
+        let (a, b) = r.split_once('-')?;
+        let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+        assert!(a < b && b <= total, "{r} in {total} pages");
+        n += b - a;
+    }
+    Some(n)
+}
+
+/// Before the runtime's first run on a machine, capsa runs `pass` once and
+/// records which pages of the memory snapshot it wrote; later runs copy
+/// those at once (`prefault`). The profile never comes from the user's own
+/// program: this one writes over 3,000 of the snapshot's pages, and a
+/// profile holding them would make every later run copy them all. A
+/// damaged profile, or one holding the whole snapshot, changes nothing a
+/// program sees.
+#[test]
+fn the_snapshot_page_profile_comes_from_a_minimal_run_and_a_bad_one_changes_nothing() {
+    let (_g, d) = scratch();
+    let cache = cache_without_page_profiles(&d);
+    let run = |name: &str, source: &str| -> Run {
+        std::fs::write(d.join(name), source).unwrap();
+        capsa()
+            .env("CAPSA_CACHE_DIR", &cache)
+            .current_dir(&d)
+            .arg("run")
+            .arg(d.join(name))
+            .output()
+            .unwrap()
+            .into()
+    };
+    let heavy = "import dataclasses, json\n\
+                 @dataclasses.dataclass\n\
+                 class P:\n    x: int\n    y: str\n\
+                 d = [P(i, str(i)) for i in range(20000)]\n\
+                 print(len(json.dumps([dataclasses.asdict(p) for p in d[:2000]])))\n";
+    let r = run("heavy.py", heavy);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "49780\n"), "{}", r.stderr);
+    let made = page_profiles(&cache);
+    assert_eq!(made.len(), 1, "one profile, for the runtime: {made:?}");
+    let profile = &made[0];
+    let text = std::fs::read_to_string(profile).unwrap();
+    let pages = profile_pages(&text).expect("a profile");
+    assert!(
+        (50..1500).contains(&pages),
+        "{pages} pages: the profile of a minimal run, not of this program"
+    );
+    let whole = {
+        let head = text.lines().nth(1).unwrap();
+        let total = head.split_once(' ').unwrap().1;
+        format!("capsa-pages 1\n{head}\n0-{total}\n")
+    };
+    for bad in [
+        "garbage".to_string(),
+        "capsa-pages 1\n0 99999999\n0-99999999\n".to_string(),
+        whole,
+    ] {
+        std::fs::write(profile, &bad).unwrap();
+        let r = run("hello.py", "print('hello', sum(range(10)))\n");
+        assert_eq!(
+            (r.code, r.stdout.as_str()),
+            (0, "hello 45\n"),
+            "{bad:?}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            std::fs::read_to_string(profile).unwrap(),
+            bad,
+            "left as it is"
+        );
+    }
+    // Gone, it is made again.
+    std::fs::remove_file(profile).unwrap();
+    let r = run("hello.py", "print('hello')\n");
+    assert_eq!(r.stdout, "hello\n", "{}", r.stderr);
+    let again = std::fs::read_to_string(profile).expect("made again");
+    assert!(
+        profile_pages(&again).is_some_and(|n| (50..1500).contains(&n)),
+        "{again}"
+    );
+}

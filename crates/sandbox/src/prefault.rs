@@ -1,0 +1,367 @@
+//! Copying, in a few calls, the pages of a memory snapshot that every run
+//! writes.
+//!
+//! wasmtime maps a component's memory snapshot from its compiled file,
+//! copy-on-write. A run of Python then writes about 340 of its pages (its
+//! entry point and the objects whose reference counts it touches), and each
+//! first write is a fault that copies one page; many of those pages were
+//! mapped by an earlier read, so they fault twice. On this kind of machine
+//! a fault costs 2 to 6 us; `MADV_POPULATE_WRITE` over a range makes the
+//! same copies for about 1.1 us a page. (Populating the pages a run only
+//! reads was measured too, and is slower than the faults: one read fault
+//! maps 16 pages.)
+//!
+//! Before a program's first run on a machine, the sandbox runs it once more
+//! with minimal arguments and nothing granted, and reads from
+//! `/proc/self/pagemap` which pages of the snapshot that run wrote (they are
+//! private copies now). That profile lies beside the compiled file in
+//! capsa's cache. Every later run copies those pages as soon as its
+//! instance exists. A profile taken from a user's program would hold that
+//! program's pages too: a first run that built 20,000 objects wrote 3,444
+//! pages, and every later `print` would pay for them.
+//!
+//! None of this changes what a guest sees: a copied page holds what the
+//! fault would have put there. Nothing here can fail a run; every range is
+//! checked against the mapping it was found for.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+const PAGE: usize = 4096;
+
+/// The pages of one memory snapshot a run wrote, by index from the start
+/// of the snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Where the snapshot lies in the compiled file, which tells it apart
+    /// from the file's other snapshots.
+    pub file_offset: u64,
+    /// The snapshot's length in pages.
+    pub pages: u32,
+    pub written: Vec<Range<u32>>,
+}
+
+/// A snapshot mapped into this process, copy-on-write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: usize,
+    pub len: usize,
+    pub file_offset: u64,
+}
+
+/// The profile file for compiled code at `cwasm`.
+pub fn profile_path(cwasm: &Path) -> PathBuf {
+    cwasm.with_extension("pages")
+}
+
+impl Profile {
+    /// Reads a profile file; `None` for anything malformed.
+    pub fn parse(text: &str) -> Option<Profile> {
+        let mut lines = text.lines();
+        if lines.next()? != "capsa-pages 1" {
+            return None;
+        }
+        let (offset, pages) = lines.next()?.split_once(' ')?;
+        let (file_offset, pages): (u64, u32) = (offset.parse().ok()?, pages.parse().ok()?);
+        let mut written: Vec<Range<u32>> = Vec::new();
+        for r in lines.next()?.split(' ').filter(|s| !s.is_empty()) {
+            let (a, b) = r.split_once('-')?;
+            let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+            // Sorted, disjoint, inside the snapshot.
+            if a >= b || b > pages || written.last().is_some_and(|l| l.end > a) {
+                return None;
+            }
+            written.push(a..b);
+        }
+        lines.next().is_none().then_some(Profile {
+            file_offset,
+            pages,
+            written,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let ranges: Vec<String> = self
+            .written
+            .iter()
+            .map(|r| format!("{}-{}", r.start, r.end))
+            .collect();
+        format!(
+            "capsa-pages 1\n{} {}\n{}\n",
+            self.file_offset,
+            self.pages,
+            ranges.join(" ")
+        )
+    }
+
+    /// From one flag per page: written or not.
+    fn from_flags(file_offset: u64, written: &[bool]) -> Profile {
+        let mut p = Profile {
+            file_offset,
+            pages: written.len() as u32,
+            written: Vec::new(),
+        };
+        let mut i = 0;
+        while i < written.len() {
+            let mut j = i + 1;
+            while j < written.len() && written[j] == written[i] {
+                j += 1;
+            }
+            if written[i] {
+                p.written.push(i as u32..j as u32);
+            }
+            i = j;
+        }
+        p
+    }
+
+    /// How many pages the profile holds.
+    pub fn len(&self) -> u32 {
+        self.written.iter().map(|r| r.end - r.start).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty()
+    }
+}
+
+/// The copy-on-write mappings of `cwasm` in this process: its memory
+/// snapshots (the code is mapped read-only).
+#[cfg(target_os = "linux")]
+pub fn mappings(cwasm: &Path) -> Vec<Mapping> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(cwasm) else {
+        return Vec::new();
+    };
+    let (ino, dev) = (meta.ino(), meta.dev());
+    let dev = format!(
+        "{:02x}:{:02x}",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev)
+    );
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    maps.lines()
+        .filter_map(|line| {
+            let mut f = line.split_ascii_whitespace();
+            let (range, perms, offset, d, inode) =
+                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+            if perms != "rw-p" || d != dev || inode.parse::<u64>().ok()? != ino {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            );
+            Some(Mapping {
+                start: a,
+                len: b.checked_sub(a)?,
+                file_offset: u64::from_str_radix(offset, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn mappings(_cwasm: &Path) -> Vec<Mapping> {
+    Vec::new()
+}
+
+/// Copies the pages `profile` holds, if it is for `m`.
+#[cfg(target_os = "linux")]
+pub fn populate(m: &Mapping, profile: &Profile) {
+    const MADV_POPULATE_WRITE: i32 = 23;
+    if profile.file_offset != m.file_offset || profile.pages as usize * PAGE != m.len {
+        return;
+    }
+    for r in &profile.written {
+        let (a, b) = (r.start as usize * PAGE, r.end as usize * PAGE);
+        if a < b && b <= m.len {
+            // SAFETY: the range lies inside this private, writable mapping;
+            // populating it makes the copies a write fault would make, with
+            // the same contents. An older kernel refuses the advice.
+            unsafe {
+                libc::madvise(
+                    (m.start + a) as *mut libc::c_void,
+                    b - a,
+                    MADV_POPULATE_WRITE,
+                )
+            };
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn populate(_m: &Mapping, _profile: &Profile) {}
+
+/// Which pages of `m` are written (private copies, no longer mapped from
+/// the file), from `/proc/self/pagemap`.
+#[cfg(target_os = "linux")]
+pub fn written(m: &Mapping) -> Option<Profile> {
+    use std::os::unix::fs::FileExt;
+    let pages = m.len / PAGE;
+    let file = std::fs::File::open("/proc/self/pagemap").ok()?;
+    let mut raw = vec![0u8; pages * 8];
+    file.read_exact_at(&mut raw, (m.start / PAGE * 8) as u64)
+        .ok()?;
+    let flags: Vec<bool> = raw
+        .chunks_exact(8)
+        .map(|e| {
+            let e = u64::from_le_bytes(e.try_into().unwrap_or_default());
+            // Present, and not a page of the file: a private copy.
+            e >> 63 & 1 == 1 && e >> 61 & 1 == 0
+        })
+        .collect();
+    Some(Profile::from_flags(m.file_offset, &flags))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn written(_m: &Mapping) -> Option<Profile> {
+    None
+}
+
+/// A run's snapshot: the largest copy-on-write mapping of its compiled file.
+pub struct Snapshot {
+    mapping: Mapping,
+    root: PathBuf,
+    file: PathBuf,
+}
+
+impl Snapshot {
+    /// After instantiation: the snapshot mapped from the compiled file
+    /// `cwasm` (in the cache at `root`). `None` if there is none, or if
+    /// more than one mapping could be it.
+    pub fn find(root: &Path, cwasm: &Path) -> Option<Snapshot> {
+        let maps = mappings(cwasm);
+        let main = *maps.iter().max_by_key(|m| m.len)?;
+        let alike = maps
+            .iter()
+            .filter(|m| m.file_offset == main.file_offset)
+            .count();
+        (alike == 1).then(|| Snapshot {
+            mapping: main,
+            root: root.to_path_buf(),
+            file: profile_path(cwasm),
+        })
+    }
+
+    /// Copies the pages the profile in the cache holds, if there is one.
+    pub fn populate(&self) {
+        if !crate::load::trusted(&self.root, &self.file) {
+            return;
+        }
+        if let Some(p) = std::fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|t| Profile::parse(&t))
+        {
+            populate(&self.mapping, &p);
+        }
+    }
+
+    /// After a run: records the pages it wrote as the profile.
+    pub fn learn(self) {
+        if let Some(p) = written(&self.mapping) {
+            let _ = crate::load::store(&self.root, &self.file, p.render().as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_reads_back_what_it_wrote_and_refuses_ranges_outside() {
+        let p = Profile::from_flags(4096, &[false, true, true, false, false, true, true, true]);
+        assert_eq!(p.written, vec![1..3, 5..8]);
+        assert_eq!(p.len(), 5);
+        assert_eq!(Profile::parse(&p.render()), Some(p.clone()));
+        let empty = Profile::from_flags(0, &[false; 3]);
+        assert_eq!(Profile::parse(&empty.render()), Some(empty));
+        for bad in [
+            "capsa-pages 1\n0 8\n1-9\n",
+            "capsa-pages 1\n0 8\n3-3\n",
+            "capsa-pages 1\n0 8\n4-2\n",
+            "capsa-pages 1\n0 8\n2-4 3-5\n",
+            "capsa-pages 1\n0 8\n2-4 x\n",
+            "capsa-pages 2\n0 8\n\n",
+            "capsa-pages 1\n0\n\n",
+            "capsa-pages 1\n0 8\n1-2\nmore\n",
+            "capsa-pages 1\n0 8\n",
+            "",
+        ] {
+            assert_eq!(Profile::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A private mapping of a file, as wasmtime maps a snapshot: the pages
+    /// written are seen as written, and populating that profile in a fresh
+    /// mapping copies exactly those pages, with the file's contents; the
+    /// file itself is unchanged.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pages_written_are_seen_and_copied_with_the_files_contents() {
+        use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
+        let dir = std::env::temp_dir().join(format!("capsa-prefault-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("image.cwasm");
+        let bytes: Vec<u8> = (0..16 * PAGE).map(|i| (i / PAGE) as u8 + 1).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let map = |offset: usize| {
+            // SAFETY: a fresh private mapping of a file this test owns.
+            unsafe {
+                mmap(
+                    std::ptr::null_mut(),
+                    8 * PAGE,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::PRIVATE,
+                    &file,
+                    offset as u64,
+                )
+                .unwrap()
+            }
+        };
+        let base = map(4 * PAGE);
+        let found = mappings(&path);
+        assert_eq!(
+            found,
+            vec![Mapping {
+                start: base as usize,
+                len: 8 * PAGE,
+                file_offset: (4 * PAGE) as u64
+            }]
+        );
+        let m = found[0];
+        // SAFETY: `m` is the mapping made above, alive until unmapped.
+        let mem = unsafe { std::slice::from_raw_parts_mut(m.start as *mut u8, m.len) };
+        mem[PAGE] = 0xaa;
+        mem[6 * PAGE + 9] = 0xbb;
+        assert_eq!(std::hint::black_box(mem[3 * PAGE]), 8);
+        let seen = written(&m).unwrap();
+        assert_eq!(seen.written, vec![1..2, 6..7]);
+        unsafe { munmap(base, 8 * PAGE).unwrap() };
+
+        // A fresh mapping, populated from the profile: those pages are
+        // copies before any write, holding the file's bytes.
+        let base = map(4 * PAGE);
+        let m = mappings(&path)[0];
+        assert!(written(&m).unwrap().is_empty());
+        populate(&m, &seen);
+        assert_eq!(written(&m).unwrap(), seen);
+        let mem = unsafe { std::slice::from_raw_parts(m.start as *const u8, m.len) };
+        assert_eq!((mem[PAGE], mem[6 * PAGE + 9], mem[7 * PAGE]), (6, 11, 12));
+        unsafe { munmap(base, 8 * PAGE).unwrap() };
+
+        // A profile for another part of the file copies nothing.
+        let base = map(0);
+        let m = mappings(&path)[0];
+        populate(&m, &seen);
+        assert!(written(&m).unwrap().is_empty());
+        unsafe { munmap(base, 8 * PAGE).unwrap() };
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
