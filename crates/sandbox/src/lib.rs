@@ -438,13 +438,16 @@ fn run_here(
         // minimal one that records which pages every run writes: a profile
         // taken from the user's own program would hold its pages too.
         if let Some(args) = config.teach_pages.take()
-            && !prefault::profile_path(&file).exists()
+            && prefault::wanted(&root, &file)
         {
+            let mut policy = Policy::default();
+            // An engine that counts fuel needs some to run at all.
+            policy.limits.fuel = config.policy.limits.fuel.map(|_| 1 << 40);
             let teach = RunConfig {
                 program: config.program.clone(),
                 argv0: config.argv0.clone(),
                 args,
-                policy: Policy::default(),
+                policy,
                 cwd: None,
                 quiet: true,
                 audit: None,
@@ -613,21 +616,21 @@ fn run_instance(
         let _ = r.set(guard.clone());
     }
 
+    let mut snapshot = None;
     let result = pre.instantiate(&mut store).and_then(|instance| {
-        let snapshot = match &pages {
+        snapshot = match &pages {
             Pages::None => None,
-            Pages::Populate(root, file) => {
-                prefault::Snapshot::find(root, file).inspect(|s| s.populate())
-            }
-            Pages::Learn(root, file) => prefault::Snapshot::find(root, file),
+            Pages::Populate(_, file) | Pages::Learn(_, file) => prefault::find(file),
         };
-        let command = wasmtime_wasi::p2::bindings::sync::Command::new(&mut store, &instance)?;
-        let ran = command.wasi_cli_run().call_run(&mut store);
-        if let (Pages::Learn(..), Some(s)) = (&pages, snapshot) {
-            s.learn();
+        if let (Pages::Populate(root, file), Some(m)) = (&pages, &snapshot) {
+            prefault::populate_from(root, file, m);
         }
-        ran
+        let command = wasmtime_wasi::p2::bindings::sync::Command::new(&mut store, &instance)?;
+        command.wasi_cli_run().call_run(&mut store)
     });
+    if let Pages::Learn(root, file) = &pages {
+        prefault::learn(root, file, snapshot.as_ref());
+    }
     finished.set();
     let outcome = outcome(result, &store, &budget, &limits);
     if let Outcome::Limit { message, .. } = &outcome {
@@ -644,8 +647,14 @@ fn run_instance(
 struct Warm {
     /// Without fuel, and with.
     engines: [Option<Engine>; 2],
-    /// The newest last: (program digest, fuel, ready to instantiate).
-    programs: Vec<([u8; 32], bool, wasmtime::component::InstancePre<HostState>)>,
+    /// The newest last: (program digest, fuel, ready to instantiate, mapped
+    /// from the cache's file).
+    programs: Vec<(
+        [u8; 32],
+        bool,
+        wasmtime::component::InstancePre<HostState>,
+        bool,
+    )>,
 }
 
 /// Programs a warm process keeps ready.
@@ -678,22 +687,25 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
     };
     let program = load::Program::read(&config.program, config.cache.as_ref())?;
     if let Some(w) = warm.as_ref()
-        && let Some((_, _, pre)) = w
+        && let Some((_, _, pre, mapped)) = w
             .programs
             .iter()
-            .find(|(d, f, _)| *d == program.digest && *f == fuel)
+            .find(|(d, f, _, _)| *d == program.digest && *f == fuel)
     {
-        let cwasm = cwasm_of(config, &engine, &program);
+        let cwasm = cwasm_of(config, &engine, &program).filter(|_| *mapped);
         return Ok((engine, pre.clone(), cwasm));
     }
-    let component = match &config.cache {
-        Some(cache) => cache.load(&engine, &program)?,
-        None => wasmtime::component::Component::new(&engine, program.component_bytes()?).map_err(
-            |e| LoadError::Invalid {
-                path: config.program.clone(),
-                msg: format!("{e:#}"),
-            },
-        )?,
+    let (component, mapped) = match &config.cache {
+        Some(cache) => cache.load_mapped(&engine, &program)?,
+        None => (
+            wasmtime::component::Component::new(&engine, program.component_bytes()?).map_err(
+                |e| LoadError::Invalid {
+                    path: config.program.clone(),
+                    msg: format!("{e:#}"),
+                },
+            )?,
+            false,
+        ),
     };
     check_world(&engine, &component, &config.program)?;
     let mut linker = Linker::<HostState>::new(&engine);
@@ -710,9 +722,11 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
         if w.programs.len() >= WARM_PROGRAMS {
             w.programs.remove(0);
         }
-        w.programs.push((program.digest, fuel, pre.clone()));
+        w.programs.push((program.digest, fuel, pre.clone(), mapped));
     }
-    let cwasm = cwasm_of(config, &engine, &program);
+    // Code compiled just now runs from memory: there is no file mapping to
+    // populate or learn from until the next run.
+    let cwasm = cwasm_of(config, &engine, &program).filter(|_| mapped);
     Ok((engine, pre, cwasm))
 }
 

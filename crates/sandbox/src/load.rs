@@ -545,6 +545,16 @@ impl CodeCache {
 
     /// Loads compiled code for `digest`, compiling `component` on a miss.
     pub fn load(&self, engine: &Engine, program: &Program) -> Result<Component, LoadError> {
+        self.load_mapped(engine, program).map(|(c, _)| c)
+    }
+
+    /// [`load`](Self::load), and whether the code (and its memory
+    /// snapshots) is mapped from the cache's file, not from bytes in memory.
+    pub fn load_mapped(
+        &self,
+        engine: &Engine,
+        program: &Program,
+    ) -> Result<(Component, bool), LoadError> {
         let path = program.path.as_path();
         let entry = self.entry(engine, &program.digest);
         if trusted(&self.dir, &entry) {
@@ -555,7 +565,7 @@ impl CodeCache {
             // means by capsa through `store` below; wasmtime also checks the
             // header against this engine's version and configuration.
             if let Ok(c) = unsafe { Component::deserialize_file(engine, &entry) } {
-                return Ok(c);
+                return Ok((c, true));
             }
             // Where the file cannot be mapped as code (wine maps no file
             // executable), its bytes are loaded instead: the same entry,
@@ -563,7 +573,7 @@ impl CodeCache {
             if let Ok(bytes) = std::fs::read(&entry)
                 && let Ok(c) = unsafe { Component::deserialize(engine, &bytes) }
             {
-                return Ok(c);
+                return Ok((c, false));
             }
             // Corrupt or from another engine: rebuilt below, and its page
             // profile made again.
@@ -580,10 +590,12 @@ impl CodeCache {
         let _ = store(&self.dir, &entry, &compiled);
         // SAFETY: these bytes were produced by `precompile_component` on this
         // same engine a moment ago.
-        unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| LoadError::Invalid {
-            path: path.into(),
-            msg: format!("{e:#}"),
-        })
+        unsafe { Component::deserialize(engine, &compiled) }
+            .map(|c| (c, false))
+            .map_err(|e| LoadError::Invalid {
+                path: path.into(),
+                msg: format!("{e:#}"),
+            })
     }
 }
 
@@ -739,6 +751,21 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
         o.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     }
     o.open(path)
+}
+
+/// Whether [`store`] could write `entry` now: its directory is private and
+/// a file can be made there (made and removed at once).
+pub(crate) fn can_store(root: &Path, entry: &Path) -> bool {
+    let Some(dir) = entry.parent() else {
+        return false;
+    };
+    if make_private_dir(dir).is_err() || !trusted(root, dir) {
+        return false;
+    }
+    let probe = dir.join(format!(".tmp-{}-probe", std::process::id()));
+    let ok = create_new_private(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
 }
 
 /// Writes `bytes` to `entry` atomically: a reader sees the whole file or none.

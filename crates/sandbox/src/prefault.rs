@@ -126,28 +126,32 @@ impl Profile {
 }
 
 /// The copy-on-write mappings of `cwasm` in this process: its memory
-/// snapshots (the code is mapped read-only).
+/// snapshots (the code is mapped read-only). Told by inode and path: the
+/// device `stat` gives differs from the one the maps show on btrfs.
 #[cfg(target_os = "linux")]
 pub fn mappings(cwasm: &Path) -> Vec<Mapping> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(cwasm) else {
+    let (Ok(meta), Ok(path)) = (std::fs::metadata(cwasm), std::fs::canonicalize(cwasm)) else {
         return Vec::new();
     };
-    let (ino, dev) = (meta.ino(), meta.dev());
-    let dev = format!(
-        "{:02x}:{:02x}",
-        rustix::fs::major(dev),
-        rustix::fs::minor(dev)
-    );
+    let (ino, Some(path)) = (meta.ino(), path.to_str().map(str::to_string)) else {
+        return Vec::new();
+    };
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return Vec::new();
     };
     maps.lines()
         .filter_map(|line| {
-            let mut f = line.split_ascii_whitespace();
-            let (range, perms, offset, d, inode) =
-                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-            if perms != "rw-p" || d != dev || inode.parse::<u64>().ok()? != ino {
+            let mut f = line.splitn(6, ' ');
+            let (range, perms, offset, _dev, inode, name) = (
+                f.next()?,
+                f.next()?,
+                f.next()?,
+                f.next()?,
+                f.next()?,
+                f.next()?.trim_start(),
+            );
+            if perms != "rw-p" || name != path || inode.parse::<u64>().ok()? != ino {
                 return None;
             }
             let (a, b) = range.split_once('-')?;
@@ -222,50 +226,69 @@ pub fn written(_m: &Mapping) -> Option<Profile> {
     None
 }
 
-/// A run's snapshot: the largest copy-on-write mapping of its compiled file.
-pub struct Snapshot {
-    mapping: Mapping,
-    root: PathBuf,
-    file: PathBuf,
+/// After instantiation: the snapshot mapped from the compiled file
+/// `cwasm`, the largest copy-on-write mapping of it. `None` if there is
+/// none, or if more than one mapping could be it.
+pub fn find(cwasm: &Path) -> Option<Mapping> {
+    let maps = mappings(cwasm);
+    let main = *maps.iter().max_by_key(|m| m.len)?;
+    let alike = maps
+        .iter()
+        .filter(|m| m.file_offset == main.file_offset)
+        .count();
+    (alike == 1).then_some(main)
 }
 
-impl Snapshot {
-    /// After instantiation: the snapshot mapped from the compiled file
-    /// `cwasm` (in the cache at `root`). `None` if there is none, or if
-    /// more than one mapping could be it.
-    pub fn find(root: &Path, cwasm: &Path) -> Option<Snapshot> {
-        let maps = mappings(cwasm);
-        let main = *maps.iter().max_by_key(|m| m.len)?;
-        let alike = maps
-            .iter()
-            .filter(|m| m.file_offset == main.file_offset)
-            .count();
-        (alike == 1).then(|| Snapshot {
-            mapping: main,
-            root: root.to_path_buf(),
-            file: profile_path(cwasm),
-        })
-    }
+/// A profile file is small: a larger one is not capsa's.
+const MAX_PROFILE: u64 = 256 << 10;
 
-    /// Copies the pages the profile in the cache holds, if there is one.
-    pub fn populate(&self) {
-        if !crate::load::trusted(&self.root, &self.file) {
-            return;
-        }
-        if let Some(p) = std::fs::read_to_string(&self.file)
-            .ok()
-            .and_then(|t| Profile::parse(&t))
-        {
-            populate(&self.mapping, &p);
-        }
+/// Copies the pages the profile for `cwasm` (in the cache at `root`) holds,
+/// if there is a usable one.
+pub fn populate_from(root: &Path, cwasm: &Path, m: &Mapping) {
+    let file = profile_path(cwasm);
+    if let Some(p) = read_profile(root, &file) {
+        populate(m, &p);
     }
+}
 
-    /// After a run: records the pages it wrote as the profile.
-    pub fn learn(self) {
-        if let Some(p) = written(&self.mapping) {
-            let _ = crate::load::store(&self.root, &self.file, p.render().as_bytes());
-        }
+fn read_profile(root: &Path, file: &Path) -> Option<Profile> {
+    use std::io::Read;
+    if !crate::load::trusted(root, file) {
+        return None;
     }
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        // Neither a link nor a FIFO that would block.
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32);
+    }
+    let f = o.open(file).ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_PROFILE {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(MAX_PROFILE).read_to_string(&mut text).ok()?;
+    Profile::parse(&text)
+}
+
+/// After the minimal run: records the pages it wrote in `m` as the profile
+/// for `cwasm`. Without a snapshot found, an empty profile is recorded, so
+/// that later runs neither populate nor run the minimal run again.
+pub fn learn(root: &Path, cwasm: &Path, m: Option<&Mapping>) {
+    let profile = m.and_then(written).unwrap_or_default();
+    let _ = crate::load::store(root, &profile_path(cwasm), profile.render().as_bytes());
+}
+
+/// Whether a minimal run should record a profile for `cwasm`: on Linux,
+/// when there is none and one can be stored.
+pub fn wanted(root: &Path, cwasm: &Path) -> bool {
+    let file = profile_path(cwasm);
+    cfg!(target_os = "linux")
+        && std::fs::symlink_metadata(&file).is_err()
+        && crate::load::can_store(root, &file)
 }
 
 #[cfg(test)]
@@ -294,6 +317,44 @@ mod tests {
         ] {
             assert_eq!(Profile::parse(bad), None, "{bad:?}");
         }
+    }
+
+    /// Only a small regular file is read as a profile: a FIFO (which would
+    /// block), a device, a directory, a link or a large file is passed over
+    /// at once.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_a_small_regular_file_is_read_as_a_profile() {
+        let root = std::env::temp_dir().join(format!("capsa-profile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let file = root.join("x.pages");
+        let good = Profile::from_flags(0, &[true, false, true]);
+        std::fs::write(&file, good.render()).unwrap();
+        assert_eq!(read_profile(&root, &file), Some(good.clone()));
+        std::fs::remove_file(&file).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &file,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert_eq!(read_profile(&root, &file), None);
+        std::fs::remove_file(&file).unwrap();
+        let mut big = good.render();
+        big.push_str(&" ".repeat(MAX_PROFILE as usize));
+        std::fs::write(&file, big).unwrap();
+        assert_eq!(read_profile(&root, &file), None);
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        assert_eq!(read_profile(&root, &file), None);
+        std::fs::remove_dir(&file).unwrap();
+        std::fs::write(root.join("real"), good.render()).unwrap();
+        std::os::unix::fs::symlink(root.join("real"), &file).unwrap();
+        assert_eq!(read_profile(&root, &file), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// A private mapping of a file, as wasmtime maps a snapshot: the pages
