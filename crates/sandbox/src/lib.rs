@@ -764,7 +764,14 @@ impl RootGuard {
             return None;
         }
         let mut tried = Vec::new();
-        for base in [std::env::temp_dir(), PathBuf::from("/tmp")] {
+        for base in [
+            shared_memory_dir(),
+            Some(std::env::temp_dir()),
+            Some("/tmp".into()),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if tried.contains(&base) {
                 continue;
             }
@@ -786,6 +793,24 @@ impl RootGuard {
         }
         // Without it the run is as safe, only quieter: wasi-libc fails such
         // paths by itself.
+        None
+    }
+}
+
+/// Linux's `/dev/shm`, if it is the usual shared, sticky directory: made
+/// and removed in memory, the guarded root costs 10 us a run instead of
+/// 270 us on a disk's file system (ext4), where `/tmp` often is.
+fn shared_memory_dir() -> Option<PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = PathBuf::from("/dev/shm");
+        let m = std::fs::symlink_metadata(&dir).ok()?;
+        // Sticky: nobody else can rename or remove what capsa makes there.
+        (m.is_dir() && m.permissions().mode() & 0o1000 != 0).then_some(dir)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
         None
     }
 }
