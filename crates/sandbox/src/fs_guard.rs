@@ -610,12 +610,44 @@ impl GuardedFs<'_> {
         Ok(ident_of_file(&file)?)
     }
 
+    /// Whether `fd` is the guarded root (see [`Preopen::root_guard`]).
+    fn is_root_guard(&self, fd: &Resource<Descriptor>) -> bool {
+        self.tracker
+            .descriptors
+            .get(&fd.rep())
+            .is_some_and(|t| self.guard.preopens[t.preopen].root_guard)
+    }
+
     fn tracked_domain(&self, fd: &Resource<Descriptor>) -> Option<(Domain, usize, String)> {
         self.tracker
             .descriptors
             .get(&fd.rep())
             .map(|t| (t.domain, t.preopen, t.guest.clone()))
     }
+}
+
+/// What `stat` tells of the guarded root and the directories on the way to
+/// a grant: a directory, with nothing of the host's (no size, no times).
+fn made_up_dir_stat() -> fs::DescriptorStat {
+    fs::DescriptorStat {
+        type_: fs::DescriptorType::Directory,
+        link_count: 1,
+        size: 0,
+        data_access_timestamp: None,
+        data_modification_timestamp: None,
+        status_change_timestamp: None,
+    }
+}
+
+/// An identity (`st_ino`) for a directory of [`made_up_dir_stat`], from its
+/// guest path's parts only.
+fn made_up_hash(parts: &[String]) -> fs::MetadataHashValue {
+    let (mut lower, mut upper) = (0xcbf2_9ce4_8422_2325u64, 0x6c62_272e_07bb_0142u64);
+    for b in parts.join("/").bytes() {
+        lower = (lower ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        upper = (upper ^ u64::from(b)).wrapping_mul(0x100_0000_01b3 ^ 0x5555);
+    }
+    fs::MetadataHashValue { lower, upper }
 }
 
 /// The names in the host's `/`: a fixed place, never one the guest chose.
@@ -786,6 +818,11 @@ impl fs::HostDescriptor for GuardedFs<'_> {
     }
 
     fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<fs::DescriptorStat> {
+        // The guarded root is a directory with nothing of the host's: its
+        // inode, device and times would tell what else was made there.
+        if self.is_root_guard(&fd) {
+            return Ok(made_up_dir_stat());
+        }
         fs::HostDescriptor::stat(&mut self.inner, fd)
     }
 
@@ -796,14 +833,7 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         path: String,
     ) -> FsResult<fs::DescriptorStat> {
         if self.on_the_way_to_a_grant(&fd, &path).is_some() {
-            return Ok(fs::DescriptorStat {
-                type_: fs::DescriptorType::Directory,
-                link_count: 1,
-                size: 0,
-                data_access_timestamp: None,
-                data_modification_timestamp: None,
-                status_change_timestamp: None,
-            });
+            return Ok(made_up_dir_stat());
         }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
         let c = self.check(&fd, &path, follow, Need::Read, "stat")?;
@@ -1016,10 +1046,17 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         a: Resource<Descriptor>,
         b: Resource<Descriptor>,
     ) -> wasmtime::Result<bool> {
-        fs::HostDescriptor::is_same_object(&mut self.inner, a, b)
+        // Nothing the guest can open is the guarded root but the root.
+        match (self.is_root_guard(&a), self.is_root_guard(&b)) {
+            (false, false) => fs::HostDescriptor::is_same_object(&mut self.inner, a, b),
+            (x, y) => Ok(x && y),
+        }
     }
 
     fn metadata_hash(&mut self, fd: Resource<Descriptor>) -> FsResult<fs::MetadataHashValue> {
+        if self.is_root_guard(&fd) {
+            return Ok(made_up_hash(&[]));
+        }
         fs::HostDescriptor::metadata_hash(&mut self.inner, fd)
     }
 
@@ -1034,13 +1071,7 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         // identity is not kept from the guest, or a `--deny-read` inside a
         // grant would make the grant's listing fail.
         if let Some(parts) = self.on_the_way_to_a_grant(&fd, &path) {
-            // An identity of its own, from its name only.
-            let (mut lower, mut upper) = (0xcbf2_9ce4_8422_2325u64, 0x6c62_272e_07bb_0142u64);
-            for b in parts.join("/").bytes() {
-                lower = (lower ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-                upper = (upper ^ u64::from(b)).wrapping_mul(0x100_0000_01b3 ^ 0x5555);
-            }
-            return Ok(fs::MetadataHashValue { lower, upper });
+            return Ok(made_up_hash(&parts));
         }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
         let c = self.check(&fd, &path, follow, Need::Look, "stat")?;

@@ -777,7 +777,9 @@ impl RootGuard {
             }
             for attempt in 0..16u32 {
                 let nonce: u64 = rand_u64() ^ u64::from(attempt);
-                let dir = base.join(format!(".capsa-root-{}-{nonce:016x}", std::process::id()));
+                // No pid: whoever can list the directory learns nothing of
+                // which process it is.
+                let dir = base.join(format!(".capsa-root-{nonce:016x}"));
                 #[cfg_attr(not(unix), allow(unused_mut))]
                 let mut builder = std::fs::DirBuilder::new();
                 // Nobody may make a name in it, the guest's view of `/`.

@@ -561,6 +561,59 @@ attempt("lookup", lambda: socket.getaddrinfo("example.com", 443))
     assert!(!os_py.contains("pwned"));
 }
 
+/// The guest's `/` (the guarded root) tells nothing of the host through
+/// its descriptor: `fstat` of every descriptor the program starts with is
+/// the same from run to run though the host makes directories in between
+/// (a real directory's inode would count them), and the root's has no size
+/// and no times; it is the same object only as itself.
+#[test]
+fn the_guarded_root_tells_nothing_through_its_descriptor() {
+    let (_g, d) = scratch();
+    let code = r#"
+import os
+# wasi-libc opens its preopens on the first use of a path.
+root = os.stat("/")
+seen = []
+for fd in range(3, 32):
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        continue
+    seen.append((fd, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+print(seen)
+print("root", root.st_size, root.st_mtime_ns)
+"#;
+    let first = py_code(&d, &[], code);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let root = first
+        .stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split("), (").find(|e| e.contains(", 0, 0, 0")));
+    assert!(
+        root.is_some(),
+        "no descriptor without size and times: {}",
+        first.stdout
+    );
+    assert!(first.stdout.contains("root 0 0\n"), "{}", first.stdout);
+    for base in [std::env::temp_dir(), "/dev/shm".into()] {
+        for i in 0..3 {
+            let _ = std::fs::create_dir(
+                base.join(format!(".capsa-test-between-{}-{i}", std::process::id())),
+            );
+        }
+    }
+    let second = py_code(&d, &[], code);
+    for base in [std::env::temp_dir(), "/dev/shm".into()] {
+        for i in 0..3 {
+            let _ = std::fs::remove_dir(
+                base.join(format!(".capsa-test-between-{}-{i}", std::process::id())),
+            );
+        }
+    }
+    assert_eq!(first.stdout, second.stdout, "{}", second.stderr);
+}
+
 /// The standard library directory of the shared runtime.
 fn capsa_stdlib() -> std::path::PathBuf {
     python_ready();
