@@ -27,6 +27,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const PAGE: usize = 4096;
 
 /// The pages of one memory snapshot a run wrote, by index from the start
@@ -95,6 +96,7 @@ impl Profile {
     }
 
     /// From one flag per page: written or not.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn from_flags(file_offset: u64, written: &[bool]) -> Profile {
         let mut p = Profile {
             file_offset,
