@@ -510,7 +510,7 @@ fn run_instance(
     let root = RootGuard::make(&preopens);
     if let Some(root) = &root {
         preopens.push(Preopen {
-            host: root.0.clone(),
+            host: root.host.clone(),
             name: "/".into(),
             guest: "/".into(),
             shown: "/".into(),
@@ -754,9 +754,51 @@ type Prepared = (
 /// made empty and private, opened as the guest's `/`, and removed once
 /// open, so nothing can ever be made in it. Without it, wasi-libc fails a
 /// path outside every preopen by itself and the host never hears of it.
-struct RootGuard(PathBuf);
+struct RootGuard {
+    /// Where it was made.
+    name: PathBuf,
+    /// What the preopen opens: on Linux the directory capsa opened itself
+    /// (`/proc/self/fd/N`), so that a name re-pointed after the check
+    /// changes nothing.
+    host: PathBuf,
+    #[cfg(target_os = "linux")]
+    fd: std::os::fd::OwnedFd,
+}
 
 impl RootGuard {
+    /// Opens the directory just made at `name`, without following a link,
+    /// and checks that it is still what capsa made: a directory of this
+    /// user that nobody may write in (a directory a guest makes through a
+    /// grant is writable by its owner: WASI cannot change modes).
+    #[cfg(target_os = "linux")]
+    fn hold(name: PathBuf) -> Option<RootGuard> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            &name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        let mine = st.st_uid == rustix::process::geteuid().as_raw();
+        if !mine || st.st_mode & 0o222 != 0 {
+            return None;
+        }
+        let host = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ));
+        Some(RootGuard { name, host, fd })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn hold(name: PathBuf) -> Option<RootGuard> {
+        Some(RootGuard {
+            host: name.clone(),
+            name,
+        })
+    }
+
     /// `None` when a grant is mounted at `/` itself, or no temporary
     /// directory can be made.
     fn make(preopens: &[Preopen]) -> Option<RootGuard> {
@@ -786,7 +828,13 @@ impl RootGuard {
                 #[cfg(unix)]
                 std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o500);
                 match builder.create(&dir) {
-                    Ok(()) => return Some(RootGuard(dir)),
+                    Ok(()) => match RootGuard::hold(dir) {
+                        Some(g) => return Some(g),
+                        // Renamed or replaced before it was opened (by
+                        // another program granted this directory): another
+                        // name.
+                        None => continue,
+                    },
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                     Err(_) => break,
                 }
@@ -819,7 +867,18 @@ fn shared_memory_dir() -> Option<PathBuf> {
 
 impl Drop for RootGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
+        // Only the directory capsa made: a name re-pointed since is left.
+        #[cfg(target_os = "linux")]
+        {
+            let same = |a: &rustix::fs::Stat, b: &rustix::fs::Stat| {
+                a.st_dev == b.st_dev && a.st_ino == b.st_ino
+            };
+            match (rustix::fs::fstat(&self.fd), rustix::fs::lstat(&self.name)) {
+                (Ok(a), Ok(b)) if same(&a, &b) => {}
+                _ => return,
+            }
+        }
+        let _ = std::fs::remove_dir(&self.name);
     }
 }
 
