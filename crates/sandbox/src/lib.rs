@@ -784,10 +784,15 @@ impl RootGuard {
         if !mine || st.st_mode & 0o222 != 0 {
             return None;
         }
-        let host = PathBuf::from(format!(
+        let held = PathBuf::from(format!(
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&fd)
         ));
+        // Without /proc (some chroots), by its name, as checked just now.
+        let host = match rustix::fs::stat(&held) {
+            Ok(s) if s.st_dev == st.st_dev && s.st_ino == st.st_ino => held,
+            _ => name.clone(),
+        };
         Some(RootGuard { name, host, fd })
     }
 
