@@ -60,8 +60,6 @@ Accepted and without effect in capsa (the sandbox fixes them): -b -B -d -E
 capsa options (--allow-read, --allow-net, --python-path, limits...) come
 before the Python options: see `capsa python --help`.";
 
-/// Parses `python3`'s arguments. `stdin_tty` picks the REPL or stdin when
-/// no program is given.
 /// The entry point's arguments for the least a run does: start, run
 /// `pass`, exit. Such a run shows which pages of the snapshot every run
 /// writes (see `capsa_sandbox::prefault`).
@@ -78,6 +76,8 @@ pub fn minimal() -> String {
     inv.to_guest_json(None, None, &[])
 }
 
+/// Parses `python3`'s arguments. `stdin_tty` picks the REPL or stdin when
+/// no program is given.
 pub fn parse(argv: &[String], stdin_tty: bool) -> Result<Invocation, String> {
     let mut inv = Invocation {
         mode: if stdin_tty { Mode::Repl } else { Mode::Stdin },

@@ -686,14 +686,14 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
         None => engine(fuel)?,
     };
     let program = load::Program::read(&config.program, config.cache.as_ref())?;
+    let cwasm = cwasm_of(config, &engine, &program);
     if let Some(w) = warm.as_ref()
         && let Some((_, _, pre, mapped)) = w
             .programs
             .iter()
             .find(|(d, f, _, _)| *d == program.digest && *f == fuel)
     {
-        let cwasm = cwasm_of(config, &engine, &program).filter(|_| *mapped);
-        return Ok((engine, pre.clone(), cwasm));
+        return Ok((engine, pre.clone(), cwasm.filter(|_| *mapped)));
     }
     let (component, mapped) = match &config.cache {
         Some(cache) => cache.load_mapped(&engine, &program)?,
@@ -726,8 +726,7 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
     }
     // Code compiled just now runs from memory: there is no file mapping to
     // populate or learn from until the next run.
-    let cwasm = cwasm_of(config, &engine, &program).filter(|_| mapped);
-    Ok((engine, pre, cwasm))
+    Ok((engine, pre, cwasm.filter(|_| mapped)))
 }
 
 fn cwasm_of(
@@ -782,6 +781,11 @@ impl RootGuard {
         let st = rustix::fs::fstat(&fd).ok()?;
         let mine = st.st_uid == rustix::process::geteuid().as_raw();
         if !mine || st.st_mode & 0o222 != 0 {
+            // Not left behind if the name still is what was opened (an
+            // empty directory: nothing else is removed).
+            if still_named(&fd, &name) {
+                let _ = std::fs::remove_dir(&name);
+            }
             return None;
         }
         let held = PathBuf::from(format!(
@@ -870,18 +874,21 @@ fn shared_memory_dir() -> Option<PathBuf> {
     }
 }
 
+/// Whether `name` (not followed if a link) is the directory open as `fd`.
+#[cfg(target_os = "linux")]
+fn still_named(fd: &std::os::fd::OwnedFd, name: &std::path::Path) -> bool {
+    match (rustix::fs::fstat(fd), rustix::fs::lstat(name)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
+}
+
 impl Drop for RootGuard {
     fn drop(&mut self) {
         // Only the directory capsa made: a name re-pointed since is left.
         #[cfg(target_os = "linux")]
-        {
-            let same = |a: &rustix::fs::Stat, b: &rustix::fs::Stat| {
-                a.st_dev == b.st_dev && a.st_ino == b.st_ino
-            };
-            match (rustix::fs::fstat(&self.fd), rustix::fs::lstat(&self.name)) {
-                (Ok(a), Ok(b)) if same(&a, &b) => {}
-                _ => return,
-            }
+        if !still_named(&self.fd, &self.name) {
+            return;
         }
         let _ = std::fs::remove_dir(&self.name);
     }
