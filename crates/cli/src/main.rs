@@ -61,6 +61,7 @@ struct ExeCli {
 }
 
 fn main() -> ExitCode {
+    capsa_sandbox::one_malloc_arena();
     // Only capsa's own executable is searched for an appended bundle.
     if let Ok(Some(bundle)) = capsa_bundle::own_bundle() {
         let cli = match parse::<ExeCli>() {
