@@ -28,7 +28,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// The system's page size: what `/proc/self/pagemap` counts in.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+#[cfg(target_os = "linux")]
 fn page() -> usize {
     rustix::param::page_size()
 }
