@@ -647,14 +647,17 @@ fn run_instance(
 struct Warm {
     /// Without fuel, and with.
     engines: [Option<Engine>; 2],
-    /// The newest last: (program digest, fuel, ready to instantiate, mapped
-    /// from the cache's file).
-    programs: Vec<(
-        [u8; 32],
-        bool,
-        wasmtime::component::InstancePre<HostState>,
-        bool,
-    )>,
+    /// The newest last.
+    programs: Vec<Ready>,
+}
+
+/// A program a warm process keeps ready to instantiate.
+struct Ready {
+    digest: [u8; 32],
+    fuel: bool,
+    pre: wasmtime::component::InstancePre<HostState>,
+    /// Mapped from the cache's file (not compiled just now, in memory).
+    mapped: bool,
 }
 
 /// Programs a warm process keeps ready.
@@ -703,12 +706,12 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
     let program = load::Program::read(&config.program, config.cache.as_ref())?;
     let cwasm = cwasm_of(config, &engine, &program);
     if let Some(w) = warm.as_ref()
-        && let Some((_, _, pre, mapped)) = w
+        && let Some(ready) = w
             .programs
             .iter()
-            .find(|(d, f, _, _)| *d == program.digest && *f == fuel)
+            .find(|r| r.digest == program.digest && r.fuel == fuel)
     {
-        return Ok((engine, pre.clone(), cwasm.filter(|_| *mapped)));
+        return Ok((engine, ready.pre.clone(), cwasm.filter(|_| ready.mapped)));
     }
     let (component, mapped) = match &config.cache {
         Some(cache) => cache.load_mapped(&engine, &program)?,
@@ -737,7 +740,12 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
         if w.programs.len() >= WARM_PROGRAMS {
             w.programs.remove(0);
         }
-        w.programs.push((program.digest, fuel, pre.clone(), mapped));
+        w.programs.push(Ready {
+            digest: program.digest,
+            fuel,
+            pre: pre.clone(),
+            mapped,
+        });
     }
     // Code compiled just now runs from memory: there is no file mapping to
     // populate or learn from until the next run.
