@@ -433,12 +433,14 @@ fn run_here(
         start_watchdog(t, finished.clone(), early_reporter.clone());
     }
     let (engine, pre, cwasm) = prepared(&config)?;
-    let snapshot = cwasm.map(|(root, file)| {
+    let snapshot = cwasm.map(|c| {
         // The first run of a snapshot on this machine is preceded by a
         // minimal one that records which pages every run writes: a profile
-        // taken from the user's own program would hold its pages too.
-        if let Some(args) = config.teach_pages.take()
-            && prefault::wanted(&root, &file)
+        // taken from the user's own program would hold its pages too. A
+        // warm process that read the profile already does not look again.
+        if c.known.get().is_none()
+            && let Some(args) = config.teach_pages.take()
+            && prefault::wanted(&c.root, &c.file)
         {
             let mut policy = Policy::default();
             // An engine that counts fuel needs some to run at all.
@@ -456,7 +458,7 @@ fn run_here(
                 stdin: Some(Vec::new()),
                 teach_pages: None,
             };
-            let snapshot = Pages::Learn(root.clone(), file.clone());
+            let snapshot = Pages::Learn(c.root.clone(), c.file.clone());
             let _ = run_instance(
                 teach,
                 &engine,
@@ -467,7 +469,7 @@ fn run_here(
                 |_| {},
             );
         }
-        Pages::Populate(root, file)
+        Pages::Populate(c)
     });
     run_instance(
         config,
@@ -483,10 +485,11 @@ fn run_here(
 }
 
 /// What a run does with its snapshot's page profile (see [`prefault`]):
-/// the cache root and the compiled file.
+/// populates the pages it holds, or records it (the cache root and the
+/// compiled file).
 enum Pages {
     None,
-    Populate(PathBuf, PathBuf),
+    Populate(Cached),
     Learn(PathBuf, PathBuf),
 }
 
@@ -620,11 +623,18 @@ fn run_instance(
     let result = pre.instantiate(&mut store).and_then(|instance| {
         snapshot = match &pages {
             Pages::None => None,
-            Pages::Populate(_, file) | Pages::Learn(_, file) => prefault::find(file),
+            Pages::Populate(c) => {
+                let known = c
+                    .known
+                    .get_or_init(|| prefault::Known::read(&c.root, &c.file));
+                let m = known.find();
+                if let Some(m) = &m {
+                    known.populate(m);
+                }
+                m
+            }
+            Pages::Learn(_, file) => prefault::Known::of(file).find(),
         };
-        if let (Pages::Populate(root, file), Some(m)) = (&pages, &snapshot) {
-            prefault::populate_from(root, file, m);
-        }
         let command = wasmtime_wasi::p2::bindings::sync::Command::new(&mut store, &instance)?;
         command.wasi_cli_run().call_run(&mut store)
     });
@@ -658,6 +668,8 @@ struct Ready {
     pre: wasmtime::component::InstancePre<HostState>,
     /// Mapped from the cache's file (not compiled just now, in memory).
     mapped: bool,
+    /// That file and its snapshot's profile, once a run has read them.
+    known: Arc<std::sync::OnceLock<prefault::Known>>,
 }
 
 /// Programs a warm process keeps ready.
@@ -711,7 +723,12 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
             .iter()
             .find(|r| r.digest == program.digest && r.fuel == fuel)
     {
-        return Ok((engine, ready.pre.clone(), cwasm.filter(|_| ready.mapped)));
+        let cwasm = cwasm.filter(|_| ready.mapped).map(|(root, file)| Cached {
+            root,
+            file,
+            known: ready.known.clone(),
+        });
+        return Ok((engine, ready.pre.clone(), cwasm));
     }
     let (component, mapped) = match &config.cache {
         Some(cache) => cache.load_mapped(&engine, &program)?,
@@ -736,6 +753,7 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
             path: config.program.clone(),
             import: format!("{e:#}"),
         })?;
+    let known = Arc::new(std::sync::OnceLock::new());
     if let Some(w) = warm.as_mut() {
         if w.programs.len() >= WARM_PROGRAMS {
             w.programs.remove(0);
@@ -745,11 +763,15 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
             fuel,
             pre: pre.clone(),
             mapped,
+            known: known.clone(),
         });
     }
     // Code compiled just now runs from memory: there is no file mapping to
     // populate or learn from until the next run.
-    Ok((engine, pre, cwasm.filter(|_| mapped)))
+    let cwasm = cwasm
+        .filter(|_| mapped)
+        .map(|(root, file)| Cached { root, file, known });
+    Ok((engine, pre, cwasm))
 }
 
 fn cwasm_of(
@@ -765,12 +787,22 @@ fn cwasm_of(
 }
 
 /// The engine, the program ready to instantiate, and the compiled file in
-/// capsa's cache it may have been mapped from (with the cache's root).
+/// capsa's cache it may have been mapped from.
 type Prepared = (
     Engine,
     wasmtime::component::InstancePre<HostState>,
-    Option<(PathBuf, PathBuf)>,
+    Option<Cached>,
 );
+
+/// A compiled file in capsa's cache that a program was mapped from.
+struct Cached {
+    /// The cache's root.
+    root: PathBuf,
+    file: PathBuf,
+    /// What the process knows of the file (see [`prefault::Known`]); shared
+    /// by the runs of a warm process.
+    known: Arc<std::sync::OnceLock<prefault::Known>>,
+}
 
 /// The directory behind the guarded root (see [`Preopen::root_guard`]):
 /// made empty and private, opened as the guest's `/`, and removed once

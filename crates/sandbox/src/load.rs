@@ -514,7 +514,7 @@ impl CodeCache {
         if !trusted(&self.dir, &file) {
             return None;
         }
-        let text = std::fs::read(&file).ok()?;
+        let text = read_small_file(&file, 64 << 10)?;
         // The record holds the whole stamp, so a hash collision of stamps
         // cannot hand one file another's digest.
         let (recorded, digest) = text.split_at_checked(text.len().checked_sub(32)?)?;
@@ -557,7 +557,9 @@ impl CodeCache {
     ) -> Result<(Component, bool), LoadError> {
         let path = program.path.as_path();
         let entry = self.entry(engine, &program.digest);
-        if trusted(&self.dir, &entry) {
+        // Only a regular file: opening a FIFO put there would wait forever.
+        let regular = std::fs::symlink_metadata(&entry).is_ok_and(|m| m.is_file());
+        if regular && trusted(&self.dir, &entry) {
             #[cfg(target_os = "linux")]
             read_ahead_in_large_pages(&entry);
             // SAFETY: `trusted` checked that the file lies in a directory only
@@ -742,6 +744,27 @@ pub fn create_new_private(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Opens an existing file for writing, never through a link.
+/// The bytes of `path` if it is a regular file (not a link, not a FIFO that
+/// would block, not a device) of at most `max` bytes.
+pub(crate) fn read_small_file(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32);
+    }
+    let f = o.open(path).ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > max {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(max).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
 pub fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
     o.write(true);

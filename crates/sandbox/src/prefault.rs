@@ -130,18 +130,79 @@ impl Profile {
     }
 }
 
-/// The copy-on-write mappings of `cwasm` in this process: its memory
-/// snapshots (the code is mapped read-only). Told by inode and path: the
-/// device `stat` gives differs from the one the maps show on btrfs.
+/// A compiled file as this process knows it: who it is (to find where it
+/// is mapped) and the profile of its snapshot. A warm process reads this
+/// once per program, not once per run: the file it mapped stays the same
+/// file even if its name is replaced meanwhile, and the profile only ever
+/// changes speed.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// The file's inode and canonical path, as `/proc/self/maps` shows them.
+    file: Option<(u64, String)>,
+    profile: Option<Profile>,
+}
+
+impl Known {
+    /// Who `cwasm` is, with no profile (for the minimal run, which records
+    /// one).
+    pub fn of(cwasm: &Path) -> Known {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let file = std::fs::metadata(cwasm)
+                .ok()
+                .zip(std::fs::canonicalize(cwasm).ok())
+                .and_then(|(meta, path)| Some((meta.ino(), path.to_str()?.to_string())));
+            Known {
+                file,
+                profile: None,
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = cwasm;
+            Known::default()
+        }
+    }
+
+    /// Who `cwasm` (in the cache at `root`) is, and its profile if there is
+    /// a usable one.
+    pub fn read(root: &Path, cwasm: &Path) -> Known {
+        let mut k = Known::of(cwasm);
+        if k.file.is_some() {
+            k.profile = read_profile(root, &profile_path(cwasm));
+        }
+        k
+    }
+
+    /// After instantiation: the snapshot mapped from the file, the largest
+    /// copy-on-write mapping of it. `None` if there is none, or if more
+    /// than one mapping could be it.
+    pub fn find(&self) -> Option<Mapping> {
+        let (ino, path) = self.file.as_ref()?;
+        let maps = mappings(*ino, path);
+        let main = *maps.iter().max_by_key(|m| m.len)?;
+        let alike = maps
+            .iter()
+            .filter(|m| m.file_offset == main.file_offset)
+            .count();
+        (alike == 1).then_some(main)
+    }
+
+    /// Copies the pages of `m` the profile holds, if there is one for it.
+    pub fn populate(&self, m: &Mapping) {
+        if let Some(p) = &self.profile {
+            populate(m, p);
+        }
+    }
+}
+
+/// The copy-on-write mappings in this process of the file with inode `ino`
+/// at canonical `path`: its memory snapshots (the code is mapped
+/// read-only). Told by inode and path: the device `stat` gives differs from
+/// the one the maps show on btrfs.
 #[cfg(target_os = "linux")]
-pub fn mappings(cwasm: &Path) -> Vec<Mapping> {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(meta), Ok(path)) = (std::fs::metadata(cwasm), std::fs::canonicalize(cwasm)) else {
-        return Vec::new();
-    };
-    let (ino, Some(path)) = (meta.ino(), path.to_str().map(str::to_string)) else {
-        return Vec::new();
-    };
+fn mappings(ino: u64, path: &str) -> Vec<Mapping> {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return Vec::new();
     };
@@ -174,7 +235,7 @@ pub fn mappings(cwasm: &Path) -> Vec<Mapping> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn mappings(_cwasm: &Path) -> Vec<Mapping> {
+fn mappings(_ino: u64, _path: &str) -> Vec<Mapping> {
     Vec::new()
 }
 
@@ -301,52 +362,15 @@ pub fn written(_m: &Mapping) -> Option<Profile> {
     None
 }
 
-/// After instantiation: the snapshot mapped from the compiled file
-/// `cwasm`, the largest copy-on-write mapping of it. `None` if there is
-/// none, or if more than one mapping could be it.
-pub fn find(cwasm: &Path) -> Option<Mapping> {
-    let maps = mappings(cwasm);
-    let main = *maps.iter().max_by_key(|m| m.len)?;
-    let alike = maps
-        .iter()
-        .filter(|m| m.file_offset == main.file_offset)
-        .count();
-    (alike == 1).then_some(main)
-}
-
 /// A profile file is small: a larger one is not capsa's.
 const MAX_PROFILE: u64 = 256 << 10;
 
-/// Copies the pages the profile for `cwasm` (in the cache at `root`) holds,
-/// if there is a usable one.
-pub fn populate_from(root: &Path, cwasm: &Path, m: &Mapping) {
-    let file = profile_path(cwasm);
-    if let Some(p) = read_profile(root, &file) {
-        populate(m, &p);
-    }
-}
-
 fn read_profile(root: &Path, file: &Path) -> Option<Profile> {
-    use std::io::Read;
     if !crate::load::trusted(root, file) {
         return None;
     }
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true);
-    #[cfg(unix)]
-    {
-        // Neither a link nor a FIFO that would block.
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32);
-    }
-    let f = o.open(file).ok()?;
-    let meta = f.metadata().ok()?;
-    if !meta.is_file() || meta.len() > MAX_PROFILE {
-        return None;
-    }
-    let mut text = String::new();
-    f.take(MAX_PROFILE).read_to_string(&mut text).ok()?;
-    Profile::parse(&text)
+    let bytes = crate::load::read_small_file(file, MAX_PROFILE)?;
+    Profile::parse(std::str::from_utf8(&bytes).ok()?)
 }
 
 /// After the minimal run: records the pages it wrote in `m` as the profile
@@ -369,6 +393,14 @@ pub fn wanted(root: &Path, cwasm: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The copy-on-write mappings of the file at `path`, as `Known` finds
+    /// them.
+    #[cfg(target_os = "linux")]
+    fn mappings_of(path: &Path) -> Vec<Mapping> {
+        let (ino, name) = Known::of(path).file.expect("the file is there");
+        mappings(ino, &name)
+    }
 
     #[test]
     fn a_profile_reads_back_what_it_wrote_and_refuses_ranges_outside() {
@@ -462,7 +494,7 @@ mod tests {
             }
         };
         let base = map(4 * page);
-        let found = mappings(&path);
+        let found = mappings_of(&path);
         assert_eq!(
             found,
             vec![Mapping {
@@ -484,7 +516,7 @@ mod tests {
         // A fresh mapping, populated from the profile: those pages are
         // copies before any write, holding the file's bytes.
         let base = map(4 * page);
-        let m = mappings(&path)[0];
+        let m = mappings_of(&path)[0];
         assert!(written(&m).unwrap().is_empty());
         populate(&m, &seen);
         assert_eq!(written(&m).unwrap(), seen);
@@ -494,7 +526,7 @@ mod tests {
 
         // A profile for another part of the file copies nothing.
         let base = map(0);
-        let m = mappings(&path)[0];
+        let m = mappings_of(&path)[0];
         populate(&m, &seen);
         assert!(written(&m).unwrap().is_empty());
         unsafe { munmap(base, 8 * page).unwrap() };

@@ -86,3 +86,51 @@ fn an_entry_others_can_write_is_not_trusted() {
     let r = run_cached(&cache, &program);
     assert_eq!(r.stdout, "first\n", "{}", r.stderr);
 }
+
+/// A FIFO where the compiled entry belongs (put there by the user, or by
+/// any program of theirs) is not opened, which would wait forever for a
+/// writer: the code is compiled again and the entry is a file once more.
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_place_of_an_entry_is_replaced_not_waited_on() {
+    let (_g, d) = scratch();
+    let cache = d.join("cache");
+    let program = d.join("p.wat");
+    std::fs::write(&program, hello("piped")).unwrap();
+    assert_eq!(run_cached(&cache, &program).stdout, "piped\n");
+    let code = entries(&cache.join("code"));
+    let entry = code
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .expect("a compiled entry")
+        .clone();
+    std::fs::remove_file(&entry).unwrap();
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &entry,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .unwrap();
+    let mut child = capsa()
+        .env("CAPSA_CACHE_DIR", &cache)
+        .arg("run")
+        .arg(&program)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("capsa waited on the FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.stdout, "piped\n", "{}", r.stderr);
+    assert!(
+        std::fs::symlink_metadata(&entry).unwrap().is_file(),
+        "the entry is a compiled file again"
+    );
+}
