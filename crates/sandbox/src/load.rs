@@ -558,7 +558,14 @@ impl CodeCache {
         let path = program.path.as_path();
         let entry = self.entry(engine, &program.digest);
         // Only a regular file: opening a FIFO put there would wait forever.
-        let regular = std::fs::symlink_metadata(&entry).is_ok_and(|m| m.is_file());
+        // Anything else there is compiled over, and its profile made again.
+        let regular = match std::fs::symlink_metadata(&entry) {
+            Ok(m) if !m.is_file() => {
+                let _ = std::fs::remove_file(crate::prefault::profile_path(&entry));
+                false
+            }
+            found => found.is_ok(),
+        };
         if regular && trusted(&self.dir, &entry) {
             #[cfg(target_os = "linux")]
             read_ahead_in_large_pages(&entry);
@@ -743,7 +750,6 @@ pub fn create_new_private(path: &Path) -> std::io::Result<std::fs::File> {
     o.open(path)
 }
 
-/// Opens an existing file for writing, never through a link.
 /// The bytes of `path` if it is a regular file (not a link, not a FIFO that
 /// would block, not a device) of at most `max` bytes.
 pub(crate) fn read_small_file(path: &Path, max: u64) -> Option<Vec<u8>> {
@@ -765,6 +771,7 @@ pub(crate) fn read_small_file(path: &Path, max: u64) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// Opens an existing file for writing, never through a link.
 pub fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
     o.write(true);

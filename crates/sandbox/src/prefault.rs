@@ -132,9 +132,9 @@ impl Profile {
 
 /// A compiled file as this process knows it: who it is (to find where it
 /// is mapped) and the profile of its snapshot. A warm process reads this
-/// once per program, not once per run: the file it mapped stays the same
-/// file even if its name is replaced meanwhile, and the profile only ever
-/// changes speed.
+/// once per program, not once per run: what it mapped stays the same file
+/// (the same inode) even if its name is replaced meanwhile, and the profile
+/// only ever changes speed.
 #[derive(Debug, Default)]
 pub struct Known {
     /// The file's inode and canonical path, as `/proc/self/maps` shows them.
@@ -217,7 +217,10 @@ fn mappings(ino: u64, path: &str) -> Vec<Mapping> {
                 f.next()?,
                 f.next()?.trim_start(),
             );
-            if perms != "rw-p" || name != path || inode.parse::<u64>().ok()? != ino {
+            // A file whose name was replaced since it was mapped shows as
+            // deleted; its inode, pinned by the mapping, still tells it.
+            let named = name == path || name.strip_suffix(" (deleted)") == Some(path);
+            if perms != "rw-p" || !named || inode.parse::<u64>().ok()? != ino {
                 return None;
             }
             let (a, b) = range.split_once('-')?;
@@ -532,6 +535,50 @@ mod tests {
         unsafe { munmap(base, 8 * page).unwrap() };
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file replaced under its name after it was mapped (the maps then
+    /// show it as deleted) is still found by what was known of it before,
+    /// and the new file by that name is not taken for it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_mapped_file_replaced_under_its_name_is_still_found() {
+        use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
+        let dir = std::env::temp_dir().join(format!("capsa-prefault-r-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("image.cwasm");
+        let page = page();
+        std::fs::write(&path, vec![7u8; 4 * page]).unwrap();
+        let known = Known::of(&path);
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a fresh private mapping of a file this test owns.
+        let base = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                4 * page,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+                &file,
+                0,
+            )
+            .unwrap()
+        };
+        let replacement = dir.join("new");
+        std::fs::write(&replacement, vec![9u8; 4 * page]).unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        let found = known.find();
+        let fresh = Known::of(&path).find();
+        unsafe { munmap(base, 4 * page).unwrap() };
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            found,
+            Some(Mapping {
+                start: base as usize,
+                len: 4 * page,
+                file_offset: 0
+            })
+        );
+        assert_eq!(fresh, None, "the new file is not mapped");
     }
 
     /// Ranges go to the kernel 1,024 at a time; where one cannot be

@@ -90,7 +90,7 @@ fn an_entry_others_can_write_is_not_trusted() {
 /// A FIFO where the compiled entry belongs (put there by the user, or by
 /// any program of theirs) is not opened, which would wait forever for a
 /// writer: the code is compiled again and the entry is a file once more.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 #[test]
 fn a_fifo_in_place_of_an_entry_is_replaced_not_waited_on() {
     let (_g, d) = scratch();
