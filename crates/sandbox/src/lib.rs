@@ -1195,3 +1195,91 @@ fn outcome(
     };
     Outcome::Trapped(msg.lines().next().unwrap_or_default().to_string())
 }
+
+/// The guarded root's checks against a directory replaced by someone else
+/// (a guest granted the temporary directory, or another program of the
+/// user) between capsa making it and opening it, or after.
+#[cfg(all(test, target_os = "linux"))]
+mod root_guard_tests {
+    use super::RootGuard;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::path::{Path, PathBuf};
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("capsa-rootguard-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        d
+    }
+
+    fn made(path: &Path, mode: u32) {
+        std::fs::DirBuilder::new().mode(mode).create(path).unwrap();
+        // Whatever the umask took away, the mode asked for.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn cleanup(d: &Path) {
+        // Directories left read-only by the test: writable again to remove.
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o700));
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// What a guest can make through a grant is writable by its owner (WASI
+    /// cannot change modes): refused, and the guest's files are left alone.
+    #[test]
+    fn a_writable_directory_in_its_place_is_refused() {
+        let d = scratch("writable");
+        let root = d.join(".capsa-root-x");
+        made(&root, 0o755);
+        std::fs::write(root.join("planted"), b"from the guest").unwrap();
+        assert!(RootGuard::hold(root.clone()).is_none());
+        assert_eq!(
+            std::fs::read(root.join("planted")).unwrap(),
+            b"from the guest"
+        );
+        // An empty one is taken away, so it is not left behind.
+        let empty = d.join(".capsa-root-y");
+        made(&empty, 0o700);
+        assert!(RootGuard::hold(empty.clone()).is_none());
+        assert!(!empty.exists());
+        cleanup(&d);
+    }
+
+    /// A link in its place, even to a directory that would pass, is not
+    /// followed.
+    #[test]
+    fn a_link_in_its_place_is_refused() {
+        let d = scratch("link");
+        let target = d.join("target");
+        made(&target, 0o500);
+        let root = d.join(".capsa-root-x");
+        std::os::unix::fs::symlink(&target, &root).unwrap();
+        assert!(RootGuard::hold(root.clone()).is_none());
+        assert!(std::fs::symlink_metadata(&root).unwrap().is_symlink());
+        assert!(target.is_dir(), "the link's target is left alone");
+        cleanup(&d);
+    }
+
+    /// What capsa made is held by what was opened: renamed away and replaced
+    /// after, the host path still leads to capsa's directory, and dropping
+    /// the guard removes neither the replacement nor what it holds.
+    #[test]
+    fn a_held_root_renamed_and_replaced_is_still_capsas() {
+        use std::os::unix::fs::MetadataExt;
+        let d = scratch("held");
+        let root = d.join(".capsa-root-x");
+        made(&root, 0o500);
+        let ino = std::fs::metadata(&root).unwrap().ino();
+        let guard = RootGuard::hold(root.clone()).expect("capsa's own directory is held");
+        std::fs::rename(&root, d.join("moved")).unwrap();
+        // Empty, as capsa's was: only the check of what the name now is
+        // keeps the guard from removing it.
+        made(&root, 0o755);
+        assert_eq!(std::fs::metadata(&guard.host).unwrap().ino(), ino);
+        drop(guard);
+        assert!(root.is_dir(), "the replacement is left where it is");
+        cleanup(&d);
+    }
+}
