@@ -608,7 +608,7 @@ fn a_path_outside_every_grant_is_reported() {
 
         // Listing `/` shows nothing hidden, and never hints at granting it.
         let r = run(&[&grant], &probe(t), &["ls", "/"]);
-        assert!(r.stdout.starts_with("err:"), "{t}: {}", r.stdout);
+        assert!(r.stdout.starts_with("err: NotFound"), "{t}: {}", r.stdout);
         assert!(
             r.stderr
                 .contains("denied: list / (outside every granted path)"),
