@@ -628,8 +628,13 @@ fn run_instance(
                     .known
                     .get_or_init(|| prefault::Known::read(&c.root, &c.file));
                 let m = known.find();
-                if let Some(m) = &m {
-                    known.populate(m);
+                if let Some(m) = &m
+                    && !known.populate(m)
+                    && known.first_misfit()
+                {
+                    // Unusable, or recorded for another layout (another
+                    // page size): the next process records it again.
+                    prefault::forget(&c.root, &c.file);
                 }
                 m
             }

@@ -140,6 +140,11 @@ pub struct Known {
     /// The file's inode and canonical path, as `/proc/self/maps` shows them.
     file: Option<(u64, String)>,
     profile: Option<Profile>,
+    /// A profile file is there but cannot be used (malformed, not a small
+    /// regular file).
+    unusable: bool,
+    /// Whether a run found the profile not to fit its snapshot.
+    misfit: std::sync::atomic::AtomicBool,
 }
 
 impl Known {
@@ -155,7 +160,7 @@ impl Known {
                 .and_then(|(meta, path)| Some((meta.ino(), path.to_str()?.to_string())));
             Known {
                 file,
-                profile: None,
+                ..Known::default()
             }
         }
         #[cfg(not(target_os = "linux"))]
@@ -170,7 +175,9 @@ impl Known {
     pub fn read(root: &Path, cwasm: &Path) -> Known {
         let mut k = Known::of(cwasm);
         if k.file.is_some() {
-            k.profile = read_profile(root, &profile_path(cwasm));
+            let file = profile_path(cwasm);
+            k.profile = read_profile(root, &file);
+            k.unusable = k.profile.is_none() && std::fs::symlink_metadata(&file).is_ok();
         }
         k
     }
@@ -190,10 +197,24 @@ impl Known {
     }
 
     /// Copies the pages of `m` the profile holds, if there is one for it.
-    pub fn populate(&self, m: &Mapping) {
-        if let Some(p) = &self.profile {
-            populate(m, p);
+    /// `false` when there is a profile that cannot be used, or one for
+    /// another layout of the snapshot (recorded with another page size,
+    /// say): that only costs speed, until it is recorded again.
+    pub fn populate(&self, m: &Mapping) -> bool {
+        let Some(p) = &self.profile else {
+            return !self.unusable;
+        };
+        if !p.fits(m) {
+            return false;
         }
+        populate(m, p);
+        true
+    }
+
+    /// `true` only the first time it is asked: for what is done once when
+    /// the profile does not fit or cannot be used.
+    pub fn first_misfit(&self) -> bool {
+        !self.misfit.swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -245,11 +266,22 @@ fn mappings(_ino: u64, _path: &str) -> Vec<Mapping> {
 #[cfg(target_os = "linux")]
 const MADV_POPULATE_WRITE: i32 = 23;
 
+impl Profile {
+    /// Whether this profile is for the snapshot mapped as `m`.
+    pub fn fits(&self, m: &Mapping) -> bool {
+        #[cfg(target_os = "linux")]
+        let page = page();
+        #[cfg(not(target_os = "linux"))]
+        let page = 4096;
+        self.file_offset == m.file_offset && (self.pages as usize).checked_mul(page) == Some(m.len)
+    }
+}
+
 /// Copies the pages `profile` holds, if it is for `m`.
 #[cfg(target_os = "linux")]
 pub fn populate(m: &Mapping, profile: &Profile) {
     let page = page();
-    if profile.file_offset != m.file_offset || profile.pages as usize * page != m.len {
+    if !profile.fits(m) {
         return;
     }
     let ranges: Vec<libc::iovec> = profile
@@ -382,6 +414,15 @@ fn read_profile(root: &Path, file: &Path) -> Option<Profile> {
 pub fn learn(root: &Path, cwasm: &Path, m: Option<&Mapping>) {
     let profile = m.and_then(written).unwrap_or_default();
     let _ = crate::load::store(root, &profile_path(cwasm), profile.render().as_bytes());
+}
+
+/// Removes the profile for `cwasm` (in the cache at `root`): one that does
+/// not fit its snapshot, so that the next process records it again.
+pub fn forget(root: &Path, cwasm: &Path) {
+    let file = profile_path(cwasm);
+    if crate::load::trusted(root, &file) {
+        let _ = std::fs::remove_file(&file);
+    }
 }
 
 /// Whether a minimal run should record a profile for `cwasm`: on Linux,
@@ -535,6 +576,61 @@ mod tests {
         unsafe { munmap(base, 8 * page).unwrap() };
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A profile recorded for another layout of the snapshot (another page
+    /// size, another length) copies nothing and says so, once; `forget`
+    /// then removes it from a private cache, and from nowhere else.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_profile_that_does_not_fit_is_forgotten() {
+        use std::os::unix::fs::PermissionsExt;
+        let page = page();
+        let p = Profile::from_flags(4 * page as u64, &[false, true, true, false]);
+        let at = |len| Mapping {
+            start: 0,
+            len,
+            file_offset: 4 * page as u64,
+        };
+        assert!(p.fits(&at(4 * page)));
+        let known = Known {
+            file: None,
+            profile: Some(p),
+            ..Known::default()
+        };
+        // Nothing is mapped at 0: populating there would fail the test.
+        assert!(!known.populate(&at(8 * page)));
+        assert!(!known.populate(&Mapping {
+            file_offset: 0,
+            ..at(4 * page)
+        }));
+        assert!(known.first_misfit());
+        assert!(!known.first_misfit());
+        assert!(
+            Known::default().populate(&at(4 * page)),
+            "no profile: nothing to redo"
+        );
+
+        let root = std::env::temp_dir().join(format!("capsa-forget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("code")).unwrap();
+        for d in [&root, &root.join("code")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let cwasm = root.join("code/x.cwasm");
+        std::fs::write(profile_path(&cwasm), "capsa-pages 1\n0 1\n\n").unwrap();
+        std::fs::set_permissions(root.join("code"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        forget(&root, &cwasm);
+        assert!(
+            profile_path(&cwasm).exists(),
+            "a cache others may write is left alone"
+        );
+        std::fs::set_permissions(root.join("code"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        forget(&root, &cwasm);
+        assert!(!profile_path(&cwasm).exists());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// A file replaced under its name after it was mapped (the maps then

@@ -1482,7 +1482,7 @@ fn profile_pages(text: &str) -> Option<u32> {
 /// program: this one writes over 3,000 of the snapshot's pages, and a
 /// profile holding them would make every later run copy them all. A
 /// damaged profile, or one holding the whole snapshot, changes nothing a
-/// program sees.
+/// program sees; a damaged one is recorded again.
 #[test]
 fn the_snapshot_page_profile_comes_from_a_minimal_run_and_a_bad_one_changes_nothing() {
     let (_g, d) = scratch();
@@ -1519,10 +1519,22 @@ fn the_snapshot_page_profile_comes_from_a_minimal_run_and_a_bad_one_changes_noth
         let total = head.split_once(' ').unwrap().1;
         format!("capsa-pages 1\n{head}\n0-{total}\n")
     };
+    // One that fits, however much it holds, is used and kept.
+    std::fs::write(profile, &whole).unwrap();
+    let r = run("hello.py", "print('hello', sum(range(10)))\n");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "hello 45\n"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_to_string(profile).unwrap(), whole, "kept");
+    // One that cannot be used, or is for another layout of the snapshot
+    // (another page size), is removed by the run that finds it, and the
+    // next run records it again.
     for bad in [
         "garbage".to_string(),
         "capsa-pages 1\n0 99999999\n0-99999999\n".to_string(),
-        whole,
     ] {
         std::fs::write(profile, &bad).unwrap();
         let r = run("hello.py", "print('hello', sum(range(10)))\n");
@@ -1532,10 +1544,13 @@ fn the_snapshot_page_profile_comes_from_a_minimal_run_and_a_bad_one_changes_noth
             "{bad:?}: {}",
             r.stderr
         );
-        assert_eq!(
-            std::fs::read_to_string(profile).unwrap(),
-            bad,
-            "left as it is"
+        assert!(!profile.exists(), "{bad:?}: removed");
+        let r = run("hello.py", "print('hello')\n");
+        assert_eq!(r.stdout, "hello\n", "{}", r.stderr);
+        let again = std::fs::read_to_string(profile).expect("made again");
+        assert!(
+            profile_pages(&again).is_some_and(|n| (50..1500).contains(&n)),
+            "{bad:?}: {again}"
         );
     }
     // Gone, it is made again.
