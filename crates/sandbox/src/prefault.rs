@@ -201,14 +201,10 @@ impl Known {
     /// another layout of the snapshot (recorded with another page size,
     /// say): that only costs speed, until it is recorded again.
     pub fn populate(&self, m: &Mapping) -> bool {
-        let Some(p) = &self.profile else {
-            return !self.unusable;
-        };
-        if !p.fits(m) {
-            return false;
+        match &self.profile {
+            Some(p) => populate(m, p),
+            None => !self.unusable,
         }
-        populate(m, p);
-        true
     }
 
     /// `true` only the first time it is asked: for what is done once when
@@ -277,12 +273,13 @@ impl Profile {
     }
 }
 
-/// Copies the pages `profile` holds, if it is for `m`.
+/// Copies the pages `profile` holds, if it is for `m`; `false` if it is
+/// not.
 #[cfg(target_os = "linux")]
-pub fn populate(m: &Mapping, profile: &Profile) {
+pub fn populate(m: &Mapping, profile: &Profile) -> bool {
     let page = page();
     if !profile.fits(m) {
-        return;
+        return false;
     }
     let ranges: Vec<libc::iovec> = profile
         .written
@@ -300,6 +297,7 @@ pub fn populate(m: &Mapping, profile: &Profile) {
         // the same contents. An older kernel refuses the advice.
         unsafe { libc::madvise(r.iov_base, r.iov_len, MADV_POPULATE_WRITE) };
     }
+    true
 }
 
 /// Populates `ranges` with one `process_madvise` call per 1,024 of them
@@ -368,7 +366,9 @@ fn populate_at_once(ranges: &[libc::iovec]) -> &[libc::iovec] {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn populate(_m: &Mapping, _profile: &Profile) {}
+pub fn populate(m: &Mapping, profile: &Profile) -> bool {
+    profile.fits(m)
+}
 
 /// Which pages of `m` are written (private copies, no longer mapped from
 /// the file), from `/proc/self/pagemap`.
@@ -437,6 +437,26 @@ pub fn wanted(root: &Path, cwasm: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fresh private, writable mapping of `len` bytes of `file` from
+    /// `offset`, as wasmtime maps a snapshot; the caller unmaps it.
+    #[cfg(target_os = "linux")]
+    fn map_private(file: &std::fs::File, len: usize, offset: usize) -> *mut std::ffi::c_void {
+        use rustix::mm::{MapFlags, ProtFlags, mmap};
+        // SAFETY: a new mapping at an address the kernel picks, of a file
+        // the test owns; nothing else refers to that memory.
+        unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+                file,
+                offset as u64,
+            )
+            .unwrap()
+        }
+    }
 
     /// The copy-on-write mappings of the file at `path`, as `Known` finds
     /// them.
@@ -515,7 +535,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn pages_written_are_seen_and_copied_with_the_files_contents() {
-        use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
+        use rustix::mm::munmap;
         let dir = std::env::temp_dir().join(format!("capsa-prefault-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("image.cwasm");
@@ -523,20 +543,7 @@ mod tests {
         let bytes: Vec<u8> = (0..16 * page).map(|i| (i / page) as u8 + 1).collect();
         std::fs::write(&path, &bytes).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let map = |offset: usize| {
-            // SAFETY: a fresh private mapping of a file this test owns.
-            unsafe {
-                mmap(
-                    std::ptr::null_mut(),
-                    8 * page,
-                    ProtFlags::READ | ProtFlags::WRITE,
-                    MapFlags::PRIVATE,
-                    &file,
-                    offset as u64,
-                )
-                .unwrap()
-            }
-        };
+        let map = |offset: usize| map_private(&file, 8 * page, offset);
         let base = map(4 * page);
         let found = mappings_of(&path);
         assert_eq!(
@@ -639,7 +646,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_mapped_file_replaced_under_its_name_is_still_found() {
-        use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
+        use rustix::mm::munmap;
         let dir = std::env::temp_dir().join(format!("capsa-prefault-r-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("image.cwasm");
@@ -647,18 +654,7 @@ mod tests {
         std::fs::write(&path, vec![7u8; 4 * page]).unwrap();
         let known = Known::of(&path);
         let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: a fresh private mapping of a file this test owns.
-        let base = unsafe {
-            mmap(
-                std::ptr::null_mut(),
-                4 * page,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-                &file,
-                0,
-            )
-            .unwrap()
-        };
+        let base = map_private(&file, 4 * page, 0);
         let replacement = dir.join("new");
         std::fs::write(&replacement, vec![9u8; 4 * page]).unwrap();
         std::fs::rename(&replacement, &path).unwrap();
@@ -684,7 +680,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn ranges_are_populated_in_batches_up_to_the_first_that_fails() {
-        use rustix::mm::{MapFlags, MprotectFlags, ProtFlags, mmap, mprotect, munmap};
+        use rustix::mm::{MprotectFlags, mprotect, munmap};
         struct Remove(std::path::PathBuf);
         impl Drop for Remove {
             fn drop(&mut self) {
@@ -699,22 +695,10 @@ mod tests {
         let path = dir.join("image.cwasm");
         std::fs::write(&path, vec![7u8; pages * page]).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: a fresh private mapping of a file this test owns, one
-        // page of it made inaccessible (still reserved: nothing else can
-        // be mapped there meanwhile).
-        let base = unsafe {
-            let base = mmap(
-                std::ptr::null_mut(),
-                pages * page,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-                &file,
-                0,
-            )
-            .unwrap();
-            mprotect(base.byte_add(hole * page), page, MprotectFlags::empty()).unwrap();
-            base
-        };
+        let base = map_private(&file, pages * page, 0);
+        // SAFETY: one page of the mapping just made, made inaccessible
+        // (still reserved: nothing else can be mapped there meanwhile).
+        unsafe { mprotect(base.byte_add(hole * page), page, MprotectFlags::empty()).unwrap() };
         let ranges: Vec<libc::iovec> = (0..pages)
             .map(|i| libc::iovec {
                 iov_base: base.wrapping_byte_add(i * page),
@@ -744,20 +728,12 @@ mod tests {
     /// directly on a mapping of its own.
     #[cfg(target_os = "linux")]
     fn kernel_populates_by_process_madvise(file: &std::fs::File) -> bool {
-        use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
+        use rustix::mm::munmap;
         let page = page();
         // SAFETY: a fresh one-page private mapping, unmapped below; the
         // calls only populate it.
         unsafe {
-            let one = mmap(
-                std::ptr::null_mut(),
-                page,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-                file,
-                0,
-            )
-            .unwrap();
+            let one = map_private(file, page, 0);
             let pidfd = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0);
             let iov = libc::iovec {
                 iov_base: one,
