@@ -9,13 +9,15 @@
 
 use crate::Guard;
 use crate::fs_area::{Areas, Base, Domain, Ident, Refusal};
-use crate::fs_walk::{self, Resolved, Start, Stop};
+use crate::fs_walk::{self, DirFd, Resolved, Start, Stop};
 use crate::report::Kind;
 use capsa_policy::{FsOp, Verdict, join_guest_checked, strip_guest_prefix};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use wasmtime::component::{HasData, Resource};
-use wasmtime_wasi::filesystem::{Descriptor as HostDescriptorObj, WasiFilesystemCtxView};
+use wasmtime_wasi::filesystem::{
+    Descriptor as HostDescriptorObj, Dir as HostDir, WasiFilesystemCtxView,
+};
 use wasmtime_wasi::p2::FsResult;
 use wasmtime_wasi::p2::bindings::filesystem::preopens;
 use wasmtime_wasi::p2::bindings::filesystem::types::ErrorCode as FsErrorCode;
@@ -111,8 +113,7 @@ impl Need {
 
 /// A path operation that passed capsa's checks.
 struct Checked {
-    /// `None` when the walk stopped early: wasmtime-wasi fails the same way.
-    r: Option<Resolved>,
+    r: Resolved,
     /// The path as the user knows it.
     shown: String,
     /// The guest path, folded as text: for messages and later ones.
@@ -124,6 +125,24 @@ struct Checked {
 
 fn not_permitted<T>() -> FsResult<T> {
     Err(FsErrorCode::NotPermitted.into())
+}
+
+/// Where a checked operation is done: the directory the walk ended in, as
+/// the object the walk opened, and the one name in it, a link there never
+/// followed. Never the guest's path again: another sandbox writing the same
+/// tree could re-point a name on the way between the walk and the
+/// operation.
+struct Anchor {
+    dir: Resource<Descriptor>,
+    /// A descriptor made for this operation, removed after it.
+    made: bool,
+    name: String,
+}
+
+/// Every operation on an anchor names one entry: links on the way were
+/// followed by the walk, and one at the end is the entry itself.
+fn no_follow() -> PathFlags {
+    PathFlags::empty()
 }
 
 use crate::fs_host::ident_of_file;
@@ -424,16 +443,23 @@ impl GuardedFs<'_> {
                 } else {
                     format!("the path leaves the granted directory {}", pre.shown)
                 };
-                let hint = (!via_link && !shown.contains("::"))
+                // Never `/`: granting the whole machine is not a narrow grant.
+                let hint = (!via_link && !shown.contains("::") && shown != "/")
                     .then(|| capsa_policy::default_host(&shown))
                     .flatten()
                     .map(|h| format!("{}={h}", need.op().flag()));
                 self.deny(verb, &shown, reason, None, hint);
                 return not_permitted();
             }
-            Err(Stop::Missing { at, domain }) => {
-                // The kernel will fail this; refuse first where even trying
+            Err(Stop::Missing {
+                at,
+                domain,
+                not_dir,
+            }) => {
+                // The kernel would fail this; refuse first where even trying
                 // is not granted, so a failure never tells what exists there.
+                // It is not tried: the path as text could lead elsewhere by
+                // then (another sandbox making the missing name a link).
                 let a = self.areas();
                 let res = match need {
                     Need::Read | Need::Look => a.may_read(domain),
@@ -442,14 +468,12 @@ impl GuardedFs<'_> {
                 if let Err(w) = res {
                     return self.refuse(w, Some(at.domain), (verb, &guest, preopen, need), false);
                 }
-                return Ok(Checked {
-                    r: None,
-                    shown: pre.show(&guest),
-                    guest,
-                    preopen,
-                    need,
-                    verb,
-                });
+                let code = if not_dir {
+                    FsErrorCode::NotDirectory
+                } else {
+                    FsErrorCode::NoEntry
+                };
+                return Err(code.into());
             }
             Err(Stop::Closed { at, domain }) => {
                 let w = match self.areas().may_read(domain) {
@@ -462,6 +486,11 @@ impl GuardedFs<'_> {
         };
         if let Err((w, parent)) = self.decide(&r, need) {
             return self.refuse(w, parent, (verb, &guest, preopen, need), r.target.is_some());
+        }
+        // `file/` names no directory, as the kernel says: the operation
+        // itself names only `file`.
+        if path.ends_with('/') && r.target.is_some_and(|t| !t.is_dir) {
+            return Err(FsErrorCode::NotDirectory.into());
         }
         // A directory is never made over something that exists: the answer
         // is that it exists (`os.makedirs` of a granted folder expects it).
@@ -488,7 +517,7 @@ impl GuardedFs<'_> {
                 .verdict(Kind::Fs, verb, &shown, &Verdict::Allow { rule });
         }
         Ok(Checked {
-            r: Some(r),
+            r,
             shown: pre.show(&guest),
             guest,
             preopen,
@@ -500,9 +529,7 @@ impl GuardedFs<'_> {
     /// Refuses moving or linking `src` to `dst` when it would change which
     /// rules hold for it: out of a read-only or denied area, or into one.
     fn same_domain(&self, src: &Checked, dst: &Checked) -> FsResult<()> {
-        let (Some(s), Some(d)) = (&src.r, &dst.r) else {
-            return Ok(());
-        };
+        let (s, d) = (&src.r, &dst.r);
         let Some(obj) = s.target else {
             return Ok(());
         };
@@ -534,9 +561,7 @@ impl GuardedFs<'_> {
     /// reading and writing: its directory changes, and a pinned object
     /// keeps its name.
     fn also_name(&self, c: Checked) -> FsResult<Checked> {
-        let Some(r) = &c.r else {
-            return Ok(c);
-        };
+        let r = &c.r;
         if r.name.is_some()
             && let Err(w) = self.areas().may_write(r.parent.domain)
         {
@@ -556,9 +581,7 @@ impl GuardedFs<'_> {
 
     /// What a link that is about to be moved points to.
     fn link_target(&self, c: &Checked) -> FsResult<Option<String>> {
-        let Some(r) = &c.r else {
-            return Ok(None);
-        };
+        let r = &c.r;
         match (&r.target, &r.name) {
             (Some(t), Some(name)) if t.is_link => {
                 let target = crate::fs_host::read_link(r.parent.dir.fd(), name)?;
@@ -570,13 +593,88 @@ impl GuardedFs<'_> {
 
     /// Refuses a link whose target climbs out of the grant where it is made.
     fn link_stays_inside(&self, dst: &Checked, target: &str) -> FsResult<()> {
-        let Some(d) = &dst.r else {
-            return Ok(());
-        };
+        let d = &dst.r;
         // The depth recorded when a descriptor was opened goes stale when
         // its directory is moved; the link is judged where it is now.
         let depth = fs_walk::depth_now(self.areas(), d.parent.dir.fd())?;
         if fs_walk::link_leaves_grant(target, depth) {
+            let pre = &self.guard.preopens[dst.preopen];
+            let reason = format!("the link would point outside {}", pre.shown);
+            self.deny(dst.verb, &dst.shown, reason, None, None);
+            return not_permitted();
+        }
+        Ok(())
+    }
+
+    /// The anchor of a checked operation on a path from the descriptor `fd`.
+    fn anchor(&mut self, fd: &Resource<Descriptor>, c: &Checked) -> FsResult<Anchor> {
+        let name = c.r.name.clone().unwrap_or_else(|| ".".into());
+        let h = match &c.r.parent.dir {
+            // The walk ended where it began: the guest's own descriptor.
+            DirFd::Start(_) => {
+                return Ok(Anchor {
+                    dir: borrow(fd),
+                    made: false,
+                    name,
+                });
+            }
+            DirFd::Owned(h) => h,
+        };
+        // With the rights of the descriptor the path started from, which
+        // every descriptor opened below it has too.
+        let (perms, open_mode) = match self.inner.table.get(fd)? {
+            HostDescriptorObj::Dir(d) => (d.perms, d.open_mode),
+            HostDescriptorObj::File(_) => return Err(FsErrorCode::NotDirectory.into()),
+        };
+        let file = crate::fs_host::handle_file(h)?;
+        let dir = HostDescriptorObj::Dir(HostDir::new(file, perms, open_mode, true));
+        Ok(Anchor {
+            dir: self.inner.table.push(dir)?,
+            made: true,
+            name,
+        })
+    }
+
+    /// Does `op` on the anchor of `c` (from `fd`), and reports a refusal
+    /// wasmtime-wasi makes.
+    fn anchored<T>(
+        &mut self,
+        fd: &Resource<Descriptor>,
+        c: &Checked,
+        op: impl FnOnce(&mut WasiFilesystemCtxView<'_>, Resource<Descriptor>, String) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let a = self.anchor(fd, c)?;
+        let r = op(&mut self.inner, borrow(&a.dir), a.name.clone());
+        self.release(a);
+        self.after(c, r)
+    }
+
+    fn release(&mut self, a: Anchor) {
+        if a.made {
+            let _ = self.inner.table.delete(a.dir);
+        }
+    }
+
+    /// After a link was moved or linked to `dst`: if another sandbox put a
+    /// link in the source's place between the check and the move, it is
+    /// judged where it now is, and removed if it would point outside the
+    /// grant there (it was made by a guest, and only a guest racing this
+    /// one could have put it there).
+    fn recheck_moved_link(&self, dst: &Checked) -> FsResult<()> {
+        let Some(name) = &dst.r.name else {
+            return Ok(());
+        };
+        let dir = dst.r.parent.dir.fd();
+        let Ok(found) = crate::fs_host::look(dir, name) else {
+            return Ok(());
+        };
+        if !found.is_link {
+            return Ok(());
+        }
+        let target = crate::fs_host::read_link(dir, name)?;
+        let depth = fs_walk::depth_now(self.areas(), dir)?;
+        if fs_walk::link_leaves_grant(&target, depth) {
+            crate::fs_host::remove_link(dir, name)?;
             let pre = &self.guard.preopens[dst.preopen];
             let reason = format!("the link would point outside {}", pre.shown);
             self.deny(dst.verb, &dst.shown, reason, None, None);
@@ -608,6 +706,18 @@ impl GuardedFs<'_> {
             HostDescriptorObj::File(f) => f.file.clone(),
         };
         Ok(ident_of_file(&file)?)
+    }
+
+    /// Empties a regular file just opened (`O_TRUNC`, which leaves
+    /// anything else as it is).
+    fn truncate(&mut self, fd: &Resource<Descriptor>) -> FsResult<()> {
+        if let HostDescriptorObj::File(f) = self.inner.table.get(fd)? {
+            let file = f.file.clone();
+            if file.metadata()?.is_file() {
+                file.set_len(0)?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether `fd` is the guarded root (see [`Preopen::root_guard`]).
@@ -813,8 +923,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
 
     fn create_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         let c = self.check(&fd, &path, false, Need::Name, "create directory")?;
-        let r = fs::HostDescriptor::create_directory_at(&mut self.inner, fd, path);
-        self.after(&c, r)
+        self.anchored(&fd, &c, |inner, dir, name| {
+            fs::HostDescriptor::create_directory_at(inner, dir, name)
+        })
     }
 
     fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<fs::DescriptorStat> {
@@ -837,8 +948,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
         let c = self.check(&fd, &path, follow, Need::Read, "stat")?;
-        let r = fs::HostDescriptor::stat_at(&mut self.inner, fd, pf, path);
-        self.after(&c, r)
+        self.anchored(&fd, &c, |inner, dir, name| {
+            fs::HostDescriptor::stat_at(inner, dir, no_follow(), name)
+        })
     }
 
     fn set_times_at(
@@ -851,8 +963,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
     ) -> FsResult<()> {
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
         let c = self.check(&fd, &path, follow, Need::Write, "change times of")?;
-        let r = fs::HostDescriptor::set_times_at(&mut self.inner, fd, pf, path, a, m);
-        self.after(&c, r)
+        self.anchored(&fd, &c, |inner, dir, name| {
+            fs::HostDescriptor::set_times_at(inner, dir, no_follow(), name, a, m)
+        })
     }
 
     fn link_at(
@@ -866,17 +979,37 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         // A hard link is a second name for the same file: the source is
         // read and written wherever the new name is, so it must be both
         // here, and stay under the same rules there.
-        let follow = old_pf.contains(PathFlags::SYMLINK_FOLLOW);
-        let src = self.check(&fd, &old_path, follow, Need::ReadWrite, "link from")?;
+        // wasmtime-wasi links the name itself, never what a link leads to.
+        if old_pf.contains(PathFlags::SYMLINK_FOLLOW) {
+            return Err(FsErrorCode::Invalid.into());
+        }
+        let src = self.check(&fd, &old_path, false, Need::ReadWrite, "link from")?;
         let dst = self.check(&new_fd, &new_path, false, Need::Name, "link to")?;
         self.same_domain(&src, &dst)?;
         // A hard link to a symbolic link is that link at another depth.
         if let Some(target) = self.link_target(&src)? {
             self.link_stays_inside(&dst, &target)?;
         }
-        let r =
-            fs::HostDescriptor::link_at(&mut self.inner, fd, old_pf, old_path, new_fd, new_path);
-        self.after(&dst, r)
+        let from = self.anchor(&fd, &src)?;
+        let to = match self.anchor(&new_fd, &dst) {
+            Ok(a) => a,
+            Err(e) => {
+                self.release(from);
+                return Err(e);
+            }
+        };
+        let r = fs::HostDescriptor::link_at(
+            &mut self.inner,
+            borrow(&from.dir),
+            no_follow(),
+            from.name.clone(),
+            borrow(&to.dir),
+            to.name.clone(),
+        );
+        self.release(from);
+        self.release(to);
+        self.after(&dst, r)?;
+        self.recheck_moved_link(&dst)
     }
 
     fn open_at(
@@ -895,10 +1028,68 @@ impl fs::HostDescriptor for GuardedFs<'_> {
             (false, true) => (Need::Write, "write to"),
             _ => (Need::Read, "read"),
         };
+        if oflags.contains(OpenFlags::DIRECTORY)
+            && oflags.intersects(OpenFlags::CREATE | OpenFlags::EXCLUSIVE | OpenFlags::TRUNCATE)
+        {
+            return Err(FsErrorCode::Invalid.into());
+        }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
-        let c = self.check(&fd, &path, follow, need, verb)?;
-        let r = fs::HostDescriptor::open_at(&mut self.inner, fd, pf, path, oflags, flags);
-        let new = self.after(&c, r)?;
+        let create = oflags.contains(OpenFlags::CREATE);
+        let exclusive = create && oflags.contains(OpenFlags::EXCLUSIVE);
+        // A file is truncated once it is known to be what the walk found,
+        // never by the open: opened as wasmtime-wasi opens for `O_TRUNC`.
+        let truncate = oflags.contains(OpenFlags::TRUNCATE);
+        let mut open_flags = flags;
+        if truncate && !flags.contains(DescriptorFlags::WRITE) {
+            open_flags |= DescriptorFlags::WRITE | DescriptorFlags::READ;
+        }
+        // Another sandbox may make or remove the name between the walk and
+        // the open: then the walk is done again.
+        let mut tries = 0;
+        let (c, new) = loop {
+            tries += 1;
+            let c = self.check(&fd, &path, follow, need, verb)?;
+            let exists = c.r.target.is_some();
+            let mut of = oflags & !OpenFlags::TRUNCATE;
+            match c.r.target {
+                Some(_) if exclusive => return Err(FsErrorCode::Exist.into()),
+                Some(t) if create && t.is_dir => return Err(FsErrorCode::IsDirectory.into()),
+                Some(_) => of &= !(OpenFlags::CREATE | OpenFlags::EXCLUSIVE),
+                // Made here, or not at all: never a file that appeared.
+                None if create => of |= OpenFlags::EXCLUSIVE,
+                None => {}
+            }
+            let a = self.anchor(&fd, &c)?;
+            let r = fs::HostDescriptor::open_at(
+                &mut self.inner,
+                borrow(&a.dir),
+                no_follow(),
+                a.name.clone(),
+                of,
+                open_flags,
+            );
+            self.release(a);
+            let raced = match &r {
+                Ok(_) => !exists && !create,
+                Err(e) => match e.downcast_ref() {
+                    Some(FsErrorCode::NoEntry) => exists,
+                    Some(FsErrorCode::Exist) => !exists && !exclusive,
+                    _ => false,
+                },
+            };
+            if raced && tries < 8 {
+                if let Ok(new) = r {
+                    let _ = fs::HostDescriptor::drop(&mut self.inner, new);
+                }
+                continue;
+            }
+            if raced && let Ok(new) = r {
+                let _ = fs::HostDescriptor::drop(&mut self.inner, new);
+                return Err(FsErrorCode::NoEntry.into());
+            }
+            let new = self.after(&c, r)?;
+            break (c, new);
+        };
         // Decide on what was opened: it must be what the walk found.
         let ident = match self.opened_ident(&new) {
             Ok(i) => i,
@@ -907,11 +1098,7 @@ impl fs::HostDescriptor for GuardedFs<'_> {
                 return Err(e);
             }
         };
-        let Some(res) = &c.r else {
-            // The walk stopped where the kernel should have failed.
-            let _ = fs::HostDescriptor::drop(&mut self.inner, new);
-            return not_permitted();
-        };
+        let res = &c.r;
         if res.target.is_some_and(|t| t.ident != ident) {
             let _ = fs::HostDescriptor::drop(&mut self.inner, new);
             self.deny(
@@ -922,6 +1109,13 @@ impl fs::HostDescriptor for GuardedFs<'_> {
                 None,
             );
             return not_permitted();
+        }
+        if truncate
+            && res.target.is_some()
+            && let Err(e) = self.truncate(&new)
+        {
+            let _ = fs::HostDescriptor::drop(&mut self.inner, new);
+            return Err(e);
         }
         let domain = match (res.target, &res.name) {
             (Some(_), _) | (None, None) => res.domain,
@@ -952,8 +1146,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
 
     fn readlink_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<String> {
         let c = self.check(&fd, &path, false, Need::Read, "read link")?;
-        let r = fs::HostDescriptor::readlink_at(&mut self.inner, fd, path);
-        self.after(&c, r)
+        self.anchored(&fd, &c, |inner, dir, name| {
+            fs::HostDescriptor::readlink_at(inner, dir, name)
+        })
     }
 
     fn remove_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
@@ -965,8 +1160,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
             trimmed => trimmed.to_string(),
         };
         let c = self.check(&fd, &path, false, Need::Name, "remove")?;
-        let r = fs::HostDescriptor::remove_directory_at(&mut self.inner, fd, path);
-        self.after(&c, r)
+        self.anchored(&fd, &c, |inner, dir, name| {
+            fs::HostDescriptor::remove_directory_at(inner, dir, name)
+        })
     }
 
     fn rename_at(
@@ -985,21 +1181,40 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         if let Some(target) = self.link_target(&src)? {
             self.link_stays_inside(&dst, &target)?;
         }
-        let r = fs::HostDescriptor::rename_at(&mut self.inner, fd, old, new_fd, new);
-        self.after(&dst, r)
+        let from = self.anchor(&fd, &src)?;
+        let to = match self.anchor(&new_fd, &dst) {
+            Ok(a) => a,
+            Err(e) => {
+                self.release(from);
+                return Err(e);
+            }
+        };
+        let r = fs::HostDescriptor::rename_at(
+            &mut self.inner,
+            borrow(&from.dir),
+            from.name.clone(),
+            borrow(&to.dir),
+            to.name.clone(),
+        );
+        self.release(from);
+        self.release(to);
+        self.after(&dst, r)?;
+        self.recheck_moved_link(&dst)
     }
 
     fn symlink_at(&mut self, fd: Resource<Descriptor>, src: String, dest: String) -> FsResult<()> {
         let c = self.check(&fd, &dest, false, Need::Name, "create link")?;
         self.link_stays_inside(&c, &src)?;
-        let r = fs::HostDescriptor::symlink_at(&mut self.inner, fd, src, dest);
-        self.after(&c, r)
+        self.anchored(&fd, &c, |inner, dir, name| {
+            fs::HostDescriptor::symlink_at(inner, dir, src, name)
+        })
     }
 
     fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         let c = self.check(&fd, &path, false, Need::Name, "remove")?;
-        let r = fs::HostDescriptor::unlink_file_at(&mut self.inner, fd, path);
-        self.after(&c, r)
+        self.anchored(&fd, &c, |inner, dir, name| {
+            fs::HostDescriptor::unlink_file_at(inner, dir, name)
+        })
     }
 
     fn read_via_stream(
@@ -1075,8 +1290,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
         let c = self.check(&fd, &path, follow, Need::Look, "stat")?;
-        let r = fs::HostDescriptor::metadata_hash_at(&mut self.inner, fd, pf, path);
-        self.after(&c, r)
+        self.anchored(&fd, &c, |inner, dir, name| {
+            fs::HostDescriptor::metadata_hash_at(inner, dir, no_follow(), name)
+        })
     }
 }
 

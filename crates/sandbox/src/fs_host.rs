@@ -114,6 +114,13 @@ mod imp {
         h.as_fd()
     }
 
+    /// A second handle on the same directory, as a file wasmtime-wasi can
+    /// hold. On Linux it stays a path handle (`O_PATH`): enough for every
+    /// `*at` call made from it.
+    pub fn handle_file(h: &Handle) -> io::Result<std::fs::File> {
+        Ok(std::fs::File::from(h.try_clone()?))
+    }
+
     // `st_dev` and `st_ino` are not `u64` on every Unix (macOS: `i32`).
     #[allow(clippy::unnecessary_cast)]
     fn found(st: &rustix::fs::Stat) -> Found {
@@ -169,6 +176,11 @@ mod imp {
     pub fn read_link(dir: DirRef<'_>, name: &str) -> io::Result<String> {
         let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
         Ok(target.to_string_lossy().into_owned())
+    }
+
+    /// Removes the link `name` in `dir`.
+    pub fn remove_link(dir: DirRef<'_>, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
     }
 
     /// The directory above `dir`.
@@ -230,6 +242,10 @@ mod imp {
         h
     }
 
+    pub fn handle_file(h: &Handle) -> io::Result<std::fs::File> {
+        h.try_clone()
+    }
+
     /// One name of a file, never a path, a stream, a device or another
     /// spelling of a name (see [`is_plain_windows_name`]).
     fn one_name(name: &str) -> io::Result<&Path> {
@@ -283,6 +299,13 @@ mod imp {
             return Ok(format!("/{}", target.display()));
         }
         Ok(target.to_string_lossy().replace('\\', "/"))
+    }
+
+    /// Removes the link `name` in `dir`: a link to a directory is removed
+    /// as a directory on Windows.
+    pub fn remove_link(dir: DirRef<'_>, name: &str) -> io::Result<()> {
+        let path = one_name(name)?;
+        cp::remove_file(dir, path).or_else(|_| cp::remove_dir(dir, path))
     }
 
     pub fn parent(dir: DirRef<'_>) -> io::Result<Handle> {

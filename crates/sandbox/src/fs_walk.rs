@@ -2,9 +2,11 @@
 //! directory, one component at a time, and says what it reaches and under
 //! which rules.
 //!
-//! wasmtime-wasi then performs the operation on the same path from the same
-//! directory; the guest runs on this thread, so nothing it does can change
-//! the tree in between. The walk is at least as strict as wasmtime's own
+//! wasmtime-wasi then performs the operation from the directory the walk
+//! ended in, on the last name only, never following a link there: another
+//! sandbox sharing the tree (a second `capsa run`, another run of `capsa
+//! serve`) may change it between the walk and the operation, and the path
+//! as text would then lead elsewhere. The walk is at least as strict as wasmtime's own
 //! (which refuses absolute paths, absolute link targets and `..` above the
 //! descriptor), and every directory it passes through is entered as the
 //! object it is, so a link the guest made, a `..` after it, or a directory
@@ -65,9 +67,14 @@ pub enum Stop {
     /// `via_link` when a link's target did it.
     Escape { via_link: bool },
     /// The walk cannot go on (a missing directory, a file used as one):
-    /// the kernel will fail the same way from `at`. `domain` is that of
-    /// the name it stopped at, which the attempt is about.
-    Missing { at: Level, domain: Domain },
+    /// the operation fails as the kernel fails it (`not_dir`: `ENOTDIR`,
+    /// else `ENOENT`) and is not tried. `domain` is that of the name it
+    /// stopped at, which the attempt is about.
+    Missing {
+        at: Level,
+        domain: Domain,
+        not_dir: bool,
+    },
     /// A directory on the way that the guest may not read or go through.
     Closed { at: Level, domain: Domain },
     /// An error the kernel will give too; returned as it is.
@@ -162,7 +169,12 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                     {
                         let at = stack.pop().expect("the walk always has its start");
                         let domain = areas.enter_new(at.domain, at.ident, name);
-                        return Err(Stop::Missing { at, domain });
+                        let not_dir = e.kind() == ErrorKind::NotADirectory;
+                        return Err(Stop::Missing {
+                            at,
+                            domain,
+                            not_dir,
+                        });
                     }
                     Err(e) => return Err(Stop::Io(e)),
                 };
@@ -205,7 +217,11 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                 if !f.is_dir {
                     let at = stack.pop().expect("the walk always has its start");
                     let domain = areas.enter(at.domain, f.ident);
-                    return Err(Stop::Missing { at, domain });
+                    return Err(Stop::Missing {
+                        at,
+                        domain,
+                        not_dir: true,
+                    });
                 }
                 let Some(fd) = opened else {
                     return Err(Stop::Io(fs_host::not_dir_error()));

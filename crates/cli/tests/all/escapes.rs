@@ -544,6 +544,7 @@ attempt("moved-fd", moved_fd)
 attempt("oracle-yes", lambda: os.stat(W + "/deny/inner/../../plain").st_size)
 attempt("oracle-no", lambda: os.stat(W + "/deny/nothing/../../plain").st_size)
 attempt("colons", lambda: open(W + "/ro/keep::/data/out.txt", "w").write("x"))
+attempt("list-up", lambda: os.listdir(W + "/.." * 40))
 "#,
     );
     all_failed(
@@ -556,7 +557,15 @@ attempt("colons", lambda: open(W + "/ro/keep::/data/out.txt", "w").write("x"))
             "oracle-yes",
             "oracle-no",
             "colons",
+            "list-up",
         ],
+    );
+    // Climbing out of a grant to `/` is refused with no hint to grant `/`.
+    assert!(r.stderr.contains("denied: read / "), "{}", r.stderr);
+    assert!(
+        !r.stderr.lines().any(|l| l.trim_end().ends_with("=/")),
+        "{}",
+        r.stderr
     );
     assert_eq!(std::fs::read_link(w.join("lnk")).unwrap(), Path::new("p"));
     assert!(!w.join("p/.git/hooks/pre-commit").exists());
@@ -734,4 +743,120 @@ attempt("list", lambda: sorted(os.listdir(W)))
         );
         assert!(!r.stdout.contains("TOP SECRET"));
     }
+}
+
+// Regression (third attack on a release build): capsa checked a path by
+// walking it, then had wasmtime-wasi walk the same text again. A second
+// sandbox sharing the tree turned a missing name into a link between the
+// two (a missing name was also let through, "the kernel will fail it"):
+// denied files were moved out and read, read-only files truncated and
+// removed, files made in both, and with the cache inside a grant, compiled
+// code swapped. Now the operation is done from the directory the walk
+// opened, on the last name only, and a missing name is not tried.
+#[test]
+fn a_second_sandbox_re_pointing_a_link_cannot_race_the_checks() {
+    python_ready();
+    let (_g, d) = scratch();
+    let w = d.join("w");
+    std::fs::create_dir_all(w.join("private")).unwrap();
+    std::fs::create_dir_all(w.join("ro")).unwrap();
+    std::fs::write(w.join("private/key.txt"), "TOP SECRET").unwrap();
+    std::fs::write(w.join("ro/victim.txt"), "KEEP").unwrap();
+    std::fs::write(w.join("mine.txt"), "mine").unwrap();
+    let victim_mtime = mtime(&w.join("ro/victim.txt"));
+    let scripts = d.join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    // Flips `x` between missing and a link (inside the grant, so allowed)
+    // to the denied and to the read-only directory, until told to stop.
+    std::fs::write(
+        scripts.join("flip.py"),
+        r#"
+import os, sys, time
+os.chdir(sys.argv[1])
+end = time.monotonic() + 60
+while time.monotonic() < end and not os.path.exists("done"):
+    for t in ("private", "ro"):
+        for op in (lambda: os.symlink(t, "x"), lambda: os.unlink("x")):
+            try:
+                op()
+            except OSError:
+                pass
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        scripts.join("attack.py"),
+        r#"
+import os, sys, time
+os.chdir(sys.argv[1])
+won, kinds = set(), set()
+def attempt(label, fn):
+    try:
+        fn()
+        won.add(label)
+    except OSError as e:
+        kinds.add(type(e).__name__)
+end = time.monotonic() + 3
+tries = 0
+while time.monotonic() < end:
+    tries += 1
+    attempt("rename-out", lambda: os.rename("x/key.txt", "loot"))
+    attempt("hard-link", lambda: os.link("x/key.txt", "hl"))
+    attempt("read", lambda: print(open("x/key.txt").read()))
+    attempt("truncate", lambda: os.close(os.open("x/victim.txt", os.O_WRONLY | os.O_TRUNC)))
+    attempt("create", lambda: os.close(os.open("x/planted", os.O_WRONLY | os.O_CREAT)))
+    attempt("mkdir", lambda: os.mkdir("x/newdir"))
+    attempt("remove", lambda: os.remove("x/victim.txt"))
+    attempt("utime", lambda: os.utime("x/victim.txt", (0, 0)))
+    attempt("rename-in", lambda: os.rename("mine.txt", "x/mine.txt"))
+open("done", "w").close()
+print("tries", tries)
+print("won", sorted(won))
+print("kinds", sorted(kinds))
+"#,
+    )
+    .unwrap();
+    let before = tree(&w);
+    let flags = [
+        format!("--allow-write={}", s(&w)),
+        format!("--deny-read={}", s(&w.join("private"))),
+        format!("--allow-read={}", s(&w.join("ro"))),
+        format!("--allow-read={}", s(&scripts)),
+        "--quiet".to_string(),
+    ];
+    let flipper = capsa()
+        .arg("run")
+        .args(&flags)
+        .arg(scripts.join("flip.py"))
+        .arg(&w)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("capsa runs");
+    let r: Run = capsa()
+        .arg("run")
+        .args(&flags)
+        .arg(scripts.join("attack.py"))
+        .arg(&w)
+        .output()
+        .expect("capsa runs")
+        .into();
+    std::fs::write(w.join("done"), "").unwrap();
+    let f: Run = flipper.wait_with_output().expect("capsa ends").into();
+    assert_eq!(f.code, 0, "the flipper failed: {}", f.stderr);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("won []"), "{}", r.stdout);
+    assert!(!r.stdout.contains("TOP SECRET"), "{}", r.stdout);
+    // Both states were met: the link (refused) and the missing name.
+    assert!(
+        r.stdout.contains("FileNotFoundError") && r.stdout.contains("PermissionError"),
+        "the race did not happen: {}",
+        r.stdout
+    );
+    let after: Vec<_> = tree(&w)
+        .into_iter()
+        .filter(|(n, _)| n != "done" && !n.starts_with("x -> "))
+        .collect();
+    assert_eq!(after, before, "the host changed: {}", r.stdout);
+    assert_eq!(mtime(&w.join("ro/victim.txt")), victim_mtime);
 }
