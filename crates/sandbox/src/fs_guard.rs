@@ -985,6 +985,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         }
         let src = self.check(&fd, &old_path, false, Need::ReadWrite, "link from")?;
         let dst = self.check(&new_fd, &new_path, false, Need::Name, "link to")?;
+        // The anchor names no trailing `/`: what it would mean is said here.
+        if new_path.ends_with('/') && dst.r.target.is_none() {
+            return Err(FsErrorCode::NoEntry.into());
+        }
         self.same_domain(&src, &dst)?;
         // A hard link to a symbolic link is that link at another depth.
         if let Some(target) = self.link_target(&src)? {
@@ -1055,6 +1059,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
                 Some(_) if exclusive => return Err(FsErrorCode::Exist.into()),
                 Some(t) if create && t.is_dir => return Err(FsErrorCode::IsDirectory.into()),
                 Some(_) => of &= !(OpenFlags::CREATE | OpenFlags::EXCLUSIVE),
+                // `new/` names a directory, which `open` does not make.
+                None if create && path.ends_with('/') => {
+                    return Err(FsErrorCode::IsDirectory.into());
+                }
                 // Made here, or not at all: never a file that appeared.
                 None if create => of |= OpenFlags::EXCLUSIVE,
                 None => {}
@@ -1177,6 +1185,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         let src = self.check(&fd, &old, false, Need::ReadWrite, "rename")?;
         let src = self.also_name(src)?;
         let dst = self.check(&new_fd, &new, false, Need::Name, "rename to")?;
+        if new.ends_with('/') && src.r.target.is_some_and(|t| !t.is_dir) {
+            return Err(FsErrorCode::NotDirectory.into());
+        }
         self.same_domain(&src, &dst)?;
         if let Some(target) = self.link_target(&src)? {
             self.link_stays_inside(&dst, &target)?;
@@ -1204,6 +1215,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
 
     fn symlink_at(&mut self, fd: Resource<Descriptor>, src: String, dest: String) -> FsResult<()> {
         let c = self.check(&fd, &dest, false, Need::Name, "create link")?;
+        if dest.ends_with('/') && c.r.target.is_none() {
+            return Err(FsErrorCode::NoEntry.into());
+        }
         self.link_stays_inside(&c, &src)?;
         self.anchored(&fd, &c, |inner, dir, name| {
             fs::HostDescriptor::symlink_at(inner, dir, src, name)
