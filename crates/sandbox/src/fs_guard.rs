@@ -584,7 +584,7 @@ impl GuardedFs<'_> {
         let r = &c.r;
         match (&r.target, &r.name) {
             (Some(t), Some(name)) if t.is_link => {
-                let target = crate::fs_host::read_link(r.parent.dir.fd(), name)?;
+                let target = crate::fs_host::read_link(r.parent.dir.fd(), name.as_ref())?;
                 Ok(Some(target))
             }
             _ => Ok(None),
@@ -671,14 +671,63 @@ impl GuardedFs<'_> {
         if !found.is_link {
             return Ok(());
         }
-        let target = crate::fs_host::read_link(dir, name)?;
+        let target = crate::fs_host::read_link(dir, name.as_ref())?;
         let depth = fs_walk::depth_now(self.areas(), dir)?;
         if fs_walk::link_leaves_grant(&target, depth) {
-            crate::fs_host::remove_link(dir, name)?;
+            crate::fs_host::remove_link(dir, name.as_ref())?;
             let pre = &self.guard.preopens[dst.preopen];
             let reason = format!("the link would point outside {}", pre.shown);
             self.deny(dst.verb, &dst.shown, reason, None, None);
             return not_permitted();
+        }
+        Ok(())
+    }
+
+    /// The depth a directory about to be renamed will have, when it moves
+    /// nearer its grant's root: the links in it then climb from higher up.
+    fn moved_up(&self, src: &Checked, dst: &Checked) -> FsResult<Option<usize>> {
+        let (Some(t), Some(_), Some(_)) = (src.r.target, &src.r.name, &dst.r.name) else {
+            return Ok(None);
+        };
+        if !t.is_dir || t.is_link {
+            return Ok(None);
+        }
+        let old = fs_walk::depth_now(self.areas(), src.r.parent.dir.fd())? + 1;
+        let new = fs_walk::depth_now(self.areas(), dst.r.parent.dir.fd())? + 1;
+        Ok((new < old).then_some(new))
+    }
+
+    /// Refuses moving the directory `src` names to `depth` when a link in
+    /// its tree would then point outside the grant (as one made there
+    /// would be refused).
+    fn links_stay_inside_when_moved(&self, src: &Checked, depth: usize) -> FsResult<()> {
+        let name = src.r.name.as_deref().unwrap_or(".");
+        let reason = match fs_walk::escaping_link(src.r.parent.dir.fd(), name, depth) {
+            Ok(None) => return Ok(()),
+            Ok(Some((_, _, path))) => format!(
+                "the link {path} in it would point outside {}",
+                self.guard.preopens[src.preopen].shown
+            ),
+            Err(e) => format!("its links could not all be checked: {e}"),
+        };
+        self.deny(src.verb, &src.shown, reason, None, None);
+        not_permitted()
+    }
+
+    /// After such a move: a link another sandbox made in the tree between
+    /// the check and the move is judged where it now is, and removed if it
+    /// would point outside the grant.
+    fn remove_escaping_links(&self, dst: &Checked, depth: usize) -> FsResult<()> {
+        let Some(name) = &dst.r.name else {
+            return Ok(());
+        };
+        for _ in 0..1000 {
+            match fs_walk::escaping_link(dst.r.parent.dir.fd(), name, depth) {
+                Ok(Some((dir, link, _))) => {
+                    crate::fs_host::remove_link(crate::fs_host::handle_ref(&dir), &link)?
+                }
+                _ => break,
+            }
         }
         Ok(())
     }
@@ -1192,6 +1241,12 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         if let Some(target) = self.link_target(&src)? {
             self.link_stays_inside(&dst, &target)?;
         }
+        // A directory moved nearer its grant's root takes its links along:
+        // each is judged where it will be, as when it was made.
+        let moved_up = self.moved_up(&src, &dst)?;
+        if let Some(depth) = moved_up {
+            self.links_stay_inside_when_moved(&src, depth)?;
+        }
         let from = self.anchor(&fd, &src)?;
         let to = match self.anchor(&new_fd, &dst) {
             Ok(a) => a,
@@ -1210,6 +1265,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         self.release(from);
         self.release(to);
         self.after(&dst, r)?;
+        if let Some(depth) = moved_up {
+            self.remove_escaping_links(&dst, depth)?;
+        }
         self.recheck_moved_link(&dst)
     }
 

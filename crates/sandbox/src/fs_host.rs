@@ -11,8 +11,17 @@
 
 use crate::fs_area::Ident;
 use crate::fs_walk::Found;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::Path;
+
+/// What an entry of a listing is, a link not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    Dir,
+    Link,
+    Other,
+}
 
 pub use imp::*;
 
@@ -173,14 +182,48 @@ mod imp {
     }
 
     /// The target of the link `name` in `dir`, `/`-separated.
-    pub fn read_link(dir: DirRef<'_>, name: &str) -> io::Result<String> {
+    pub fn read_link(dir: DirRef<'_>, name: &OsStr) -> io::Result<String> {
         let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
         Ok(target.to_string_lossy().into_owned())
     }
 
     /// Removes the link `name` in `dir`.
-    pub fn remove_link(dir: DirRef<'_>, name: &str) -> io::Result<()> {
+    pub fn remove_link(dir: DirRef<'_>, name: &OsStr) -> io::Result<()> {
         Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
+    }
+
+    /// Opens the directory `name` in `dir` to list it, a link not followed.
+    pub fn open_listing(dir: DirRef<'_>, name: &OsStr) -> io::Result<Handle> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
+    }
+
+    /// The entries of a directory open for listing, but `.` and `..`.
+    pub fn entries(dir: &Handle) -> io::Result<Vec<(OsString, Entry)>> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = Vec::new();
+        let mut listing = rustix::fs::Dir::read_from(dir)?;
+        while let Some(e) = listing.read() {
+            let e = e?;
+            let name = e.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name = OsStr::from_bytes(name).to_os_string();
+            let ft = match e.file_type() {
+                FileType::Unknown => FileType::from_raw_mode(
+                    rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode,
+                ),
+                ft => ft,
+            };
+            let kind = match ft {
+                FileType::Directory => Entry::Dir,
+                FileType::Symlink => Entry::Link,
+                _ => Entry::Other,
+            };
+            out.push((name, kind));
+        }
+        Ok(out)
     }
 
     /// The directory above `dir`.
@@ -286,8 +329,34 @@ mod imp {
         }
     }
 
-    pub fn read_link(dir: DirRef<'_>, name: &str) -> io::Result<String> {
-        let target = cp::read_link_contents(dir, one_name(name)?)?;
+    /// One name, as [`one_name`] takes it.
+    fn one_os_name(name: &OsStr) -> io::Result<&Path> {
+        one_name(name.to_str().ok_or(io::ErrorKind::InvalidInput)?)
+    }
+
+    pub fn open_listing(dir: DirRef<'_>, name: &OsStr) -> io::Result<Handle> {
+        cp::open_dir_nofollow(dir, one_os_name(name)?)
+    }
+
+    pub fn entries(dir: &Handle) -> io::Result<Vec<(OsString, Entry)>> {
+        let mut out = Vec::new();
+        for e in cp::read_base_dir(dir)? {
+            let e = e?;
+            let ft = e.file_type()?;
+            let kind = if ft.is_symlink() {
+                Entry::Link
+            } else if ft.is_dir() {
+                Entry::Dir
+            } else {
+                Entry::Other
+            };
+            out.push((e.file_name(), kind));
+        }
+        Ok(out)
+    }
+
+    pub fn read_link(dir: DirRef<'_>, name: &OsStr) -> io::Result<String> {
+        let target = cp::read_link_contents(dir, one_os_name(name)?)?;
         // An absolute target (`C:\x`, `\x`, `\\server\x`) is said with a
         // leading `/`, which the walk refuses as leaving the grant.
         if target.has_root()
@@ -303,8 +372,8 @@ mod imp {
 
     /// Removes the link `name` in `dir`: a link to a directory is removed
     /// as a directory on Windows.
-    pub fn remove_link(dir: DirRef<'_>, name: &str) -> io::Result<()> {
-        let path = one_name(name)?;
+    pub fn remove_link(dir: DirRef<'_>, name: &OsStr) -> io::Result<()> {
+        let path = one_os_name(name)?;
         cp::remove_file(dir, path).or_else(|_| cp::remove_dir(dir, path))
     }
 

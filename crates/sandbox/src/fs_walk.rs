@@ -14,6 +14,7 @@
 
 use crate::fs_area::{Areas, Domain, Ident};
 use crate::fs_host::{self, DirRef, Handle};
+
 use std::io::ErrorKind;
 use std::sync::Arc;
 
@@ -190,7 +191,8 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                     if links > MAX_LINKS {
                         return Err(Stop::Io(fs_host::loop_error()));
                     }
-                    let target = fs_host::read_link(top.dir.fd(), name).map_err(Stop::Io)?;
+                    let target =
+                        fs_host::read_link(top.dir.fd(), name.as_ref()).map_err(Stop::Io)?;
                     if target.starts_with('/') {
                         return Err(Stop::Escape { via_link: true });
                     }
@@ -270,6 +272,77 @@ pub fn depth_now(areas: &Areas, dir: DirRef<'_>) -> std::io::Result<usize> {
     }
     // No grant above it: judged as a grant's root, the strictest.
     Ok(0)
+}
+
+/// The deepest tree [`escaping_link`] reads, and the most entries.
+const MAX_TREE_DEPTH: usize = 256;
+const MAX_TREE_ENTRIES: usize = 100_000;
+
+/// A link in the tree of the directory `name` in `dir` that would point
+/// outside its grant were that directory `depth` levels below the grant's
+/// root: the directory holding the link, its name, and its path from
+/// `name` (for messages). A tree deeper or larger than capsa reads is an
+/// error; a directory that is gone (or is no longer one) when it is
+/// reached is passed over.
+pub fn escaping_link(
+    dir: DirRef<'_>,
+    name: &str,
+    depth: usize,
+) -> std::io::Result<Option<(Handle, std::ffi::OsString, String)>> {
+    let too_big = || std::io::Error::other("the tree is too large to check for links");
+    let mut seen = 0;
+    // Each open directory on the way down, with the directories in it
+    // still to read.
+    let mut stack: Vec<(Handle, Vec<std::ffi::OsString>, usize, String)> = Vec::new();
+    let mut next = Some((
+        fs_host::open_listing(dir, name.as_ref())?,
+        depth,
+        name.to_string(),
+    ));
+    loop {
+        if let Some((h, d, path)) = next.take() {
+            if d > depth + MAX_TREE_DEPTH {
+                return Err(too_big());
+            }
+            let mut subdirs = Vec::new();
+            for (n, kind) in fs_host::entries(&h)? {
+                seen += 1;
+                if seen > MAX_TREE_ENTRIES {
+                    return Err(too_big());
+                }
+                match kind {
+                    fs_host::Entry::Dir => subdirs.push(n),
+                    fs_host::Entry::Link => {
+                        let target = fs_host::read_link(fs_host::handle_ref(&h), &n)?;
+                        if link_leaves_grant(&target, d) {
+                            let shown = format!("{path}/{}", n.to_string_lossy());
+                            return Ok(Some((h, n, shown)));
+                        }
+                    }
+                    fs_host::Entry::Other => {}
+                }
+            }
+            stack.push((h, subdirs, d, path));
+        }
+        let Some((h, subdirs, d, path)) = stack.last_mut() else {
+            return Ok(None);
+        };
+        match subdirs.pop() {
+            Some(n) => match fs_host::open_listing(fs_host::handle_ref(h), &n) {
+                Ok(child) => {
+                    let shown = format!("{path}/{}", n.to_string_lossy());
+                    next = Some((child, *d + 1, shown));
+                }
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+                        || e.raw_os_error() == fs_host::loop_error().raw_os_error() => {}
+                Err(e) => return Err(e),
+            },
+            None => {
+                stack.pop();
+            }
+        }
+    }
 }
 
 /// Would a link with this target, made in a directory `depth` levels below

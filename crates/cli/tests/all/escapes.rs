@@ -860,3 +860,61 @@ print("kinds", sorted(kinds))
     assert_eq!(after, before, "the host changed: {}", r.stdout);
     assert_eq!(mtime(&w.join("ro/victim.txt")), victim_mtime);
 }
+
+// Regression (third attack on a release build): a link was judged where it
+// was made, but a directory holding it could then be moved nearer the
+// grant's root: `a/b/l -> ../../x` points at the grant's own `x`, yet after
+// `mv a/b b` it points beside the grant, for any program on the host that
+// follows it later.
+#[test]
+fn moving_a_directory_up_keeps_its_links_inside_the_grant() {
+    let (_g, d) = scratch();
+    let w = d.join("w");
+    std::fs::create_dir_all(w.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(w.join("a/ok")).unwrap();
+    std::fs::create_dir_all(w.join("deep/er")).unwrap();
+    let grant = format!("--allow-write={}", s(&w));
+    let r = attack(
+        &d,
+        &[&grant],
+        r#"
+W = D + "/w"
+os.symlink("../../x", W + "/a/b/l")
+os.symlink("../../../y", W + "/a/b/c/l2")
+os.symlink("../sibling", W + "/a/ok/k")
+attempt("up-escapes", lambda: os.rename(W + "/a/b", W + "/b"))
+attempt("up-nested", lambda: os.rename(W + "/a/b/c", W + "/a/c"))
+attempt("up-inside", lambda: os.rename(W + "/a/ok", W + "/ok"))
+attempt("down", lambda: os.rename(W + "/a/b", W + "/deep/er/b"))
+"#,
+    );
+    all_failed(&r, &["up-escapes", "up-nested"]);
+    for ok in ["up-inside", "down"] {
+        assert!(
+            r.stdout.contains(&format!("{ok}: ok")),
+            "{ok}: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+    assert!(
+        r.stderr.contains("in it would point outside"),
+        "{}",
+        r.stderr
+    );
+    // The refused trees stayed where they were, links and all; the others moved.
+    assert!(!w.join("b").exists());
+    assert!(!w.join("a/c").exists());
+    assert_eq!(
+        std::fs::read_link(w.join("deep/er/b/l")).unwrap(),
+        Path::new("../../x")
+    );
+    assert_eq!(
+        std::fs::read_link(w.join("deep/er/b/c/l2")).unwrap(),
+        Path::new("../../../y")
+    );
+    assert_eq!(
+        std::fs::read_link(w.join("ok/k")).unwrap(),
+        Path::new("../sibling")
+    );
+}
