@@ -11,8 +11,12 @@
 //! Names still matter to whatever reads these paths after the run (git runs
 //! `.git/hooks/pre-commit` by name; capsa finds its cache by name), so every
 //! directory on the way from a grant to a mark is pinned: it cannot be
-//! renamed, removed or replaced. A `--deny-*` path that does not exist yet
-//! marks its first missing name, which then cannot be created.
+//! renamed, removed or replaced. A `--deny-*` path (and capsa's cache) also
+//! marks its name in its directory, so that what the host or another
+//! program makes there, or renames over it, is under the rule too; one
+//! that does not exist yet marks its first missing name, which then cannot
+//! be created. Every marked object is held open for the run: its inode
+//! number is not given to a new file while the mark stands.
 
 use crate::fs_guard::Preopen;
 use capsa_policy::{Access, GrantKind, Policy};
@@ -122,13 +126,20 @@ pub enum Refusal {
 #[derive(Debug, Default)]
 pub struct Areas {
     marks: HashMap<Ident, Vec<Mark>>,
-    /// Marks of names that do not exist yet, by their directory.
+    /// Marks of `--deny-*` paths and capsa's own by name in their
+    /// directory: whatever is there (made later, or put there by a
+    /// rename over the old one) is under the rule, as the object found at
+    /// start is wherever it goes.
     pending: HashMap<(Ident, String), Vec<Mark>>,
     /// Directories on the way to a mark: never renamed, removed or
     /// replaced; with what they hold, for the message.
     pinned: HashMap<Ident, String>,
     pub denies: Vec<DenyRule>,
     grant_access: Vec<Access>,
+    /// Every object marked, kept open for the run: a mark is on an
+    /// identity, which the file system would give to the next file made
+    /// once the object is removed (by the host, or another program).
+    held: Vec<crate::fs_host::Held>,
 }
 
 /// Resolves `path` as the host does, links followed (dangling ones too),
@@ -193,14 +204,16 @@ impl Areas {
         };
         let mut roots: Vec<(PathBuf, String)> = Vec::new();
         for (i, g) in policy.fs.grants.iter().enumerate() {
-            let meta = crate::fs_host::stat_path(&g.host, true)?;
+            let (held, meta) = crate::fs_host::hold(&g.host)?;
+            a.held.push(held);
             a.marks.entry(meta.ident).or_default().push(Mark::Grant(i));
             roots.push((g.host.clone(), format!("the granted path {}", g.guest)));
             debug_assert!(g.kind == GrantKind::File || meta.is_dir);
         }
         for (i, p) in preopens.iter().enumerate() {
             if p.only.is_some() {
-                let meta = crate::fs_host::stat_path(&p.host, true)?;
+                let (held, meta) = crate::fs_host::hold(&p.host)?;
+                a.held.push(held);
                 a.marks.entry(meta.ident).or_default().push(Mark::Holder(i));
             }
         }
@@ -261,10 +274,12 @@ impl Areas {
             };
             // Nothing on the way exists, not even a root (`\\server\share`
             // that does not answer): nothing can reach it to mark.
-            let Ok(base_ident) = crate::fs_host::stat_path(&base, true).map(|f| f.ident) else {
+            let Ok((held, found)) = crate::fs_host::hold(&base) else {
                 a.denies.push(rule);
                 continue;
             };
+            a.held.push(held);
+            let base_ident = found.ident;
             if rule.own {
                 // Said to the user by the name grants use: the real one.
                 rule.host = match &missing {
@@ -273,7 +288,17 @@ impl Areas {
                 };
             }
             match missing {
-                None => a.marks.entry(base_ident).or_default().push(Mark::Deny(j)),
+                None => {
+                    a.marks.entry(base_ident).or_default().push(Mark::Deny(j));
+                    let named = base.parent().zip(base.file_name()).and_then(|(dir, name)| {
+                        let (held, dir) = crate::fs_host::hold(dir).ok()?;
+                        Some((held, (dir.ident, fold_case(name.to_str()?))))
+                    });
+                    if let Some((held, key)) = named {
+                        a.held.push(held);
+                        a.pending.entry(key).or_default().push(Mark::Deny(j));
+                    }
+                }
                 Some(name) => {
                     a.pending
                         .entry((base_ident, fold_case(&name)))
@@ -339,11 +364,10 @@ impl Areas {
     }
 
     /// The domain of the object `ident`, entered from a directory in `parent`.
-    pub fn enter(&self, parent: Domain, ident: Ident) -> Domain {
-        let mut d = parent;
-        if let Base::Holder(_) = d.base {
-            d.base = Base::Outside;
-        }
+    /// The domain of the object `ident`, found as `name` in the
+    /// directory `dir` of domain `parent`.
+    pub fn enter(&self, parent: Domain, dir: Ident, name: &str, ident: Ident) -> Domain {
+        let mut d = self.enter_new(parent, dir, name);
         if let Some(marks) = self.marks.get(&ident) {
             self.apply(&mut d, marks);
         }

@@ -534,7 +534,9 @@ impl GuardedFs<'_> {
             return Ok(());
         };
         let there = match &d.name {
-            Some(_) => self.areas().enter(d.parent.domain, obj.ident),
+            Some(name) => self
+                .areas()
+                .enter(d.parent.domain, d.parent.ident, name, obj.ident),
             None => d.domain,
         };
         // Between two writable grants with no denial in force, the answer
@@ -655,11 +657,11 @@ impl GuardedFs<'_> {
         }
     }
 
-    /// After a link was moved or linked to `dst`: if another sandbox put a
-    /// link in the source's place between the check and the move, it is
-    /// judged where it now is, and removed if it would point outside the
-    /// grant there (it was made by a guest, and only a guest racing this
-    /// one could have put it there).
+    /// After a link was made, moved or linked to `dst`: it is judged where
+    /// it now is, and removed if it would point outside the grant there.
+    /// Only a guest racing this one can have made that so (a link put in
+    /// the source's place, or the directory moved up meanwhile), and the
+    /// link is a guest's.
     fn recheck_moved_link(&self, dst: &Checked) -> FsResult<()> {
         let Some(name) = &dst.r.name else {
             return Ok(());
@@ -1099,7 +1101,7 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         // Another sandbox may make or remove the name between the walk and
         // the open: then the walk is done again.
         let mut tries = 0;
-        let (c, new) = loop {
+        let (c, new, ident) = loop {
             tries += 1;
             let c = self.check(&fd, &path, follow, need, verb)?;
             let exists = c.r.target.is_some();
@@ -1145,28 +1147,32 @@ impl fs::HostDescriptor for GuardedFs<'_> {
                 return Err(FsErrorCode::NoEntry.into());
             }
             let new = self.after(&c, r)?;
-            break (c, new);
-        };
-        // Decide on what was opened: it must be what the walk found.
-        let ident = match self.opened_ident(&new) {
-            Ok(i) => i,
-            Err(e) => {
+            // Decide on what was opened: it must be what the walk found (a
+            // name replaced meanwhile is walked again).
+            let ident = match self.opened_ident(&new) {
+                Ok(i) => i,
+                Err(e) => {
+                    let _ = fs::HostDescriptor::drop(&mut self.inner, new);
+                    return Err(e);
+                }
+            };
+            if c.r.target.is_some_and(|t| t.ident != ident) {
                 let _ = fs::HostDescriptor::drop(&mut self.inner, new);
-                return Err(e);
+                if tries < 8 {
+                    continue;
+                }
+                self.deny(
+                    verb,
+                    &c.shown,
+                    "it changed while being opened".into(),
+                    None,
+                    None,
+                );
+                return not_permitted();
             }
+            break (c, new, ident);
         };
         let res = &c.r;
-        if res.target.is_some_and(|t| t.ident != ident) {
-            let _ = fs::HostDescriptor::drop(&mut self.inner, new);
-            self.deny(
-                verb,
-                &c.shown,
-                "it changed while being opened".into(),
-                None,
-                None,
-            );
-            return not_permitted();
-        }
         if truncate
             && res.target.is_some()
             && let Err(e) = self.truncate(&new)
@@ -1176,7 +1182,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         }
         let domain = match (res.target, &res.name) {
             (Some(_), _) | (None, None) => res.domain,
-            (None, Some(_)) => self.areas().enter(res.parent.domain, ident),
+            (None, Some(name)) => {
+                self.areas()
+                    .enter(res.parent.domain, res.parent.ident, name, ident)
+            }
         };
         let depth = match (&res.name, self.areas().is_grant_root(ident)) {
             (_, true) => 0,
@@ -1279,7 +1288,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         self.link_stays_inside(&c, &src)?;
         self.anchored(&fd, &c, |inner, dir, name| {
             fs::HostDescriptor::symlink_at(inner, dir, src, name)
-        })
+        })?;
+        // Judged again where it is now: another sandbox may have moved its
+        // directory nearer the grant's root meanwhile.
+        self.recheck_moved_link(&c)
     }
 
     fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {

@@ -254,6 +254,23 @@ mod imp {
         rustix::io::Errno::NOTDIR.into()
     }
 
+    /// An object kept open for the whole run, so that its identity cannot
+    /// pass to another file: a file system gives a freed inode number to
+    /// the next file made.
+    pub type Held = OwnedFd;
+
+    /// Opens the host path `path` (links followed) to hold it, without
+    /// reading it or waiting (a FIFO is not waited on), and says what it is.
+    pub fn hold(path: &Path) -> io::Result<(Held, Found)> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(path, flags, Mode::empty())?;
+        let f = found(&rustix::fs::fstat(&fd)?);
+        Ok((fd, f))
+    }
+
     /// What the host path `path` is; a link in its last name followed or not.
     pub fn stat_path(path: &Path, follow: bool) -> io::Result<Found> {
         let flags = if follow {
@@ -397,6 +414,16 @@ mod imp {
     pub fn not_dir_error() -> io::Error {
         // ERROR_DIRECTORY
         io::Error::from_raw_os_error(267)
+    }
+
+    pub type Held = std::fs::File;
+
+    pub fn hold(path: &Path) -> io::Result<(Held, Found)> {
+        let mut o = std::fs::OpenOptions::new();
+        o.access_mode(0).custom_flags(FILE_FLAG_BACKUP_SEMANTICS);
+        let f = o.open(path)?;
+        let found = found(&cp::Metadata::from_file(&f)?)?;
+        Ok((f, found))
     }
 
     pub fn stat_path(path: &Path, follow: bool) -> io::Result<Found> {

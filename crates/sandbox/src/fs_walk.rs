@@ -182,7 +182,7 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                 if f.is_link && (!last || follow) {
                     // A link the guest may not see is not followed: what
                     // it points to (or a loop) would tell it is there.
-                    let domain = areas.enter(top.domain, f.ident);
+                    let domain = areas.enter(top.domain, top.ident, name, f.ident);
                     if areas.may_read(domain).is_err() {
                         let at = stack.pop().expect("the walk always has its start");
                         return Err(Stop::Closed { at, domain });
@@ -208,7 +208,7 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                 }
                 if last {
                     let top = stack.pop().expect("the walk always has its start");
-                    let domain = areas.enter(top.domain, f.ident);
+                    let domain = areas.enter(top.domain, top.ident, name, f.ident);
                     return Ok(Resolved {
                         parent: top,
                         name: Some(name.to_string()),
@@ -218,7 +218,7 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                 }
                 if !f.is_dir {
                     let at = stack.pop().expect("the walk always has its start");
-                    let domain = areas.enter(at.domain, f.ident);
+                    let domain = areas.enter(at.domain, at.ident, name, f.ident);
                     return Err(Stop::Missing {
                         at,
                         domain,
@@ -233,7 +233,7 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                 } else {
                     top.depth + 1
                 };
-                let domain = areas.enter(top.domain, f.ident);
+                let domain = areas.enter(top.domain, top.ident, name, f.ident);
                 if areas.may_read(domain).is_err() {
                     // Going through a directory the guest may not read
                     // would tell what it holds (`secret/x/..` works only

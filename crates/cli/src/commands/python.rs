@@ -133,7 +133,10 @@ fn read_grant(host: PathBuf, guest: String, kind: GrantKind) -> FsGrant {
 }
 
 /// The script's grant and its path in the guest.
-fn grant_script(policy: &mut Policy, script: &str) -> Result<String, i32> {
+fn grant_script(policy: &mut Policy, cwd: &Path, script: &str) -> Result<String, i32> {
+    // Never through a link a program could have made (as for --allow-read).
+    super::run::refuse_links_in_writable_grants(&cwd.join(script), policy)
+        .map_err(|e| fail(exit::USAGE, e))?;
     let host = canonical(Path::new(script)).map_err(|e| {
         fail(
             exit::LOAD,
@@ -193,13 +196,16 @@ pub fn run_prepared(
             path.extend(g.python_path);
             Some(g.file)
         }
-        (Mode::Script(s), None) => match grant_script(&mut policy, s) {
+        (Mode::Script(s), None) => match grant_script(&mut policy, &cwd, s) {
             Ok(g) => Some(g),
             Err(code) => return code,
         },
         _ => None,
     };
     for dir in &sandbox.python_path {
+        if let Err(e) = super::run::refuse_links_in_writable_grants(&cwd.join(dir), &policy) {
+            return fail(exit::USAGE, e);
+        }
         let host = match canonical(dir) {
             Ok(h) if h.is_dir() => h,
             Ok(_) => {

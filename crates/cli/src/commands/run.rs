@@ -220,7 +220,7 @@ pub fn resolve_with(raw: RawPolicy, typed: &TypedGrants, cwd: &Path) -> Result<P
 /// grant: a program granted that directory may have made or replaced the
 /// link (in this run's grant, or an earlier run's), and the grant would
 /// then land wherever it chose.
-fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<()> {
+pub fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<()> {
     use capsa_policy::{Access, GrantKind};
     let mut cur = PathBuf::new();
     for c in given.components() {

@@ -918,3 +918,128 @@ attempt("down", lambda: os.rename(W + "/a/b", W + "/deep/er/b"))
         Path::new("../sibling")
     );
 }
+
+// Regression (fourth attack on a release build): a `--deny-*` rule marked
+// only the object found at start (or, for a path missing then, the name
+// for the guest to make). The host or another program making the path
+// during the run, or saving a file by renaming a new one over it (as
+// editors and git do), left it unprotected.
+#[test]
+fn a_denied_path_made_or_replaced_during_the_run_stays_denied() {
+    python_ready();
+    let (_g, d) = scratch();
+    let w = d.join("w");
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::write(w.join("envf"), "OLD SECRET").unwrap();
+    let scripts = d.join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::write(
+        scripts.join("wait.py"),
+        r#"
+import os, sys, time
+W = sys.argv[1]
+def attempt(label, fn):
+    try:
+        print(f"{label}: ok {fn()!r}")
+    except Exception as e:
+        print(f"{label}: err {type(e).__name__}")
+open(W + "/started", "w").close()
+end = time.monotonic() + 60
+while not os.path.exists(W + "/ready") and time.monotonic() < end:
+    time.sleep(0.01)
+attempt("read-made", lambda: open(W + "/later/key").read())
+attempt("list-made", lambda: os.listdir(W + "/later"))
+attempt("rename-made", lambda: os.rename(W + "/later", W + "/moved"))
+attempt("read-replaced", lambda: open(W + "/envf").read())
+attempt("remove-replaced", lambda: os.remove(W + "/envf"))
+attempt("over-replaced", lambda: (open(W + "/mine", "w").write("x"), os.rename(W + "/mine", W + "/envf")))
+"#,
+    )
+    .unwrap();
+    let guest = capsa()
+        .arg("run")
+        .arg(format!("--allow-write={}", s(&w)))
+        .arg(format!("--deny-read={}", s(&w.join("later"))))
+        .arg(format!("--deny-read={}", s(&w.join("envf"))))
+        .arg(format!("--allow-read={}", s(&scripts)))
+        .arg(scripts.join("wait.py"))
+        .arg(&w)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("capsa runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !w.join("started").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The host makes the missing path, and saves the other one anew.
+    std::fs::create_dir_all(w.join("later")).unwrap();
+    std::fs::write(w.join("later/key"), "NEW SECRET").unwrap();
+    std::fs::write(w.join(".envf.tmp"), "NEW SECRET").unwrap();
+    std::fs::rename(w.join(".envf.tmp"), w.join("envf")).unwrap();
+    std::fs::write(w.join("ready"), "").unwrap();
+    let r: Run = guest.wait_with_output().expect("capsa ends").into();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    all_failed(
+        &r,
+        &[
+            "read-made",
+            "list-made",
+            "rename-made",
+            "read-replaced",
+            "remove-replaced",
+            "over-replaced",
+        ],
+    );
+    assert!(!r.stdout.contains("SECRET"), "{}", r.stdout);
+    // A file made after the old one went is not taken for it (the old
+    // object is held for the run, so its inode number is not reused).
+    assert!(!r.stderr.contains("/ready"), "{}", r.stderr);
+    assert_eq!(std::fs::read(w.join("later/key")).unwrap(), b"NEW SECRET");
+    assert_eq!(std::fs::read(w.join("envf")).unwrap(), b"NEW SECRET");
+    assert!(!w.join("moved").exists());
+}
+
+// Regression (fourth attack on a release build): `--python-path` and the
+// script were granted wherever a link led, also a link inside a writable
+// grant that a program could have made in an earlier run (as
+// `--allow-read` already refused).
+#[test]
+fn python_path_and_script_are_never_reached_through_a_link_in_a_writable_grant() {
+    python_ready();
+    let (_g, d) = scratch();
+    let w = d.join("w");
+    let outside = d.join("hostonly");
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("id_rsa"), "HOST PRIVATE").unwrap();
+    std::fs::write(outside.join("tool.py"), "print('ran the outside tool')\n").unwrap();
+    std::os::unix::fs::symlink("../hostonly", w.join("libs")).unwrap();
+    std::os::unix::fs::symlink("../hostonly/tool.py", w.join("job.py")).unwrap();
+    std::fs::write(
+        w.join("main.py"),
+        format!("print(open({:?}).read())\n", s(&outside.join("id_rsa"))),
+    )
+    .unwrap();
+    let grant = format!("--allow-write={}", s(&w));
+    let path = format!("--python-path={}", s(&w.join("libs")));
+    let r = run(&[&grant, &path], &w.join("main.py"), &[]);
+    assert_eq!(r.code, 125, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("reached through the link"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("HOST PRIVATE"), "{}", r.stdout);
+    let r = run(&[&grant], &w.join("job.py"), &[]);
+    assert_eq!(r.code, 125, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("reached through the link"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("outside tool"), "{}", r.stdout);
+    // Without the writable grant, the user's own link is followed as before.
+    let r = run(&[], &w.join("job.py"), &[]);
+    assert_eq!(r.stdout, "ran the outside tool\n", "{}", r.stderr);
+}
