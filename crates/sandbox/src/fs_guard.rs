@@ -685,9 +685,10 @@ impl GuardedFs<'_> {
         Ok(())
     }
 
-    /// The depth a directory about to be renamed will have, when it moves
-    /// nearer its grant's root: the links in it then climb from higher up.
-    fn moved_up(&self, src: &Checked, dst: &Checked) -> FsResult<Option<usize>> {
+    /// The depths of a directory about to be renamed (below its grant's
+    /// root): where it is now and where it will be. A directory moved
+    /// nearer the root takes its links along, which then climb from higher.
+    fn dir_depths(&self, src: &Checked, dst: &Checked) -> FsResult<Option<(usize, usize)>> {
         let (Some(t), Some(_), Some(_)) = (src.r.target, &src.r.name, &dst.r.name) else {
             return Ok(None);
         };
@@ -696,15 +697,16 @@ impl GuardedFs<'_> {
         }
         let old = fs_walk::depth_now(self.areas(), src.r.parent.dir.fd())? + 1;
         let new = fs_walk::depth_now(self.areas(), dst.r.parent.dir.fd())? + 1;
-        Ok((new < old).then_some(new))
+        Ok(Some((old, new)))
     }
 
-    /// Refuses moving the directory `src` names to `depth` when a link in
-    /// its tree would then point outside the grant (as one made there
-    /// would be refused).
-    fn links_stay_inside_when_moved(&self, src: &Checked, depth: usize) -> FsResult<()> {
+    /// Refuses moving the directory `src` names from depth `old` to `new`
+    /// when a link in its tree would then point outside the grant (as one
+    /// made there would be refused).
+    fn links_stay_inside_when_moved(&self, src: &Checked, old: usize, new: usize) -> FsResult<()> {
         let name = src.r.name.as_deref().unwrap_or(".");
-        let reason = match fs_walk::escaping_link(src.r.parent.dir.fd(), name, depth) {
+        let limits = fs_walk::TreeLimits::BEFORE_A_MOVE;
+        let reason = match fs_walk::escaping_link(src.r.parent.dir.fd(), name, old, new, limits) {
             Ok(None) => return Ok(()),
             Ok(Some((_, _, path))) => format!(
                 "the link {path} in it would point outside {}",
@@ -716,22 +718,46 @@ impl GuardedFs<'_> {
         not_permitted()
     }
 
-    /// After such a move: a link another sandbox made in the tree between
-    /// the check and the move is judged where it now is, and removed if it
-    /// would point outside the grant.
-    fn remove_escaping_links(&self, dst: &Checked, depth: usize) -> FsResult<()> {
-        let Some(name) = &dst.r.name else {
+    /// After a directory was moved from depth `old`: where it landed may be
+    /// nearer the root than was checked (another sandbox moved it, or its
+    /// new parent, meanwhile), and another sandbox may have put links in
+    /// it. Each link that points outside the grant there, and did not
+    /// before, is removed; if the tree cannot be read to the end, the
+    /// directory is moved back.
+    fn after_a_directory_move(&self, src: &Checked, dst: &Checked, old: usize) -> FsResult<()> {
+        let (Some(name), Some(src_name)) = (&dst.r.name, &src.r.name) else {
             return Ok(());
         };
-        for _ in 0..1000 {
-            match fs_walk::escaping_link(dst.r.parent.dir.fd(), name, depth) {
-                Ok(Some((dir, link, _))) => {
-                    crate::fs_host::remove_link(crate::fs_host::handle_ref(&dir), &link)?
+        let dir = dst.r.parent.dir.fd();
+        let now = fs_walk::depth_now(self.areas(), dir)? + 1;
+        if now >= old {
+            return Ok(());
+        }
+        let limits = fs_walk::TreeLimits::AFTER_A_MOVE;
+        loop {
+            match fs_walk::escaping_link(dir, name, old, now, limits) {
+                Ok(None) => return Ok(()),
+                Ok(Some((d, link, _))) => {
+                    crate::fs_host::remove_link(crate::fs_host::handle_ref(&d), &link)?
                 }
-                _ => break,
+                Err(e) => {
+                    let back = crate::fs_host::rename_noreplace(
+                        dir,
+                        name.as_ref(),
+                        src.r.parent.dir.fd(),
+                        src_name.as_ref(),
+                    );
+                    let reason = match back {
+                        Ok(()) => format!("its links could not all be checked ({e}); moved back"),
+                        Err(b) => format!(
+                            "its links could not all be checked ({e}), and it could not be moved back ({b})"
+                        ),
+                    };
+                    self.deny(src.verb, &src.shown, reason, None, None);
+                    return not_permitted();
+                }
             }
         }
-        Ok(())
     }
 
     /// Reports a refusal that wasmtime-wasi made after capsa's own checks passed.
@@ -1252,9 +1278,11 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         }
         // A directory moved nearer its grant's root takes its links along:
         // each is judged where it will be, as when it was made.
-        let moved_up = self.moved_up(&src, &dst)?;
-        if let Some(depth) = moved_up {
-            self.links_stay_inside_when_moved(&src, depth)?;
+        let depths = self.dir_depths(&src, &dst)?;
+        if let Some((old, new)) = depths
+            && new < old
+        {
+            self.links_stay_inside_when_moved(&src, old, new)?;
         }
         let from = self.anchor(&fd, &src)?;
         let to = match self.anchor(&new_fd, &dst) {
@@ -1274,8 +1302,8 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         self.release(from);
         self.release(to);
         self.after(&dst, r)?;
-        if let Some(depth) = moved_up {
-            self.remove_escaping_links(&dst, depth)?;
+        if let Some((old, _)) = depths {
+            self.after_a_directory_move(&src, &dst, old)?;
         }
         self.recheck_moved_link(&dst)
     }

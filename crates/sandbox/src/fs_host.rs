@@ -192,6 +192,31 @@ mod imp {
         Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
     }
 
+    /// Renames `from` in `from_dir` to `to` in `to_dir`, unless `to` exists.
+    pub fn rename_noreplace(
+        from_dir: DirRef<'_>,
+        from: &OsStr,
+        to_dir: DirRef<'_>,
+        to: &OsStr,
+    ) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let flags = rustix::fs::RenameFlags::NOREPLACE;
+            Ok(rustix::fs::renameat_with(
+                from_dir, from, to_dir, to, flags,
+            )?)
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            match rustix::fs::statat(to_dir, to, AtFlags::SYMLINK_NOFOLLOW) {
+                Err(rustix::io::Errno::NOENT) => {}
+                Ok(_) => return Err(io::ErrorKind::AlreadyExists.into()),
+                Err(e) => return Err(e.into()),
+            }
+            Ok(rustix::fs::renameat(from_dir, from, to_dir, to)?)
+        }
+    }
+
     /// Opens the directory `name` in `dir` to list it, a link not followed.
     pub fn open_listing(dir: DirRef<'_>, name: &OsStr) -> io::Result<Handle> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -353,6 +378,21 @@ mod imp {
 
     pub fn open_listing(dir: DirRef<'_>, name: &OsStr) -> io::Result<Handle> {
         cp::open_dir_nofollow(dir, one_os_name(name)?)
+    }
+
+    pub fn rename_noreplace(
+        from_dir: DirRef<'_>,
+        from: &OsStr,
+        to_dir: DirRef<'_>,
+        to: &OsStr,
+    ) -> io::Result<()> {
+        let to = one_os_name(to)?;
+        match cp::stat(to_dir, to, FollowSymlinks::No) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Ok(_) => return Err(io::ErrorKind::AlreadyExists.into()),
+            Err(e) => return Err(e),
+        }
+        cp::rename(from_dir, one_os_name(from)?, to_dir, to)
     }
 
     pub fn entries(dir: &Handle) -> io::Result<Vec<(OsString, Entry)>> {

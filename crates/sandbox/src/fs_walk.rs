@@ -274,20 +274,40 @@ pub fn depth_now(areas: &Areas, dir: DirRef<'_>) -> std::io::Result<usize> {
     Ok(0)
 }
 
-/// The deepest tree [`escaping_link`] reads, and the most entries.
-const MAX_TREE_DEPTH: usize = 256;
-const MAX_TREE_ENTRIES: usize = 100_000;
+/// How much of a tree [`escaping_link`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeLimits {
+    pub depth: usize,
+    pub entries: usize,
+}
 
-/// A link in the tree of the directory `name` in `dir` that would point
-/// outside its grant were that directory `depth` levels below the grant's
-/// root: the directory holding the link, its name, and its path from
-/// `name` (for messages). A tree deeper or larger than capsa reads is an
-/// error; a directory that is gone (or is no longer one) when it is
-/// reached is passed over.
+impl TreeLimits {
+    /// Before a move: a tree larger than this is not moved upwards.
+    pub const BEFORE_A_MOVE: TreeLimits = TreeLimits {
+        depth: 256,
+        entries: 100_000,
+    };
+    /// After it: only another sandbox racing the move can have made the
+    /// tree larger; past this it is moved back.
+    pub const AFTER_A_MOVE: TreeLimits = TreeLimits {
+        depth: 512,
+        entries: 1_000_000,
+    };
+}
+
+/// A link in the tree of the directory `name` in `dir` that points outside
+/// its grant with that directory `after` levels below the grant's root,
+/// and did not at `before` (one that already did, such as an absolute link
+/// the host made, is no concern of a move): the directory holding the
+/// link, its name, and its path from `name` (for messages). A tree larger
+/// than `limits` is an error; a directory that is gone (or is no longer
+/// one) when it is reached is passed over.
 pub fn escaping_link(
     dir: DirRef<'_>,
     name: &str,
-    depth: usize,
+    before: usize,
+    after: usize,
+    limits: TreeLimits,
 ) -> std::io::Result<Option<(Handle, std::ffi::OsString, String)>> {
     let too_big = || std::io::Error::other("the tree is too large to check for links");
     let mut seen = 0;
@@ -296,25 +316,27 @@ pub fn escaping_link(
     let mut stack: Vec<(Handle, Vec<std::ffi::OsString>, usize, String)> = Vec::new();
     let mut next = Some((
         fs_host::open_listing(dir, name.as_ref())?,
-        depth,
+        0,
         name.to_string(),
     ));
     loop {
         if let Some((h, d, path)) = next.take() {
-            if d > depth + MAX_TREE_DEPTH {
+            if d > limits.depth {
                 return Err(too_big());
             }
             let mut subdirs = Vec::new();
             for (n, kind) in fs_host::entries(&h)? {
                 seen += 1;
-                if seen > MAX_TREE_ENTRIES {
+                if seen > limits.entries {
                     return Err(too_big());
                 }
                 match kind {
                     fs_host::Entry::Dir => subdirs.push(n),
                     fs_host::Entry::Link => {
                         let target = fs_host::read_link(fs_host::handle_ref(&h), &n)?;
-                        if link_leaves_grant(&target, d) {
+                        if link_leaves_grant(&target, after + d)
+                            && !link_leaves_grant(&target, before + d)
+                        {
                             let shown = format!("{path}/{}", n.to_string_lossy());
                             return Ok(Some((h, n, shown)));
                         }

@@ -873,6 +873,10 @@ fn moving_a_directory_up_keeps_its_links_inside_the_grant() {
     std::fs::create_dir_all(w.join("a/b/c")).unwrap();
     std::fs::create_dir_all(w.join("a/ok")).unwrap();
     std::fs::create_dir_all(w.join("deep/er")).unwrap();
+    // A link the host made that already points out (a virtual environment's
+    // interpreter) is no concern of a move.
+    std::fs::create_dir_all(w.join("a/venv/bin")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/python3", w.join("a/venv/bin/python")).unwrap();
     let grant = format!("--allow-write={}", s(&w));
     let r = attack(
         &d,
@@ -886,10 +890,11 @@ attempt("up-escapes", lambda: os.rename(W + "/a/b", W + "/b"))
 attempt("up-nested", lambda: os.rename(W + "/a/b/c", W + "/a/c"))
 attempt("up-inside", lambda: os.rename(W + "/a/ok", W + "/ok"))
 attempt("down", lambda: os.rename(W + "/a/b", W + "/deep/er/b"))
+attempt("up-host-link", lambda: os.rename(W + "/a/venv", W + "/venv"))
 "#,
     );
     all_failed(&r, &["up-escapes", "up-nested"]);
-    for ok in ["up-inside", "down"] {
+    for ok in ["up-inside", "down", "up-host-link"] {
         assert!(
             r.stdout.contains(&format!("{ok}: ok")),
             "{ok}: {}\n{}",
@@ -916,6 +921,10 @@ attempt("down", lambda: os.rename(W + "/a/b", W + "/deep/er/b"))
     assert_eq!(
         std::fs::read_link(w.join("ok/k")).unwrap(),
         Path::new("../sibling")
+    );
+    assert_eq!(
+        std::fs::read_link(w.join("venv/bin/python")).unwrap(),
+        Path::new("/usr/bin/python3")
     );
 }
 
