@@ -26,12 +26,14 @@ use std::path::{Path, PathBuf};
 /// Device and inode: what an object is, whatever it is called.
 pub type Ident = (u64, u64);
 
-/// A name as the host's file system compares it: on Windows and macOS
-/// (whose file systems ignore case by default) each letter in one case, by
-/// the one-to-one mappings those systems use (`ß` stays `ß`), so that a
-/// denied name that does not exist yet cannot be made as `.GIT`.
+/// A name as a file system that ignores case compares it: each letter in
+/// one case, by the one-to-one mappings Windows and macOS use (`ß` stays
+/// `ß`), so that a denied name that does not exist yet cannot be made as
+/// `.GIT`. On every system: Linux has case-blind folders too (ext4's
+/// casefold, vfat, a Windows drive under WSL), which capsa does not ask
+/// about; a rule's name then covers its every spelling in case.
 fn fold_case(name: &str) -> String {
-    fold_case_if(name, cfg!(any(windows, target_os = "macos")))
+    fold_case_if(name, true)
 }
 
 fn fold_case_if(name: &str, fold: bool) -> String {

@@ -310,10 +310,23 @@ attempt("env-real", lambda: open(W + "/real/.env", "w").write("x"))
 attempt("env-alias", lambda: open(W + "/alias/.env", "w").write("x"))
 attempt("later", lambda: os.makedirs(W + "/later/deeper"))
 attempt("later-rename", lambda: (os.mkdir(W + "/tmpdir"), os.rename(W + "/tmpdir", W + "/later")))
+attempt("later-case", lambda: os.mkdir(W + "/LATER"))
+attempt("env-case", lambda: open(W + "/real/.ENV", "w").write("x"))
 attempt("other-ok", lambda: open(W + "/real/other", "w").write("x"))
 "#,
     );
-    all_failed(&r, &["env-real", "env-alias", "later", "later-rename"]);
+    // Every spelling in case: a folder may ignore case on any system.
+    all_failed(
+        &r,
+        &[
+            "env-real",
+            "env-alias",
+            "later",
+            "later-rename",
+            "later-case",
+            "env-case",
+        ],
+    );
     assert!(
         r.stdout.contains("other-ok: ok"),
         "{}\n{}",
@@ -322,6 +335,8 @@ attempt("other-ok", lambda: open(W + "/real/other", "w").write("x"))
     );
     assert!(!w.join("real/.env").exists());
     assert!(!w.join("later").exists());
+    assert!(!w.join("LATER").exists());
+    assert!(!w.join("real/.ENV").exists());
 }
 
 // Regression: the lstat and readlink of a link answered differently when
