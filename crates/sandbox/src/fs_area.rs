@@ -316,6 +316,33 @@ impl Areas {
             roots.push((base, what));
             a.denies.push(rule);
         }
+        // A rule given through a link (`config/token -> ..data/token`, as a
+        // Kubernetes secret volume has it) also marks the link's name, so
+        // that the link, re-pointed by the host during the run, does not
+        // lead past the rule to a new object.
+        for g in &policy.fs.given {
+            let Some(real) = walk_host(g, |_| {}).map(|(base, missing)| match missing {
+                None => base,
+                Some(name) => base.join(name),
+            }) else {
+                continue;
+            };
+            let Some((dir, name)) = g.parent().zip(g.file_name().and_then(|n| n.to_str())) else {
+                continue;
+            };
+            let rules: Vec<usize> = (0..a.denies.len())
+                .filter(|&j| !a.denies[j].own && a.denies[j].host == real && *g != real)
+                .collect();
+            if rules.is_empty() {
+                continue;
+            }
+            let Ok((held, found)) = crate::fs_host::hold(dir) else {
+                continue;
+            };
+            a.held.push(held);
+            let marks = a.pending.entry((found.ident, fold_case(name))).or_default();
+            marks.extend(rules.into_iter().map(Mark::Deny));
+        }
         // Pin every directory from each preopen down to each mark.
         for (root, what) in &roots {
             for p in preopens {

@@ -955,6 +955,12 @@ fn a_denied_path_made_or_replaced_during_the_run_stays_denied() {
     let w = d.join("w");
     std::fs::create_dir_all(&w).unwrap();
     std::fs::write(w.join("envf"), "OLD SECRET").unwrap();
+    // A Kubernetes secret volume: the name is a link into a dated
+    // directory, re-pointed (through `..data`) on each update.
+    std::fs::create_dir_all(w.join("k8s/..2024_01")).unwrap();
+    std::fs::write(w.join("k8s/..2024_01/token"), "OLD SECRET").unwrap();
+    std::os::unix::fs::symlink("..2024_01", w.join("k8s/..data")).unwrap();
+    std::os::unix::fs::symlink("..data/token", w.join("k8s/token")).unwrap();
     let scripts = d.join("scripts");
     std::fs::create_dir_all(&scripts).unwrap();
     std::fs::write(
@@ -977,6 +983,7 @@ attempt("rename-made", lambda: os.rename(W + "/later", W + "/moved"))
 attempt("read-replaced", lambda: open(W + "/envf").read())
 attempt("remove-replaced", lambda: os.remove(W + "/envf"))
 attempt("over-replaced", lambda: (open(W + "/mine", "w").write("x"), os.rename(W + "/mine", W + "/envf")))
+attempt("read-updated", lambda: open(W + "/k8s/token").read())
 "#,
     )
     .unwrap();
@@ -985,6 +992,7 @@ attempt("over-replaced", lambda: (open(W + "/mine", "w").write("x"), os.rename(W
         .arg(format!("--allow-write={}", s(&w)))
         .arg(format!("--deny-read={}", s(&w.join("later"))))
         .arg(format!("--deny-read={}", s(&w.join("envf"))))
+        .arg(format!("--deny-read={}", s(&w.join("k8s/token"))))
         .arg(format!("--allow-read={}", s(&scripts)))
         .arg(scripts.join("wait.py"))
         .arg(&w)
@@ -1001,6 +1009,11 @@ attempt("over-replaced", lambda: (open(W + "/mine", "w").write("x"), os.rename(W
     std::fs::write(w.join("later/key"), "NEW SECRET").unwrap();
     std::fs::write(w.join(".envf.tmp"), "NEW SECRET").unwrap();
     std::fs::rename(w.join(".envf.tmp"), w.join("envf")).unwrap();
+    std::fs::create_dir_all(w.join("k8s/..2024_02")).unwrap();
+    std::fs::write(w.join("k8s/..2024_02/token"), "NEW SECRET").unwrap();
+    std::os::unix::fs::symlink("..2024_02", w.join("k8s/..data_tmp")).unwrap();
+    std::fs::rename(w.join("k8s/..data_tmp"), w.join("k8s/..data")).unwrap();
+    std::fs::remove_dir_all(w.join("k8s/..2024_01")).unwrap();
     std::fs::write(w.join("ready"), "").unwrap();
     let r: Run = guest.wait_with_output().expect("capsa ends").into();
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -1013,6 +1026,7 @@ attempt("over-replaced", lambda: (open(W + "/mine", "w").write("x"), os.rename(W
             "read-replaced",
             "remove-replaced",
             "over-replaced",
+            "read-updated",
         ],
     );
     assert!(!r.stdout.contains("SECRET"), "{}", r.stdout);
