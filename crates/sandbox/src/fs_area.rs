@@ -331,7 +331,12 @@ impl Areas {
                 continue;
             };
             let rules: Vec<usize> = (0..a.denies.len())
-                .filter(|&j| !a.denies[j].own && a.denies[j].host == real && *g != real)
+                // A rule's path is the resolved one, or as given when it
+                // did not resolve (a link dangling at start).
+                .filter(|&j| {
+                    !a.denies[j].own && (a.denies[j].host == real || a.denies[j].host == *g)
+                })
+                .filter(|_| *g != real)
                 .collect();
             if rules.is_empty() {
                 continue;

@@ -961,6 +961,9 @@ fn a_denied_path_made_or_replaced_during_the_run_stays_denied() {
     std::fs::write(w.join("k8s/..2024_01/token"), "OLD SECRET").unwrap();
     std::os::unix::fs::symlink("..2024_01", w.join("k8s/..data")).unwrap();
     std::os::unix::fs::symlink("..data/token", w.join("k8s/token")).unwrap();
+    // A link that leads nowhere at start, re-pointed by the host.
+    std::os::unix::fs::symlink("cfg.real", w.join("cfg")).unwrap();
+    std::fs::write(w.join("new.secret"), "NEW SECRET").unwrap();
     let scripts = d.join("scripts");
     std::fs::create_dir_all(&scripts).unwrap();
     std::fs::write(
@@ -984,6 +987,7 @@ attempt("read-replaced", lambda: open(W + "/envf").read())
 attempt("remove-replaced", lambda: os.remove(W + "/envf"))
 attempt("over-replaced", lambda: (open(W + "/mine", "w").write("x"), os.rename(W + "/mine", W + "/envf")))
 attempt("read-updated", lambda: open(W + "/k8s/token").read())
+attempt("read-repointed", lambda: open(W + "/cfg").read())
 "#,
     )
     .unwrap();
@@ -993,6 +997,7 @@ attempt("read-updated", lambda: open(W + "/k8s/token").read())
         .arg(format!("--deny-read={}", s(&w.join("later"))))
         .arg(format!("--deny-read={}", s(&w.join("envf"))))
         .arg(format!("--deny-read={}", s(&w.join("k8s/token"))))
+        .arg(format!("--deny-read={}", s(&w.join("cfg"))))
         .arg(format!("--allow-read={}", s(&scripts)))
         .arg(scripts.join("wait.py"))
         .arg(&w)
@@ -1014,6 +1019,8 @@ attempt("read-updated", lambda: open(W + "/k8s/token").read())
     std::os::unix::fs::symlink("..2024_02", w.join("k8s/..data_tmp")).unwrap();
     std::fs::rename(w.join("k8s/..data_tmp"), w.join("k8s/..data")).unwrap();
     std::fs::remove_dir_all(w.join("k8s/..2024_01")).unwrap();
+    std::os::unix::fs::symlink("new.secret", w.join("cfg.tmp")).unwrap();
+    std::fs::rename(w.join("cfg.tmp"), w.join("cfg")).unwrap();
     std::fs::write(w.join("ready"), "").unwrap();
     let r: Run = guest.wait_with_output().expect("capsa ends").into();
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -1027,6 +1034,7 @@ attempt("read-updated", lambda: open(W + "/k8s/token").read())
             "remove-replaced",
             "over-replaced",
             "read-updated",
+            "read-repointed",
         ],
     );
     assert!(!r.stdout.contains("SECRET"), "{}", r.stdout);
