@@ -61,6 +61,16 @@ fn fold_case_if(name: &str, fold: bool) -> String {
         .collect()
 }
 
+/// Holds the host path `path` open (see `Areas::held`) and says what it is;
+/// where it cannot be opened (no permission to, on systems without
+/// `O_PATH`), says what it is without holding it.
+fn hold(path: &Path) -> std::io::Result<(Option<crate::fs_host::Held>, crate::fs_walk::Found)> {
+    match crate::fs_host::hold(path) {
+        Ok((h, f)) => Ok((Some(h), f)),
+        Err(_) => crate::fs_host::stat_path(path, true).map(|f| (None, f)),
+    }
+}
+
 /// What the host path is, a link in its last name not followed.
 fn ident_nofollow(path: &Path) -> std::io::Result<Ident> {
     crate::fs_host::stat_path(path, false).map(|f| f.ident)
@@ -206,16 +216,16 @@ impl Areas {
         };
         let mut roots: Vec<(PathBuf, String)> = Vec::new();
         for (i, g) in policy.fs.grants.iter().enumerate() {
-            let (held, meta) = crate::fs_host::hold(&g.host)?;
-            a.held.push(held);
+            let (held, meta) = hold(&g.host)?;
+            a.held.extend(held);
             a.marks.entry(meta.ident).or_default().push(Mark::Grant(i));
             roots.push((g.host.clone(), format!("the granted path {}", g.guest)));
             debug_assert!(g.kind == GrantKind::File || meta.is_dir);
         }
         for (i, p) in preopens.iter().enumerate() {
             if p.only.is_some() {
-                let (held, meta) = crate::fs_host::hold(&p.host)?;
-                a.held.push(held);
+                let (held, meta) = hold(&p.host)?;
+                a.held.extend(held);
                 a.marks.entry(meta.ident).or_default().push(Mark::Holder(i));
             }
         }
@@ -276,11 +286,11 @@ impl Areas {
             };
             // Nothing on the way exists, not even a root (`\\server\share`
             // that does not answer): nothing can reach it to mark.
-            let Ok((held, found)) = crate::fs_host::hold(&base) else {
+            let Ok((held, found)) = hold(&base) else {
                 a.denies.push(rule);
                 continue;
             };
-            a.held.push(held);
+            a.held.extend(held);
             let base_ident = found.ident;
             if rule.own {
                 // Said to the user by the name grants use: the real one.
@@ -293,11 +303,11 @@ impl Areas {
                 None => {
                     a.marks.entry(base_ident).or_default().push(Mark::Deny(j));
                     let named = base.parent().zip(base.file_name()).and_then(|(dir, name)| {
-                        let (held, dir) = crate::fs_host::hold(dir).ok()?;
+                        let (held, dir) = hold(dir).ok()?;
                         Some((held, (dir.ident, fold_case(name.to_str()?))))
                     });
                     if let Some((held, key)) = named {
-                        a.held.push(held);
+                        a.held.extend(held);
                         a.pending.entry(key).or_default().push(Mark::Deny(j));
                     }
                 }
@@ -341,10 +351,10 @@ impl Areas {
             if rules.is_empty() {
                 continue;
             }
-            let Ok((held, found)) = crate::fs_host::hold(dir) else {
+            let Ok((held, found)) = hold(dir) else {
                 continue;
             };
-            a.held.push(held);
+            a.held.extend(held);
             let marks = a.pending.entry((found.ident, fold_case(name))).or_default();
             marks.extend(rules.into_iter().map(Mark::Deny));
         }
