@@ -651,6 +651,36 @@ impl GuardedFs<'_> {
         self.after(c, r)
     }
 
+    /// [`Self::anchored`] for an operation on two paths (`src` from `fd`,
+    /// `dst` from `new_fd`); a refusal is reported on `dst`.
+    fn anchored_pair<T>(
+        &mut self,
+        (fd, src): (&Resource<Descriptor>, &Checked),
+        (new_fd, dst): (&Resource<Descriptor>, &Checked),
+        op: impl FnOnce(
+            &mut WasiFilesystemCtxView<'_>,
+            (Resource<Descriptor>, String),
+            (Resource<Descriptor>, String),
+        ) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let from = self.anchor(fd, src)?;
+        let to = match self.anchor(new_fd, dst) {
+            Ok(a) => a,
+            Err(e) => {
+                self.release(from);
+                return Err(e);
+            }
+        };
+        let r = op(
+            &mut self.inner,
+            (borrow(&from.dir), from.name.clone()),
+            (borrow(&to.dir), to.name.clone()),
+        );
+        self.release(from);
+        self.release(to);
+        self.after(dst, r)
+    }
+
     fn release(&mut self, a: Anchor) {
         if a.made {
             let _ = self.inner.table.delete(a.dir);
@@ -1071,25 +1101,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         if let Some(target) = self.link_target(&src)? {
             self.link_stays_inside(&dst, &target)?;
         }
-        let from = self.anchor(&fd, &src)?;
-        let to = match self.anchor(&new_fd, &dst) {
-            Ok(a) => a,
-            Err(e) => {
-                self.release(from);
-                return Err(e);
-            }
-        };
-        let r = fs::HostDescriptor::link_at(
-            &mut self.inner,
-            borrow(&from.dir),
-            no_follow(),
-            from.name.clone(),
-            borrow(&to.dir),
-            to.name.clone(),
-        );
-        self.release(from);
-        self.release(to);
-        self.after(&dst, r)?;
+        self.anchored_pair((&fd, &src), (&new_fd, &dst), |inner, from, to| {
+            fs::HostDescriptor::link_at(inner, from.0, no_follow(), from.1, to.0, to.1)
+        })?;
         self.recheck_moved_link(&dst)
     }
 
@@ -1284,24 +1298,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         {
             self.links_stay_inside_when_moved(&src, old, new)?;
         }
-        let from = self.anchor(&fd, &src)?;
-        let to = match self.anchor(&new_fd, &dst) {
-            Ok(a) => a,
-            Err(e) => {
-                self.release(from);
-                return Err(e);
-            }
-        };
-        let r = fs::HostDescriptor::rename_at(
-            &mut self.inner,
-            borrow(&from.dir),
-            from.name.clone(),
-            borrow(&to.dir),
-            to.name.clone(),
-        );
-        self.release(from);
-        self.release(to);
-        self.after(&dst, r)?;
+        self.anchored_pair((&fd, &src), (&new_fd, &dst), |inner, from, to| {
+            fs::HostDescriptor::rename_at(inner, from.0, from.1, to.0, to.1)
+        })?;
         if let Some((old, _)) = depths {
             self.after_a_directory_move(&src, &dst, old)?;
         }
