@@ -879,6 +879,57 @@ fn sigterm_ends_every_sandbox_and_removes_the_servers_files() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A run's own files (its program, policy, input and audit log) are kept
+/// apart from its scratch directory: in memory where `/dev/shm` is the
+/// usual sticky directory, in a private directory of the server's that
+/// goes when the server ends. The program sees its own script there and
+/// nothing else.
+#[test]
+fn a_runs_own_files_stay_out_of_its_reach_and_go_with_the_server() {
+    let (_t, work) = scratch();
+    let server = Server::start(&[&format!("--work-dir={}", s(&work))]);
+    let r = server.run(json!({
+        "code": "import os\nprint(__file__)\nprint(os.getcwd())\nprint(sorted(os.listdir(os.path.dirname(__file__))))\nprint(sorted(os.listdir('.')))\nopen('made.txt', 'w').write('x')",
+        "stdin": "secret input",
+        "files": {"given.txt": "y"},
+    }));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let out: Vec<&str> = r["stdout"].as_str().unwrap().lines().collect();
+    let script = Path::new(out[0]);
+    // Its scratch directory is in the work directory, and holds only what
+    // the client gave and the program made.
+    assert!(out[1].starts_with(s(&work)), "{r}");
+    assert_eq!(out[2], "['main.py']", "{r}");
+    assert_eq!(out[3], "['given.txt']", "{r}");
+    let own = script.parent().unwrap().parent().unwrap().to_path_buf();
+    let sticky_shm = std::fs::metadata("/dev/shm").is_ok_and(|m| {
+        m.is_dir() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o1000 != 0
+    });
+    if cfg!(target_os = "linux") && sticky_shm {
+        assert!(script.starts_with("/dev/shm"), "{r}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&own).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700, "{}", own.display());
+    }
+    // Nothing of the run is left once it has answered.
+    assert!(!script.parent().unwrap().exists(), "{}", script.display());
+    assert!(!Path::new(out[1]).exists(), "{r}");
+    let pid = server.child.id();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while own.exists() || std::fs::read_dir(&work).unwrap().next().is_some() {
+        assert!(Instant::now() < deadline, "left: {}", own.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn only_webassembly_binaries_are_taken_as_wasm_and_denials_are_escaped() {
     use base64::Engine as _;

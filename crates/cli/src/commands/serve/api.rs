@@ -40,42 +40,78 @@ pub struct WorkDir {
     pub path: PathBuf,
     /// Removed when the server ends.
     owned: bool,
+    /// Where each run's own files go: its program, policy, input and audit
+    /// log, small and never granted (its scratch directory is in `path`).
+    /// In memory, a private directory in `/dev/shm`, where that is the
+    /// usual sticky directory: a disk's file system slows down when
+    /// thousands of files a second are made and removed (on ext4, finding
+    /// a free inode among those just freed took a third of the server's
+    /// CPU under load). Else `path/runs`. Removed when the server ends.
+    pub control: PathBuf,
+}
+
+/// A private directory of the server's in `parent` (or the temporary
+/// directory), canonical, and a path runs can be given.
+fn private_dir(parent: Option<&Path>) -> anyhow::Result<PathBuf> {
+    // A directory of its own, private, even inside a given one (which
+    // may be shared, such as a volume mounted for it).
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("capsa-serve-");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    let made = match parent {
+        Some(dir) => builder.tempdir_in(dir),
+        None => builder.tempdir(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot make a working directory: {e}"))?;
+    let path = capsa_sandbox::load::canonical(&made.keep())?;
+    let text = path.to_string_lossy();
+    if text.contains(',') || text.contains("::") || path.to_str().is_none() {
+        let _ = std::fs::remove_dir(&path);
+        anyhow::bail!(
+            "{} cannot be granted to runs (a comma, `::` or not UTF-8): choose another --work-dir",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 impl WorkDir {
-    pub fn make(given: Option<&Path>) -> anyhow::Result<WorkDir> {
-        // A directory of its own, private, even inside a given one (which
-        // may be shared, such as a volume mounted for it).
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("capsa-serve-");
-        let made = match given {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-                builder.tempdir_in(dir)
-            }
-            None => builder.tempdir(),
+    /// The server's directory in `given` (or the temporary directory); its
+    /// runs' own files in memory unless one of `granted` holds that place.
+    pub fn make(given: Option<&Path>, granted: &[&Path]) -> anyhow::Result<WorkDir> {
+        if let Some(dir) = given {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         }
-        .map_err(|e| anyhow::anyhow!("cannot make a working directory: {e}"))?;
-        let path = capsa_sandbox::load::canonical(&made.keep())?;
-        let owned = true;
-        let text = path.to_string_lossy();
-        if text.contains(',') || text.contains("::") || path.to_str().is_none() {
-            anyhow::bail!(
-                "{} cannot be granted to runs (a comma, `::` or not UTF-8): choose another --work-dir",
-                path.display()
-            );
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
-        }
+        let path = private_dir(given)?;
         for sub in ["runs", "sessions"] {
             std::fs::create_dir_all(path.join(sub))?;
         }
         std::fs::write(path.join("session.py"), SESSION_LOOP)?;
-        Ok(WorkDir { path, owned })
+        let control = capsa_sandbox::shared_memory_dir()
+            .and_then(|shm| private_dir(Some(&shm)).ok())
+            .filter(|c| {
+                let clear = !granted.iter().any(|g| c.starts_with(g) || g.starts_with(c));
+                if !clear {
+                    let _ = std::fs::remove_dir(c);
+                }
+                clear
+            })
+            .unwrap_or_else(|| path.join("runs"));
+        Ok(WorkDir {
+            path,
+            owned: true,
+            control,
+        })
+    }
+
+    /// Removes what the server made.
+    pub fn remove(&self) {
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.path);
+            let _ = std::fs::remove_dir_all(&self.control);
+        }
     }
 }
 
@@ -213,9 +249,7 @@ impl State {
         for (_, h) in all {
             h.end().await;
         }
-        if self.config.base.owned {
-            let _ = std::fs::remove_dir_all(&self.config.base.path);
-        }
+        self.config.base.remove();
     }
 }
 
@@ -715,9 +749,13 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
             );
         }
     };
-    let dir = RunDir(state.config.base.path.join("runs").join(super::random_id()));
-    let scratch = dir.0.join("scratch");
-    if let Err(e) = std::fs::create_dir_all(&scratch) {
+    let id = super::random_id();
+    // The scratch directory in the work directory; the run's own files
+    // apart (see `WorkDir::control`).
+    let scratch_dir = RunDir(state.config.base.path.join("runs").join(&id));
+    let scratch = scratch_dir.0.clone();
+    let dir = RunDir(state.config.base.control.join(format!("{id}.run")));
+    if let Err(e) = std::fs::create_dir(&scratch).and_then(|_| std::fs::create_dir(&dir.0)) {
         return internal(e);
     }
     let (policy, limits) = match state.config.ceiling.narrow(&r.asks, &scratch) {
@@ -727,9 +765,20 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
     if let Err(e) = scratch::fill(&scratch, &r.files) {
         return file_error(e);
     }
-    let (program_file, cache) = match &program {
-        Program::Python(_) => (dir.0.join("main.py"), None),
-        Program::Wasm(_) => (dir.0.join("program.wasm"), Some(dir.0.join("cache"))),
+    // A WebAssembly program's compiled code, beside the scratch directory.
+    let cache = matches!(program, Program::Wasm(_)).then(|| {
+        RunDir(
+            state
+                .config
+                .base
+                .path
+                .join("runs")
+                .join(format!("{id}.cache")),
+        )
+    });
+    let program_file = match &program {
+        Program::Python(_) => dir.0.join("main.py"),
+        Program::Wasm(_) => dir.0.join("program.wasm"),
     };
     let written = match &program {
         Program::Python(code) => std::fs::write(&program_file, code),
@@ -763,13 +812,16 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
             return Err("the server is ending".to_string());
         };
         drop(ticket);
+        // Both directories go when the run has ended (a streamed answer's
+        // too).
+        let _scratch = &scratch_dir;
         let launch = Launch {
             policy_file: &policy_file,
             audit_file: &dir.0.join("audit.jsonl"),
             scratch: &scratch,
             ca_certs: &state.config.ca_certs,
             python_path: &state.config.python_path,
-            cache_dir: cache.as_deref(),
+            cache_dir: cache.as_ref().map(|c| c.0.as_path()),
             program: &program_file,
             args: &r.args,
         };

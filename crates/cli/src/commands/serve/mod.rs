@@ -205,10 +205,11 @@ fn setup(
             )));
         }
     }
-    let base = api::WorkDir::make(args.work_dir.as_deref()).map_err(|e| (exit::INTERNAL, e))?;
+    let base =
+        api::WorkDir::make(args.work_dir.as_deref(), &granted).map_err(|e| (exit::INTERNAL, e))?;
     for granted in &granted {
         if base.path.starts_with(granted) || granted.starts_with(&base.path) {
-            let _ = std::fs::remove_dir_all(&base.path);
+            base.remove();
             return Err(usage(anyhow::anyhow!(
                 "the grant {} holds the server's own files ({}), where every run and session keeps its own: choose another --work-dir",
                 granted.display(),
