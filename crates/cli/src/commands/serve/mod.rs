@@ -84,7 +84,9 @@ pub struct CommonArgs {
     #[arg(long)]
     cold: bool,
     /// Where runs and sessions keep their files: a new private directory
-    /// is made in DIR [default: the system's temporary directory].
+    /// is made in DIR [default: the system's temporary directory]. Each
+    /// run's own small files (program, policy, input, audit log) go in
+    /// /dev/shm where it is the usual sticky directory.
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
 }
