@@ -32,6 +32,12 @@ pub type Ident = (u64, u64);
 /// `.GIT`. On every system: Linux has case-blind folders too (ext4's
 /// casefold, vfat, a Windows drive under WSL), which capsa does not ask
 /// about; a rule's name then covers its every spelling in case.
+///
+/// Letters are also compared decomposed (Unicode's NFD), before and after
+/// the case mapping: macOS's file systems and ext4's casefold take `é` and
+/// `e` followed by a combining accent for one name, so a denied `café`
+/// cannot be made as `cafe\u{301}` either. (NTFS tells them apart: there
+/// such a rule also covers a name that is only the same to the eye.)
 fn fold_case(name: &str) -> String {
     fold_case_if(name, true)
 }
@@ -44,7 +50,9 @@ fn fold_case_if(name: &str, fold: bool) -> String {
     // ones. Where the full upper case is more than one letter (`ß` is `SS`,
     // `ᾀ` is `ἈΙ`), the simple mapping keeps `ß` and makes `ᾀ` and `ᾈ` one
     // name: the lower case, when it is one letter, says so for both.
-    name.chars()
+    use unicode_normalization::UnicodeNormalization;
+    let mapped: String = name
+        .nfd()
         .map(|c| {
             let mut up = c.to_uppercase();
             match (up.next(), up.next()) {
@@ -58,7 +66,8 @@ fn fold_case_if(name: &str, fold: bool) -> String {
                 }
             }
         })
-        .collect()
+        .collect();
+    mapped.nfd().collect()
 }
 
 /// Holds the host path `path` open (see `Areas::held`) and says what it is;

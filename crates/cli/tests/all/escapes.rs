@@ -299,6 +299,7 @@ fn a_denied_path_that_does_not_exist_yet_cannot_be_made() {
         format!("--allow-write={}", s(&w)),
         format!("--deny-read={}", s(&w.join("alias/.env"))),
         format!("--deny-write={}", s(&w.join("later/deeper/file"))),
+        format!("--deny-read={}", s(&w.join("real/caf\u{e9}.txt"))),
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let r = attack(
@@ -306,6 +307,9 @@ fn a_denied_path_that_does_not_exist_yet_cannot_be_made() {
         &flags,
         r#"
 W = D + "/w"
+attempt("accent-decomposed", lambda: open(W + "/real/cafe\u0301.txt", "w").write("x"))
+attempt("accent-upper", lambda: open(W + "/real/CAF\u00c9.TXT", "w").write("x"))
+attempt("accent-upper-decomposed", lambda: open(W + "/real/CAFE\u0301.txt", "w").write("x"))
 attempt("env-real", lambda: open(W + "/real/.env", "w").write("x"))
 attempt("env-alias", lambda: open(W + "/alias/.env", "w").write("x"))
 attempt("later", lambda: os.makedirs(W + "/later/deeper"))
@@ -325,6 +329,9 @@ attempt("other-ok", lambda: open(W + "/real/other", "w").write("x"))
             "later-rename",
             "later-case",
             "env-case",
+            "accent-decomposed",
+            "accent-upper",
+            "accent-upper-decomposed",
         ],
     );
     assert!(
@@ -337,6 +344,12 @@ attempt("other-ok", lambda: open(W + "/real/other", "w").write("x"))
     assert!(!w.join("later").exists());
     assert!(!w.join("LATER").exists());
     assert!(!w.join("real/.ENV").exists());
+    // Nothing was made beside the one file allowed.
+    let made: Vec<_> = std::fs::read_dir(w.join("real"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(made, ["other"], "{}", r.stdout);
 }
 
 // Regression: the lstat and readlink of a link answered differently when
