@@ -15,7 +15,21 @@ pub struct Server {
 }
 
 impl Drop for Server {
+    /// Ends the server as a service manager would (SIGTERM), so that it
+    /// removes its files, then for sure.
     fn drop(&mut self) {
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        if term.is_ok_and(|s| s.success()) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -928,6 +942,68 @@ fn a_runs_own_files_stay_out_of_its_reach_and_go_with_the_server() {
         assert!(Instant::now() < deadline, "left: {}", own.display());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Sets `dir`'s modification time `ago` in the past.
+fn age(dir: &Path, ago: Duration) {
+    let f = std::fs::File::open(dir).unwrap();
+    f.set_modified(std::time::SystemTime::now() - ago).unwrap();
+}
+
+/// A server killed outright cannot remove its directory in `/dev/shm`,
+/// which would hold memory until the machine restarts: the next server
+/// removes it once it has been left for a minute. It leaves alone one
+/// that a live server holds (locked), and one made just now.
+#[test]
+fn a_killed_servers_files_in_memory_are_removed_by_the_next_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let shm = Path::new("/dev/shm");
+    let sticky =
+        std::fs::metadata(shm).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o1000 != 0);
+    if !cfg!(target_os = "linux") || !sticky {
+        eprintln!("no sticky /dev/shm here: nothing to test");
+        return;
+    }
+    let (_t, work) = scratch();
+    let wd = format!("--work-dir={}", s(&work));
+    let killed = Server::start(&[&wd]);
+    let r = killed.run(json!({"code": "print(__file__)"}));
+    let own = Path::new(r["stdout"].as_str().unwrap().trim())
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(own.starts_with(shm), "{r}");
+    let mut killed = killed;
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    assert!(own.exists(), "{}", own.display());
+    age(&own, Duration::from_secs(120));
+
+    // One a live server holds, and one just made: both stay.
+    let live = Server::start(&[&wd]);
+    let r = live.run(json!({"code": "print(__file__)"}));
+    let held = Path::new(r["stdout"].as_str().unwrap().trim())
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    age(&held, Duration::from_secs(120));
+    let fresh = shm.join(format!("capsa-serve-test-{}", std::process::id()));
+    std::fs::create_dir(&fresh).unwrap();
+
+    let next = Server::start(&[&wd]);
+    assert!(!own.exists(), "{} was left", own.display());
+    assert!(held.exists(), "a live server's directory was removed");
+    assert!(fresh.exists(), "a directory made just now was removed");
+    let r = live.run(json!({"code": "print(1)"}));
+    assert_eq!(r["stdout"], "1\n", "{r}");
+    std::fs::remove_dir(&fresh).unwrap();
+    drop(next);
+    drop(live);
+    assert!(!held.exists(), "{} was left", held.display());
 }
 
 #[test]

@@ -48,6 +48,65 @@ pub struct WorkDir {
     /// a free inode among those just freed took a third of the server's
     /// CPU under load). Else `path/runs`. Removed when the server ends.
     pub control: PathBuf,
+    /// A lock on `control` in memory, held while the server lives, so that
+    /// a later server can tell it from one left by a server that was killed
+    /// (see [`reap_stale`]).
+    #[cfg(unix)]
+    _lock: Option<std::os::fd::OwnedFd>,
+}
+
+/// How long a control directory in `/dev/shm` must have gone unchanged,
+/// besides being unlocked, before another server removes it: a server
+/// that has just made its own has not locked it yet.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Locks directory `dir` for as long as the handle is open; `None` if
+/// another process holds it (or it cannot be opened as a directory, not
+/// followed if a link).
+#[cfg(unix)]
+fn lock_dir(dir: &Path) -> Option<std::os::fd::OwnedFd> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(fd)
+}
+
+/// Removes the control directories in `shm` that servers of this user
+/// left when they were killed (SIGKILL, a crash, the machine's memory
+/// running out): unlocked, and unchanged for [`STALE_AFTER`]. They are in
+/// memory, so nothing else would ever free them until the machine restarts.
+#[cfg(unix)]
+fn reap_stale(shm: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(shm) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with("capsa-serve-") {
+            continue;
+        }
+        let path = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let old = m
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        if !m.is_dir() || m.uid() != me || !old {
+            continue;
+        }
+        if let Some(_held) = lock_dir(&path) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// A private directory of the server's in `parent` (or the temporary
@@ -89,7 +148,12 @@ impl WorkDir {
             std::fs::create_dir_all(path.join(sub))?;
         }
         std::fs::write(path.join("session.py"), SESSION_LOOP)?;
-        let control = capsa_sandbox::shared_memory_dir()
+        let shm = capsa_sandbox::shared_memory_dir();
+        #[cfg(unix)]
+        if let Some(shm) = &shm {
+            reap_stale(shm);
+        }
+        let control = shm
             .and_then(|shm| private_dir(Some(&shm)).ok())
             .filter(|c| {
                 let clear = !granted.iter().any(|g| c.starts_with(g) || g.starts_with(c));
@@ -100,6 +164,8 @@ impl WorkDir {
             })
             .unwrap_or_else(|| path.join("runs"));
         Ok(WorkDir {
+            #[cfg(unix)]
+            _lock: lock_dir(&control).filter(|_| !control.starts_with(&path)),
             path,
             owned: true,
             control,
@@ -242,6 +308,11 @@ impl State {
             .rev()
             .find(|(i, _)| i == id)
             .map(|(_, w)| w.clone())
+    }
+
+    /// Removes the server's directories (before it ever listened).
+    pub fn remove_files(&self) {
+        self.config.base.remove();
     }
 
     pub async fn end_all(&self) {

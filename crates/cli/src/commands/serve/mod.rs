@@ -261,6 +261,7 @@ fn serve(state: api::State, listen: SocketAddr) -> i32 {
         let listener = match bind(listen) {
             Ok(l) => l,
             Err(e) => {
+                state.remove_files();
                 return fail(
                     exit::USAGE,
                     anyhow::anyhow!("cannot listen on {listen}: {e}"),
