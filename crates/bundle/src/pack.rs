@@ -36,7 +36,7 @@ pub fn collect(
     if !dir.is_dir() {
         return Err(PackError::Input(format!(
             "{} is not a directory",
-            shown(&dir)
+            shown(dir)
         )));
     }
     let mut files = BTreeMap::new();
@@ -45,7 +45,7 @@ pub fn collect(
         if !p.is_dir() {
             return Err(PackError::Input(format!(
                 "--python-path={}: not a directory",
-                shown(&p)
+                shown(p)
             )));
         }
         walk(p, SITE_PACKAGES, skip, &mut files)?;
@@ -56,7 +56,7 @@ pub fn collect(
         Manifest::default_for(&default_entry(&files).ok_or_else(|| {
             PackError::Input(format!(
                 "{} has no capsa.toml, no main.py and not exactly one .wasm file: nothing to run",
-                shown(&dir)
+                shown(dir)
             ))
         })?)
     };
@@ -64,7 +64,7 @@ pub fn collect(
         return Err(PackError::Input(format!(
             "run.entry {:?} is not a file in {}",
             manifest.run.entry,
-            shown(&dir)
+            shown(dir)
         )));
     }
     Ok((manifest, files))
@@ -111,7 +111,7 @@ fn walk(
     skip: Option<&Path>,
     out: &mut BTreeMap<String, Vec<u8>>,
 ) -> Result<(), PackError> {
-    let io = |p: &Path, e: std::io::Error| PackError::Input(format!("{}: {e}", shown(&p)));
+    let io = |p: &Path, e: std::io::Error| PackError::Input(format!("{}: {e}", shown(p)));
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| io(dir, e))?
         .collect::<Result<_, _>>()

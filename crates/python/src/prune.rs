@@ -82,11 +82,10 @@ impl Plan {
                     // A nested component reaching a module outside it.
                     Payload::ComponentAliasSection(reader) => {
                         for alias in reader {
-                            if let ComponentAlias::Outer { kind, .. } = alias.ok()? {
-                                if kind == wasmparser::ComponentOuterAliasKind::CoreModule {
+                            if let ComponentAlias::Outer { kind, .. } = alias.ok()?
+                                && kind == wasmparser::ComponentOuterAliasKind::CoreModule {
                                     return None;
                                 }
-                            }
                         }
                     }
                     _ => {}
@@ -94,11 +93,10 @@ impl Plan {
                 continue;
             }
             match &payload {
-                Payload::Version { encoding, .. } => {
-                    if *encoding != wasmparser::Encoding::Component {
+                Payload::Version { encoding, .. }
+                    if *encoding != wasmparser::Encoding::Component => {
                         return None;
                     }
-                }
                 Payload::ModuleSection {
                     unchecked_range, ..
                 } => {

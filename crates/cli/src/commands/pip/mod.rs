@@ -83,7 +83,7 @@ pub fn run_pip(mut user: SandboxArgs, argv: &[String], cwd: &Path) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(exit::USAGE, anyhow::anyhow!("capsa pip: {e}")),
     };
-    let indexes = match index::configured(&cmd, &cwd) {
+    let indexes = match index::configured(&cmd, cwd) {
         Ok(i) => i,
         Err(e) => return fail(exit::USAGE, anyhow::anyhow!("capsa pip: {e}")),
     };
