@@ -83,9 +83,10 @@ impl Plan {
                     Payload::ComponentAliasSection(reader) => {
                         for alias in reader {
                             if let ComponentAlias::Outer { kind, .. } = alias.ok()?
-                                && kind == wasmparser::ComponentOuterAliasKind::CoreModule {
-                                    return None;
-                                }
+                                && kind == wasmparser::ComponentOuterAliasKind::CoreModule
+                            {
+                                return None;
+                            }
                         }
                     }
                     _ => {}
@@ -94,9 +95,10 @@ impl Plan {
             }
             match &payload {
                 Payload::Version { encoding, .. }
-                    if *encoding != wasmparser::Encoding::Component => {
-                        return None;
-                    }
+                    if *encoding != wasmparser::Encoding::Component =>
+                {
+                    return None;
+                }
                 Payload::ModuleSection {
                     unchecked_range, ..
                 } => {

@@ -919,7 +919,7 @@ impl RootGuard {
 /// Linux's `/dev/shm`, if it is the usual shared, sticky directory: made
 /// and removed in memory, the guarded root costs 10 us a run instead of
 /// 270 us on a disk's file system (ext4), where `/tmp` often is.
-pub fn shared_memory_dir() -> Option<PathBuf> {
+fn shared_memory_dir() -> Option<PathBuf> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::fs::PermissionsExt;

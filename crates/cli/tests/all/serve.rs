@@ -893,42 +893,62 @@ fn sigterm_ends_every_sandbox_and_removes_the_servers_files() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// A run's own files (its program, policy, input and audit log) are kept
-/// apart from its scratch directory: in memory where `/dev/shm` is the
-/// usual sticky directory, in a private directory of the server's that
-/// goes when the server ends. The program sees its own script there and
-/// nothing else.
+/// A warm worker's runs write their program, policy, input and audit log
+/// over the worker's own files: one run after another makes nothing but
+/// its scratch directory. The program sees its own script there and
+/// nothing else; a run hears nothing of the last one's input or denials.
 #[test]
-fn a_runs_own_files_stay_out_of_its_reach_and_go_with_the_server() {
+fn runs_in_a_worker_reuse_its_files_and_see_none_of_the_last_run() {
     let (_t, work) = scratch();
     let server = Server::start(&[&format!("--work-dir={}", s(&work))]);
-    let r = server.run(json!({
-        "code": "import os\nprint(__file__)\nprint(os.getcwd())\nprint(sorted(os.listdir(os.path.dirname(__file__))))\nprint(sorted(os.listdir('.')))\nopen('made.txt', 'w').write('x')",
-        "stdin": "secret input",
+    let code = "import os, sys\nprint(__file__)\nprint(os.getcwd())\nprint(sorted(os.listdir(os.path.dirname(__file__))))\nprint(sorted(os.listdir('.')))\nprint(repr(sys.stdin.read()))\nopen('made.txt', 'w').write('x')";
+    let first = server.run(json!({
+        "code": format!("{code}\ntry:\n    open('/etc/hostname')\nexcept OSError:\n    pass"),
+        "stdin": "first input",
         "files": {"given.txt": "y"},
     }));
-    assert_eq!(r["exit_code"], 0, "{r}");
-    let out: Vec<&str> = r["stdout"].as_str().unwrap().lines().collect();
-    let script = Path::new(out[0]);
-    // Its scratch directory is in the work directory, and holds only what
-    // the client gave and the program made.
-    assert!(out[1].starts_with(s(&work)), "{r}");
-    assert_eq!(out[2], "['main.py']", "{r}");
-    assert_eq!(out[3], "['given.txt']", "{r}");
-    let own = script.parent().unwrap().parent().unwrap().to_path_buf();
-    let sticky_shm = std::fs::metadata("/dev/shm").is_ok_and(|m| {
-        m.is_dir() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o1000 != 0
-    });
-    if cfg!(target_os = "linux") && sticky_shm {
-        assert!(script.starts_with("/dev/shm"), "{r}");
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(&own).unwrap().permissions(),
-        );
-        assert_eq!(mode & 0o777, 0o700, "{}", own.display());
+    assert_eq!(first["exit_code"], 0, "{first}");
+    assert_eq!(first["denials"].as_array().unwrap().len(), 1, "{first}");
+    let runs = std::fs::read_dir(&work)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("runs");
+    let entries = || {
+        let mut v: Vec<String> = std::fs::read_dir(&runs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let after_first = entries();
+    let second = server.run(json!({"code": code}));
+    assert_eq!(second["exit_code"], 0, "{second}");
+    for r in [&first, &second] {
+        let out: Vec<&str> = r["stdout"].as_str().unwrap().lines().collect();
+        let script = Path::new(out[0]);
+        assert!(script.starts_with(&runs), "{r}");
+        // The scratch directory holds only what the client gave and the
+        // program made; the script's directory shows only the script.
+        assert!(out[1].starts_with(s(&runs)), "{r}");
+        assert_eq!(out[2], "['main.py']", "{r}");
+        assert!(!Path::new(out[1]).exists(), "{r}");
     }
-    // Nothing of the run is left once it has answered.
-    assert!(!script.parent().unwrap().exists(), "{}", script.display());
-    assert!(!Path::new(out[1]).exists(), "{r}");
+    let out1: Vec<&str> = first["stdout"].as_str().unwrap().lines().collect();
+    let out2: Vec<&str> = second["stdout"].as_str().unwrap().lines().collect();
+    assert_eq!(out1[3], "['given.txt']", "{first}");
+    assert_eq!(out1[4], "'first input'", "{first}");
+    assert_eq!(out2[3], "[]", "{second}");
+    assert_eq!(out2[4], "''", "{second}");
+    assert_eq!(second["denials"], json!([]), "{second}");
+    // The same worker, the same files: nothing new was made for the
+    // second run, and nothing of either run is left.
+    assert_eq!(out1[0], out2[0]);
+    assert_eq!(entries(), after_first);
+    assert_eq!(after_first.len(), 1, "{after_first:?}");
     let pid = server.child.id();
     assert!(
         std::process::Command::new("kill")
@@ -938,72 +958,10 @@ fn a_runs_own_files_stay_out_of_its_reach_and_go_with_the_server() {
             .success()
     );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while own.exists() || std::fs::read_dir(&work).unwrap().next().is_some() {
-        assert!(Instant::now() < deadline, "left: {}", own.display());
+    while std::fs::read_dir(&work).unwrap().next().is_some() {
+        assert!(Instant::now() < deadline, "left: {:?}", entries());
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Sets `dir`'s modification time `ago` in the past.
-fn age(dir: &Path, ago: Duration) {
-    let f = std::fs::File::open(dir).unwrap();
-    f.set_modified(std::time::SystemTime::now() - ago).unwrap();
-}
-
-/// A server killed outright cannot remove its directory in `/dev/shm`,
-/// which would hold memory until the machine restarts: the next server
-/// removes it once it has been left for a minute. It leaves alone one
-/// that a live server holds (locked), and one made just now.
-#[test]
-fn a_killed_servers_files_in_memory_are_removed_by_the_next_server() {
-    use std::os::unix::fs::PermissionsExt;
-    let shm = Path::new("/dev/shm");
-    let sticky =
-        std::fs::metadata(shm).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o1000 != 0);
-    if !cfg!(target_os = "linux") || !sticky {
-        eprintln!("no sticky /dev/shm here: nothing to test");
-        return;
-    }
-    let (_t, work) = scratch();
-    let wd = format!("--work-dir={}", s(&work));
-    let killed = Server::start(&[&wd]);
-    let r = killed.run(json!({"code": "print(__file__)"}));
-    let own = Path::new(r["stdout"].as_str().unwrap().trim())
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    assert!(own.starts_with(shm), "{r}");
-    let mut killed = killed;
-    killed.child.kill().unwrap();
-    killed.child.wait().unwrap();
-    assert!(own.exists(), "{}", own.display());
-    age(&own, Duration::from_secs(120));
-
-    // One a live server holds, and one just made: both stay.
-    let live = Server::start(&[&wd]);
-    let r = live.run(json!({"code": "print(__file__)"}));
-    let held = Path::new(r["stdout"].as_str().unwrap().trim())
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    age(&held, Duration::from_secs(120));
-    let fresh = shm.join(format!("capsa-serve-test-{}", std::process::id()));
-    std::fs::create_dir(&fresh).unwrap();
-
-    let next = Server::start(&[&wd]);
-    assert!(!own.exists(), "{} was left", own.display());
-    assert!(held.exists(), "a live server's directory was removed");
-    assert!(fresh.exists(), "a directory made just now was removed");
-    let r = live.run(json!({"code": "print(1)"}));
-    assert_eq!(r["stdout"], "1\n", "{r}");
-    std::fs::remove_dir(&fresh).unwrap();
-    drop(next);
-    drop(live);
-    assert!(!held.exists(), "{} was left", held.display());
 }
 
 #[test]

@@ -40,143 +40,48 @@ pub struct WorkDir {
     pub path: PathBuf,
     /// Removed when the server ends.
     owned: bool,
-    /// Where each run's own files go: its program, policy, input and audit
-    /// log, small and never granted (its scratch directory is in `path`).
-    /// In memory, a private directory in `/dev/shm`, where that is the
-    /// usual sticky directory: a disk's file system slows down when
-    /// thousands of files a second are made and removed (on ext4, finding
-    /// a free inode among those just freed took a third of the server's
-    /// CPU under load). Else `path/runs`. Removed when the server ends.
-    pub control: PathBuf,
-    /// A lock on `control` in memory, held while the server lives, so that
-    /// a later server can tell it from one left by a server that was killed
-    /// (see [`reap_stale`]).
-    #[cfg(unix)]
-    _lock: Option<std::os::fd::OwnedFd>,
-}
-
-/// How long a control directory in `/dev/shm` must have gone unchanged,
-/// besides being unlocked, before another server removes it: a server
-/// that has just made its own has not locked it yet.
-const STALE_AFTER: Duration = Duration::from_secs(60);
-
-/// Locks directory `dir` for as long as the handle is open; `None` if
-/// another process holds it (or it cannot be opened as a directory, not
-/// followed if a link).
-#[cfg(unix)]
-fn lock_dir(dir: &Path) -> Option<std::os::fd::OwnedFd> {
-    use rustix::fs::{FlockOperation, Mode, OFlags};
-    let fd = rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).ok()?;
-    Some(fd)
-}
-
-/// Removes the control directories in `shm` that servers of this user
-/// left when they were killed (SIGKILL, a crash, the machine's memory
-/// running out): unlocked, and unchanged for [`STALE_AFTER`]. They are in
-/// memory, so nothing else would ever free them until the machine restarts.
-#[cfg(unix)]
-fn reap_stale(shm: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(shm) else {
-        return;
-    };
-    let me = rustix::process::geteuid().as_raw();
-    for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().starts_with("capsa-serve-") {
-            continue;
-        }
-        let path = e.path();
-        let Ok(m) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        let old = m
-            .modified()
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= STALE_AFTER);
-        if !m.is_dir() || m.uid() != me || !old {
-            continue;
-        }
-        if let Some(_held) = lock_dir(&path) {
-            let _ = std::fs::remove_dir_all(&path);
-        }
-    }
-}
-
-/// A private directory of the server's in `parent` (or the temporary
-/// directory), canonical, and a path runs can be given.
-fn private_dir(parent: Option<&Path>) -> anyhow::Result<PathBuf> {
-    // A directory of its own, private, even inside a given one (which
-    // may be shared, such as a volume mounted for it).
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("capsa-serve-");
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
-    let made = match parent {
-        Some(dir) => builder.tempdir_in(dir),
-        None => builder.tempdir(),
-    }
-    .map_err(|e| anyhow::anyhow!("cannot make a working directory: {e}"))?;
-    let path = capsa_sandbox::load::canonical(&made.keep())?;
-    let text = path.to_string_lossy();
-    if text.contains(',') || text.contains("::") || path.to_str().is_none() {
-        let _ = std::fs::remove_dir(&path);
-        anyhow::bail!(
-            "{} cannot be granted to runs (a comma, `::` or not UTF-8): choose another --work-dir",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 impl WorkDir {
-    /// The server's directory in `given` (or the temporary directory); its
-    /// runs' own files in memory unless one of `granted` holds that place.
-    pub fn make(given: Option<&Path>, granted: &[&Path]) -> anyhow::Result<WorkDir> {
-        if let Some(dir) = given {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    pub fn make(given: Option<&Path>) -> anyhow::Result<WorkDir> {
+        // A directory of its own, private, even inside a given one (which
+        // may be shared, such as a volume mounted for it).
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("capsa-serve-");
+        let made = match given {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                builder.tempdir_in(dir)
+            }
+            None => builder.tempdir(),
         }
-        let path = private_dir(given)?;
+        .map_err(|e| anyhow::anyhow!("cannot make a working directory: {e}"))?;
+        let path = capsa_sandbox::load::canonical(&made.keep())?;
+        let owned = true;
+        let text = path.to_string_lossy();
+        if text.contains(',') || text.contains("::") || path.to_str().is_none() {
+            anyhow::bail!(
+                "{} cannot be granted to runs (a comma, `::` or not UTF-8): choose another --work-dir",
+                path.display()
+            );
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+        }
         for sub in ["runs", "sessions"] {
             std::fs::create_dir_all(path.join(sub))?;
         }
         std::fs::write(path.join("session.py"), SESSION_LOOP)?;
-        let shm = capsa_sandbox::shared_memory_dir();
-        #[cfg(unix)]
-        if let Some(shm) = &shm {
-            reap_stale(shm);
-        }
-        let control = shm
-            .and_then(|shm| private_dir(Some(&shm)).ok())
-            .filter(|c| {
-                let clear = !granted.iter().any(|g| c.starts_with(g) || g.starts_with(c));
-                if !clear {
-                    let _ = std::fs::remove_dir(c);
-                }
-                clear
-            })
-            .unwrap_or_else(|| path.join("runs"));
-        Ok(WorkDir {
-            #[cfg(unix)]
-            _lock: lock_dir(&control).filter(|_| !control.starts_with(&path)),
-            path,
-            owned: true,
-            control,
-        })
+        Ok(WorkDir { path, owned })
     }
 
     /// Removes what the server made.
     pub fn remove(&self) {
         if self.owned {
             let _ = std::fs::remove_dir_all(&self.path);
-            let _ = std::fs::remove_dir_all(&self.control);
         }
     }
 }
@@ -821,12 +726,10 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
         }
     };
     let id = super::random_id();
-    // The scratch directory in the work directory; the run's own files
-    // apart (see `WorkDir::control`).
-    let scratch_dir = RunDir(state.config.base.path.join("runs").join(&id));
+    let runs = state.config.base.path.join("runs");
+    let scratch_dir = RunDir(runs.join(&id));
     let scratch = scratch_dir.0.clone();
-    let dir = RunDir(state.config.base.control.join(format!("{id}.run")));
-    if let Err(e) = std::fs::create_dir(&scratch).and_then(|_| std::fs::create_dir(&dir.0)) {
+    if let Err(e) = std::fs::create_dir(&scratch) {
         return internal(e);
     }
     let (policy, limits) = match state.config.ceiling.narrow(&r.asks, &scratch) {
@@ -836,33 +739,32 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
     if let Err(e) = scratch::fill(&scratch, &r.files) {
         return file_error(e);
     }
-    // A WebAssembly program's compiled code, beside the scratch directory.
-    let cache = matches!(program, Program::Wasm(_)).then(|| {
-        RunDir(
-            state
-                .config
-                .base
-                .path
-                .join("runs")
-                .join(format!("{id}.cache")),
-        )
-    });
-    let program_file = match &program {
-        Program::Python(_) => dir.0.join("main.py"),
-        Program::Wasm(_) => dir.0.join("program.wasm"),
-    };
-    let written = match &program {
-        Program::Python(code) => std::fs::write(&program_file, code),
-        Program::Wasm(bytes) => std::fs::write(&program_file, bytes),
-    };
-    let policy_file = dir.0.join("policy.toml");
-    let text = match policy.to_toml() {
+    let policy = match policy.to_toml() {
         Ok(t) => t,
         Err(e) => return internal(e),
     };
-    if let Err(e) = written.and_then(|_| std::fs::write(&policy_file, text)) {
-        return internal(e);
-    }
+    // Python in a warm worker writes its program, policy and input over
+    // the worker's own (see `worker::Pool`); any other run has a directory
+    // of its own for them, and a WebAssembly program a cache of its own.
+    let own = match (&state.pool, &program) {
+        (Some(_), Program::Python(_)) => None,
+        _ => {
+            let dir = RunDir(runs.join(format!("{id}.run")));
+            if let Err(e) = std::fs::create_dir(&dir.0) {
+                return internal(e);
+            }
+            let (name, bytes) = match &program {
+                Program::Python(code) => ("main.py", code.as_bytes()),
+                Program::Wasm(bytes) => ("program.wasm", &bytes[..]),
+            };
+            let written = std::fs::write(dir.0.join(name), bytes)
+                .and_then(|_| std::fs::write(dir.0.join("policy.toml"), &policy));
+            if let Err(e) = written {
+                return internal(e);
+            }
+            Some((dir, name))
+        }
+    };
     // Runs beyond the queue's length, or its bytes, are refused now.
     let size = (r.code.as_ref().map_or(0, String::len)
         + r.wasm.as_ref().map_or(0, String::len)
@@ -883,30 +785,43 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
             return Err("the server is ending".to_string());
         };
         drop(ticket);
-        // Both directories go when the run has ended (a streamed answer's
-        // too).
+        // The scratch directory goes when the run has ended (a streamed
+        // answer's too).
         let _scratch = &scratch_dir;
-        let launch = Launch {
-            policy_file: &policy_file,
-            audit_file: &dir.0.join("audit.jsonl"),
-            scratch: &scratch,
-            ca_certs: &state.config.ca_certs,
-            python_path: &state.config.python_path,
-            cache_dir: cache.as_ref().map(|c| c.0.as_path()),
-            program: &program_file,
-            args: &r.args,
-        };
-        let result = match (&state.pool, cache.is_none()) {
-            // Python: a warm worker. A WebAssembly program sent by the
-            // client: a process of its own, with a cache of its own.
-            (Some(pool), true) => {
-                let stdin_file = dir.0.join("stdin");
-                if let Err(e) = std::fs::write(&stdin_file, r.stdin.as_bytes()) {
-                    return Err(format!("cannot write the run's input: {e}"));
-                }
-                pool.run(launch, &stdin_file, limits, tap).await
+        let result = match (&state.pool, own) {
+            (Some(pool), None) => {
+                let Program::Python(code) = &program else {
+                    return Err("a warm worker runs Python only".to_string());
+                };
+                let job = super::worker::Job {
+                    code,
+                    policy: &policy,
+                    stdin: r.stdin.as_bytes(),
+                    scratch: &scratch,
+                    ca_certs: &state.config.ca_certs,
+                    python_path: &state.config.python_path,
+                    args: &r.args,
+                };
+                pool.run(job, limits, tap).await
             }
-            _ => run_once(launch, r.stdin.into_bytes(), limits, tap).await,
+            (_, own) => {
+                let Some((dir, name)) = own else {
+                    return Err("the run's files are missing".to_string());
+                };
+                // Programs sent by clients cannot fill capsa's shared cache.
+                let cache = matches!(program, Program::Wasm(_)).then(|| dir.0.join("cache"));
+                let launch = Launch {
+                    policy_file: &dir.0.join("policy.toml"),
+                    audit_file: &dir.0.join("audit.jsonl"),
+                    scratch: &scratch,
+                    ca_certs: &state.config.ca_certs,
+                    python_path: &state.config.python_path,
+                    cache_dir: cache.as_deref(),
+                    program: &dir.0.join(name),
+                    args: &r.args,
+                };
+                run_once(launch, r.stdin.into_bytes(), limits, tap).await
+            }
         };
         match result {
             Ok(result) => Ok(serde_json::to_value(&result).unwrap_or_default()),

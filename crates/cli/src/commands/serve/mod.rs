@@ -84,9 +84,7 @@ pub struct CommonArgs {
     #[arg(long)]
     cold: bool,
     /// Where runs and sessions keep their files: a new private directory
-    /// is made in DIR [default: the system's temporary directory]. Each
-    /// run's own small files (program, policy, input, audit log) go in
-    /// /dev/shm where it is the usual sticky directory.
+    /// is made in DIR [default: the system's temporary directory].
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
 }
@@ -207,8 +205,7 @@ fn setup(
             )));
         }
     }
-    let base =
-        api::WorkDir::make(args.work_dir.as_deref(), &granted).map_err(|e| (exit::INTERNAL, e))?;
+    let base = api::WorkDir::make(args.work_dir.as_deref()).map_err(|e| (exit::INTERNAL, e))?;
     for granted in &granted {
         if base.path.starts_with(granted) || granted.starts_with(&base.path) {
             base.remove();

@@ -11,6 +11,12 @@
 //! always a file of the job's (`--stdin-file`), never the worker's own. It
 //! writes the job's output to its stdout and stderr and marks their ends
 //! with the job's nonce, which the server chose and no guest can see.
+//!
+//! Each worker has a directory of its own for a job's program, policy,
+//! input and audit log, which each job writes over: the same four files
+//! for all its jobs. Making and removing four files a run made a disk's
+//! file system the bottleneck (on ext4, finding a free inode among those
+//! just freed took up to a third of the server's CPU under load).
 
 use super::child::{GRACE, Launch, RunResult, Tap, read_audit, run_args};
 use super::session::Conversation;
@@ -20,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Serialize, Deserialize)]
-struct Job {
+struct Wire {
     /// `capsa run`'s arguments.
     args: Vec<std::ffi::OsString>,
     cwd: PathBuf,
@@ -42,7 +48,7 @@ pub fn work() -> i32 {
             Ok(0) | Err(_) => return 0,
             Ok(_) => {}
         }
-        let Ok(job) = serde_json::from_str::<Job>(&line) else {
+        let Ok(job) = serde_json::from_str::<Wire>(&line) else {
             return capsa_sandbox::exit::USAGE;
         };
         let code = run_job(&job);
@@ -57,7 +63,7 @@ pub fn work() -> i32 {
     }
 }
 
-fn run_job(job: &Job) -> i32 {
+fn run_job(job: &Wire) -> i32 {
     use clap::Parser;
     #[derive(Parser)]
     struct Run {
@@ -83,6 +89,29 @@ fn run_job(job: &Job) -> i32 {
 struct Worker {
     talk: Conversation,
     jobs: u32,
+    /// Its jobs' own files; removed when the worker goes.
+    dir: OwnDir,
+}
+
+/// A directory removed with everything in it when dropped.
+struct OwnDir(PathBuf);
+
+impl Drop for OwnDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A Python program for a worker to run, as `/v1/run` asked for it.
+pub struct Job<'a> {
+    pub code: &'a str,
+    /// The run's policy (TOML), already narrowed to the ceiling.
+    pub policy: &'a str,
+    pub stdin: &'a [u8],
+    pub scratch: &'a Path,
+    pub ca_certs: &'a [PathBuf],
+    pub python_path: &'a [PathBuf],
+    pub args: &'a [String],
 }
 
 /// Workers not busy with a job.
@@ -112,29 +141,59 @@ impl Pool {
                 None => break,
             }
         }
+        let dir = OwnDir(
+            self.cwd
+                .join("runs")
+                .join(format!("worker-{}", super::random_id())),
+        );
+        std::fs::create_dir(&dir.0)?;
         let cmd = super::child::capsa(["serve-worker".into()], &self.cwd);
         Ok(Worker {
             talk: Conversation::start(cmd)?,
             jobs: 0,
+            dir,
         })
     }
 
-    /// Runs `launch` as `capsa run` would, with `stdin_file` as its stdin.
+    /// Runs `job` as `capsa run` would.
     pub async fn run(
         &self,
-        launch: Launch<'_>,
-        stdin_file: &Path,
+        job: Job<'_>,
         limits: super::ceiling::Limits,
         tap: Tap,
     ) -> std::io::Result<RunResult> {
         let start = Instant::now();
         let mut worker = self.take()?;
+        // Over the last job's files: nothing is made or removed. The audit
+        // log is emptied here, so a run that ends before it opens its own
+        // cannot hand on the last job's denials.
+        let file = |name: &str| worker.dir.0.join(name);
+        let (program, policy_file, stdin_file, audit_file) = (
+            file("main.py"),
+            file("policy.toml"),
+            file("stdin"),
+            file("audit.jsonl"),
+        );
+        std::fs::write(&program, job.code)?;
+        std::fs::write(&policy_file, job.policy)?;
+        std::fs::write(&stdin_file, job.stdin)?;
+        std::fs::write(&audit_file, b"")?;
+        let launch = Launch {
+            policy_file: &policy_file,
+            audit_file: &audit_file,
+            scratch: job.scratch,
+            ca_certs: job.ca_certs,
+            python_path: job.python_path,
+            cache_dir: None,
+            program: &program,
+            args: job.args,
+        };
         let mut args = vec![std::ffi::OsString::from(format!(
             "--stdin-file={}",
             stdin_file.display()
         ))];
         args.extend(run_args(&launch));
-        let job = Job {
+        let job = Wire {
             args,
             cwd: launch.scratch.to_path_buf(),
             nonce: super::random_id(),
