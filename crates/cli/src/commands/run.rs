@@ -124,6 +124,11 @@ pub struct SandboxArgs {
     /// The program's stdin is this file's contents (capsa serve's workers).
     #[arg(long, value_name = "FILE", hide = true)]
     pub stdin_file: Option<PathBuf>,
+    /// A script that asks for packages (its `# /// script` block) is
+    /// refused, not given them (capsa serve: a client's code may not have
+    /// the server fetch packages).
+    #[arg(long, hide = true)]
+    pub no_script_deps: bool,
 }
 
 /// `path` without links, or as given if it cannot be resolved.
@@ -380,6 +385,14 @@ pub fn run(mut args: RunArgs) -> i32 {
                 );
             }
         };
+        if !reqs.is_empty() && args.sandbox.no_script_deps {
+            return fail(
+                exit::USAGE,
+                anyhow::anyhow!(
+                    "this server installs no packages a program asks for (its `# /// script` block); the operator gives them with --python-path"
+                ),
+            );
+        }
         if !reqs.is_empty() {
             match super::pip::inline::environment(&reqs, &args.sandbox) {
                 Ok(env) => args.sandbox.python_path.push(env),

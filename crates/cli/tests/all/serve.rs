@@ -57,6 +57,8 @@ impl Server {
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
             .args(flags)
+            // Nothing a test server does may reach a package index.
+            .env("PIP_INDEX_URL", "http://127.0.0.1:9/simple/")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(t) = token {
@@ -961,6 +963,30 @@ fn runs_in_a_worker_reuse_its_files_and_see_none_of_the_last_run() {
     while std::fs::read_dir(&work).unwrap().next().is_some() {
         assert!(Instant::now() < deadline, "left: {:?}", entries());
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A client's code cannot have the server fetch and install packages: a
+/// `# /// script` block that asks for any is refused (125), in a warm
+/// worker and in a `capsa run` of its own alike.
+#[test]
+fn a_client_cannot_have_the_server_install_packages() {
+    let code = "# /// script\n# dependencies = [\"six\"]\n# ///\nprint('ran')";
+    for flags in [&[][..], &["--cold"][..]] {
+        let server = Server::start(flags);
+        let r = server.run(json!({"code": code}));
+        assert_eq!(r["exit_code"], 125, "{flags:?}: {r}");
+        assert!(
+            r["stderr"]
+                .as_str()
+                .unwrap()
+                .contains("installs no packages"),
+            "{flags:?}: {r}"
+        );
+        assert_eq!(r["stdout"], "", "{r}");
+        // Without a block, or with an empty one, it runs.
+        let r = server.run(json!({"code": "# /// script\n# ///\nprint('ran')"}));
+        assert_eq!(r["stdout"], "ran\n", "{flags:?}: {r}");
     }
 }
 

@@ -71,6 +71,8 @@ pub const GRACE: Duration = Duration::from_secs(2);
 pub fn run_args(launch: &Launch<'_>) -> Vec<std::ffi::OsString> {
     let mut a: Vec<std::ffi::OsString> = vec![
         "--quiet".into(),
+        // A client's code may not have the server fetch packages.
+        "--no-script-deps".into(),
         format!("--policy={}", launch.policy_file.display()).into(),
         format!("--audit={}", launch.audit_file.display()).into(),
     ];
