@@ -927,7 +927,15 @@ fn runs_in_a_worker_reuse_its_files_and_see_none_of_the_last_run() {
         v
     };
     let after_first = entries();
-    let second = server.run(json!({"code": code}));
+    // Nothing of the first client's stays in the worker's files, and a
+    // hard link another program of the user makes to them (as a sandbox
+    // granted the work directory's parent could) shows no later job.
+    let worker = runs.join(&after_first[0]);
+    for name in ["main.py", "policy.toml", "stdin", "audit.jsonl"] {
+        assert_eq!(std::fs::read(worker.join(name)).unwrap(), b"", "{name}");
+        std::fs::hard_link(worker.join(name), work.join(format!("loot-{name}"))).unwrap();
+    }
+    let second = server.run(json!({"code": code, "stdin": "second secret"}));
     assert_eq!(second["exit_code"], 0, "{second}");
     for r in [&first, &second] {
         let out: Vec<&str> = r["stdout"].as_str().unwrap().lines().collect();
@@ -944,7 +952,12 @@ fn runs_in_a_worker_reuse_its_files_and_see_none_of_the_last_run() {
     assert_eq!(out1[3], "['given.txt']", "{first}");
     assert_eq!(out1[4], "'first input'", "{first}");
     assert_eq!(out2[3], "[]", "{second}");
-    assert_eq!(out2[4], "''", "{second}");
+    assert_eq!(out2[4], "'second secret'", "{second}");
+    for name in ["main.py", "policy.toml", "stdin", "audit.jsonl"] {
+        let loot = work.join(format!("loot-{name}"));
+        assert_eq!(std::fs::read(&loot).unwrap(), b"", "{name}");
+        std::fs::remove_file(loot).unwrap();
+    }
     assert_eq!(second["denials"], json!([]), "{second}");
     // The same worker, the same files: nothing new was made for the
     // second run, and nothing of either run is left.

@@ -93,6 +93,45 @@ struct Worker {
     dir: OwnDir,
 }
 
+/// Writes `bytes` over the file at `path`, which a worker keeps for all
+/// its jobs. A file that has another name too (a hard link another program
+/// of the user made, to read every later job through it), or that is not a
+/// plain file any more, is replaced by a new one instead.
+fn put(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::fs::OpenOptions;
+    let mut open = OpenOptions::new();
+    open.write(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut open,
+        rustix::fs::OFlags::NOFOLLOW.bits() as i32,
+    );
+    let mine = match open.open(path) {
+        Ok(f) => {
+            let m = f.metadata()?;
+            #[cfg(unix)]
+            let alone = std::os::unix::fs::MetadataExt::nlink(&m) == 1;
+            #[cfg(not(unix))]
+            let alone = true;
+            (m.is_file() && alone).then_some(f)
+        }
+        Err(_) => None,
+    };
+    let mut f = match mine {
+        Some(f) => {
+            f.set_len(0)?;
+            f
+        }
+        None => {
+            let _ = std::fs::remove_file(path);
+            let mut fresh = OpenOptions::new();
+            fresh.write(true).create_new(true);
+            fresh.open(path)?
+        }
+    };
+    std::io::Write::write_all(&mut f, bytes)
+}
+
 /// A directory removed with everything in it when dropped.
 struct OwnDir(PathBuf);
 
@@ -174,10 +213,15 @@ impl Pool {
             file("stdin"),
             file("audit.jsonl"),
         );
-        std::fs::write(&program, job.code)?;
-        std::fs::write(&policy_file, job.policy)?;
-        std::fs::write(&stdin_file, job.stdin)?;
-        std::fs::write(&audit_file, b"")?;
+        let files = [
+            (&program, job.code.as_bytes()),
+            (&policy_file, job.policy.as_bytes()),
+            (&stdin_file, job.stdin),
+            (&audit_file, &b""[..]),
+        ];
+        for (path, bytes) in files {
+            put(path, bytes)?;
+        }
         let launch = Launch {
             policy_file: &policy_file,
             audit_file: &audit_file,
@@ -212,6 +256,10 @@ impl Pool {
             )
             .await;
         let audit = std::fs::read(launch.audit_file).unwrap_or_default();
+        // Nothing of this client's stays behind while the worker waits.
+        for path in [&program, &policy_file, &stdin_file, &audit_file] {
+            let _ = put(path, b"");
+        }
         let (denials, audit_limit) = read_audit(&audit);
         let (mut result, alive) = reply.result(denials, audit_limit.clone(), start);
         if alive {
