@@ -14,9 +14,10 @@
 //!
 //! Each worker has a directory of its own for a job's program, policy,
 //! input and audit log, which each job writes over: the same four files
-//! for all its jobs. Making and removing four files a run made a disk's
-//! file system the bottleneck (on ext4, finding a free inode among those
-//! just freed took up to a third of the server's CPU under load).
+//! for all its jobs. Making and removing them for every run kept a disk's
+//! file system busy (on ext4, looking for a free inode among those just
+//! freed took from 8% to a third of the server's CPU under load; a run's
+//! scratch directory, still made for each, is most of what is left).
 
 use super::child::{GRACE, Launch, RunResult, Tap, read_audit, run_args};
 use super::session::Conversation;
