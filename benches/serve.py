@@ -11,7 +11,9 @@ capsa's sessions use (crates/cli/src/commands/serve/session.py), run by
 /usr/bin/python3 with no sandbox. Both listen on loopback. Rows:
 
 - throughput of POST /v1/run {"code": "print(1)"}: C clients, each on one
-  keep-alive connection, for S seconds; runs per second;
+  keep-alive connection, for S seconds; runs per second, and the CPU time
+  the server and all its processes spent a run (which moves less than
+  runs per second with what else the machine is doing);
 - latency of a session call `x += 1`: 500 calls, p50 and p99;
 - memory of N idle sessions: the proportional set size (PSS) of the server
   and all its processes, before and after, and per session;
@@ -128,6 +130,20 @@ def descendants(pid):
     return out
 
 
+def tree_cpu(pid):
+    """Seconds of CPU time used by process `pid` and its descendants,
+    those they already waited for included."""
+    ticks = 0
+    for p in descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime
+        ticks += sum(int(x) for x in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pss_kib(pid):
     total = 0
     for p in descendants(pid):
@@ -232,7 +248,10 @@ def main():
             p, addr = start(cmd, env)
             try:
                 r = {}
+                cpu, started = tree_cpu(p.pid), time.perf_counter()
                 r["throughput"] = throughput(addr, args.seconds, args.clients)
+                runs = r["throughput"] * (time.perf_counter() - started)
+                r["cpu"] = (tree_cpu(p.pid) - cpu) * 1000 / runs
                 r["p50"], r["p99"] = session_latency(addr)
                 r["mem"] = idle_memory(p, addr, args.sessions)
                 r["load"] = load(p, addr, args.load)
@@ -241,18 +260,19 @@ def main():
                 stop(p)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"{'':34} {'runs/s':>8} {'exec p50':>9} {'exec p99':>9} "
+    print(f"{'':34} {'runs/s':>8} {'CPU/run':>8} {'exec p50':>9} {'exec p99':>9} "
           f"{'idle PSS':>9} {f'+{args.sessions} sess.':>11} {'per sess.':>10} {f'load {args.load}':>10} {'wrong':>6} {'PSS after':>10}")
     for name, r in results.items():
         before, after, per = r["mem"]
         elapsed, wrong, lb, la, examples = r["load"]
-        print(f"{name:34} {r['throughput']:8.0f} {r['p50']:7.2f}ms {r['p99']:7.2f}ms "
+        print(f"{name:34} {r['throughput']:8.0f} {r['cpu']:6.2f}ms {r['p50']:7.2f}ms {r['p99']:7.2f}ms "
               f"{before:7.1f}MB {after:9.1f}MB {per:8.2f}MB {elapsed:9.2f}s {wrong:6d} {la:8.1f}MB")
         for e in examples:
             print(f"   wrong: {e}")
     names = list(results)
     a, b = results[names[0]], results[names[1]]
     print(f"\nratio capsa / native: throughput {a['throughput'] / b['throughput']:.2f}, "
+          f"CPU a run {a['cpu'] / b['cpu']:.2f}, "
           f"exec p50 {a['p50'] / b['p50']:.2f}, memory per session {a['mem'][2] / b['mem'][2]:.2f}")
 
 
