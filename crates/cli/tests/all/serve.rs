@@ -18,10 +18,7 @@ impl Drop for Server {
     /// Ends the server as a service manager would (SIGTERM), so that it
     /// removes its files, then for sure.
     fn drop(&mut self) {
-        let term = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        if term.is_ok_and(|s| s.success()) {
+        if self.terminate() {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
@@ -48,7 +45,25 @@ impl Answer {
     }
 }
 
+/// Waits (15 s at most) until `dir` is empty; `left` says what was not.
+fn until_empty(dir: &Path, left: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_dir(dir).unwrap().next().is_some() {
+        assert!(Instant::now() < deadline, "left: {}", left());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Server {
+    /// Sends the server SIGTERM, as a service manager stops it; whether
+    /// the signal was sent.
+    fn terminate(&self) -> bool {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// `capsa serve FLAGS` on an ephemeral loopback port, in `dir`.
     pub fn start_in(dir: &Path, flags: &[&str], token: Option<&str>) -> Server {
         python_ready();
@@ -872,19 +887,8 @@ fn sigterm_ends_every_sandbox_and_removes_the_servers_files() {
         &format!("/v1/sessions/{id}/exec"),
         &json!({"code": "while True: pass"}),
     );
-    let pid = server.child.id();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::fs::read_dir(&work).unwrap().next().is_some() {
-        assert!(Instant::now() < deadline, "files left: {:?}", tree(&work));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(server.terminate());
+    until_empty(&work, || format!("{:?}", tree(&work)));
     // No process of the server's is left running its sandboxes.
     let left: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
@@ -964,19 +968,8 @@ fn runs_in_a_worker_reuse_its_files_and_see_none_of_the_last_run() {
     assert_eq!(out1[0], out2[0]);
     assert_eq!(entries(), after_first);
     assert_eq!(after_first.len(), 1, "{after_first:?}");
-    let pid = server.child.id();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::fs::read_dir(&work).unwrap().next().is_some() {
-        assert!(Instant::now() < deadline, "left: {:?}", entries());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(server.terminate());
+    until_empty(&work, || format!("{:?}", tree(&work)));
 }
 
 /// A client's code cannot have the server fetch and install packages: a

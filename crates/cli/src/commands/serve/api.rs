@@ -694,8 +694,9 @@ fn internal(e: impl std::fmt::Display) -> Answer {
     )
 }
 
-/// A run's own directory, removed with it.
-struct RunDir(PathBuf);
+/// A directory of a run's (or a warm worker's), removed with everything in
+/// it when dropped.
+pub struct RunDir(pub PathBuf);
 
 impl Drop for RunDir {
     fn drop(&mut self) {

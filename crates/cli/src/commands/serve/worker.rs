@@ -19,6 +19,7 @@
 //! freed took from 8% to a third of the server's CPU under load; a run's
 //! scratch directory, still made for each, is most of what is left).
 
+use super::api::RunDir;
 use super::child::{GRACE, Launch, RunResult, Tap, read_audit, run_args};
 use super::session::Conversation;
 use serde::{Deserialize, Serialize};
@@ -91,7 +92,7 @@ struct Worker {
     talk: Conversation,
     jobs: u32,
     /// Its jobs' own files; removed when the worker goes.
-    dir: OwnDir,
+    dir: RunDir,
 }
 
 /// Writes `bytes` over the file at `path`, which a worker keeps for all
@@ -133,15 +134,6 @@ fn put(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::io::Write::write_all(&mut f, bytes)
 }
 
-/// A directory removed with everything in it when dropped.
-struct OwnDir(PathBuf);
-
-impl Drop for OwnDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A Python program for a worker to run, as `/v1/run` asked for it.
 pub struct Job<'a> {
     pub code: &'a str,
@@ -181,7 +173,7 @@ impl Pool {
                 None => break,
             }
         }
-        let dir = OwnDir(
+        let dir = RunDir(
             self.cwd
                 .join("runs")
                 .join(format!("worker-{}", super::random_id())),
