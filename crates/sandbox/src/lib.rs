@@ -383,7 +383,8 @@ pub fn precompile(program: &load::Program, cache: &CodeCache) -> Result<(), RunE
 ///
 /// Returns as soon as the outcome is known: the guest's memories and code
 /// are unmapped on that thread afterwards, which a caller about to exit
-/// need not wait for (it cost a run of Python about two milliseconds).
+/// need not wait for (it cost a run of Python about two milliseconds), and
+/// which a caller that says so leaves to its exit (see [`exit_after_run`]).
 pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
     // A process that runs many programs lets the last one's thread finish
     // unmapping first: one snapshot mapped at a time (see `prefault`).
@@ -432,56 +433,108 @@ fn run_here(
     if let Some(t) = config.policy.limits.timeout {
         start_watchdog(t, finished.clone(), early_reporter.clone());
     }
-    let (engine, pre, cwasm) = prepared(&config)?;
+    let fuel = config.policy.limits.fuel.is_some();
+    let engine = engine_for(fuel)?;
+    let load = Load {
+        program: config.program.clone(),
+        cache: config.cache.clone(),
+        fuel,
+    };
+    // The minimal run that records the snapshot's page profile (see below).
+    let teach = config.teach_pages.take().map(|args| {
+        let mut policy = Policy::default();
+        // An engine that counts fuel needs some to run at all.
+        policy.limits.fuel = fuel.then_some(1 << 40);
+        RunConfig {
+            program: config.program.clone(),
+            argv0: config.argv0.clone(),
+            args,
+            policy,
+            cwd: None,
+            quiet: true,
+            audit: None,
+            cache: None,
+            ca_certs: Vec::new(),
+            stdin: Some(Vec::new()),
+            teach_pages: None,
+        }
+    });
+    // A process that runs one program and exits loads it while another
+    // thread builds the run's side of the host (grants, checks, WASI
+    // context): the two do not depend on each other, and loading is the
+    // longer. A warm process has the program ready and does both in turn.
+    let (prepared, host) = if is_warm() {
+        (
+            prepared(&load, &engine, || new_linker(&engine)),
+            host_side(config, &engine, Some(&early_reporter)),
+        )
+    } else {
+        let (linker_tx, linker) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let host = s.spawn(|| {
+                // The linker first: the loading thread waits for it.
+                let _ = linker_tx.send(new_linker(&engine));
+                host_side(config, &engine, Some(&early_reporter))
+            });
+            let prepared = prepared(&load, &engine, || {
+                linker.recv().unwrap_or_else(|_| Err(panicked()))
+            });
+            let host = host.join().unwrap_or_else(|_| Err(panicked()));
+            (prepared, host)
+        })
+    };
+    // A program that cannot be loaded is reported before grants that cannot
+    // be set up.
+    let (pre, cwasm) = prepared?;
+    let host = host?;
     let snapshot = cwasm.map(|c| {
         // The first run of a snapshot on this machine is preceded by a
         // minimal one that records which pages every run writes: a profile
         // taken from the user's own program would hold its pages too. A
         // warm process that read the profile already does not look again.
         if c.known.get().is_none()
-            && let Some(args) = config.teach_pages.take()
+            && let Some(teach) = teach
             && prefault::wanted(&c.root, &c.file)
+            && let Ok(teach_host) = host_side(teach, &engine, None)
         {
-            let mut policy = Policy::default();
-            // An engine that counts fuel needs some to run at all.
-            policy.limits.fuel = config.policy.limits.fuel.map(|_| 1 << 40);
-            let teach = RunConfig {
-                program: config.program.clone(),
-                argv0: config.argv0.clone(),
-                args,
-                policy,
-                cwd: None,
-                quiet: true,
-                audit: None,
-                cache: None,
-                ca_certs: Vec::new(),
-                stdin: Some(Vec::new()),
-                teach_pages: None,
-            };
             let snapshot = Pages::Learn(c.root.clone(), c.file.clone());
-            let _ = run_instance(
-                teach,
-                &engine,
-                &pre,
-                snapshot,
-                &Finished::default(),
-                None,
-                |_| {},
-            );
+            let _ = run_instance(teach_host, &pre, snapshot, &Finished::default(), |_| {});
         }
         Pages::Populate(c)
     });
     run_instance(
-        config,
-        &engine,
+        host,
         &pre,
         snapshot.unwrap_or(Pages::None),
         &finished,
-        Some(&*early_reporter),
         |outcome| {
             let _ = done.send(Ok(outcome));
+            if EXIT_AFTER_RUN.load(std::sync::atomic::Ordering::Relaxed) && !is_warm() {
+                // The process exits now, and its exit unmaps all at once what
+                // tearing the instance down here would unmap piece by piece.
+                // This thread holds on to it until then.
+                loop {
+                    std::thread::park();
+                }
+            }
         },
     )
+}
+
+/// Set by a process that exits as soon as its one run ends (see
+/// [`exit_after_run`]).
+static EXIT_AFTER_RUN: AtomicBool = AtomicBool::new(false);
+
+/// Called by a process that exits as soon as [`run`] returns: the run's
+/// thread then leaves the instance, its memories and its code mapped for the
+/// exit to remove, instead of tearing them down itself. Done on that
+/// thread, the unmapping held the address space while the main thread was
+/// printing the outcome and exiting, which then waited up to 1.5 ms for it.
+/// A process that goes on after [`run`] must not call this: each run would
+/// keep its memory until the process ends. A warm process (see
+/// [`keep_warm`]) runs many programs, and tears each run down as before.
+pub fn exit_after_run() {
+    EXIT_AFTER_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// What a run does with its snapshot's page profile (see [`prefault`]):
@@ -493,17 +546,22 @@ enum Pages {
     Learn(PathBuf, PathBuf),
 }
 
-/// Instantiates `pre` and runs it under `config.policy`; hands the outcome
-/// to `deliver`, then tears the instance down.
-fn run_instance(
+/// One run's side of the host, ready for its program: the store, with the
+/// WASI context, the checks in front of it and the limits, all built from
+/// the run's configuration.
+struct HostSide {
+    store: Store<HostState>,
+    guard: Arc<Guard>,
+    budget: Arc<OutputBudget>,
+    limits: capsa_policy::Limits,
+}
+
+/// Builds the host's side of a run of `config` (see [`HostSide`]).
+fn host_side(
     mut config: RunConfig,
     engine: &Engine,
-    pre: &wasmtime::component::InstancePre<HostState>,
-    pages: Pages,
-    finished: &Finished,
     early_reporter: Option<&std::sync::OnceLock<Arc<Guard>>>,
-    deliver: impl FnOnce(Outcome),
-) -> Result<(), RunError> {
+) -> Result<HostSide, RunError> {
     let limits = config.policy.limits;
     let ca_certs = http_guard::read_ca_certs(&config.ca_certs).map_err(RunError::Policy)?;
     let mut preopens = preopens(&config.policy, config.cwd.as_deref())?;
@@ -618,28 +676,37 @@ fn run_instance(
     if let Some(r) = early_reporter {
         let _ = r.set(guard.clone());
     }
+    Ok(HostSide {
+        store,
+        guard,
+        budget,
+        limits,
+    })
+}
 
+/// Instantiates `pre` in `host` and runs it; hands the outcome to
+/// `deliver`, then tears the instance down (unless `deliver` keeps the
+/// thread: see [`exit_after_run`]).
+fn run_instance(
+    host: HostSide,
+    pre: &wasmtime::component::InstancePre<HostState>,
+    pages: Pages,
+    finished: &Finished,
+    deliver: impl FnOnce(Outcome),
+) -> Result<(), RunError> {
+    let HostSide {
+        mut store,
+        guard,
+        budget,
+        limits,
+    } = host;
     let mut snapshot = None;
     let result = pre.instantiate(&mut store).and_then(|instance| {
-        snapshot = match &pages {
-            Pages::None => None,
-            Pages::Populate(c) => {
-                let known = c
-                    .known
-                    .get_or_init(|| prefault::Known::read(&c.root, &c.file));
-                let m = known.find();
-                if let Some(m) = &m
-                    && !known.populate(m)
-                    && known.first_misfit()
-                {
-                    // Unusable, or recorded for another layout (another
-                    // page size): the next process records it again.
-                    prefault::forget(&c.root, &c.file);
-                }
-                m
-            }
-            Pages::Learn(_, file) => prefault::Known::of(file).find(),
-        };
+        match &pages {
+            Pages::None => {}
+            Pages::Populate(c) => populate(c),
+            Pages::Learn(_, file) => snapshot = prefault::Known::of(file).find(),
+        }
         let command = wasmtime_wasi::p2::bindings::sync::Command::new(&mut store, &instance)?;
         command.wasi_cli_run().call_run(&mut store)
     });
@@ -705,23 +772,75 @@ pub fn keep_warm() {
     *WARM.lock().unwrap_or_else(|e| e.into_inner()) = Some(Warm::default());
 }
 
-/// The engine, and `config.program` compiled, checked and linked.
-fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
-    let fuel = config.policy.limits.fuel.is_some();
+/// Copies the pages of the snapshot mapped from `c` that its profile holds
+/// (see [`prefault`]).
+fn populate(c: &Cached) {
+    let known = c
+        .known
+        .get_or_init(|| prefault::Known::read(&c.root, &c.file));
+    if let Some(m) = known.find()
+        && !known.populate(&m)
+        && known.first_misfit()
+    {
+        // Unusable, or recorded for another layout (another page size): the
+        // next process records it again.
+        prefault::forget(&c.root, &c.file);
+    }
+}
+
+/// Whether this process keeps programs ready from run to run (see
+/// [`keep_warm`]).
+fn is_warm() -> bool {
+    WARM.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+}
+
+/// The engine for runs with fuel or without: a warm process's own, or a
+/// new one.
+fn engine_for(fuel: bool) -> Result<Engine, RunError> {
     let mut warm = WARM.lock().unwrap_or_else(|e| e.into_inner());
-    let engine = match warm.as_mut() {
+    match warm.as_mut() {
         Some(w) => match &w.engines[usize::from(fuel)] {
-            Some(e) => e.clone(),
+            Some(e) => Ok(e.clone()),
             None => {
                 let e = engine(fuel)?;
                 w.engines[usize::from(fuel)] = Some(e.clone());
-                e
+                Ok(e)
             }
         },
-        None => engine(fuel)?,
-    };
-    let program = load::Program::read(&config.program, config.cache.as_ref())?;
-    let cwasm = cwasm_of(config, &engine, &program);
+        None => engine(fuel),
+    }
+}
+
+fn panicked() -> RunError {
+    RunError::Setup("the thread setting up the run panicked".into())
+}
+
+/// A linker with everything capsa gives a guest.
+fn new_linker(engine: &Engine) -> Result<Linker<HostState>, RunError> {
+    let mut linker = Linker::<HostState>::new(engine);
+    link(&mut linker).map_err(|e| RunError::Setup(format!("cannot set up WASI: {e:#}")))?;
+    Ok(linker)
+}
+
+/// The program to load, and from where.
+struct Load {
+    program: PathBuf,
+    cache: Option<CodeCache>,
+    /// Whether its engine counts fuel.
+    fuel: bool,
+}
+
+/// `load.program` compiled, checked and linked for `engine`, with the
+/// linker `linker` gives if the process does not have it ready.
+fn prepared(
+    load: &Load,
+    engine: &Engine,
+    linker: impl FnOnce() -> Result<Linker<HostState>, RunError>,
+) -> Result<Prepared, RunError> {
+    let fuel = load.fuel;
+    let mut warm = WARM.lock().unwrap_or_else(|e| e.into_inner());
+    let program = load::Program::read(&load.program, load.cache.as_ref())?;
+    let cwasm = cwasm_of(load, engine, &program);
     if let Some(w) = warm.as_ref()
         && let Some(ready) = w
             .programs
@@ -733,29 +852,28 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
             file,
             known: ready.known.clone(),
         });
-        return Ok((engine, ready.pre.clone(), cwasm));
+        return Ok((ready.pre.clone(), cwasm));
     }
-    let (component, mapped) = match &config.cache {
-        Some(cache) => cache.load_mapped(&engine, &program)?,
+    let (component, mapped) = match &load.cache {
+        Some(cache) => cache.load_mapped(engine, &program)?,
         None => (
-            wasmtime::component::Component::new(&engine, program.component_bytes()?).map_err(
+            wasmtime::component::Component::new(engine, program.component_bytes()?).map_err(
                 |e| LoadError::Invalid {
-                    path: config.program.clone(),
+                    path: load.program.clone(),
                     msg: format!("{e:#}"),
                 },
             )?,
             false,
         ),
     };
-    check_world(&engine, &component, &config.program)?;
-    let mut linker = Linker::<HostState>::new(&engine);
-    link(&mut linker).map_err(|e| RunError::Setup(format!("cannot set up WASI: {e:#}")))?;
+    check_world(engine, &component, &load.program)?;
+    let linker = linker()?;
     // A program that imports what capsa lacks cannot be loaded (126); it
     // is not a crash.
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| LoadError::UnknownImport {
-            path: config.program.clone(),
+            path: load.program.clone(),
             import: format!("{e:#}"),
         })?;
     let known = Arc::new(std::sync::OnceLock::new());
@@ -776,28 +894,20 @@ fn prepared(config: &RunConfig) -> Result<Prepared, RunError> {
     let cwasm = cwasm
         .filter(|_| mapped)
         .map(|(root, file)| Cached { root, file, known });
-    Ok((engine, pre, cwasm))
+    Ok((pre, cwasm))
 }
 
-fn cwasm_of(
-    config: &RunConfig,
-    engine: &Engine,
-    program: &load::Program,
-) -> Option<(PathBuf, PathBuf)> {
-    let cache = config.cache.as_ref()?;
+fn cwasm_of(load: &Load, engine: &Engine, program: &load::Program) -> Option<(PathBuf, PathBuf)> {
+    let cache = load.cache.as_ref()?;
     Some((
         cache.dir().to_path_buf(),
         cache.entry(engine, &program.digest),
     ))
 }
 
-/// The engine, the program ready to instantiate, and the compiled file in
-/// capsa's cache it may have been mapped from.
-type Prepared = (
-    Engine,
-    wasmtime::component::InstancePre<HostState>,
-    Option<Cached>,
-);
+/// The program ready to instantiate, and the compiled file in capsa's
+/// cache it may have been mapped from.
+type Prepared = (wasmtime::component::InstancePre<HostState>, Option<Cached>);
 
 /// A compiled file in capsa's cache that a program was mapped from.
 struct Cached {

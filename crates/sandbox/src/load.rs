@@ -470,6 +470,7 @@ const CACHE_FORMAT: u32 = 2;
 
 /// Compiled code, cached per machine under `dir`, keyed by the program's
 /// digest and everything about the engine that changes the code.
+#[derive(Clone)]
 pub struct CodeCache {
     dir: PathBuf,
 }

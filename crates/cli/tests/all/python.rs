@@ -1295,7 +1295,7 @@ fn file_streams_read_and_write_as_natively() {
             &format!("--allow-write={}", s(&out)),
         ],
         &script,
-        &[&s(&out)],
+        &[s(&out)],
     );
     let native: Run = std::process::Command::new("python3")
         .arg(&script)
