@@ -69,7 +69,6 @@ fn main() -> ExitCode {
             Err(code) => return code,
         };
         let me = std::env::current_exe().unwrap_or_else(|_| "capsa".into());
-        capsa_sandbox::exit_after_run();
         return exit(commands::bundle::run(
             commands::run::RunArgs {
                 sandbox: cli.sandbox,
@@ -87,10 +86,6 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    // These run one program and exit (see `exit_after_run`).
-    if matches!(cli.command, Command::Run(_) | Command::Python(_)) {
-        capsa_sandbox::exit_after_run();
-    }
     let code = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Python(args) => commands::python::run(args),

@@ -72,8 +72,8 @@ pub fn read_ca_certs(paths: &[PathBuf]) -> Result<rustls::RootCertStore, String>
     let mut store = rustls::RootCertStore::empty();
     for path in paths {
         let bad = |why: String| format!("--ca-cert={}: {why}", path.display());
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(pem_error(path, e)))?
+        let bytes = read_ca_file(path).map_err(bad)?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
             .collect::<Result<_, _>>()
             .map_err(|e| bad(pem_error(path, e)))?;
         if certs.is_empty() {
@@ -86,6 +86,39 @@ pub fn read_ca_certs(paths: &[PathBuf]) -> Result<rustls::RootCertStore, String>
         }
     }
     Ok(store)
+}
+
+/// The largest CA file read: a bundle of every public CA is about 200 KiB.
+const MAX_CA_FILE: u64 = 16 << 20;
+
+/// The bytes of a CA file: a regular file, or a link to one. A FIFO or a
+/// device would never end, or block the run before it starts.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opening a FIFO for reading waits for a writer without this.
+        o.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    let f = o.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{}: no such file", path.display()),
+        _ => e.to_string(),
+    })?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_CA_FILE {
+        return Err(format!("larger than {} MiB", MAX_CA_FILE >> 20));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_CA_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    Ok(bytes)
 }
 
 fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {

@@ -460,33 +460,38 @@ fn run_here(
         }
     });
     // A process that runs one program and exits loads it while another
-    // thread builds the run's side of the host (grants, checks, WASI
-    // context): the two do not depend on each other, and loading is the
-    // longer. A warm process has the program ready and does both in turn.
-    let (prepared, host) = if is_warm() {
+    // thread builds the linker and the run's side of the host (grants,
+    // checks, WASI context): they do not depend on the program, and loading
+    // takes longer. A warm process has the program ready and does both in
+    // turn.
+    let (pre, cwasm, host) = if is_warm() {
+        let (pre, cwasm) = prepared(&load, &engine, || new_linker(&engine))?;
         (
-            prepared(&load, &engine, || new_linker(&engine)),
-            host_side(config, &engine, Some(&early_reporter)),
+            pre,
+            cwasm,
+            host_side(config, &engine, Some(&early_reporter))?,
         )
     } else {
         let (linker_tx, linker) = std::sync::mpsc::channel();
-        std::thread::scope(|s| {
-            let host = s.spawn(|| {
-                // The linker first: the loading thread waits for it.
-                let _ = linker_tx.send(new_linker(&engine));
-                host_side(config, &engine, Some(&early_reporter))
-            });
-            let prepared = prepared(&load, &engine, || {
-                linker.recv().unwrap_or_else(|_| Err(panicked()))
-            });
-            let host = host.join().unwrap_or_else(|_| Err(panicked()));
-            (prepared, host)
-        })
+        let (engine_ref, early) = (&engine, &*early_reporter);
+        let (host, prepared) = side_by_side(
+            move || {
+                // The linker first: the loading thread waits for it (and
+                // hears that it never comes if this panics).
+                let _ = linker_tx.send(new_linker(engine_ref));
+                host_side(config, engine_ref, Some(early))
+            },
+            || {
+                prepared(&load, &engine, || {
+                    linker.recv().unwrap_or_else(|_| Err(panicked()))
+                })
+            },
+        );
+        // A program that cannot be loaded is reported before grants that
+        // cannot be set up.
+        let (pre, cwasm) = prepared?;
+        (pre, cwasm, host.unwrap_or_else(|_| Err(panicked()))?)
     };
-    // A program that cannot be loaded is reported before grants that cannot
-    // be set up.
-    let (pre, cwasm) = prepared?;
-    let host = host?;
     let snapshot = cwasm.map(|c| {
         // The first run of a snapshot on this machine is preceded by a
         // minimal one that records which pages every run writes: a profile
@@ -581,12 +586,6 @@ fn host_side(
         });
     }
     let reporter = Reporter::new(config.quiet, config.audit);
-    for rule in areas.own_inside(&config.policy) {
-        reporter.note(&format!(
-            "{} stays out of the program's reach: it holds capsa's own files",
-            rule.host.display()
-        ));
-    }
     let guard = Arc::new(Guard {
         reporter,
         policy: config.policy,
@@ -700,6 +699,13 @@ fn run_instance(
         budget,
         limits,
     } = host;
+    // Said once the program is known to load.
+    for rule in guard.areas.own_inside(&guard.policy) {
+        guard.reporter.note(&format!(
+            "{} stays out of the program's reach: it holds capsa's own files",
+            rule.host.display()
+        ));
+    }
     let mut snapshot = None;
     let result = pre.instantiate(&mut store).and_then(|instance| {
         match &pages {
@@ -809,6 +815,31 @@ fn engine_for(fuel: bool) -> Result<Engine, RunError> {
         },
         None => engine(fuel),
     }
+}
+
+/// Runs `first` on a thread of its own while this thread runs `second`,
+/// and returns both results (`Err` if `first` panicked). If no thread can be
+/// made, runs `first` and then `second` here.
+fn side_by_side<A: Send, B>(
+    first: impl FnOnce() -> A + Send,
+    second: impl FnOnce() -> B,
+) -> (std::thread::Result<A>, B) {
+    // Where the thread takes `first` from, or this one if there is none.
+    let slot = Mutex::new(Some(first));
+    let take = || slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    std::thread::scope(|s| {
+        match std::thread::Builder::new().spawn_scoped(s, || take().map(|f| f())) {
+            Ok(thread) => {
+                let b = second();
+                let a = thread.join().map(|a| a.expect("`first` is taken once"));
+                (a, b)
+            }
+            Err(_) => {
+                let a = take().map(|f| f()).expect("`first` is taken once");
+                (Ok(a), second())
+            }
+        }
+    })
 }
 
 fn panicked() -> RunError {

@@ -318,6 +318,8 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
     let mut guest_args = m.run.args.clone();
     guest_args.extend(args.args.iter().cloned());
     let entry = &m.run.entry;
+    // The bundle's only run: capsa exits with its code.
+    capsa_sandbox::exit_after_run();
     if entry.ends_with(".py") || entry.ends_with(".pyw") {
         let file = format!("{GUEST_APP}/{entry}");
         let site = capsa_bundle::pack::SITE_PACKAGES;

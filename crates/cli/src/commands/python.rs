@@ -164,6 +164,8 @@ pub fn run_invocation(sandbox: &SandboxArgs, inv: Invocation) -> i32 {
         Ok(p) => p,
         Err(code) => return code,
     };
+    // The command's last run: capsa exits with its code.
+    capsa_sandbox::exit_after_run();
     run_prepared(sandbox, inv, cwd, policy, None)
 }
 

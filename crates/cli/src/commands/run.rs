@@ -418,6 +418,8 @@ pub fn run(mut args: RunArgs) -> i32 {
         Ok(p) => p,
         Err(code) => return code,
     };
+    // The command's only run: capsa exits with its code.
+    capsa_sandbox::exit_after_run();
     execute(
         &args.sandbox,
         cwd,

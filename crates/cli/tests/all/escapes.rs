@@ -457,6 +457,20 @@ fn capsas_own_cache_is_out_of_reach_inside_a_grant() {
         );
     }
     assert_eq!(tree(&cache), before, "the cache changed");
+    // A program that cannot be loaded gets its error alone: nothing is said
+    // of a run that never starts.
+    let bad = d.join("bad.wasm");
+    std::fs::write(&bad, "not webassembly").unwrap();
+    let r: Run = capsa()
+        .env("CAPSA_CACHE_DIR", &cache)
+        .arg("run")
+        .arg(&grant)
+        .arg(&bad)
+        .output()
+        .expect("capsa runs")
+        .into();
+    assert_eq!(r.code, 126, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     // A grant inside the cache is refused before anything runs.
     let r: Run = capsa()
         .env("CAPSA_CACHE_DIR", &cache)

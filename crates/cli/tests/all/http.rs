@@ -601,11 +601,24 @@ except requests.exceptions.ReadTimeout as e:
 fn bad_ca_cert_files_are_usage_errors() {
     let (_g, d) = scratch();
     std::fs::write(d.join("not.pem"), "hello\n").unwrap();
+    // Read, these would block the run before it starts, or never end.
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(d.join("fifo.pem"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    std::fs::create_dir(d.join("dir.pem")).unwrap();
     for (file, want) in [
         ("missing.pem", "no such file"),
         ("not.pem", "no PEM certificate in the file"),
+        ("fifo.pem", "not a regular file"),
+        ("dir.pem", "not a regular file"),
     ] {
-        let r = py_code(&d, &[&format!("--ca-cert={}", s(&d.join(file)))], "pass");
+        let r = py_code(
+            &d,
+            &[&format!("--ca-cert={}", s(&d.join(file))), "--timeout=30s"],
+            "pass",
+        );
         assert_eq!(r.code, 125, "{}", r.stderr);
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
         assert!(r.stderr.contains(want), "{}", r.stderr);
