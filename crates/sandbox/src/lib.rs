@@ -431,7 +431,7 @@ fn run_here(
     let _finish = Finish(finished.clone());
     let early_reporter = Arc::new(std::sync::OnceLock::<Arc<Guard>>::new());
     if let Some(t) = config.policy.limits.timeout {
-        start_watchdog(t, finished.clone(), early_reporter.clone());
+        start_watchdog(t, finished.clone(), early_reporter.clone())?;
     }
     let fuel = config.policy.limits.fuel.is_some();
     let engine = engine_for(fuel)?;
@@ -1235,8 +1235,10 @@ fn start_watchdog(
     timeout: Duration,
     finished: Arc<Finished>,
     guard: Arc<std::sync::OnceLock<Arc<Guard>>>,
-) {
-    std::thread::spawn(move || {
+) -> Result<(), RunError> {
+    // A process out of threads (a limit on them) cannot time the run: it
+    // does not run it untimed.
+    let spawned = std::thread::Builder::new().spawn(move || {
         // Wakes at the deadline, or as soon as the run ends (a process
         // that runs many programs must not keep a thread per past run).
         if !finished.wait_until(std::time::Instant::now() + timeout) {
@@ -1250,6 +1252,9 @@ fn start_watchdog(
             std::process::exit(exit::TIMEOUT);
         }
     });
+    spawned
+        .map(drop)
+        .map_err(|e| RunError::Setup(format!("cannot start the time limit's thread: {e}")))
 }
 
 /// Whether a run has ended, for its watchdog to wait on.
