@@ -94,31 +94,15 @@ const MAX_CA_FILE: u64 = 16 << 20;
 /// The bytes of a CA file: a regular file, or a link to one. A FIFO or a
 /// device would never end, or block the run before it starts.
 fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Opening a FIFO for reading waits for a writer without this.
-        o.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
-    }
-    let f = o.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("{}: no such file", path.display()),
-        _ => e.to_string(),
-    })?;
-    let meta = f.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() > MAX_CA_FILE {
-        return Err(format!("larger than {} MiB", MAX_CA_FILE >> 20));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    f.take(MAX_CA_FILE)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    Ok(bytes)
+    use crate::load::NotRead;
+    crate::load::read_regular_file(path, MAX_CA_FILE, true).map_err(|e| match e {
+        NotRead::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("{}: no such file", path.display())
+        }
+        NotRead::Io(e) => e.to_string(),
+        NotRead::NotAFile => "not a regular file".into(),
+        NotRead::TooLarge => format!("larger than {} MiB", MAX_CA_FILE >> 20),
+    })
 }
 
 fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {

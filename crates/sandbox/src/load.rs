@@ -751,25 +751,53 @@ pub fn create_new_private(path: &Path) -> std::io::Result<std::fs::File> {
     o.open(path)
 }
 
-/// The bytes of `path` if it is a regular file (not a link, not a FIFO that
-/// would block, not a device) of at most `max` bytes.
-pub(crate) fn read_small_file(path: &Path, max: u64) -> Option<Vec<u8>> {
+/// Why [`read_regular_file`] read nothing.
+#[derive(Debug)]
+pub(crate) enum NotRead {
+    Io(std::io::Error),
+    /// A directory, FIFO, device or socket.
+    NotAFile,
+    TooLarge,
+}
+
+/// The bytes of `path` if it is a regular file of at most `max` bytes: never
+/// a FIFO that would block or a device that would never end. A link is
+/// followed only if `follow`.
+pub(crate) fn read_regular_file(path: &Path, max: u64, follow: bool) -> Result<Vec<u8>, NotRead> {
     use std::io::Read;
     let mut o = std::fs::OpenOptions::new();
     o.read(true);
     #[cfg(unix)]
     {
+        use rustix::fs::OFlags;
         use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32);
+        // Opening a FIFO for reading waits for a writer without NONBLOCK.
+        let nofollow = if follow {
+            OFlags::empty()
+        } else {
+            OFlags::NOFOLLOW
+        };
+        o.custom_flags((nofollow | OFlags::NONBLOCK).bits() as i32);
     }
-    let f = o.open(path).ok()?;
-    let meta = f.metadata().ok()?;
-    if !meta.is_file() || meta.len() > max {
-        return None;
+    #[cfg(not(unix))]
+    let _ = follow;
+    let f = o.open(path).map_err(NotRead::Io)?;
+    let meta = f.metadata().map_err(NotRead::Io)?;
+    if !meta.is_file() {
+        return Err(NotRead::NotAFile);
+    }
+    if meta.len() > max {
+        return Err(NotRead::TooLarge);
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    f.take(max).read_to_end(&mut bytes).ok()?;
-    Some(bytes)
+    f.take(max).read_to_end(&mut bytes).map_err(NotRead::Io)?;
+    Ok(bytes)
+}
+
+/// The bytes of `path` if it is a regular file (not a link, not a FIFO that
+/// would block, not a device) of at most `max` bytes.
+pub(crate) fn read_small_file(path: &Path, max: u64) -> Option<Vec<u8>> {
+    read_regular_file(path, max, false).ok()
 }
 
 /// Opens an existing file for writing, never through a link.
