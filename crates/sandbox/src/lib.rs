@@ -955,8 +955,10 @@ struct Cached {
 /// open, so nothing can ever be made in it. Without it, wasi-libc fails a
 /// path outside every preopen by itself and the host never hears of it.
 struct RootGuard {
-    /// Where it was made.
-    name: PathBuf,
+    /// Where it was made, until it is removed: on Linux as soon as it is
+    /// held, so that a process ended at its time limit or killed leaves
+    /// nothing behind.
+    name: Option<PathBuf>,
     /// What the preopen opens: on Linux the directory capsa opened itself
     /// (`/proc/self/fd/N`), so that a name re-pointed after the check
     /// changes nothing.
@@ -993,19 +995,34 @@ impl RootGuard {
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&fd)
         ));
-        // Without /proc (some chroots), by its name, as checked just now.
-        let host = match rustix::fs::stat(&held) {
-            Ok(s) if s.st_dev == st.st_dev && s.st_ino == st.st_ino => held,
-            _ => name.clone(),
-        };
-        Some(RootGuard { name, host, fd })
+        // Without /proc (some chroots), by its name, as checked just now,
+        // and kept until the run ends. With it, the name goes now: the
+        // preopen opens the directory through capsa's descriptor, and an
+        // empty directory that no longer has a name can never hold one
+        // (the kernel refuses to make anything in it).
+        match rustix::fs::stat(&held) {
+            Ok(s) if s.st_dev == st.st_dev && s.st_ino == st.st_ino => {
+                let name = (!(still_named(&fd, &name) && std::fs::remove_dir(&name).is_ok()))
+                    .then_some(name);
+                Some(RootGuard {
+                    name,
+                    host: held,
+                    fd,
+                })
+            }
+            _ => Some(RootGuard {
+                host: name.clone(),
+                name: Some(name),
+                fd,
+            }),
+        }
     }
 
     #[cfg(not(target_os = "linux"))]
     fn hold(name: PathBuf) -> Option<RootGuard> {
         Some(RootGuard {
             host: name.clone(),
-            name,
+            name: Some(name),
         })
     }
 
@@ -1086,12 +1103,13 @@ fn still_named(fd: &std::os::fd::OwnedFd, name: &std::path::Path) -> bool {
 
 impl Drop for RootGuard {
     fn drop(&mut self) {
+        let Some(name) = &self.name else { return };
         // Only the directory capsa made: a name re-pointed since is left.
         #[cfg(target_os = "linux")]
-        if !still_named(&self.fd, &self.name) {
+        if !still_named(&self.fd, name) {
             return;
         }
-        let _ = std::fs::remove_dir(&self.name);
+        let _ = std::fs::remove_dir(name);
     }
 }
 
@@ -1413,24 +1431,31 @@ mod root_guard_tests {
         cleanup(&d);
     }
 
-    /// What capsa made is held by what was opened: renamed away and replaced
-    /// after, the host path still leads to capsa's directory, and dropping
-    /// the guard removes neither the replacement nor what it holds.
+    /// What capsa made is held by what was opened, and its name is gone as
+    /// soon as it is held (nothing is left behind by a process killed
+    /// during its run): a directory made in its place after leaves the
+    /// host path leading to capsa's, which nothing can be made in, and
+    /// dropping the guard removes neither the replacement nor what it
+    /// holds.
     #[test]
-    fn a_held_root_renamed_and_replaced_is_still_capsas() {
+    fn a_held_root_has_no_name_and_is_still_capsas() {
         use std::os::unix::fs::MetadataExt;
         let d = scratch("held");
         let root = d.join(".capsa-root-x");
         made(&root, 0o500);
         let ino = std::fs::metadata(&root).unwrap().ino();
         let guard = RootGuard::hold(root.clone()).expect("capsa's own directory is held");
-        std::fs::rename(&root, d.join("moved")).unwrap();
-        // Empty, as capsa's was: only the check of what the name now is
-        // keeps the guard from removing it.
-        made(&root, 0o755);
+        assert!(!root.exists(), "the name is removed once held");
         assert_eq!(std::fs::metadata(&guard.host).unwrap().ino(), ino);
+        // Even its owner cannot make a name in a removed directory.
+        let _ = std::fs::set_permissions(&guard.host, std::fs::Permissions::from_mode(0o700));
+        assert!(std::fs::create_dir(guard.host.join("planted")).is_err());
+        assert!(std::fs::write(guard.host.join("planted.txt"), b"x").is_err());
+        // Empty, as capsa's was, and writable.
+        made(&root, 0o755);
+        std::fs::write(root.join("theirs"), b"kept").unwrap();
         drop(guard);
-        assert!(root.is_dir(), "the replacement is left where it is");
+        assert_eq!(std::fs::read(root.join("theirs")).unwrap(), b"kept");
         cleanup(&d);
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::support::*;
 use std::path::Path;
+use std::process::Stdio;
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
     let (t, d) = scratch();
@@ -701,6 +702,47 @@ fn the_guarded_root_holds_nothing() {
             .collect();
         assert!(leftovers.is_empty(), "{t}: {leftovers:?}");
         let _ = d;
+    });
+}
+
+/// The guarded root has no name while the guest runs: capsa holds it by
+/// its descriptor only, so a run killed (or ended at its time limit, which
+/// exits at once) leaves nothing behind.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_run_leaves_no_guarded_root_behind() {
+    both(|t| {
+        let mut child = capsa()
+            .args(["run", "--quiet", s(&probe(t)), "stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let fds = format!("/proc/{}/fd", child.id());
+        // Held before the guest starts, which then waits on its stdin.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let held = loop {
+            let roots: Vec<String> = std::fs::read_dir(&fds)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|p| p.to_string_lossy().into_owned())
+                .filter(|p| p.contains(".capsa-root-"))
+                .collect();
+            if !roots.is_empty() {
+                break roots;
+            }
+            assert!(std::time::Instant::now() < deadline, "{t}: no root held");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for root in held {
+            let name = root.strip_suffix(" (deleted)");
+            assert!(name.is_some(), "{t}: {root} still has its name");
+            assert!(!Path::new(name.unwrap()).exists(), "{t}: {root} left");
+        }
     });
 }
 
