@@ -103,7 +103,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, PolicyError> {
     if !(secs.is_finite() && secs <= 366.0 * 24.0 * 3600.0) {
         return Err(err("too long (at most a year)"));
     }
-    let d = Duration::from_secs_f64(secs);
+    // To the nearest nanosecond, so that what format_duration writes reads
+    // back as the same duration.
+    let d = Duration::from_nanos((secs * 1e9).round() as u64);
     if d.is_zero() {
         return Err(err("must be longer than zero"));
     }
@@ -120,8 +122,14 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// Formats a duration the way a user would type it (`30s`, `1500ms`, `5m`).
+/// Formats a duration the way a user would type it (`30s`, `1500ms`, `5m`,
+/// `1.5ms`): exactly, so a limit is never shown shorter or longer than it is.
 pub fn format_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if !ns.is_multiple_of(1_000_000) {
+        let frac = format!("{:06}", ns % 1_000_000);
+        return format!("{}.{}ms", ns / 1_000_000, frac.trim_end_matches('0'));
+    }
     let ms = d.as_millis();
     if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
@@ -171,6 +179,9 @@ mod tests {
             ("5m", Some(Duration::from_secs(300))),
             ("1h", Some(Duration::from_secs(3600))),
             ("1.5s", Some(Duration::from_millis(1500))),
+            ("1.5ms", Some(Duration::from_micros(1500))),
+            ("0.000001ms", Some(Duration::from_nanos(1))),
+            ("0.0000001ms", None),
             ("0s", None),
             ("soon", None),
             ("", None),
@@ -193,6 +204,14 @@ mod tests {
         for ms in [1u64, 500, 1000, 1500, 60_000, 3_600_000] {
             let d = Duration::from_millis(ms);
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+        for (d, text) in [
+            (Duration::from_micros(1500), "1.5ms"),
+            (Duration::from_micros(500), "0.5ms"),
+            (Duration::from_nanos(2_000_001), "2.000001ms"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text).unwrap(), d);
         }
     }
 }

@@ -53,6 +53,18 @@ fn a_guest_blocked_in_the_host_hits_the_timeout() {
     assert_eq!(r.code, 124, "{}", r.stderr);
 }
 
+/// A limit is named as given, not rounded down to whole milliseconds.
+#[test]
+fn a_fractional_timeout_is_named_as_given() {
+    let r = run(&["--timeout=1.5ms"], &probe(P2), &["sleep", "30"]);
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("time limit of 1.5ms reached"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn fuel_runs_out() {
     let r = run(&["--fuel=100000"], &probe(P2), &["spin"]);

@@ -205,7 +205,7 @@ impl Ceiling {
         raw.limits.memory = Some(Scalar::Int(limits.memory));
         raw.limits.max_output = Some(Scalar::Int(limits.max_output));
         raw.limits.timeout = Some(Scalar::Str(match limits.timeout {
-            Some(t) => format!("{}ms", t.as_millis().max(1)),
+            Some(t) => format_duration(t),
             None => "none".into(),
         }));
         Ok((raw, limits))
