@@ -1054,6 +1054,9 @@ impl RootGuard {
                 // Nobody may make a name in it, the guest's view of `/`.
                 #[cfg(unix)]
                 std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o500);
+                // Made and held (its name gone) before a time limit may end
+                // the process: the watchdog waits for this lock.
+                let _naming = NAMING.lock().unwrap_or_else(|e| e.into_inner());
                 match builder.create(&dir) {
                     Ok(()) => match RootGuard::hold(dir) {
                         Some(g) => return Some(g),
@@ -1247,6 +1250,10 @@ fn check_world(
 
 /// Ends the process at the deadline, wherever the guest is: being
 /// compiled, running WebAssembly or blocked in a host call (a read, a sleep).
+/// Held while a guarded root is made and its name removed (microseconds),
+/// so that a process ended at its time limit leaves no directory behind.
+static NAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Nothing here may fail or panic: the limit holds even when capsa's own
 /// stderr is closed or full.
 fn start_watchdog(
@@ -1267,6 +1274,8 @@ fn start_watchdog(
             }
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "capsa: {message}");
+            // Not while a guarded root has a name it would leave behind.
+            let _naming = NAMING.lock().unwrap_or_else(|e| e.into_inner());
             std::process::exit(exit::TIMEOUT);
         }
     });
