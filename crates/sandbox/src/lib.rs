@@ -1248,12 +1248,12 @@ fn check_world(
     })
 }
 
-/// Ends the process at the deadline, wherever the guest is: being
-/// compiled, running WebAssembly or blocked in a host call (a read, a sleep).
 /// Held while a guarded root is made and its name removed (microseconds),
 /// so that a process ended at its time limit leaves no directory behind.
 static NAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Ends the process at the deadline, wherever the guest is: being
+/// compiled, running WebAssembly or blocked in a host call (a read, a sleep).
 /// Nothing here may fail or panic: the limit holds even when capsa's own
 /// stderr is closed or full.
 fn start_watchdog(
