@@ -972,6 +972,90 @@ fn runs_in_a_worker_reuse_its_files_and_see_none_of_the_last_run() {
     until_empty(&work, || format!("{:?}", tree(&work)));
 }
 
+/// A scratch directory that a run in a warm worker left empty is used
+/// again, and the next run (maybe another client's) finds nothing of the
+/// last in it: not a file, not a time it set. One left with anything in it,
+/// or whose run was ended at its limit, is removed and never used again.
+#[test]
+fn an_empty_scratch_directory_is_used_again_with_nothing_of_its_last_run() {
+    let (_t, work) = scratch();
+    let server = Server::start(&[&format!("--work-dir={}", s(&work))]);
+    let look = "import os\nprint(os.getcwd())\nprint(sorted(os.listdir('.')))\nprint(os.stat('.').st_mtime > 1e9)";
+    let cwd = |r: &Value| {
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    // Leaves nothing, but sets the directory's times, and made and removed
+    // a file and a directory (the client's own file included).
+    let first = server.run(json!({
+        "code": "import os\nprint(os.getcwd())\nos.remove('given.txt')\nos.mkdir('d')\nopen('d/f', 'w').write('x')\nos.remove('d/f')\nos.rmdir('d')\nos.utime('.', (1, 1))\nprint(os.stat('.').st_mtime)",
+        "files": {"given.txt": "secret"},
+    }));
+    assert_eq!(first["exit_code"], 0, "{first}");
+    assert_eq!(
+        first["stdout"].as_str().unwrap().lines().nth(1),
+        Some("1.0"),
+        "{first}"
+    );
+    let second = server.run(json!({ "code": look }));
+    assert_eq!(second["exit_code"], 0, "{second}");
+    assert_eq!(
+        cwd(&second),
+        cwd(&first),
+        "not used again: {first} {second}"
+    );
+    assert_eq!(
+        second["stdout"].as_str().unwrap(),
+        format!("{}\n[]\nTrue\n", cwd(&first)),
+        "{second}"
+    );
+
+    // Leaves nothing, but made and removed many names, which leaves a
+    // directory larger on some file systems (ext4): the next run finds one
+    // of the size a new one has.
+    let many = server.run(json!({
+        "code": "import os\nprint(os.stat('.').st_size)\nfor i in range(300): open(f'name-{i:04}', 'w').close()\nfor i in range(300): os.remove(f'name-{i:04}')",
+    }));
+    assert_eq!(many["exit_code"], 0, "{many}");
+    let after = server
+        .run(json!({ "code": "import os\nprint(os.stat('.').st_size)\nprint(os.listdir('.'))" }));
+    assert_eq!(
+        after["stdout"],
+        format!("{}[]\n", many["stdout"].as_str().unwrap()),
+        "{many} {after}"
+    );
+
+    // Leaves a file and a directory: removed, with everything in it.
+    let third = server.run(json!({
+        "code": "import os\nprint(os.getcwd())\nopen('left.txt', 'w').write('x')\nos.mkdir('sub')\nopen('sub/f', 'w').write('y')",
+    }));
+    assert_eq!(third["exit_code"], 0, "{third}");
+    assert!(!Path::new(&cwd(&third)).exists(), "{third}");
+    let fourth = server.run(json!({ "code": look }));
+    assert_ne!(cwd(&fourth), cwd(&third), "{fourth}");
+    assert!(
+        fourth["stdout"].as_str().unwrap().contains("\n[]\n"),
+        "{fourth}"
+    );
+
+    // Ended at its time limit (its worker with it): removed, though empty.
+    let fifth = server.run(json!({
+        "code": "import os\nprint(os.getcwd(), flush=True)\nwhile True: pass",
+        "timeout": "1s",
+    }));
+    assert_eq!(fifth["exit_code"], 124, "{fifth}");
+    assert!(!Path::new(&cwd(&fifth)).exists(), "{fifth}");
+    let sixth = server.run(json!({ "code": look }));
+    assert_ne!(cwd(&sixth), cwd(&fifth), "{sixth}");
+    assert!(server.terminate());
+    until_empty(&work, || format!("{:?}", tree(&work)));
+}
+
 /// A client's code cannot have the server fetch and install packages: a
 /// `# /// script` block that asks for any is refused (125), in a warm
 /// worker and in a `capsa run` of its own alike.
