@@ -132,7 +132,6 @@ pub struct State {
     /// Kibibytes of request bodies being read at once.
     body_kib: Arc<tokio::sync::Semaphore>,
     pool: Option<super::worker::Pool>,
-    scratches: Scratches,
     sessions: Mutex<HashMap<String, Handle>>,
     ended: Mutex<VecDeque<(String, Ended)>>,
     /// The `Host` values a tokenless server answers.
@@ -156,11 +155,6 @@ impl State {
             pool: config
                 .warm
                 .then(|| super::worker::Pool::new(&config.base.path)),
-            scratches: Scratches {
-                free: Mutex::new(Vec::new()),
-                keep: config.max_runs,
-                new_size: std::sync::OnceLock::new(),
-            },
             config,
             sessions: Mutex::new(HashMap::new()),
             ended: Mutex::new(VecDeque::new()),
@@ -706,92 +700,8 @@ pub struct RunDir(pub PathBuf);
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        // Empty once `Scratches::give_back` kept it.
-        if !self.0.as_os_str().is_empty() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+        let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Runs' scratch directories, kept for later runs. On ext4, making and
-/// removing a directory for every run kept the file system looking for a
-/// free inode among those just freed (9-12% of the server's CPU under
-/// load), so a directory a run left empty is used again. It is kept only
-/// when the run was in a warm worker that answered that it had ended and
-/// lives on (nothing of the run can still be going on), when it is still a
-/// directory with nothing in it and of the size a new one has (ext4 does
-/// not shrink a directory that once held many names), and once its times
-/// (which a run may set) are set anew: the next run, maybe another
-/// client's, finds nothing of the last. Anything else is removed, as
-/// before.
-struct Scratches {
-    free: Mutex<Vec<PathBuf>>,
-    /// At most this many are kept: one for each run going on at once.
-    keep: usize,
-    /// The size of a directory just made, as the file system gives it.
-    new_size: std::sync::OnceLock<u64>,
-}
-
-impl Scratches {
-    fn free(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A kept directory, or a new one in `runs`.
-    fn take(&self, runs: &Path) -> std::io::Result<RunDir> {
-        if let Some(path) = self.free().pop() {
-            return Ok(RunDir(path));
-        }
-        let dir = RunDir(runs.join(super::random_id()));
-        std::fs::create_dir(&dir.0)?;
-        if self.new_size.get().is_none() {
-            let size = std::fs::symlink_metadata(&dir.0)?.len();
-            let _ = self.new_size.set(size);
-        }
-        Ok(dir)
-    }
-
-    /// Keeps `dir` for a later run when its run left it empty; else it is
-    /// removed. Only for a run whose worker answered that it had ended.
-    fn give_back(&self, mut dir: RunDir) {
-        let Some(&size) = self.new_size.get() else {
-            return;
-        };
-        if self.free().len() >= self.keep || !empty_and_renewed(&dir.0, size) {
-            return;
-        }
-        let path = std::mem::take(&mut dir.0);
-        self.free().push(path);
-    }
-}
-
-/// Whether `dir` is a directory (not a link) of `size` bytes with nothing
-/// in it; its times are then set to now.
-#[cfg(unix)]
-fn empty_and_renewed(dir: &Path, size: u64) -> bool {
-    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, utimensat};
-    match std::fs::symlink_metadata(dir) {
-        Ok(m) if m.is_dir() && m.len() == size => {}
-        _ => return false,
-    }
-    let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
-    if !empty {
-        return false;
-    }
-    let now = Timespec {
-        tv_sec: 0,
-        tv_nsec: UTIME_NOW,
-    };
-    let times = Timestamps {
-        last_access: now,
-        last_modification: now,
-    };
-    utimensat(CWD, dir, &times, AtFlags::SYMLINK_NOFOLLOW).is_ok()
-}
-
-#[cfg(not(unix))]
-fn empty_and_renewed(_: &Path, _: u64) -> bool {
-    false
 }
 
 async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
@@ -818,11 +728,11 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
     };
     let id = super::random_id();
     let runs = state.config.base.path.join("runs");
-    let scratch_dir = match state.scratches.take(&runs) {
-        Ok(dir) => dir,
-        Err(e) => return internal(e),
-    };
+    let scratch_dir = RunDir(runs.join(&id));
     let scratch = scratch_dir.0.clone();
+    if let Err(e) = std::fs::create_dir(&scratch) {
+        return internal(e);
+    }
     let (policy, limits) = match state.config.ceiling.narrow(&r.asks, &scratch) {
         Ok(p) => p,
         Err(e) => return refused(e),
@@ -877,8 +787,8 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
         };
         drop(ticket);
         // The scratch directory goes when the run has ended (a streamed
-        // answer's too), or is kept for another run.
-        let scratch_dir = scratch_dir;
+        // answer's too).
+        let _scratch = &scratch_dir;
         let result = match (&state.pool, own) {
             (Some(pool), None) => {
                 let Program::Python(code) = &program else {
@@ -893,16 +803,7 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
                     python_path: &state.config.python_path,
                     args: &r.args,
                 };
-                let ran = pool.run(job, limits, tap).await;
-                match ran {
-                    Ok((result, ended_there)) => {
-                        if ended_there {
-                            state.scratches.give_back(scratch_dir);
-                        }
-                        Ok(result)
-                    }
-                    Err(e) => Err(e),
-                }
+                pool.run(job, limits, tap).await
             }
             (_, own) => {
                 let Some((dir, name)) = own else {

@@ -16,9 +16,8 @@
 //! input and audit log, which each job writes over: the same four files
 //! for all its jobs. Making and removing them for every run kept a disk's
 //! file system busy (on ext4, looking for a free inode among those just
-//! freed took from 8% to a third of the server's CPU under load). A run's
-//! scratch directory that the run left empty is used again too (see
-//! `api::Scratches`).
+//! freed took from 8% to a third of the server's CPU under load; a run's
+//! scratch directory, still made for each, is most of what is left).
 
 use super::api::RunDir;
 use super::child::{GRACE, Launch, RunResult, Tap, read_audit, run_args};
@@ -188,15 +187,13 @@ impl Pool {
         })
     }
 
-    /// Runs `job` as `capsa run` would. The flag: the worker answered
-    /// that the run had ended, and lives on (so nothing of the run is still
-    /// going on in it); not so when it was ended at a limit or died.
+    /// Runs `job` as `capsa run` would.
     pub async fn run(
         &self,
         job: Job<'_>,
         limits: super::ceiling::Limits,
         tap: Tap,
-    ) -> std::io::Result<(RunResult, bool)> {
+    ) -> std::io::Result<RunResult> {
         let start = Instant::now();
         let mut worker = self.take()?;
         // Over the last job's files: nothing is made or removed. The audit
@@ -271,6 +268,6 @@ impl Pool {
                 worker.talk.end().await;
             }
         }
-        Ok((result, alive))
+        Ok(result)
     }
 }
