@@ -812,6 +812,109 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
     o.open(path)
 }
 
+/// Removes the directory `dir` and everything in it, never through a link,
+/// and without recursion. A guest can make a tree deeper than any thread's
+/// stack (20,000 levels in a few seconds: a short name renamed under the
+/// next, again and again), and `std::fs::remove_dir_all` follows a tree by
+/// recursion until the stack overflows and the process aborts. This keeps
+/// one directory open at a time and the names still to remove at each
+/// level. Going back up, it checks that `..` is the directory it came from
+/// (its device and inode), so a tree moved while it is being removed never
+/// leads it out of `dir`.
+#[cfg(unix)]
+pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, fstat, openat, statat, unlinkat};
+    use rustix::io::Errno;
+    use std::ffi::CString;
+    use std::os::fd::OwnedFd;
+
+    struct Level {
+        /// Its name in the level above (none for `dir`).
+        name: Option<CString>,
+        id: (u64, u64),
+        /// Names still to remove, and whether each is a directory.
+        pending: Vec<(CString, bool)>,
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let id = |fd: &OwnedFd| -> std::io::Result<(u64, u64)> {
+        let s = fstat(fd)?;
+        Ok((s.st_dev as u64, s.st_ino as u64))
+    };
+    let level = |name: Option<CString>, fd: &OwnedFd| -> std::io::Result<Level> {
+        let mut pending = Vec::new();
+        for entry in Dir::read_from(fd)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let is_dir = match entry.file_type() {
+                FileType::Directory => true,
+                FileType::Unknown => statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory),
+                _ => false,
+            };
+            pending.push((name.to_owned(), is_dir));
+        }
+        Ok(Level {
+            name,
+            id: id(fd)?,
+            pending,
+        })
+    };
+    let mut cur = openat(CWD, dir, flags, Mode::empty())?;
+    let mut levels = vec![level(None, &cur)?];
+    while let Some(top) = levels.last_mut() {
+        if let Some((name, is_dir)) = top.pending.pop() {
+            if !is_dir {
+                match unlinkat(&cur, &name, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => continue,
+                    // Made a directory since it was listed.
+                    Err(Errno::ISDIR | Errno::PERM) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match unlinkat(&cur, &name, AtFlags::REMOVEDIR) {
+                Ok(()) | Err(Errno::NOENT) => continue,
+                Err(Errno::NOTEMPTY | Errno::EXIST) => {}
+                // No longer a directory since it was listed.
+                Err(Errno::NOTDIR) => match unlinkat(&cur, &name, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+                Err(e) => return Err(e.into()),
+            }
+            let child = openat(&cur, &name, flags, Mode::empty())?;
+            levels.push(level(Some(name), &child)?);
+            cur = child;
+            continue;
+        }
+        let done = levels.pop().and_then(|l| l.name);
+        let (Some(parent), Some(name)) = (levels.last(), done) else {
+            break;
+        };
+        let up = openat(&cur, c"..", flags, Mode::empty())?;
+        if id(&up)? != parent.id {
+            return Err(std::io::Error::other(
+                "a directory was moved while it was being removed",
+            ));
+        }
+        cur = up;
+        match unlinkat(&cur, &name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(cur);
+    std::fs::remove_dir(dir)
+}
+
+/// Removes the directory `dir` and everything in it.
+#[cfg(not(unix))]
+pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    std::fs::remove_dir_all(dir)
+}
+
 /// Whether [`store`] could write `entry` now: its directory is private and
 /// a file can be made there (made and removed at once).
 pub(crate) fn can_store(root: &Path, entry: &Path) -> bool {
@@ -862,6 +965,69 @@ pub(crate) fn store(root: &Path, entry: &Path, bytes: &[u8]) -> std::io::Result<
 
 #[cfg(test)]
 mod tests {
+    /// A tree deeper than any stack, with links out of it and odd entries,
+    /// is removed on a thread with a small stack; what the links lead to is
+    /// left as it was.
+    #[cfg(unix)]
+    #[test]
+    fn a_tree_deeper_than_the_stack_is_removed_and_no_link_is_followed() {
+        use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
+        let base = std::env::temp_dir().join(format!("capsa-remove-tree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let outside = base.join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep.txt"), "kept").unwrap();
+        let root = base.join("tree");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+        std::os::unix::fs::symlink(outside.join("keep.txt"), root.join("file-out")).unwrap();
+        std::fs::write(root.join("plain"), "x").unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            root.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut cur = openat(CWD, &root, flags, Mode::empty()).unwrap();
+        for i in 0..30_000 {
+            mkdirat(&cur, c"d", Mode::from_raw_mode(0o700)).unwrap();
+            if i % 1000 == 0 {
+                std::fs::write(
+                    format!("/proc/self/fd/{}/f", std::os::fd::AsRawFd::as_raw_fd(&cur)),
+                    "x",
+                )
+                .unwrap();
+                let link = format!("/proc/self/fd/{}/up", std::os::fd::AsRawFd::as_raw_fd(&cur));
+                std::os::unix::fs::symlink(&outside, link).unwrap();
+            }
+            cur = openat(&cur, c"d", flags, Mode::empty()).unwrap();
+        }
+        drop(cur);
+        let r = root.clone();
+        let removed = std::thread::Builder::new()
+            .stack_size(128 << 10)
+            .spawn(move || super::remove_tree(&r))
+            .unwrap()
+            .join()
+            .unwrap();
+        removed.unwrap();
+        assert!(!root.exists());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("keep.txt")).unwrap(),
+            "kept"
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+        assert_eq!(
+            super::remove_tree(&root).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
     /// A file dropped from the page cache is read back, whole 2 MiB pieces
     /// of it, by `read_ahead_in_large_pages`; its bytes are untouched.
     #[cfg(target_os = "linux")]

@@ -972,6 +972,32 @@ fn runs_in_a_worker_reuse_its_files_and_see_none_of_the_last_run() {
     until_empty(&work, || format!("{:?}", tree(&work)));
 }
 
+/// A run (or a session) that leaves a tree deeper than any stack (a short
+/// name renamed under the next, again and again) has it removed, and the
+/// server goes on: removing it by recursion overflowed the server's stack.
+#[test]
+fn a_tree_deeper_than_the_servers_stack_is_removed_and_the_server_goes_on() {
+    let (_t, work) = scratch();
+    let server = Server::start(&[&format!("--work-dir={}", s(&work))]);
+    let deep = "import os\nos.mkdir('c')\nfor i in range(25000):\n    os.mkdir('t'); os.rename('c', 't/c'); os.rename('t', 'c')\nprint(os.getcwd())";
+    let r = server.run(json!({ "code": deep, "timeout": "60s" }));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let cwd = r["stdout"].as_str().unwrap().trim().to_string();
+    assert!(cwd.starts_with(s(&work)), "{r}");
+    let id = server.session(json!({}));
+    let e = server.exec(&id, deep);
+    assert_eq!(e["exit_code"], 0, "{e}");
+    let session_dir = e["stdout"].as_str().unwrap().trim().to_string();
+    let gone = server.raw("DELETE", &format!("/v1/sessions/{id}"), &[], b"");
+    assert!(gone.status < 300, "{}", String::from_utf8_lossy(&gone.body));
+    let after = server.run(json!({ "code": "print(1)" }));
+    assert_eq!(after["stdout"], "1\n", "{after}");
+    assert!(!Path::new(&cwd).exists(), "{cwd}");
+    assert!(!Path::new(&session_dir).exists(), "{session_dir}");
+    assert!(server.terminate());
+    until_empty(&work, || format!("{:?}", tree(&work)));
+}
+
 /// A client's code cannot have the server fetch and install packages: a
 /// `# /// script` block that asks for any is refused (125), in a warm
 /// worker and in a `capsa run` of its own alike.

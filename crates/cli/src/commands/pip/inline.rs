@@ -308,11 +308,11 @@ pub fn environment(requirements: &[String], user: &SandboxArgs) -> Result<PathBu
     match std::fs::rename(&staged, &dir) {
         Ok(()) => Ok(dir.join("lib")),
         Err(_) if dir.join(".complete").is_file() => {
-            let _ = std::fs::remove_dir_all(&staged);
+            let _ = capsa_sandbox::load::remove_tree(&staged);
             super::trusted(&root, &dir.join("lib")).map(|()| dir.join("lib"))
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&staged);
+            let _ = capsa_sandbox::load::remove_tree(&staged);
             Err(io(e))
         }
     }

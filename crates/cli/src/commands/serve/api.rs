@@ -81,7 +81,7 @@ impl WorkDir {
     /// Removes what the server made.
     pub fn remove(&self) {
         if self.owned {
-            let _ = std::fs::remove_dir_all(&self.path);
+            let _ = capsa_sandbox::load::remove_tree(&self.path);
         }
     }
 }
@@ -700,7 +700,7 @@ pub struct RunDir(pub PathBuf);
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = capsa_sandbox::load::remove_tree(&self.0);
     }
 }
 
@@ -928,7 +928,7 @@ async fn post_session(state: &State, asks: Asks) -> Answer {
     let (mut policy, limits) = match state.config.ceiling.narrow(&asks, &scratch) {
         Ok(p) => p,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = capsa_sandbox::load::remove_tree(&dir);
             return refused(e);
         }
     };
@@ -942,7 +942,7 @@ async fn post_session(state: &State, asks: Asks) -> Answer {
         .map_err(|e| e.to_string())
         .and_then(|t| std::fs::write(&policy_file, t).map_err(|e| e.to_string()));
     if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = capsa_sandbox::load::remove_tree(&dir);
         return internal(e);
     }
     let program = state.config.base.path.join("session.py");
@@ -980,7 +980,7 @@ async fn post_session(state: &State, asks: Asks) -> Answer {
             json(StatusCode::CREATED, &serde_json::json!({"id": id}))
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = capsa_sandbox::load::remove_tree(&dir);
             internal(format!("cannot start a session: {e}"))
         }
     }

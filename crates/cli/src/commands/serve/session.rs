@@ -105,7 +105,7 @@ impl Session {
     /// Ends the interpreter and removes its files.
     pub async fn end(&mut self) {
         self.talk.end().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = capsa_sandbox::load::remove_tree(&self.dir);
     }
 }
 
