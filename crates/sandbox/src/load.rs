@@ -820,7 +820,9 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
 /// one directory open at a time and the names still to remove at each
 /// level. Going back up, it checks that `..` is the directory it came from
 /// (its device and inode), so a tree moved while it is being removed never
-/// leads it out of `dir`.
+/// leads it out of `dir`; going down, that it has not met the directory
+/// already on its way, so a tree a running guest renames in a loop ends it
+/// with an error instead of a walk without end.
 #[cfg(unix)]
 pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
     use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, fstat, openat, statat, unlinkat};
@@ -864,6 +866,9 @@ pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
     };
     let mut cur = openat(CWD, dir, flags, Mode::empty())?;
     let mut levels = vec![level(None, &cur)?];
+    // The directories now open on the way down: one met again is a loop
+    // that a guest still running made by renaming them (it never ends).
+    let mut on_path = std::collections::HashSet::from([levels[0].id]);
     while let Some(top) = levels.last_mut() {
         if let Some((name, is_dir)) = top.pending.pop() {
             if !is_dir {
@@ -885,11 +890,20 @@ pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
                 Err(e) => return Err(e.into()),
             }
             let child = openat(&cur, &name, flags, Mode::empty())?;
-            levels.push(level(Some(name), &child)?);
+            let next = level(Some(name), &child)?;
+            if !on_path.insert(next.id) {
+                return Err(std::io::Error::other(
+                    "a directory was moved while it was being removed",
+                ));
+            }
+            levels.push(next);
             cur = child;
             continue;
         }
-        let done = levels.pop().and_then(|l| l.name);
+        let done = levels.pop().and_then(|l| {
+            on_path.remove(&l.id);
+            l.name
+        });
         let (Some(parent), Some(name)) = (levels.last(), done) else {
             break;
         };

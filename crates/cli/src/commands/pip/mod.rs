@@ -302,15 +302,27 @@ pub(crate) fn private_dir() -> tempfile::Builder<'static, 'static> {
     tempfile::Builder::new()
 }
 
+/// A temporary folder, removed with everything in it when dropped, without
+/// recursion: a guest (pip's build code) may have made a tree there deeper
+/// than the stack (see `capsa_sandbox::load::remove_tree`).
+pub(crate) struct TempTree(PathBuf);
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        let _ = capsa_sandbox::load::remove_tree(&self.0);
+    }
+}
+
 /// A fresh private temporary folder (see [`private_dir`]) and its real path.
-pub(crate) fn private_temp(prefix: &str) -> Result<(tempfile::TempDir, PathBuf), i32> {
+pub(crate) fn private_temp(prefix: &str) -> Result<(TempTree, PathBuf), i32> {
     let dir = private_dir().prefix(prefix).tempdir().map_err(|e| {
         fail(
             exit::INTERNAL,
             anyhow::anyhow!("cannot make a temporary directory: {e}"),
         )
     })?;
-    let path = super::run::canonical_or(dir.path());
+    let dir = TempTree(dir.keep());
+    let path = super::run::canonical_or(&dir.0);
     Ok((dir, path))
 }
 
