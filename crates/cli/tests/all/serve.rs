@@ -899,6 +899,38 @@ fn sigterm_ends_every_sandbox_and_removes_the_servers_files() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// SIGTERM while a run is still making files fast: the run is ended before
+/// the server's files are removed, so nothing is left (its directories were
+/// left, made while they were being removed).
+#[test]
+fn sigterm_during_a_run_making_files_leaves_nothing() {
+    let (_t, work) = scratch();
+    let server = Server::start(&[&format!("--work-dir={}", s(&work))]);
+    let busy = "import os\ni = 0\nwhile True:\n    try:\n        os.makedirs(f's{i}/a/b'); open(f's{i}/a/b/f', 'w').write('x')\n    except Exception:\n        pass\n    i += 1";
+    hang_up(&server, "/v1/run", &json!({"code": busy, "timeout": "30s"}));
+    // Until the run has made some of its files.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    fn files(dir: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => files(&e.path()),
+                Ok(_) => 1,
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    while files(&work) < 50 {
+        assert!(Instant::now() < deadline, "no files made");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.terminate());
+    until_empty(&work, || format!("{:?}", tree(&work)));
+}
+
 /// A warm worker's runs write their program, policy, input and audit log
 /// over the worker's own files: one run after another makes nothing but
 /// its scratch directory. The program sees its own script there and

@@ -225,7 +225,18 @@ impl State {
         for (_, h) in all {
             h.end().await;
         }
-        self.config.base.remove();
+        if let Some(pool) = &self.pool {
+            pool.end().await;
+        }
+        // A run just ended removes its own directory at the same time;
+        // whichever is second finds a name already gone.
+        for _ in 0..50 {
+            self.config.base.remove();
+            if !self.config.base.path.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

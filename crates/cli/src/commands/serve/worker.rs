@@ -25,6 +25,8 @@ use super::session::Conversation;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
 
 #[derive(Serialize, Deserialize)]
@@ -150,6 +152,20 @@ pub struct Job<'a> {
 pub struct Pool {
     idle: std::sync::Mutex<Vec<Worker>>,
     cwd: PathBuf,
+    /// Jobs going on, and whether the server is ending (then no job
+    /// starts, and each going on is ended).
+    busy: AtomicUsize,
+    ending: AtomicBool,
+    end_now: tokio::sync::Notify,
+}
+
+/// One job going on, counted while it lasts.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 impl Pool {
@@ -157,6 +173,22 @@ impl Pool {
         Pool {
             idle: std::sync::Mutex::new(Vec::new()),
             cwd: cwd.to_path_buf(),
+            busy: AtomicUsize::new(0),
+            ending: AtomicBool::new(false),
+            end_now: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Ends every job going on (its worker, reaped) and starts no other, so
+    /// that no run makes files while the server removes them. Waits 10 s
+    /// at most.
+    pub async fn end(&self) {
+        self.ending.store(true, SeqCst);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while self.busy.load(SeqCst) > 0 && Instant::now() < deadline {
+            // Again and again: a job between two waits misses one.
+            self.end_now.notify_waiters();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
@@ -195,6 +227,12 @@ impl Pool {
         tap: Tap,
     ) -> std::io::Result<RunResult> {
         let start = Instant::now();
+        // Counted before the check, so `end` sees this job or it sees `end`.
+        self.busy.fetch_add(1, SeqCst);
+        let _busy = Busy(&self.busy);
+        if self.ending.load(SeqCst) {
+            return Err(std::io::Error::other("the server is ending"));
+        }
         let mut worker = self.take()?;
         // Over the last job's files: nothing is made or removed. The audit
         // log is emptied here, so a run that ends before it opens its own
@@ -245,7 +283,7 @@ impl Pool {
                 GRACE,
                 limits.max_output,
                 &tap,
-                &tokio::sync::Notify::new(),
+                &self.end_now,
             )
             .await;
         let audit = std::fs::read(launch.audit_file).unwrap_or_default();
