@@ -798,8 +798,7 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
         };
         drop(ticket);
         // The scratch directory goes when the run has ended (a streamed
-        // answer's too).
-        let _scratch = &scratch_dir;
+        // answer's too), below.
         let result = match (&state.pool, own) {
             (Some(pool), None) => {
                 let Program::Python(code) = &program else {
@@ -835,6 +834,9 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
                 run_once(launch, r.stdin.into_bytes(), limits, tap).await
             }
         };
+        // A tree the guest made may take seconds to remove (a deep one): on
+        // a thread for blocking work, so that other requests go on.
+        let _ = tokio::task::spawn_blocking(move || drop(scratch_dir)).await;
         match result {
             Ok(result) => Ok(serde_json::to_value(&result).unwrap_or_default()),
             Err(e) => Err(format!("cannot start a run: {e}")),

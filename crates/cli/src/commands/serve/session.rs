@@ -105,7 +105,9 @@ impl Session {
     /// Ends the interpreter and removes its files.
     pub async fn end(&mut self) {
         self.talk.end().await;
-        let _ = capsa_sandbox::load::remove_tree(&self.dir);
+        // Off the threads that answer requests: a deep tree takes seconds.
+        let dir = self.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || capsa_sandbox::load::remove_tree(&dir)).await;
     }
 }
 
