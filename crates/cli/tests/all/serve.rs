@@ -326,6 +326,88 @@ fn a_request_may_ask_for_less_than_the_operator_granted_never_more() {
     }
 }
 
+/// The operator keeps `sub/ref` read-only inside a writable directory. A
+/// run or session that asks only for the writable directory must not get
+/// what the operator kept back: no write in `sub/ref`, and no renaming its
+/// way to it, which would re-point the grant for the runs after it.
+#[test]
+fn a_run_asking_for_a_directory_keeps_the_operators_grants_inside_it() {
+    let (_t, dir) = scratch();
+    let refd = dir.join("sub/ref");
+    std::fs::create_dir_all(&refd).unwrap();
+    std::fs::write(refd.join("a.txt"), "operator's").unwrap();
+    let server = Server::start(&[
+        &format!("--allow-write={}", s(&dir)),
+        &format!("--allow-read={}", s(&refd)),
+    ]);
+    let moved = dir.join("moved");
+    let attack = format!(
+        r#"
+import os
+tries = [
+    lambda: open({a:?}, "w").write("forged"),
+    lambda: open({a:?}, "a").write("forged"),
+    lambda: os.unlink({a:?}),
+    lambda: os.rename({sub:?}, {moved:?}),
+    lambda: os.rename({refd:?}, {moved:?}),
+    lambda: os.rmdir({refd:?}),
+    lambda: os.mkdir({inside:?}),
+]
+for t in tries:
+    try:
+        t()
+        print("done")
+    except OSError:
+        print("refused")
+_ = open({new:?}, "w").write("mine")
+"#,
+        a = s(&refd.join("a.txt")),
+        sub = s(&dir.join("sub")),
+        refd = s(&refd),
+        inside = s(&refd.join("new")),
+        moved = s(&moved),
+        new = s(&dir.join("new.txt")),
+    );
+    for asks in [
+        json!({"allow_write": [s(&dir)]}),
+        json!({"allow_write": [s(&dir)], "allow_read": []}),
+    ] {
+        let mut req = asks.clone();
+        req["code"] = json!(attack);
+        let r = server.run(req);
+        assert_eq!(r["exit_code"], 0, "{asks}: {r}");
+        assert_eq!(r["stdout"], "refused\n".repeat(7), "{asks}: {r}");
+        // What it was granted, it could do.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("new.txt")).unwrap(),
+            "mine"
+        );
+        std::fs::remove_file(dir.join("new.txt")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(refd.join("a.txt")).unwrap(),
+            "operator's"
+        );
+        assert!(!moved.exists() && !refd.join("new").exists());
+    }
+    // The runs after it still get what the operator granted.
+    let r = server.run(json!({
+        "code": format!(
+            "print(open({:?}).read())",
+            s(&refd.join("a.txt"))
+        ),
+        "allow_read": [s(&refd)],
+    }));
+    assert_eq!(r["stdout"], "operator's\n", "{r}");
+    // A session asking for the directory is held the same way.
+    let id = server.session(json!({"allow_write": [s(&dir)]}));
+    let r = server.exec(&id, &attack);
+    assert_eq!(r["stdout"], "refused\n".repeat(7), "{r}");
+    assert_eq!(
+        std::fs::read_to_string(refd.join("a.txt")).unwrap(),
+        "operator's"
+    );
+}
+
 #[test]
 fn a_hostile_run_ends_alone_and_the_good_one_beside_it_is_intact() {
     let server = std::sync::Arc::new(Server::start(&["--timeout=3s", "--memory=128M"]));

@@ -126,18 +126,16 @@ impl Ceiling {
         if asks.allow_read.is_some() || asks.allow_write.is_some() {
             raw.allow_read.clear();
             raw.allow_write.clear();
+            let mut asked = Vec::new();
             for (items, access) in [
                 (&asks.allow_read, Access::Read),
                 (&asks.allow_write, Access::ReadWrite),
             ] {
                 for item in items.iter().flatten() {
-                    let entry = self.fs_entry(item, access)?;
-                    match access {
-                        Access::Read => raw.allow_read.push(entry.spec.clone()),
-                        Access::ReadWrite => raw.allow_write.push(entry.spec.clone()),
-                    }
+                    asked.push((self.fs_entry(item, access)?, access));
                 }
             }
+            (raw.allow_read, raw.allow_write) = self.keep_within(&asked);
         }
         if let Some(items) = &asks.allow_net {
             raw.allow_net = self.subset("allow-net", items, |item| {
@@ -209,6 +207,41 @@ impl Ceiling {
             None => "none".into(),
         }));
         Ok((raw, limits))
+    }
+
+    /// The grants of a run that asked for `asked`: those, and every grant
+    /// of the operator's that lies within one of them, so that what the
+    /// operator kept read-only inside a writable directory stays so (a run
+    /// asking only for the directory would otherwise write in it, and
+    /// rename its way to it for later runs). Such a grant gets at most the
+    /// access of the asked one it lies in. (A grant reached through a link
+    /// in a writable one is refused when the server starts.)
+    fn keep_within(&self, asked: &[(&FsEntry, Access)]) -> (Vec<String>, Vec<String>) {
+        let (mut read, mut write) = (Vec::new(), Vec::new());
+        let mut add = |e: &FsEntry, access| match access {
+            Access::Read => read.push(e.spec.clone()),
+            Access::ReadWrite => write.push(e.spec.clone()),
+        };
+        for (e, access) in asked {
+            add(e, *access);
+        }
+        for c in &self.fs {
+            if asked.iter().any(|(r, _)| r.canonical == c.canonical) {
+                continue;
+            }
+            let within = asked
+                .iter()
+                .filter(|(r, _)| c.canonical.starts_with(&r.canonical))
+                .max_by_key(|(r, _)| r.canonical.components().count());
+            if let Some((_, around)) = within {
+                let access = match (c.access, around) {
+                    (Access::ReadWrite, Access::ReadWrite) => Access::ReadWrite,
+                    _ => Access::Read,
+                };
+                add(c, access);
+            }
+        }
+        (read, write)
     }
 
     fn fs_entry(&self, item: &str, access: Access) -> Result<&FsEntry, Refusal> {
