@@ -986,8 +986,21 @@ fn sigterm_ends_every_sandbox_and_removes_the_servers_files() {
 /// left, made while they were being removed).
 #[test]
 fn sigterm_during_a_run_making_files_leaves_nothing() {
+    // In a warm worker, and in a process of its own (`--cold`, as every
+    // WebAssembly program runs).
+    for cold in [false, true] {
+        sigterm_during_a_run_making_files(cold);
+    }
+}
+
+fn sigterm_during_a_run_making_files(cold: bool) {
     let (_t, work) = scratch();
-    let server = Server::start(&[&format!("--work-dir={}", s(&work))]);
+    let work_dir = format!("--work-dir={}", s(&work));
+    let mut flags = vec![work_dir.as_str()];
+    if cold {
+        flags.push("--cold");
+    }
+    let server = Server::start(&flags);
     let busy = "import os\ni = 0\nwhile True:\n    try:\n        os.makedirs(f's{i}/a/b'); open(f's{i}/a/b/f', 'w').write('x')\n    except Exception:\n        pass\n    i += 1";
     hang_up(&server, "/v1/run", &json!({"code": busy, "timeout": "30s"}));
     // Until the run has made some of its files.
@@ -1006,11 +1019,14 @@ fn sigterm_during_a_run_making_files_leaves_nothing() {
             .sum()
     }
     while files(&work) < 50 {
-        assert!(Instant::now() < deadline, "no files made");
+        assert!(Instant::now() < deadline, "no files made (cold: {cold})");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(server.terminate());
-    until_empty(&work, || format!("{:?}", tree(&work)));
+    until_empty(&work, || {
+        let names: Vec<_> = tree(&work).into_iter().map(|(n, _)| n).collect();
+        format!("cold: {cold}: {names:?}")
+    });
 }
 
 /// A warm worker's runs write their program, policy, input and audit log

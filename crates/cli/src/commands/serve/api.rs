@@ -132,6 +132,8 @@ pub struct State {
     /// Kibibytes of request bodies being read at once.
     body_kib: Arc<tokio::sync::Semaphore>,
     pool: Option<super::worker::Pool>,
+    /// Every run going on, warm or in a process of its own.
+    gate: super::worker::Gate,
     sessions: Mutex<HashMap<String, Handle>>,
     ended: Mutex<VecDeque<(String, Ended)>>,
     /// The `Host` values a tokenless server answers.
@@ -152,6 +154,7 @@ impl State {
             max_connections: connections,
             peers: Mutex::new(HashMap::new()),
             body_kib: Arc::new(tokio::sync::Semaphore::new(BODIES_KIB)),
+            gate: Default::default(),
             pool: config
                 .warm
                 .then(|| super::worker::Pool::new(&config.base.path)),
@@ -225,9 +228,7 @@ impl State {
         for (_, h) in all {
             h.end().await;
         }
-        if let Some(pool) = &self.pool {
-            pool.end().await;
-        }
+        self.gate.end().await;
         // A run just ended removes its own directory at the same time;
         // whichever is second finds a name already gone.
         for _ in 0..50 {
@@ -813,7 +814,7 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
                     python_path: &state.config.python_path,
                     args: &r.args,
                 };
-                pool.run(job, limits, tap).await
+                pool.run(job, limits, tap, &state.gate).await
             }
             (_, own) => {
                 let Some((dir, name)) = own else {
@@ -831,7 +832,7 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
                     program: &dir.0.join(name),
                     args: &r.args,
                 };
-                run_once(launch, r.stdin.into_bytes(), limits, tap).await
+                run_once(launch, r.stdin.into_bytes(), limits, tap, &state.gate).await
             }
         };
         // A tree the guest made may take seconds to remove (a deep one): on

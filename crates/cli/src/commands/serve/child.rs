@@ -171,8 +171,10 @@ pub async fn run_once(
     stdin: Vec<u8>,
     limits: Limits,
     tap: Tap,
+    gate: &super::worker::Gate,
 ) -> std::io::Result<RunResult> {
     let start = Instant::now();
+    let _entered = gate.enter()?;
     let mut child = command(&launch).spawn()?;
     let mut input = child.stdin.take();
     let feed = async move {
@@ -195,9 +197,11 @@ pub async fn run_once(
         limits.max_output,
         tap.as_ref().map(|t| (t, Stream::Stderr)),
     );
-    let wait = wait_within(&mut child, limits.timeout);
+    let wait = wait_within(&mut child, limits.timeout, &gate.end_now);
     let ((), (stdout, _), (stderr, _), status) = tokio::join!(feed, out, err, wait);
-    let (exit_code, killed) = status?;
+    let Some((exit_code, killed)) = status? else {
+        return Err(std::io::Error::other("the server is ending"));
+    };
     let audit = std::fs::read(launch.audit_file).unwrap_or_default();
     let (denials, mut limit) = read_audit(&audit);
     let exit_code = if killed {
@@ -217,19 +221,32 @@ pub async fn run_once(
     })
 }
 
-/// The child's exit code, or that the server had to end it.
-async fn wait_within(child: &mut Child, timeout: Option<Duration>) -> std::io::Result<(i32, bool)> {
-    let status = match timeout {
-        None => child.wait().await?,
-        Some(t) => match tokio::time::timeout(t + GRACE, child.wait()).await {
-            Ok(s) => s?,
-            Err(_) => {
-                let _ = child.kill().await;
-                return Ok((capsa_sandbox::exit::TIMEOUT, true));
-            }
-        },
+/// The child's exit code, or that the server had to end it at its time
+/// limit; `None` when the server is ending (the child killed and reaped).
+async fn wait_within(
+    child: &mut Child,
+    timeout: Option<Duration>,
+    end: &tokio::sync::Notify,
+) -> std::io::Result<Option<(i32, bool)>> {
+    let limit = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t + GRACE).await,
+            None => std::future::pending().await,
+        }
     };
-    Ok((exit_code(status), false))
+    let status = tokio::select! {
+        s = child.wait() => s?,
+        () = limit => {
+            let _ = child.kill().await;
+            return Ok(Some((capsa_sandbox::exit::TIMEOUT, true)));
+        }
+        () = end.notified() => {
+            // `kill` waits for the child too: it makes no file after this.
+            let _ = child.kill().await;
+            return Ok(None);
+        }
+    };
+    Ok(Some((exit_code(status), false)))
 }
 
 pub fn exit_code(status: std::process::ExitStatus) -> i32 {

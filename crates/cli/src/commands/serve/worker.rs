@@ -148,24 +148,55 @@ pub struct Job<'a> {
     pub args: &'a [String],
 }
 
+/// Runs going on, in warm workers or in processes of their own, and
+/// whether the server is ending: then no run starts, and each going on is
+/// ended (its process killed and reaped).
+#[derive(Default)]
+pub struct Gate {
+    busy: AtomicUsize,
+    ending: AtomicBool,
+    /// Signalled, again and again, while the server ends.
+    pub end_now: tokio::sync::Notify,
+}
+
+/// One run going on, counted while it lasts.
+pub struct Entered<'a>(&'a AtomicUsize);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Gate {
+    /// Counts a run that starts, unless the server is ending.
+    pub fn enter(&self) -> std::io::Result<Entered<'_>> {
+        // Counted before the check, so `end` sees this run or it sees `end`.
+        self.busy.fetch_add(1, SeqCst);
+        let entered = Entered(&self.busy);
+        if self.ending.load(SeqCst) {
+            return Err(std::io::Error::other("the server is ending"));
+        }
+        Ok(entered)
+    }
+
+    /// Ends every run going on and starts no other, so that no run makes
+    /// files while the server removes them. Waits 10 s at most.
+    pub async fn end(&self) {
+        self.ending.store(true, SeqCst);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while self.busy.load(SeqCst) > 0 && Instant::now() < deadline {
+            // Again and again: a run between two waits misses one.
+            self.end_now.notify_waiters();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Workers not busy with a job.
 pub struct Pool {
     idle: std::sync::Mutex<Vec<Worker>>,
     cwd: PathBuf,
-    /// Jobs going on, and whether the server is ending (then no job
-    /// starts, and each going on is ended).
-    busy: AtomicUsize,
-    ending: AtomicBool,
-    end_now: tokio::sync::Notify,
-}
-
-/// One job going on, counted while it lasts.
-struct Busy<'a>(&'a AtomicUsize);
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
-    }
 }
 
 impl Pool {
@@ -173,22 +204,6 @@ impl Pool {
         Pool {
             idle: std::sync::Mutex::new(Vec::new()),
             cwd: cwd.to_path_buf(),
-            busy: AtomicUsize::new(0),
-            ending: AtomicBool::new(false),
-            end_now: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// Ends every job going on (its worker, reaped) and starts no other, so
-    /// that no run makes files while the server removes them. Waits 10 s
-    /// at most.
-    pub async fn end(&self) {
-        self.ending.store(true, SeqCst);
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while self.busy.load(SeqCst) > 0 && Instant::now() < deadline {
-            // Again and again: a job between two waits misses one.
-            self.end_now.notify_waiters();
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
@@ -225,14 +240,10 @@ impl Pool {
         job: Job<'_>,
         limits: super::ceiling::Limits,
         tap: Tap,
+        gate: &Gate,
     ) -> std::io::Result<RunResult> {
         let start = Instant::now();
-        // Counted before the check, so `end` sees this job or it sees `end`.
-        self.busy.fetch_add(1, SeqCst);
-        let _busy = Busy(&self.busy);
-        if self.ending.load(SeqCst) {
-            return Err(std::io::Error::other("the server is ending"));
-        }
+        let _entered = gate.enter()?;
         let mut worker = self.take()?;
         // Over the last job's files: nothing is made or removed. The audit
         // log is emptied here, so a run that ends before it opens its own
@@ -283,7 +294,7 @@ impl Pool {
                 GRACE,
                 limits.max_output,
                 &tap,
-                &self.end_now,
+                &gate.end_now,
             )
             .await;
         let audit = std::fs::read(launch.audit_file).unwrap_or_default();
