@@ -258,6 +258,10 @@ fn a_request_may_ask_for_less_than_the_operator_granted_never_more() {
     let (_o, other) = scratch();
     std::fs::write(dir.join("a.txt"), "a").unwrap();
     std::fs::write(other.join("secret.txt"), "secret").unwrap();
+    // A link to the granted directory is not its name: names are compared
+    // as text, never looked up on the host.
+    let link = other.join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
     let server = Server::start(&[
         &format!("--allow-read={}", s(&dir)),
         "--allow-net=127.0.0.1:9",
@@ -266,6 +270,7 @@ fn a_request_may_ask_for_less_than_the_operator_granted_never_more() {
     ]);
     for (asks, why) in [
         (json!({"allow_read": [s(&other)]}), "--allow-read="),
+        (json!({"allow_read": [s(&link)]}), "--allow-read="),
         (json!({"allow_write": [s(&dir)]}), "--allow-write="),
         (
             json!({"allow_net": ["127.0.0.1:10"]}),
@@ -293,7 +298,7 @@ fn a_request_may_ask_for_less_than_the_operator_granted_never_more() {
     // A subset: the operator's own grant, the same rule, lower limits.
     let r = server.run(json!({
         "code": format!("print(open({:?}).read())", s(&dir.join("a.txt"))),
-        "allow_read": [s(&dir)], "allow_net": ["127.0.0.1:9"], "memory": "64M", "timeout": "5s",
+        "allow_read": [format!("{}/", s(&dir))], "allow_net": ["127.0.0.1:9"], "memory": "64M", "timeout": "5s",
     }));
     assert_eq!(r["stdout"], "a\n", "{r}");
     // Asking for no grants at all takes the operator's away.
@@ -310,6 +315,10 @@ fn a_request_may_ask_for_less_than_the_operator_granted_never_more() {
     for asks in [
         json!({"allow_read": ["relative/path"]}),
         json!({"allow_read": [format!("{}::/x", s(&dir))]}),
+        // `..` would have the server look the name up: whether the
+        // directory before it exists would show in the answer.
+        json!({"allow_read": [format!("{}/../{}", s(&other), s(&dir))]}),
+        json!({"allow_read": [format!("{}/../{}", s(&other.join("nothing")), s(&dir))]}),
         json!({"allow_net": ["a.com,b.com"]}),
         json!({"memory": "lots"}),
         json!({"allow_everything": true}),

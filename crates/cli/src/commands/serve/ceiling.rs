@@ -42,6 +42,8 @@ struct FsEntry {
     spec: String,
     access: Access,
     canonical: PathBuf,
+    /// The host path as the operator gave it, made absolute.
+    given: PathBuf,
 }
 
 pub struct Ceiling {
@@ -93,10 +95,12 @@ impl Ceiling {
                 };
                 let resolved = super::super::run::resolve(one, cwd)?;
                 let canonical = resolved.fs.grants[0].host.clone();
+                let given = spec.split_once("::").map_or(spec, |(host, _)| host);
                 fs.push(FsEntry {
                     spec: spec.to_string(),
                     access,
                     canonical,
+                    given: Path::new(given).components().collect(),
                 });
             }
         }
@@ -278,11 +282,23 @@ impl Ceiling {
                 capsa_policy::escape_for_terminal(item)
             )));
         }
-        let canonical = capsa_sandbox::load::canonical(Path::new(item)).map_err(|_| beyond())?;
+        if Path::new(item)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(Refusal::Bad(format!(
+                "{flag}: {} must be one host path the server grants, without `..`",
+                capsa_policy::escape_for_terminal(item)
+            )));
+        }
+        // Compared as text, as the operator gave it or as it resolved when
+        // the server started: a name a client sends is never looked up on
+        // the host, which would tell it what exists there.
+        let asked: PathBuf = Path::new(item).components().collect();
         self.fs
             .iter()
             .find(|e| {
-                e.canonical == canonical
+                (e.given == asked || e.canonical == asked)
                     && (access == Access::Read || e.access == Access::ReadWrite)
             })
             .ok_or_else(beyond)
