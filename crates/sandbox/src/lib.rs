@@ -274,6 +274,13 @@ fn engine(fuel: bool) -> Result<Engine, RunError> {
     Engine::new(&config).map_err(|e| RunError::Setup(format!("cannot start the engine: {e:#}")))
 }
 
+/// Whether `policy`'s grants can be mounted as given (a single file keeps
+/// its name; two host paths cannot share a guest path), for a caller that
+/// checks a policy long before it runs one.
+pub fn check_mounts(policy: &Policy) -> Result<(), RunError> {
+    preopens(policy, None).map(drop)
+}
+
 /// One preopen per granted directory, and one per directory holding granted
 /// files, which shows only those files.
 ///

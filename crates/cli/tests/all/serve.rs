@@ -1242,6 +1242,30 @@ fn a_worker_that_died_while_idle_is_not_handed_to_a_run() {
     assert_eq!(r["stdout"], "2\n", "{r}");
 }
 
+/// A grant that no run could mount is refused when the server starts, not
+/// by every run after.
+#[test]
+fn grants_no_run_could_mount_are_refused_at_start() {
+    let (_t, dir) = scratch();
+    std::fs::write(dir.join("r.txt"), "r").unwrap();
+    std::fs::create_dir(dir.join("a")).unwrap();
+    std::fs::create_dir(dir.join("b")).unwrap();
+    refused_start(
+        &[&format!(
+            "--allow-read={}::/data/other.txt",
+            s(&dir.join("r.txt"))
+        )],
+        "keeps its name",
+    );
+    refused_start(
+        &[
+            &format!("--allow-read={}::/data", s(&dir.join("a"))),
+            &format!("--allow-read={}::/data", s(&dir.join("b"))),
+        ],
+        "is already granted from",
+    );
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn python_path_is_held_to_the_same_checks_as_grants() {
@@ -1352,14 +1376,26 @@ fn answered_within(server: &Server, limit: Duration) {
 fn refused_start(flags: &[&str], why: &str) {
     let listen =
         (!flags.iter().any(|f| f.starts_with("--listen"))).then_some("--listen=127.0.0.1:0");
-    let r: Run = capsa()
+    let mut child = capsa()
         .arg("serve")
         .args(listen)
         .args(flags)
         .env_remove("CAPSA_TOKEN")
-        .output()
-        .unwrap()
-        .into();
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that started does not end by itself.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let r: Run = child.wait_with_output().unwrap().into();
+            panic!("{flags:?}: the server started: {}", r.stderr);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r: Run = child.wait_with_output().unwrap().into();
     assert_eq!(r.code, 125, "{flags:?}: {}", r.stderr);
     assert!(r.stderr.contains(why), "{flags:?}: {}", r.stderr);
 }

@@ -80,6 +80,8 @@ impl Ceiling {
         l.max_output
             .get_or_insert(Scalar::Str(DEFAULT_MAX_OUTPUT.into()));
         let policy = super::super::run::resolve(raw.clone(), cwd)?;
+        // What would fail every run is refused now.
+        capsa_sandbox::check_mounts(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
         let max_output = policy.limits.max_output.ok_or_else(|| {
             anyhow::anyhow!("capsa serve holds each answer in memory: --max-output cannot be none")
         })?;
