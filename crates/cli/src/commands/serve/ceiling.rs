@@ -96,13 +96,11 @@ impl Ceiling {
                     ..Default::default()
                 };
                 let resolved = super::super::run::resolve(one, cwd)?;
-                let canonical = resolved.fs.grants[0].host.clone();
-                let given = spec.split_once("::").map_or(spec, |(host, _)| host);
                 fs.push(FsEntry {
                     spec: spec.to_string(),
                     access,
-                    canonical,
-                    given: Path::new(given).components().collect(),
+                    canonical: resolved.fs.grants[0].host.clone(),
+                    given: resolved.fs.given[0].clone(),
                 });
             }
         }
