@@ -296,14 +296,13 @@ pub fn environment(requirements: &[String], user: &SandboxArgs) -> Result<PathBu
                 format!("cannot make a directory in {}: {e}", envs.display()),
             )
         })?;
+    // Removed without recursion on any error below: the copy holds a tree
+    // the sandboxed install made.
+    let staging = super::TempTree(staging.keep());
     let io = |e: std::io::Error| fail(exit::INTERNAL, format!("cannot keep the environment: {e}"));
-    super::copy_tree(&target_path, &staging.path().join("lib")).map_err(io)?;
-    std::fs::write(
-        staging.path().join("requirements.txt"),
-        reqs.join("\n") + "\n",
-    )
-    .map_err(io)?;
-    std::fs::write(staging.path().join(".complete"), "").map_err(io)?;
+    super::copy_tree(&target_path, &staging.0.join("lib")).map_err(io)?;
+    std::fs::write(staging.0.join("requirements.txt"), reqs.join("\n") + "\n").map_err(io)?;
+    std::fs::write(staging.0.join(".complete"), "").map_err(io)?;
     let staged = staging.keep();
     match std::fs::rename(&staged, &dir) {
         Ok(()) => Ok(dir.join("lib")),

@@ -307,9 +307,18 @@ pub(crate) fn private_dir() -> tempfile::Builder<'static, 'static> {
 /// than the stack (see `capsa_sandbox::load::remove_tree`).
 pub(crate) struct TempTree(PathBuf);
 
+impl TempTree {
+    /// Keeps the folder (no longer removed on drop) and gives its path.
+    pub(crate) fn keep(mut self) -> PathBuf {
+        std::mem::take(&mut self.0)
+    }
+}
+
 impl Drop for TempTree {
     fn drop(&mut self) {
-        let _ = capsa_sandbox::load::remove_tree(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = capsa_sandbox::load::remove_tree(&self.0);
+        }
     }
 }
 
@@ -482,18 +491,127 @@ fn run_helper(sb: &SandboxArgs, writable: &Path, code: &str, args: &[&str]) -> R
 }
 
 /// Copies regular files and directories (never links) from a directory a
-/// sandboxed step wrote.
+/// sandboxed step wrote. One directory at a time and without recursion: the
+/// step may have made a tree deeper than the stack or the open-file limit,
+/// which then ends in an error (a path too long), never a crash. The caller
+/// removes what was copied before an error (with
+/// `capsa_sandbox::load::remove_tree`, which does not recurse either).
 pub(crate) fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    capsa_sandbox::load::make_private_dir(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let dest = to.join(entry.file_name());
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &dest)?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), &dest)?;
+    let mut todo = vec![(from.to_path_buf(), to.to_path_buf())];
+    while let Some((from, to)) = todo.pop() {
+        capsa_sandbox::load::make_private_dir(&to)?;
+        for entry in std::fs::read_dir(&from)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let dest = to.join(entry.file_name());
+            if kind.is_dir() {
+                todo.push((entry.path(), dest));
+            } else if kind.is_file() {
+                std::fs::copy(entry.path(), &dest)?;
+            }
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
+    use std::path::Path;
+
+    /// Makes `depth` directories named `d`, one inside the next, under
+    /// `root` (through descriptors, so deeper than a path can name), with a
+    /// file and a link to `outside` every `every` levels.
+    fn deep(root: &Path, depth: usize, every: usize, outside: &Path) {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut cur = openat(CWD, root, flags, Mode::empty()).unwrap();
+        for i in 0..depth {
+            mkdirat(&cur, c"d", Mode::from_raw_mode(0o700)).unwrap();
+            if i % every == 0 {
+                let at = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&cur));
+                std::fs::write(format!("{at}/f"), i.to_string()).unwrap();
+                std::os::unix::fs::symlink(outside, format!("{at}/up")).unwrap();
+            }
+            cur = openat(&cur, c"d", flags, Mode::empty()).unwrap();
+        }
+    }
+
+    /// A thread with a small stack, so that copying by recursion would
+    /// overflow it.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(128 << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_deep_tree_is_copied_without_recursion_and_links_are_left_out() {
+        let base = tempfile::tempdir_in("/tmp").unwrap();
+        let (from, to, outside) = (
+            base.path().join("a"),
+            base.path().join("b"),
+            base.path().join("o"),
+        );
+        std::fs::create_dir(&from).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "host").unwrap();
+        // Deep enough to overflow 128 KiB by recursion, short enough that
+        // every path stays under PATH_MAX.
+        let depth = 1_800;
+        deep(&from, depth, 100, &outside);
+        let (f, t) = (from.clone(), to.clone());
+        on_small_stack(move || super::copy_tree(&f, &t)).unwrap();
+        let mut at = to.clone();
+        for i in 0..depth {
+            if i % 100 == 0 {
+                assert_eq!(
+                    std::fs::read_to_string(at.join("f")).unwrap(),
+                    i.to_string()
+                );
+                assert!(
+                    std::fs::symlink_metadata(at.join("up")).is_err(),
+                    "a link was copied at {i}"
+                );
+            }
+            at.push("d");
+        }
+        assert!(at.is_dir());
+        assert_eq!(std::fs::read_dir(&at).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+        for dir in [from, to] {
+            capsa_sandbox::load::remove_tree(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_tree_too_deep_to_name_ends_in_an_error_and_the_copy_is_removed() {
+        let base = tempfile::tempdir_in("/tmp").unwrap();
+        let (from, to, outside) = (
+            base.path().join("a"),
+            base.path().join("b"),
+            base.path().join("o"),
+        );
+        std::fs::create_dir(&from).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        deep(&from, 3_000, 500, &outside);
+        let (f, t) = (from.clone(), to.clone());
+        let err = on_small_stack(move || super::copy_tree(&f, &t)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc_enametoolong()), "{err}");
+        assert!(
+            to.join("f").is_file(),
+            "nothing was copied before the error"
+        );
+        // What the caller does with a failed copy (a TempTree dropped).
+        on_small_stack(move || drop(super::TempTree(to)));
+        assert!(!base.path().join("b").exists());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        capsa_sandbox::load::remove_tree(&from).unwrap();
+    }
+
+    fn libc_enametoolong() -> i32 {
+        rustix::io::Errno::NAMETOOLONG.raw_os_error()
+    }
 }
