@@ -313,7 +313,7 @@ pub fn default_host(guest: &str) -> Option<String> {
 
 /// Makes `path` absolute against nothing but itself: removes `.` and folds
 /// `..` lexically. Only for what the user typed, before it is canonicalized.
-pub(crate) fn normalize_host(path: &Path) -> PathBuf {
+pub fn normalize_host(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

@@ -18,7 +18,7 @@ pub mod winpath;
 pub use env::{EnvPattern, EnvPolicy};
 pub use fs::{
     Access, FsGrant, FsOp, FsPolicy, GrantKind, PathResolver, ResolvedPath, default_guest,
-    default_host, join_guest_checked, normalize_guest, strip_guest_prefix,
+    default_host, join_guest_checked, normalize_guest, normalize_host, strip_guest_prefix,
 };
 pub use guest::{GuestPath, MAX_GUEST_PATH};
 pub use limits::{Limits, format_duration, format_size, parse_duration, parse_size};

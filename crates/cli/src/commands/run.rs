@@ -216,7 +216,9 @@ pub fn resolve_with(raw: RawPolicy, typed: &TypedGrants, cwd: &Path) -> Result<P
         capsa_policy::split_all(&raw.allow_read).chain(capsa_policy::split_all(&raw.allow_write));
     for spec in specs {
         let host = spec.split_once("::").map_or(spec, |(h, _)| h);
-        refuse_links_in_writable_grants(&cwd.join(host), &policy)?;
+        // Walked as the grant was resolved: `..` folded as text first, not
+        // taken from where a link before it led.
+        refuse_links_in_writable_grants(&capsa_policy::normalize_host(&cwd.join(host)), &policy)?;
     }
     Ok(policy)
 }

@@ -1073,6 +1073,38 @@ attempt("read-repointed", lambda: open(W + "/cfg").read())
     assert!(!w.join("moved").exists());
 }
 
+// A grant is resolved with `..` folded as text; its link check walked the
+// path as the host would, going on from where a link before the `..` led,
+// and so never looked at the links the grant was really resolved through.
+#[test]
+fn the_link_check_walks_the_path_the_grant_is_resolved_on() {
+    let (_g, d) = setup();
+    let (w, ro, secret) = (d.join("w"), d.join("ro"), d.join("secret"));
+    for dir in [&w, &ro, &secret, &d.join("elsewhere/sub")] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(secret.join("key"), "HOST SECRET").unwrap();
+    // A link an earlier run made in its writable grant, to the secret.
+    std::os::unix::fs::symlink("../secret", w.join("y")).unwrap();
+    // The user's own links, outside every writable grant.
+    std::os::unix::fs::symlink("../w", ro.join("x")).unwrap();
+    std::os::unix::fs::symlink("../elsewhere/sub", ro.join("link")).unwrap();
+    let flags = [
+        format!("--allow-write={}", s(&w)),
+        format!("--allow-read={}/link/../x/y", s(&ro)),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let r = run(&flags, &probe(P2), &["hello"]);
+    assert_eq!(r.code, 125, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("is reached through the link") && r.stderr.contains("/w/y"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("hello"), "the program ran: {}", r.stdout);
+    assert_eq!(std::fs::read(secret.join("key")).unwrap(), b"HOST SECRET");
+}
+
 // Regression (fourth attack on a release build): `--python-path` and the
 // script were granted wherever a link led, also a link inside a writable
 // grant that a program could have made in an earlier run (as
