@@ -212,10 +212,11 @@ pub fn resolve(raw: RawPolicy, cwd: &Path) -> Result<Policy> {
 pub fn resolve_with(raw: RawPolicy, typed: &TypedGrants, cwd: &Path) -> Result<Policy> {
     let policy = raw.resolve_with(cwd, &HostFs, typed)?;
     refuse_own_files(&policy)?;
-    let specs =
-        capsa_policy::split_all(&raw.allow_read).chain(capsa_policy::split_all(&raw.allow_write));
-    for spec in specs {
-        let host = spec.split_once("::").map_or(spec, |(h, _)| h);
+    let hosts = capsa_policy::split_all(&raw.allow_read)
+        .chain(capsa_policy::split_all(&raw.allow_write))
+        .map(|spec| Path::new(spec.split_once("::").map_or(spec, |(h, _)| h)))
+        .chain(typed.dirs.iter().map(|d| d.host.as_path()));
+    for host in hosts {
         // Walked as the grant was resolved: `..` folded as text first, not
         // taken from where a link before it led.
         refuse_links_in_writable_grants(&capsa_policy::normalize_host(&cwd.join(host)), &policy)?;

@@ -684,6 +684,51 @@ fn bind_read_only_where_the_bundle_asks_read_write() {
     assert!(more.stderr.contains("not to write it"), "{}", more.stderr);
 }
 
+/// A directory bound to a bundle is never reached through a link inside a
+/// writable grant (one a program could have made in an earlier run), as for
+/// `--allow-read`.
+#[test]
+fn a_bind_is_never_reached_through_a_link_in_a_writable_grant() {
+    let (_g, d) = scratch();
+    let app = probe_project(
+        &d,
+        "app",
+        "version = 1\n[run]\nentry = \"probe.wasm\"\n\
+         [ask.dirs.data]\naccess = \"read\"\nguest = \"/data\"\nreason = \"reads notes\"\n",
+    );
+    let bundle = d.join("app.capsa");
+    assert_eq!(pack(&app, &bundle, &[]).code, 0);
+    let (w, secret) = (d.join("w"), d.join("secret"));
+    std::fs::create_dir(&w).unwrap();
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("key"), "HOST SECRET").unwrap();
+    std::os::unix::fs::symlink("../secret", w.join("notes")).unwrap();
+    let write = format!("--allow-write={}", s(&w));
+    let bind = format!("data={}:ro", s(&w.join("notes")));
+    let r = run_in(
+        &d,
+        &[&write, "--bind", &bind],
+        &bundle,
+        &["read", "/data/key"],
+    );
+    assert_eq!(r.code, 125, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("reached through the link"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("HOST SECRET"), "{}", r.stdout);
+    // The same directory bound by its own path is granted.
+    let bind = format!("data={}:ro", s(&secret));
+    let r = run_in(
+        &d,
+        &[&write, "--bind", &bind],
+        &bundle,
+        &["read", "/data/key"],
+    );
+    assert_eq!(r.stdout, "ok: HOST SECRET\n", "{}", r.stderr);
+}
+
 /// A bundle that asked only for directories was never shown to the user:
 /// the prompt covered network and environment asks only.
 #[test]
