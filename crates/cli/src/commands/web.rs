@@ -126,7 +126,7 @@ pub fn run(args: WebArgs) -> i32 {
         ask: asks(&manifest),
         digest,
         limits: capsa_web::PageLimits {
-            timeout_ms: timeout.as_millis() as u64,
+            timeout_ms: page_timeout_ms(timeout),
             timeout_text: capsa_sandbox::timeout_message(timeout),
             max_output: PAGE_MAX_OUTPUT,
             output_text: capsa_sandbox::output_message(PAGE_MAX_OUTPUT),
@@ -268,5 +268,29 @@ fn asks(m: &Manifest) -> capsa_web::Asks {
                 reason: d.reason.to_string(),
             })
             .collect(),
+    }
+}
+
+/// The page's time limit in whole milliseconds (what `setTimeout` takes),
+/// rounded up: never shorter than the limit the bundle gives.
+fn page_timeout_ms(limit: std::time::Duration) -> u64 {
+    u64::try_from(limit.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_page_time_limit_is_rounded_up_to_whole_milliseconds() {
+        for (limit, ms) in [
+            (Duration::from_micros(400), 1),
+            (Duration::from_micros(1_500), 2),
+            (Duration::from_millis(250), 250),
+            (Duration::from_secs(30), 30_000),
+            (Duration::from_nanos(30_000_000_001), 30_001),
+        ] {
+            assert_eq!(super::page_timeout_ms(limit), ms, "{limit:?}");
+        }
     }
 }
