@@ -216,6 +216,15 @@ fn walk_host(path: &Path, mut visit: impl FnMut(Ident)) -> Option<(PathBuf, Opti
 }
 
 impl Areas {
+    /// Whether `ident` is a grant's or a file holder's (what a preopen may
+    /// open).
+    pub fn is_granted_root(&self, ident: Ident) -> bool {
+        self.marks.get(&ident).is_some_and(|m| {
+            m.iter()
+                .any(|m| matches!(m, Mark::Grant(_) | Mark::Holder(_)))
+        })
+    }
+
     /// Marks every grant, file holder and denied path of `policy`, and
     /// `own` (capsa's cache), as they are on the host now.
     pub fn build(policy: &Policy, preopens: &[Preopen], own: &[PathBuf]) -> std::io::Result<Areas> {
@@ -225,7 +234,10 @@ impl Areas {
         };
         let mut roots: Vec<(PathBuf, String)> = Vec::new();
         for (i, g) in policy.fs.grants.iter().enumerate() {
-            let (held, meta) = hold(&g.host)?;
+            // Resolved already: a link found on the way now was put there
+            // since, and is not followed.
+            let (held, meta) = crate::fs_host::hold_no_links(&g.host)?;
+            let held = Some(held);
             a.held.extend(held);
             a.marks.entry(meta.ident).or_default().push(Mark::Grant(i));
             roots.push((g.host.clone(), format!("the granted path {}", g.guest)));
@@ -233,7 +245,8 @@ impl Areas {
         }
         for (i, p) in preopens.iter().enumerate() {
             if p.only.is_some() {
-                let (held, meta) = hold(&p.host)?;
+                let (held, meta) = crate::fs_host::hold_no_links(&p.host)?;
+                let held = Some(held);
                 a.held.extend(held);
                 a.marks.entry(meta.ident).or_default().push(Mark::Holder(i));
             }

@@ -296,6 +296,67 @@ mod imp {
         Ok((fd, f))
     }
 
+    /// Opens the absolute, resolved host path `path` to hold it as
+    /// [`hold`] does, but follows no link anywhere on the way: a name
+    /// replaced by a link since the path was resolved fails (`ELOOP` or
+    /// `ENOTDIR`) instead of leading where the link points.
+    pub fn hold_no_links(path: &Path) -> io::Result<(Held, Found)> {
+        use std::path::Component;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let (flags, dir) = (
+            OFlags::PATH | OFlags::CLOEXEC,
+            OFlags::PATH | OFlags::CLOEXEC,
+        );
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let (flags, dir) = (
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+        );
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        match rustix::fs::openat2(
+            rustix::fs::CWD,
+            path,
+            flags | OFlags::NOFOLLOW,
+            Mode::empty(),
+            rustix::fs::ResolveFlags::NO_SYMLINKS,
+        ) {
+            Ok(fd) => return checked(fd),
+            // No openat2 (before Linux 5.6, or filtered): name by name.
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut parts = path.components().peekable();
+        if parts.next() != Some(Component::RootDir) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not an absolute path",
+            ));
+        }
+        let mut fd = rustix::fs::open("/", dir | OFlags::DIRECTORY, Mode::empty())?;
+        while let Some(part) = parts.next() {
+            let Component::Normal(name) = part else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a resolved path",
+                ));
+            };
+            let last = parts.peek().is_none();
+            let f = if last { flags } else { dir | OFlags::DIRECTORY };
+            fd = rustix::fs::openat(&fd, name, f | OFlags::NOFOLLOW, Mode::empty())?;
+        }
+        checked(fd)
+    }
+
+    /// What `fd` (opened without following a link) is; a link itself (which
+    /// `O_PATH | O_NOFOLLOW` opens) is refused.
+    fn checked(fd: OwnedFd) -> io::Result<(Held, Found)> {
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+            return Err(loop_error());
+        }
+        Ok((fd, found(&st)))
+    }
+
     /// What the host path `path` is; a link in its last name followed or not.
     pub fn stat_path(path: &Path, follow: bool) -> io::Result<Found> {
         let flags = if follow {
@@ -464,6 +525,13 @@ mod imp {
         let f = o.open(path)?;
         let found = found(&cp::Metadata::from_file(&f)?)?;
         Ok((f, found))
+    }
+
+    /// As [`hold`]: grants are pinned by what is opened here, and the race
+    /// this closes on Unix (a name swapped for a link after it was
+    /// resolved) is not handled on Windows yet.
+    pub fn hold_no_links(path: &Path) -> io::Result<(Held, Found)> {
+        hold(path)
     }
 
     pub fn stat_path(path: &Path, follow: bool) -> io::Result<Found> {

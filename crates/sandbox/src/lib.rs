@@ -31,7 +31,7 @@ use output::{LimitedOutput, OutputBudget, Which};
 use report::{AuditSink, Kind, Reporter};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -639,12 +639,19 @@ fn host_side(
         } else {
             FsPerms::ReadOnly
         };
-        b.preopened_dir(&p.host, &p.name, perms).map_err(|e| {
+        let opened = mount_source(p, &guard.areas).map_err(|e| {
             RunError::Setup(format!(
                 "cannot open granted directory {}: {e:#}",
                 p.host.display()
             ))
         })?;
+        b.preopened_dir(opened.path(&p.host), &p.name, perms)
+            .map_err(|e| {
+                RunError::Setup(format!(
+                    "cannot open granted directory {}: {e:#}",
+                    p.host.display()
+                ))
+            })?;
     }
     // Open now; removed, it can never hold anything.
     drop(root);
@@ -955,6 +962,54 @@ struct Cached {
     /// What the process knows of the file (see [`prefault::Known`]); shared
     /// by the runs of a warm process.
     known: Arc<std::sync::OnceLock<prefault::Known>>,
+}
+
+/// What a preopen mounts: on Linux, the directory its resolved host path
+/// names now, opened without following any link on the way and checked to
+/// be the object the run's areas marked as granted, then mounted through
+/// that descriptor (`/proc/self/fd/N`). A name swapped for a link since the
+/// grant was resolved (by a program running meanwhile) then fails the run
+/// instead of mounting wherever the link points.
+enum MountSource {
+    ByPath,
+    #[cfg(target_os = "linux")]
+    Held(std::os::fd::OwnedFd),
+}
+
+impl MountSource {
+    fn path(&self, host: &Path) -> PathBuf {
+        match self {
+            MountSource::ByPath => host.to_path_buf(),
+            #[cfg(target_os = "linux")]
+            MountSource::Held(fd) => PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(fd)
+            )),
+        }
+    }
+}
+
+fn mount_source(p: &Preopen, areas: &fs_area::Areas) -> std::io::Result<MountSource> {
+    if p.root_guard {
+        return Ok(MountSource::ByPath);
+    }
+    let (held, found) = fs_host::hold_no_links(&p.host)?;
+    if !areas.is_granted_root(found.ident) {
+        return Err(std::io::Error::other(
+            "it changed while the run started; nothing ran",
+        ));
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let source = MountSource::Held(held);
+        // Without /proc (some chroots), by its name, as just checked.
+        if std::fs::metadata(source.path(&p.host)).is_ok() {
+            return Ok(source);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    drop(held);
+    Ok(MountSource::ByPath)
 }
 
 /// The directory behind the guarded root (see [`Preopen::root_guard`]):

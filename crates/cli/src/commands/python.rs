@@ -135,7 +135,7 @@ fn read_grant(host: PathBuf, guest: String, kind: GrantKind) -> FsGrant {
 /// The script's grant and its path in the guest.
 fn grant_script(policy: &mut Policy, cwd: &Path, script: &str) -> Result<String, i32> {
     // Never through a link a program could have made (as for --allow-read).
-    super::run::refuse_links_in_writable_grants(&cwd.join(script), policy)
+    let arrived = super::run::refuse_links_in_writable_grants(&cwd.join(script), policy)
         .map_err(|e| fail(exit::USAGE, e))?;
     let host = canonical(Path::new(script)).map_err(|e| {
         fail(
@@ -143,6 +143,7 @@ fn grant_script(policy: &mut Policy, cwd: &Path, script: &str) -> Result<String,
             anyhow::anyhow!("cannot open the script {script}: {}", describe_io(&e)),
         )
     })?;
+    super::run::same_as_checked(arrived, &host).map_err(|e| fail(exit::USAGE, e))?;
     if !host.is_file() {
         return Err(fail(
             exit::LOAD,
@@ -205,9 +206,10 @@ pub fn run_prepared(
         _ => None,
     };
     for dir in &sandbox.python_path {
-        if let Err(e) = super::run::refuse_links_in_writable_grants(&cwd.join(dir), &policy) {
-            return fail(exit::USAGE, e);
-        }
+        let arrived = match super::run::refuse_links_in_writable_grants(&cwd.join(dir), &policy) {
+            Ok(a) => a,
+            Err(e) => return fail(exit::USAGE, e),
+        };
         let host = match canonical(dir) {
             Ok(h) if h.is_dir() => h,
             Ok(_) => {
@@ -223,6 +225,9 @@ pub fn run_prepared(
                 );
             }
         };
+        if let Err(e) = super::run::same_as_checked(arrived, &host) {
+            return fail(exit::USAGE, e);
+        }
         let guest = match utf8(&host) {
             Ok(g) => g,
             Err(code) => return code,

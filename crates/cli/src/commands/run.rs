@@ -219,7 +219,20 @@ pub fn resolve_with(raw: RawPolicy, typed: &TypedGrants, cwd: &Path) -> Result<P
     for host in hosts {
         // Walked as the grant was resolved: `..` folded as text first, not
         // taken from where a link before it led.
-        refuse_links_in_writable_grants(&capsa_policy::normalize_host(&cwd.join(host)), &policy)?;
+        let given = capsa_policy::normalize_host(&cwd.join(host));
+        let arrived = refuse_links_in_writable_grants(&given, &policy)?;
+        // The grant was resolved before this walk: where a name on the way
+        // was replaced in between (a link swapped for a directory by a
+        // program running now), the two differ, and the grant may be where
+        // the link led.
+        if cfg!(target_os = "linux")
+            && !arrived.is_some_and(|a| policy.fs.grants.iter().any(|g| g.host == a))
+        {
+            anyhow::bail!(
+                "{} changed while capsa checked it; nothing ran",
+                given.display()
+            );
+        }
     }
     Ok(policy)
 }
@@ -228,34 +241,67 @@ pub fn resolve_with(raw: RawPolicy, typed: &TypedGrants, cwd: &Path) -> Result<P
 /// grant: a program granted that directory may have made or replaced the
 /// link (in this run's grant, or an earlier run's), and the grant would
 /// then land wherever it chose.
-pub fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<()> {
+///
+/// The path is walked as the host resolves it, one name at a time: a link
+/// met on the way (the user's own, outside every writable grant) is
+/// followed one step, its target's names walked in turn, so a chain of
+/// links is checked link by link. Gives where the walk arrived (the path
+/// with every link followed), or `None` where a name on the way does not
+/// exist (nothing more to check).
+pub fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<Option<PathBuf>> {
     use capsa_policy::{Access, GrantKind};
+    use std::path::Component;
+    /// As the kernel's own limit on links followed in one lookup.
+    const MAX_LINKS: usize = 40;
+    let mut todo: Vec<PathBuf> = Vec::new();
+    let push_all = |todo: &mut Vec<PathBuf>, path: &Path| {
+        let mut parts: Vec<PathBuf> = path
+            .components()
+            .map(|c| PathBuf::from(c.as_os_str()))
+            .collect();
+        parts.reverse();
+        todo.extend(parts);
+    };
+    push_all(&mut todo, given);
     let mut cur = PathBuf::new();
-    for c in given.components() {
-        match c {
-            std::path::Component::ParentDir => {
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        match part.components().next() {
+            Some(Component::ParentDir) => {
+                // `cur` holds no link, so this is the real parent.
                 cur.pop();
                 continue;
             }
-            std::path::Component::CurDir => continue,
-            c => cur.push(c),
+            Some(Component::CurDir) | None => continue,
+            Some(Component::RootDir | Component::Prefix(_)) if cur.as_os_str().is_empty() => {
+                cur.push(&part);
+                continue;
+            }
+            Some(Component::RootDir) => {
+                // A link's absolute target starts again at the root (and
+                // on Windows keeps the drive of where it is).
+                let mut root = PathBuf::new();
+                if let Some(Component::Prefix(p)) = cur.components().next() {
+                    root.push(p.as_os_str());
+                }
+                root.push(&part);
+                cur = root;
+                continue;
+            }
+            Some(Component::Prefix(_)) => {
+                cur = part;
+                continue;
+            }
+            Some(Component::Normal(_)) => cur.push(&part),
         }
         let Ok(meta) = std::fs::symlink_metadata(&cur) else {
-            return Ok(());
+            return Ok(None);
         };
         if !meta.file_type().is_symlink() {
             continue;
         }
-        let Some(real) = cur
-            .parent()
-            .and_then(|p| canonical(p).ok())
-            .zip(cur.file_name())
-            .map(|(p, n)| p.join(n))
-        else {
-            continue;
-        };
         if let Some(g) = policy.fs.grants.iter().find(|g| {
-            g.access == Access::ReadWrite && g.kind == GrantKind::Dir && real.starts_with(&g.host)
+            g.access == Access::ReadWrite && g.kind == GrantKind::Dir && cur.starts_with(&g.host)
         }) {
             anyhow::bail!(
                 "{} is reached through the link {}, which lies in the writable grant {}; grant the path it leads to instead",
@@ -264,10 +310,58 @@ pub fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<
                 g.host.display()
             );
         }
-        // Go on from where the link leads, as the host does.
-        cur = canonical(&cur).unwrap_or(cur);
+        links += 1;
+        if links > MAX_LINKS {
+            anyhow::bail!("{}: too many levels of links", given.display());
+        }
+        let target = std::fs::read_link(&cur)?;
+        cur.pop();
+        push_all(&mut todo, &target);
+    }
+    Ok(Some(cur))
+}
+
+/// Refuses `resolved` (a path resolved after [`refuse_links_in_writable_grants`]
+/// walked it) unless it is where the walk arrived: a name on the way was
+/// replaced in between, maybe with a link the check never saw.
+pub fn same_as_checked(arrived: Option<PathBuf>, resolved: &Path) -> Result<()> {
+    if cfg!(target_os = "linux") && arrived.as_deref() != Some(resolved) {
+        anyhow::bail!(
+            "{} changed while capsa checked it; nothing ran",
+            resolved.display()
+        );
     }
     Ok(())
+}
+
+/// Creates (or empties) the audit file at `path`, never through a link in
+/// a writable grant (a program could have put one there to have the log
+/// overwrite a file of its choice): the path is walked as a grant's is, and
+/// the file is opened where the walk arrived without following a link
+/// there. Gives the file and its real path.
+fn create_audit(path: &Path, policy: &Policy) -> Result<(std::fs::File, PathBuf)> {
+    let at = match refuse_links_in_writable_grants(path, policy)? {
+        Some(at) => at,
+        None => {
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+                anyhow::bail!("not a file name");
+            };
+            refuse_links_in_writable_grants(dir, policy)?
+                .ok_or_else(|| anyhow::anyhow!("no such directory {}", dir.display()))?
+                .join(name)
+        }
+    };
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc_nofollow());
+    let f = o.open(&at)?;
+    Ok((f, at))
+}
+
+#[cfg(unix)]
+fn libc_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 /// No grant may reach into capsa's cache: it holds code capsa runs
@@ -444,15 +538,22 @@ pub fn execute(
     args: Vec<String>,
     teach_pages: Option<Vec<String>>,
 ) -> i32 {
+    let mut policy = policy;
     let audit = match &sandbox.audit {
         None => None,
         Some(p) if p.as_os_str() == "-" => Some(AuditSink::Stderr),
-        Some(p) => match std::fs::File::create(p) {
-            Ok(f) => Some(AuditSink::File(f)),
+        Some(p) => match create_audit(&cwd.join(p), &policy) {
+            Ok((f, at)) => {
+                // The program may not rewrite its own record: the file is
+                // denied to it as `--deny-write` would (where a writable
+                // grant holds it).
+                policy.fs.deny_write.push(at);
+                Some(AuditSink::File(f))
+            }
             Err(e) => {
                 return fail(
                     exit::USAGE,
-                    anyhow::anyhow!("cannot create audit file {}: {e}", p.display()),
+                    anyhow::anyhow!("cannot create audit file {}: {e:#}", p.display()),
                 );
             }
         },

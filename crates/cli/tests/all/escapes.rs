@@ -1105,6 +1105,150 @@ fn the_link_check_walks_the_path_the_grant_is_resolved_on() {
     assert_eq!(std::fs::read(secret.join("key")).unwrap(), b"HOST SECRET");
 }
 
+// Regression (attack on a release build): the link check followed a link
+// outside every writable grant to where its whole chain led at once, so a
+// user's own link into a writable grant, through a link a program had put
+// there, was never looked at link by link.
+#[test]
+fn a_chain_of_links_is_checked_link_by_link() {
+    let (_g, d) = setup();
+    let (w, secret) = (d.join("w"), d.join("secret"));
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("key"), "HOST SECRET").unwrap();
+    std::fs::write(secret.join("s.py"), "print('ran the secret script')\n").unwrap();
+    // Planted by an earlier run, then the user's own link to it.
+    std::os::unix::fs::symlink("../secret", w.join("evil")).unwrap();
+    std::os::unix::fs::symlink(w.join("evil"), d.join("latest")).unwrap();
+    std::fs::create_dir_all(d.join("usr")).unwrap();
+    std::os::unix::fs::symlink("../w/evil", d.join("usr/data")).unwrap();
+    let write = format!("--allow-write={}", s(&w));
+    for grant in [
+        format!("--allow-read={}", s(&d.join("latest"))),
+        format!("--allow-write={}", s(&d.join("latest"))),
+        format!("--allow-read={}", s(&d.join("usr/data"))),
+        format!("--allow-read={}::/data", s(&d.join("latest"))),
+    ] {
+        let r = run(&[&write, &grant], &probe(P2), &["hello"]);
+        assert_eq!(r.code, 125, "{grant}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("is reached through the link") && r.stderr.contains("/w/evil"),
+            "{grant}: {}",
+            r.stderr
+        );
+    }
+    // The same for a script, through the user's link.
+    python_ready();
+    let r = run(&[&write], &d.join("latest/s.py"), &[]);
+    assert_eq!(r.code, 125, "{}{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("ran the secret"), "{}", r.stdout);
+    // A chain of the user's own links outside writable grants is followed.
+    std::os::unix::fs::symlink(&secret, d.join("mine")).unwrap();
+    std::os::unix::fs::symlink(d.join("mine"), d.join("mine2")).unwrap();
+    let grant = format!("--allow-read={}", s(&d.join("mine2")));
+    let r = run(
+        &[&write, &grant],
+        &probe(P2),
+        &["read", s(&d.join("mine2/key"))],
+    );
+    assert_eq!(r.stdout, "ok: HOST SECRET\n", "{}", r.stderr);
+    assert_eq!(std::fs::read(secret.join("key")).unwrap(), b"HOST SECRET");
+}
+
+// Regression (attack on a release build): a grant was resolved, then its
+// path checked; a program running meanwhile that swapped a directory in its
+// writable grant with a link had the grant land where the link led.
+#[test]
+fn a_name_swapped_while_a_grant_is_checked_never_grants_where_the_link_led() {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    let (_g, d) = setup();
+    let (w, secret) = (d.join("race"), d.join("secret"));
+    std::fs::create_dir_all(w.join("x")).unwrap();
+    std::fs::write(w.join("x/key"), "decoy").unwrap();
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("key"), "HOST SECRET").unwrap();
+    std::os::unix::fs::symlink(&secret, w.join("y")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, x, y) = (stop.clone(), w.join("x"), w.join("y"));
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                renameat_with(CWD, &x, CWD, &y, RenameFlags::EXCHANGE).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let write = format!("--allow-write={}", s(&w));
+    let read = format!("--allow-read={}", s(&w.join("x")));
+    let key_path = w.join("x/key");
+    let key = s(&key_path);
+    let (mut refused, mut ran) = (0, 0);
+    for _ in 0..80 {
+        let r = run(&[&write, &read, "-q"], &probe(P2), &["read", key]);
+        assert!(
+            !r.stdout.contains("HOST SECRET"),
+            "{}{}",
+            r.stdout,
+            r.stderr
+        );
+        if r.code == 125 {
+            refused += 1;
+        } else {
+            ran += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(swapper.join().unwrap() > 0);
+    assert!(refused > 0, "the race never happened ({ran} runs)");
+    assert_eq!(std::fs::read(secret.join("key")).unwrap(), b"HOST SECRET");
+}
+
+// Regression (attack on a release build): `--audit=FILE` was created through
+// whatever link was at FILE, also one a program had put in its writable
+// grant, and the program could rewrite its own audit log while it ran.
+#[test]
+fn the_audit_log_is_never_written_through_a_planted_link_nor_by_the_program() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    std::fs::create_dir_all(d.join("secret")).unwrap();
+    std::fs::write(d.join("secret/victim"), "KEEP").unwrap();
+    std::os::unix::fs::symlink("../secret/victim", w.join("audit.log")).unwrap();
+    let write = format!("--allow-write={}", s(&w));
+    let audit = format!("--audit={}", s(&w.join("audit.log")));
+    let r = run(&[&write, &audit], &probe(P2), &["hello"]);
+    assert_eq!(r.code, 125, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("reached through the link"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(d.join("secret/victim")).unwrap(), b"KEEP");
+    // In the writable grant, but not the program's to change.
+    let log = w.join("own.jsonl");
+    let audit = format!("--audit={}", s(&log));
+    let r = attack(
+        &d,
+        &[&write, &audit],
+        r#"
+L = D + "/w/own.jsonl"
+attempt("truncate", lambda: open(L, "w").write("forged\n"))
+attempt("append", lambda: open(L, "a").write("forged\n"))
+attempt("unlink", lambda: os.unlink(L))
+attempt("rename", lambda: os.rename(L, L + ".old"))
+attempt("replace", lambda: (open(L + ".new", "w").write("forged\n"), os.replace(L + ".new", L)))
+"#,
+    );
+    all_failed(&r, &["truncate", "append", "unlink", "rename", "replace"]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("forged"), "{text}");
+    assert!(text.lines().count() >= 5, "{text}");
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["kind"].is_string(), "{line}");
+    }
+}
+
 // Regression (fourth attack on a release build): `--python-path` and the
 // script were granted wherever a link led, also a link inside a writable
 // grant that a program could have made in an earlier run (as
