@@ -165,11 +165,12 @@ impl SandboxArgs {
                     .with_context(|| format!("cannot read policy file {}", file.display()))?;
                 let mut p = RawPolicy::from_toml(&text)
                     .with_context(|| format!("in policy file {}", file.display()))?;
-                let dir = std::path::absolute(file)?
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default();
+                let file = std::path::absolute(file)?;
+                let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
                 p.rebase(&dir);
+                // A program granted the folder that holds its policy could
+                // otherwise widen the policy of every later run.
+                p.deny_write.push(file.display().to_string());
                 p
             }
             None => RawPolicy::default(),

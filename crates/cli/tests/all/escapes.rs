@@ -1249,6 +1249,43 @@ attempt("replace", lambda: (open(L + ".new", "w").write("forged\n"), os.replace(
     }
 }
 
+// Regression (attack on a release build): a policy file in a folder its
+// own policy grants writable could be rewritten by the program, to widen
+// the grants of every later run made with it.
+#[test]
+fn a_program_cannot_rewrite_its_own_policy_file() {
+    let (_g, d) = setup();
+    let proj = d.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::create_dir_all(d.join("secret")).unwrap();
+    std::fs::write(d.join("secret/key"), "HOST SECRET").unwrap();
+    let policy = proj.join("policy.toml");
+    let text = "allow-write = [\".\"]\n";
+    std::fs::write(&policy, text).unwrap();
+    let flag = format!("--policy={}", s(&policy));
+    let r = attack(
+        &d,
+        &[&flag],
+        &format!(
+            r#"
+P = D + "/proj/policy.toml"
+WIDER = 'allow-write = ["."]\nallow-read = ["{secret}"]\n'
+attempt("truncate", lambda: open(P, "w").write(WIDER))
+attempt("append", lambda: open(P, "a").write('allow-read = ["{secret}"]\n'))
+attempt("replace", lambda: (open(P + ".new", "w").write(WIDER), os.replace(P + ".new", P)))
+attempt("rename", lambda: os.rename(P, P + ".old"))
+attempt("unlink", lambda: os.unlink(P))
+attempt("scratch", lambda: open(D + "/proj/notes.txt", "w").write("mine"))
+"#,
+            secret = s(&d.join("secret"))
+        ),
+    );
+    all_failed(&r, &["truncate", "append", "replace", "rename", "unlink"]);
+    assert!(r.stdout.contains("scratch: ok"), "{}{}", r.stdout, r.stderr);
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), text);
+    assert!(r.stderr.contains("policy.toml"), "{}", r.stderr);
+}
+
 // Regression (fourth attack on a release build): `--python-path` and the
 // script were granted wherever a link led, also a link inside a writable
 // grant that a program could have made in an earlier run (as
