@@ -578,8 +578,20 @@ fn host_side(
     let ca_certs = http_guard::read_ca_certs(&config.ca_certs).map_err(RunError::Policy)?;
     let mut preopens = preopens(&config.policy, config.cwd.as_deref())?;
     let own = own_dirs(&config)?;
-    let areas = fs_area::Areas::build(&config.policy, &preopens, &own)
-        .map_err(|e| RunError::Setup(format!("cannot look at the granted paths: {e}")))?;
+    let areas = fs_area::Areas::build(&config.policy, &preopens, &own).map_err(|e| {
+        let msg = format!("cannot look at the granted paths: {e}");
+        // A grant's resolved path that now holds a link or a non-directory
+        // on the way was changed since it was checked (see
+        // `fs_host::hold_no_links`): the policy's failure, not capsa's.
+        let changed = [fs_host::loop_error(), fs_host::not_dir_error()]
+            .iter()
+            .any(|c| c.raw_os_error().is_some() && c.raw_os_error() == e.raw_os_error());
+        if changed {
+            RunError::Policy(msg)
+        } else {
+            RunError::Setup(msg)
+        }
+    })?;
     let root = RootGuard::make(&preopens);
     if let Some(root) = &root {
         preopens.push(Preopen {
@@ -639,8 +651,10 @@ fn host_side(
         } else {
             FsPerms::ReadOnly
         };
+        // A grant that is no longer what was checked is the policy's
+        // failure (exit 125), not capsa's.
         let opened = mount_source(p, &guard.areas).map_err(|e| {
-            RunError::Setup(format!(
+            RunError::Policy(format!(
                 "cannot open granted directory {}: {e:#}",
                 p.host.display()
             ))

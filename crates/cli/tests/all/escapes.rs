@@ -1192,6 +1192,7 @@ fn a_name_swapped_while_a_grant_is_checked_never_grants_where_the_link_led() {
             r.stdout,
             r.stderr
         );
+        assert!(r.code == 0 || r.code == 125, "{}: {}", r.code, r.stderr);
         if r.code == 125 {
             refused += 1;
         } else {
