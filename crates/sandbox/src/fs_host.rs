@@ -347,6 +347,33 @@ mod imp {
         checked(fd)
     }
 
+    /// Creates the regular file `name` in the directory at the absolute,
+    /// resolved `dir`, or empties it where it exists, following no link on
+    /// the way nor at `name`: a name swapped for a link since it was
+    /// checked fails instead of leading elsewhere. A FIFO or a device at
+    /// `name` is refused, never waited on or written.
+    pub fn create_no_links(dir: &Path, name: &OsStr) -> io::Result<std::fs::File> {
+        let (dir, found) = hold_no_links(dir)?;
+        if !found.is_dir {
+            return Err(not_dir_error());
+        }
+        let fd = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o666),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        rustix::fs::ftruncate(&fd, 0)?;
+        Ok(std::fs::File::from(fd))
+    }
+
     /// What `fd` (opened without following a link) is; a link itself (which
     /// `O_PATH | O_NOFOLLOW` opens) is refused.
     fn checked(fd: OwnedFd) -> io::Result<(Held, Found)> {
@@ -532,6 +559,11 @@ mod imp {
     /// resolved) is not handled on Windows yet.
     pub fn hold_no_links(path: &Path) -> io::Result<(Held, Found)> {
         hold(path)
+    }
+
+    /// As `std::fs::File::create`, links followed (see [`hold_no_links`]).
+    pub fn create_no_links(dir: &Path, name: &OsStr) -> io::Result<std::fs::File> {
+        std::fs::File::create(dir.join(name))
     }
 
     pub fn stat_path(path: &Path, follow: bool) -> io::Result<Found> {

@@ -737,6 +737,14 @@ pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// Creates the file `name` in the directory at the absolute, resolved
+/// path `dir`, or empties the regular file there, with no link followed on
+/// the way or at `name` (on Unix): a file capsa writes where a program may
+/// have put a link, or may swap one in while capsa opens it.
+pub fn create_no_links(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<std::fs::File> {
+    crate::fs_host::create_no_links(dir, name)
+}
+
 /// Creates a file that did not exist, never through a link: a link planted
 /// at the name must not make capsa write somewhere else.
 pub fn create_new_private(path: &Path) -> std::io::Result<std::fs::File> {

@@ -337,32 +337,21 @@ pub fn same_as_checked(arrived: Option<PathBuf>, resolved: &Path) -> Result<()> 
 
 /// Creates (or empties) the audit file at `path`, never through a link in
 /// a writable grant (a program could have put one there to have the log
-/// overwrite a file of its choice): the path is walked as a grant's is, and
-/// the file is opened where the walk arrived without following a link
-/// there. Gives the file and its real path.
+/// overwrite a file of its choice): its folder is walked as a grant's path
+/// is, then opened where the walk arrived with no link followed on the way
+/// or at the file's name, so a name swapped for a link after the walk fails
+/// instead. Gives the file and its real path.
 fn create_audit(path: &Path, policy: &Policy) -> Result<(std::fs::File, PathBuf)> {
-    let at = match refuse_links_in_writable_grants(path, policy)? {
-        Some(at) => at,
-        None => {
-            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-                anyhow::bail!("not a file name");
-            };
-            refuse_links_in_writable_grants(dir, policy)?
-                .ok_or_else(|| anyhow::anyhow!("no such directory {}", dir.display()))?
-                .join(name)
-        }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        anyhow::bail!("not a file name");
     };
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc_nofollow());
-    let f = o.open(&at)?;
-    Ok((f, at))
-}
-
-#[cfg(unix)]
-fn libc_nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+    // The name itself too: a link there in a writable grant is refused by
+    // name, before the open below would refuse any link.
+    refuse_links_in_writable_grants(path, policy)?;
+    let dir = refuse_links_in_writable_grants(dir, policy)?
+        .ok_or_else(|| anyhow::anyhow!("no such directory {}", dir.display()))?;
+    let f = capsa_sandbox::load::create_no_links(&dir, name)?;
+    Ok((f, dir.join(name)))
 }
 
 /// No grant may reach into capsa's cache: it holds code capsa runs

@@ -1248,6 +1248,76 @@ attempt("replace", lambda: (open(L + ".new", "w").write("forged\n"), os.replace(
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["kind"].is_string(), "{line}");
     }
+    // Neither a FIFO (which would wait for a reader) nor a directory.
+    let fifo = d.join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    for at in [fifo, d.join("secret")] {
+        let audit = format!("--audit={}", s(&at));
+        let r = run(&[&audit], &probe(P2), &["hello"]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("cannot create audit file"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+// Regression (second attack on a release build): the audit file was opened
+// by its name after its folder was checked, so a folder swapped for a link
+// in between had capsa create or empty a file wherever the link led.
+#[test]
+fn the_audit_log_is_never_created_through_a_folder_swapped_for_a_link() {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    let (_g, d) = setup();
+    let w = d.join("race");
+    std::fs::create_dir_all(w.join("d")).unwrap();
+    let victim = d.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("audit.log"), "IMPORTANT").unwrap();
+    std::os::unix::fs::symlink(&victim, w.join("l")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, a, b) = (stop.clone(), w.join("d"), w.join("l"));
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                renameat_with(CWD, &a, CWD, &b, RenameFlags::EXCHANGE).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let write = format!("--allow-write={}", s(&w));
+    let audit = format!("--audit={}", s(&w.join("d/audit.log")));
+    let (mut refused, mut ran) = (0, 0);
+    for _ in 0..100 {
+        let r = run(&[&write, &audit, "-q"], &probe(P2), &["hello"]);
+        assert_eq!(
+            std::fs::read(victim.join("audit.log")).unwrap(),
+            b"IMPORTANT",
+            "run {}: {}",
+            refused + ran,
+            r.stderr
+        );
+        assert!(std::fs::read_dir(&victim).unwrap().count() == 1);
+        if r.code == 0 {
+            ran += 1;
+        } else {
+            assert_eq!(r.code, 125, "{}", r.stderr);
+            refused += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(swapper.join().unwrap() > 0);
+    assert!(refused > 0 && ran > 0, "refused {refused}, ran {ran}");
 }
 
 // Regression (attack on a release build): a policy file in a folder its
