@@ -264,6 +264,40 @@ pub fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<
         todo.extend(parts);
     };
     push_all(&mut todo, given);
+    let writable: Vec<&capsa_policy::FsGrant> = policy
+        .fs
+        .grants
+        .iter()
+        .filter(|g| g.access == Access::ReadWrite && g.kind == GrantKind::Dir)
+        .collect();
+    #[cfg(unix)]
+    let id = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    };
+    #[cfg(unix)]
+    let writable_ids: Vec<((u64, u64), &Path)> = writable
+        .iter()
+        .filter_map(|g| Some((id(&std::fs::metadata(&g.host).ok()?), g.host.as_path())))
+        .collect();
+    // The writable grant the link lies in, by path or (a folder reached by
+    // another path, such as a bind mount, holds the same links) by what
+    // the folders on its way are.
+    let holder = |link: &Path| -> Option<PathBuf> {
+        if let Some(g) = writable.iter().find(|g| link.starts_with(&g.host)) {
+            return Some(g.host.clone());
+        }
+        #[cfg(unix)]
+        for dir in link.ancestors().skip(1) {
+            let Ok(m) = std::fs::metadata(dir) else {
+                continue;
+            };
+            if let Some((_, host)) = writable_ids.iter().find(|(i, _)| *i == id(&m)) {
+                return Some(host.to_path_buf());
+            }
+        }
+        None
+    };
     let mut cur = PathBuf::new();
     let mut links = 0;
     while let Some(part) = todo.pop() {
@@ -301,14 +335,12 @@ pub fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<
         if !meta.file_type().is_symlink() {
             continue;
         }
-        if let Some(g) = policy.fs.grants.iter().find(|g| {
-            g.access == Access::ReadWrite && g.kind == GrantKind::Dir && cur.starts_with(&g.host)
-        }) {
+        if let Some(g) = holder(&cur) {
             anyhow::bail!(
                 "{} is reached through the link {}, which lies in the writable grant {}; grant the path it leads to instead",
                 given.display(),
                 cur.display(),
-                g.host.display()
+                g.display()
             );
         }
         links += 1;

@@ -1320,6 +1320,56 @@ fn the_audit_log_is_never_created_through_a_folder_swapped_for_a_link() {
     assert!(refused > 0 && ran > 0, "refused {refused}, ran {ran}");
 }
 
+// Regression (second attack on a release build): a link in a writable
+// grant was recognised by its path only, so the same folder reached by
+// another path (a bind mount of it) let a grant through the link.
+#[test]
+fn a_link_in_a_writable_grant_reached_by_another_path_is_refused() {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    if !is_root {
+        eprintln!("skipped: needs root for unshare -m");
+        return;
+    }
+    let (_g, d) = setup();
+    let (w, alias, secret) = (d.join("bw"), d.join("alias"), d.join("secret"));
+    for dir in [&w, &alias, &secret] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(secret.join("key"), "HOST SECRET").unwrap();
+    std::os::unix::fs::symlink("../secret", w.join("link")).unwrap();
+    let script = format!(
+        r#"set -e
+mount --bind {w} {alias}
+"$CAPSA" run --allow-write={w} --allow-read={alias}/link "$PROBE" read {alias}/link/key >{d}/out 2>{d}/err || echo $? >{d}/code
+"#,
+        w = s(&w),
+        alias = s(&alias),
+        d = s(&d),
+    );
+    let status = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env("CAPSA", env!("CARGO_BIN_EXE_capsa"))
+        .env("PROBE", probe(P2))
+        .env(
+            "CAPSA_CACHE_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
+        )
+        .status()
+        .expect("unshare runs");
+    assert!(status.success());
+    let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
+    assert!(!read("out").contains("HOST SECRET"), "{}", read("out"));
+    assert_eq!(read("code").trim(), "125", "{}{}", read("out"), read("err"));
+    assert!(
+        read("err").contains("reached through the link") && read("err").contains(&s(&w)),
+        "{}",
+        read("err")
+    );
+}
+
 // Regression (attack on a release build): a policy file in a folder its
 // own policy grants writable could be rewritten by the program, to widen
 // the grants of every later run made with it.
