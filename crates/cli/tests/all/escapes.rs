@@ -1364,7 +1364,7 @@ mount --bind {w} {alias}
     assert!(!read("out").contains("HOST SECRET"), "{}", read("out"));
     assert_eq!(read("code").trim(), "125", "{}{}", read("out"), read("err"));
     assert!(
-        read("err").contains("reached through the link") && read("err").contains(&s(&w)),
+        read("err").contains("reached through the link") && read("err").contains(s(&w)),
         "{}",
         read("err")
     );
