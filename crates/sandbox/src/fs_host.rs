@@ -370,6 +370,14 @@ mod imp {
                 "not a regular file",
             ));
         }
+        // Emptying a file that has another name would empty that one too:
+        // a program may have linked a file of its choice there.
+        if st.st_nlink > 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the file has another name (a hard link); name a new file",
+            ));
+        }
         rustix::fs::ftruncate(&fd, 0)?;
         Ok(std::fs::File::from(fd))
     }

@@ -374,16 +374,24 @@ pub fn same_as_checked(arrived: Option<PathBuf>, resolved: &Path) -> Result<()> 
 /// or at the file's name, so a name swapped for a link after the walk fails
 /// instead. Gives the file and its real path.
 fn create_audit(path: &Path, policy: &Policy) -> Result<(std::fs::File, PathBuf)> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    // Where it exists, the file the walk arrived at (the user's own links
+    // followed); else a new file in the folder the walk arrived at.
+    let at = match refuse_links_in_writable_grants(path, policy)? {
+        Some(at) => at,
+        None => {
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+                anyhow::bail!("not a file name");
+            };
+            refuse_links_in_writable_grants(dir, policy)?
+                .ok_or_else(|| anyhow::anyhow!("no such directory {}", dir.display()))?
+                .join(name)
+        }
+    };
+    let (Some(dir), Some(name)) = (at.parent(), at.file_name()) else {
         anyhow::bail!("not a file name");
     };
-    // The name itself too: a link there in a writable grant is refused by
-    // name, before the open below would refuse any link.
-    refuse_links_in_writable_grants(path, policy)?;
-    let dir = refuse_links_in_writable_grants(dir, policy)?
-        .ok_or_else(|| anyhow::anyhow!("no such directory {}", dir.display()))?;
-    let f = capsa_sandbox::load::create_no_links(&dir, name)?;
-    Ok((f, dir.join(name)))
+    let f = capsa_sandbox::load::create_no_links(dir, name)?;
+    Ok((f, at))
 }
 
 /// No grant may reach into capsa's cache: it holds code capsa runs

@@ -1258,7 +1258,10 @@ attempt("replace", lambda: (open(L + ".new", "w").write("forged\n"), os.replace(
         0,
     )
     .unwrap();
-    for at in [fifo, d.join("secret")] {
+    // Nor a file with another name (a program may have linked one of its
+    // choice there), which emptying it would empty.
+    std::fs::hard_link(d.join("secret/victim"), w.join("linked.log")).unwrap();
+    for at in [fifo, d.join("secret"), w.join("linked.log")] {
         let audit = format!("--audit={}", s(&at));
         let r = run(&[&audit], &probe(P2), &["hello"]);
         assert_eq!(r.code, 125, "{}", r.stderr);
@@ -1268,6 +1271,24 @@ attempt("replace", lambda: (open(L + ".new", "w").write("forged\n"), os.replace(
             r.stderr
         );
     }
+    assert_eq!(std::fs::read(d.join("secret/victim")).unwrap(), b"KEEP");
+    // The user's own link, outside every writable grant, is followed.
+    std::fs::write(d.join("real.log"), "old").unwrap();
+    std::os::unix::fs::symlink("real.log", d.join("mylog")).unwrap();
+    let audit = format!("--audit={}", s(&d.join("mylog")));
+    let r = run(&[&audit], &probe(P2), &["hello"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        std::fs::symlink_metadata(d.join("mylog"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        !std::fs::read_to_string(d.join("real.log"))
+            .unwrap()
+            .contains("old")
+    );
 }
 
 // Regression (second attack on a release build): the audit file was opened
