@@ -347,11 +347,12 @@ mod imp {
         checked(fd)
     }
 
-    /// Creates the regular file `name` in the directory at the absolute,
-    /// resolved `dir`, or empties it where it exists, following no link on
-    /// the way nor at `name`: a name swapped for a link since it was
-    /// checked fails instead of leading elsewhere. A FIFO or a device at
-    /// `name` is refused, never waited on or written.
+    /// Opens the regular file `name` in the directory at the absolute,
+    /// resolved `dir` for reading and writing, made where it does not exist
+    /// and never emptied here, following no link on the way nor at `name`:
+    /// a name swapped for a link since it was checked fails instead of
+    /// leading elsewhere. A FIFO or a device at `name` is refused, never
+    /// waited on or written, and so is a file with another name.
     pub fn create_no_links(dir: &Path, name: &OsStr) -> io::Result<std::fs::File> {
         let (dir, found) = hold_no_links(dir)?;
         if !found.is_dir {
@@ -360,7 +361,7 @@ mod imp {
         let fd = rustix::fs::openat(
             &dir,
             name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o666),
         )?;
         let st = rustix::fs::fstat(&fd)?;
@@ -370,7 +371,7 @@ mod imp {
                 "not a regular file",
             ));
         }
-        // Emptying a file that has another name would empty that one too:
+        // Writing a file that has another name would change that one too:
         // a program may have linked a file of its choice there.
         if st.st_nlink > 1 {
             return Err(io::Error::new(
@@ -378,7 +379,6 @@ mod imp {
                 "the file has another name (a hard link); name a new file",
             ));
         }
-        rustix::fs::ftruncate(&fd, 0)?;
         Ok(std::fs::File::from(fd))
     }
 
@@ -569,9 +569,15 @@ mod imp {
         hold(path)
     }
 
-    /// As `std::fs::File::create`, links followed (see [`hold_no_links`]).
+    /// Opened for reading and writing, made where missing, not emptied;
+    /// links followed (see [`hold_no_links`]).
     pub fn create_no_links(dir: &Path, name: &OsStr) -> io::Result<std::fs::File> {
-        std::fs::File::create(dir.join(name))
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(name))
     }
 
     pub fn stat_path(path: &Path, follow: bool) -> io::Result<Found> {

@@ -737,10 +737,11 @@ pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-/// Creates the file `name` in the directory at the absolute, resolved
-/// path `dir`, or empties the regular file there, with no link followed on
-/// the way or at `name` (on Unix): a file capsa writes where a program may
-/// have put a link, or may swap one in while capsa opens it.
+/// Opens the file `name` in the directory at the absolute, resolved path
+/// `dir` for reading and writing, made where missing (not emptied), with no
+/// link followed on the way or at `name` (on Unix), and only a regular file
+/// with no other name: a file capsa writes where a program may have put a
+/// link, or may swap one in while capsa opens it.
 pub fn create_no_links(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<std::fs::File> {
     crate::fs_host::create_no_links(dir, name)
 }

@@ -390,8 +390,31 @@ fn create_audit(path: &Path, policy: &Policy) -> Result<(std::fs::File, PathBuf)
     let (Some(dir), Some(name)) = (at.parent(), at.file_name()) else {
         anyhow::bail!("not a file name");
     };
-    let f = capsa_sandbox::load::create_no_links(dir, name)?;
+    let mut f = capsa_sandbox::load::create_no_links(dir, name)?;
+    // Only an empty file or an earlier audit log is emptied: a mistyped
+    // `--audit` naming the script, the policy or a file of the user's
+    // would otherwise be lost.
+    let mut head = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, 64 << 10), &mut head)?;
+    if !head.is_empty() && !is_audit_log(&head) {
+        anyhow::bail!(
+            "{} is not an audit log capsa wrote; name a new file (or remove it)",
+            at.display()
+        );
+    }
+    f.set_len(0)?;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
     Ok((f, at))
+}
+
+/// Whether `head` (a file's first bytes) begins with an audit record.
+fn is_audit_log(head: &[u8]) -> bool {
+    let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    serde_json::from_slice::<serde_json::Value>(first).is_ok_and(|v| {
+        ["time", "kind", "decision"]
+            .iter()
+            .all(|k| v.get(k).is_some())
+    })
 }
 
 /// No grant may reach into capsa's cache: it holds code capsa runs

@@ -1272,8 +1272,21 @@ attempt("replace", lambda: (open(L + ".new", "w").write("forged\n"), os.replace(
         );
     }
     assert_eq!(std::fs::read(d.join("secret/victim")).unwrap(), b"KEEP");
+    // A file that is not an earlier audit log is never emptied (the script
+    // named by mistake, say); an earlier log is.
+    let script = d.join("script.py");
+    std::fs::write(&script, "print('kept')\n").unwrap();
+    let audit = format!("--audit={}", s(&script));
+    let r = run(&[&audit], &probe(P2), &["hello"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("not an audit log"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&script).unwrap(), b"print('kept')\n");
+    let audit = format!("--audit={}", s(&log));
+    let r = run(&[&write, &audit], &probe(P2), &["hello"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     // The user's own link, outside every writable grant, is followed.
-    std::fs::write(d.join("real.log"), "old").unwrap();
+    let earlier = "{\"time\":\"t\",\"kind\":\"fs\",\"decision\":\"deny\",\"target\":\"EARLIER\"}\n";
+    std::fs::write(d.join("real.log"), earlier).unwrap();
     std::os::unix::fs::symlink("real.log", d.join("mylog")).unwrap();
     let audit = format!("--audit={}", s(&d.join("mylog")));
     let r = run(&[&audit], &probe(P2), &["hello"]);
@@ -1287,7 +1300,7 @@ attempt("replace", lambda: (open(L + ".new", "w").write("forged\n"), os.replace(
     assert!(
         !std::fs::read_to_string(d.join("real.log"))
             .unwrap()
-            .contains("old")
+            .contains("EARLIER")
     );
 }
 
