@@ -275,18 +275,18 @@ pub fn refuse_links_in_writable_grants(given: &Path, policy: &Policy) -> Result<
         use std::os::unix::fs::MetadataExt;
         (m.dev(), m.ino())
     };
-    #[cfg(unix)]
-    let writable_ids: Vec<((u64, u64), &Path)> = writable
-        .iter()
-        .filter_map(|g| Some((id(&std::fs::metadata(&g.host).ok()?), g.host.as_path())))
-        .collect();
     // The writable grant the link lies in, by path or (a folder reached by
     // another path, such as a bind mount, holds the same links) by what
-    // the folders on its way are.
+    // the folders on its way are. Only asked where a link is met.
     let holder = |link: &Path| -> Option<PathBuf> {
         if let Some(g) = writable.iter().find(|g| link.starts_with(&g.host)) {
             return Some(g.host.clone());
         }
+        #[cfg(unix)]
+        let writable_ids: Vec<((u64, u64), &Path)> = writable
+            .iter()
+            .filter_map(|g| Some((id(&std::fs::metadata(&g.host).ok()?), g.host.as_path())))
+            .collect();
         #[cfg(unix)]
         for dir in link.ancestors().skip(1) {
             let Ok(m) = std::fs::metadata(dir) else {

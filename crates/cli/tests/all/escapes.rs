@@ -1159,7 +1159,6 @@ fn a_chain_of_links_is_checked_link_by_link() {
 // writable grant with a link had the grant land where the link led.
 #[test]
 fn a_name_swapped_while_a_grant_is_checked_never_grants_where_the_link_led() {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
     let (_g, d) = setup();
     let (w, secret) = (d.join("race"), d.join("secret"));
     std::fs::create_dir_all(w.join("x")).unwrap();
@@ -1167,18 +1166,7 @@ fn a_name_swapped_while_a_grant_is_checked_never_grants_where_the_link_led() {
     std::fs::create_dir_all(&secret).unwrap();
     std::fs::write(secret.join("key"), "HOST SECRET").unwrap();
     std::os::unix::fs::symlink(&secret, w.join("y")).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let swapper = {
-        let (stop, x, y) = (stop.clone(), w.join("x"), w.join("y"));
-        std::thread::spawn(move || {
-            let mut swaps = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                renameat_with(CWD, &x, CWD, &y, RenameFlags::EXCHANGE).unwrap();
-                swaps += 1;
-            }
-            swaps
-        })
-    };
+    let swapper = Swapper::start(w.join("x"), w.join("y"));
     let write = format!("--allow-write={}", s(&w));
     let read = format!("--allow-read={}", s(&w.join("x")));
     let key_path = w.join("x/key");
@@ -1199,8 +1187,7 @@ fn a_name_swapped_while_a_grant_is_checked_never_grants_where_the_link_led() {
             ran += 1;
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(swapper.join().unwrap() > 0);
+    assert!(swapper.stop() > 0);
     assert!(refused > 0, "the race never happened ({ran} runs)");
     assert_eq!(std::fs::read(secret.join("key")).unwrap(), b"HOST SECRET");
 }
@@ -1309,7 +1296,6 @@ attempt("replace", lambda: (open(L + ".new", "w").write("forged\n"), os.replace(
 // in between had capsa create or empty a file wherever the link led.
 #[test]
 fn the_audit_log_is_never_created_through_a_folder_swapped_for_a_link() {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
     let (_g, d) = setup();
     let w = d.join("race");
     std::fs::create_dir_all(w.join("d")).unwrap();
@@ -1317,18 +1303,7 @@ fn the_audit_log_is_never_created_through_a_folder_swapped_for_a_link() {
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::write(victim.join("audit.log"), "IMPORTANT").unwrap();
     std::os::unix::fs::symlink(&victim, w.join("l")).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let swapper = {
-        let (stop, a, b) = (stop.clone(), w.join("d"), w.join("l"));
-        std::thread::spawn(move || {
-            let mut swaps = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                renameat_with(CWD, &a, CWD, &b, RenameFlags::EXCHANGE).unwrap();
-                swaps += 1;
-            }
-            swaps
-        })
-    };
+    let swapper = Swapper::start(w.join("d"), w.join("l"));
     let write = format!("--allow-write={}", s(&w));
     let audit = format!("--audit={}", s(&w.join("d/audit.log")));
     let (mut refused, mut ran) = (0, 0);
@@ -1349,8 +1324,7 @@ fn the_audit_log_is_never_created_through_a_folder_swapped_for_a_link() {
             refused += 1;
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(swapper.join().unwrap() > 0);
+    assert!(swapper.stop() > 0);
     assert!(refused > 0 && ran > 0, "refused {refused}, ran {ran}");
 }
 
@@ -1359,11 +1333,7 @@ fn the_audit_log_is_never_created_through_a_folder_swapped_for_a_link() {
 // another path (a bind mount of it) let a grant through the link.
 #[test]
 fn a_link_in_a_writable_grant_reached_by_another_path_is_refused() {
-    let is_root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    if !is_root {
+    if !is_root() {
         eprintln!("skipped: needs root for unshare -m");
         return;
     }

@@ -239,11 +239,7 @@ fn granted_name_is_looked_up_by_the_host() {
 // nothing can leave this machine whatever capsa does.
 #[test]
 fn granted_name_resolving_to_the_machines_own_address_is_refused() {
-    let is_root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    if !is_root {
+    if !is_root() {
         eprintln!("skipped: needs root for unshare -m -n");
         return;
     }

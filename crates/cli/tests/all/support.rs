@@ -407,3 +407,44 @@ impl Drop for Static {
         let _ = self.child.wait();
     }
 }
+
+/// Whether the tests run as root (for `unshare`).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+}
+
+/// A thread that swaps two names (`renameat2` with `RENAME_EXCHANGE`) over
+/// and over, as a process racing capsa would, until [`Swapper::stop`].
+#[cfg(unix)]
+pub struct Swapper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+#[cfg(unix)]
+impl Swapper {
+    pub fn start(a: PathBuf, b: PathBuf) -> Swapper {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                renameat_with(CWD, &a, CWD, &b, RenameFlags::EXCHANGE).unwrap();
+                swaps += 1;
+            }
+            swaps
+        });
+        Swapper { stop, thread }
+    }
+
+    /// Stops the swaps and says how many were made.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}

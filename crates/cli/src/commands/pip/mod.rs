@@ -517,7 +517,7 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(all(test, unix))]
 mod tests {
     use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     /// Makes `depth` directories named `d`, one inside the next, under
     /// `root` (through descriptors, so deeper than a path can name), with a
@@ -536,6 +536,20 @@ mod tests {
         }
     }
 
+    /// A scratch folder holding the tree to copy (made), where the copy
+    /// goes (not made) and a folder outside both (made).
+    fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+        let base = tempfile::tempdir_in("/tmp").unwrap();
+        let (from, to, outside) = (
+            base.path().join("a"),
+            base.path().join("b"),
+            base.path().join("o"),
+        );
+        std::fs::create_dir(&from).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        (base, from, to, outside)
+    }
+
     /// A thread with a small stack, so that copying by recursion would
     /// overflow it.
     fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -549,14 +563,7 @@ mod tests {
 
     #[test]
     fn a_deep_tree_is_copied_without_recursion_and_links_are_left_out() {
-        let base = tempfile::tempdir_in("/tmp").unwrap();
-        let (from, to, outside) = (
-            base.path().join("a"),
-            base.path().join("b"),
-            base.path().join("o"),
-        );
-        std::fs::create_dir(&from).unwrap();
-        std::fs::create_dir(&outside).unwrap();
+        let (_base, from, to, outside) = scratch();
         std::fs::write(outside.join("secret"), "host").unwrap();
         // Deep enough to overflow 128 KiB by recursion, short enough that
         // every path stays under PATH_MAX.
@@ -588,14 +595,7 @@ mod tests {
 
     #[test]
     fn a_tree_too_deep_to_name_ends_in_an_error_and_the_copy_is_removed() {
-        let base = tempfile::tempdir_in("/tmp").unwrap();
-        let (from, to, outside) = (
-            base.path().join("a"),
-            base.path().join("b"),
-            base.path().join("o"),
-        );
-        std::fs::create_dir(&from).unwrap();
-        std::fs::create_dir(&outside).unwrap();
+        let (base, from, to, outside) = scratch();
         deep(&from, 3_000, 500, &outside);
         let (f, t) = (from.clone(), to.clone());
         let err = on_small_stack(move || super::copy_tree(&f, &t)).unwrap_err();
