@@ -15,6 +15,8 @@
 //! directory renamed into place, under a lock file, so two first runs at once
 //! build once and a crash leaves no partial entry.
 
+mod component;
+pub mod fold;
 pub mod invocation;
 pub mod prune;
 
@@ -33,7 +35,7 @@ pub const GUEST_STDLIB: &str = "/python";
 
 /// Bump when the layout of a runtime directory, or the way its component is
 /// made, changes.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 const APP_PY: &str = include_str!("app.py");
 const HTTP_PY: &str = include_str!("_capsa_http.py");
@@ -362,10 +364,12 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
     .join()
     .map_err(|_| PythonError::Build("the generator panicked".into()))?
     .map_err(PythonError::Build)?;
-    // Fewer names for wasmtime to read back on every start.
+    // Link addresses compiled in as constants, then fewer names for
+    // wasmtime to read back on every start (folding leaves more unread).
     let bytes = fs::read(output).map_err(err)?;
-    if let Some((pruned, _)) = prune::prune_exports(&bytes) {
-        fs::write(output, pruned).map_err(err)?;
-    }
+    let folded = fold::fold_link_globals(&bytes).map(|(b, _)| b);
+    let bytes = folded.unwrap_or(bytes);
+    let bytes = prune::prune_exports(&bytes).map_or(bytes, |(b, _)| b);
+    fs::write(output, bytes).map_err(err)?;
     Ok(())
 }

@@ -12,11 +12,9 @@
 //! or exported by the component, an unparsable input, a result that does not
 //! validate) leaves the component as it was.
 
+use crate::component::{CoreInstance, Wiring, leb128, push_section, rebuild};
 use std::collections::{HashMap, HashSet};
-use std::ops::Range;
-use wasmparser::{
-    ComponentAlias, ComponentExternalKind, Instance, InstantiationArgKind, Parser, Payload,
-};
+use wasmparser::{Parser, Payload};
 
 /// What pruning did, for the build's report.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -28,182 +26,51 @@ pub struct Pruned {
 /// The component without its unreachable core exports, or `None` where it
 /// is left as it was.
 pub fn prune_exports(component: &[u8]) -> Option<(Vec<u8>, Pruned)> {
-    let plan = Plan::read(component)?;
-    let mut out = component[..8].to_vec();
+    let wiring = Wiring::read(component)?;
+    let used = used(component, &wiring)?;
     let mut stats = Pruned::default();
-    let mut module = 0;
-    for (id, range) in &plan.sections {
-        let data = &component[range.clone()];
-        if *id == MODULE_SECTION {
-            let used = plan.used.get(&module);
-            module += 1;
-            if let Some(used) = used {
-                let (bytes, before, after) = prune_module(data, used)?;
-                stats.exports_before += before;
-                stats.exports_after += after;
-                push_section(&mut out, *id, &bytes);
-                continue;
-            }
-        }
-        push_section(&mut out, *id, data);
-    }
-    let features = wasmparser::WasmFeatures::all();
-    wasmparser::Validator::new_with_features(features)
-        .validate_all(&out)
-        .ok()?;
+    let out = rebuild(component, &wiring, |module, data| {
+        let Some(used) = used.get(&module) else {
+            return Some(None);
+        };
+        let (bytes, before, after) = prune_module(data, used)?;
+        stats.exports_before += before;
+        stats.exports_after += after;
+        Some(Some(bytes))
+    })?;
     Some((out, stats))
 }
 
-const MODULE_SECTION: u8 = 1;
-
-/// The component's top-level sections, and for each core module that the
-/// component instantiates, the names of its exports that are read.
-struct Plan {
-    sections: Vec<(u8, Range<usize>)>,
-    used: HashMap<u32, HashSet<String>>,
-}
-
-impl Plan {
-    fn read(component: &[u8]) -> Option<Plan> {
-        let mut sections = Vec::new();
-        let mut modules: Vec<Range<usize>> = Vec::new();
-        // Per core instance: the module it instantiates, if it does.
-        let mut instances: Vec<Option<u32>> = Vec::new();
-        // (module, [(import module name, core instance)]) per instantiation.
-        let mut instantiations: Vec<(u32, Vec<(String, u32)>)> = Vec::new();
-        let mut aliased: Vec<(u32, String)> = Vec::new();
-        let mut depth = 0usize;
-        for payload in Parser::new(0).parse_all(component) {
-            let payload = payload.ok()?;
-            if depth > 0 {
-                match payload {
-                    Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-                    Payload::End(_) => depth -= 1,
-                    // A nested component reaching a module outside it.
-                    Payload::ComponentAliasSection(reader) => {
-                        for alias in reader {
-                            if let ComponentAlias::Outer { kind, .. } = alias.ok()?
-                                && kind == wasmparser::ComponentOuterAliasKind::CoreModule
-                            {
-                                return None;
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            match &payload {
-                Payload::Version { encoding, .. }
-                    if *encoding != wasmparser::Encoding::Component =>
-                {
-                    return None;
-                }
-                Payload::ModuleSection {
-                    unchecked_range, ..
-                } => {
-                    modules.push(unchecked_range.clone());
-                    depth += 1;
-                }
-                Payload::ComponentSection { .. } => depth += 1,
-                Payload::InstanceSection(reader) => {
-                    for instance in reader.clone() {
-                        match instance.ok()? {
-                            Instance::Instantiate { module_index, args } => {
-                                let mut with = Vec::new();
-                                for arg in args.iter() {
-                                    if arg.kind != InstantiationArgKind::Instance {
-                                        return None;
-                                    }
-                                    with.push((arg.name.to_string(), arg.index));
-                                }
-                                instances.push(Some(module_index));
-                                instantiations.push((module_index, with));
-                            }
-                            Instance::FromExports(_) => instances.push(None),
-                        }
-                    }
-                }
-                Payload::ComponentAliasSection(reader) => {
-                    for alias in reader.clone() {
-                        match alias.ok()? {
-                            ComponentAlias::CoreInstanceExport {
-                                instance_index,
-                                name,
-                                ..
-                            } => aliased.push((instance_index, name.to_string())),
-                            ComponentAlias::InstanceExport { kind, .. } => {
-                                if kind == ComponentExternalKind::Module {
-                                    return None;
-                                }
-                            }
-                            ComponentAlias::Outer { .. } => return None,
-                        }
-                    }
-                }
-                Payload::ComponentImportSection(reader) => {
-                    for import in reader.clone() {
-                        if matches!(import.ok()?.ty, wasmparser::ComponentTypeRef::Module(_)) {
-                            return None;
-                        }
-                    }
-                }
-                Payload::ComponentExportSection(reader) => {
-                    for export in reader.clone() {
-                        if export.ok()?.kind == ComponentExternalKind::Module {
-                            return None;
-                        }
-                    }
-                }
-                // A module passed to a component, or put in a bag of exports
-                // (which may be exported or passed on), is read by name there.
-                Payload::ComponentInstanceSection(reader) => {
-                    for instance in reader.clone() {
-                        let passes_a_module = match instance.ok()? {
-                            wasmparser::ComponentInstance::Instantiate { args, .. } => {
-                                args.iter().any(|a| a.kind == ComponentExternalKind::Module)
-                            }
-                            wasmparser::ComponentInstance::FromExports(exports) => exports
-                                .iter()
-                                .any(|e| e.kind == ComponentExternalKind::Module),
-                        };
-                        if passes_a_module {
-                            return None;
-                        }
-                    }
-                }
-                Payload::End(_) => break,
-                _ => {}
-            }
-            if let Some(section) = payload.as_section() {
-                sections.push(section);
-            }
+/// For each core module that the component instantiates, the names of its
+/// exports that are read.
+fn used(component: &[u8], wiring: &Wiring) -> Option<HashMap<u32, HashSet<String>>> {
+    let mut used: HashMap<u32, HashSet<String>> = HashMap::new();
+    for instance in &wiring.instances {
+        if let CoreInstance::Module(module, _) = instance {
+            used.entry(*module).or_default();
         }
-
-        let module_of = |instance: u32| instances.get(instance as usize).copied().flatten();
-        let mut used: HashMap<u32, HashSet<String>> = HashMap::new();
-        for &(module, _) in &instantiations {
-            used.entry(module).or_default();
-        }
-        for (instance, name) in aliased {
-            // An alias of a bag of exports names what is already aliased.
-            if let Some(module) = module_of(instance) {
-                used.entry(module).or_default().insert(name);
-            }
-        }
-        for (module, with) in &instantiations {
-            let bytes = &component[modules.get(*module as usize)?.clone()];
-            for (from, field) in imports(bytes)? {
-                let Some((_, instance)) = with.iter().find(|(name, _)| *name == from) else {
-                    continue;
-                };
-                if let Some(source) = module_of(*instance) {
-                    used.entry(source).or_default().insert(field);
-                }
-            }
-        }
-        Some(Plan { sections, used })
     }
+    for (_, instance, name) in &wiring.aliases {
+        // An alias of a bag of exports names what is already aliased.
+        if let Some(module) = wiring.module_of(*instance) {
+            used.entry(module).or_default().insert(name.clone());
+        }
+    }
+    for instance in &wiring.instances {
+        let CoreInstance::Module(module, with) = instance else {
+            continue;
+        };
+        let bytes = &component[wiring.modules.get(*module as usize)?.clone()];
+        for (from, field) in imports(bytes)? {
+            let Some((_, instance)) = with.iter().find(|(name, _)| *name == from) else {
+                continue;
+            };
+            if let Some(source) = wiring.module_of(*instance) {
+                used.entry(source).or_default().insert(field);
+            }
+        }
+    }
+    Some(used)
 }
 
 /// A module's imports, as (module, field).
@@ -255,27 +122,6 @@ fn prune_module(module: &[u8], used: &HashSet<String>) -> Option<(Vec<u8>, usize
         push_section(&mut out, id, &section);
     }
     Some((out, before, after))
-}
-
-fn push_section(out: &mut Vec<u8>, id: u8, data: &[u8]) {
-    out.push(id);
-    leb128(
-        out,
-        u32::try_from(data.len()).expect("a section is under 4 GiB"),
-    );
-    out.extend_from_slice(data);
-}
-
-fn leb128(out: &mut Vec<u8>, mut value: u32) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 #[cfg(test)]
