@@ -240,7 +240,7 @@ impl<'a> Module<'a> {
                 Payload::ExportSection(reader) => {
                     for export in reader {
                         let export = export.ok()?;
-                        if export.kind == ExternalKind::Func {
+                        if matches!(export.kind, ExternalKind::Func | ExternalKind::FuncExact) {
                             entries.push(export.index);
                         }
                         m.exports
@@ -248,6 +248,13 @@ impl<'a> Module<'a> {
                     }
                 }
                 Payload::StartSection { func, .. } => entries.push(func),
+                Payload::TableSection(reader) => {
+                    for table in reader {
+                        if let wasmparser::TableInit::Expr(expr) = table.ok()?.init {
+                            refs(&expr, &mut entries)?;
+                        }
+                    }
+                }
                 Payload::ElementSection(reader) => {
                     for element in reader {
                         match element.ok()?.items {
@@ -268,7 +275,17 @@ impl<'a> Module<'a> {
                     let (mut sets, mut calls) = (Vec::new(), Vec::new());
                     for op in body.get_operators_reader().ok()? {
                         match op.ok()? {
-                            Operator::GlobalSet { global_index } => sets.push(global_index),
+                            Operator::GlobalSet { global_index }
+                            | Operator::GlobalAtomicSet { global_index, .. }
+                            | Operator::GlobalAtomicRmwAdd { global_index, .. }
+                            | Operator::GlobalAtomicRmwSub { global_index, .. }
+                            | Operator::GlobalAtomicRmwAnd { global_index, .. }
+                            | Operator::GlobalAtomicRmwOr { global_index, .. }
+                            | Operator::GlobalAtomicRmwXor { global_index, .. }
+                            | Operator::GlobalAtomicRmwXchg { global_index, .. }
+                            | Operator::GlobalAtomicRmwCmpxchg { global_index, .. } => {
+                                sets.push(global_index)
+                            }
                             Operator::Call { function_index }
                             | Operator::ReturnCall { function_index } => calls.push(function_index),
                             Operator::RefFunc { function_index } => entries.push(function_index),
@@ -553,6 +570,8 @@ mod tests {
             "(func (export \"run\") call $set)",
             "(table 1 funcref) (elem (i32.const 0) func $set)",
             "(global funcref (ref.func $set)) (func (export \"f\") (result funcref) ref.func $set)",
+            "(table 1 funcref (ref.func $set))",
+            "(func (export \"f\") i32.const 1 global.atomic.rmw.add seqcst $x drop)",
         ] {
             let (folded, n) = fold_link_globals(&linked(init, "")).expect(init);
             assert_eq!(n, 1, "{init}");
