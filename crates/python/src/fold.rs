@@ -9,9 +9,9 @@
 //! use, so `PyFloat_CheckExact(x)` in CPython's bytecode loop costs two
 //! dependent loads before the comparison. Once the component's snapshot is
 //! made these addresses never change: the main module's globals hold them
-//! as constants and nothing that can run writes them (the linker's `__init`
-//! module that set them is left with no start function, no exports and no
-//! element segments, so none of its code can run). Each such import becomes
+//! as constants and nothing that can run writes them (the function of the
+//! linker's `__init` module that set them is reached from no start function,
+//! no export and no table, so it can never run again). Each such import becomes
 //! a global of the library's own, immutable, with that constant, which the
 //! compiler folds into the code.
 //!
