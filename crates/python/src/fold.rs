@@ -64,10 +64,10 @@ pub fn fold_link_globals(component: &[u8]) -> Option<(Vec<u8>, usize)> {
             if written.contains(&source) {
                 continue;
             }
-            let CoreInstance::Module(s, _) = &wiring.instances[source.0 as usize] else {
+            let Some(s) = wiring.module_of(source.0) else {
                 continue;
             };
-            if let Some(value) = modules[*s as usize].constant(source.1) {
+            if let Some(value) = modules[s as usize].constant(source.1) {
                 fold.insert(i, value);
             }
         }

@@ -1353,16 +1353,7 @@ mount --bind {w} {alias}
         alias = s(&alias),
         d = s(&d),
     );
-    let status = std::process::Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .env("CAPSA", env!("CARGO_BIN_EXE_capsa"))
-        .env("PROBE", probe(P2))
-        .env(
-            "CAPSA_CACHE_DIR",
-            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
-        )
-        .status()
-        .expect("unshare runs");
+    let status = unshared(&["-m"], &script);
     assert!(status.success());
     let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
     assert!(!read("out").contains("HOST SECRET"), "{}", read("out"));

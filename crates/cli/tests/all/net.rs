@@ -276,16 +276,7 @@ kill $server || true
         hosts = s(&d.join("hosts")),
         dir = s(&d),
     );
-    let status = std::process::Command::new("unshare")
-        .args(["-m", "-n", "sh", "-c", &script])
-        .env("CAPSA", env!("CARGO_BIN_EXE_capsa"))
-        .env("PROBE", probe(P2))
-        .env(
-            "CAPSA_CACHE_DIR",
-            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
-        )
-        .status()
-        .expect("unshare runs");
+    let status = unshared(&["-m", "-n"], &script);
     assert!(status.success());
     let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
     assert!(

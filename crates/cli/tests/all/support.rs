@@ -56,10 +56,23 @@ pub fn cache_dir() -> PathBuf {
     target_root().join("capsa-cache")
 }
 
+/// `sh -c script` in namespaces of its own (`unshare FLAGS`, as root), with
+/// `$CAPSA`, `$PROBE` (the WASI 0.2 probe) and the shared cache set.
+pub fn unshared(flags: &[&str], script: &str) -> std::process::ExitStatus {
+    Command::new("unshare")
+        .args(flags)
+        .args(["sh", "-c", script])
+        .env("CAPSA", env!("CARGO_BIN_EXE_capsa"))
+        .env("PROBE", probe(P2))
+        .env("CAPSA_CACHE_DIR", cache_dir())
+        .status()
+        .expect("unshare runs")
+}
+
 /// `capsa` with a shared cache and a clean environment.
 pub fn capsa() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
-    c.env("CAPSA_CACHE_DIR", target_root().join("capsa-cache"));
+    c.env("CAPSA_CACHE_DIR", cache_dir());
     c.stdin(Stdio::null());
     c
 }
@@ -230,7 +243,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
         .args(["-c", DRIVER, env!("CARGO_BIN_EXE_capsa")])
         .args(args)
         .arg(typed)
-        .env("CAPSA_CACHE_DIR", target_root().join("capsa-cache"))
+        .env("CAPSA_CACHE_DIR", cache_dir())
         .envs(envs.iter().copied())
         .current_dir(dir)
         .output()
