@@ -18,6 +18,7 @@
 mod component;
 pub mod fold;
 pub mod invocation;
+pub mod merge;
 pub mod prune;
 
 use capsa_sandbox::CodeCache;
@@ -35,7 +36,7 @@ pub const GUEST_STDLIB: &str = "/python";
 
 /// Bump when the layout of a runtime directory, or the way its component is
 /// made, changes.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 
 const APP_PY: &str = include_str!("app.py");
 const HTTP_PY: &str = include_str!("_capsa_http.py");
@@ -365,11 +366,13 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
     .map_err(|_| PythonError::Build("the generator panicked".into()))?
     .map_err(PythonError::Build)?;
     // Link addresses compiled in as constants, then fewer names for
-    // wasmtime to read back on every start (folding leaves more unread).
+    // wasmtime to read back on every start (folding leaves more unread),
+    // then the libraries linked into one module.
     let bytes = fs::read(output).map_err(err)?;
     let folded = fold::fold_link_globals(&bytes).map(|(b, _)| b);
     let bytes = folded.unwrap_or(bytes);
     let bytes = prune::prune_exports(&bytes).map_or(bytes, |(b, _)| b);
+    let bytes = merge::merge_modules(&bytes).map_or(bytes, |(b, _)| b);
     fs::write(output, bytes).map_err(err)?;
     Ok(())
 }
