@@ -93,6 +93,16 @@ impl From<Output> for Run {
     }
 }
 
+/// Asserts that capsa refused the run before it started (exit 125), saying
+/// each of `why`.
+#[track_caller]
+pub fn assert_refused(r: &Run, why: &[&str]) {
+    assert_eq!(r.code, 125, "{}{}", r.stdout, r.stderr);
+    for w in why {
+        assert!(r.stderr.contains(w), "no {w:?} in: {}", r.stderr);
+    }
+}
+
 /// Runs `capsa run FLAGS PROGRAM ARGS` and collects its outcome.
 pub fn run(flags: &[&str], program: &Path, args: &[&str]) -> Run {
     let out = capsa()
