@@ -230,6 +230,47 @@ fn a_run_answers_with_its_output_denials_and_exit_code() {
     );
 }
 
+/// A run's files: as many as the cap, in folders of their own, are there
+/// for the program; one more, or names that clash, are refused before
+/// anything is written.
+#[test]
+fn a_run_brings_up_to_a_thousand_files() {
+    let server = Server::start(&[]);
+    let mut files = serde_json::Map::new();
+    for i in 0..1000 {
+        files.insert(format!("d{}/f{i}.txt", i % 10), json!(i.to_string()));
+    }
+    let code = "import os\n\
+                names = [os.path.join(d, f) for d in os.listdir('.') for f in os.listdir(d)]\n\
+                print(len(names), sum(int(open(n).read()) for n in names))";
+    let r = server.run(json!({"code": code, "files": files.clone()}));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(r["stdout"], "1000 499500\n", "{r}");
+
+    files.insert("one-more.txt".into(), json!("x"));
+    let over = server.post("/v1/run", json!({"code": "print(1)", "files": files}));
+    assert_eq!(over.status, 400);
+    assert!(
+        over.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1000 files"),
+        "{}",
+        String::from_utf8_lossy(&over.body)
+    );
+    for clash in [json!({"a": "1", "a/b": "2"}), json!({"a/b": "1", "a": "2"})] {
+        let r = server.post("/v1/run", json!({"code": "print(1)", "files": clash}));
+        assert_eq!(
+            r.status,
+            400,
+            "{clash}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let r = server.run(json!({"code": "import os; print(os.listdir('.'))", "files": {"a": "1"}}));
+    assert_eq!(r["stdout"], "['a']\n", "{r}");
+}
+
 #[test]
 fn a_wasi_program_runs_from_base64() {
     use base64::Engine as _;

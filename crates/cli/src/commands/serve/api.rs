@@ -716,7 +716,7 @@ impl Drop for RunDir {
     }
 }
 
-async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
+async fn post_run(state: &Arc<State>, mut r: RunRequest, events: bool) -> Answer {
     let program = match (&r.code, &r.wasm) {
         (Some(code), None) => Program::Python(code.clone()),
         (None, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64) {
@@ -738,6 +738,10 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
             );
         }
     };
+    let names = match scratch::check_files(&r.files) {
+        Ok(names) => names,
+        Err(e) => return file_error(e),
+    };
     let id = super::random_id();
     let runs = state.config.base.path.join("runs");
     let scratch_dir = RunDir(runs.join(&id));
@@ -749,9 +753,6 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
         Ok(p) => p,
         Err(e) => return refused(e),
     };
-    if let Err(e) = scratch::fill(&scratch, &r.files) {
-        return file_error(e);
-    }
     let policy = match policy.to_toml() {
         Ok(t) => t,
         Err(e) => return internal(e),
@@ -792,6 +793,15 @@ async fn post_run(state: &Arc<State>, r: RunRequest, events: bool) -> Answer {
             "too many runs are waiting (see --max-runs and --max-queue); try again later",
         );
     };
+    // The request's files, once it has its place in the queue, on a thread
+    // for blocking work: a thousand files keep no other request waiting.
+    let files = std::mem::take(&mut r.files);
+    let into = scratch.clone();
+    match tokio::task::spawn_blocking(move || scratch::fill(&into, &files, &names)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return file_error(e),
+        Err(e) => return internal(e),
+    }
     let state = state.clone();
     respond(events, move |tap| async move {
         let Ok(_permit) = state.runs.clone().acquire_owned().await else {

@@ -166,20 +166,53 @@ pub fn write(root: &Path, name: &Path, bytes: &[u8]) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Writes the files of a request into a fresh scratch directory.
+/// Files one run's request may bring.
+pub const MAX_FILES: usize = 1_000;
+
+/// The relative paths of a request's files, checked before anything is
+/// written.
+pub fn check_files(
+    files: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<PathBuf>, FileError> {
+    if files.len() > MAX_FILES {
+        return Err(FileError::BadName(format!(
+            "files: at most {MAX_FILES} files a run ({} given)",
+            files.len()
+        )));
+    }
+    files.keys().map(|n| check_name(n)).collect()
+}
+
+/// Writes a request's files, named as [`check_files`] gave them, into a
+/// fresh scratch directory that nothing else reads until the run starts:
+/// each file written in place, not synced (the directory goes with the
+/// run, and a fill that fails is removed with it).
 pub fn fill(
     root: &Path,
     files: &std::collections::BTreeMap<String, String>,
+    names: &[PathBuf],
 ) -> Result<(), FileError> {
-    for (given, content) in files {
-        let name = check_name(given)?;
-        // Names that clash (`a` and `a/b`) are the request's error.
-        write(root, &name, content.as_bytes()).map_err(|e| match e {
-            FileError::Io(m) | FileError::NotFound(m) => {
-                FileError::BadName(format!("files: cannot write {:?}: {m}", escape(given)))
-            }
-            other => other,
-        })?;
+    let dir = open(root)?;
+    for ((given, content), name) in files.iter().zip(names) {
+        if content.len() as u64 > MAX_FILE {
+            return Err(FileError::TooLarge(format!(
+                "a file may hold at most {} MiB",
+                MAX_FILE >> 20
+            )));
+        }
+        // Names that clash (`a` and `a/b`, or `a/b` and `a`) are the
+        // request's error.
+        let clash = |e: std::io::Error| {
+            FileError::BadName(format!("files: cannot write {:?}: {e}", escape(given)))
+        };
+        if let Some(parent) = name.parent().filter(|p| !p.as_os_str().is_empty()) {
+            dir.create_dir_all(parent).map_err(clash)?;
+        }
+        let mut options = cap_std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        dir.open_with(name, &options)
+            .and_then(|mut f| f.write_all(content.as_bytes()))
+            .map_err(clash)?;
     }
     Ok(())
 }
