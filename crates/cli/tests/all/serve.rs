@@ -288,6 +288,17 @@ fn a_wasi_program_runs_from_base64() {
     assert_eq!(r["exit_code"], 134, "{r}");
     let bad = server.post("/v1/run", json!({"wasm": "not base64!"}));
     assert_eq!(bad.status, 400);
+    let nul = server.post("/v1/run", json!({"wasm": b64, "args": ["a\u{0}b"]}));
+    assert_eq!(nul.status, 400, "{}", String::from_utf8_lossy(&nul.body));
+    assert!(nul.json()["error"].as_str().unwrap().contains("NUL"));
+    let none = server.post("/v1/run", json!({"wasm": b64, "memory": "0"}));
+    assert_eq!(none.status, 400, "{}", String::from_utf8_lossy(&none.body));
+    assert!(
+        none.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 0")
+    );
     let neither = server.post("/v1/run", json!({"stdin": "x"}));
     assert_eq!(neither.status, 400);
     assert!(neither.json()["error"].as_str().unwrap().contains("code"));
@@ -576,6 +587,12 @@ fn session_files_go_in_and_out_of_its_scratch_directory() {
     }
     let missing = server.raw("GET", &format!("/v1/sessions/{id}/files/nope"), &[], b"");
     assert_eq!(missing.status, 404);
+    // A name the file system cannot take there is the request's fault.
+    let long = "n".repeat(300);
+    for bad in [long.as_str(), "sub", "sub/in%20put.txt/x"] {
+        let a = server.raw("PUT", &format!("/v1/sessions/{id}/files/{bad}"), &[], b"x");
+        assert_eq!(a.status, 400, "{bad}: {}", String::from_utf8_lossy(&a.body));
+    }
 }
 
 #[test]

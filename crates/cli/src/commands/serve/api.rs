@@ -738,6 +738,13 @@ async fn post_run(state: &Arc<State>, mut r: RunRequest, events: bool) -> Answer
             );
         }
     };
+    // An argument reaches a program as a C string.
+    if r.args.iter().any(|a| a.contains('\0')) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "args: an argument cannot hold a NUL character",
+        );
+    }
     let names = match scratch::check_files(&r.files) {
         Ok(names) => names,
         Err(e) => return file_error(e),

@@ -194,6 +194,12 @@ impl Ceiling {
         ] {
             if let Some(text) = ask {
                 let n = parse_size(text).map_err(|e| Refusal::Bad(e.to_string()))?;
+                if n == 0 && flag == "memory" {
+                    return Err(Refusal::Bad(format!(
+                        "invalid size {:?}: memory must be more than 0",
+                        capsa_policy::escape_for_terminal(text)
+                    )));
+                }
                 if n > ceiling {
                     return Err(Refusal::Beyond(format!(
                         "{flag} of {} is beyond this server's --{flag}={}",

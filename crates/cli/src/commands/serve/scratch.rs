@@ -72,6 +72,21 @@ fn not_found(name: &Path, e: std::io::Error) -> FileError {
             "{}: no such file",
             escape(&name.display().to_string())
         )),
+        _ => written(name, e),
+    }
+}
+
+/// An error writing `name`: the name's fault (a part too long, a folder
+/// where a file goes or the other way round) is the request's (400).
+fn written(name: &Path, e: std::io::Error) -> FileError {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        InvalidFilename | IsADirectory | NotADirectory | DirectoryNotEmpty | AlreadyExists => {
+            FileError::BadName(format!(
+                "{}: cannot write there: {e}",
+                escape(&name.display().to_string())
+            ))
+        }
         _ => FileError::Io(e.to_string()),
     }
 }
@@ -157,11 +172,11 @@ pub fn write(root: &Path, name: &Path, bytes: &[u8]) -> Result<(), FileError> {
     let leaf = Path::new(leaf.ok_or_else(|| FileError::BadName("no file name".into()))?);
     let tmp = PathBuf::from(format!(".capsa-upload-{:016x}", super::random_u64()));
     let mut f = dir.create(&tmp).map_err(|e| FileError::Io(e.to_string()))?;
-    let written = f.write_all(bytes).and_then(|_| f.sync_all());
+    let done = f.write_all(bytes).and_then(|_| f.sync_all());
     drop(f);
-    if let Err(e) = written.and_then(|_| dir.rename(&tmp, &dir, leaf)) {
+    if let Err(e) = done.and_then(|_| dir.rename(&tmp, &dir, leaf)) {
         let _ = dir.remove_file(&tmp);
-        return Err(FileError::Io(e.to_string()));
+        return Err(written(name, e));
     }
     Ok(())
 }
