@@ -690,6 +690,28 @@ fn a_call_past_its_limit_ends_only_its_own_session() {
     assert_eq!(a.status, 403);
 }
 
+/// A session deleted during a call says it was deleted, not how the call
+/// it was running ended.
+#[test]
+fn a_session_deleted_during_a_call_says_so() {
+    let server = Server::start(&["--timeout=60s"]);
+    let id = server.session(json!({}));
+    let path = format!("/v1/sessions/{id}/exec");
+    hang_up(
+        &server,
+        &path,
+        &json!({"code": "import time\ntime.sleep(30)"}),
+    );
+    let del = server.raw("DELETE", &format!("/v1/sessions/{id}"), &[], b"");
+    assert_eq!(del.status, 204);
+    // The call ends with its process, shortly after.
+    std::thread::sleep(Duration::from_millis(1500));
+    let again = server.post(&path, json!({"code": "1"}));
+    assert_eq!(again.status, 404);
+    let e = again.json()["error"].as_str().unwrap().to_string();
+    assert!(e.contains("it was deleted"), "{e}");
+}
+
 #[test]
 fn sessions_end_when_deleted_idle_or_too_many() {
     let server = Server::start(&["--session-idle=1s", "--max-sessions=2"]);

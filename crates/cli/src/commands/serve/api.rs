@@ -1077,8 +1077,10 @@ async fn exec(state: &Arc<State>, id: &str, r: ExecRequest, events: bool) -> Ans
         Ok(match s.exec(&r.code, &r.stdin, timeout, tap).await {
             Ok(result) => serde_json::to_value(&result).unwrap_or_default(),
             Err((result, why)) => {
-                state.sessions().remove(&id);
-                state.remember_end(&id, why);
+                // A session deleted during the call keeps that reason.
+                if state.sessions().remove(&id).is_some() {
+                    state.remember_end(&id, why);
+                }
                 s.end().await;
                 with_end(result)
             }
