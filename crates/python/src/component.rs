@@ -218,3 +218,34 @@ pub fn leb128(out: &mut Vec<u8>, mut value: u32) {
         out.push(byte | 0x80);
     }
 }
+
+/// A constant expression made only of `i32.const`, globals `global` knows
+/// the value of, and i32 arithmetic, evaluated; `None` for anything else.
+pub fn evaluate_i32(
+    expr: &wasmparser::ConstExpr,
+    global: impl Fn(u32) -> Option<i32>,
+) -> Option<i32> {
+    use wasmparser::Operator;
+    let mut stack: Vec<i32> = Vec::new();
+    for op in expr.get_operators_reader() {
+        let op = op.ok()?;
+        match op {
+            Operator::I32Const { value } => stack.push(value),
+            Operator::GlobalGet { global_index } => stack.push(global(global_index)?),
+            Operator::I32Add | Operator::I32Sub | Operator::I32Mul => {
+                let (b, a) = (stack.pop()?, stack.pop()?);
+                stack.push(match op {
+                    Operator::I32Add => a.wrapping_add(b),
+                    Operator::I32Sub => a.wrapping_sub(b),
+                    _ => a.wrapping_mul(b),
+                });
+            }
+            Operator::End => {}
+            _ => return None,
+        }
+    }
+    match stack[..] {
+        [value] => Some(value),
+        _ => None,
+    }
+}

@@ -381,28 +381,7 @@ impl Folder {
     /// An initialiser made only of constants, folded globals and i32
     /// arithmetic, evaluated.
     fn evaluate(&self, expr: &wasmparser::ConstExpr) -> Option<i32> {
-        let mut stack: Vec<i32> = Vec::new();
-        for op in expr.get_operators_reader() {
-            let op = op.ok()?;
-            match op {
-                Operator::I32Const { value } => stack.push(value),
-                Operator::GlobalGet { global_index } => stack.push(*self.fold.get(&global_index)?),
-                Operator::I32Add | Operator::I32Sub | Operator::I32Mul => {
-                    let (b, a) = (stack.pop()?, stack.pop()?);
-                    stack.push(match op {
-                        Operator::I32Add => a.wrapping_add(b),
-                        Operator::I32Sub => a.wrapping_sub(b),
-                        _ => a.wrapping_mul(b),
-                    });
-                }
-                Operator::End => {}
-                _ => return None,
-            }
-        }
-        match stack[..] {
-            [value] => Some(value),
-            _ => None,
-        }
+        crate::component::evaluate_i32(expr, |g| self.fold.get(&g).copied())
     }
 }
 

@@ -281,6 +281,20 @@ impl<'a> Top<'a> {
         self.defs.get(&(space, index)).copied()
     }
 
+    /// Per item, whether it is one of `members` (core instances) or reads
+    /// one, directly or through other items.
+    fn reads_members(&self, members: &HashSet<u32>) -> Vec<bool> {
+        let mut dep = vec![false; self.items.len()];
+        for (i, item) in self.items.iter().enumerate() {
+            dep[i] = matches!(item.def, Some((Space::Instance, ci)) if members.contains(&ci))
+                || item
+                    .refs
+                    .iter()
+                    .any(|r| self.def(r.0, r.1).is_some_and(|d| dep[d]));
+        }
+        dep
+    }
+
     /// The core instance an alias item reads, if it is one.
     fn alias_of(&self, item: usize) -> Option<(u32, ExternalKind, &'a str)> {
         match self.items[item].what {
@@ -331,15 +345,7 @@ impl Plan {
             })
             .collect();
         loop {
-            // Whether an item reads a member, directly or not.
-            let mut dep = vec![false; items.len()];
-            for (i, item) in items.iter().enumerate() {
-                dep[i] = matches!(item.def, Some((Space::Instance, ci)) if member.contains(&ci))
-                    || item
-                        .refs
-                        .iter()
-                        .any(|r| top.def(r.0, r.1).is_some_and(|d| dep[d]));
-            }
+            let dep = top.reads_members(&member);
             // A member may read another member only through bags and
             // aliases, which resolve statically; one that needs a function
             // made from a member's memory or `realloc` (the fixup) cannot
@@ -429,14 +435,9 @@ impl Plan {
         }
         // Kept items before the merged instance that read a member move
         // after it (the members' own aliases are emitted there anew).
-        let mut dep = vec![false; items.len()];
+        let dep = top.reads_members(&member);
         let mut moved = HashSet::new();
         for (i, item) in items.iter().enumerate() {
-            dep[i] = matches!(item.def, Some((Space::Instance, ci)) if member.contains(&ci))
-                || item
-                    .refs
-                    .iter()
-                    .any(|r| top.def(r.0, r.1).is_some_and(|d| dep[d]));
             if i < at && dep[i] && !dropped.contains(&i) && !is_member_alias(i) {
                 // A lifted function is a component-level definition, which
                 // this pass does not reorder.
@@ -1002,37 +1003,14 @@ fn moved_in_order(
     Some(())
 }
 
-/// An initialiser made only of constants, known globals and i32
+/// An initialiser made only of constants, globals of known value and i32
 /// arithmetic, evaluated (globals by the part's own index).
 fn evaluate(
     expr: &wasmparser::ConstExpr,
     globals: &[u32],
     values: &HashMap<u32, i32>,
 ) -> Option<i32> {
-    let mut stack: Vec<i32> = Vec::new();
-    for op in expr.get_operators_reader() {
-        let op = op.ok()?;
-        match op {
-            Operator::I32Const { value } => stack.push(value),
-            Operator::GlobalGet { global_index } => {
-                stack.push(*values.get(globals.get(global_index as usize)?)?)
-            }
-            Operator::I32Add | Operator::I32Sub | Operator::I32Mul => {
-                let (b, a) = (stack.pop()?, stack.pop()?);
-                stack.push(match op {
-                    Operator::I32Add => a.wrapping_add(b),
-                    Operator::I32Sub => a.wrapping_sub(b),
-                    _ => a.wrapping_mul(b),
-                });
-            }
-            Operator::End => {}
-            _ => return None,
-        }
-    }
-    match stack[..] {
-        [value] => Some(value),
-        _ => None,
-    }
+    crate::component::evaluate_i32(expr, |g| values.get(globals.get(g as usize)?).copied())
 }
 
 /// One part's indices, moved to the merged module's.
@@ -1161,76 +1139,63 @@ impl ReencodeComponent for Renumber {
     }
 }
 
-/// The section being written.
-enum Open {
-    None,
-    Instances(wasm_encoder::InstanceSection),
-    Aliases(wasm_encoder::ComponentAliasSection),
-    Canons(wasm_encoder::CanonicalFunctionSection),
-}
-
+/// The component being written: sections of core instances, aliases and
+/// canonical functions are filled item by item, each flushed when another
+/// kind of section follows.
 struct Writer {
     out: Vec<u8>,
-    open: Open,
+    /// The id of the section being filled, if any.
+    open: Option<u8>,
+    instances: wasm_encoder::InstanceSection,
+    aliases: wasm_encoder::ComponentAliasSection,
+    canons: wasm_encoder::CanonicalFunctionSection,
 }
 
 impl Writer {
+    fn new(header: &[u8]) -> Writer {
+        Writer {
+            out: header.to_vec(),
+            open: None,
+            instances: wasm_encoder::InstanceSection::new(),
+            aliases: wasm_encoder::ComponentAliasSection::new(),
+            canons: wasm_encoder::CanonicalFunctionSection::new(),
+        }
+    }
+
     fn flush(&mut self) {
-        use wasm_encoder::{ComponentSection, Encode};
-        let (id, data) = match std::mem::replace(&mut self.open, Open::None) {
-            Open::None => return,
-            Open::Instances(s) => (s.id(), {
-                let mut v = Vec::new();
-                s.encode(&mut v);
-                v
-            }),
-            Open::Aliases(s) => (s.id(), {
-                let mut v = Vec::new();
-                s.encode(&mut v);
-                v
-            }),
-            Open::Canons(s) => (s.id(), {
-                let mut v = Vec::new();
-                s.encode(&mut v);
-                v
-            }),
+        // A component of that one section, without its 8-byte header.
+        let mut one = wasm_encoder::Component::new();
+        match self.open.take() {
+            None => return,
+            Some(2) => one.section(&std::mem::take(&mut self.instances)),
+            Some(6) => one.section(&std::mem::take(&mut self.aliases)),
+            Some(_) => one.section(&std::mem::take(&mut self.canons)),
         };
-        // `encode` wrote the section's length first; the payload follows.
-        let mut reader = wasmparser::BinaryReader::new(&data, 0);
-        let len = reader.read_var_u32().expect("just encoded") as usize;
-        let start = data.len() - len;
-        push_section(&mut self.out, id, &data[start..]);
+        self.out.extend_from_slice(&one.finish()[8..]);
     }
+
+    fn open(&mut self, id: u8) {
+        if self.open != Some(id) {
+            self.flush();
+            self.open = Some(id);
+        }
+    }
+
     fn instances(&mut self) -> &mut wasm_encoder::InstanceSection {
-        if !matches!(self.open, Open::Instances(_)) {
-            self.flush();
-            self.open = Open::Instances(wasm_encoder::InstanceSection::new());
-        }
-        match &mut self.open {
-            Open::Instances(s) => s,
-            _ => unreachable!(),
-        }
+        self.open(2);
+        &mut self.instances
     }
+
     fn aliases(&mut self) -> &mut wasm_encoder::ComponentAliasSection {
-        if !matches!(self.open, Open::Aliases(_)) {
-            self.flush();
-            self.open = Open::Aliases(wasm_encoder::ComponentAliasSection::new());
-        }
-        match &mut self.open {
-            Open::Aliases(s) => s,
-            _ => unreachable!(),
-        }
+        self.open(6);
+        &mut self.aliases
     }
+
     fn canons(&mut self) -> &mut wasm_encoder::CanonicalFunctionSection {
-        if !matches!(self.open, Open::Canons(_)) {
-            self.flush();
-            self.open = Open::Canons(wasm_encoder::CanonicalFunctionSection::new());
-        }
-        match &mut self.open {
-            Open::Canons(s) => s,
-            _ => unreachable!(),
-        }
+        self.open(8);
+        &mut self.canons
     }
+
     fn section(&mut self, id: u8, data: &[u8]) {
         self.flush();
         push_section(&mut self.out, id, data);
@@ -1238,10 +1203,7 @@ impl Writer {
 }
 
 fn emit(component: &[u8], top: &Top, plan: &Plan, linked: &Linked) -> Option<Vec<u8>> {
-    let mut w = Writer {
-        out: component[..8].to_vec(),
-        open: Open::None,
-    };
+    let mut w = Writer::new(&component[..8]);
     let mut rn = Renumber::default();
     let first_module = plan.members.iter().map(|m| m.2).min()?;
     let mut merged_module = None;
