@@ -802,13 +802,19 @@ async fn post_run(state: &Arc<State>, mut r: RunRequest, events: bool) -> Answer
     };
     // The request's files, once it has its place in the queue, on a thread
     // for blocking work: a thousand files keep no other request waiting.
+    // The thread holds the directory and the place until it is done, so a
+    // client that hangs up meanwhile leaves nothing behind and frees its
+    // place only then.
     let files = std::mem::take(&mut r.files);
-    let into = scratch.clone();
-    match tokio::task::spawn_blocking(move || scratch::fill(&into, &files, &names)).await {
-        Ok(Ok(())) => {}
+    // (A fill that fails is removed there too.)
+    let fill = tokio::task::spawn_blocking(move || {
+        scratch::fill(&scratch_dir.0, &files, &names).map(|()| (scratch_dir, ticket))
+    });
+    let (scratch_dir, ticket) = match fill.await {
+        Ok(Ok(kept)) => kept,
         Ok(Err(e)) => return file_error(e),
         Err(e) => return internal(e),
-    }
+    };
     let state = state.clone();
     respond(events, move |tap| async move {
         let Ok(_permit) = state.runs.clone().acquire_owned().await else {
