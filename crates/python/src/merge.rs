@@ -25,7 +25,7 @@
 //! cannot parse, a result that does not validate) leaves the component as
 //! it was.
 
-use crate::component::{Wiring, push_section};
+use crate::component::{MODULE_SECTION, Wiring, push_section};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use wasm_encoder::reencode::{self, Reencode, ReencodeComponent};
@@ -47,8 +47,8 @@ pub struct Merged {
 /// where it is left as it was.
 pub fn merge_modules(component: &[u8]) -> Option<(Vec<u8>, Merged)> {
     // The same gate as the other passes: no module seen from outside.
-    Wiring::read(component)?;
-    let top = Top::read(component)?;
+    let wiring = Wiring::read(component)?;
+    let top = Top::read(component, &wiring)?;
     let plan = Plan::make(&top)?;
     let (module, resolved) = link(component, &top, &plan)?;
     let out = emit(component, &top, &plan, &module)?;
@@ -63,6 +63,13 @@ pub fn merge_modules(component: &[u8]) -> Option<(Vec<u8>, Merged)> {
         },
     ))
 }
+
+/// Section ids of a component's top level this pass reads item by item.
+const CUSTOM_SECTION: u8 = 0;
+const CORE_INSTANCE_SECTION: u8 = 2;
+const ALIAS_SECTION: u8 = 6;
+const TYPE_SECTION: u8 = 7;
+const CANONICAL_SECTION: u8 = 8;
 
 /// The core index spaces of a component's top level.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -120,7 +127,9 @@ struct Top<'a> {
 }
 
 impl<'a> Top<'a> {
-    fn read(component: &'a [u8]) -> Option<Top<'a>> {
+    /// The items of the sections `wiring` read at the component's top level.
+    fn read(component: &'a [u8], wiring: &Wiring) -> Option<Top<'a>> {
+        use wasmparser::{BinaryReader, SectionLimited};
         let mut items = Vec::new();
         let mut next: HashMap<Space, u32> = HashMap::new();
         let mut define = |space: Space| {
@@ -128,41 +137,16 @@ impl<'a> Top<'a> {
             *n += 1;
             Some((space, *n - 1))
         };
-        let mut depth = 0usize;
-        for payload in Parser::new(0).parse_all(component) {
-            let payload = payload.ok()?;
-            if depth > 0 {
-                match payload {
-                    Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-                    Payload::End(_) => depth -= 1,
-                    _ => {}
-                }
-                continue;
-            }
-            match payload {
-                Payload::ModuleSection {
-                    unchecked_range, ..
-                } => {
-                    depth += 1;
-                    items.push(Item {
-                        what: What::Module(unchecked_range),
-                        def: define(Space::Module),
-                        refs: Vec::new(),
-                    });
-                }
-                Payload::ComponentSection {
-                    ref unchecked_range,
-                    ..
-                } => {
-                    depth += 1;
-                    items.push(Item {
-                        what: What::Section(4, unchecked_range.clone()),
-                        def: None,
-                        refs: Vec::new(),
-                    });
-                }
-                Payload::InstanceSection(reader) => {
-                    for instance in reader {
+        for (id, range) in &wiring.sections {
+            let reader = BinaryReader::new(&component[range.clone()], range.start);
+            match *id {
+                MODULE_SECTION => items.push(Item {
+                    what: What::Module(range.clone()),
+                    def: define(Space::Module),
+                    refs: Vec::new(),
+                }),
+                CORE_INSTANCE_SECTION => {
+                    for instance in SectionLimited::<Instance>::new(reader).ok()? {
                         let instance = instance.ok()?;
                         let refs = match &instance {
                             Instance::Instantiate { module_index, args } => {
@@ -187,8 +171,8 @@ impl<'a> Top<'a> {
                         });
                     }
                 }
-                Payload::ComponentAliasSection(reader) => {
-                    for alias in reader {
+                ALIAS_SECTION => {
+                    for alias in SectionLimited::<ComponentAlias>::new(reader).ok()? {
                         let alias = alias.ok()?;
                         let (def, refs) = match alias {
                             ComponentAlias::CoreInstanceExport {
@@ -209,8 +193,8 @@ impl<'a> Top<'a> {
                         });
                     }
                 }
-                Payload::ComponentCanonicalSection(reader) => {
-                    for canon in reader {
+                CANONICAL_SECTION => {
+                    for canon in SectionLimited::<CanonicalFunction>::new(reader).ok()? {
                         let canon = canon.ok()?;
                         let (def, refs) = match &canon {
                             CanonicalFunction::Lift {
@@ -240,33 +224,35 @@ impl<'a> Top<'a> {
                     }
                 }
                 // Names by index, which this pass renumbers: dropped.
-                Payload::CustomSection(ref c) if c.name() == "component-name" => {}
+                CUSTOM_SECTION
+                    if wasmparser::CustomSectionReader::new(reader.clone())
+                        .ok()?
+                        .name()
+                        == "component-name" => {}
                 // A resource's destructor names a core function from a type
                 // section, which this pass copies as it is.
-                Payload::ComponentTypeSection(ref reader)
-                    if reader.clone().into_iter().any(|t| {
-                        !matches!(
-                            t,
-                            Ok(wasmparser::ComponentType::Resource { dtor: None, .. })
-                                | Ok(wasmparser::ComponentType::Defined(_))
-                                | Ok(wasmparser::ComponentType::Func(_))
-                                | Ok(wasmparser::ComponentType::Component(_))
-                                | Ok(wasmparser::ComponentType::Instance(_))
-                        )
-                    }) =>
+                TYPE_SECTION
+                    if SectionLimited::<wasmparser::ComponentType>::new(reader.clone())
+                        .ok()?
+                        .into_iter()
+                        .any(|t| {
+                            !matches!(
+                                t,
+                                Ok(wasmparser::ComponentType::Resource { dtor: None, .. })
+                                    | Ok(wasmparser::ComponentType::Defined(_))
+                                    | Ok(wasmparser::ComponentType::Func(_))
+                                    | Ok(wasmparser::ComponentType::Component(_))
+                                    | Ok(wasmparser::ComponentType::Instance(_))
+                            )
+                        }) =>
                 {
                     return None;
                 }
-                Payload::End(_) => break,
-                Payload::Version { .. } => {}
-                ref other => {
-                    let (id, range) = other.as_section()?;
-                    items.push(Item {
-                        what: What::Section(id, range),
-                        def: None,
-                        refs: Vec::new(),
-                    });
-                }
+                id => items.push(Item {
+                    what: What::Section(id, range.clone()),
+                    def: None,
+                    refs: Vec::new(),
+                }),
             }
         }
         let defs = items
