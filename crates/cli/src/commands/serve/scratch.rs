@@ -148,15 +148,21 @@ fn list(dir: &Dir) -> Result<Found, FileError> {
     Ok(Found::Dir(out))
 }
 
-/// Writes `bytes` at `name`, making its directories; an existing name is
-/// replaced (a link there is replaced, never followed).
-pub fn write(root: &Path, name: &Path, bytes: &[u8]) -> Result<(), FileError> {
+/// `Err` (413) for more than [`MAX_FILE`] bytes to write.
+fn fits(bytes: &[u8]) -> Result<(), FileError> {
     if bytes.len() as u64 > MAX_FILE {
         return Err(FileError::TooLarge(format!(
             "a file may hold at most {} MiB",
             MAX_FILE >> 20
         )));
     }
+    Ok(())
+}
+
+/// Writes `bytes` at `name`, making its directories; an existing name is
+/// replaced (a link there is replaced, never followed).
+pub fn write(root: &Path, name: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    fits(bytes)?;
     let dir = open(root)?;
     let parent = name.parent().filter(|p| !p.as_os_str().is_empty());
     let (dir, leaf) = match parent {
@@ -209,12 +215,7 @@ pub fn fill(
 ) -> Result<(), FileError> {
     let dir = open(root)?;
     for ((given, content), name) in files.iter().zip(names) {
-        if content.len() as u64 > MAX_FILE {
-            return Err(FileError::TooLarge(format!(
-                "a file may hold at most {} MiB",
-                MAX_FILE >> 20
-            )));
-        }
+        fits(content.as_bytes())?;
         // Names that clash (`a` and `a/b`, or `a/b` and `a`) are the
         // request's error.
         let clash = |e: std::io::Error| {
