@@ -19,12 +19,19 @@ pub struct Limits {
     pub fuel: Option<u64>,
     /// Bytes the program may write to stdout and stderr together.
     pub max_output: Option<u64>,
+    /// Bytes the program may write to files (see [`Limits::ENTRY_COST`]);
+    /// none by default: a granted folder is the user's own.
+    pub max_write: Option<u64>,
 }
 
 impl Limits {
     pub const DEFAULT_MEMORY: u64 = 1 << 30;
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
     pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 30;
+    /// What making a name (a file, a directory, a link) counts against
+    /// `max_write`: a file system spends a block or an inode on each, so a
+    /// flood of empty files is bounded too.
+    pub const ENTRY_COST: u64 = 4096;
 }
 
 impl Default for Limits {
@@ -34,6 +41,7 @@ impl Default for Limits {
             timeout: Some(Self::DEFAULT_TIMEOUT),
             fuel: None,
             max_output: Some(Self::DEFAULT_MAX_OUTPUT),
+            max_write: None,
         }
     }
 }

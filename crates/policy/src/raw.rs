@@ -54,6 +54,8 @@ pub struct RawLimits {
     pub fuel: Option<Scalar>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_output: Option<Scalar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_write: Option<Scalar>,
 }
 
 /// A limit in a policy file may be written `memory = "256M"` or `fuel = 1000`.
@@ -216,6 +218,7 @@ impl RawPolicy {
         self.limits.timeout = l.timeout.or(self.limits.timeout.take());
         self.limits.fuel = l.fuel.or(self.limits.fuel.take());
         self.limits.max_output = l.max_output.or(self.limits.max_output.take());
+        self.limits.max_write = l.max_write.or(self.limits.max_write.take());
     }
 
     /// Checks every rule and resolves every path against `cwd`.
@@ -363,6 +366,12 @@ impl RawLimits {
                 s => Some(parse_size(s)?),
             };
         }
+        if let Some(w) = &self.max_write {
+            limits.max_write = match w.text().as_str() {
+                "none" => None,
+                s => Some(parse_size(s)?),
+            };
+        }
         Ok(limits)
     }
 }
@@ -462,6 +471,7 @@ mod tests {
             timeout = "30s"
             fuel = 1000000
             max-output = "1M"
+            max-write = "2M"
             "#,
         )
         .unwrap();
@@ -474,6 +484,7 @@ mod tests {
         assert_eq!(p.env.set, vec![("MODE".to_string(), "test".to_string())]);
         assert_eq!(p.limits.memory, 256 << 20);
         assert_eq!(p.limits.fuel, Some(1_000_000));
+        assert_eq!(p.limits.max_write, Some(2 << 20));
         assert_eq!(p.limits.max_output, Some(1 << 20));
     }
 
@@ -564,6 +575,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(t.resolve().unwrap().timeout, None);
+        let w = |v: &str| {
+            RawLimits {
+                max_write: Some(v.to_string().into()),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        assert_eq!(w("none").unwrap().max_write, None);
+        assert_eq!(w("64K").unwrap().max_write, Some(64 << 10));
+        assert!(w("much").is_err());
+        assert_eq!(RawLimits::default().resolve().unwrap().max_write, None);
         assert_eq!(Limits::default().memory, 1 << 30);
     }
 

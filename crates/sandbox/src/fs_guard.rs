@@ -152,6 +152,43 @@ impl GuardedFs<'_> {
         &self.guard.areas
     }
 
+    /// Counts `n` bytes against the run's file write limit
+    /// (`--max-write`); past it, nothing is written and the run ends.
+    fn spend(&self, n: u64) -> FsResult<()> {
+        if self.guard.written.spend(n) {
+            Ok(())
+        } else {
+            Err(wasmtime_wasi::p2::FsError::trap(wasmtime::format_err!(
+                "file write limit reached"
+            )))
+        }
+    }
+
+    /// Runs `make`, which makes one name, counted as
+    /// [`capsa_policy::Limits::ENTRY_COST`] bytes (given back if it fails).
+    fn making<T>(&mut self, make: impl FnOnce(&mut Self) -> FsResult<T>) -> FsResult<T> {
+        self.spend(capsa_policy::Limits::ENTRY_COST)?;
+        let made = make(self);
+        if made.is_err() {
+            self.guard
+                .written
+                .give_back(capsa_policy::Limits::ENTRY_COST);
+        }
+        made
+    }
+
+    /// Puts `stream` back in the table counting what it writes.
+    fn counted(
+        &mut self,
+        stream: Resource<streams::OutputStream>,
+    ) -> FsResult<Resource<streams::OutputStream>> {
+        let inner = self.inner.table.delete(stream)?;
+        let counted: wasmtime_wasi::p2::DynOutputStream = Box::new(
+            crate::fs_stream::CountedWrites::new(inner, self.guard.written.clone()),
+        );
+        Ok(self.inner.table.push(counted)?)
+    }
+
     fn deny(
         &self,
         verb: &str,
@@ -958,7 +995,18 @@ impl fs::HostDescriptor for GuardedFs<'_> {
     }
 
     fn set_size(&mut self, fd: Resource<Descriptor>, size: u64) -> FsResult<()> {
-        fs::HostDescriptor::set_size(&mut self.inner, fd, size)
+        // Growing a file counts as writing what it grows by.
+        let now = match self.inner.table.get(&fd)? {
+            HostDescriptorObj::File(f) => f.file.metadata().map(|m| m.len()).unwrap_or(0),
+            HostDescriptorObj::Dir(_) => size,
+        };
+        let grows = size.saturating_sub(now);
+        self.spend(grows)?;
+        let r = fs::HostDescriptor::set_size(&mut self.inner, fd, size);
+        if r.is_err() {
+            self.guard.written.give_back(grows);
+        }
+        r
     }
 
     fn set_times(
@@ -996,7 +1044,14 @@ impl fs::HostDescriptor for GuardedFs<'_> {
     }
 
     fn write(&mut self, fd: Resource<Descriptor>, buf: Vec<u8>, offset: u64) -> FsResult<u64> {
-        fs::HostDescriptor::write(&mut self.inner, fd, buf, offset)
+        let n = buf.len() as u64;
+        self.spend(n)?;
+        let r = fs::HostDescriptor::write(&mut self.inner, fd, buf, offset);
+        // What was not written is given back.
+        self.guard
+            .written
+            .give_back(n - r.as_ref().map_or(0, |w| (*w).min(n)));
+        r
     }
 
     fn read_directory(
@@ -1030,8 +1085,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
 
     fn create_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         let c = self.check(&fd, &path, false, Need::Name, "create directory")?;
-        self.anchored(&fd, &c, |inner, dir, name| {
-            fs::HostDescriptor::create_directory_at(inner, dir, name)
+        self.making(|me| {
+            me.anchored(&fd, &c, |inner, dir, name| {
+                fs::HostDescriptor::create_directory_at(inner, dir, name)
+            })
         })
     }
 
@@ -1101,8 +1158,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         if let Some(target) = self.link_target(&src)? {
             self.link_stays_inside(&dst, &target)?;
         }
-        self.anchored_pair((&fd, &src), (&new_fd, &dst), |inner, from, to| {
-            fs::HostDescriptor::link_at(inner, from.0, no_follow(), from.1, to.0, to.1)
+        self.making(|me| {
+            me.anchored_pair((&fd, &src), (&new_fd, &dst), |inner, from, to| {
+                fs::HostDescriptor::link_at(inner, from.0, no_follow(), from.1, to.0, to.1)
+            })
         })?;
         self.recheck_moved_link(&dst)
     }
@@ -1212,6 +1271,14 @@ impl fs::HostDescriptor for GuardedFs<'_> {
             }
             break (c, new, ident);
         };
+        // A file made here counts as a name made (see `making`).
+        if create
+            && c.r.target.is_none()
+            && let Err(e) = self.spend(capsa_policy::Limits::ENTRY_COST)
+        {
+            let _ = fs::HostDescriptor::drop(&mut self.inner, new);
+            return Err(e);
+        }
         let res = &c.r;
         if truncate
             && res.target.is_some()
@@ -1313,8 +1380,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
             return Err(FsErrorCode::NoEntry.into());
         }
         self.link_stays_inside(&c, &src)?;
-        self.anchored(&fd, &c, |inner, dir, name| {
-            fs::HostDescriptor::symlink_at(inner, dir, src, name)
+        self.making(|me| {
+            me.anchored(&fd, &c, |inner, dir, name| {
+                fs::HostDescriptor::symlink_at(inner, dir, src, name)
+            })
         })?;
         // Judged again where it is now: another sandbox may have moved its
         // directory nearer the grant's root meanwhile.
@@ -1356,7 +1425,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
             _ => return fs::HostDescriptor::write_via_stream(&mut self.inner, fd, offset),
         };
         let stream: wasmtime_wasi::p2::DynOutputStream =
-            Box::new(crate::fs_stream::FileWriteStream::new(file, offset));
+            Box::new(crate::fs_stream::CountedWrites::new(
+                Box::new(crate::fs_stream::FileWriteStream::new(file, offset)),
+                self.guard.written.clone(),
+            ));
         Ok(self.inner.table.push(stream)?)
     }
 
@@ -1364,7 +1436,8 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         &mut self,
         fd: Resource<Descriptor>,
     ) -> FsResult<Resource<streams::OutputStream>> {
-        fs::HostDescriptor::append_via_stream(&mut self.inner, fd)
+        let stream = fs::HostDescriptor::append_via_stream(&mut self.inner, fd)?;
+        self.counted(stream)
     }
 
     fn is_same_object(

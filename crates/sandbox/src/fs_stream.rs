@@ -161,6 +161,62 @@ impl Pollable for FileWriteStream {
     async fn ready(&mut self) {}
 }
 
+/// A file's write stream whose bytes count against the run's file write
+/// limit (`--max-write`): a write past it is not made, and ends the run.
+pub(crate) struct CountedWrites {
+    inner: wasmtime_wasi::p2::DynOutputStream,
+    budget: Arc<crate::output::OutputBudget>,
+}
+
+impl CountedWrites {
+    pub(crate) fn new(
+        inner: wasmtime_wasi::p2::DynOutputStream,
+        budget: Arc<crate::output::OutputBudget>,
+    ) -> CountedWrites {
+        CountedWrites { inner, budget }
+    }
+
+    fn spend(&self, n: usize) -> Result<(), StreamError> {
+        if self.budget.spend(n as u64) {
+            Ok(())
+        } else {
+            Err(StreamError::trap("file write limit reached"))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for CountedWrites {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.spend(bytes.len())?;
+        self.inner.write(bytes)
+    }
+
+    fn write_zeroes(&mut self, n: usize) -> Result<(), StreamError> {
+        self.spend(n)?;
+        self.inner.write_zeroes(n)
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        self.inner.check_write()
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for CountedWrites {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
 #[cfg(unix)]
 fn write_at(file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<usize> {
     std::os::unix::fs::FileExt::write_at(file, buf, offset)

@@ -81,6 +81,8 @@ pub struct Guard {
     /// typed.
     cwd: Option<PathBuf>,
     root_names: std::sync::OnceLock<std::collections::HashSet<String>>,
+    /// What the program may still write to files (`--max-write`).
+    written: Arc<OutputBudget>,
 }
 
 /// What to run, and how.
@@ -615,6 +617,7 @@ fn host_side(
         private_listeners: Mutex::new(Default::default()),
         cwd: config.cwd.as_deref().map(PathBuf::from),
         root_names: Default::default(),
+        written: OutputBudget::new(limits.max_write),
     });
 
     let budget = OutputBudget::new(limits.max_output);
@@ -1407,6 +1410,14 @@ pub fn output_message(max: u64) -> String {
     )
 }
 
+/// What a run that reached its file write limit reports.
+pub fn write_message(max: u64) -> String {
+    format!(
+        "file write limit of {} reached; raise it with --max-write=SIZE",
+        format_size(max)
+    )
+}
+
 fn outcome(
     result: wasmtime::Result<Result<(), ()>>,
     store: &Store<HostState>,
@@ -1427,6 +1438,9 @@ fn outcome(
     };
     if budget.was_hit() {
         return limit(output_message(limits.max_output.unwrap_or_default()));
+    }
+    if store.data().guard.written.was_hit() {
+        return limit(write_message(limits.max_write.unwrap_or_default()));
     }
     if let Some(Trap::OutOfFuel) = err.downcast_ref::<Trap>() {
         let fuel = limits.fuel.unwrap_or_default();

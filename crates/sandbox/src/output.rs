@@ -31,6 +31,30 @@ impl OutputBudget {
         self.hit.load(Ordering::SeqCst)
     }
 
+    /// Takes `want` bytes whole, or none and marks the budget hit: for a
+    /// write that must not happen in part.
+    pub fn spend(&self, want: u64) -> bool {
+        let Some(rem) = &self.remaining else {
+            return true;
+        };
+        let taken = rem.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
+            cur.checked_sub(want)
+        });
+        if taken.is_err() {
+            self.hit.store(true, Ordering::SeqCst);
+        }
+        taken.is_ok()
+    }
+
+    /// Returns `n` bytes [`spend`](Self::spend) took for what did not happen.
+    pub fn give_back(&self, n: u64) {
+        if let Some(rem) = &self.remaining
+            && n > 0
+        {
+            rem.fetch_add(n, Ordering::SeqCst);
+        }
+    }
+
     /// Takes up to `want` bytes from the budget; returns how many may go out.
     fn take(&self, want: usize) -> usize {
         let Some(rem) = &self.remaining else {

@@ -21,8 +21,9 @@ when a rule names them by IP, CIDR or localhost. The same rules decide each
 HTTP(S) request a program makes through wasi:http (Python's urllib and
 requests do); capsa verifies TLS against the system's CAs and --ca-cert.
 
-Limit defaults: --memory=1G, --timeout=10m, --max-output=1G, no --fuel.
-`none` turns off --timeout, --fuel or --max-output.
+Limit defaults: --memory=1G, --timeout=10m, --max-output=1G, no --fuel,
+no --max-write. `none` turns off --timeout, --fuel, --max-output or
+--max-write.
 
 Exit status:
   the program's own exit code, or one of capsa's:
@@ -31,7 +32,7 @@ Exit status:
   126  the program cannot be loaded (missing, not WebAssembly, bad imports,
        a damaged bundle)
   134  the program crashed (a WebAssembly trap)
-  137  another limit reached (--memory, --fuel, --max-output)
+  137  another limit reached (--memory, --fuel, --max-output, --max-write)
    70  capsa itself failed (host I/O error)";
 
 #[derive(Args, Debug)]
@@ -109,6 +110,10 @@ pub struct SandboxArgs {
     /// Bytes the program may write to stdout and stderr together [default: 1G].
     #[arg(long, value_name = "SIZE")]
     max_output: Option<String>,
+    /// Bytes the program may write to files, each name it makes counting
+    /// 4K [default: none].
+    #[arg(long, value_name = "SIZE")]
+    max_write: Option<String>,
     /// Do not print denials on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -189,6 +194,7 @@ impl SandboxArgs {
                 timeout: self.timeout.clone().map(Into::into),
                 fuel: self.fuel.clone().map(Into::into),
                 max_output: self.max_output.clone().map(Into::into),
+                max_write: self.max_write.clone().map(Into::into),
             },
             ..Default::default()
         };

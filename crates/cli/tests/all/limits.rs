@@ -90,6 +90,63 @@ fn output_flood_is_cut_at_the_limit() {
     );
 }
 
+/// Files written past `--max-write` (data, names made, a file grown
+/// without writing) end the run; what is on the disk stays under the limit.
+#[test]
+fn file_writes_end_at_the_limit() {
+    for t in [P1, P2] {
+        let (_g, d) = scratch();
+        let grant = format!("--allow-write={}", s(&d));
+        let limit = "capsa: file write limit of 256K reached; raise it with --max-write=SIZE";
+        let big = d.join("big");
+        let r = run(
+            &[&grant, "--max-write=256K"],
+            &probe(t),
+            &["fill", s(&big), "64"],
+        );
+        assert_eq!(r.code, 137, "{t}: {}", r.stderr);
+        assert!(r.stderr.contains(limit), "{t}: {}", r.stderr);
+        assert!(!r.stdout.contains("ok:"), "{t}: {}", r.stdout);
+        let len = std::fs::metadata(&big).unwrap().len();
+        assert!(len <= 256 << 10, "{t}: {len} bytes written");
+
+        // 4K a name: at most 64 made, and one more whose making ended it.
+        let many = d.join("many");
+        std::fs::create_dir(&many).unwrap();
+        let r = run(
+            &[&grant, "--max-write=256K"],
+            &probe(t),
+            &["touch", s(&many), "1000"],
+        );
+        assert_eq!(r.code, 137, "{t}: {}", r.stderr);
+        assert!(r.stderr.contains(limit), "{t}: {}", r.stderr);
+        let names = std::fs::read_dir(&many).unwrap().count();
+        assert!((60..=65).contains(&names), "{t}: {names} names made");
+
+        let sparse = d.join("sparse");
+        let r = run(
+            &[&grant, "--max-write=256K"],
+            &probe(t),
+            &["grow", s(&sparse), "1048576"],
+        );
+        assert_eq!(r.code, 137, "{t}: {}", r.stderr);
+        assert_eq!(std::fs::metadata(&sparse).unwrap().len(), 0, "{t}");
+
+        // Within the limit, and without one, the same programs run.
+        let r = run(
+            &[&grant, "--max-write=1M"],
+            &probe(t),
+            &["fill", s(&big), "8"],
+        );
+        assert_eq!(r.stdout, "ok: filled\n", "{t}: {}", r.stderr);
+        let r = run(&[&grant], &probe(t), &["fill", s(&big), "32"]);
+        assert_eq!(r.stdout, "ok: filled\n", "{t}: {}", r.stderr);
+        assert_eq!(std::fs::metadata(&big).unwrap().len(), 32 << 16);
+    }
+    let r = run(&["--max-write=lots"], &probe(P2), &["hello"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+}
+
 #[test]
 fn trap_is_a_crash() {
     let r = run(&[], &probe(P2), &["trap"]);

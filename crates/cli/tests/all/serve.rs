@@ -331,6 +331,7 @@ fn a_request_may_ask_for_less_than_the_operator_granted_never_more() {
         (json!({"allow_env": ["HOME"]}), "--allow-env=HOME"),
         (json!({"memory": "1G"}), "--memory=256M"),
         (json!({"timeout": "1m"}), "--timeout=20s"),
+        (json!({"max_write": "1G"}), "--max-write=256M"),
     ] {
         let mut req = asks.clone();
         req["code"] = json!(format!(
@@ -482,6 +483,11 @@ fn a_hostile_run_ends_alone_and_the_good_one_beside_it_is_intact() {
             json!({"code": "import sys\nwhile True: sys.stdout.write('x' * 65536)", "max_output": "100K"}),
             137,
             "output limit of 100K",
+        ),
+        (
+            json!({"code": "f = open('big', 'wb')\nwhile True: f.write(b'x' * 65536)", "max_write": "1M"}),
+            137,
+            "file write limit of 1M",
         ),
         (
             json!({"code": "a = []\nwhile True: a.append(bytearray(1 << 20))"}),

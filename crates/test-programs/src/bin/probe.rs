@@ -76,6 +76,20 @@ fn main() {
                 }
             }
         }
+        // Writes N pieces of 64 KiB to a new file; N names in a directory
+        // (`touch`); grows a file to a size without writing (`grow`).
+        "fill" => std::fs::File::create(a(2)).and_then(|mut f| {
+            for _ in 0..a(3).parse().unwrap_or(1) {
+                f.write_all(&[b'x'; 65536])?;
+            }
+            Ok("filled".into())
+        }),
+        "touch" => (0..a(3).parse().unwrap_or(1))
+            .try_for_each(|i| std::fs::File::create(format!("{}/f{i}", a(2))).map(drop))
+            .map(|_| "touched".into()),
+        "grow" => std::fs::File::create(a(2))
+            .and_then(|f| f.set_len(a(3).parse().unwrap_or(0)))
+            .map(|_| "grown".into()),
         "stdin" => {
             let mut s = String::new();
             std::io::stdin()

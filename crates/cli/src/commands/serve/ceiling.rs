@@ -26,6 +26,7 @@ pub struct Asks {
     pub timeout: Option<String>,
     pub memory: Option<String>,
     pub max_output: Option<String>,
+    pub max_write: Option<String>,
 }
 
 /// Why a request was not taken.
@@ -61,6 +62,8 @@ pub struct Limits {
     pub timeout: Option<Duration>,
     pub memory: u64,
     pub max_output: u64,
+    /// Bytes a run (or a session, over its life) may write to files.
+    pub max_write: Option<u64>,
 }
 
 /// Defaults of `capsa serve` where the operator gave none: a server
@@ -68,6 +71,9 @@ pub struct Limits {
 pub const DEFAULT_TIMEOUT: &str = "60s";
 pub const DEFAULT_MEMORY: &str = "512M";
 pub const DEFAULT_MAX_OUTPUT: &str = "16M";
+/// Each run writes in the server's own directory: without a limit, one
+/// could fill its disk for every other run.
+pub const DEFAULT_MAX_WRITE: &str = "256M";
 
 impl Ceiling {
     /// `raw` as the operator gave it (flags and policy file), relative
@@ -79,6 +85,8 @@ impl Ceiling {
         l.memory.get_or_insert(Scalar::Str(DEFAULT_MEMORY.into()));
         l.max_output
             .get_or_insert(Scalar::Str(DEFAULT_MAX_OUTPUT.into()));
+        l.max_write
+            .get_or_insert(Scalar::Str(DEFAULT_MAX_WRITE.into()));
         let policy = super::super::run::resolve(raw.clone(), cwd)?;
         // What would fail every run is refused now.
         capsa_sandbox::check_mounts(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -108,6 +116,7 @@ impl Ceiling {
             timeout: policy.limits.timeout,
             memory: policy.limits.memory,
             max_output,
+            max_write: policy.limits.max_write,
         };
         Ok(Ceiling {
             raw,
@@ -210,8 +219,25 @@ impl Ceiling {
                 *slot = n;
             }
         }
+        if let Some(text) = &asks.max_write {
+            let n = parse_size(text).map_err(|e| Refusal::Bad(e.to_string()))?;
+            if let Some(ceiling) = self.limits.max_write
+                && n > ceiling
+            {
+                return Err(Refusal::Beyond(format!(
+                    "max-write of {} is beyond this server's --max-write={}",
+                    format_size(n),
+                    format_size(ceiling)
+                )));
+            }
+            limits.max_write = Some(n);
+        }
         raw.limits.memory = Some(Scalar::Int(limits.memory));
         raw.limits.max_output = Some(Scalar::Int(limits.max_output));
+        raw.limits.max_write = Some(match limits.max_write {
+            Some(n) => Scalar::Int(n),
+            None => Scalar::Str("none".into()),
+        });
         raw.limits.timeout = Some(Scalar::Str(match limits.timeout {
             Some(t) => format_duration(t),
             None => "none".into(),

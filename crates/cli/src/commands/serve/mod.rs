@@ -25,7 +25,9 @@ The grant and limit flags are those of `capsa run`, and they are the ceiling:
 a request may ask for a subset of the grants (the same host paths, rules and
 names) and for lower limits, never more; a request that asks for more gets
 403 with the denial. Limits default to --timeout=60s, --memory=512M and
---max-output=16M here (per run, and per call of a session).
+--max-output=16M here (per run, and per call of a session), and to
+--max-write=256M (per run, and over a session's life: the files a program
+writes stay on the server's disk).
 
 Every request needs `Authorization: Bearer TOKEN` when a token is set, from
 --token-file or the CAPSA_TOKEN variable. Without one, capsa serve listens
@@ -42,7 +44,7 @@ Endpoints (GET /v1/openapi.json describes them):
   GET    /v1/health                       for probes; needs no token
   POST   /mcp                             the tools of `capsa mcp`, over HTTP
 
-The --memory, --timeout and --max-output defaults shown above are those of
+The --memory, --timeout, --max-output and --max-write defaults shown above are those of
 `capsa run`; the server's own are the ones given here.";
 
 #[derive(Args, Debug)]
