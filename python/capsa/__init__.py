@@ -101,6 +101,7 @@ def _asks(
     timeout: Optional[str],
     memory: Optional[str],
     max_output: Optional[str],
+    max_write: Optional[str] = None,
 ) -> Dict[str, Any]:
     asks: Dict[str, Any] = {}
     for key, value in (
@@ -111,7 +112,12 @@ def _asks(
     ):
         if value:
             asks[key] = [str(v) for v in value]
-    for key, value in (("timeout", timeout), ("memory", memory), ("max_output", max_output)):
+    for key, value in (
+        ("timeout", timeout),
+        ("memory", memory),
+        ("max_output", max_output),
+        ("max_write", max_write),
+    ):
         if value is not None:
             asks[key] = str(value)
     return asks
@@ -126,7 +132,7 @@ def _flags(asks: Mapping[str, Any]) -> List[str]:
             if "," in item:
                 raise CapsaError(f"{key}: one path or rule per item, not {item!r}")
             flags.append(f"--{key.replace('_', '-')}={item}")
-    for key in ("timeout", "memory", "max_output"):
+    for key in ("timeout", "memory", "max_output", "max_write"):
         if key in asks:
             flags.append(f"--{key.replace('_', '-')}={asks[key]}")
     return flags
@@ -241,6 +247,7 @@ def run(
     timeout: Optional[str] = None,
     memory: Optional[str] = None,
     max_output: Optional[str] = None,
+    max_write: Optional[str] = None,
     url: Optional[str] = None,
     token: Optional[str] = None,
 ) -> Result:
@@ -251,7 +258,9 @@ def run(
     variable names, as ``capsa run``'s flags do; limits are texts such as
     ``"5s"`` and ``"256M"``. With ``url``, a ``capsa serve`` there runs it.
     """
-    asks = _asks(allow_read, allow_write, allow_net, allow_env, timeout, memory, max_output)
+    asks = _asks(
+        allow_read, allow_write, allow_net, allow_env, timeout, memory, max_output, max_write
+    )
     if url is not None:
         body = dict(asks, code=code, stdin=stdin, args=list(args), files=dict(files or {}))
         return Result._from(json.loads(_Remote(url, token).request("POST", "/v1/run", body)))
@@ -300,10 +309,13 @@ class Session:
         timeout: Optional[str] = None,
         memory: Optional[str] = None,
         max_output: Optional[str] = None,
+        max_write: Optional[str] = None,
         url: Optional[str] = None,
         token: Optional[str] = None,
     ) -> None:
-        asks = _asks(allow_read, allow_write, allow_net, allow_env, timeout, memory, max_output)
+        asks = _asks(
+            allow_read, allow_write, allow_net, allow_env, timeout, memory, max_output, max_write
+        )
         self._local: Optional[_Local] = None
         if url is None:
             self._local = _Local(_flags(asks))

@@ -38,6 +38,9 @@ def test_a_limit_ends_the_run_and_says_which():
     r = capsa.run("while True: pass", timeout="1s")
     assert r.exit_code == 124
     assert r.limit and r.limit.startswith("time limit of 1s reached")
+    r = capsa.run("f = open('big', 'wb')\nwhile True: f.write(b'x' * 65536)", max_write="1M")
+    assert r.exit_code == 137, r.stderr
+    assert r.limit and r.limit.startswith("file write limit of 1M reached"), r.limit
 
 
 def test_a_session_keeps_globals_and_files():
