@@ -1044,13 +1044,24 @@ impl fs::HostDescriptor for GuardedFs<'_> {
     }
 
     fn write(&mut self, fd: Resource<Descriptor>, buf: Vec<u8>, offset: u64) -> FsResult<u64> {
-        let n = buf.len() as u64;
+        if !self.guard.written.limited() || buf.is_empty() {
+            return fs::HostDescriptor::write(&mut self.inner, fd, buf, offset);
+        }
+        // The bytes, and the gap a write past the end leaves.
+        let n = match self.inner.table.get(&fd)? {
+            HostDescriptorObj::File(f) => {
+                crate::fs_stream::past_the_end(&f.file, offset, buf.len())
+            }
+            HostDescriptorObj::Dir(_) => buf.len() as u64,
+        };
+        let len = buf.len() as u64;
         self.spend(n)?;
         let r = fs::HostDescriptor::write(&mut self.inner, fd, buf, offset);
-        // What was not written is given back.
-        self.guard
-            .written
-            .give_back(n - r.as_ref().map_or(0, |w| (*w).min(n)));
+        // What was not written is given back (the gap too, if nothing was).
+        self.guard.written.give_back(match &r {
+            Ok(0) | Err(_) => n,
+            Ok(w) => len - (*w).min(len),
+        });
         r
     }
 
@@ -1424,11 +1435,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
             // Refusals are wasmtime-wasi's.
             _ => return fs::HostDescriptor::write_via_stream(&mut self.inner, fd, offset),
         };
-        let stream: wasmtime_wasi::p2::DynOutputStream =
-            Box::new(crate::fs_stream::CountedWrites::new(
-                Box::new(crate::fs_stream::FileWriteStream::new(file, offset)),
-                self.guard.written.clone(),
-            ));
+        let stream: wasmtime_wasi::p2::DynOutputStream = Box::new(
+            crate::fs_stream::FileWriteStream::new(file, offset, self.guard.written.clone()),
+        );
         Ok(self.inner.table.push(stream)?)
     }
 

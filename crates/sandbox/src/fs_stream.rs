@@ -82,6 +82,18 @@ pub(crate) struct FileWriteStream {
     file: Arc<std::fs::File>,
     position: u64,
     state: WriteState,
+    /// The run's file write limit: each write counts its bytes and the gap
+    /// it leaves past the file's end (see [`past_the_end`]).
+    budget: Arc<crate::output::OutputBudget>,
+}
+
+/// What a write of `len` bytes at `offset` makes the file take: its bytes,
+/// and the gap it leaves between the file's end and `offset`, which some
+/// file systems fill in and which, one byte a block apart, takes a whole
+/// block for each byte on the others.
+pub(crate) fn past_the_end(file: &std::fs::File, offset: u64, len: usize) -> u64 {
+    let end = file.metadata().map(|m| m.len()).unwrap_or(0);
+    len as u64 + offset.saturating_sub(end)
 }
 
 enum WriteState {
@@ -92,11 +104,16 @@ enum WriteState {
 }
 
 impl FileWriteStream {
-    pub(crate) fn new(file: Arc<std::fs::File>, position: u64) -> FileWriteStream {
+    pub(crate) fn new(
+        file: Arc<std::fs::File>,
+        position: u64,
+        budget: Arc<crate::output::OutputBudget>,
+    ) -> FileWriteStream {
         FileWriteStream {
             file,
             position,
             state: WriteState::Ready,
+            budget,
         }
     }
 
@@ -128,6 +145,14 @@ impl OutputStream for FileWriteStream {
             return Err(StreamError::Trap(wasmtime::format_err!(
                 "write beyond the permit check_write gave"
             )));
+        }
+        if self.budget.limited()
+            && !buf.is_empty()
+            && !self
+                .budget
+                .spend(past_the_end(&self.file, self.position, buf.len()))
+        {
+            return Err(StreamError::trap("file write limit reached"));
         }
         while !buf.is_empty() {
             match write_at(&self.file, &buf, self.position) {
@@ -161,8 +186,9 @@ impl Pollable for FileWriteStream {
     async fn ready(&mut self) {}
 }
 
-/// A file's write stream whose bytes count against the run's file write
-/// limit (`--max-write`): a write past it is not made, and ends the run.
+/// A file's appending stream whose bytes count against the run's file
+/// write limit (`--max-write`): a write past it is not made, and ends the
+/// run. (An append leaves no gap.)
 pub(crate) struct CountedWrites {
     inner: wasmtime_wasi::p2::DynOutputStream,
     budget: Arc<crate::output::OutputBudget>,

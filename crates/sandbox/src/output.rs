@@ -31,6 +31,11 @@ impl OutputBudget {
         self.hit.load(Ordering::SeqCst)
     }
 
+    /// Whether there is a limit at all (else nothing need be counted).
+    pub fn limited(&self) -> bool {
+        self.remaining.is_some()
+    }
+
     /// Takes `want` bytes whole, or none and marks the budget hit: for a
     /// write that must not happen in part.
     pub fn spend(&self, want: u64) -> bool {

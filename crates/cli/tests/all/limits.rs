@@ -123,6 +123,18 @@ fn file_writes_end_at_the_limit() {
         let names = std::fs::read_dir(&many).unwrap().count();
         assert!((60..=65).contains(&names), "{t}: {names} names made");
 
+        // A byte a block apart counts the gap it leaves.
+        let stride = d.join("stride");
+        let r = run(
+            &[&grant, "--max-write=256K"],
+            &probe(t),
+            &["stride", s(&stride), "1000"],
+        );
+        assert_eq!(r.code, 137, "{t}: {}", r.stderr);
+        assert!(r.stderr.contains(limit), "{t}: {}", r.stderr);
+        let len = std::fs::metadata(&stride).unwrap().len();
+        assert!(len <= 256 << 10, "{t}: {len} bytes of file");
+
         let sparse = d.join("sparse");
         let r = run(
             &[&grant, "--max-write=256K"],

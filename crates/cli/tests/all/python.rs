@@ -701,6 +701,30 @@ fn limits_from_python() {
         "{}",
         flood.stderr
     );
+
+    // os.pwrite far past a file's end counts the gap it leaves; within
+    // the limit, and at the end, it is only the bytes.
+    let out = d.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let grant = format!("--allow-write={}", s(&out));
+    let code = "import os, sys\nfd = os.open('out/f', os.O_WRONLY | os.O_CREAT)\n\
+        os.pwrite(fd, b'x', int(sys.argv[1]))\nprint('written')";
+    let far = py_in(
+        &d,
+        &[&grant, "--max-write=1M"],
+        &["-c", code, "1099511627776"],
+        "",
+    );
+    assert_eq!(far.code, 137, "{}", far.stderr);
+    assert!(
+        far.stderr.contains("file write limit of 1M reached"),
+        "{}",
+        far.stderr
+    );
+    assert_eq!(std::fs::metadata(out.join("f")).unwrap().len(), 0);
+    let near = py_in(&d, &[&grant, "--max-write=1M"], &["-c", code, "4096"], "");
+    assert_eq!(near.stdout, "written\n", "{}", near.stderr);
+    assert_eq!(std::fs::metadata(out.join("f")).unwrap().len(), 4097);
 }
 
 #[test]

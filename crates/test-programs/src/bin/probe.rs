@@ -84,6 +84,15 @@ fn main() {
             }
             Ok("filled".into())
         }),
+        // One byte every 4 KiB: each takes a block of its own.
+        "stride" => std::fs::File::create(a(2)).and_then(|mut f| {
+            use std::io::{Seek, SeekFrom};
+            for i in 0..a(3).parse::<u64>().unwrap_or(1) {
+                f.seek(SeekFrom::Start(i * 4096))?;
+                f.write_all(b"x")?;
+            }
+            Ok("strided".into())
+        }),
         "touch" => (0..a(3).parse().unwrap_or(1))
             .try_for_each(|i| std::fs::File::create(format!("{}/f{i}", a(2))).map(drop))
             .map(|_| "touched".into()),
