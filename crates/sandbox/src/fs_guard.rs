@@ -1049,9 +1049,7 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         }
         // The bytes, and the gap a write past the end leaves.
         let n = match self.inner.table.get(&fd)? {
-            HostDescriptorObj::File(f) => {
-                crate::fs_stream::past_the_end(&f.file, offset, buf.len())
-            }
+            HostDescriptorObj::File(f) => crate::fs_stream::write_cost(&f.file, offset, buf.len()),
             HostDescriptorObj::Dir(_) => buf.len() as u64,
         };
         let len = buf.len() as u64;

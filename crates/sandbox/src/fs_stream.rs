@@ -83,17 +83,49 @@ pub(crate) struct FileWriteStream {
     position: u64,
     state: WriteState,
     /// The run's file write limit: each write counts its bytes and the gap
-    /// it leaves past the file's end (see [`past_the_end`]).
+    /// it leaves past the file's end (see [`write_cost`]).
     budget: Arc<crate::output::OutputBudget>,
 }
 
-/// What a write of `len` bytes at `offset` makes the file take: its bytes,
-/// and the gap it leaves between the file's end and `offset`, which some
-/// file systems fill in and which, one byte a block apart, takes a whole
-/// block for each byte on the others.
-pub(crate) fn past_the_end(file: &std::fs::File, offset: u64, len: usize) -> u64 {
+/// What a write of `len` bytes at `offset` makes the file take: its bytes;
+/// the gap it leaves between the file's end and `offset`, which some file
+/// systems fill in and which, one byte a block apart, takes a whole block
+/// for each byte on the others; and, for a write into a hole the file
+/// already has (made before the run, or paid for as a gap), the whole
+/// blocks it spans.
+pub(crate) fn write_cost(file: &std::fs::File, offset: u64, len: usize) -> u64 {
+    const BLOCK: u64 = 4096;
     let end = file.metadata().map(|m| m.len()).unwrap_or(0);
-    len as u64 + offset.saturating_sub(end)
+    let len = len as u64;
+    let bytes = len.saturating_add(offset.saturating_sub(end));
+    if offset < end && in_a_hole(file, offset, len.min(end - offset)) {
+        let first = offset / BLOCK * BLOCK;
+        let last = offset
+            .saturating_add(len)
+            .div_ceil(BLOCK)
+            .saturating_mul(BLOCK);
+        return bytes.max(last - first);
+    }
+    bytes
+}
+
+/// Whether `offset..offset + len` of `file` reaches into a hole. The
+/// file's cursor is left where it was.
+#[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+fn in_a_hole(file: &std::fs::File, offset: u64, len: u64) -> bool {
+    use rustix::fs::{SeekFrom, seek};
+    let Ok(cursor) = seek(file, SeekFrom::Current(0)) else {
+        return false;
+    };
+    let hole = seek(file, SeekFrom::Hole(offset));
+    let _ = seek(file, SeekFrom::Start(cursor));
+    matches!(hole, Ok(h) if h < offset.saturating_add(len))
+}
+
+/// Elsewhere a file has holes only if it was made sparse on purpose.
+#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
+fn in_a_hole(_: &std::fs::File, _: u64, _: u64) -> bool {
+    false
 }
 
 enum WriteState {
@@ -150,7 +182,7 @@ impl OutputStream for FileWriteStream {
             && !buf.is_empty()
             && !self
                 .budget
-                .spend(past_the_end(&self.file, self.position, buf.len()))
+                .spend(write_cost(&self.file, self.position, buf.len()))
         {
             return Err(StreamError::trap("file write limit reached"));
         }

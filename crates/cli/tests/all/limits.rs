@@ -155,6 +155,16 @@ fn file_writes_end_at_the_limit() {
         assert_eq!(r.stdout, "ok: filled\n", "{t}: {}", r.stderr);
         assert_eq!(std::fs::metadata(&big).unwrap().len(), 32 << 16);
     }
+    // A write at the last offset a file could have is beyond any limit,
+    // and without one it fails as the system says; the host holds.
+    let (_g, d) = scratch();
+    let grant = format!("--allow-write={}", s(&d));
+    let r = run(&[&grant, "--max-write=1G"], &wat("pwrite-far.wat"), &[]);
+    assert_eq!(r.code, 137, "{}", r.stderr);
+    let r = run(&[&grant], &wat("pwrite-far.wat"), &[]);
+    assert!(r.code > 10 && r.code < 125, "{}: {}", r.code, r.stderr);
+    assert_eq!(std::fs::metadata(d.join("f")).unwrap().len(), 0);
+
     let r = run(&["--max-write=lots"], &probe(P2), &["hello"]);
     assert_eq!(r.code, 125, "{}", r.stderr);
 }

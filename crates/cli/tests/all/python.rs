@@ -725,6 +725,21 @@ fn limits_from_python() {
     let near = py_in(&d, &[&grant, "--max-write=1M"], &["-c", code, "4096"], "");
     assert_eq!(near.stdout, "written\n", "{}", near.stderr);
     assert_eq!(std::fs::metadata(out.join("f")).unwrap().len(), 4097);
+
+    // A hole the file had before the run counts a block for each byte
+    // written into it a block apart.
+    let sparse = out.join("sparse");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let fill = "import os\nfd = os.open('out/sparse', os.O_WRONLY)\n\
+        for i in range(25600): os.pwrite(fd, b'x', i * 4096)\nprint('filled')";
+    let r = py_code(&d, &[&grant, "--max-write=64K"], fill);
+    assert_eq!(r.code, 137, "{}", r.stderr);
+    use std::os::unix::fs::MetadataExt;
+    let taken = std::fs::metadata(&sparse).unwrap().blocks() * 512;
+    assert!(taken <= 128 << 10, "{taken} bytes taken");
 }
 
 #[test]
