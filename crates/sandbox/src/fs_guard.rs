@@ -1227,6 +1227,13 @@ impl fs::HostDescriptor for GuardedFs<'_> {
                 None => {}
             }
             let a = self.anchor(&fd, &c)?;
+            // A file made here counts as a name made (see `making`), before
+            // it is made; given back if it is not.
+            let makes = create && !exists;
+            if makes && let Err(e) = self.spend(capsa_policy::Limits::ENTRY_COST) {
+                self.release(a);
+                return Err(e);
+            }
             let r = fs::HostDescriptor::open_at(
                 &mut self.inner,
                 borrow(&a.dir),
@@ -1236,6 +1243,11 @@ impl fs::HostDescriptor for GuardedFs<'_> {
                 open_flags,
             );
             self.release(a);
+            if makes && r.is_err() {
+                self.guard
+                    .written
+                    .give_back(capsa_policy::Limits::ENTRY_COST);
+            }
             let raced = match &r {
                 Ok(_) => !exists && !create,
                 Err(e) => match e.downcast_ref() {
@@ -1280,14 +1292,6 @@ impl fs::HostDescriptor for GuardedFs<'_> {
             }
             break (c, new, ident);
         };
-        // A file made here counts as a name made (see `making`).
-        if create
-            && c.r.target.is_none()
-            && let Err(e) = self.spend(capsa_policy::Limits::ENTRY_COST)
-        {
-            let _ = fs::HostDescriptor::drop(&mut self.inner, new);
-            return Err(e);
-        }
         let res = &c.r;
         if truncate
             && res.target.is_some()
