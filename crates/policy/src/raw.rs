@@ -360,17 +360,16 @@ impl RawLimits {
                 },
             };
         }
+        // A size, or `none`.
+        let size_or_none = |v: &Scalar| match v.text().as_str() {
+            "none" => Ok(None),
+            s => parse_size(s).map(Some),
+        };
         if let Some(o) = &self.max_output {
-            limits.max_output = match o.text().as_str() {
-                "none" => None,
-                s => Some(parse_size(s)?),
-            };
+            limits.max_output = size_or_none(o)?;
         }
         if let Some(w) = &self.max_write {
-            limits.max_write = match w.text().as_str() {
-                "none" => None,
-                s => Some(parse_size(s)?),
-            };
+            limits.max_write = size_or_none(w)?;
         }
         Ok(limits)
     }

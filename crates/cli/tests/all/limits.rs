@@ -98,50 +98,33 @@ fn file_writes_end_at_the_limit() {
         let (_g, d) = scratch();
         let grant = format!("--allow-write={}", s(&d));
         let limit = "capsa: file write limit of 256K reached; raise it with --max-write=SIZE";
+        // A run of the probe that must end at the 256K limit.
+        let ends = |args: &[&str]| {
+            let r = run(&[&grant, "--max-write=256K"], &probe(t), args);
+            assert_eq!(r.code, 137, "{t} {args:?}: {}", r.stderr);
+            assert!(r.stderr.contains(limit), "{t} {args:?}: {}", r.stderr);
+            assert!(!r.stdout.contains("ok:"), "{t} {args:?}: {}", r.stdout);
+        };
         let big = d.join("big");
-        let r = run(
-            &[&grant, "--max-write=256K"],
-            &probe(t),
-            &["fill", s(&big), "64"],
-        );
-        assert_eq!(r.code, 137, "{t}: {}", r.stderr);
-        assert!(r.stderr.contains(limit), "{t}: {}", r.stderr);
-        assert!(!r.stdout.contains("ok:"), "{t}: {}", r.stdout);
+        ends(&["fill", s(&big), "64"]);
         let len = std::fs::metadata(&big).unwrap().len();
         assert!(len <= 256 << 10, "{t}: {len} bytes written");
 
         // 4K a name: 64 made, and none more.
         let many = d.join("many");
         std::fs::create_dir(&many).unwrap();
-        let r = run(
-            &[&grant, "--max-write=256K"],
-            &probe(t),
-            &["touch", s(&many), "1000"],
-        );
-        assert_eq!(r.code, 137, "{t}: {}", r.stderr);
-        assert!(r.stderr.contains(limit), "{t}: {}", r.stderr);
+        ends(&["touch", s(&many), "1000"]);
         let names = std::fs::read_dir(&many).unwrap().count();
         assert_eq!(names, 64, "{t}: {names} names made");
 
         // A byte a block apart counts the gap it leaves.
         let stride = d.join("stride");
-        let r = run(
-            &[&grant, "--max-write=256K"],
-            &probe(t),
-            &["stride", s(&stride), "1000"],
-        );
-        assert_eq!(r.code, 137, "{t}: {}", r.stderr);
-        assert!(r.stderr.contains(limit), "{t}: {}", r.stderr);
+        ends(&["stride", s(&stride), "1000"]);
         let len = std::fs::metadata(&stride).unwrap().len();
         assert!(len <= 256 << 10, "{t}: {len} bytes of file");
 
         let sparse = d.join("sparse");
-        let r = run(
-            &[&grant, "--max-write=256K"],
-            &probe(t),
-            &["grow", s(&sparse), "1048576"],
-        );
-        assert_eq!(r.code, 137, "{t}: {}", r.stderr);
+        ends(&["grow", s(&sparse), "1048576"]);
         assert_eq!(std::fs::metadata(&sparse).unwrap().len(), 0, "{t}");
 
         // Within the limit, and without one, the same programs run.
