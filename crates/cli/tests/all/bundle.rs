@@ -341,7 +341,8 @@ fn packed_executable_runs_without_capsa() {
     let (_h, elsewhere) = scratch();
     let moved = elsewhere.join("hello-app");
     std::fs::copy(&exe, &moved).unwrap();
-    let out = std::process::Command::new(&moved)
+    let mut first = std::process::Command::new(&moved);
+    first
         .arg("x")
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -349,9 +350,20 @@ fn packed_executable_runs_without_capsa() {
             "CAPSA_CACHE_DIR",
             Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
         )
-        .current_dir(&elsewhere)
-        .output()
-        .unwrap();
+        .current_dir(&elsewhere);
+    // Another test's child forked while the copy was being written holds
+    // it open for writing until that child execs: Linux then refuses to
+    // run it (ETXTBSY) for that moment.
+    let mut tries = 0;
+    let out = loop {
+        match first.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "hello Paris and Lagos ['--from-manifest', 'x']\n",
