@@ -395,33 +395,136 @@ pub fn precompile(program: &load::Program, cache: &CodeCache) -> Result<(), RunE
 /// need not wait for (it cost a run of Python about two milliseconds), and
 /// which a caller that says so leaves to its exit (see [`exit_after_run`]).
 pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
-    // A process that runs many programs lets the last one's thread finish
-    // unmapping first: one snapshot mapped at a time (see `prefault`).
-    let warm = WARM.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-    if warm && let Some(last) = LAST_GUEST.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        let _ = last.join();
-    }
     let (tx, rx) = std::sync::mpsc::channel();
-    let guest = std::thread::Builder::new()
+    let job: GuestJob = Box::new(move || {
+        if let Err(e) = run_here(config, &tx) {
+            let _ = tx.send(Err(e));
+        }
+    });
+    if is_warm() {
+        on_kept_thread(job)?;
+    } else {
+        guest_thread(job, None)?;
+    }
+    rx.recv()
+        .unwrap_or_else(|_| Err(RunError::Setup("the guest thread panicked".into())))
+}
+
+/// A run, for the thread that runs its guest.
+type GuestJob = Box<dyn FnOnce() + Send>;
+
+/// Starts a thread for the guest's call stack that runs `job`, then each
+/// job `more` brings.
+fn guest_thread(
+    job: GuestJob,
+    more: Option<std::sync::mpsc::Receiver<GuestJob>>,
+) -> Result<(), RunError> {
+    std::thread::Builder::new()
         .name("guest".into())
         .stack_size(HOST_STACK)
         .spawn(move || {
-            if let Err(e) = run_here(config, &tx) {
-                let _ = tx.send(Err(e));
+            job();
+            if let Some(more) = more {
+                let stack = StackBounds::of_this_thread();
+                stack.release_deep();
+                for job in more {
+                    job();
+                    stack.release_deep();
+                }
             }
         })
-        .map_err(|e| RunError::Setup(format!("cannot start the guest thread: {e}")))?;
-    let outcome = rx
-        .recv()
-        .unwrap_or_else(|_| Err(RunError::Setup("the guest thread panicked".into())));
-    if warm {
-        *LAST_GUEST.lock().unwrap_or_else(|e| e.into_inner()) = Some(guest);
-    }
-    outcome
+        .map(drop)
+        .map_err(|e| RunError::Setup(format!("cannot start the guest thread: {e}")))
 }
 
-/// The thread of a warm process's last run, which may still be unmapping.
-static LAST_GUEST: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+/// The stack of a kept guest thread. A run uses little of it (28 KiB for
+/// Python's `print(1)`), but one recursing through C may touch most of its
+/// 40 MiB, which would then stay resident in the worker for all its later
+/// runs: between runs, the pages more than [`STACK_KEPT`] deep are given
+/// back.
+struct StackBounds {
+    #[cfg(target_os = "linux")]
+    low: usize,
+}
+
+/// How much of a kept guest thread's stack stays resident between runs.
+#[cfg(target_os = "linux")]
+const STACK_KEPT: usize = 1 << 20;
+
+impl StackBounds {
+    #[cfg(target_os = "linux")]
+    fn of_this_thread() -> StackBounds {
+        let mut low = 0;
+        // SAFETY: reads this thread's own attributes into memory of ours,
+        // and frees what pthread_getattr_np allocated for them.
+        unsafe {
+            let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+            if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) == 0 {
+                let mut addr = std::ptr::null_mut();
+                let mut size = 0;
+                if libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0 {
+                    low = addr as usize;
+                }
+                libc::pthread_attr_destroy(attr.as_mut_ptr());
+            }
+        }
+        StackBounds { low }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn of_this_thread() -> StackBounds {
+        StackBounds {}
+    }
+
+    /// Gives back the pages of the stack more than [`STACK_KEPT`] below
+    /// this call, which no frame uses now (the stack grows down).
+    #[cfg(target_os = "linux")]
+    fn release_deep(&self) {
+        let here = std::hint::black_box(&self.low) as *const usize as usize;
+        let page = rustix::param::page_size();
+        let end = here.saturating_sub(STACK_KEPT) & !(page - 1);
+        if self.low != 0 && end > self.low {
+            // SAFETY: [low, end) lies in this thread's stack, below every
+            // frame in use: its pages read as zeros when next touched.
+            unsafe {
+                libc::madvise(
+                    self.low as *mut libc::c_void,
+                    end - self.low,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn release_deep(&self) {}
+}
+
+/// A warm process's guest thread, kept from run to run, as its time-limit
+/// thread is (see [`KEPT_WATCHDOG`]): starting both for each run (stacks
+/// and signal stacks mapped and unmapped, each unmapping interrupting the
+/// other core to flush its TLB) cost a `capsa serve` worker 0.3 ms of its
+/// 2.2 ms a run of `print(1)`. Runs take their turns on it, so the last
+/// run's teardown ends before the next run starts: one snapshot mapped at a
+/// time (see `prefault`). A job that panics ends the thread; the next run
+/// starts another.
+static KEPT_GUEST: Mutex<Option<std::sync::mpsc::Sender<GuestJob>>> = Mutex::new(None);
+
+fn on_kept_thread(job: GuestJob) -> Result<(), RunError> {
+    let mut kept = KEPT_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let job = match kept.as_ref() {
+        Some(k) => match k.send(job) {
+            Ok(()) => return Ok(()),
+            // Its thread has ended (a run panicked): start another.
+            Err(std::sync::mpsc::SendError(job)) => job,
+        },
+        None => job,
+    };
+    let (more_tx, more) = std::sync::mpsc::channel();
+    guest_thread(job, Some(more))?;
+    *kept = Some(more_tx);
+    Ok(())
+}
 
 fn run_here(
     mut config: RunConfig,
@@ -1340,14 +1443,34 @@ fn start_watchdog(
     finished: Arc<Finished>,
     guard: Arc<std::sync::OnceLock<Arc<Guard>>>,
 ) -> Result<(), RunError> {
-    // A process out of threads (a limit on them) cannot time the run: it
-    // does not run it untimed.
-    let spawned = std::thread::Builder::new().spawn(move || {
-        // Wakes at the deadline, or as soon as the run ends (a process
-        // that runs many programs must not keep a thread per past run).
-        if !finished.wait_until(std::time::Instant::now() + timeout) {
-            let message = timeout_message(timeout);
-            if let Some(guard) = guard.get() {
+    let watch = Watch {
+        deadline: std::time::Instant::now() + timeout,
+        timeout,
+        finished,
+        guard,
+    };
+    if is_warm() {
+        return kept_watchdog(watch);
+    }
+    watchdog_thread(watch, None)
+}
+
+/// One run's time limit, for the thread that keeps it.
+struct Watch {
+    deadline: std::time::Instant,
+    timeout: Duration,
+    finished: Arc<Finished>,
+    guard: Arc<std::sync::OnceLock<Arc<Guard>>>,
+}
+
+impl Watch {
+    /// Returns as soon as the run ends (a process that runs many programs
+    /// must not keep a thread per past run); ends the process at the
+    /// deadline.
+    fn keep(self) {
+        if !self.finished.wait_until(self.deadline) {
+            let message = timeout_message(self.timeout);
+            if let Some(guard) = self.guard.get() {
                 guard.reporter.limit(&message);
                 guard.reporter.flush();
             }
@@ -1357,10 +1480,48 @@ fn start_watchdog(
             let _naming = NAMING.lock().unwrap_or_else(|e| e.into_inner());
             std::process::exit(exit::TIMEOUT);
         }
-    });
-    spawned
+    }
+}
+
+/// Starts a thread that keeps `watch`, then each watch `more` brings.
+fn watchdog_thread(
+    watch: Watch,
+    more: Option<std::sync::mpsc::Receiver<Watch>>,
+) -> Result<(), RunError> {
+    // A process out of threads (a limit on them) cannot time the run: it
+    // does not run it untimed.
+    std::thread::Builder::new()
+        .name("time limit".into())
+        .spawn(move || {
+            watch.keep();
+            for watch in more.into_iter().flatten() {
+                watch.keep();
+            }
+        })
         .map(drop)
         .map_err(|e| RunError::Setup(format!("cannot start the time limit's thread: {e}")))
+}
+
+/// A warm process's time-limit thread, kept from run to run as its guest
+/// thread is (see [`KEPT_GUEST`]). Its runs take their turns, so it keeps
+/// one run's limit at a time; a deadline is fixed when its run starts,
+/// however late the thread gets to it.
+static KEPT_WATCHDOG: Mutex<Option<std::sync::mpsc::Sender<Watch>>> = Mutex::new(None);
+
+fn kept_watchdog(watch: Watch) -> Result<(), RunError> {
+    let mut kept = KEPT_WATCHDOG.lock().unwrap_or_else(|e| e.into_inner());
+    let watch = match kept.as_ref() {
+        Some(k) => match k.send(watch) {
+            Ok(()) => return Ok(()),
+            // Its thread has ended (a run panicked): start another.
+            Err(std::sync::mpsc::SendError(watch)) => watch,
+        },
+        None => watch,
+    };
+    let (more_tx, more) = std::sync::mpsc::channel();
+    watchdog_thread(watch, Some(more))?;
+    *kept = Some(more_tx);
+    Ok(())
 }
 
 /// Whether a run has ended, for its watchdog to wait on.

@@ -1298,7 +1298,25 @@ fn a_worker_that_died_while_idle_is_not_handed_to_a_run() {
     let server = Server::start(&["--max-runs=1"]);
     assert_eq!(server.run(json!({"code": "print(1)"}))["stdout"], "1\n");
     // The idle worker, killed from outside (as the OOM killer would).
-    let workers: Vec<u32> = std::fs::read_dir("/proc")
+    let workers = workers_of(&server);
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &workers[0].to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let r = server.run(json!({"code": "print(2)"}));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(r["stdout"], "2\n", "{r}");
+}
+
+/// The server's warm workers, by process id.
+#[cfg(target_os = "linux")]
+fn workers_of(server: &Server) -> Vec<u32> {
+    std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
@@ -1313,19 +1331,67 @@ fn a_worker_that_died_while_idle_is_not_handed_to_a_run() {
             (ppid == server.child.id() && cmdline.windows(12).any(|w| w == b"serve-worker"))
                 .then_some(pid)
         })
-        .collect();
-    assert_eq!(workers.len(), 1, "{workers:?}");
+        .collect()
+}
+
+/// A warm worker keeps its guest thread and its time-limit thread from run
+/// to run: a run after others still ends at its own time limit, and a run
+/// that recursed deep through C leaves no more than 1 MiB of that thread's
+/// stack resident in the worker.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_worker_keeps_its_threads_but_not_a_deep_stack_nor_a_past_deadline() {
+    let server = Server::start(&["--max-runs=1", "--timeout=20s"]);
+    for i in 0..3 {
+        let r = server.run(json!({"code": format!("print({i})")}));
+        assert_eq!(r["stdout"], format!("{i}\n"), "{r}");
+    }
+    // Each call of an lru_cache'd function recurses through C: CPython
+    // stops it with RecursionError once its stack check fires, about 3 MiB
+    // of the host thread's stack deep.
+    let r = server.run(json!({"code": "import functools, sys\n\
+        sys.setrecursionlimit(1000000)\n\
+        @functools.lru_cache(None)\n\
+        def f(n): return n and f(n - 1) + 1\n\
+        print(f(100000))"}));
+    assert_eq!(r["exit_code"], 1, "{r}");
     assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &workers[0].to_string()])
-            .status()
-            .unwrap()
-            .success()
+        r["stderr"].as_str().unwrap().contains("RecursionError"),
+        "{r}"
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let r = server.run(json!({"code": "print(2)"}));
-    assert_eq!(r["exit_code"], 0, "{r}");
-    assert_eq!(r["stdout"], "2\n", "{r}");
+    let workers = workers_of(&server);
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    // The guest thread's stack: its 40 MiB mapping (GUEST_STACK and room
+    // for host calls), the one anonymous mapping of that size.
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", workers[0])).unwrap();
+    let mut stacks = Vec::new();
+    let mut size = None;
+    for line in smaps.lines() {
+        let head = line.split_whitespace().collect::<Vec<_>>();
+        if head.len() >= 5 && head[0].contains('-') && head[1].len() == 4 {
+            let (a, b) = head[0].split_once('-').unwrap();
+            let len = u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap();
+            size = (len == 40 << 20 && head[1] == "rw-p" && head.len() == 5).then_some(len);
+        } else if let (Some(_), Some(kb)) = (size, line.strip_prefix("Rss:")) {
+            stacks.push(kb.trim().trim_end_matches(" kB").parse::<u64>().unwrap());
+            size = None;
+        }
+    }
+    assert_eq!(stacks.len(), 1, "{stacks:?}");
+    assert!(stacks[0] <= 1100, "{} KiB of the stack kept", stacks[0]);
+    // The same worker's next run ends at its own limit, not at one left
+    // from the runs before.
+    let r = server.run(json!({"code": "while True: pass", "timeout": "1s"}));
+    assert_eq!(r["exit_code"], 124, "{r}");
+    assert!(
+        r["limit"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("time limit of 1s"),
+        "{r}"
+    );
+    let r = server.run(json!({"code": "print('after')"}));
+    assert_eq!(r["stdout"], "after\n", "{r}");
 }
 
 /// A grant that no run could mount is refused when the server starts, not
