@@ -1468,7 +1468,9 @@ impl Watch {
     /// must not keep a thread per past run); ends the process at the
     /// deadline.
     fn keep(self) {
-        if !self.finished.wait_until(self.deadline) {
+        // The run's thread takes neither the reporter's lock nor NAMING
+        // while it waits for `finished`'s.
+        self.finished.wait_or_expire(self.deadline, || {
             let message = timeout_message(self.timeout);
             if let Some(guard) = self.guard.get() {
                 guard.reporter.limit(&message);
@@ -1479,7 +1481,7 @@ impl Watch {
             // Not while a guarded root has a name it would leave behind.
             let _naming = NAMING.lock().unwrap_or_else(|e| e.into_inner());
             std::process::exit(exit::TIMEOUT);
-        }
+        });
     }
 }
 
@@ -1537,13 +1539,18 @@ impl Finished {
         self.cond.notify_all();
     }
 
-    /// Waits until the run ends or `deadline` passes; whether it ended.
-    fn wait_until(&self, deadline: std::time::Instant) -> bool {
+    /// Waits until the run ends or `deadline` passes. In the latter case
+    /// calls `expire`, which ends the process, still holding the lock that
+    /// `set` takes: the run cannot end meanwhile, so no outcome of it is
+    /// delivered and, in a process that runs many programs, no next run
+    /// starts, for the exit to end instead of this one.
+    fn wait_or_expire(&self, deadline: std::time::Instant, expire: impl FnOnce()) {
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         while !*done {
             let now = std::time::Instant::now();
             if now >= deadline {
-                return false;
+                expire();
+                return;
             }
             done = self
                 .cond
@@ -1551,7 +1558,6 @@ impl Finished {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
-        true
     }
 }
 

@@ -137,7 +137,7 @@ pub fn command(launch: &Launch<'_>) -> Command {
 }
 
 /// Reads `r` to its end, keeping at most `cap` bytes; whether more came.
-async fn read_capped(
+pub async fn read_capped(
     mut r: impl AsyncRead + Unpin,
     cap: u64,
     tap: Option<(&Sender, Stream)>,

@@ -3,7 +3,9 @@
 //! limit ends the session (its process) and only it.
 
 use super::ceiling::Limits;
-use super::child::{Launch, RunResult, Stream, Tap, output_message, read_audit, timeout_message};
+use super::child::{
+    Launch, RunResult, Stream, Tap, output_message, read_audit, read_capped, timeout_message,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,6 +210,8 @@ impl Conversation {
         let mut out = Vec::new();
         let mut err = Vec::new();
         let (mut out_done, mut err_done) = (None::<i32>, false);
+        // One of its streams ended: the child is gone by itself.
+        let mut gone = false;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t + slack);
         let mut limit: Option<String> = None;
         let sleep = async {
@@ -240,7 +244,7 @@ impl Conversation {
             };
             tokio::select! {
                 r = self.stdout.read(&mut bo), if out_done.is_none() => match r {
-                    Ok(0) | Err(_) => alive = false,
+                    Ok(0) | Err(_) => (alive, gone) = (false, true),
                     Ok(n) => {
                         let from = out.len().saturating_sub(out_mark.len() + 8);
                         out.extend_from_slice(&bo[..n]);
@@ -255,7 +259,7 @@ impl Conversation {
                     }
                 },
                 r = self.stderr.read(&mut be), if !err_done => match r {
-                    Ok(0) | Err(_) => alive = false,
+                    Ok(0) | Err(_) => (alive, gone) = (false, true),
                     Ok(n) => {
                         let from = err.len().saturating_sub(err_mark.len());
                         err.extend_from_slice(&be[..n]);
@@ -301,6 +305,31 @@ impl Conversation {
             {
                 limit = Some(output_message(max));
                 alive = false;
+            }
+        }
+        if gone && limit.is_none() {
+            // What it wrote just before it went is still in the other pipe:
+            // a run's own time limit, say, ends its worker with the reason
+            // on stderr, which came after the end of stdout.
+            // (Not streamed: the answer carries it.)
+            let room = |b: &Vec<u8>| (max + 32).saturating_sub(b.len() as u64);
+            let rest = async {
+                if !err_done {
+                    let (more, _) = read_capped(&mut self.stderr, room(&err), None).await;
+                    err.extend_from_slice(&more);
+                }
+                if out_done.is_none() {
+                    let (more, _) = read_capped(&mut self.stdout, room(&out), None).await;
+                    out.extend_from_slice(&more);
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), rest).await;
+            // Its end marks, if it wrote them after all, are not output.
+            if let Some(at) = find(&err, &err_mark) {
+                err.truncate(at);
+            }
+            if let Some(at) = find(&out, &out_mark) {
+                out.truncate(at);
             }
         }
         let exit = if alive {
