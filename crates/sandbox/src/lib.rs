@@ -402,7 +402,7 @@ pub fn run(config: RunConfig) -> Result<Outcome, RunError> {
         }
     });
     if is_warm() {
-        on_kept_thread(job)?;
+        KEPT_GUEST.hand(job, |job, more| guest_thread(job, Some(more)))?;
     } else {
         guest_thread(job, None)?;
     }
@@ -508,22 +508,37 @@ impl StackBounds {
 /// run's teardown ends before the next run starts: one snapshot mapped at a
 /// time (see `prefault`). A job that panics ends the thread; the next run
 /// starts another.
-static KEPT_GUEST: Mutex<Option<std::sync::mpsc::Sender<GuestJob>>> = Mutex::new(None);
+static KEPT_GUEST: Kept<GuestJob> = Kept::new();
 
-fn on_kept_thread(job: GuestJob) -> Result<(), RunError> {
-    let mut kept = KEPT_GUEST.lock().unwrap_or_else(|e| e.into_inner());
-    let job = match kept.as_ref() {
-        Some(k) => match k.send(job) {
-            Ok(()) => return Ok(()),
-            // Its thread has ended (a run panicked): start another.
-            Err(std::sync::mpsc::SendError(job)) => job,
-        },
-        None => job,
-    };
-    let (more_tx, more) = std::sync::mpsc::channel();
-    guest_thread(job, Some(more))?;
-    *kept = Some(more_tx);
-    Ok(())
+/// A thread a warm process keeps from run to run, handed one item per run.
+struct Kept<T>(Mutex<Option<std::sync::mpsc::Sender<T>>>);
+
+impl<T> Kept<T> {
+    const fn new() -> Self {
+        Kept(Mutex::new(None))
+    }
+
+    /// Hands `item` to the kept thread, or has `start` start one that takes
+    /// it first, then each item sent after it.
+    fn hand(
+        &self,
+        item: T,
+        start: impl FnOnce(T, std::sync::mpsc::Receiver<T>) -> Result<(), RunError>,
+    ) -> Result<(), RunError> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let item = match kept.as_ref() {
+            Some(k) => match k.send(item) {
+                Ok(()) => return Ok(()),
+                // Its thread has ended (a run panicked): start another.
+                Err(std::sync::mpsc::SendError(item)) => item,
+            },
+            None => item,
+        };
+        let (more_tx, more) = std::sync::mpsc::channel();
+        start(item, more)?;
+        *kept = Some(more_tx);
+        Ok(())
+    }
 }
 
 fn run_here(
@@ -1450,7 +1465,7 @@ fn start_watchdog(
         guard,
     };
     if is_warm() {
-        return kept_watchdog(watch);
+        return KEPT_WATCHDOG.hand(watch, |watch, more| watchdog_thread(watch, Some(more)));
     }
     watchdog_thread(watch, None)
 }
@@ -1508,23 +1523,7 @@ fn watchdog_thread(
 /// thread is (see [`KEPT_GUEST`]). Its runs take their turns, so it keeps
 /// one run's limit at a time; a deadline is fixed when its run starts,
 /// however late the thread gets to it.
-static KEPT_WATCHDOG: Mutex<Option<std::sync::mpsc::Sender<Watch>>> = Mutex::new(None);
-
-fn kept_watchdog(watch: Watch) -> Result<(), RunError> {
-    let mut kept = KEPT_WATCHDOG.lock().unwrap_or_else(|e| e.into_inner());
-    let watch = match kept.as_ref() {
-        Some(k) => match k.send(watch) {
-            Ok(()) => return Ok(()),
-            // Its thread has ended (a run panicked): start another.
-            Err(std::sync::mpsc::SendError(watch)) => watch,
-        },
-        None => watch,
-    };
-    let (more_tx, more) = std::sync::mpsc::channel();
-    watchdog_thread(watch, Some(more))?;
-    *kept = Some(more_tx);
-    Ok(())
-}
+static KEPT_WATCHDOG: Kept<Watch> = Kept::new();
 
 /// Whether a run has ended, for its watchdog to wait on.
 #[derive(Default)]
