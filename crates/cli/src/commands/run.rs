@@ -408,8 +408,13 @@ fn create_audit(path: &Path, policy: &Policy) -> Result<(std::fs::File, PathBuf)
             at.display()
         );
     }
-    f.set_len(0)?;
-    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
+    // An empty file is left as it is: on ext4, emptying a file marks it to
+    // be written out to disk when it is closed (see `capsa serve`'s warm
+    // workers, whose runs reuse their audit file).
+    if !head.is_empty() {
+        f.set_len(0)?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
+    }
     Ok((f, at))
 }
 
