@@ -1188,8 +1188,14 @@ fn runs_in_a_worker_reuse_its_files_and_see_none_of_the_last_run() {
         std::fs::remove_file(loot).unwrap();
     }
     assert_eq!(second["denials"], json!([]), "{second}");
+    // A shorter input over a longer one (the files are emptied only when
+    // they hold something): none of the last run's bytes follow it.
+    let third =
+        server.run(json!({"code": "import sys\nprint(repr(sys.stdin.read()))", "stdin": "z"}));
+    assert_eq!(third["stdout"], "'z'\n", "{third}");
+    assert_eq!(third["denials"], json!([]), "{third}");
     // The same worker, the same files: nothing new was made for the
-    // second run, and nothing of either run is left.
+    // later runs, and nothing of any run is left.
     assert_eq!(out1[0], out2[0]);
     assert_eq!(entries(), after_first);
     assert_eq!(after_first.len(), 1, "{after_first:?}");

@@ -127,9 +127,9 @@ fn put(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             // file (even an empty one) marks it to be written out to disk
             // when it is closed, so that emptying it between runs and
             // writing it again before each sent every run's program and
-            // policy to the disk: 1–2 ms of the kernel's time a run, and a
-            // busy block device. Emptied after each run and written to
-            // only before the next, nothing reaches the disk.
+            // policy to the disk (a tenth of a millisecond of the server's
+            // time a run, besides the block device's). Emptied after each
+            // run and written to only before the next, nothing reaches it.
             if len > 0 {
                 f.set_len(0)?;
             }
