@@ -1365,6 +1365,11 @@ fn a_worker_keeps_its_threads_but_not_a_deep_stack_nor_a_past_deadline() {
         r["stderr"].as_str().unwrap().contains("RecursionError"),
         "{r}"
     );
+    // The worker answers as soon as a run's outcome is known and gives the
+    // stack back after that, before it starts its next run: one more run
+    // (which uses little stack) makes sure the release is done.
+    let r = server.run(json!({"code": "print('next')"}));
+    assert_eq!(r["stdout"], "next\n", "{r}");
     let workers = workers_of(&server);
     assert_eq!(workers.len(), 1, "{workers:?}");
     // The guest thread's stack: its 40 MiB mapping (GUEST_STACK and room
