@@ -30,6 +30,9 @@ enum Command {
     /// A warm worker of `capsa serve` (started by it, not by hand).
     #[command(hide = true)]
     ServeWorker,
+    /// Makes what warm workers run Python with (started by `capsa serve`).
+    #[command(hide = true)]
+    ServePrepare,
     /// The compile step of `--python-path` bytecode (started by capsa).
     #[command(hide = true)]
     PycacheCompile,
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Mcp(args) => commands::serve::mcp(args),
         Command::ServeWorker => commands::serve::worker_main(),
+        Command::ServePrepare => commands::python::prepare_kept_main(),
         Command::PycacheCompile => commands::pycache::compile_main(),
     };
     exit(code)

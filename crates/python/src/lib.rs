@@ -17,6 +17,7 @@
 
 mod component;
 pub mod fold;
+pub mod image;
 pub mod invocation;
 pub mod merge;
 pub mod prune;

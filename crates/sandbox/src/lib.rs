@@ -17,6 +17,8 @@ mod net_guard;
 mod output;
 pub mod prefault;
 pub mod report;
+#[cfg(target_os = "linux")]
+pub mod slots;
 mod tcp_guard;
 #[cfg(windows)]
 mod win_trust;
@@ -264,7 +266,24 @@ pub const GUEST_STACK: usize = 32 << 20;
 const HOST_STACK: usize = GUEST_STACK + (8 << 20);
 
 fn engine(fuel: bool) -> Result<Engine, RunError> {
+    engine_with(
+        fuel,
+        #[cfg(target_os = "linux")]
+        None,
+    )
+}
+
+/// [`engine`], whose memories (on Linux, with `image`) are made by
+/// [`slots::Slots`].
+fn engine_with(
+    fuel: bool,
+    #[cfg(target_os = "linux")] image: Option<Arc<slots::Image>>,
+) -> Result<Engine, RunError> {
     let mut config = Config::new();
+    #[cfg(target_os = "linux")]
+    if let Some(image) = image {
+        config.with_host_memory(Arc::new(slots::Slots::new(image)));
+    }
     config.wasm_component_model(true);
     // No epoch interruption: its checks in every loop cost CPython a quarter
     // of its speed. The wall-clock limit is a watchdog thread that ends the
@@ -561,7 +580,19 @@ fn run_here(
         start_watchdog(t, finished.clone(), early_reporter.clone())?;
     }
     let fuel = config.policy.limits.fuel.is_some();
-    let engine = engine_for(fuel)?;
+    let mut engine = engine_for(fuel)?;
+    // Whether the memory is kept from run to run (see `reuse_for`): then
+    // there is no snapshot in the compiled file to copy pages of.
+    let mut kept_memory = false;
+    #[cfg(target_os = "linux")]
+    if is_warm()
+        && let Some((e, program)) = reuse_for(&config.program, config.cache.as_ref(), fuel)
+    {
+        engine = e;
+        config.program = program;
+        config.teach_pages = None;
+        kept_memory = true;
+    }
     let load = Load {
         program: config.program.clone(),
         cache: config.cache.clone(),
@@ -619,6 +650,7 @@ fn run_here(
         let (pre, cwasm) = prepared?;
         (pre, cwasm, host.unwrap_or_else(|_| Err(panicked()))?)
     };
+    let cwasm = cwasm.filter(|_| !kept_memory);
     let snapshot = cwasm.map(|c| {
         // The first run of a snapshot on this machine is preceded by a
         // minimal one that records which pages every run writes: a profile
@@ -884,6 +916,14 @@ fn run_instance(
 struct Warm {
     /// Without fuel, and with.
     engines: [Option<Engine>; 2],
+    /// Per program path, its variant without its memory's data, the
+    /// engines whose memories keep its image (without fuel, and with), and
+    /// the image (see [`reuse_for`]).
+    #[cfg(target_os = "linux")]
+    reuse: Vec<(
+        PathBuf,
+        Option<(PathBuf, [Option<Engine>; 2], Arc<slots::Image>)>,
+    )>,
     /// The newest last.
     programs: Vec<Ready>,
 }
@@ -1723,4 +1763,151 @@ mod root_guard_tests {
         assert_eq!(std::fs::read(root.join("theirs")).unwrap(), b"kept");
         cleanup(&d);
     }
+}
+
+/// In a warm process, a component named `python.wasm` runs without its
+/// memory's data segments, on an engine whose memory for it is the image
+/// they made, kept from run to run and reset in place (see [`slots`]). The
+/// split is made once per machine and kept in the code cache. `None`
+/// (nothing changes) when the process is not warm, the component cannot be
+/// split, or the cache cannot hold it.
+#[cfg(target_os = "linux")]
+fn reuse_for(program: &Path, cache: Option<&CodeCache>, fuel: bool) -> Option<(Engine, PathBuf)> {
+    if program.file_name()? != std::ffi::OsStr::new("python.wasm")
+        || std::env::var_os("CAPSA_NO_KEPT_MEMORY").is_some()
+        || rustix::param::page_size() != slots::PAGE
+    {
+        return None;
+    }
+    let cache = cache?;
+    let mut warm = WARM.lock().unwrap_or_else(|e| e.into_inner());
+    let w = warm.as_mut()?;
+    let i = match w.reuse.iter().position(|(p, _)| p == program) {
+        Some(i) => i,
+        None => {
+            // Only what the server prepared (see `prepare_kept_memory`):
+            // nothing is split or compiled within a run's time limit.
+            let made = split_in_cache(program, cache, None);
+            w.reuse.push((program.to_path_buf(), made));
+            w.reuse.len() - 1
+        }
+    };
+    let (out, engines, image) = w.reuse[i].1.as_mut()?;
+    let e = match &engines[usize::from(fuel)] {
+        Some(e) => e.clone(),
+        None => {
+            let e = engine_with(fuel, Some(image.clone())).ok()?;
+            // Used only once it is compiled: a run with fuel, which needs
+            // code of its own, runs as before until then.
+            let digest = load::Program::read(out, Some(cache)).ok()?.digest;
+            let entry = cache.entry(&e, &digest);
+            if !(entry.is_file() && load::trusted(cache.dir(), &entry)) {
+                return None;
+            }
+            engines[usize::from(fuel)] = Some(e.clone());
+            e
+        }
+    };
+    Some((e, out.clone()))
+}
+
+/// Makes, ahead of a server's first run, what its warm workers will run
+/// Python with (see [`reuse_for`]): `program` split in the code cache and
+/// compiled there, so that no run waits for it within its time limit.
+/// Gives whether it is ready; a server whose split fails runs Python as
+/// before.
+pub fn prepare_kept_memory(
+    program: &Path,
+    cache: &CodeCache,
+    split: fn(&[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)>,
+) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        if rustix::param::page_size() != slots::PAGE {
+            return false;
+        }
+        let Some((wasm, _, image)) = split_in_cache(program, cache, Some(split)) else {
+            return false;
+        };
+        let compiled = (|| {
+            let engine = engine_with(false, Some(image)).ok()?;
+            cache
+                .load(&engine, &load::Program::read(&wasm, Some(cache)).ok()?)
+                .ok()
+        })();
+        compiled.is_some()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (program, cache, split);
+        false
+    }
+}
+
+/// The split of `program` from the code cache, made there first if it is
+/// not (or not whole, or for another component).
+#[cfg(target_os = "linux")]
+fn split_in_cache(
+    program: &Path,
+    cache: &CodeCache,
+    split: Option<fn(&[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)>>,
+) -> Option<(PathBuf, [Option<Engine>; 2], Arc<slots::Image>)> {
+    let digest = load::Program::read(program, Some(cache)).ok()?.digest;
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let root = cache.dir();
+    let base = root.join("code").join(format!("split-{}", &hex[..40]));
+    let (wasm, image, record) = (
+        base.with_extension("wasm"),
+        base.with_extension("image"),
+        base.with_extension("json"),
+    );
+    let hex_of = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    // The record: the digest of the component split, the memory's minimum
+    // size, the image's length and the digest of the component without the
+    // data (a file damaged since is made again).
+    let read = || -> Option<(usize, u64)> {
+        if ![&wasm, &image, &record]
+            .iter()
+            .all(|f| load::trusted(root, f))
+        {
+            return None;
+        }
+        let text = String::from_utf8(load::read_small_file(&record, 4096)?).ok()?;
+        let [source, minimum, len, without] = text.split_whitespace().collect::<Vec<_>>()[..]
+        else {
+            return None;
+        };
+        let (minimum, len) = (minimum.parse().ok()?, len.parse().ok()?);
+        let intact = source == hex
+            && std::fs::symlink_metadata(&image).ok()?.len() == len
+            && hex_of(&load::Program::read(&wasm, Some(cache)).ok()?.digest) == without;
+        intact.then_some((minimum, len))
+    };
+    let (minimum, len) = match read() {
+        Some(r) => r,
+        None => {
+            let split = split?;
+            let bytes = std::fs::read(program).ok()?;
+            let (nodata, mut bytes, minimum) = split(&bytes)?;
+            bytes.resize(bytes.len().div_ceil(slots::PAGE) * slots::PAGE, 0);
+            let len = bytes.len() as u64;
+            let without = hex_of(&<sha2::Sha256 as sha2::Digest>::digest(&nodata));
+            // The record last: whoever finds it finds both files whole.
+            load::store(root, &image, &bytes).ok()?;
+            load::store(root, &wasm, &nodata).ok()?;
+            let text = format!("{hex} {minimum} {len} {without}\n");
+            load::store(root, &record, text.as_bytes()).ok()?;
+            (minimum, len)
+        }
+    };
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&image)
+            .ok()?
+    };
+    let image = slots::Image::open(file, len, minimum).ok()?;
+    Some((wasm, [None, None], Arc::new(image)))
 }

@@ -83,8 +83,36 @@ pub fn prepare_runtime() -> Result<(), i32> {
     let root = cache_root()?;
     let code = CodeCache::new(root.clone());
     capsa_python::ensure(&root, Some(&code), &mut |m| eprintln!("{m}"))
-        .map(|_| ())
-        .map_err(|e| fail(exit::INTERNAL, e.into()))
+        .map_err(|e| fail(exit::INTERNAL, e.into()))?;
+    // What warm workers run Python with (its memory kept from run to run),
+    // made in a process of its own: compiling it here left the server's
+    // heap 255 MB larger for its whole life. If it cannot be made, the
+    // workers run Python as before.
+    if let Ok(me) = std::env::current_exe() {
+        let _ = std::process::Command::new(me)
+            .arg("serve-prepare")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+    Ok(())
+}
+
+/// `capsa serve-prepare` (started by `capsa serve` and `capsa mcp`): see
+/// [`prepare_runtime`].
+pub fn prepare_kept_main() -> i32 {
+    let Ok(root) = cache_root() else {
+        return exit::INTERNAL;
+    };
+    let code = CodeCache::new(root.clone());
+    let Ok(rt) = capsa_python::ensure(&root, Some(&code), &mut |m| eprintln!("{m}")) else {
+        return exit::INTERNAL;
+    };
+    if capsa_sandbox::prepare_kept_memory(&rt.component, &code, capsa_python::image::split_image) {
+        0
+    } else {
+        1
+    }
 }
 
 fn install(force: bool) -> i32 {

@@ -1417,6 +1417,48 @@ fn a_worker_keeps_its_threads_but_not_a_deep_stack_nor_a_past_deadline() {
     assert_eq!(r["stdout"], "after\n", "{r}");
 }
 
+/// A warm worker keeps its Python's memory from run to run and puts it
+/// back as the snapshot made it: a run that changed the interpreter's state,
+/// wrote over much of its memory and grew it leaves nothing the next run
+/// can see, whether the memory was reset in place or made anew.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_worker_keeps_its_memory_but_no_run_sees_what_the_last_one_left() {
+    let server = Server::start(&["--max-runs=1", "--timeout=20s", "--memory=512M"]);
+    let look = "import sys, gc, json\n\
+        print('/left' in sys.path, hasattr(json, 'left'), 'left' in globals())\n\
+        print(len(sys.modules), len(gc.get_objects()))";
+    // Small: its pages are copied back. Large: more than a reset copies,
+    // so the memory is made anew.
+    let leaves = [
+        "import sys, json\nsys.path.append('/left')\njson.left = left = 1\nprint('left')",
+        "import sys, json\nsys.path.append('/left')\njson.left = left = 1\n\
+         kept = [bytes([0xAA]) * 3000 for _ in range(20000)]\n\
+         grown = bytearray(b'\\xAA') * (64 << 20)\nprint('left')",
+    ];
+    let first = server.run(json!({"code": look}));
+    assert_eq!(first["exit_code"], 0, "{first}");
+    let workers = workers_of(&server);
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    for round in 0..2 {
+        for leave in leaves {
+            let r = server.run(json!({"code": leave}));
+            assert_eq!(r["stdout"], "left\n", "{r}");
+            let r = server.run(json!({"code": look}));
+            assert_eq!(r["stdout"], first["stdout"], "round {round}: {r}");
+            assert!(
+                r["stdout"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("False False False\n"),
+                "{r}"
+            );
+        }
+    }
+    // All in the one worker.
+    assert_eq!(workers_of(&server), workers);
+}
+
 /// A grant that no run could mount is refused when the server starts, not
 /// by every run after.
 #[test]
