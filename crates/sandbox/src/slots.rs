@@ -79,11 +79,16 @@ impl Drop for Image {
     }
 }
 
-/// One reservation: `reserved` bytes plus a guard, the first `size`
-/// accessible.
+/// One reservation: a guard, `reserved` bytes from `base`, and a guard
+/// again (as wasmtime lays out the memories it makes: the one before is
+/// defence in depth against a compiler bug with a negative offset), the
+/// first `size` bytes from `base` accessible.
 struct Slot {
+    /// Where the reservation starts, the guard before `base` included.
+    start: usize,
     base: usize,
     reserved: usize,
+    /// All of it, both guards included.
     total: usize,
     size: usize,
     /// The image mapped at its start, or none (a memory of zeros).
@@ -100,9 +105,10 @@ impl Slot {
         use rustix::mm::{MapFlags, ProtFlags, mmap, mmap_anonymous};
         let total = reserved
             .checked_add(guard)
+            .and_then(|t| t.checked_add(guard))
             .ok_or_else(|| std::io::Error::other("too large"))?;
         // SAFETY: a new reservation of nothing accessible.
-        let base = unsafe {
+        let start = unsafe {
             mmap_anonymous(
                 std::ptr::null_mut(),
                 total,
@@ -110,7 +116,9 @@ impl Slot {
                 MapFlags::PRIVATE | MapFlags::NORESERVE,
             )?
         } as usize;
+        let base = start + guard;
         let mut slot = Slot {
+            start,
             base,
             reserved,
             total,
@@ -221,7 +229,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // SAFETY: the reservation made in `new`, used by no instance now.
         unsafe {
-            let _ = rustix::mm::munmap(self.base as *mut _, self.total);
+            let _ = rustix::mm::munmap(self.start as *mut _, self.total);
         }
     }
 }
@@ -311,7 +319,11 @@ unsafe impl MemoryCreator for Slots {
         let slot = if ours {
             let kept = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match kept {
-                Some(s) if s.reserved == reserved && s.total == reserved + guard_size_in_bytes => s,
+                Some(s)
+                    if s.reserved == reserved && s.total == reserved + 2 * guard_size_in_bytes =>
+                {
+                    s
+                }
                 _ => Slot::new(
                     Some(self.image.clone()),
                     minimum,
@@ -348,6 +360,30 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let image = Arc::new(Image::open(file, bytes.len() as u64, minimum).unwrap());
         let mut slot = Slot::new(Some(image.clone()), minimum, 1 << 30, 1 << 20).unwrap();
+        // Nothing is accessible just before the memory or past its size.
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for at in [slot.base - 1, slot.base - (1 << 20), slot.base + (1 << 30)] {
+            let line = maps
+                .lines()
+                .find(|l| {
+                    let (a, b) = l
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .split_once('-')
+                        .unwrap();
+                    let (a, b) = (
+                        usize::from_str_radix(a, 16).unwrap(),
+                        usize::from_str_radix(b, 16).unwrap(),
+                    );
+                    a <= at && at < b
+                })
+                .unwrap();
+            assert!(
+                line.split_whitespace().nth(1).unwrap().starts_with("---"),
+                "{line}"
+            );
+        }
         for round in 0..3u8 {
             slot.grow_to(minimum + 16 * PAGE).unwrap();
             // Write some pages, read others, past the image too.
