@@ -1428,8 +1428,8 @@ fn a_worker_keeps_its_memory_but_no_run_sees_what_the_last_one_left() {
     let look = "import sys, gc, json\n\
         print('/left' in sys.path, hasattr(json, 'left'), 'left' in globals())\n\
         print(len(sys.modules), len(gc.get_objects()))";
-    // Small: its pages are copied back. Large: more than a reset copies,
-    // so the memory is made anew.
+    // Small: a few of its pages are copied back. Large: it also fills the
+    // heap with 60 MB and grows the memory by 64 MiB.
     let leaves = [
         "import sys, json\nsys.path.append('/left')\njson.left = left = 1\nprint('left')",
         "import sys, json\nsys.path.append('/left')\njson.left = left = 1\n\
@@ -1456,6 +1456,85 @@ fn a_worker_keeps_its_memory_but_no_run_sees_what_the_last_one_left() {
         }
     }
     // All in the one worker.
+    assert_eq!(workers_of(&server), workers);
+}
+
+/// Plain Python can read and write all of its linear memory (a code object
+/// whose `LOAD_CONST` index points past its constants hands back a
+/// `bytearray` over all of it). A run that writes a marker straight into
+/// the snapshot's pages and into memory it grew, in a few pages (the reset
+/// copies them back) or in thousands (the memory is made anew), leaves
+/// nothing that the next run in the same worker finds by searching all of
+/// its memory, grown as far as the last run's.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_run_that_searches_all_its_memory_finds_nothing_the_last_one_wrote() {
+    const MEMORY: &str = r#"import struct, dis, os
+def _memory():
+    op = dis.opmap
+    fake = struct.pack('<IIiiIIi', 0x50000000, id(bytearray), 0x7ffffff0, 0x7ffffff0, 0, 0, 0)
+    keep = [fake]
+    for _ in range(200):
+        ptr = struct.pack('<II', id(fake) + 16, id(fake) + 16)
+        keep.append(ptr)
+        def g(): return None
+        base = id(g.__code__.co_consts) + 12
+        at = id(ptr) + 16
+        if at > base and (at - base) % 4 == 0:
+            i = (at - base) // 4
+            g.__code__ = g.__code__.replace(co_code=bytes([op['RESUME'], 0,
+                op['EXTENDED_ARG'], (i >> 24) & 255, op['EXTENDED_ARG'], (i >> 16) & 255,
+                op['EXTENDED_ARG'], (i >> 8) & 255, op['LOAD_CONST'], i & 255, op['RETURN_VALUE'], 0]))
+            keep.append(g)
+            return g(), keep
+    raise SystemExit('no layout')
+MEM, KEEP = _memory()
+# The marker, spelled so that no program's text holds it.
+needle = bytes(c ^ 0x33 for c in b'prc`r\x1e\x7fvrx\x1e~r')
+"#;
+    let write = |pages: usize| {
+        format!(
+            "{MEMORY}
+grown = bytearray(needle) * (8 << 20)
+near = id(KEEP[0]) & ~4095
+done, page = 0, 18 << 8
+while done < {pages} and page > 0:
+    at = page * 4096 + 3000
+    if abs(at - near) > 16384:
+        MEM[at:at + len(needle)] = needle
+        done += 1
+    page -= 1
+print('written', done, flush=True)
+os._exit(0)"
+        )
+    };
+    let search = format!(
+        "{MEMORY}
+open('f', 'wb').write(b'x')
+r = os.read(os.open('f', os.O_RDONLY), 300_000_000)
+top, own, hits, at = id(r) + 300_000_000, id(needle) + 16, [], 0
+while (at := MEM.find(needle, at, top)) >= 0:
+    hits.append(at)
+    at += 1
+print('own', own in hits, 'others', len([h for h in hits if h != own]))"
+    );
+    let server = Server::start(&["--max-runs=1", "--timeout=30s", "--memory=512M"]);
+    // A first run sees its own copies of the marker (building it leaves
+    // one behind); a later run must see exactly as many.
+    let first = server.run(json!({"code": search}));
+    let seen = first["stdout"].as_str().unwrap();
+    let others: usize = seen
+        .strip_prefix("own True others ")
+        .and_then(|n| n.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("{first}"));
+    assert!(others <= 2, "{first}");
+    let workers = workers_of(&server);
+    for pages in [200, 3000] {
+        let r = server.run(json!({"code": write(pages)}));
+        assert_eq!(r["stdout"], format!("written {pages}\n"), "{r}");
+        let r = server.run(json!({"code": search}));
+        assert_eq!(r["stdout"], first["stdout"], "after {pages} pages: {r}");
+    }
     assert_eq!(workers_of(&server), workers);
 }
 
