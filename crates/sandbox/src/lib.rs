@@ -916,14 +916,11 @@ fn run_instance(
 struct Warm {
     /// Without fuel, and with.
     engines: [Option<Engine>; 2],
-    /// Per program path, its variant without its memory's data, the
-    /// engines whose memories keep its image (without fuel, and with), and
-    /// the image (see [`reuse_for`]).
+    /// Per program path, the engine whose memory keeps its image and its
+    /// variant without its memory's data, where they are ready (see
+    /// [`reuse_for`]).
     #[cfg(target_os = "linux")]
-    reuse: Vec<(
-        PathBuf,
-        Option<(PathBuf, [Option<Engine>; 2], Arc<slots::Image>)>,
-    )>,
+    reuse: Vec<(PathBuf, Option<(Engine, PathBuf)>)>,
     /// The newest last.
     programs: Vec<Ready>,
 }
@@ -1768,12 +1765,15 @@ mod root_guard_tests {
 /// In a warm process, a component named `python.wasm` runs without its
 /// memory's data segments, on an engine whose memory for it is the image
 /// they made, kept from run to run and reset in place (see [`slots`]). The
-/// split is made once per machine and kept in the code cache. `None`
-/// (nothing changes) when the process is not warm, the component cannot be
-/// split, or the cache cannot hold it.
+/// split is made once per machine, when a server starts
+/// ([`prepare_kept_memory`]), and kept in the code cache. `None` (nothing
+/// changes) for a run with fuel (whose code the server does not prepare),
+/// and when the split is not ready: a worker splits and compiles nothing
+/// itself, within a run's time limit.
 #[cfg(target_os = "linux")]
 fn reuse_for(program: &Path, cache: Option<&CodeCache>, fuel: bool) -> Option<(Engine, PathBuf)> {
-    if program.file_name()? != std::ffi::OsStr::new("python.wasm")
+    if fuel
+        || program.file_name()? != std::ffi::OsStr::new("python.wasm")
         || std::env::var_os("CAPSA_NO_KEPT_MEMORY").is_some()
         || rustix::param::page_size() != slots::PAGE
     {
@@ -1782,33 +1782,19 @@ fn reuse_for(program: &Path, cache: Option<&CodeCache>, fuel: bool) -> Option<(E
     let cache = cache?;
     let mut warm = WARM.lock().unwrap_or_else(|e| e.into_inner());
     let w = warm.as_mut()?;
-    let i = match w.reuse.iter().position(|(p, _)| p == program) {
-        Some(i) => i,
-        None => {
-            // Only what the server prepared (see `prepare_kept_memory`):
-            // nothing is split or compiled within a run's time limit.
-            let made = split_in_cache(program, cache, None);
-            w.reuse.push((program.to_path_buf(), made));
-            w.reuse.len() - 1
-        }
-    };
-    let (out, engines, image) = w.reuse[i].1.as_mut()?;
-    let e = match &engines[usize::from(fuel)] {
-        Some(e) => e.clone(),
-        None => {
-            let e = engine_with(fuel, Some(image.clone())).ok()?;
-            // Used only once it is compiled: a run with fuel, which needs
-            // code of its own, runs as before until then.
-            let digest = load::Program::read(out, Some(cache)).ok()?.digest;
-            let entry = cache.entry(&e, &digest);
-            if !(entry.is_file() && load::trusted(cache.dir(), &entry)) {
-                return None;
-            }
-            engines[usize::from(fuel)] = Some(e.clone());
-            e
-        }
-    };
-    Some((e, out.clone()))
+    if let Some((_, ready)) = w.reuse.iter().find(|(p, _)| p == program) {
+        return ready.clone();
+    }
+    // Looked for once per process: the split, and its code compiled.
+    let ready = (|| {
+        let (wasm, image) = split_in_cache(program, cache, None)?;
+        let engine = engine_with(false, Some(image)).ok()?;
+        let digest = load::Program::read(&wasm, Some(cache)).ok()?.digest;
+        let entry = cache.entry(&engine, &digest);
+        (entry.is_file() && load::trusted(cache.dir(), &entry)).then_some((engine, wasm))
+    })();
+    w.reuse.push((program.to_path_buf(), ready.clone()));
+    ready
 }
 
 /// Makes, ahead of a server's first run, what its warm workers will run
@@ -1826,7 +1812,7 @@ pub fn prepare_kept_memory(
         if rustix::param::page_size() != slots::PAGE {
             return false;
         }
-        let Some((wasm, _, image)) = split_in_cache(program, cache, Some(split)) else {
+        let Some((wasm, image)) = split_in_cache(program, cache, Some(split)) else {
             return false;
         };
         let compiled = (|| {
@@ -1851,9 +1837,9 @@ fn split_in_cache(
     program: &Path,
     cache: &CodeCache,
     split: Option<fn(&[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)>>,
-) -> Option<(PathBuf, [Option<Engine>; 2], Arc<slots::Image>)> {
-    let digest = load::Program::read(program, Some(cache)).ok()?.digest;
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+) -> Option<(PathBuf, Arc<slots::Image>)> {
+    let hex_of = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let hex = hex_of(&load::Program::read(program, Some(cache)).ok()?.digest);
     let root = cache.dir();
     let base = root.join("code").join(format!("split-{}", &hex[..40]));
     let (wasm, image, record) = (
@@ -1861,7 +1847,6 @@ fn split_in_cache(
         base.with_extension("image"),
         base.with_extension("json"),
     );
-    let hex_of = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
     // The record: the digest of the component split, the memory's minimum
     // size, the image's length and the digest of the component without the
     // data (a file damaged since is made again).
@@ -1909,5 +1894,5 @@ fn split_in_cache(
             .ok()?
     };
     let image = slots::Image::open(file, len, minimum).ok()?;
-    Some((wasm, [None, None], Arc::new(image)))
+    Some((wasm, Arc::new(image)))
 }
