@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,13 +48,26 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Idle connections kept per host and port.
 const POOL_PER_KEY: usize = 8;
 
+/// How long a request waits for a pooled connection whose last response
+/// was read to its end to be taken back by its task, before it opens
+/// another. It is usually a matter of microseconds.
+const SETTLE: Duration = Duration::from_millis(500);
+
 /// The run's HTTP client: policy, trust and the connection pool.
 pub struct HttpClient {
     guard: Arc<Guard>,
     /// The `--ca-cert` CAs, checked at start.
     extra_roots: rustls::RootCertStore,
     tls: OnceLock<Arc<rustls::ClientConfig>>,
-    pool: Mutex<HashMap<PoolKey, Vec<SendRequest<WasiBody>>>>,
+    pool: Mutex<HashMap<PoolKey, Vec<Pooled>>>,
+}
+
+/// A connection in the pool. It goes in as soon as its response's head has
+/// come; HTTP/1.1 can take the next request once that response's body has
+/// been read (`body_done`) and the connection's task has seen it.
+struct Pooled {
+    sender: SendRequest<WasiBody>,
+    body_done: Arc<AtomicBool>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -191,7 +205,7 @@ impl HttpClient {
         let mut req = Some(req);
         // A pooled connection the server closed in the meantime gives the
         // request back unsent; it then goes on a new connection.
-        while let Some(mut s) = self.take_pooled(&key) {
+        while let Some(mut s) = self.take_pooled(&key).await {
             let attempt = s.try_send_request(req.take().expect("request present"));
             match tokio::time::timeout(first_byte, attempt).await {
                 Err(_) => return Err(Error::ConnectionReadTimeout),
@@ -222,11 +236,15 @@ impl HttpClient {
         res: Response<hyper::body::Incoming>,
         between_bytes: Duration,
     ) -> Response<WasiBody> {
+        let body_done = Arc::new(AtomicBool::new(false));
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let idle = pool.entry(key).or_default();
-        idle.retain(|s| !s.is_closed());
+        idle.retain(|p| !p.sender.is_closed());
         if idle.len() < POOL_PER_KEY {
-            idle.push(sender);
+            idle.push(Pooled {
+                sender,
+                body_done: body_done.clone(),
+            });
         }
         drop(pool);
         res.map(|body| {
@@ -234,17 +252,37 @@ impl HttpClient {
                 inner: body,
                 between: between_bytes,
                 sleep: Box::pin(tokio::time::sleep(between_bytes)),
+                done: body_done,
             }
             .boxed_unsync()
         })
     }
 
-    fn take_pooled(&self, key: &PoolKey) -> Option<SendRequest<WasiBody>> {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = pool.get_mut(key)?;
-        idle.retain(|s| !s.is_closed());
-        let i = idle.iter().position(|s| s.is_ready())?;
-        Some(idle.swap_remove(i))
+    /// A pooled connection that can take a request: one that is ready now,
+    /// or else one whose last response the guest has read to the end (or
+    /// dropped), once its task has caught up. Taking only ready ones opened
+    /// a second connection whenever the guest sent its next request before
+    /// that task had run, as it does on a busy machine.
+    async fn take_pooled(&self, key: &PoolKey) -> Option<SendRequest<WasiBody>> {
+        loop {
+            let mut settling = {
+                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+                let idle = pool.get_mut(key)?;
+                idle.retain(|p| !p.sender.is_closed());
+                if let Some(i) = idle.iter().position(|p| p.sender.is_ready()) {
+                    return Some(idle.swap_remove(i).sender);
+                }
+                let i = idle
+                    .iter()
+                    .position(|p| p.body_done.load(Ordering::Acquire))?;
+                idle.swap_remove(i)
+            };
+            // A body dropped before its end closes the connection: ready()
+            // then fails, and the next one is tried.
+            if let Ok(Ok(())) = tokio::time::timeout(SETTLE, settling.sender.ready()).await {
+                return Some(settling.sender);
+            }
+        }
     }
 
     /// Decides the request and returns the addresses it may go to.
@@ -406,6 +444,14 @@ struct TimedBody {
     inner: hyper::body::Incoming,
     between: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Set once the body has been read to its end or dropped.
+    done: Arc<AtomicBool>,
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+    }
 }
 
 impl Body for TimedBody {
@@ -423,7 +469,10 @@ impl Body for TimedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::Hyper(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.done.store(true, Ordering::Release);
+                Poll::Ready(None)
+            }
             Poll::Pending => match self.sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
                 Poll::Pending => Poll::Pending,

@@ -354,6 +354,55 @@ fn requests_https_session() {
     );
 }
 
+const SEQUENTIAL: &str = r#"
+import sys, urllib.request
+base = sys.argv[1]
+for i in range(300):
+    path = "/stream?n=1" if i % 10 == 0 else "/hello"
+    with urllib.request.urlopen(base + path, timeout=10) as r:
+        r.read()
+print("done")
+"#;
+
+/// Each request goes out as soon as the last response was read, and the
+/// host's pool hands it the same connection even when the connection's own
+/// task has not yet run since that response ended: here the machine is kept
+/// busy on every core, which made every such run open a second connection.
+#[test]
+fn back_to_back_requests_keep_one_connection_on_a_busy_machine() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = Server::start(Tls::None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let (_g, d) = scratch();
+    let base = format!("http://localhost:{}", server.port);
+    let r = py_script(&d, &[&grant(server.port)], "seq.py", SEQUENTIAL, &[&base]);
+    stop.store(true, Ordering::Relaxed);
+    for t in spinners {
+        t.join().unwrap();
+    }
+    assert_eq!((r.code, r.stdout.as_str()), (0, "done\n"), "{}", r.stderr);
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 300);
+    let mut ports: Vec<u64> = reqs
+        .iter()
+        .map(|r| r["client_port"].as_u64().unwrap())
+        .collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 1, "connections used: {ports:?}");
+}
+
 const TRY_ALL: &str = r#"
 import sys, urllib.request
 for url in sys.argv[1:]:
