@@ -580,9 +580,12 @@ fn run_here(
         start_watchdog(t, finished.clone(), early_reporter.clone())?;
     }
     let fuel = config.policy.limits.fuel.is_some();
+    // Both are changed below on Linux only.
+    #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut engine = engine_for(fuel)?;
     // Whether the memory is kept from run to run (see `reuse_for`): then
     // there is no snapshot in the compiled file to copy pages of.
+    #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut kept_memory = false;
     #[cfg(target_os = "linux")]
     if is_warm()
