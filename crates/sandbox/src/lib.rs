@@ -1841,8 +1841,7 @@ fn split_in_cache(
     cache: &CodeCache,
     split: Option<fn(&[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)>>,
 ) -> Option<(PathBuf, Arc<slots::Image>)> {
-    let hex_of = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let hex = hex_of(&load::Program::read(program, Some(cache)).ok()?.digest);
+    let hex = load::hex(&load::Program::read(program, Some(cache)).ok()?.digest);
     let root = cache.dir();
     let base = root.join("code").join(format!("split-{}", &hex[..40]));
     let (wasm, image, record) = (
@@ -1868,7 +1867,7 @@ fn split_in_cache(
         let (minimum, len) = (minimum.parse().ok()?, len.parse().ok()?);
         let intact = source == hex
             && std::fs::symlink_metadata(&image).ok()?.len() == len
-            && hex_of(&load::Program::read(&wasm, Some(cache)).ok()?.digest) == without;
+            && load::hex(&load::Program::read(&wasm, Some(cache)).ok()?.digest) == without;
         intact.then_some((minimum, len))
     };
     let (minimum, len) = match read() {
@@ -1879,7 +1878,7 @@ fn split_in_cache(
             let (nodata, mut bytes, minimum) = split(&bytes)?;
             bytes.resize(bytes.len().div_ceil(slots::PAGE) * slots::PAGE, 0);
             let len = bytes.len() as u64;
-            let without = hex_of(&<sha2::Sha256 as sha2::Digest>::digest(&nodata));
+            let without = load::hex(&<sha2::Sha256 as sha2::Digest>::digest(&nodata));
             // The record last: whoever finds it finds both files whole.
             load::store(root, &image, &bytes).ok()?;
             load::store(root, &wasm, &nodata).ok()?;

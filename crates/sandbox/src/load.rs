@@ -502,11 +502,9 @@ impl CodeCache {
     }
 
     fn stamp_file(&self, stamp: &str) -> PathBuf {
-        let hex: String = Sha256::digest(stamp.as_bytes())[..20]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        self.dir.join("digests").join(hex)
+        self.dir
+            .join("digests")
+            .join(hex(&Sha256::digest(stamp.as_bytes())[..20]))
     }
 
     /// The digest recorded for this exact file version, if any.
@@ -537,11 +535,8 @@ impl CodeCache {
         key.update(h.finish().to_le_bytes());
         key.update(env!("CARGO_PKG_VERSION").as_bytes());
         key.update(CACHE_FORMAT.to_le_bytes());
-        let hex: String = key.finalize()[..20]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        self.dir.join("code").join(format!("{hex}.cwasm"))
+        let name = hex(&key.finalize()[..20]);
+        self.dir.join("code").join(format!("{name}.cwasm"))
     }
 
     /// Loads compiled code for `digest`, compiling `component` on a miss.
@@ -805,6 +800,11 @@ pub(crate) fn read_regular_file(path: &Path, max: u64, follow: bool) -> Result<V
 
 /// The bytes of `path` if it is a regular file (not a link, not a FIFO that
 /// would block, not a device) of at most `max` bytes.
+/// `bytes` in lowercase hexadecimal, as the cache's file names spell digests.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub(crate) fn read_small_file(path: &Path, max: u64) -> Option<Vec<u8>> {
     read_regular_file(path, max, false).ok()
 }

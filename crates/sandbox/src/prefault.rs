@@ -374,22 +374,30 @@ pub fn populate(m: &Mapping, profile: &Profile) -> bool {
 /// the file), from `/proc/self/pagemap`.
 #[cfg(target_os = "linux")]
 pub fn written(m: &Mapping) -> Option<Profile> {
-    use std::os::unix::fs::FileExt;
     let page = page();
-    let pages = m.len / page;
-    let file = std::fs::File::open("/proc/self/pagemap").ok()?;
-    let mut raw = vec![0u8; pages * 8];
-    file.read_exact_at(&mut raw, (m.start / page * 8) as u64)
-        .ok()?;
-    let flags: Vec<bool> = raw
-        .chunks_exact(8)
-        .map(|e| {
-            let e = u64::from_le_bytes(e.try_into().unwrap_or_default());
-            // Present, and not a page of the file: a private copy.
-            e >> 63 & 1 == 1 && e >> 61 & 1 == 0
-        })
+    let flags: Vec<bool> = pagemap(m.start, m.len / page)
+        .ok()?
+        .iter()
+        // Present, and not a page of the file: a private copy.
+        .map(|e| e >> 63 & 1 == 1 && e >> 61 & 1 == 0)
         .collect();
     Some(Profile::from_flags(m.file_offset, &flags))
+}
+
+/// The `/proc/self/pagemap` entries of the `pages` pages from `start` (a
+/// page-aligned address in this process): bit 63 present, 62 swapped out,
+/// 61 a page of a file or shared.
+#[cfg(target_os = "linux")]
+pub(crate) fn pagemap(start: usize, pages: usize) -> std::io::Result<Vec<u64>> {
+    use std::os::unix::fs::FileExt;
+    let page = page();
+    let file = std::fs::File::open("/proc/self/pagemap")?;
+    let mut raw = vec![0u8; pages * 8];
+    file.read_exact_at(&mut raw, (start / page * 8) as u64)?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|e| u64::from_le_bytes(e.try_into().unwrap_or_default()))
+        .collect())
 }
 
 #[cfg(not(target_os = "linux"))]

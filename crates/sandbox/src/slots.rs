@@ -196,14 +196,7 @@ impl Slot {
         let Some(image) = &self.image else {
             return Ok(0);
         };
-        let pages = image.len / PAGE;
-        let mut entries = vec![0u64; pages];
-        let pagemap = std::fs::File::open("/proc/self/pagemap")?;
-        let offset = (self.base / PAGE * 8) as u64;
-        // SAFETY: `entries` is pages * 8 bytes long.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(entries.as_mut_ptr().cast::<u8>(), pages * 8) };
-        std::os::unix::fs::FileExt::read_exact_at(&pagemap, bytes, offset)?;
+        let entries = crate::prefault::pagemap(self.base, image.len / PAGE)?;
         let mut copied = 0;
         for (i, e) in entries.iter().enumerate() {
             let present = e >> 63 & 1 == 1;
