@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Sandboxed Python against the machine's fastest python3, side by side.
 
-    python3 benches/python.py [--runs N] [--rounds R] [--capsa BIN] [--peer PY]...
+    python3 benches/python.py [--runs N] [--rounds R] [--capsa BIN] [--peer PY]... [--optimize]
 
 Peers: Debian's /usr/bin/python3 (built with PGO and LTO: usually the
 fastest on the machine) and any other `python3` on PATH, each named with
 its version. capsa is the release build (built here unless --capsa gives
-one), its Python runtime prepared in a scratch cache first. Rows:
+one), its Python runtime prepared in a scratch cache first; with
+--optimize, also capsa with its runtime optimized by binaryen's wasm-opt
+(`capsa python install --optimize`, in a second scratch cache). Rows:
 
 - start-up: `capsa run hello.py` against `PEER hello.py`, whole process,
   N runs each, interleaved so machine noise hits all alike; medians;
@@ -112,6 +114,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="runs per compute benchmark and command")
     ap.add_argument("--capsa", help="a capsa binary (default: build the release one)")
     ap.add_argument("--peer", action="append", default=[], help="another python3 to compare with")
+    ap.add_argument("--optimize", action="store_true",
+                    help="also measure capsa after `capsa python install --optimize` (needs binaryen's wasm-opt)")
     args = ap.parse_args()
 
     if args.capsa:
@@ -121,54 +125,70 @@ def main() -> None:
         capsa = target_dir() / "release" / "capsa"
     natives = peers(args.peer)
     bench_root = benchmark_scripts()
-    cache = Path(tempfile.mkdtemp(prefix="capsa-bench-cache-"))
-    env = dict(os.environ, CAPSA_CACHE_DIR=str(cache))
-    env.pop("PYTHONPATH", None)
+    # One scratch cache per capsa variant: as prepared, and (--optimize)
+    # run through binaryen's wasm-opt by `capsa python install --optimize`.
+    variants = [("capsa", [])] + ([("capsa -O", ["--optimize"])] if args.optimize else [])
+    caches = {}
+    envs = {}
+    for name, flags in variants:
+        caches[name] = Path(tempfile.mkdtemp(prefix="capsa-bench-cache-"))
+        envs[name] = dict(os.environ, CAPSA_CACHE_DIR=str(caches[name]))
+        envs[name].pop("PYTHONPATH", None)
+    peer_env = dict(os.environ)
+    peer_env.pop("PYTHONPATH", None)
     try:
-        sh(str(capsa), "python", "install", env=env, capture_output=True)
-        capsa_version = sh(str(capsa), "python", "-V", env=env, capture_output=True, text=True).stdout.strip()
-        commands = [("capsa", [str(capsa), "run", "hello.py"])] + [
-            (f"python3 {v}", [p, "hello.py"]) for p, v in natives
+        for name, flags in variants:
+            sh(str(capsa), "python", "install", *flags, env=envs[name], capture_output=True)
+        capsa_version = sh(str(capsa), "python", "-V", env=envs["capsa"], capture_output=True, text=True).stdout.strip()
+        commands = [(n, [str(capsa), "run", "hello.py"], envs[n]) for n, _ in variants] + [
+            (f"python3 {v}", [p, "hello.py"], peer_env) for p, v in natives
         ]
-        for _, cmd in commands:  # warm every cache
+        for _, cmd, env in commands:  # warm every cache
             run_measured(cmd, env, HELLO)
-        start = {name: [] for name, _ in commands}
+        start = {name: [] for name, _, _ in commands}
         for _ in range(args.runs):
-            for name, cmd in commands:
+            for name, cmd, env in commands:
                 start[name].append(run_measured(cmd, env, HELLO)[0])
-        idle = {name: [] for name, _ in commands}
+        idle = {name: [] for name, _, _ in commands}
         for _ in range(5):
-            for name, cmd in commands:
+            for name, cmd, env in commands:
                 idle[name].append(resident(cmd[:-1] + ["idle.py"], env, HELLO))
 
         compute = {}
         for b in BENCHMARKS:
             folder = bench_root / f"bm_{b}"
             cmds = [
-                ("capsa", [str(capsa), "run", f"--python-path={SHIM}", "run_benchmark.py"]),
-            ] + [(f"python3 {v}", [p, "run_benchmark.py"]) for p, v in natives]
-            best = {name: math.inf for name, _ in cmds}
+                (n, [str(capsa), "run", f"--python-path={SHIM}", "run_benchmark.py"], envs[n])
+                for n, _ in variants
+            ] + [(f"python3 {v}", [p, "run_benchmark.py"], dict(peer_env, PYTHONPATH=str(SHIM))) for p, v in natives]
+            best = {name: math.inf for name, _, _ in cmds}
             for _ in range(args.rounds):
-                for name, cmd in cmds:
-                    penv = dict(env, PYTHONPATH=str(SHIM)) if name != "capsa" else env
-                    _, out = run_measured(cmd, penv, folder)
+                for name, cmd, env in cmds:
+                    _, out = run_measured(cmd, env, folder)
                     line = json.loads(out.decode().strip().splitlines()[-1])
                     best[name] = min(best[name], min(line["seconds_per_loop"]))
             compute[b] = best
             print(f"  {b}: " + ", ".join(f"{n} {t * 1000:.2f} ms" for n, t in best.items()), file=sys.stderr)
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        for c in caches.values():
+            shutil.rmtree(c, ignore_errors=True)
 
-    names = [name for name, _ in commands]
+    names = [name for name, _, _ in commands]
+    mine = [n for n, _ in variants]
+    theirs = [n for n in names if n not in mine]
+    pairs = [(m, t) for m in mine for t in theirs]
     print(f"capsa: {capsa_version} (WASI, sandboxed), {capsa}")
+    if args.optimize:
+        print("capsa -O: the same, after `capsa python install --optimize` (binaryen's wasm-opt)")
     for p, v in natives:
         print(f"python3 {v}: {p}")
-    print(f"\n{'':<24}" + "".join(f"{n:>16}" for n in names) + "".join(f"{'ratio ' + n[8:]:>14}" for n in names[1:]))
+    label = lambda m, t: f"{m[6:] or ''}{'/' if m[6:] else ''}{t[8:]}"  # noqa: E731
+    print(f"\n{'':<24}" + "".join(f"{n:>16}" for n in names) + "".join(f"{'ratio ' + label(m, t):>14}" for m, t in pairs))
 
-    def row(label, values, fmt):
+    def row(label_, values, fmt):
         cells = "".join(f"{fmt(values[n]):>16}" for n in names)
-        ratios = "".join(f"{values['capsa'] / values[n]:>14.2f}" for n in names[1:])
-        print(f"{label:<24}{cells}{ratios}")
+        ratios = "".join(f"{values[m] / values[t]:>14.2f}" for m, t in pairs)
+        print(f"{label_:<24}{cells}{ratios}")
 
     row(f"start-up (median of {args.runs})", {n: statistics.median(v) for n, v in start.items()},
         lambda s: f"{s * 1000:.1f} ms")
@@ -179,10 +199,10 @@ def main() -> None:
     for b, best in compute.items():
         row(f"  {b}", best, lambda s: f"{s * 1000:.2f} ms")
     geo = {
-        n: math.exp(sum(math.log(compute[b]["capsa"] / compute[b][n]) for b in compute) / len(compute))
-        for n in names[1:]
+        (m, t): math.exp(sum(math.log(compute[b][m] / compute[b][t]) for b in compute) / len(compute))
+        for m, t in pairs
     }
-    print(f"{'compute, geometric mean':<24}{'':>{16 * len(names)}}" + "".join(f"{geo[n]:>14.2f}" for n in names[1:]))
+    print(f"{'compute, geometric mean':<24}{'':>{16 * len(names)}}" + "".join(f"{geo[k]:>14.2f}" for k in pairs))
 
 
 if __name__ == "__main__":

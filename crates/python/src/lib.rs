@@ -20,6 +20,7 @@ pub mod fold;
 pub mod image;
 pub mod invocation;
 pub mod merge;
+pub mod optimize;
 pub mod prune;
 
 use capsa_sandbox::CodeCache;
@@ -62,6 +63,12 @@ pub enum PythonError {
     Io { dir: PathBuf, msg: String },
     #[error("cannot build the Python runtime: {0}")]
     Build(String),
+    #[error(
+        "no wasm-opt to optimize Python with ({0}): install binaryen (`apt install binaryen`, `brew install binaryen`, `npm install -g binaryen`) or name its wasm-opt in CAPSA_WASM_OPT"
+    )]
+    NoWasmOpt(String),
+    #[error("cannot optimize Python (it is left as it was): {0}")]
+    Optimize(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -70,6 +77,10 @@ struct Manifest {
     component_sha256: String,
     component_len: u64,
     built_in_ms: u64,
+    /// The `wasm-opt` that optimized the component, if one did
+    /// ([`optimize`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    optimized: Option<String>,
 }
 
 /// The cache key of this build's runtime.
@@ -143,14 +154,7 @@ pub fn build(
             "it or a directory above it (up to the cache root) belongs to another user, is a link, or others may write it",
         )));
     }
-    let lock_path = parent.join(format!("{}.lock", key()));
-    let lock = capsa_sandbox::load::create_new_private(&lock_path)
-        .or_else(|_| capsa_sandbox::load::open_nofollow(&lock_path))
-        .map_err(io)?;
-    if lock.try_lock().is_err() {
-        progress("capsa: waiting for another capsa to finish preparing Python...");
-        lock.lock().map_err(io)?;
-    }
+    let lock = build_lock(&parent, progress).map_err(io)?;
     if !force && let Some(rt) = cached(cache_root, code) {
         return Ok(rt);
     }
@@ -173,6 +177,7 @@ pub fn build(
         component_sha256: hex(&program.digest),
         component_len: fs::metadata(&component).map_err(io)?.len(),
         built_in_ms: started.elapsed().as_millis() as u64,
+        optimized: None,
     };
     for scratch in ["app", "wit"] {
         fs::remove_dir_all(tmp.path().join(scratch)).map_err(io)?;
@@ -208,6 +213,124 @@ pub fn build(
             "the runtime just built does not check out; is the cache directory shared?".into(),
         )
     })
+}
+
+/// The lock every change to the runtime directory holds (in `parent`, the
+/// cache's `python/`), waited for if another capsa holds it.
+fn build_lock(parent: &Path, progress: &mut dyn FnMut(&str)) -> std::io::Result<fs::File> {
+    let lock_path = parent.join(format!("{}.lock", key()));
+    let lock = capsa_sandbox::load::create_new_private(&lock_path)
+        .or_else(|_| capsa_sandbox::load::open_nofollow(&lock_path))?;
+    if lock.try_lock().is_err() {
+        progress("capsa: waiting for another capsa to finish preparing Python...");
+        lock.lock()?;
+    }
+    Ok(lock)
+}
+
+/// What optimized the cached runtime (`wasm-opt`'s version line), if
+/// anything did.
+pub fn optimized_with(cache_root: &Path) -> Option<String> {
+    let bytes = fs::read(runtime_dir(cache_root).join("manifest.json")).ok()?;
+    serde_json::from_slice::<Manifest>(&bytes).ok()?.optimized
+}
+
+/// Optimizes the runtime (built first if needed) with binaryen's `wasm-opt`
+/// (see [`optimize`](mod@optimize)); a runtime already optimized is left as
+/// it is. The optimized component replaces the runtime's, under the build
+/// lock, only once it is written, synced and compiled: a failure at any
+/// step leaves the runtime as it was. Gives the runtime and what optimized
+/// it.
+pub fn optimize(
+    cache_root: &Path,
+    code: Option<&CodeCache>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Runtime, String), PythonError> {
+    let wasm_opt = optimize::find_wasm_opt().map_err(PythonError::NoWasmOpt)?;
+    let version = optimize::version(&wasm_opt).map_err(PythonError::Optimize)?;
+    ensure(cache_root, code, progress)?;
+    let parent = cache_root.join("python");
+    let dir = runtime_dir(cache_root);
+    let io = |e: std::io::Error| PythonError::Io {
+        dir: dir.clone(),
+        msg: e.to_string(),
+    };
+    let lock = build_lock(&parent, progress).map_err(io)?;
+    // Built (or replaced) by another capsa since: checked again under the lock.
+    let rt = match cached(cache_root, code) {
+        Some(rt) => rt,
+        None => {
+            drop(lock);
+            return Err(PythonError::Optimize(
+                "the runtime changed while this step began; run it again".into(),
+            ));
+        }
+    };
+    let manifest_path = dir.join("manifest.json");
+    let manifest: Manifest = fs::read(&manifest_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| PythonError::Optimize("the runtime's manifest cannot be read".into()))?;
+    if let Some(done) = manifest.optimized {
+        return Ok((rt, done));
+    }
+    progress(&format!(
+        "capsa: optimizing Python with {} ({version}; about a minute on 2 cores)...",
+        capsa_policy::escape_for_terminal(&wasm_opt.display().to_string())
+    ));
+    let started = Instant::now();
+    let component = fs::read(&rt.component).map_err(io)?;
+    let work = tempfile::Builder::new()
+        .prefix(".build-optimize-")
+        .tempdir_in(&parent)
+        .map_err(io)?;
+    let optimized = optimize::optimize_component(&component, &wasm_opt, work.path())
+        .map_err(PythonError::Optimize)?;
+    let new_component = work.path().join("python.wasm");
+    write_synced(&new_component, &optimized).map_err(io)?;
+    let program = capsa_sandbox::load::Program::read(&new_component, None)
+        .map_err(|e| PythonError::Optimize(e.to_string()))?;
+    if let Some(code) = code {
+        capsa_sandbox::precompile(&program, code)
+            .map_err(|e| PythonError::Optimize(e.to_string()))?;
+    }
+    let new_manifest = Manifest {
+        component_sha256: hex(&program.digest),
+        component_len: optimized.len() as u64,
+        optimized: Some(version.clone()),
+        ..manifest
+    };
+    let new_manifest_path = work.path().join("manifest.json");
+    write_synced(
+        &new_manifest_path,
+        &serde_json::to_vec_pretty(&new_manifest).unwrap(),
+    )
+    .map_err(io)?;
+    // Between these two renames the component and the manifest disagree:
+    // a run that looks then finds no intact runtime and waits for this lock,
+    // after which both are in place.
+    fs::rename(&new_component, &rt.component).map_err(io)?;
+    fs::rename(&new_manifest_path, &manifest_path).map_err(io)?;
+    drop(work);
+    drop(lock);
+    progress(&format!(
+        "capsa: Python is optimized ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    ));
+    let rt = cached(cache_root, code).ok_or_else(|| {
+        PythonError::Optimize(
+            "the optimized runtime does not check out; is the cache directory shared?".into(),
+        )
+    })?;
+    Ok((rt, version))
+}
+
+/// `bytes` written to a new file at `path`, synced through the handle that
+/// wrote them (Windows refuses to flush a file opened only for reading).
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = capsa_sandbox::load::create_new_private(path)?;
+    std::io::Write::write_all(&mut f, bytes)?;
+    f.sync_all()
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

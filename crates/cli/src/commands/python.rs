@@ -25,7 +25,9 @@ Not available in WASI: ssl, ctypes, threads (starting one), subprocess,
 multiprocessing, signal handlers, bz2, lzma, mmap.
 
 `capsa python install [--force]` prepares the runtime now (it is otherwise
-prepared on first use, once per machine).
+prepared on first use, once per machine). `--optimize` then runs it through
+binaryen's wasm-opt (yours: on PATH, or named in CAPSA_WASM_OPT), once, for
+about 8% more speed; `--force` alone goes back to the runtime as prepared.
 
 Exit status: as python3 (sys.exit(n) gives n, an uncaught exception 1), or
 one of capsa's (see `capsa run --help`).";
@@ -53,8 +55,12 @@ pub fn run(args: PythonArgs) -> i32 {
         return code;
     }
     match args.args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["install"] => return install(false),
-        ["install", "--force"] => return install(true),
+        ["install"] => return install(false, false),
+        ["install", "--force"] => return install(true, false),
+        ["install", "--optimize"] => return install(false, true),
+        ["install", "--force", "--optimize"] | ["install", "--optimize", "--force"] => {
+            return install(true, true);
+        }
         _ => {}
     }
     let inv = match capsa_python::invocation::parse(&args.args, std::io::stdin().is_terminal()) {
@@ -115,25 +121,33 @@ pub fn prepare_kept_main() -> i32 {
     }
 }
 
-fn install(force: bool) -> i32 {
+fn install(force: bool, optimize: bool) -> i32 {
     let root = match cache_root() {
         Ok(r) => r,
         Err(code) => return code,
     };
     let code = CodeCache::new(root.clone());
-    let result = if force {
-        capsa_python::build(&root, Some(&code), true, &mut |m| eprintln!("{m}"))
+    let progress = &mut |m: &str| eprintln!("{m}");
+    let mut result = if force {
+        capsa_python::build(&root, Some(&code), true, progress)
     } else {
-        capsa_python::ensure(&root, Some(&code), &mut |m| eprintln!("{m}"))
+        capsa_python::ensure(&root, Some(&code), progress)
     };
+    if optimize && result.is_ok() {
+        result = capsa_python::optimize(&root, Some(&code), progress).map(|(rt, _)| rt);
+    }
     match result {
         Ok(rt) => {
+            let how = capsa_python::optimized_with(&root)
+                .map(|v| format!(", optimized with {}", capsa_policy::escape_for_terminal(&v)))
+                .unwrap_or_default();
             println!(
-                "Python 3.14 is ready in {}",
+                "Python 3.14 is ready in {}{how}",
                 rt.component.parent().unwrap_or(&root).display()
             );
             0
         }
+        Err(e @ capsa_python::PythonError::NoWasmOpt(_)) => fail(exit::USAGE, e.into()),
         Err(e) => fail(exit::INTERNAL, e.into()),
     }
 }

@@ -1608,3 +1608,155 @@ fn the_snapshot_page_profile_comes_from_a_minimal_run_and_a_bad_one_changes_noth
         "{again}"
     );
 }
+
+/// `capsa python install --optimize`: binaryen's wasm-opt (Debian's
+/// `binaryen`, which CI installs) rewrites the runtime's component once; the
+/// snapshot (and its hash seed) is kept, a later run uses it without
+/// preparing anything, a second `--optimize` does nothing, and `--force`
+/// goes back to the runtime as prepared. A missing or broken wasm-opt
+/// changes nothing, with a clear error whose tool output reaches the
+/// terminal escaped.
+#[cfg(unix)]
+#[test]
+fn install_optimize_with_binaryen() {
+    use std::os::unix::fs::PermissionsExt;
+    python_ready();
+    let (_c, cache) = scratch();
+    let (_g, d) = scratch();
+    // The shared cache's prepared runtime, copied: no second 20 s build.
+    let cp = std::process::Command::new("cp")
+        .args(["-a", s(&cache_dir().join("python")), s(&cache)])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let runtime = std::fs::read_dir(cache.join("python"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("manifest.json").is_file())
+        .expect("a runtime directory");
+    let code = "print(hash('capsa'), 6 * 7)";
+    let py = || -> Run {
+        capsa()
+            .env("CAPSA_CACHE_DIR", &cache)
+            .current_dir(&d)
+            .args(["python", "-c", code])
+            .output()
+            .unwrap()
+            .into()
+    };
+    let install = |flags: &[&str], wasm_opt: Option<&Path>| -> Run {
+        let mut c = capsa();
+        c.env("CAPSA_CACHE_DIR", &cache)
+            .args(["python", "install"])
+            .args(flags);
+        match wasm_opt {
+            Some(p) => c.env("CAPSA_WASM_OPT", p),
+            None => c.env_remove("CAPSA_WASM_OPT"),
+        };
+        c.output().unwrap().into()
+    };
+    let before = py();
+    assert_eq!(before.code, 0, "{}", before.stderr);
+    let state = || {
+        (
+            std::fs::read(runtime.join("manifest.json")).unwrap(),
+            std::fs::read(runtime.join("python.wasm")).unwrap(),
+        )
+    };
+    let prepared = state();
+
+    // No wasm-opt at all: a usage error that says what to install.
+    let r: Run = capsa()
+        .env("CAPSA_CACHE_DIR", &cache)
+        .env_remove("CAPSA_WASM_OPT")
+        .env("PATH", s(&d))
+        .args(["python", "install", "--optimize"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("apt install binaryen"), "{}", r.stderr);
+    let r = install(&["--optimize"], Some(&d.join("no-such-wasm-opt")));
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("which is not a file"), "{}", r.stderr);
+    assert!(state() == prepared, "nothing changed");
+
+    // A wasm-opt that fails, printing a terminal escape, then one that
+    // writes garbage: refused, nothing changed, the escape not passed on.
+    let tool = d.join("wasm-opt");
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'wasm-opt version 1'; exit 0; }\nprintf 'bad \\033[2J flag\\n' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = install(&["--optimize"], Some(&tool));
+    assert_eq!(r.code, 70, "{}", r.stderr);
+    assert!(r.stderr.contains("left as it was"), "{}", r.stderr);
+    assert!(r.stderr.contains("bad \\u{1b}[2J flag"), "{}", r.stderr);
+    assert!(!r.stderr.contains('\u{1b}'), "{}", r.stderr);
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'wasm-opt version 1'; exit 0; }\nwhile [ \"$1\" != -o ]; do shift; done\nhead -c 1000 /dev/urandom > \"$2\"\n",
+    )
+    .unwrap();
+    let r = install(&["--optimize"], Some(&tool));
+    assert_eq!(r.code, 70, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not a valid WebAssembly module"),
+        "{}",
+        r.stderr
+    );
+    assert!(state() == prepared, "nothing changed");
+    assert!(
+        !std::fs::read_dir(cache.join("python"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".build-")),
+        "no work directory left behind"
+    );
+
+    // The real one (binaryen's, on PATH).
+    let r = install(&["--optimize"], None);
+    assert_eq!(
+        r.code, 0,
+        "{}\n(this test needs binaryen's wasm-opt on PATH: apt install binaryen)",
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains(", optimized with wasm-opt version"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("capsa: optimizing Python with"),
+        "{}",
+        r.stderr
+    );
+    let optimized = state();
+    assert!(optimized.1 != prepared.1, "the component was rewritten");
+    let after = py();
+    assert_eq!(after.code, 0, "{}", after.stderr);
+    assert_eq!(after.stderr, "", "nothing prepared again");
+    assert_eq!(
+        after.stdout, before.stdout,
+        "the same snapshot, hash seed included"
+    );
+
+    // Once is enough; --force goes back to the runtime as prepared.
+    let r = install(&["--optimize"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("optimizing"), "{}", r.stderr);
+    assert!(state() == optimized);
+    let r = install(&["--force"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("optimized"), "{}", r.stdout);
+    assert!(
+        !String::from_utf8_lossy(&state().0).contains("optimized"),
+        "the manifest no longer says so"
+    );
+    let r = py();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.ends_with(" 42\n"), "{}", r.stdout);
+}
