@@ -78,9 +78,28 @@ struct Manifest {
     component_len: u64,
     built_in_ms: u64,
     /// The `wasm-opt` that optimized the component, if one did
-    /// ([`optimize`]).
+    /// ([`optimize`]): its version line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     optimized: Option<String>,
+    /// The component's file in the runtime directory: `python.wasm`, or
+    /// [`OPTIMIZED_FILE`] once optimized (so that one rename of the manifest
+    /// switches from one to the other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    component: Option<String>,
+}
+
+/// The optimized component's file name in the runtime directory.
+const OPTIMIZED_FILE: &str = "python.opt.wasm";
+
+impl Manifest {
+    /// The component's file name: one of two, never a path from the file.
+    fn component_file(&self) -> Option<&'static str> {
+        match self.component.as_deref() {
+            None | Some("python.wasm") => Some("python.wasm"),
+            Some(OPTIMIZED_FILE) => Some(OPTIMIZED_FILE),
+            Some(_) => None,
+        }
+    }
 }
 
 /// The cache key of this build's runtime.
@@ -112,7 +131,7 @@ pub fn cached(cache_root: &Path, code: Option<&CodeCache>) -> Option<Runtime> {
     let manifest: Manifest =
         serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
     let rt = Runtime {
-        component: dir.join("python.wasm"),
+        component: dir.join(manifest.component_file()?),
         stdlib: dir.join("lib"),
     };
     let ok = manifest.key == key()
@@ -178,6 +197,7 @@ pub fn build(
         component_len: fs::metadata(&component).map_err(io)?.len(),
         built_in_ms: started.elapsed().as_millis() as u64,
         optimized: None,
+        component: None,
     };
     for scratch in ["app", "wit"] {
         fs::remove_dir_all(tmp.path().join(scratch)).map_err(io)?;
@@ -237,46 +257,51 @@ pub fn optimized_with(cache_root: &Path) -> Option<String> {
 
 /// Optimizes the runtime (built first if needed) with binaryen's `wasm-opt`
 /// (see [`optimize`](mod@optimize)); a runtime already optimized is left as
-/// it is. The optimized component replaces the runtime's, under the build
-/// lock, only once it is written, synced and compiled: a failure at any
-/// step leaves the runtime as it was. Gives the runtime and what optimized
-/// it.
+/// it is. `check` runs Python from the cache and gives what it printed: it
+/// runs before, and again once the optimized component is in place, and
+/// must print the same, else the runtime is put back as it was.
+///
+/// wasm-opt runs, and its output is validated and compiled, before the
+/// build lock is taken; under the lock the component it started from must
+/// still be the runtime's, and one rename of the manifest (naming the
+/// optimized file, written and synced beside it) switches to it. A failure
+/// at any step leaves the runtime as it was. Gives the runtime and what
+/// optimized it.
 pub fn optimize(
     cache_root: &Path,
     code: Option<&CodeCache>,
     progress: &mut dyn FnMut(&str),
+    check: &mut dyn FnMut() -> Result<String, String>,
 ) -> Result<(Runtime, String), PythonError> {
     let wasm_opt = optimize::find_wasm_opt().map_err(PythonError::NoWasmOpt)?;
-    let version = optimize::version(&wasm_opt).map_err(PythonError::Optimize)?;
-    ensure(cache_root, code, progress)?;
+    let rt = ensure(cache_root, code, progress)?;
     let parent = cache_root.join("python");
     let dir = runtime_dir(cache_root);
     let io = |e: std::io::Error| PythonError::Io {
         dir: dir.clone(),
         msg: e.to_string(),
     };
-    let lock = build_lock(&parent, progress).map_err(io)?;
-    // Built (or replaced) by another capsa since: checked again under the lock.
-    let rt = match cached(cache_root, code) {
-        Some(rt) => rt,
-        None => {
-            drop(lock);
-            return Err(PythonError::Optimize(
-                "the runtime changed while this step began; run it again".into(),
-            ));
-        }
-    };
     let manifest_path = dir.join("manifest.json");
-    let manifest: Manifest = fs::read(&manifest_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| PythonError::Optimize("the runtime's manifest cannot be read".into()))?;
+    let read_manifest = || -> Result<Manifest, PythonError> {
+        fs::read(&manifest_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| PythonError::Optimize("the runtime's manifest cannot be read".into()))
+    };
+    let manifest = read_manifest()?;
     if let Some(done) = manifest.optimized {
         return Ok((rt, done));
     }
+    let version = optimize::version(&wasm_opt).map_err(PythonError::Optimize)?;
+    let before = check().map_err(|e| {
+        PythonError::Optimize(format!(
+            "Python does not run as prepared, before any change: {e}"
+        ))
+    })?;
     progress(&format!(
-        "capsa: optimizing Python with {} ({version}; about a minute on 2 cores)...",
-        capsa_policy::escape_for_terminal(&wasm_opt.display().to_string())
+        "capsa: optimizing Python with {} ({}; about a minute on 2 cores)...",
+        capsa_policy::escape_for_terminal(&wasm_opt.display().to_string()),
+        capsa_policy::escape_for_terminal(&version),
     ));
     let started = Instant::now();
     let component = fs::read(&rt.component).map_err(io)?;
@@ -286,9 +311,16 @@ pub fn optimize(
         .map_err(io)?;
     let optimized = optimize::optimize_component(&component, &wasm_opt, work.path())
         .map_err(PythonError::Optimize)?;
-    let new_component = work.path().join("python.wasm");
-    write_synced(&new_component, &optimized).map_err(io)?;
-    let program = capsa_sandbox::load::Program::read(&new_component, None)
+    // `capsa serve` keeps Python's memory from run to run by taking the
+    // snapshot out of the component: what it did before, it must still do.
+    if image::split_image(&component).is_some() && image::split_image(&optimized).is_none() {
+        return Err(PythonError::Optimize(
+            "wasm-opt changed the snapshot's data in a way capsa serve cannot keep".into(),
+        ));
+    }
+    let staged = work.path().join(OPTIMIZED_FILE);
+    write_synced(&staged, &optimized).map_err(io)?;
+    let program = capsa_sandbox::load::Program::read(&staged, None)
         .map_err(|e| PythonError::Optimize(e.to_string()))?;
     if let Some(code) = code {
         capsa_sandbox::precompile(&program, code)
@@ -298,21 +330,62 @@ pub fn optimize(
         component_sha256: hex(&program.digest),
         component_len: optimized.len() as u64,
         optimized: Some(version.clone()),
+        component: Some(OPTIMIZED_FILE.into()),
         ..manifest
     };
-    let new_manifest_path = work.path().join("manifest.json");
+
+    let lock = build_lock(&parent, progress).map_err(io)?;
+    let now = read_manifest()?;
+    if now.component_sha256 != digest_hex(&component) || now.optimized.is_some() {
+        return Err(PythonError::Optimize(
+            "another capsa replaced the Python runtime meanwhile; run `capsa python install --optimize` again".into(),
+        ));
+    }
+    let old_manifest = fs::read(&manifest_path).map_err(io)?;
+    let target = dir.join(OPTIMIZED_FILE);
+    // Left by a switch that was undone or interrupted: not the runtime's.
+    let _ = fs::remove_file(&target);
+    fs::rename(&staged, &target).map_err(io)?;
+    let staged_manifest = dir.join("manifest.json.new");
+    let _ = fs::remove_file(&staged_manifest);
     write_synced(
-        &new_manifest_path,
+        &staged_manifest,
         &serde_json::to_vec_pretty(&new_manifest).unwrap(),
     )
     .map_err(io)?;
-    // Between these two renames the component and the manifest disagree:
-    // a run that looks then finds no intact runtime and waits for this lock,
-    // after which both are in place.
-    fs::rename(&new_component, &rt.component).map_err(io)?;
-    fs::rename(&new_manifest_path, &manifest_path).map_err(io)?;
-    drop(work);
+    fs::rename(&staged_manifest, &manifest_path).map_err(io)?;
+    sync_dir(&dir);
+    let undo = |why: String| -> PythonError {
+        let restored = write_synced(&staged_manifest, &old_manifest)
+            .and_then(|()| fs::rename(&staged_manifest, &manifest_path));
+        let _ = fs::remove_file(&target);
+        sync_dir(&dir);
+        match restored {
+            Ok(()) => PythonError::Optimize(why),
+            Err(e) => PythonError::Optimize(format!(
+                "{why}; putting the runtime back failed too ({e}): `capsa python install --force` prepares it again"
+            )),
+        }
+    };
+    let after = match cached(cache_root, code) {
+        None => return Err(undo("the optimized runtime does not check out".into())),
+        Some(_) => check(),
+    };
+    match after {
+        Ok(out) if out == before => {}
+        Ok(out) => {
+            return Err(undo(format!(
+                "the optimized Python printed {out:?} where it printed {before:?}"
+            )));
+        }
+        Err(e) => return Err(undo(format!("the optimized Python does not run: {e}"))),
+    }
+    // The component as prepared is no longer the runtime's (a run that
+    // opened it before keeps it open).
+    let _ = fs::remove_file(dir.join("python.wasm"));
+    remove_stale(&parent);
     drop(lock);
+    drop(work);
     progress(&format!(
         "capsa: Python is optimized ({:.1} s)",
         started.elapsed().as_secs_f64()
@@ -323,6 +396,21 @@ pub fn optimize(
         )
     })?;
     Ok((rt, version))
+}
+
+/// The digest a manifest records for `component`.
+fn digest_hex(component: &[u8]) -> String {
+    hex(&Sha256::digest(component))
+}
+
+/// Makes the renames in `dir` durable where the platform allows it.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
 }
 
 /// `bytes` written to a new file at `path`, synced through the handle that

@@ -66,8 +66,20 @@ pub fn find_wasm_opt() -> Result<PathBuf, String> {
     std::env::split_paths(&path)
         .filter(|dir| dir.is_absolute())
         .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
-        .find(|p| p.is_file())
+        .find(|p| runnable(p))
         .ok_or_else(|| "none on PATH".to_string())
+}
+
+/// A file this user may run, as a shell would find it.
+fn runnable(p: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    p.is_file()
 }
 
 /// What `wasm-opt --version` says, first line (for the manifest and the
@@ -87,8 +99,7 @@ pub fn version(wasm_opt: &Path) -> Result<String, String> {
             out.status
         ));
     }
-    let line: String = line.chars().take(200).collect();
-    Ok(capsa_policy::escape_for_terminal(&line).into_owned())
+    Ok(line.chars().take(200).collect())
 }
 
 /// The component with its largest core module replaced by what `wasm-opt`
@@ -150,17 +161,18 @@ pub fn optimize_component(
     })
 }
 
-/// The last lines of a tool's error output, at most 1,000 characters.
+/// The end of a tool's error output (at most 1,000 characters), each line
+/// indented under the message that quotes it, so that none reads as one of
+/// capsa's own.
 fn tail(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let text = text.trim();
     let start = text.char_indices().rev().nth(999).map_or(0, |(i, _)| i);
     let out = &text[start..];
     if out.is_empty() {
-        "no message".into()
-    } else {
-        out.into()
+        return "no message".into();
     }
+    out.lines().map(|l| format!("\n  | {l}")).collect()
 }
 
 #[cfg(test)]
@@ -172,8 +184,13 @@ mod tests {
         let long = "x".repeat(5000) + "the error";
         let t = tail(long.as_bytes());
         assert!(t.ends_with("the error"));
-        assert_eq!(t.chars().count(), 1000);
+        assert_eq!(t.chars().count(), 1000 + "\n  | ".len());
         assert_eq!(tail(b"  \n"), "no message");
+        assert_eq!(
+            tail(b"one\ncapsa: two\n"),
+            "\n  | one\n  | capsa: two",
+            "every line indented"
+        );
     }
 
     #[test]

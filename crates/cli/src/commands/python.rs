@@ -126,6 +126,13 @@ fn install(force: bool, optimize: bool) -> i32 {
         Ok(r) => r,
         Err(code) => return code,
     };
+    // Said before anything is built.
+    if optimize && let Err(why) = capsa_python::optimize::find_wasm_opt() {
+        return fail(
+            exit::USAGE,
+            capsa_python::PythonError::NoWasmOpt(why).into(),
+        );
+    }
     let code = CodeCache::new(root.clone());
     let progress = &mut |m: &str| eprintln!("{m}");
     let mut result = if force {
@@ -134,7 +141,9 @@ fn install(force: bool, optimize: bool) -> i32 {
         capsa_python::ensure(&root, Some(&code), progress)
     };
     if optimize && result.is_ok() {
-        result = capsa_python::optimize(&root, Some(&code), progress).map(|(rt, _)| rt);
+        let optimized =
+            capsa_python::optimize(&root, Some(&code), progress, &mut || check_runtime(&root));
+        result = optimized.map(|(rt, _)| rt);
     }
     match result {
         Ok(rt) => {
@@ -149,6 +158,36 @@ fn install(force: bool, optimize: bool) -> i32 {
         }
         Err(e @ capsa_python::PythonError::NoWasmOpt(_)) => fail(exit::USAGE, e.into()),
         Err(e) => fail(exit::INTERNAL, e.into()),
+    }
+}
+
+/// What Python from the cache at `root` prints for a little work across
+/// the standard library (the interpreter, the hash seed, json, re, decimal,
+/// hashlib, zlib), run by this capsa in a process of its own, with nothing
+/// granted: the same before and after `--optimize`, or it is undone.
+fn check_runtime(root: &Path) -> Result<String, String> {
+    const CODE: &str = "import json, re, decimal, hashlib, zlib, sys\n\
+        print(hash('capsa'), sum(i * i for i in range(100000)), json.dumps({'a': [1, 2.5, None]}))\n\
+        print(re.sub(r'(\\w+)@(\\w+)', r'<\\2:\\1>', 'ann@x bob@y'), decimal.Decimal(1) / 7)\n\
+        print(hashlib.sha256(b'capsa').hexdigest(), zlib.crc32(zlib.compress(b'capsa' * 99)))\n\
+        print(sorted({3.5: 'f', 1: 'i'}.items()), f'{2 ** 100:_}', sys.version_info[:2])";
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(me)
+        .args(["python", "-c", CODE])
+        .env("CAPSA_CACHE_DIR", root)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && !stdout.is_empty() {
+        Ok(stdout)
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(format!(
+            "{} ({})",
+            stderr.trim().lines().last().unwrap_or("no message"),
+            out.status
+        ))
     }
 }
 

@@ -1624,17 +1624,20 @@ fn install_optimize_with_binaryen() {
     let (_c, cache) = scratch();
     let (_g, d) = scratch();
     // The shared cache's prepared runtime, copied: no second 20 s build.
-    let cp = std::process::Command::new("cp")
-        .args(["-a", s(&cache_dir().join("python")), s(&cache)])
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    let runtime = std::fs::read_dir(cache.join("python"))
+    let shared = std::fs::read_dir(cache_dir().join("python"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .find(|p| p.join("manifest.json").is_file())
         .expect("a runtime directory");
+    std::fs::create_dir(cache.join("python")).unwrap();
+    std::fs::set_permissions(cache.join("python"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cp = std::process::Command::new("cp")
+        .args(["-a", s(&shared), s(&cache.join("python"))])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let runtime = cache.join("python").join(shared.file_name().unwrap());
     let code = "print(hash('capsa'), 6 * 7)";
     let py = || -> Run {
         capsa()
@@ -1658,11 +1661,15 @@ fn install_optimize_with_binaryen() {
     };
     let before = py();
     assert_eq!(before.code, 0, "{}", before.stderr);
+    // The manifest, and the component it names.
     let state = || {
-        (
-            std::fs::read(runtime.join("manifest.json")).unwrap(),
-            std::fs::read(runtime.join("python.wasm")).unwrap(),
-        )
+        let manifest = std::fs::read(runtime.join("manifest.json")).unwrap();
+        let file = if String::from_utf8_lossy(&manifest).contains("python.opt.wasm") {
+            "python.opt.wasm"
+        } else {
+            "python.wasm"
+        };
+        (manifest, std::fs::read(runtime.join(file)).unwrap())
     };
     let prepared = state();
 
@@ -1680,6 +1687,8 @@ fn install_optimize_with_binaryen() {
     let r = install(&["--optimize"], Some(&d.join("no-such-wasm-opt")));
     assert_eq!(r.code, 125, "{}", r.stderr);
     assert!(r.stderr.contains("which is not a file"), "{}", r.stderr);
+    // Looked for before anything is built or run.
+    assert!(!r.stderr.contains("preparing"), "{}", r.stderr);
     assert!(state() == prepared, "nothing changed");
 
     // A wasm-opt that fails, printing a terminal escape, then one that
@@ -1708,6 +1717,15 @@ fn install_optimize_with_binaryen() {
         "{}",
         r.stderr
     );
+    // A valid module, but not the one the component needs (an empty one).
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'wasm-opt version 1'; exit 0; }\nwhile [ \"$1\" != -o ]; do shift; done\nprintf '\\000asm\\001\\000\\000\\000' > \"$2\"\n",
+    )
+    .unwrap();
+    let r = install(&["--optimize"], Some(&tool));
+    assert_eq!(r.code, 70, "{}", r.stderr);
+    assert!(r.stderr.contains("does not validate"), "{}", r.stderr);
     assert!(state() == prepared, "nothing changed");
     assert!(
         !std::fs::read_dir(cache.join("python"))
@@ -1736,6 +1754,10 @@ fn install_optimize_with_binaryen() {
     );
     let optimized = state();
     assert!(optimized.1 != prepared.1, "the component was rewritten");
+    assert!(
+        !runtime.join("python.wasm").exists(),
+        "the component as prepared is gone: one file per runtime"
+    );
     let after = py();
     assert_eq!(after.code, 0, "{}", after.stderr);
     assert_eq!(after.stderr, "", "nothing prepared again");
