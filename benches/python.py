@@ -183,11 +183,12 @@ def main() -> None:
     for p, v in natives:
         print(f"python3 {v}: {p}")
     label = lambda m, t: f"{m[6:] or ''}{'/' if m[6:] else ''}{t[8:]}"  # noqa: E731
-    print(f"\n{'':<24}" + "".join(f"{n:>16}" for n in names) + "".join(f"{'ratio ' + label(m, t):>14}" for m, t in pairs))
+    width = max([14] + [len("ratio " + label(m, t)) + 2 for m, t in pairs])
+    print(f"\n{'':<24}" + "".join(f"{n:>16}" for n in names) + "".join(f"{'ratio ' + label(m, t):>{width}}" for m, t in pairs))
 
     def row(label_, values, fmt):
         cells = "".join(f"{fmt(values[n]):>16}" for n in names)
-        ratios = "".join(f"{values[m] / values[t]:>14.2f}" for m, t in pairs)
+        ratios = "".join(f"{values[m] / values[t]:>{width}.2f}" for m, t in pairs)
         print(f"{label_:<24}{cells}{ratios}")
 
     row(f"start-up (median of {args.runs})", {n: statistics.median(v) for n, v in start.items()},
@@ -202,7 +203,7 @@ def main() -> None:
         (m, t): math.exp(sum(math.log(compute[b][m] / compute[b][t]) for b in compute) / len(compute))
         for m, t in pairs
     }
-    print(f"{'compute, geometric mean':<24}{'':>{16 * len(names)}}" + "".join(f"{geo[k]:>14.2f}" for k in pairs))
+    print(f"{'compute, geometric mean':<24}{'':>{16 * len(names)}}" + "".join(f"{geo[k]:>{width}.2f}" for k in pairs))
 
 
 if __name__ == "__main__":

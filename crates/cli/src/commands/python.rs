@@ -24,10 +24,11 @@ DIR PACKAGE`, pip in the sandbox; pure-Python packages only).
 Not available in WASI: ssl, ctypes, threads (starting one), subprocess,
 multiprocessing, signal handlers, bz2, lzma, mmap.
 
-`capsa python install [--force]` prepares the runtime now (it is otherwise
-prepared on first use, once per machine). `--optimize` then runs it through
-binaryen's wasm-opt (yours: on PATH, or named in CAPSA_WASM_OPT), once, for
-about 8% more speed; `--force` alone goes back to the runtime as prepared.
+`capsa python install [--force] [--optimize]` prepares the runtime now (it
+is otherwise prepared on first use, once per machine). `--optimize` then
+runs it through binaryen's wasm-opt (yours: on PATH, or named in
+CAPSA_WASM_OPT), once, for about 9% more speed; `--force` alone goes back
+to the runtime as prepared.
 
 Exit status: as python3 (sys.exit(n) gives n, an uncaught exception 1), or
 one of capsa's (see `capsa run --help`).";
