@@ -274,7 +274,7 @@ pub fn optimize(
     check: &mut dyn FnMut() -> Result<String, String>,
 ) -> Result<(Runtime, String), PythonError> {
     let wasm_opt = optimize::find_wasm_opt().map_err(PythonError::NoWasmOpt)?;
-    let rt = ensure(cache_root, code, progress)?;
+    ensure(cache_root, code, progress)?;
     let parent = cache_root.join("python");
     let dir = runtime_dir(cache_root);
     let io = |e: std::io::Error| PythonError::Io {
@@ -287,6 +287,19 @@ pub fn optimize(
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| PythonError::Optimize("the runtime's manifest cannot be read".into()))
+    };
+    // An earlier --optimize that stopped between its switch and its check
+    // (killed, interrupted) is undone first.
+    {
+        let _lock = build_lock(&parent, progress).map_err(io)?;
+        if switch_back(&dir).map_err(io)? {
+            progress("capsa: an earlier --optimize stopped before its check; it is undone");
+        }
+    }
+    let Some(rt) = cached(cache_root, code) else {
+        return Err(PythonError::Optimize(
+            "the Python runtime does not check out; `capsa python install --force` prepares it again".into(),
+        ));
     };
     let manifest = read_manifest()?;
     if let Some(done) = manifest.optimized {
@@ -341,27 +354,18 @@ pub fn optimize(
             "another capsa replaced the Python runtime meanwhile; run `capsa python install --optimize` again".into(),
         ));
     }
-    let old_manifest = fs::read(&manifest_path).map_err(io)?;
-    let target = dir.join(OPTIMIZED_FILE);
-    // Left by a switch that was undone or interrupted: not the runtime's.
-    let _ = fs::remove_file(&target);
-    fs::rename(&staged, &target).map_err(io)?;
-    let staged_manifest = dir.join("manifest.json.new");
-    let _ = fs::remove_file(&staged_manifest);
-    write_synced(
-        &staged_manifest,
+    switch_in(
+        &dir,
+        &staged,
         &serde_json::to_vec_pretty(&new_manifest).unwrap(),
     )
-    .map_err(io)?;
-    fs::rename(&staged_manifest, &manifest_path).map_err(io)?;
-    sync_dir(&dir);
+    .map_err(|e| {
+        let _ = switch_back(&dir);
+        io(e)
+    })?;
     let undo = |why: String| -> PythonError {
-        let restored = write_synced(&staged_manifest, &old_manifest)
-            .and_then(|()| fs::rename(&staged_manifest, &manifest_path));
-        let _ = fs::remove_file(&target);
-        sync_dir(&dir);
-        match restored {
-            Ok(()) => PythonError::Optimize(why),
+        match switch_back(&dir) {
+            Ok(_) => PythonError::Optimize(why),
             Err(e) => PythonError::Optimize(format!(
                 "{why}; putting the runtime back failed too ({e}): `capsa python install --force` prepares it again"
             )),
@@ -380,9 +384,7 @@ pub fn optimize(
         }
         Err(e) => return Err(undo(format!("the optimized Python does not run: {e}"))),
     }
-    // The component as prepared is no longer the runtime's (a run that
-    // opened it before keeps it open).
-    let _ = fs::remove_file(dir.join("python.wasm"));
+    switch_done(&dir);
     remove_stale(&parent);
     drop(lock);
     drop(work);
@@ -396,6 +398,53 @@ pub fn optimize(
         )
     })?;
     Ok((rt, version))
+}
+
+/// Where the manifest of the runtime as prepared waits while an optimized
+/// component is checked ([`optimize`]): there, a switch not yet checked,
+/// which the next `--optimize` undoes first.
+const PREPARED_MANIFEST: &str = "manifest.prepared.json";
+
+/// Switches the runtime in `dir` to the component `staged` (written and
+/// synced) and its `manifest`: the manifest as prepared kept aside, the
+/// component moved in beside the one as prepared, then one rename of the
+/// manifest. A failure part way is undone by [`switch_back`].
+fn switch_in(dir: &Path, staged: &Path, manifest: &[u8]) -> std::io::Result<()> {
+    let keep = dir.join(PREPARED_MANIFEST);
+    let _ = fs::remove_file(&keep);
+    write_synced(&keep, &fs::read(dir.join("manifest.json"))?)?;
+    let target = dir.join(OPTIMIZED_FILE);
+    let _ = fs::remove_file(&target);
+    fs::rename(staged, &target)?;
+    let new = dir.join("manifest.json.new");
+    let _ = fs::remove_file(&new);
+    write_synced(&new, manifest)?;
+    fs::rename(&new, dir.join("manifest.json"))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Undoes a [`switch_in`] not yet made final: the manifest as prepared put
+/// back (one rename), then the optimized component removed. Gives whether
+/// there was one.
+fn switch_back(dir: &Path) -> std::io::Result<bool> {
+    let keep = dir.join(PREPARED_MANIFEST);
+    if fs::symlink_metadata(&keep).is_err() {
+        return Ok(false);
+    }
+    fs::rename(&keep, dir.join("manifest.json"))?;
+    sync_dir(dir);
+    let _ = fs::remove_file(dir.join(OPTIMIZED_FILE));
+    Ok(true)
+}
+
+/// Makes a [`switch_in`] final: the manifest as prepared removed first (so
+/// that nothing undoes it any more), then the component as prepared (a run
+/// that opened it keeps it open).
+fn switch_done(dir: &Path) {
+    let _ = fs::remove_file(dir.join(PREPARED_MANIFEST));
+    sync_dir(dir);
+    let _ = fs::remove_file(dir.join("python.wasm"));
 }
 
 /// The digest a manifest records for `component`.
@@ -587,4 +636,76 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
     let bytes = merge::merge_modules(&bytes).map_or(bytes, |(b, _)| b);
     fs::write(output, bytes).map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path, name: &str) -> Option<Vec<u8>> {
+        fs::read(dir.join(name)).ok()
+    }
+
+    /// The optimized component switched in, undone, switched in again and
+    /// made final: at every step the manifest names a component that is
+    /// there, and an undo leaves exactly what was there before.
+    #[test]
+    fn switching_to_the_optimized_component_and_back() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        fs::write(dir.join("manifest.json"), b"prepared").unwrap();
+        fs::write(dir.join("python.wasm"), b"A").unwrap();
+        let stage = |bytes: &[u8]| {
+            let p = dir.join("staged");
+            fs::write(&p, bytes).unwrap();
+            p
+        };
+        assert!(!switch_back(dir).unwrap(), "nothing to undo");
+
+        switch_in(dir, &stage(b"B"), b"optimized").unwrap();
+        assert_eq!(read(dir, "manifest.json").unwrap(), b"optimized");
+        assert_eq!(read(dir, OPTIMIZED_FILE).unwrap(), b"B");
+        assert_eq!(read(dir, PREPARED_MANIFEST).unwrap(), b"prepared");
+        assert_eq!(read(dir, "python.wasm").unwrap(), b"A", "kept until final");
+
+        assert!(switch_back(dir).unwrap());
+        assert_eq!(read(dir, "manifest.json").unwrap(), b"prepared");
+        assert_eq!(read(dir, "python.wasm").unwrap(), b"A");
+        assert!(read(dir, OPTIMIZED_FILE).is_none());
+        assert!(read(dir, PREPARED_MANIFEST).is_none());
+        assert!(read(dir, "manifest.json.new").is_none());
+        assert!(!switch_back(dir).unwrap(), "undone once");
+
+        // Leftovers of an interrupted switch are written over.
+        fs::write(dir.join(OPTIMIZED_FILE), b"stale").unwrap();
+        fs::write(dir.join("manifest.json.new"), b"stale").unwrap();
+        switch_in(dir, &stage(b"C"), b"optimized again").unwrap();
+        assert_eq!(read(dir, OPTIMIZED_FILE).unwrap(), b"C");
+        switch_done(dir);
+        assert_eq!(read(dir, "manifest.json").unwrap(), b"optimized again");
+        assert!(read(dir, "python.wasm").is_none());
+        assert!(read(dir, PREPARED_MANIFEST).is_none());
+        assert!(!switch_back(dir).unwrap(), "final: nothing undoes it");
+    }
+
+    #[test]
+    fn a_manifest_names_one_of_two_files_only() {
+        let m = |component: Option<&str>| Manifest {
+            key: key(),
+            component_sha256: String::new(),
+            component_len: 0,
+            built_in_ms: 0,
+            optimized: None,
+            component: component.map(Into::into),
+        };
+        assert_eq!(m(None).component_file(), Some("python.wasm"));
+        assert_eq!(m(Some("python.wasm")).component_file(), Some("python.wasm"));
+        assert_eq!(
+            m(Some(OPTIMIZED_FILE)).component_file(),
+            Some(OPTIMIZED_FILE)
+        );
+        for bad in ["../python.wasm", "/etc/passwd", "lib/os.py", ""] {
+            assert_eq!(m(Some(bad)).component_file(), None, "{bad}");
+        }
+    }
 }

@@ -1765,7 +1765,18 @@ mod root_guard_tests {
     }
 }
 
-/// In a warm process, a component named `python.wasm` runs without its
+/// Whether `program` is capsa's Python runtime by its file name:
+/// `python.wasm`, or `python.opt.wasm` once optimized
+/// (`capsa python install --optimize`).
+#[cfg(target_os = "linux")]
+fn keeps_memory(program: &Path) -> bool {
+    program
+        .file_name()
+        .is_some_and(|n| n == "python.wasm" || n == "python.opt.wasm")
+}
+
+/// In a warm process, a component named `python.wasm` (or
+/// `python.opt.wasm`: see [`keeps_memory`]) runs without its
 /// memory's data segments, on an engine whose memory for it is the image
 /// they made, kept from run to run and reset in place (see [`slots`]). The
 /// split is made once per machine, when a server starts
@@ -1776,7 +1787,7 @@ mod root_guard_tests {
 #[cfg(target_os = "linux")]
 fn reuse_for(program: &Path, cache: Option<&CodeCache>, fuel: bool) -> Option<(Engine, PathBuf)> {
     if fuel
-        || program.file_name()? != std::ffi::OsStr::new("python.wasm")
+        || !keeps_memory(program)
         || std::env::var_os("CAPSA_NO_KEPT_MEMORY").is_some()
         || rustix::param::page_size() != slots::PAGE
     {
@@ -1897,4 +1908,21 @@ fn split_in_cache(
     };
     let image = slots::Image::open(file, len, minimum).ok()?;
     Some((wasm, Arc::new(image)))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The runtime as prepared and as optimized keep their memory under
+    /// `capsa serve`; nothing else does by its name.
+    #[test]
+    fn python_keeps_its_memory_optimized_or_not() {
+        for yes in ["/c/python/k/python.wasm", "/c/python/k/python.opt.wasm"] {
+            assert!(keeps_memory(Path::new(yes)), "{yes}");
+        }
+        for no in ["/c/app.wasm", "/c/python.opt.wasm.new", "/c/python", "/"] {
+            assert!(!keeps_memory(Path::new(no)), "{no}");
+        }
+    }
 }

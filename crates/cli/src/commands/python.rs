@@ -174,7 +174,7 @@ fn check_runtime(root: &Path) -> Result<String, String> {
         print(sorted({3.5: 'f', 1: 'i'}.items()), f'{2 ** 100:_}', sys.version_info[:2])";
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = std::process::Command::new(me)
-        .args(["python", "-c", CODE])
+        .args(["python", "--timeout=2m", "-c", CODE])
         .env("CAPSA_CACHE_DIR", root)
         .stdin(std::process::Stdio::null())
         .output()

@@ -1624,12 +1624,7 @@ fn install_optimize_with_binaryen() {
     let (_c, cache) = scratch();
     let (_g, d) = scratch();
     // The shared cache's prepared runtime, copied: no second 20 s build.
-    let shared = std::fs::read_dir(cache_dir().join("python"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join("manifest.json").is_file())
-        .expect("a runtime directory");
+    let shared = capsa_python::runtime_dir(&cache_dir());
     std::fs::create_dir(cache.join("python")).unwrap();
     std::fs::set_permissions(cache.join("python"), std::fs::Permissions::from_mode(0o700)).unwrap();
     let cp = std::process::Command::new("cp")
@@ -1766,11 +1761,36 @@ fn install_optimize_with_binaryen() {
         "the same snapshot, hash seed included"
     );
 
-    // Once is enough; --force goes back to the runtime as prepared.
+    // Once is enough.
     let r = install(&["--optimize"], None);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!r.stderr.contains("optimizing"), "{}", r.stderr);
     assert!(state() == optimized);
+
+    // An --optimize killed between its switch and its check left the
+    // runtime as prepared beside it: the next --optimize undoes that first
+    // (here with a wasm-opt that then fails).
+    std::fs::write(runtime.join("manifest.prepared.json"), &prepared.0).unwrap();
+    std::fs::write(runtime.join("python.wasm"), &prepared.1).unwrap();
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'wasm-opt version 1'; exit 0; }\nexit 1\n",
+    )
+    .unwrap();
+    let r = install(&["--optimize"], Some(&tool));
+    assert_eq!(r.code, 70, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("stopped before its check; it is undone"),
+        "{}",
+        r.stderr
+    );
+    assert!(state() == prepared, "back to the runtime as prepared");
+    assert!(!runtime.join("python.opt.wasm").exists());
+    assert!(!runtime.join("manifest.prepared.json").exists());
+    let r = py();
+    assert_eq!(r.stdout, before.stdout, "{}", r.stderr);
+
+    // --force prepares the runtime again.
     let r = install(&["--force"], None);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!r.stdout.contains("optimized"), "{}", r.stdout);
