@@ -410,9 +410,11 @@ const PREPARED_MANIFEST: &str = "manifest.prepared.json";
 /// component moved in beside the one as prepared, then one rename of the
 /// manifest. A failure part way is undone by [`switch_back`].
 fn switch_in(dir: &Path, staged: &Path, manifest: &[u8]) -> std::io::Result<()> {
-    let keep = dir.join(PREPARED_MANIFEST);
-    let _ = fs::remove_file(&keep);
-    write_synced(&keep, &fs::read(dir.join("manifest.json"))?)?;
+    // Whole or not there: a partial copy here would be put back by an undo.
+    let keep_new = dir.join(format!("{PREPARED_MANIFEST}.new"));
+    let _ = fs::remove_file(&keep_new);
+    write_synced(&keep_new, &fs::read(dir.join("manifest.json"))?)?;
+    fs::rename(&keep_new, dir.join(PREPARED_MANIFEST))?;
     let target = dir.join(OPTIMIZED_FILE);
     let _ = fs::remove_file(&target);
     fs::rename(staged, &target)?;
@@ -667,6 +669,7 @@ mod tests {
         assert_eq!(read(dir, OPTIMIZED_FILE).unwrap(), b"B");
         assert_eq!(read(dir, PREPARED_MANIFEST).unwrap(), b"prepared");
         assert_eq!(read(dir, "python.wasm").unwrap(), b"A", "kept until final");
+        assert!(read(dir, "manifest.prepared.json.new").is_none());
 
         assert!(switch_back(dir).unwrap());
         assert_eq!(read(dir, "manifest.json").unwrap(), b"prepared");
