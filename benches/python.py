@@ -118,6 +118,8 @@ def main() -> None:
                     help="also measure capsa after `capsa python install --optimize` (needs binaryen's wasm-opt)")
     args = ap.parse_args()
 
+    if args.optimize and not (os.environ.get("CAPSA_WASM_OPT") or shutil.which("wasm-opt")):
+        sys.exit("--optimize needs binaryen's wasm-opt on PATH (apt install binaryen) or in CAPSA_WASM_OPT")
     if args.capsa:
         capsa = Path(args.capsa)
     else:
