@@ -928,15 +928,7 @@ fn runtime_cache_races_corruption_and_deletion() {
         .map(|e| e.path())
         .find(|p| p.join("manifest.json").is_file())
         .expect("a runtime directory");
-    let again = || -> Run {
-        capsa()
-            .env("CAPSA_CACHE_DIR", &cache)
-            .current_dir(&d)
-            .args(["python", "-c", code])
-            .output()
-            .unwrap()
-            .into()
-    };
+    let again = || py_code_with_cache(&cache, &d, code);
     let warm = again();
     assert_eq!(warm.stderr, "", "a warm run prints nothing of its own");
     assert_eq!(warm.stdout, a.stdout);
@@ -1634,15 +1626,7 @@ fn install_optimize_with_binaryen() {
     assert!(cp.success());
     let runtime = cache.join("python").join(shared.file_name().unwrap());
     let code = "print(hash('capsa'), 6 * 7)";
-    let py = || -> Run {
-        capsa()
-            .env("CAPSA_CACHE_DIR", &cache)
-            .current_dir(&d)
-            .args(["python", "-c", code])
-            .output()
-            .unwrap()
-            .into()
-    };
+    let py = || py_code_with_cache(&cache, &d, code);
     let install = |flags: &[&str], wasm_opt: Option<&Path>| -> Run {
         let mut c = capsa();
         c.env("CAPSA_CACHE_DIR", &cache)
@@ -1687,40 +1671,39 @@ fn install_optimize_with_binaryen() {
     assert!(state() == prepared, "nothing changed");
 
     // A wasm-opt that fails, printing a terminal escape, then one that
-    // writes garbage: refused, nothing changed, the escape not passed on.
+    // writes garbage, then one that writes a valid module but not the one
+    // the component needs (an empty one): refused with exit 70, nothing
+    // changed, the escape not passed on.
     let tool = d.join("wasm-opt");
-    std::fs::write(
-        &tool,
-        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'wasm-opt version 1'; exit 0; }\nprintf 'bad \\033[2J flag\\n' >&2\nexit 3\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let r = install(&["--optimize"], Some(&tool));
-    assert_eq!(r.code, 70, "{}", r.stderr);
-    assert!(r.stderr.contains("left as it was"), "{}", r.stderr);
+    let fake = |then: &str, want: &str| -> Run {
+        std::fs::write(
+            &tool,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'wasm-opt version 1'; exit 0; }}\n{then}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let r = install(&["--optimize"], Some(&tool));
+        assert_eq!(r.code, 70, "{}", r.stderr);
+        assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
+        r
+    };
+    let output = "while [ \"$1\" != -o ]; do shift; done; ";
+    let r = fake(
+        "printf 'bad \\033[2J flag\\n' >&2; exit 3",
+        "left as it was",
+    );
     assert!(r.stderr.contains("bad \\u{1b}[2J flag"), "{}", r.stderr);
     assert!(!r.stderr.contains('\u{1b}'), "{}", r.stderr);
-    std::fs::write(
-        &tool,
-        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'wasm-opt version 1'; exit 0; }\nwhile [ \"$1\" != -o ]; do shift; done\nhead -c 1000 /dev/urandom > \"$2\"\n",
-    )
-    .unwrap();
-    let r = install(&["--optimize"], Some(&tool));
-    assert_eq!(r.code, 70, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("not a valid WebAssembly module"),
-        "{}",
-        r.stderr
+    fake(
+        &format!("{output}head -c 1000 /dev/urandom > \"$2\""),
+        "not a valid WebAssembly module",
     );
-    // A valid module, but not the one the component needs (an empty one).
-    std::fs::write(
-        &tool,
-        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'wasm-opt version 1'; exit 0; }\nwhile [ \"$1\" != -o ]; do shift; done\nprintf '\\000asm\\001\\000\\000\\000' > \"$2\"\n",
-    )
-    .unwrap();
-    let r = install(&["--optimize"], Some(&tool));
-    assert_eq!(r.code, 70, "{}", r.stderr);
-    assert!(r.stderr.contains("does not validate"), "{}", r.stderr);
+    fake(
+        &format!("{output}printf '\\000asm\\001\\000\\000\\000' > \"$2\""),
+        "does not validate",
+    );
     assert!(state() == prepared, "nothing changed");
     assert!(
         !std::fs::read_dir(cache.join("python"))
@@ -1772,18 +1755,7 @@ fn install_optimize_with_binaryen() {
     // (here with a wasm-opt that then fails).
     std::fs::write(runtime.join("manifest.prepared.json"), &prepared.0).unwrap();
     std::fs::write(runtime.join("python.wasm"), &prepared.1).unwrap();
-    std::fs::write(
-        &tool,
-        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'wasm-opt version 1'; exit 0; }\nexit 1\n",
-    )
-    .unwrap();
-    let r = install(&["--optimize"], Some(&tool));
-    assert_eq!(r.code, 70, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("stopped before its check; it is undone"),
-        "{}",
-        r.stderr
-    );
+    fake("exit 1", "stopped before its check; it is undone");
     assert!(state() == prepared, "back to the runtime as prepared");
     assert!(!runtime.join("python.opt.wasm").exists());
     assert!(!runtime.join("manifest.prepared.json").exists());

@@ -189,6 +189,18 @@ pub fn python_ready() {
     });
 }
 
+/// `capsa python -c CODE` in `dir` with the cache at `cache` (not the
+/// shared one, and not prepared first).
+pub fn py_code_with_cache(cache: &Path, dir: &Path, code: &str) -> Run {
+    capsa()
+        .env("CAPSA_CACHE_DIR", cache)
+        .current_dir(dir)
+        .args(["python", "-c", code])
+        .output()
+        .expect("capsa runs")
+        .into()
+}
+
 /// `capsa python FLAGS ARGS` in `dir`, with `stdin` piped in.
 pub fn py_in(dir: &Path, flags: &[&str], args: &[&str], stdin: &str) -> Run {
     use std::io::Write;
