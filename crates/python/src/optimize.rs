@@ -48,11 +48,11 @@ pub const WASM_OPT_VAR: &str = "CAPSA_WASM_OPT";
 pub fn find_wasm_opt() -> Result<PathBuf, String> {
     if let Some(v) = std::env::var_os(WASM_OPT_VAR).filter(|v| !v.is_empty()) {
         let p = PathBuf::from(v);
-        return if p.is_file() {
+        return if runnable(&p) {
             Ok(p)
         } else {
             Err(format!(
-                "{WASM_OPT_VAR} names {}, which is not a file",
+                "{WASM_OPT_VAR} names {}, which is not a file it may run",
                 p.display()
             ))
         };

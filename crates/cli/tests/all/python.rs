@@ -1668,6 +1668,12 @@ fn install_optimize_with_binaryen() {
     assert!(r.stderr.contains("which is not a file"), "{}", r.stderr);
     // Looked for before anything is built or run.
     assert!(!r.stderr.contains("preparing"), "{}", r.stderr);
+    // A file it names must be one this user may run, as PATH's must.
+    let plain = d.join("not-executable");
+    std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+    let r = install(&["--optimize"], Some(&plain));
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("not a file it may run"), "{}", r.stderr);
     assert!(state() == prepared, "nothing changed");
 
     // A wasm-opt that fails, printing a terminal escape, then one that
