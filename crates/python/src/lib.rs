@@ -24,6 +24,7 @@ pub mod optimize;
 pub mod prune;
 
 use capsa_sandbox::CodeCache;
+use capsa_sandbox::load::hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -111,10 +112,6 @@ fn key() -> String {
     hex(&h.finalize()[..10])
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The runtime's directory under the cache root.
 pub fn runtime_dir(cache_root: &Path) -> PathBuf {
     cache_root.join("python").join(key())
@@ -128,8 +125,7 @@ pub fn cached(cache_root: &Path, code: Option<&CodeCache>) -> Option<Runtime> {
     if !capsa_sandbox::load::trusted(cache_root, &dir.join("lib")) {
         return None;
     }
-    let manifest: Manifest =
-        serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    let manifest = read_manifest(&dir)?;
     let rt = Runtime {
         component: dir.join(manifest.component_file()?),
         stdlib: dir.join("lib"),
@@ -202,15 +198,11 @@ pub fn build(
     for scratch in ["app", "wit"] {
         fs::remove_dir_all(tmp.path().join(scratch)).map_err(io)?;
     }
-    let manifest_path = tmp.path().join("manifest.json");
-    // Synced through the handle that wrote it: Windows refuses to flush a
-    // file opened only for reading.
-    fs::File::create(&manifest_path)
-        .and_then(|mut f| {
-            std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(&manifest).unwrap())?;
-            f.sync_all()
-        })
-        .map_err(io)?;
+    write_synced(
+        &tmp.path().join("manifest.json"),
+        &serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .map_err(io)?;
 
     let dir = runtime_dir(cache_root);
     if dir.exists() {
@@ -251,8 +243,12 @@ fn build_lock(parent: &Path, progress: &mut dyn FnMut(&str)) -> std::io::Result<
 /// What optimized the cached runtime (`wasm-opt`'s version line), if
 /// anything did.
 pub fn optimized_with(cache_root: &Path) -> Option<String> {
-    let bytes = fs::read(runtime_dir(cache_root).join("manifest.json")).ok()?;
-    serde_json::from_slice::<Manifest>(&bytes).ok()?.optimized
+    read_manifest(&runtime_dir(cache_root))?.optimized
+}
+
+/// The manifest of the runtime in `dir`, if it reads as one.
+fn read_manifest(dir: &Path) -> Option<Manifest> {
+    serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()
 }
 
 /// Optimizes the runtime (built first if needed) with binaryen's `wasm-opt`
@@ -281,13 +277,7 @@ pub fn optimize(
         dir: dir.clone(),
         msg: e.to_string(),
     };
-    let manifest_path = dir.join("manifest.json");
-    let read_manifest = || -> Result<Manifest, PythonError> {
-        fs::read(&manifest_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| PythonError::Optimize("the runtime's manifest cannot be read".into()))
-    };
+    let unreadable = || PythonError::Optimize("the runtime's manifest cannot be read".into());
     // An earlier --optimize that stopped between its switch and its check
     // (killed, interrupted) is undone first.
     {
@@ -301,10 +291,12 @@ pub fn optimize(
             "the Python runtime does not check out; `capsa python install --force` prepares it again".into(),
         ));
     };
-    let manifest = read_manifest()?;
+    let manifest = read_manifest(&dir).ok_or_else(unreadable)?;
     if let Some(done) = manifest.optimized {
         return Ok((rt, done));
     }
+    // What `cached` just checked the component against.
+    let started_from = manifest.component_sha256.clone();
     let version = optimize::version(&wasm_opt).map_err(PythonError::Optimize)?;
     let before = check().map_err(|e| {
         PythonError::Optimize(format!(
@@ -348,8 +340,8 @@ pub fn optimize(
     };
 
     let lock = build_lock(&parent, progress).map_err(io)?;
-    let now = read_manifest()?;
-    if now.component_sha256 != digest_hex(&component) || now.optimized.is_some() {
+    let now = read_manifest(&dir).ok_or_else(unreadable)?;
+    if now.component_sha256 != started_from || now.optimized.is_some() {
         return Err(PythonError::Optimize(
             "another capsa replaced the Python runtime meanwhile; run `capsa python install --optimize` again".into(),
         ));
@@ -447,11 +439,6 @@ fn switch_done(dir: &Path) {
     let _ = fs::remove_file(dir.join(PREPARED_MANIFEST));
     sync_dir(dir);
     let _ = fs::remove_file(dir.join("python.wasm"));
-}
-
-/// The digest a manifest records for `component`.
-fn digest_hex(component: &[u8]) -> String {
-    hex(&Sha256::digest(component))
 }
 
 /// Makes the renames in `dir` durable where the platform allows it.

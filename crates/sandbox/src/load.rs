@@ -798,13 +798,13 @@ pub(crate) fn read_regular_file(path: &Path, max: u64, follow: bool) -> Result<V
     Ok(bytes)
 }
 
-/// The bytes of `path` if it is a regular file (not a link, not a FIFO that
-/// would block, not a device) of at most `max` bytes.
 /// `bytes` in lowercase hexadecimal, as the cache's file names spell digests.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The bytes of `path` if it is a regular file (not a link, not a FIFO that
+/// would block, not a device) of at most `max` bytes.
 pub(crate) fn read_small_file(path: &Path, max: u64) -> Option<Vec<u8>> {
     read_regular_file(path, max, false).ok()
 }
