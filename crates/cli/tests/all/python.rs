@@ -1749,6 +1749,28 @@ fn install_optimize_with_binaryen() {
         after.stdout, before.stdout,
         "the same snapshot, hash seed included"
     );
+    // Under `capsa serve`, which keeps this runtime's memory from run to
+    // run too (by its file name: sandbox's `keeps_memory`, unit-tested), no
+    // run finds what the last one wrote into its memory, searching all of
+    // it; and the server made the optimized component's memory image.
+    #[cfg(target_os = "linux")]
+    {
+        let server = crate::serve::Server::start_with_cache(
+            &cache,
+            &["--max-runs=1", "--timeout=30s", "--memory=512M"],
+        );
+        crate::serve::nothing_the_last_run_wrote_is_found(&server);
+        drop(server);
+        let manifest: serde_json::Value = serde_json::from_slice(&optimized.0).unwrap();
+        let sha = manifest["component_sha256"].as_str().unwrap();
+        assert!(
+            cache
+                .join("code")
+                .join(format!("split-{}.image", &sha[..40]))
+                .is_file(),
+            "the optimized component's memory image"
+        );
+    }
 
     // Once is enough.
     let r = install(&["--optimize"], None);

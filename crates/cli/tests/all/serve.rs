@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Server {
@@ -67,7 +67,18 @@ impl Server {
     /// `capsa serve FLAGS` on an ephemeral loopback port, in `dir`.
     pub fn start_in(dir: &Path, flags: &[&str], token: Option<&str>) -> Server {
         python_ready();
+        Server::spawn(capsa(), dir, flags, token)
+    }
+
+    /// `capsa serve FLAGS` with the cache at `cache` (its Python prepared
+    /// already).
+    pub fn start_with_cache(cache: &Path, flags: &[&str]) -> Server {
         let mut cmd = capsa();
+        cmd.env("CAPSA_CACHE_DIR", cache);
+        Server::spawn(cmd, Path::new("/"), flags, None)
+    }
+
+    fn spawn(mut cmd: Command, dir: &Path, flags: &[&str], token: Option<&str>) -> Server {
         cmd.current_dir(dir)
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
@@ -1469,6 +1480,14 @@ fn a_worker_keeps_its_memory_but_no_run_sees_what_the_last_one_left() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_run_that_searches_all_its_memory_finds_nothing_the_last_one_wrote() {
+    let server = Server::start(&["--max-runs=1", "--timeout=30s", "--memory=512M"]);
+    nothing_the_last_run_wrote_is_found(&server);
+}
+
+/// The runs of [`a_run_that_searches_all_its_memory_finds_nothing_the_last_one_wrote`]
+/// on `server` (started with `--max-runs=1 --timeout=30s --memory=512M`).
+#[cfg(target_os = "linux")]
+pub fn nothing_the_last_run_wrote_is_found(server: &Server) {
     const MEMORY: &str = r#"import struct, dis, os
 def _memory():
     op = dis.opmap
@@ -1518,7 +1537,6 @@ while (at := MEM.find(needle, at, top)) >= 0:
     at += 1
 print('own', own in hits, 'others', len([h for h in hits if h != own]))"
     );
-    let server = Server::start(&["--max-runs=1", "--timeout=30s", "--memory=512M"]);
     // A first run sees its own copies of the marker (building it leaves
     // one behind); a later run must see exactly as many.
     let first = server.run(json!({"code": search}));
@@ -1528,14 +1546,14 @@ print('own', own in hits, 'others', len([h for h in hits if h != own]))"
         .and_then(|n| n.trim_end().parse().ok())
         .unwrap_or_else(|| panic!("{first}"));
     assert!(others <= 2, "{first}");
-    let workers = workers_of(&server);
+    let workers = workers_of(server);
     for pages in [200, 3000] {
         let r = server.run(json!({"code": write(pages)}));
         assert_eq!(r["stdout"], format!("written {pages}\n"), "{r}");
         let r = server.run(json!({"code": search}));
         assert_eq!(r["stdout"], first["stdout"], "after {pages} pages: {r}");
     }
-    assert_eq!(workers_of(&server), workers);
+    assert_eq!(workers_of(server), workers);
 }
 
 /// A grant that no run could mount is refused when the server starts, not
