@@ -67,16 +67,11 @@ impl Profile {
         }
         let (offset, pages) = lines.next()?.split_once(' ')?;
         let (file_offset, pages): (u64, u32) = (offset.parse().ok()?, pages.parse().ok()?);
-        let mut written: Vec<Range<u32>> = Vec::new();
-        for r in lines.next()?.split(' ').filter(|s| !s.is_empty()) {
-            let (a, b) = r.split_once('-')?;
-            let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-            // Sorted, disjoint, inside the snapshot.
-            if a >= b || b > pages || written.last().is_some_and(|l| l.end > a) {
-                return None;
-            }
-            written.push(a..b);
-        }
+        // Sorted, disjoint, inside the snapshot.
+        let written = parse_runs(lines.next()?, pages as usize)?
+            .into_iter()
+            .map(|r| r.start as u32..r.end as u32)
+            .collect();
         lines.next().is_none().then_some(Profile {
             file_offset,
             pages,
@@ -85,39 +80,29 @@ impl Profile {
     }
 
     pub fn render(&self) -> String {
-        let ranges: Vec<String> = self
+        let ranges = self
             .written
             .iter()
-            .map(|r| format!("{}-{}", r.start, r.end))
-            .collect();
+            .map(|r| r.start as usize..r.end as usize);
         format!(
             "capsa-pages 1\n{} {}\n{}\n",
             self.file_offset,
             self.pages,
-            ranges.join(" ")
+            render_runs(ranges)
         )
     }
 
     /// From one flag per page: written or not.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn from_flags(file_offset: u64, written: &[bool]) -> Profile {
-        let mut p = Profile {
+        Profile {
             file_offset,
             pages: written.len() as u32,
-            written: Vec::new(),
-        };
-        let mut i = 0;
-        while i < written.len() {
-            let mut j = i + 1;
-            while j < written.len() && written[j] == written[i] {
-                j += 1;
-            }
-            if written[i] {
-                p.written.push(i as u32..j as u32);
-            }
-            i = j;
+            written: runs(written)
+                .into_iter()
+                .map(|r| r.start as u32..r.end as u32)
+                .collect(),
         }
-        p
     }
 
     /// How many pages the profile holds.
@@ -128,6 +113,45 @@ impl Profile {
     pub fn is_empty(&self) -> bool {
         self.written.is_empty()
     }
+}
+
+/// The runs of `true` in `flags`, as ranges of their indices (pages).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn runs(flags: &[bool]) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i < flags.len() {
+        let mut j = i + 1;
+        while j < flags.len() && flags[j] == flags[i] {
+            j += 1;
+        }
+        if flags[i] {
+            ranges.push(i..j);
+        }
+        i = j;
+    }
+    ranges
+}
+
+/// Ranges as a profile writes them: `a-b`, separated by spaces.
+pub(crate) fn render_runs(ranges: impl Iterator<Item = Range<usize>>) -> String {
+    let ranges: Vec<String> = ranges.map(|r| format!("{}-{}", r.start, r.end)).collect();
+    ranges.join(" ")
+}
+
+/// Ranges written by [`render_runs`]; `None` unless each is non-empty, ends
+/// at or below `limit`, and they are sorted and disjoint.
+pub(crate) fn parse_runs(line: &str, limit: usize) -> Option<Vec<Range<usize>>> {
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    for r in line.split(' ').filter(|s| !s.is_empty()) {
+        let (a, b) = r.split_once('-')?;
+        let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+        if a >= b || b > limit || ranges.last().is_some_and(|l| l.end > a) {
+            return None;
+        }
+        ranges.push(a..b);
+    }
+    Some(ranges)
 }
 
 /// A compiled file as this process knows it: who it is (to find where it
