@@ -734,11 +734,19 @@ const MAX_RESIDENT: u64 = 256 << 10;
 /// `capsa-resident 1`, the file's length, and ranges of pages `a-b`.
 #[cfg(any(target_os = "linux", test))]
 fn render_resident(flags: &[bool], len: usize) -> String {
-    let ranges = crate::prefault::runs(flags).into_iter();
-    format!(
-        "capsa-resident 1\n{len}\n{}\n",
-        crate::prefault::render_runs(ranges)
-    )
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i < flags.len() {
+        let mut j = i + 1;
+        while j < flags.len() && flags[j] == flags[i] {
+            j += 1;
+        }
+        if flags[i] {
+            ranges.push(format!("{i}-{j}"));
+        }
+        i = j;
+    }
+    format!("capsa-resident 1\n{len}\n{}\n", ranges.join(" "))
 }
 
 /// The ranges of a list for a file of `len` bytes; `None` for anything
@@ -750,8 +758,17 @@ fn parse_resident(bytes: &[u8], len: usize) -> Option<Vec<std::ops::Range<usize>
     if lines.next()? != "capsa-resident 1" || lines.next()?.parse::<usize>().ok()? != len {
         return None;
     }
-    // Sorted, disjoint, inside the file.
-    let ranges = crate::prefault::parse_runs(lines.next()?, len.div_ceil(4096))?;
+    let pages = len.div_ceil(4096);
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    for r in lines.next()?.split(' ').filter(|s| !s.is_empty()) {
+        let (a, b) = r.split_once('-')?;
+        let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+        // Sorted, disjoint, inside the file.
+        if a >= b || b > pages || ranges.last().is_some_and(|l| l.end > a) {
+            return None;
+        }
+        ranges.push(a..b);
+    }
     (lines.next().is_none() && !ranges.is_empty()).then_some(ranges)
 }
 

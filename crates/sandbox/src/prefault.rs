@@ -67,11 +67,16 @@ impl Profile {
         }
         let (offset, pages) = lines.next()?.split_once(' ')?;
         let (file_offset, pages): (u64, u32) = (offset.parse().ok()?, pages.parse().ok()?);
-        // Sorted, disjoint, inside the snapshot.
-        let written = parse_runs(lines.next()?, pages as usize)?
-            .into_iter()
-            .map(|r| r.start as u32..r.end as u32)
-            .collect();
+        let mut written: Vec<Range<u32>> = Vec::new();
+        for r in lines.next()?.split(' ').filter(|s| !s.is_empty()) {
+            let (a, b) = r.split_once('-')?;
+            let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+            // Sorted, disjoint, inside the snapshot.
+            if a >= b || b > pages || written.last().is_some_and(|l| l.end > a) {
+                return None;
+            }
+            written.push(a..b);
+        }
         lines.next().is_none().then_some(Profile {
             file_offset,
             pages,
@@ -80,29 +85,39 @@ impl Profile {
     }
 
     pub fn render(&self) -> String {
-        let ranges = self
+        let ranges: Vec<String> = self
             .written
             .iter()
-            .map(|r| r.start as usize..r.end as usize);
+            .map(|r| format!("{}-{}", r.start, r.end))
+            .collect();
         format!(
             "capsa-pages 1\n{} {}\n{}\n",
             self.file_offset,
             self.pages,
-            render_runs(ranges)
+            ranges.join(" ")
         )
     }
 
     /// From one flag per page: written or not.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn from_flags(file_offset: u64, written: &[bool]) -> Profile {
-        Profile {
+        let mut p = Profile {
             file_offset,
             pages: written.len() as u32,
-            written: runs(written)
-                .into_iter()
-                .map(|r| r.start as u32..r.end as u32)
-                .collect(),
+            written: Vec::new(),
+        };
+        let mut i = 0;
+        while i < written.len() {
+            let mut j = i + 1;
+            while j < written.len() && written[j] == written[i] {
+                j += 1;
+            }
+            if written[i] {
+                p.written.push(i as u32..j as u32);
+            }
+            i = j;
         }
+        p
     }
 
     /// How many pages the profile holds.
@@ -113,45 +128,6 @@ impl Profile {
     pub fn is_empty(&self) -> bool {
         self.written.is_empty()
     }
-}
-
-/// The runs of `true` in `flags`, as ranges of their indices (pages).
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-pub(crate) fn runs(flags: &[bool]) -> Vec<Range<usize>> {
-    let mut ranges = Vec::new();
-    let mut i = 0;
-    while i < flags.len() {
-        let mut j = i + 1;
-        while j < flags.len() && flags[j] == flags[i] {
-            j += 1;
-        }
-        if flags[i] {
-            ranges.push(i..j);
-        }
-        i = j;
-    }
-    ranges
-}
-
-/// Ranges as a profile writes them: `a-b`, separated by spaces.
-pub(crate) fn render_runs(ranges: impl Iterator<Item = Range<usize>>) -> String {
-    let ranges: Vec<String> = ranges.map(|r| format!("{}-{}", r.start, r.end)).collect();
-    ranges.join(" ")
-}
-
-/// Ranges written by [`render_runs`]; `None` unless each is non-empty, ends
-/// at or below `limit`, and they are sorted and disjoint.
-pub(crate) fn parse_runs(line: &str, limit: usize) -> Option<Vec<Range<usize>>> {
-    let mut ranges: Vec<Range<usize>> = Vec::new();
-    for r in line.split(' ').filter(|s| !s.is_empty()) {
-        let (a, b) = r.split_once('-')?;
-        let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
-        if a >= b || b > limit || ranges.last().is_some_and(|l| l.end > a) {
-            return None;
-        }
-        ranges.push(a..b);
-    }
-    Some(ranges)
 }
 
 /// A compiled file as this process knows it: who it is (to find where it
