@@ -599,7 +599,7 @@ impl CodeCache {
                 msg: format!("{e:#}"),
             })?;
         // A cache that cannot be written only costs speed.
-        let _ = store_compiled(&self.dir, &entry, &compiled);
+        let _ = store(&self.dir, &entry, &compiled);
         // SAFETY: these bytes were produced by `precompile_component` on this
         // same engine a moment ago.
         unsafe { Component::deserialize(engine, &compiled) }
@@ -621,26 +621,21 @@ pub(crate) fn resident_path(cwasm: &Path) -> PathBuf {
 /// each in a folio of its own, and reads them back at once when they are
 /// gone.
 ///
-/// On kernels with large folios in the page cache (ext4 and XFS; Linux 6.18
-/// maps a whole folio at a fault), every page of a folio any run touches
-/// counts in every run's resident set. The code cache's file used to be
-/// read (and, just compiled, written) in 2 MiB folios: a run of `hello.py`
-/// then had 19.1 MB of the 35 MB file resident. Now the file leaves the
-/// page cache once written (see [`store_compiled`]), capsa's mappings of it
-/// read one page at a fault (`MADV_RANDOM`, see [`advise_random`]; wasmtime
-/// reads the file's headers before the advice, with the usual read-around),
-/// and what a cold file needs is read here, as single-page folios, from the
-/// list of pages cached when it was made.
+/// On kernels with large folios in the page cache (ext4 and XFS, Linux 6.18
+/// and later map a whole folio at a fault), every page of a folio any run
+/// touches counts in every run's resident set. The code cache's file used
+/// to be read (and, just compiled, written) in 2 MiB folios: a run of
+/// `hello.py` then had 19.1 MB of the 35 MB file resident. Now the file is
+/// dropped from the page cache once written (see [`store`]), capsa's own
+/// mappings of it read one page at a fault (`MADV_RANDOM`, see
+/// [`advise_random`]), and what a cold file needs is read here, as
+/// single-page folios, from the list of pages earlier runs had mapped: 9.6
+/// MB resident (with the usual 128 KiB read-ahead). Without a list (the
+/// first run after compiling), the run reads what it faults, and the next
+/// run records the list from what is cached then.
 ///
-/// The list is made once, by the first process that finds some of the file
-/// cached and no list (the first run after compiling runs from memory; the
-/// second reads what it faults): it holds what runs used, plus whatever
-/// else read the file by then. It is never made again while it is there;
-/// where it cannot be written (a read-only cache), nothing is tried. A list
-/// that does not fit the file only costs speed.
-///
-/// Cost in a warm run: reading the list, and up to 16 one-page `mincore`
-/// calls on a mapping of the file that nothing touches.
+/// A list that does not fit the file, or none at all, only costs speed.
+/// Cost in a warm run: one `mincore` of up to 16 pages.
 #[cfg(target_os = "linux")]
 fn read_back_used_pages(root: &Path, path: &Path) {
     use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
@@ -673,7 +668,6 @@ fn read_back_used_pages(root: &Path, path: &Path) {
         ) else {
             return;
         };
-        // `None` when the kernel does not say: then nothing is done.
         let resident = |page: usize, n: usize| -> Option<Vec<u8>> {
             let mut v = vec![0u8; n];
             (libc::mincore(
@@ -692,7 +686,7 @@ fn read_back_used_pages(root: &Path, path: &Path) {
                 let cold = ranges
                     .iter()
                     .step_by(step)
-                    .any(|r| resident(r.start, 1).is_some_and(|v| v[0] & 1 == 0));
+                    .any(|r| resident(r.start, 1).is_none_or(|v| v[0] & 1 == 0));
                 if cold {
                     for r in &ranges {
                         libc::posix_fadvise(
@@ -704,35 +698,26 @@ fn read_back_used_pages(root: &Path, path: &Path) {
                     }
                 }
             }
-            // No list yet, and one can be written: what is cached now.
-            None if std::fs::symlink_metadata(&record).is_err()
-                && record.parent().is_some_and(|dir| {
-                    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok()
-                }) =>
-            {
-                if let Some(v) = resident(0, len.div_ceil(PAGE))
+            None => {
+                // No usable list: what is cached now is what earlier runs
+                // used since the file was written or last read back.
+                let pages = len.div_ceil(PAGE);
+                if let Some(v) = resident(0, pages)
                     && v.iter().any(|b| b & 1 == 1)
                 {
                     let flags: Vec<bool> = v.iter().map(|b| b & 1 == 1).collect();
-                    let list = render_resident(&flags, len);
-                    // One the reader would refuse is not written.
-                    if list.len() as u64 <= MAX_RESIDENT {
-                        let _ = store(root, &record, list.as_bytes());
-                    }
+                    let _ = store(root, &record, render_resident(&flags, len).as_bytes());
                 }
             }
-            None => {}
         }
         let _ = munmap(base, len);
     }
 }
 
 /// A list of used pages is small: a larger file is not capsa's.
-#[cfg(target_os = "linux")]
 const MAX_RESIDENT: u64 = 256 << 10;
 
 /// `capsa-resident 1`, the file's length, and ranges of pages `a-b`.
-#[cfg(any(target_os = "linux", test))]
 fn render_resident(flags: &[bool], len: usize) -> String {
     let mut ranges = Vec::new();
     let mut i = 0;
@@ -751,7 +736,6 @@ fn render_resident(flags: &[bool], len: usize) -> String {
 
 /// The ranges of a list for a file of `len` bytes; `None` for anything
 /// malformed, or a list made for a file of another length.
-#[cfg(any(target_os = "linux", test))]
 fn parse_resident(bytes: &[u8], len: usize) -> Option<Vec<std::ops::Range<usize>>> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut lines = text.lines();
@@ -1086,19 +1070,6 @@ pub(crate) fn can_store(root: &Path, entry: &Path) -> bool {
 
 /// Writes `bytes` to `entry` atomically: a reader sees the whole file or none.
 pub(crate) fn store(root: &Path, entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    store_as(root, entry, bytes, false)
-}
-
-/// [`store`], for compiled code: its pages then leave the page cache, to be
-/// read back a page to a folio, only those runs use (see
-/// `read_back_used_pages`).
-fn store_compiled(root: &Path, entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    store_as(root, entry, bytes, true)
-}
-
-fn store_as(root: &Path, entry: &Path, bytes: &[u8], uncached: bool) -> std::io::Result<()> {
-    #[cfg(not(target_os = "linux"))]
-    let _ = uncached;
     let dir = entry
         .parent()
         .ok_or_else(|| std::io::Error::other("no parent"))?;
@@ -1127,7 +1098,7 @@ fn store_as(root: &Path, entry: &Path, bytes: &[u8], uncached: bool) -> std::io:
         // a folio (see `read_back_used_pages`). Advice: it cannot fail the
         // store.
         #[cfg(target_os = "linux")]
-        if uncached {
+        {
             use std::os::fd::AsRawFd;
             // SAFETY: advice on a file this function owns; it is synced, so
             // dropping its pages loses nothing.
@@ -1214,16 +1185,12 @@ mod tests {
     fn used_pages_of_compiled_code_are_listed_and_read_back() {
         use std::os::fd::AsRawFd;
         const PAGE: usize = 4096;
-        if rustix::param::page_size() != PAGE {
-            eprintln!("pages are not 4 KiB here; the list is not made");
-            return;
-        }
         let root = std::env::temp_dir().join(format!("capsa-resident-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         super::make_private_dir(&root).unwrap();
         let path = root.join("code").join("entry.cwasm");
         let bytes: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
-        super::store_compiled(&root, &path, &bytes).unwrap();
+        super::store(&root, &path, &bytes).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         // SAFETY: a read-only mapping of the whole file, unmapped at the end;
         // reads of single bytes only.
