@@ -895,13 +895,7 @@ fn run_instance(
         match &pages {
             Pages::None => {}
             Pages::Populate(c) => populate(c),
-            Pages::Learn(_, file) => {
-                snapshot = prefault::Known::of(file).find();
-                #[cfg(target_os = "linux")]
-                if let Some(m) = &snapshot {
-                    load::advise_random(m.start..m.start + m.len);
-                }
-            }
+            Pages::Learn(_, file) => snapshot = prefault::Known::of(file).find(),
         }
         let command = wasmtime_wasi::p2::bindings::sync::Command::new(&mut store, &instance)?;
         command.wasi_cli_run().call_run(&mut store)
@@ -979,14 +973,7 @@ fn populate(c: &Cached) {
     let known = c
         .known
         .get_or_init(|| prefault::Known::read(&c.root, &c.file));
-    let found = known.find();
-    // Read from the file one page at a fault, as its code is (see
-    // `load::read_back_used_pages`).
-    #[cfg(target_os = "linux")]
-    if let Some(m) = &found {
-        load::advise_random(m.start..m.start + m.len);
-    }
-    if let Some(m) = found
+    if let Some(m) = known.find()
         && !known.populate(&m)
         && known.first_misfit()
     {
