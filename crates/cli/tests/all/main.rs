@@ -11,6 +11,7 @@ mod fs;
 mod fs_model;
 mod http;
 mod install;
+mod layout;
 mod limits;
 mod mcp;
 mod net;

@@ -1,0 +1,140 @@
+/*
+ * trace STARTS OUT PROGRAM ARGS...: runs PROGRAM (an absolute path) under
+ * ptrace with a breakpoint at each function start listed in STARTS (hex
+ * offsets from where the program's image is mapped, one per line), and
+ * writes to OUT the offsets of the functions entered, in the order they were
+ * first entered, by any thread. Each breakpoint is taken out when first hit,
+ * so the program runs at nearly its own speed. Used by scripts/startup-order.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SPAN (256ul << 20)
+
+static unsigned char orig[SPAN];    /* the image's bytes, as mapped */
+static unsigned char patched[SPAN]; /* the same with the breakpoints */
+static unsigned char armed[SPAN];   /* a breakpoint not yet hit */
+static unsigned char listed[SPAN];  /* a breakpoint, hit or not */
+
+static void die(const char *what) {
+  perror(what);
+  exit(1);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 4) {
+    fprintf(stderr, "usage: trace STARTS OUT PROGRAM ARGS...\n");
+    return 2;
+  }
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    ptrace(PTRACE_TRACEME, 0, 0, 0);
+    execv(argv[3], argv + 3);
+    _exit(127);
+  }
+  int st;
+  if (waitpid(child, &st, 0) < 0 || !WIFSTOPPED(st)) die("exec");
+
+  /* Where the program's image starts: its first mapping. */
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/maps", child);
+  FILE *maps = fopen(path, "r");
+  if (!maps) die("maps");
+  unsigned long base = 0;
+  char line[4096];
+  while (fgets(line, sizeof line, maps)) {
+    char *name = strchr(line, '/');
+    if (name && strncmp(name, argv[3], strlen(argv[3])) == 0 && name[strlen(argv[3])] == '\n') {
+      base = strtoul(line, 0, 16);
+      break;
+    }
+  }
+  fclose(maps);
+  if (!base) {
+    fprintf(stderr, "trace: %s is not mapped in its own process\n", argv[3]);
+    return 1;
+  }
+
+  FILE *starts = fopen(argv[1], "r");
+  if (!starts) die(argv[1]);
+  unsigned long off, lo = SPAN, hi = 0, n = 0;
+  while (fscanf(starts, "%lx", &off) == 1) {
+    if (off >= SPAN) continue;
+    armed[off] = listed[off] = 1;
+    n++;
+    if (off < lo) lo = off;
+    if (off >= hi) hi = off + 1;
+  }
+  fclose(starts);
+  if (!n) {
+    fprintf(stderr, "trace: no function starts in %s\n", argv[1]);
+    return 1;
+  }
+
+  /* /proc/PID/mem writes through the code's write protection. */
+  snprintf(path, sizeof path, "/proc/%d/mem", child);
+  int mem = open(path, O_RDWR);
+  if (mem < 0) die("mem");
+  if (pread(mem, orig + lo, hi - lo, base + lo) != (ssize_t)(hi - lo)) die("reading the image");
+  memcpy(patched + lo, orig + lo, hi - lo);
+  for (unsigned long i = lo; i < hi; i++)
+    if (armed[i]) patched[i] = 0xcc; /* int3 */
+  if (pwrite(mem, patched + lo, hi - lo, base + lo) != (ssize_t)(hi - lo)) die("writing the image");
+
+  FILE *out = fopen(argv[2], "w");
+  if (!out) die(argv[2]);
+  ptrace(PTRACE_SETOPTIONS, child, 0, PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL);
+  ptrace(PTRACE_CONT, child, 0, 0);
+  unsigned long entered = 0;
+  int code = 1;
+  for (;;) {
+    pid_t t = waitpid(-1, &st, __WALL);
+    if (t < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (WIFEXITED(st) || WIFSIGNALED(st)) {
+      if (t == child) {
+        code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        break;
+      }
+      continue;
+    }
+    int sig = WSTOPSIG(st), pass = 0;
+    if (sig == SIGTRAP && (st >> 16) == 0) {
+      struct user_regs_struct r;
+      ptrace(PTRACE_GETREGS, t, 0, &r);
+      unsigned long at = r.rip - 1 - base;
+      if (at < SPAN && listed[at]) {
+        if (armed[at]) {
+          armed[at] = 0;
+          if (pwrite(mem, orig + at, 1, base + at) != 1) die("restoring a function");
+          fprintf(out, "%lx\n", at);
+          entered++;
+        }
+        /* Run the function's first instruction (another thread may have hit
+           the same breakpoint before it was taken out). */
+        r.rip -= 1;
+        ptrace(PTRACE_SETREGS, t, 0, &r);
+      } else {
+        pass = SIGTRAP;
+      }
+    } else if (sig != SIGTRAP && sig != SIGSTOP) {
+      pass = sig; /* the program's own signals */
+    }
+    ptrace(PTRACE_CONT, t, 0, pass);
+  }
+  if (fclose(out)) die(argv[2]);
+  fprintf(stderr, "trace: %lu of %lu functions entered; exit %d\n", entered, n, code);
+  return code;
+}
