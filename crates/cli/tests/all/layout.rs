@@ -51,7 +51,8 @@ fn the_functions_a_run_goes_through_are_laid_out_together() {
         .spawn()
         .expect("awk runs");
     let mut stdin = awk.stdin.take().unwrap();
-    let feed = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+    let input = text.clone();
+    let feed = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = awk.wait_with_output().expect("awk runs");
     feed.join().unwrap().expect("awk reads nm's output");
     assert!(out.status.success(), "awk failed");
