@@ -69,19 +69,18 @@ fn the_functions_a_run_goes_through_are_laid_out_together() {
         "only {} of the {listed} functions listed are in the binary",
         placed.len()
     );
-    // They lie together at the start of the code, not over the whole of it.
-    let start = placed.iter().map(|f| f.0).min().unwrap();
-    let end = placed.iter().map(|f| f.0 + f.1).max().unwrap();
+    // They lie together at the start of the code, not over the whole of it:
+    // nearly all within twice their size from its start. (A few of the
+    // standard library's, in a build without LTO, come from its prebuilt
+    // objects, which lld may not move.)
     let size: u64 = placed.iter().map(|f| f.1).sum();
+    let reach = 2 * size + (64 << 10);
+    let near = placed.iter().filter(|f| f.0 + f.1 - first <= reach).count();
     assert!(
-        start - first < 64 << 10,
-        "the listed functions start {} KiB into the code",
-        (start - first) >> 10
-    );
-    assert!(
-        end - start <= 2 * size + (64 << 10),
-        "the listed functions ({} KiB of code) are spread over {} KiB",
+        near * 5 >= placed.len() * 4,
+        "only {near} of the {} listed functions ({} KiB of code) lie within the first {} KiB of the code",
+        placed.len(),
         size >> 10,
-        (end - start) >> 10
+        reach >> 10
     );
 }
