@@ -43,7 +43,18 @@ int main(int argc, char **argv) {
     _exit(127);
   }
   int st;
-  if (waitpid(child, &st, 0) < 0 || !WIFSTOPPED(st)) die("exec");
+  if (waitpid(child, &st, 0) < 0 || !WIFSTOPPED(st) || WSTOPSIG(st) != SIGTRAP) {
+    fprintf(stderr, "trace: %s did not start under ptrace\n", argv[3]);
+    return 1;
+  }
+  /* From here on the program dies with the tracer; forks are traced, so
+     that a child's copy of the breakpoints can be taken out. */
+  if (ptrace(PTRACE_SETOPTIONS, child, 0,
+             PTRACE_O_EXITKILL | PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK |
+                 PTRACE_O_TRACEVFORK | PTRACE_O_TRACEEXEC) < 0)
+    die("ptrace options");
+  FILE *out = fopen(argv[2], "w");
+  if (!out) die(argv[2]);
 
   /* Where the program's image starts: its first mapping. */
   char path[64];
@@ -91,9 +102,6 @@ int main(int argc, char **argv) {
     if (armed[i]) patched[i] = 0xcc; /* int3 */
   if (pwrite(mem, patched + lo, hi - lo, base + lo) != (ssize_t)(hi - lo)) die("writing the image");
 
-  FILE *out = fopen(argv[2], "w");
-  if (!out) die(argv[2]);
-  ptrace(PTRACE_SETOPTIONS, child, 0, PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL);
   ptrace(PTRACE_CONT, child, 0, 0);
   unsigned long entered = 0;
   int code = 1;
@@ -110,10 +118,31 @@ int main(int argc, char **argv) {
       }
       continue;
     }
-    int sig = WSTOPSIG(st), pass = 0;
-    if (sig == SIGTRAP && (st >> 16) == 0) {
+    int sig = WSTOPSIG(st), pass = 0, event = st >> 16;
+    if (sig == SIGTRAP && event == PTRACE_EVENT_FORK) {
+      /* A forked child has its own copy of the code, breakpoints included:
+         put the code back and let it go. */
+      unsigned long pid;
+      if (ptrace(PTRACE_GETEVENTMSG, t, 0, &pid) == 0) {
+        int cst;
+        if (waitpid((pid_t)pid, &cst, __WALL) == (pid_t)pid) {
+          char cpath[64];
+          snprintf(cpath, sizeof cpath, "/proc/%lu/mem", pid);
+          int cmem = open(cpath, O_RDWR);
+          if (cmem < 0 || pwrite(cmem, orig + lo, hi - lo, base + lo) != (ssize_t)(hi - lo))
+            die("restoring a forked child's code");
+          close(cmem);
+          ptrace(PTRACE_DETACH, (pid_t)pid, 0, 0);
+        }
+      }
+    } else if (sig == SIGTRAP && event == PTRACE_EVENT_EXEC) {
+      /* A vforked child (which shares the code, so stays traced until now)
+         became another program. */
+      ptrace(PTRACE_DETACH, t, 0, 0);
+      continue;
+    } else if (sig == SIGTRAP && event == 0) {
       struct user_regs_struct r;
-      ptrace(PTRACE_GETREGS, t, 0, &r);
+      if (ptrace(PTRACE_GETREGS, t, 0, &r) < 0) continue; /* gone */
       unsigned long at = r.rip - 1 - base;
       if (at < SPAN && listed[at]) {
         if (armed[at]) {
