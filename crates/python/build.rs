@@ -42,7 +42,12 @@ fn main() {
     // Every embedded input goes into the runtime's cache key.
     let mut key = Sha256::new();
     key.update(&bytes);
-    for source in ["src/app.py", "src/_capsa_http.py", "src/capsa.wit"] {
+    for source in [
+        "src/app.py",
+        "src/_capsa_http.py",
+        "src/capsa.wit",
+        "startup-functions.txt",
+    ] {
         println!("cargo:rerun-if-changed={source}");
         let text = fs::read(source).unwrap_or_else(|e| panic!("read {source}: {e}"));
         key.update(text.len().to_le_bytes());

@@ -21,6 +21,7 @@ pub mod image;
 pub mod invocation;
 pub mod merge;
 pub mod optimize;
+pub mod order;
 pub mod prune;
 
 use capsa_sandbox::CodeCache;
@@ -39,7 +40,7 @@ pub const GUEST_STDLIB: &str = "/python";
 
 /// Bump when the layout of a runtime directory, or the way its component is
 /// made, changes.
-const FORMAT: u32 = 4;
+const FORMAT: u32 = 5;
 
 const APP_PY: &str = include_str!("app.py");
 const HTTP_PY: &str = include_str!("_capsa_http.py");
@@ -316,6 +317,9 @@ pub fn optimize(
         .map_err(io)?;
     let optimized = optimize::optimize_component(&component, &wasm_opt, work.path())
         .map_err(PythonError::Optimize)?;
+    // wasm-opt keeps the order of the functions it keeps; whatever it did,
+    // the start-up functions go first again.
+    let optimized = order_startup(optimized);
     // `capsa serve` keeps Python's memory from run to run by taking the
     // snapshot out of the component: what it did before, it must still do.
     if image::split_image(&component).is_some() && image::split_image(&optimized).is_none() {
@@ -617,14 +621,23 @@ fn generate(work: &Path, output: &Path) -> Result<(), PythonError> {
     .map_err(PythonError::Build)?;
     // Link addresses compiled in as constants, then fewer names for
     // wasmtime to read back on every start (folding leaves more unread),
-    // then the libraries linked into one module.
+    // then the libraries linked into one module, whose functions a start
+    // goes through are then laid out first.
     let bytes = fs::read(output).map_err(err)?;
     let folded = fold::fold_link_globals(&bytes).map(|(b, _)| b);
     let bytes = folded.unwrap_or(bytes);
     let bytes = prune::prune_exports(&bytes).map_or(bytes, |(b, _)| b);
     let bytes = merge::merge_modules(&bytes).map_or(bytes, |(b, _)| b);
+    let bytes = order_startup(bytes);
     fs::write(output, bytes).map_err(err)?;
     Ok(())
+}
+
+/// `component` with the functions a start goes through laid out first (see
+/// [`order`](mod@order)), or as it was where that pass does not apply.
+fn order_startup(component: Vec<u8>) -> Vec<u8> {
+    let first = order::listed(order::STARTUP_FUNCTIONS);
+    order::order_functions(&component, &first).map_or(component, |(b, _)| b)
 }
 
 #[cfg(test)]
