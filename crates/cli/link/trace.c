@@ -207,6 +207,10 @@ int main(int argc, char **argv) {
     ptrace(base ? PTRACE_CONT : PTRACE_SYSCALL, t, 0, pass);
   }
   if (fclose(out)) die(argv[2]);
+  if (!base) {
+    fprintf(stderr, "trace: %s made no .cwasm mapping executable\n", argv[3]);
+    return 1;
+  }
   fprintf(stderr, "trace: %lu of %lu functions entered; exit %d\n", entered, n, code);
   return code;
 }

@@ -12,16 +12,20 @@
 //! Functions are found by the names in the module's name section (a C
 //! function's name), listed in `startup-functions.txt` and made by
 //! `scripts/startup-order`: names stay the same from build to build where
-//! indices do not. The list is read from the compiled code's symbols with
-//! `nm`, which shows a space as `?`, so a space in a module's name is
-//! compared as `?`. A name the module does not have is skipped; one it has
-//! twice (two static functions) moves both. Behaviour does not change:
+//! indices do not. The list is read from the compiled code's symbols, which
+//! wasmtime names after the name section but cleaned (see [`symbol`]), so a
+//! module's names are compared cleaned the same way. A name the module does
+//! not have is skipped; one it has twice (two static functions, or two long
+//! names cut to the same start) moves both. Behaviour does not change:
 //! every reference to a function (calls, `ref.func`, element segments,
 //! exports, names) is renumbered with it, and the function table, which is
 //! what the memory snapshot's function pointers index, keeps its contents.
 //!
-//! Anything this pass does not follow (an unparsable module, a result that
-//! does not validate) leaves the component as it was.
+//! Anything this pass does not follow (an unparsable module, a name of a
+//! function the module does not have, a custom section other than names,
+//! producers and target features, which might hold function indices or code
+//! offsets, a result that does not validate) leaves the component as it
+//! was.
 
 use crate::component::{Wiring, rebuild};
 use std::collections::HashMap;
@@ -38,6 +42,23 @@ pub fn listed(text: &str) -> Vec<&str> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect()
+}
+
+/// A function's name as wasmtime writes it in the compiled code's symbols
+/// (`clean_symbol` in wasmtime's `compile.rs`): each run of characters that
+/// are not graphic ASCII becomes one `?`, and it is cut to 96 characters.
+pub fn symbol(name: &str) -> String {
+    const MAX: usize = 96;
+    let mut out = String::with_capacity(name.len().min(MAX));
+    let mut last = '\0';
+    for c in name.chars() {
+        let c = if c.is_ascii_graphic() { c } else { '?' };
+        if !(c == '?' && last == '?') {
+            out.push(c);
+        }
+        last = c;
+    }
+    out.chars().take(MAX).collect()
 }
 
 /// What ordering did, for tests and the build's report.
@@ -84,15 +105,15 @@ fn order_module(module: &[u8], first: &[&str]) -> Option<(Vec<u8>, usize, usize)
             }
             Payload::FunctionSection(r) => defined = r.count(),
             Payload::CustomSection(c) => {
+                if !matches!(c.name(), "name" | "producers" | "target_features") {
+                    return None;
+                }
                 if let KnownCustom::Name(names) = c.as_known() {
                     for name in names {
                         if let Name::Function(map) = name.ok()? {
                             for n in map {
                                 let n = n.ok()?;
-                                by_name
-                                    .entry(n.name.replace(' ', "?"))
-                                    .or_default()
-                                    .push(n.index);
+                                by_name.entry(symbol(n.name)).or_default().push(n.index);
                             }
                         }
                     }
@@ -152,14 +173,22 @@ struct Renumber {
     order: Vec<u32>,
 }
 
+/// A function index past the module's functions (which a name section,
+/// which validation does not check, may hold).
+#[derive(Debug)]
+struct NoSuchFunction;
+
 impl Reencode for Renumber {
-    type Error = std::convert::Infallible;
+    type Error = NoSuchFunction;
 
     fn function_index(&mut self, f: u32) -> Result<u32, reencode::Error<Self::Error>> {
-        Ok(match f.checked_sub(self.imported) {
-            Some(l) => self.imported + self.position[l as usize],
-            None => f,
-        })
+        match f.checked_sub(self.imported) {
+            Some(l) => match self.position.get(l as usize) {
+                Some(p) => Ok(self.imported + p),
+                None => Err(reencode::Error::UserError(NoSuchFunction)),
+            },
+            None => Ok(f),
+        }
     }
 
     fn parse_function_section(
@@ -169,7 +198,10 @@ impl Reencode for Renumber {
     ) -> Result<(), reencode::Error<Self::Error>> {
         let types = section.into_iter().collect::<Result<Vec<_>, _>>()?;
         for l in self.order.clone() {
-            functions.function(self.type_index(types[l as usize])?);
+            let ty = types
+                .get(l as usize)
+                .ok_or(reencode::Error::UserError(NoSuchFunction))?;
+            functions.function(self.type_index(*ty)?);
         }
         Ok(())
     }
@@ -181,7 +213,10 @@ impl Reencode for Renumber {
     ) -> Result<(), reencode::Error<Self::Error>> {
         let bodies = section.into_iter().collect::<Result<Vec<_>, _>>()?;
         for l in self.order.clone() {
-            self.parse_function_body(code, bodies[l as usize].clone())?;
+            let body = bodies
+                .get(l as usize)
+                .ok_or(reencode::Error::UserError(NoSuchFunction))?;
+            self.parse_function_body(code, body.clone())?;
         }
         Ok(())
     }
@@ -341,6 +376,83 @@ mod tests {
         assert!(order_functions(&original, &["absent"]).is_none());
         assert!(order_functions(&original, &["add", "sub?tract"]).is_none());
         assert!(order_functions(b"not wasm", &["add"]).is_none());
+    }
+
+    /// A core module of three functions named "a", "b" and "c", with `extra`
+    /// (id, bytes) sections after.
+    fn module(extra: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut m = wasm_encoder::Module::new();
+        let mut types = wasm_encoder::TypeSection::new();
+        types.ty().function([], []);
+        m.section(&types);
+        let mut funcs = wasm_encoder::FunctionSection::new();
+        let mut code = wasm_encoder::CodeSection::new();
+        for _ in 0..3 {
+            funcs.function(0);
+            let mut f = wasm_encoder::Function::new([]);
+            f.instructions().end();
+            code.function(&f);
+        }
+        m.section(&funcs);
+        m.section(&code);
+        let mut out = m.finish();
+        for (id, data) in extra {
+            crate::component::push_section(&mut out, *id, data);
+        }
+        out
+    }
+
+    /// A name section's function names, `names` (index, name).
+    fn name_section(names: &[(u32, &str)]) -> Vec<u8> {
+        let mut map = wasm_encoder::NameMap::new();
+        for (i, n) in names {
+            map.append(*i, n);
+        }
+        let mut section = wasm_encoder::NameSection::new();
+        section.functions(&map);
+        let mut m = wasm_encoder::Module::new();
+        m.section(&section);
+        // The section's payload, after the module header, id and size.
+        let bytes = m.finish();
+        let (_, rest) = bytes.split_at(9);
+        let mut size = 0;
+        while rest[size] & 0x80 != 0 {
+            size += 1;
+        }
+        rest[size + 1..].to_vec()
+    }
+
+    #[test]
+    fn what_it_cannot_follow_is_left_as_it_was() {
+        let names = name_section(&[(0, "a"), (1, "b"), (2, "c")]);
+        let plain = module(&[(0, names)]);
+        let (_, moved, found) = order_module(&plain, &["c"]).unwrap();
+        assert_eq!((moved, found), (1, 1));
+        // A name of a function the module does not have: validation does
+        // not look at names, and renumbering it must not panic.
+        let beyond = name_section(&[(0, "a"), (1, "b"), (2, "c"), (9, "z")]);
+        let module_beyond = module(&[(0, beyond)]);
+        wasmparser::Validator::new()
+            .validate_all(&module_beyond)
+            .expect("valid");
+        assert!(order_module(&module_beyond, &["c"]).is_none());
+        // A custom section that might hold function indices or code offsets.
+        let name = b"metadata.code.branch_hint";
+        let mut branch_hints = vec![name.len() as u8];
+        branch_hints.extend_from_slice(name);
+        branch_hints.push(0);
+        let hinted = module(&[(0, name_section(&[(2, "c")])), (0, branch_hints)]);
+        assert!(order_module(&hinted, &["c"]).is_none());
+    }
+
+    #[test]
+    fn names_compare_as_wasmtime_writes_its_symbols() {
+        assert_eq!(symbol("PyList_New"), "PyList_New");
+        assert_eq!(symbol("<T as Trait>::f"), "<T?as?Trait>::f");
+        assert_eq!(symbol("a \t\n b é ? c"), "a?b?c");
+        let long = "x".repeat(120);
+        assert_eq!(symbol(&long), "x".repeat(96));
+        assert_eq!(symbol(&format!("{} {long}", "y".repeat(90))).len(), 96);
     }
 
     #[test]

@@ -1488,7 +1488,7 @@ fn a_run_that_searches_all_its_memory_finds_nothing_the_last_one_wrote() {
 /// on `server` (started with `--max-runs=1 --timeout=30s --memory=512M`).
 #[cfg(target_os = "linux")]
 pub fn nothing_the_last_run_wrote_is_found(server: &Server) {
-    const MEMORY: &str = r#"import struct, dis, os
+    const MEMORY: &str = r#"import struct, dis, os, sys
 def _memory():
     op = dis.opmap
     fake = struct.pack('<IIiiIIi', 0x50000000, id(bytearray), 0x7ffffff0, 0x7ffffff0, 0, 0, 0)
@@ -1511,20 +1511,62 @@ MEM, KEEP = _memory()
 # The marker, spelled so that no program's text holds it.
 needle = bytes(c ^ 0x33 for c in b'prc`r\x1e\x7fvrx\x1e~r')
 "#;
+    // The marker goes straight into the snapshot's pages, from just below
+    // its top (18 MiB) down: into whatever lies there, so the run must
+    // neither allocate nor look at anything else once it has written.
     let write = |pages: usize| {
         format!(
             "{MEMORY}
 grown = bytearray(needle) * (8 << 20)
-near = id(KEEP[0]) & ~4095
-done, page = 0, 18 << 8
-while done < {pages} and page > 0:
-    at = page * 4096 + 3000
-    if abs(at - near) > 16384:
-        MEM[at:at + len(needle)] = needle
-        done += 1
-    page -= 1
-print('written', done, flush=True)
-os._exit(0)"
+
+
+def write(pages, mem=MEM, needle=needle, out=os.write, exit=__import__('posix')._exit):
+    # The marker goes at one offset of each of `pages` pages of the
+    # snapshot below its top, by one C loop per byte of it (an extended
+    # slice), written out so that nothing is allocated or iterated while
+    # memory is being written, at an offset where no object those loops use
+    # (this frame, its code, the memory's fake object, the slices, their
+    # bounds, the bytearrays) has a byte. Then the run ends at once: what
+    # it wrote may be anything else Python would use.
+    def rd(a):
+        return int.from_bytes(mem[a:a + 4], 'little')
+    code = write.__code__
+    frame = rd(id(sys._getframe()) + 12)
+    fixed = [(frame, 1024), (id(code), sys.getsizeof(code)), (id(KEEP[0]), sys.getsizeof(KEEP[0]))]
+    top, kept = 18 << 8, []
+    low = top - pages + 1
+    for attempt in range(64):
+        at = (3000 + attempt * 1237) % 4080
+        s = [slice(low * 4096 + at + k, top * 4096 + at + k + 1, 4096) for k in range(13)]
+        v = [bytearray(needle[k:k + 1] * pages) for k in range(13)]
+        kept.append((s, v))
+        objects = fixed + [(id(s), 64), (id(v), 64), (rd(id(s) + 12), 52), (rd(id(v) + 12), 52)]
+        objects += [(id(o), 32) for o in s + v] + [(id(o.start), 16) for o in s] + [(id(o.stop), 16) for o in s]
+        # Does a marker land in one of them?
+        if not any(a < p * 4096 + at + 13 and p * 4096 + at < a + n
+                   for a, n in objects
+                   for p in range(max(low, (a - at - 13) // 4096), min(top, (a + n - at) // 4096) + 1)):
+            break
+    else:
+        raise SystemExit('no room')
+    out(1, b'written %d\\n' % pages)
+    mem[s[0]] = v[0]
+    mem[s[1]] = v[1]
+    mem[s[2]] = v[2]
+    mem[s[3]] = v[3]
+    mem[s[4]] = v[4]
+    mem[s[5]] = v[5]
+    mem[s[6]] = v[6]
+    mem[s[7]] = v[7]
+    mem[s[8]] = v[8]
+    mem[s[9]] = v[9]
+    mem[s[10]] = v[10]
+    mem[s[11]] = v[11]
+    mem[s[12]] = v[12]
+    exit(0)
+
+
+write({pages})"
         )
     };
     let search = format!(
