@@ -45,10 +45,14 @@ pub fn listed(text: &str) -> Vec<&str> {
 }
 
 /// A function's name as wasmtime writes it in the compiled code's symbols
-/// (`clean_symbol` in wasmtime's `compile.rs`): each run of characters that
-/// are not graphic ASCII becomes one `?`, and it is cut to 96 characters.
+/// (`clean_symbol` in wasmtime's `compile.rs`): cut to 96 characters, and
+/// in a name with any character that is not graphic ASCII, each run of such
+/// characters and `?`s becomes one `?` first.
 pub fn symbol(name: &str) -> String {
     const MAX: usize = 96;
+    if name.chars().all(|c| c.is_ascii_graphic()) {
+        return name[..name.len().min(MAX)].to_string();
+    }
     let mut out = String::with_capacity(name.len().min(MAX));
     let mut last = '\0';
     for c in name.chars() {
@@ -450,6 +454,7 @@ mod tests {
         assert_eq!(symbol("PyList_New"), "PyList_New");
         assert_eq!(symbol("<T as Trait>::f"), "<T?as?Trait>::f");
         assert_eq!(symbol("a \t\n b é ? c"), "a?b?c");
+        assert_eq!(symbol("a??b"), "a??b", "left as it is when all is graphic");
         let long = "x".repeat(120);
         assert_eq!(symbol(&long), "x".repeat(96));
         assert_eq!(symbol(&format!("{} {long}", "y".repeat(90))).len(), 96);
