@@ -160,11 +160,8 @@ fn order_module(module: &[u8], first: &[&str]) -> Option<(Vec<u8>, usize, usize)
     };
     let mut out = wasm_encoder::Module::new();
     reencode::utils::parse_core_module(&mut r, &mut out, Parser::new(0), module).ok()?;
-    let out = out.finish();
-    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
-        .validate_all(&out)
-        .ok()?;
-    Some((out, moved, found))
+    // `rebuild` validates the whole component this goes into.
+    Some((out.finish(), moved, found))
 }
 
 /// A module's defined functions put in `order` (positions among the
@@ -181,6 +178,21 @@ struct Renumber {
 /// which validation does not check, may hold).
 #[derive(Debug)]
 struct NoSuchFunction;
+
+/// `items` (one per defined function) in `order`.
+fn in_order<'a, T>(
+    order: &[u32],
+    items: &'a [T],
+) -> Result<Vec<&'a T>, reencode::Error<NoSuchFunction>> {
+    order
+        .iter()
+        .map(|l| {
+            items
+                .get(*l as usize)
+                .ok_or(reencode::Error::UserError(NoSuchFunction))
+        })
+        .collect()
+}
 
 impl Reencode for Renumber {
     type Error = NoSuchFunction;
@@ -201,10 +213,7 @@ impl Reencode for Renumber {
         section: wasmparser::FunctionSectionReader<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
         let types = section.into_iter().collect::<Result<Vec<_>, _>>()?;
-        for l in self.order.clone() {
-            let ty = types
-                .get(l as usize)
-                .ok_or(reencode::Error::UserError(NoSuchFunction))?;
+        for ty in in_order(&self.order, &types)? {
             functions.function(self.type_index(*ty)?);
         }
         Ok(())
@@ -216,10 +225,7 @@ impl Reencode for Renumber {
         section: wasmparser::CodeSectionReader<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
         let bodies = section.into_iter().collect::<Result<Vec<_>, _>>()?;
-        for l in self.order.clone() {
-            let body = bodies
-                .get(l as usize)
-                .ok_or(reencode::Error::UserError(NoSuchFunction))?;
+        for body in in_order(&self.order, &bodies)? {
             self.parse_function_body(code, body.clone())?;
         }
         Ok(())
