@@ -11,6 +11,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TRIPLES = {
     "linux-x86_64": None,  # this machine
+    # The same machine's static build: musl, nothing loaded at start, runs on
+    # any x86-64 Linux whatever its libc (README, "Platforms").
+    "linux-x86_64-static": "x86_64-unknown-linux-musl",
     "linux-arm64": "aarch64-unknown-linux-gnu",
     "windows-x86_64": "x86_64-pc-windows-gnu",
 }
@@ -47,6 +50,8 @@ def install(platforms):
         "linux-arm64": [("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
                         ("qemu-aarch64", "qemu-user")],
         "windows-x86_64": [("x86_64-w64-mingw32-gcc", "mingw-w64"), ("wine", "wine")],
+        # C in capsa's dependencies (ring, zstd, mimalloc) built against musl.
+        "linux-x86_64-static": [("musl-gcc", "musl-tools")],
     }
     missing = sorted({pkg for p in platforms for tool, pkg in need.get(p, [])
                       if not shutil.which(tool)})
@@ -73,8 +78,11 @@ def binary(name, tdir):
     return (tdir / triple if triple else tdir) / "release" / exe
 
 
-def build(platforms, guests=True):
-    for p in ["linux-x86_64", *[p for p in platforms if p != "linux-x86_64"]]:
+def build(platforms, guests=True, native=True):
+    """Builds capsa for `platforms` (and this machine's glibc build first,
+    which test-platforms compares the others with, when `native`)."""
+    first = ["linux-x86_64"] if native or "linux-x86_64" in platforms else []
+    for p in [*first, *[p for p in platforms if p != "linux-x86_64"]]:
         triple = TRIPLES[p]
         cmd = ["cargo", "build", "--release", "-p", "capsa"]
         if triple:

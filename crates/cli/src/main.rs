@@ -2,6 +2,8 @@
 //! its module in `commands/`.
 
 mod commands;
+#[cfg(all(target_os = "linux", target_env = "musl"))]
+mod relro;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -62,6 +64,11 @@ struct ExeCli {
     )]
     args: Vec<String>,
 }
+
+/// The static build's allocator (see Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     capsa_sandbox::one_malloc_arena();

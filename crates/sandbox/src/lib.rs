@@ -292,6 +292,12 @@ fn engine_with(
     // Never used (guests run synchronously), but must exceed the above.
     config.async_stack_size(GUEST_STACK + (1 << 20));
     config.consume_fuel(fuel);
+    // The static build unwinds with LLVM's libunwind, with which wasmtime
+    // registers each compiled function's unwind entry at every load (13,000
+    // for Python: 150 page faults and a millisecond a run). Nothing of
+    // wasmtime's needs them: its traps and backtraces walk frame pointers.
+    #[cfg(target_env = "musl")]
+    config.native_unwind_info(false);
     Engine::new(&config).map_err(|e| RunError::Setup(format!("cannot start the engine: {e:#}")))
 }
 

@@ -2,9 +2,10 @@
 //! through laid out together (crates/cli/link/cc, from .cargo/config.toml),
 //! and the Python it prepares has CPython's laid out first
 //! (crates/python/src/order.rs). This checks the binary under test, which
-//! was linked the same way, and the code it compiles for Python.
+//! was linked the same way (the static musl build too), and the code it
+//! compiles for Python.
 
-#![cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
 use crate::support::{cache_dir, py_code_with_cache, python_ready, s, scratch};
 use std::collections::HashMap;
@@ -198,4 +199,80 @@ fn pythons_start_up_functions_are_compiled_first() {
     );
     let last = symbols.last().unwrap().0;
     assert!(reach * 3 < last - first, "{reach} of {}", last - first);
+}
+
+/// The binary's relocated data (vtables, function pointers, its global
+/// offset table: `PT_GNU_RELRO`) is read-only while it runs, so that a
+/// stray write in the host cannot redirect a call: glibc's loader makes it
+/// so, and the static build does it itself (src/relro.rs).
+#[test]
+fn the_binarys_relocated_data_is_read_only_while_it_runs() {
+    use std::io::BufRead;
+    let exe = env!("CARGO_BIN_EXE_capsa");
+    let out = Command::new("readelf")
+        .args(["-lW", exe])
+        .output()
+        .expect("readelf runs");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    let (vaddr, memsz) = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"GNU_RELRO"))
+        .map(|f| (hex(f[2]), hex(f[5])))
+        .expect("the binary has a GNU_RELRO segment");
+
+    python_ready();
+    let mut child = crate::support::capsa()
+        .args([
+            "python",
+            "-c",
+            "import sys; print('ready', flush=True); sys.stdin.read()",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("capsa runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+
+    // (start, end, permissions, file offset) of each mapping of the binary;
+    // the one at offset 0 is where it was loaded (its first segment's link
+    // address is 0).
+    let exe = std::fs::canonicalize(exe).unwrap();
+    let mine: Vec<(u64, u64, String, u64)> = maps
+        .lines()
+        .map(|l| {
+            // The path is the rest of the line, spaces and all.
+            let f: Vec<&str> = l.splitn(6, ' ').collect();
+            let path = f.get(5).map_or("", |p| p.trim_start());
+            (f, path)
+        })
+        .filter(|(f, path)| f.len() == 6 && Path::new(path) == exe)
+        .map(|(f, _)| f)
+        .map(|f| {
+            let (a, b) = f[0].split_once('-').unwrap();
+            (hex(a), hex(b), f[1].to_string(), hex(f[2]))
+        })
+        .collect();
+    let base = mine
+        .iter()
+        .find(|m| m.3 == 0)
+        .map(|m| m.0)
+        .expect("the binary is mapped from its start");
+    let (start, end) = ((base + vaddr) & !4095, (base + vaddr + memsz) & !4095);
+    assert!(end > start, "{vaddr:x} {memsz:x}");
+    for page in (start..end).step_by(4096) {
+        let m = mine
+            .iter()
+            .find(|m| m.0 <= page && page < m.1)
+            .unwrap_or_else(|| panic!("{page:x} is not mapped: {maps}"));
+        assert_eq!(&m.2[..2], "r-", "{page:x} is {}: {maps}", m.2);
+    }
 }

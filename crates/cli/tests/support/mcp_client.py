@@ -8,6 +8,7 @@ one JSON object for the Rust test to check.
 
 import asyncio
 import json
+import os
 import sys
 
 from mcp import ClientSession, StdioServerParameters
@@ -54,7 +55,11 @@ async def main():
     mode = sys.argv[1]
     secret = sys.argv[-1]
     if mode == "stdio":
-        params = StdioServerParameters(command=sys.argv[2], args=["mcp", *sys.argv[3:-1]])
+        # The SDK gives the server only a few of its own variables (HOME,
+        # PATH...) unless told: without CAPSA_CACHE_DIR, capsa would prepare
+        # and compile Python in the user's cache, not the tests' own.
+        params = StdioServerParameters(
+            command=sys.argv[2], args=["mcp", *sys.argv[3:-1]], env=dict(os.environ))
         async with stdio_client(params) as (read, write):
             async with ClientSession(read, write) as session:
                 out = await scenario(session, secret)
