@@ -4,6 +4,9 @@
 mod commands;
 #[cfg(all(target_os = "linux", target_env = "musl"))]
 mod relro;
+// Its memcpy and memmove take the place of the C library's (crates/mem).
+#[cfg(target_env = "musl")]
+extern crate capsa_mem;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

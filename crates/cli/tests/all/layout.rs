@@ -276,3 +276,47 @@ fn the_binarys_relocated_data_is_read_only_while_it_runs() {
         assert_eq!(&m.2[..2], "r-", "{page:x} is {}: {maps}", m.2);
     }
 }
+
+/// The static build's `memcpy` and `memmove` are capsa's own (crates/mem),
+/// not musl's (`rep movsq`, slow for a guest's many short `memory.copy`s),
+/// and call nothing: not themselves, which the compiler could otherwise make
+/// of their loads and loops.
+#[cfg(target_env = "musl")]
+#[test]
+fn the_static_builds_memcpy_is_its_own_and_calls_nothing() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_capsa"));
+    let symbols = nm(exe);
+    for name in ["memcpy", "memmove"] {
+        // `nm -P`: name, type, address, size (the two may share one body).
+        let (at, size) = symbols
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() == 4 && f[0] == name)
+            .map(|f| {
+                let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
+                (hex(f[2]), hex(f[3]))
+            })
+            .unwrap_or_else(|| panic!("no {name} in the binary"));
+        let out = Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn"])
+            .arg(format!("--start-address={at:#x}"))
+            .arg(format!("--stop-address={:#x}", at + size))
+            .arg(exe)
+            .output()
+            .expect("objdump runs");
+        assert!(out.status.success(), "objdump failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let body: Vec<&str> = text.lines().filter(|l| l.starts_with(' ')).collect();
+        assert!(body.len() > 10, "{name} is too short to be a copy:\n{text}");
+        for l in &body {
+            let jumps_out = l.contains("jmp")
+                && l.contains('<')
+                && !l.contains("<memcpy")
+                && !l.contains("<memmove");
+            assert!(
+                !l.contains("call") && !l.contains("rep movs") && !jumps_out,
+                "{name} is not capsa's own, or calls out: {l}\n{text}"
+            );
+        }
+    }
+}
