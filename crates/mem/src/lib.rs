@@ -9,8 +9,9 @@
 //! moves 64 bytes at a time, forwards or backwards as the overlap requires.
 //!
 //! The symbols are defined only in the static build (musl on x86-64), where
-//! they take the place of the C library's; elsewhere [`copy`] is an ordinary
-//! function, which the tests check against `core::ptr::copy`.
+//! they take the place of the C library's; elsewhere the crate holds only the
+//! copy itself, for its tests, which check every byte a copy leaves against
+//! what a `memmove` must leave.
 //!
 //! `no_builtins`: the compiler must not turn these loops back into calls to
 //! `memcpy` (which would be these functions). The crate is compiled with
