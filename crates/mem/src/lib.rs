@@ -110,27 +110,30 @@ unsafe fn small(dst: *mut u8, src: *const u8, n: usize) {
             store(dst.add(n - 32).cast::<u128>(), c);
             store(dst.add(n - 16).cast::<u128>(), d);
         } else if n >= 16 {
-            let (a, b) = (
-                load(src.cast::<u128>()),
-                load(src.add(n - 16).cast::<u128>()),
-            );
-            store(dst.cast::<u128>(), a);
-            store(dst.add(n - 16).cast::<u128>(), b);
+            ends::<u128>(dst, src, n);
         } else if n >= 8 {
-            let (a, b) = (load(src.cast::<u64>()), load(src.add(n - 8).cast::<u64>()));
-            store(dst.cast::<u64>(), a);
-            store(dst.add(n - 8).cast::<u64>(), b);
+            ends::<u64>(dst, src, n);
         } else if n >= 4 {
-            let (a, b) = (load(src.cast::<u32>()), load(src.add(n - 4).cast::<u32>()));
-            store(dst.cast::<u32>(), a);
-            store(dst.add(n - 4).cast::<u32>(), b);
+            ends::<u32>(dst, src, n);
         } else if n >= 2 {
-            let (a, b) = (load(src.cast::<u16>()), load(src.add(n - 2).cast::<u16>()));
-            store(dst.cast::<u16>(), a);
-            store(dst.add(n - 2).cast::<u16>(), b);
+            ends::<u16>(dst, src, n);
         } else if n == 1 {
             *dst = *src;
         }
+    }
+}
+
+/// `n` bytes, `n` from one to two `T`s: the first and the last `T`, both
+/// read before either is written.
+#[inline(always)]
+unsafe fn ends<T>(dst: *mut u8, src: *const u8, n: usize) {
+    let last = n - size_of::<T>();
+    // SAFETY: size_of::<T>() <= n, so both pieces are within the caller's
+    // `n` bytes.
+    unsafe {
+        let (a, b) = (load(src.cast::<T>()), load(src.add(last).cast::<T>()));
+        store(dst.cast::<T>(), a);
+        store(dst.add(last).cast::<T>(), b);
     }
 }
 
