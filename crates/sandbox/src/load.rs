@@ -564,7 +564,7 @@ impl CodeCache {
         };
         if regular && trusted(&self.dir, &entry) {
             #[cfg(target_os = "linux")]
-            read_ahead_in_large_pages(&entry);
+            read_back_in_pages(&entry);
             // SAFETY: `trusted` checked that the file lies in a directory only
             // this user can write and was written by this user, which here
             // means by capsa through `store` below; wasmtime also checks the
@@ -605,17 +605,17 @@ impl CodeCache {
 }
 
 /// Has the kernel read the parts of a compiled file that are not in its page
-/// cache in 2 MiB pieces rather than a few pages at a time. wasmtime maps the
-/// file and the program then touches thousands of its pages (the code it
-/// runs, the memory snapshot); from large pieces each fault maps more at less
-/// cost. After the page cache was dropped, `capsa run hello.py` took 10.4-10.9
-/// ms with the file read back by faults, and 9.6-10.0 ms once read this way
-/// (Debian's python3: 10.8-11.1). A file already cached is left as it is, at
-/// the cost of one `mincore` per 2 MiB (about 40 us in all); nothing here can
-/// fail a run.
+/// cache a page to a folio, before wasmtime maps it. Left to faults, the
+/// kernel's read-ahead grows its folios as it goes (up to 2 MiB), and this
+/// kernel maps a whole folio at a fault: a run that uses a few pages of
+/// one counts all of it (see `write_in_small_pieces`, which writes the
+/// file in 16 KiB folios; a read cannot ask for those, so this asks for
+/// pages). A file already cached is left as it is, at the cost of one
+/// `mincore` per 2 MiB (about 40 us in all); nothing here can fail a run.
 #[cfg(target_os = "linux")]
-fn read_ahead_in_large_pages(path: &Path) {
-    use rustix::mm::{Advice, MapFlags, ProtFlags, madvise, mmap, munmap};
+fn read_back_in_pages(path: &Path) {
+    use rustix::fs::{Advice as FileAdvice, fadvise};
+    use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
     const PAGE: usize = 4096;
     const PIECE: usize = 2 << 20;
     let Ok(file) = std::fs::File::open(path) else {
@@ -628,8 +628,8 @@ fn read_ahead_in_large_pages(path: &Path) {
         return;
     }
     // SAFETY: a fresh read-only shared mapping of the whole file, unmapped
-    // below; only `mincore` and reads of single bytes inside it touch it.
-    unsafe {
+    // below; only `mincore` looks at it (no page of it is touched).
+    let missing: Vec<usize> = unsafe {
         let Ok(base) = mmap(
             std::ptr::null_mut(),
             len,
@@ -640,9 +640,9 @@ fn read_ahead_in_large_pages(path: &Path) {
         ) else {
             return;
         };
-        // One page per piece says whether the piece is cached (a piece is
-        // read whole, and mincore of every page of a large file costs more).
-        let missing: Vec<usize> = (0..len)
+        // One page per piece says whether the piece is cached (mincore of
+        // every page of a large file costs more).
+        let missing = (0..len)
             .step_by(PIECE)
             .filter(|&offset| {
                 let mut resident = 0u8;
@@ -650,14 +650,19 @@ fn read_ahead_in_large_pages(path: &Path) {
                     && resident & 1 == 0
             })
             .collect();
-        // A fault in a region so marked reads ahead in 2 MiB folios where the
-        // file system keeps large folios (ext4 and XFS do).
-        if !missing.is_empty() && madvise(base, len, Advice::LinuxHugepage).is_ok() {
-            for offset in missing {
-                std::ptr::read_volatile(base.cast::<u8>().add(offset));
-            }
-        }
         let _ = munmap(base, len);
+        missing
+    };
+    // `WILLNEED` reads exactly the range asked for, with no read-ahead
+    // window to grow, into folios of the file system's smallest order (a
+    // page on ext4 and XFS); pages already cached are skipped.
+    for offset in missing {
+        let _ = fadvise(
+            &file,
+            offset as u64,
+            std::num::NonZeroU64::new(PIECE as u64),
+            FileAdvice::WillNeed,
+        );
     }
 }
 
@@ -953,6 +958,22 @@ pub(crate) fn can_store(root: &Path, entry: &Path) -> bool {
     ok
 }
 
+/// Writes `bytes` 16 KiB at a time, so that the page cache holds them in
+/// folios no larger. A file system with large folios (ext4, XFS) makes a
+/// folio as large as the write, up to 2 MiB, and this kernel (Linux 6.18)
+/// maps a whole folio at a fault: a compiled Python written in one call
+/// counted 3.3 MB more in every run's peak, for pages the run never used.
+/// Smaller folios cost a start more faults: 16 KiB ones about 2% (4 KiB
+/// ones 3.5%, 64 KiB ones saved only 1.4 MB; see the README's notes on
+/// memory). See `read_back_in_pages` for the same file read back from disk.
+fn write_in_small_pieces(f: &mut std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    const PIECE: usize = 16 << 10;
+    for piece in bytes.chunks(PIECE) {
+        f.write_all(piece)?;
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `entry` atomically: a reader sees the whole file or none.
 pub(crate) fn store(root: &Path, entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = entry
@@ -976,7 +997,7 @@ pub(crate) fn store(root: &Path, entry: &Path, bytes: &[u8]) -> std::io::Result<
     ));
     let result = (|| {
         let mut f = create_new_private(&tmp)?;
-        f.write_all(bytes)?;
+        write_in_small_pieces(&mut f, bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, entry)
     })();
@@ -1051,14 +1072,69 @@ mod tests {
         std::fs::remove_dir_all(&base).unwrap();
     }
 
-    /// A file dropped from the page cache is read back, whole 2 MiB pieces
-    /// of it, by `read_ahead_in_large_pages`; its bytes are untouched.
+    /// How many KiB of `file` one read of a byte at `offset` maps into this
+    /// process: the whole folio holding it, or the kernel's fault-around
+    /// (16 pages) when the file is cached in folios no larger.
+    #[cfg(target_os = "linux")]
+    fn mapped_by_one_read(file: &std::fs::File, offset: usize) -> u64 {
+        use std::os::fd::AsRawFd;
+        let len = file.metadata().unwrap().len() as usize;
+        // SAFETY: a read-only mapping of the file, unmapped here; one byte
+        // inside it is read.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(base, libc::MAP_FAILED);
+            std::ptr::read_volatile(base.cast::<u8>().add(offset));
+            let head = format!("{:x}-", base as usize);
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let rss = smaps
+                .split_once(&head)
+                .and_then(|(_, rest)| rest.lines().find(|l| l.starts_with("Rss:")))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .expect("the mapping is in smaps");
+            libc::munmap(base, len);
+            rss
+        }
+    }
+
+    /// What capsa writes to its cache is held in small folios: one read
+    /// maps no more than the kernel's fault-around (64 KiB), where a file
+    /// written in one call (in 2 MiB folios on ext4) maps up to 2 MiB.
     #[cfg(target_os = "linux")]
     #[test]
-    fn compiled_code_out_of_the_page_cache_is_read_ahead() {
+    fn a_stored_file_maps_a_few_pages_per_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("capsa-store-pages-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let entry = root.join("code").join("x.cwasm");
+        let bytes: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8).collect();
+        super::store(&root, &entry, &bytes).unwrap();
+        let file = std::fs::File::open(&entry).unwrap();
+        for offset in [(1 << 20) + 3 * 4096, (3 << 20) + 5 * 4096] {
+            let kib = mapped_by_one_read(&file, offset);
+            assert!(kib <= 64, "one read at {offset} mapped {kib} KiB");
+        }
+        assert_eq!(std::fs::read(&entry).unwrap(), bytes);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A file dropped from the page cache is read back by
+    /// `read_back_in_pages`, a page to a folio; its bytes are untouched.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn compiled_code_out_of_the_page_cache_is_read_back_in_pages() {
         use std::os::fd::AsRawFd;
         let path =
-            std::env::temp_dir().join(format!("capsa-read-ahead-{}.cwasm", std::process::id()));
+            std::env::temp_dir().join(format!("capsa-read-back-{}.cwasm", std::process::id()));
         let bytes: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &bytes).unwrap();
         let file = std::fs::File::open(&path).unwrap();
@@ -1090,10 +1166,19 @@ mod tests {
             let _ = std::fs::remove_file(&path);
             return;
         }
-        super::read_ahead_in_large_pages(&path);
-        // The first page of each piece, and pages well inside them.
-        for offset in [0, 1 << 20, 2 << 20, (4 << 20) + 4096] {
-            assert!(resident(offset), "page at {offset} not read ahead");
+        super::read_back_in_pages(&path);
+        // Every page of every piece, the last piece (1 MiB long) too, once
+        // the reads the advice started have ended.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut missing: Vec<usize> = (0..bytes.len()).step_by(4096).collect();
+        while !missing.is_empty() && std::time::Instant::now() < deadline {
+            missing.retain(|&offset| !resident(offset));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(missing, [0usize; 0], "pages not read back");
+        for offset in [(1 << 20) + 3 * 4096, (4 << 20) + 5 * 4096] {
+            let kib = mapped_by_one_read(&file, offset);
+            assert!(kib <= 64, "one read at {offset} mapped {kib} KiB");
         }
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
         std::fs::remove_file(&path).unwrap();
