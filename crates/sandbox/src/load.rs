@@ -611,10 +611,10 @@ impl CodeCache {
 /// one counts all of it (see `write_in_small_pieces`, which writes the
 /// file in 16 KiB folios; a read cannot ask for those, so this asks for
 /// pages). A file already cached is left as it is, at the cost of one
-/// `mincore` per 2 MiB (about 40 us in all; one over the whole file took
-/// 134 us, 2% of a start). A piece whose sampled page is cached counts as
-/// cached: pages the kernel dropped elsewhere in it come back through
-/// faults. Nothing here can fail a run.
+/// `mincore` per 2 MiB (about 40 us in all; one over every page of the
+/// cached compiled Python took 0.4 ms and more). A piece whose sampled
+/// page is cached counts as cached: pages the kernel dropped elsewhere in
+/// it come back through faults. Nothing here can fail a run.
 #[cfg(target_os = "linux")]
 fn read_back_in_pages(path: &Path) {
     use rustix::fs::{Advice as FileAdvice, fadvise};
@@ -970,9 +970,9 @@ pub(crate) fn can_store(root: &Path, entry: &Path) -> bool {
 /// folios no larger. A file system with large folios (ext4, XFS) makes a
 /// folio as large as the write, up to 2 MiB, and this kernel (Linux 6.18)
 /// maps a whole folio at a fault: a compiled Python written in one call
-/// counted 3.3 MB more in every run's peak, for pages the run never used.
+/// counted 3.3 MiB more in every run's peak, for pages the run never used.
 /// Smaller folios cost a start more faults: 16 KiB ones about 2% (4 KiB
-/// ones 3.5%, 64 KiB ones saved only 1.4 MB; see the README's notes on
+/// ones 3.5%, 64 KiB ones saved only 1.4 MiB; see the README's notes on
 /// memory). See `read_back_in_pages` for the same file read back from disk.
 fn write_in_small_pieces(f: &mut std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
     const PIECE: usize = 16 << 10;
