@@ -973,16 +973,18 @@ pub fn keep_warm() {
     *WARM.lock().unwrap_or_else(|e| e.into_inner()) = Some(Warm::default());
 }
 
-/// Copies the pages of the snapshot mapped from `c` that its profile holds
-/// (see [`prefault`]).
+/// Copies the pages of the snapshot mapped from `c` that its profile holds,
+/// and makes later reads of it map only the pages read (see [`prefault`]).
 fn populate(c: &Cached) {
     let known = c
         .known
         .get_or_init(|| prefault::Known::read(&c.root, &c.file));
-    if let Some(m) = known.find()
-        && !known.populate(&m)
-        && known.first_misfit()
-    {
+    let Some(m) = known.find() else {
+        return;
+    };
+    // A kernel that cannot only leaves more of the file mapped.
+    let _ = prefault::map_only_pages_read(&m);
+    if !known.populate(&m) && known.first_misfit() {
         // Unusable, or recorded for another layout (another page size): the
         // next process records it again.
         prefault::forget(&c.root, &c.file);
