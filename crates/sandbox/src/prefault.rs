@@ -8,8 +8,10 @@
 //! mapped by an earlier read, so they fault twice. On this kind of machine
 //! a fault costs 2 to 6 us; `MADV_POPULATE_WRITE` over a range makes the
 //! same copies for about 1.1 us a page. (Populating the pages a run only
-//! reads was measured too, and is slower than the faults: one read fault
-//! maps 16 pages.)
+//! reads was measured too, when one read fault mapped 16 pages, and was
+//! slower than the faults. Since then a read fault in the snapshot maps
+//! only the page read, see [`map_only_pages_read`]; its pages read are not
+//! populated either.)
 //!
 //! Before a program's first run on a machine, the sandbox runs it once more
 //! with minimal arguments and nothing granted, and reads from
@@ -455,6 +457,47 @@ pub fn map_only_pages_read(_m: &Mapping) -> bool {
     false
 }
 
+/// Whether this process may turn fault-around off (see
+/// [`map_only_pages_read`]): a kernel of 6.7 or later that lets it open a
+/// `userfaultfd` with asynchronous write protection, tried on a page
+/// mapped for the purpose. For the tests, to tell a kernel that cannot
+/// from a registration that does not work.
+pub fn can_map_only_pages_read() -> bool {
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    {
+        use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+        let len = page();
+        // SAFETY: a new private mapping at an address the kernel picks,
+        // unmapped below; nothing else refers to it.
+        let Ok(at) = (unsafe {
+            mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::PRIVATE,
+            )
+        }) else {
+            return false;
+        };
+        let can = map_only_pages_read(&Mapping {
+            start: at as usize,
+            len,
+            file_offset: 0,
+        });
+        // SAFETY: the mapping made above.
+        let _ = unsafe { munmap(at, len) };
+        can
+    }
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
+    false
+}
+
 #[cfg(not(target_os = "linux"))]
 pub fn populate(m: &Mapping, profile: &Profile) -> bool {
     profile.fits(m)
@@ -695,13 +738,13 @@ mod tests {
     fn a_read_maps_only_the_page_read() {
         use rustix::mm::munmap;
         use std::io::Write;
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-        let mut v = release
-            .trim()
-            .split(['.', '-'])
-            .map(|n| n.parse::<u32>().unwrap_or(0));
-        if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (6, 7) {
-            eprintln!("skipped: Linux {release} has no asynchronous write protection");
+        if !can_map_only_pages_read() {
+            // CI runs on a kernel that can, and says so.
+            assert!(
+                std::env::var_os("CAPSA_TEST_FAULT_AROUND").is_none(),
+                "userfaultfd with asynchronous write protection refused"
+            );
+            eprintln!("skipped: no userfaultfd with asynchronous write protection here");
             return;
         }
         let dir = std::env::temp_dir().join(format!("capsa-fault-around-{}", std::process::id()));
@@ -738,8 +781,9 @@ mod tests {
         let plain = mappings_of(&path)[0];
         let around = read_some(&plain);
         unsafe { munmap(base, pages * page).unwrap() };
-        // Else this kernel does not fault around and the test shows nothing.
-        assert!(around.len() > 4, "no fault-around: {around:?}");
+        if around.len() == 4 {
+            eprintln!("this kernel does not fault around: only the registration is checked");
+        }
 
         let base = map_private(&file, pages * page, 0);
         let m = mappings_of(&path)[0];

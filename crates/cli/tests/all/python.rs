@@ -1612,13 +1612,13 @@ fn the_snapshot_page_profile_comes_from_a_minimal_run_and_a_bad_one_changes_noth
 #[test]
 fn a_run_maps_only_the_snapshot_pages_it_reads() {
     use std::process::Stdio;
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut v = release
-        .trim()
-        .split(['.', '-'])
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (6, 7) {
-        eprintln!("skipped: Linux {release} has no asynchronous write protection");
+    if !capsa_sandbox::prefault::can_map_only_pages_read() {
+        // CI runs on a kernel that can, and says so.
+        assert!(
+            std::env::var_os("CAPSA_TEST_FAULT_AROUND").is_none(),
+            "userfaultfd with asynchronous write protection refused"
+        );
+        eprintln!("skipped: no userfaultfd with asynchronous write protection here");
         return;
     }
     python_ready();
@@ -1649,8 +1649,9 @@ fn a_run_maps_only_the_snapshot_pages_it_reads() {
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
     // Per copy-on-write mapping of the compiled file: its length, resident
-    // and anonymous (written, copied) KiB.
-    let mut maps: Vec<[u64; 3]> = Vec::new();
+    // and anonymous (written, copied) KiB, and whether it is registered for
+    // write protection (`uw` among its flags).
+    let mut maps: Vec<([u64; 3], bool)> = Vec::new();
     let mut inside = false;
     for line in smaps.lines() {
         let head: Vec<&str> = line.split_whitespace().collect();
@@ -1659,23 +1660,26 @@ fn a_run_maps_only_the_snapshot_pages_it_reads() {
             if inside {
                 let (a, b) = head[0].split_once('-').unwrap();
                 let len = u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap();
-                maps.push([len >> 10, 0, 0]);
+                maps.push(([len >> 10, 0, 0], false));
             }
         } else if inside {
             let kb = |v: &str| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap();
-            let last = maps.last_mut().unwrap();
+            let (last, registered) = maps.last_mut().unwrap();
             if let Some(v) = line.strip_prefix("Rss:") {
                 last[1] = kb(v);
             } else if let Some(v) = line.strip_prefix("Anonymous:") {
                 last[2] = kb(v);
+            } else if let Some(v) = line.strip_prefix("VmFlags:") {
+                *registered = v.split_whitespace().any(|f| f == "uw");
             }
         }
     }
-    let [len, rss, anon] = *maps
+    let ([len, rss, anon], registered) = *maps
         .iter()
-        .max()
+        .max_by_key(|(m, _)| m[0])
         .expect("the snapshot is mapped from the file");
     assert!(len > 16 << 10, "{len} KiB: not Python's snapshot");
+    assert!(registered, "the snapshot's mapping is not registered");
     assert!(
         anon > 400,
         "{anon} KiB copied: the page profile was not used"
