@@ -207,7 +207,6 @@ fn pythons_start_up_functions_are_compiled_first() {
 /// so, and the static build does it itself (src/relro.rs).
 #[test]
 fn the_binarys_relocated_data_is_read_only_while_it_runs() {
-    use std::io::BufRead;
     let exe = env!("CARGO_BIN_EXE_capsa");
     let out = Command::new("readelf")
         .args(["-lW", exe])
@@ -222,25 +221,7 @@ fn the_binarys_relocated_data_is_read_only_while_it_runs() {
         .map(|f| (hex(f[2]), hex(f[5])))
         .expect("the binary has a GNU_RELRO segment");
 
-    python_ready();
-    let mut child = crate::support::capsa()
-        .args([
-            "python",
-            "-c",
-            "import sys; print('ready', flush=True); sys.stdin.read()",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("capsa runs");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
+    let maps = crate::support::proc_file_of_waiting_python("maps");
 
     // (start, end, permissions, file offset) of each mapping of the binary;
     // the one at offset 0 is where it was loaded (its first segment's link

@@ -1611,7 +1611,6 @@ fn the_snapshot_page_profile_comes_from_a_minimal_run_and_a_bad_one_changes_noth
 ))]
 #[test]
 fn a_run_maps_only_the_snapshot_pages_it_reads() {
-    use std::process::Stdio;
     if !capsa_sandbox::prefault::can_map_only_pages_read() {
         // CI runs on a kernel that can, and says so.
         assert!(
@@ -1621,33 +1620,10 @@ fn a_run_maps_only_the_snapshot_pages_it_reads() {
         eprintln!("skipped: no userfaultfd with asynchronous write protection here");
         return;
     }
-    python_ready();
-    let (_g, d) = scratch();
-    let script = d.join("wait.py");
-    std::fs::write(
-        &script,
-        "import sys\nprint('ready', flush=True)\nsys.stdin.read()\n",
-    )
-    .unwrap();
-    // Once before, so that the snapshot's page profile is there and this
-    // is a run like any later one.
-    let r: Run = capsa().arg("run").arg(&script).output().unwrap().into();
-    assert_eq!((r.code, r.stdout.as_str()), (0, "ready\n"), "{}", r.stderr);
-    let mut child = capsa()
-        .arg("run")
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
-    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id())).unwrap();
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
+    // Twice: the first run of a snapshot may be the one that records its
+    // page profile; the second is a run like any later one.
+    proc_file_of_waiting_python("status");
+    let smaps = proc_file_of_waiting_python("smaps");
     // Per copy-on-write mapping of the compiled file: its length, resident
     // and anonymous (written, copied) KiB, and whether it is registered for
     // write protection (`uw` among its flags).

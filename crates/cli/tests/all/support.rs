@@ -189,6 +189,33 @@ pub fn python_ready() {
     });
 }
 
+/// `/proc/PID/{file}` of a `capsa python` (shared cache, prepared) read
+/// while it waits, idle, after its start; the run must then end well.
+#[cfg(target_os = "linux")]
+pub fn proc_file_of_waiting_python(file: &str) -> String {
+    use std::io::BufRead;
+    python_ready();
+    let mut child = capsa()
+        .args([
+            "python",
+            "-c",
+            "import sys; print('ready', flush=True); sys.stdin.read()",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("capsa runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let text = std::fs::read_to_string(format!("/proc/{}/{file}", child.id())).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    text
+}
+
 /// `capsa python -c CODE` in `dir` with the cache at `cache` (not the
 /// shared one, and not prepared first).
 pub fn py_code_with_cache(cache: &Path, dir: &Path, code: &str) -> Run {
