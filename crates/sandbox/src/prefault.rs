@@ -10,8 +10,8 @@
 //! same copies for about 1.1 us a page. (Populating the pages a run only
 //! reads was measured too, when one read fault mapped 16 pages, and was
 //! slower than the faults. Since then a read fault in the snapshot maps
-//! only the page read, see [`map_only_pages_read`]; its pages read are not
-//! populated either.)
+//! only the page read, see [`map_only_pages_read`]; populating its pages
+//! read saved 234 faults a run and no time, see the README.)
 //!
 //! Before a program's first run on a machine, the sandbox runs it once more
 //! with minimal arguments and nothing granted, and reads from
