@@ -99,9 +99,11 @@ pub fn is_bundle_file(path: &std::path::Path) -> bool {
 }
 
 /// Is `path` acceptable as a path inside a bundle? Relative, `/`-separated,
-/// no empty, `.` or `..` component, no backslash, no control or
-/// bidirectional character (`capsa inspect` lists every path, and the
-/// entry's is shown before anything runs).
+/// no empty, `.` or `..` component, no backslash, no control, bidirectional
+/// or other invisible character (`capsa inspect` lists every path, and the
+/// entry's is shown before anything runs: `main\u{200b}.py` must not pass
+/// for `main.py`), no component longer than a file system takes (255
+/// bytes), and not the name of capsa's own mark of an unpacked bundle.
 pub fn check_entry_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("empty path".into());
@@ -114,14 +116,22 @@ pub fn check_entry_path(path: &str) -> Result<(), String> {
     }
     if let Some(c) = path
         .chars()
-        .find(|&c| capsa_policy::text::is_terminal_unsafe(c))
+        .find(|&c| capsa_policy::text::is_terminal_unsafe(c) || capsa_policy::text::is_invisible(c))
     {
         return Err(format!(
-            "the control or bidirectional character {c:?} in the path"
+            "the control, bidirectional or invisible character {c:?} in the path"
         ));
     }
     if path.len() > 4096 {
         return Err("path longer than 4096 bytes".into());
+    }
+    if path.split('/').any(|c| c.len() > 255) {
+        return Err("a path component longer than 255 bytes".into());
+    }
+    if path == COMPLETE {
+        return Err(format!(
+            "{COMPLETE} is the name of capsa's own mark of an unpacked bundle"
+        ));
     }
     if path
         .split('/')

@@ -31,7 +31,7 @@
 //! the field and quotes the input. A network rule or variable name must be
 //! written exactly as capsa shows it (it parses to itself), a guest path is
 //! one [`GuestPath`], a directory name is `[A-Za-z0-9_-]`, a reason is one
-//! short line with no control or bidirectional characters, and a limit may
+//! short line with no control, bidirectional or invisible characters, and a limit may
 //! only lower capsa's defaults. Nothing typed here is ever formatted back
 //! into flag text and parsed again.
 
@@ -172,7 +172,7 @@ fn no_unsafe_chars(what: &'static str, input: &str) -> Result<(), ValueError> {
         Some(c) => Err(invalid(
             what,
             input,
-            format!("the control or bidirectional character {c:?} is not allowed"),
+            format!("the control, bidirectional or invisible character {c:?} is not allowed"),
         )),
         None => Ok(()),
     }
@@ -739,7 +739,7 @@ timeout = "1m"
             (dir("//o"), "empty component"),
             (
                 dir("/o\u{1b}[2K"),
-                "control or bidirectional character '\\u{1b}'",
+                "control, bidirectional or invisible character '\\u{1b}'",
             ),
             (dir("/\u{202e}tuo"), "'\\u{202e}'"),
             (

@@ -73,8 +73,17 @@ pub fn collect(
 /// The folder's `capsa.toml`, if it has one.
 fn read_manifest(dir: &Path) -> Result<Option<Manifest>, PackError> {
     let manifest_path = dir.join(MANIFEST);
-    if !manifest_path.is_file() {
-        return Ok(None);
+    match std::fs::symlink_metadata(&manifest_path) {
+        // A link is refused, as for every other file of the folder: what it
+        // names is not the folder's.
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(PackError::Input(format!(
+                "{} is a symbolic link; bundles hold regular files only (copy the file in)",
+                shown(&manifest_path)
+            )));
+        }
+        Ok(m) if m.is_file() => {}
+        _ => return Ok(None),
     }
     let text = std::fs::read_to_string(&manifest_path)
         .map_err(|e| PackError::Input(format!("{}: {e}", shown(&manifest_path))))?;

@@ -254,8 +254,17 @@ fn unsafe_entries() {
         (vec![Entry::File("main.py", b""), Entry::File("capsa.toml", MANIFEST)], "first entry"),
         (
             vec![Entry::File("capsa.toml", MANIFEST), Entry::File("main.py", b""), Entry::File("a\x1b[2K.py", b"")],
-            "control or bidirectional character '\\u{1b}'",
+            "control, bidirectional or invisible character '\\u{1b}'",
         ),
+        (
+            vec![Entry::File("capsa.toml", MANIFEST), Entry::File("main.py", b""), Entry::File("main\u{200b}.py", b"evil")],
+            "invisible character '\\u{200b}'",
+        ),
+        (
+            vec![Entry::File("capsa.toml", MANIFEST), Entry::File("main.py", b""), Entry::File(".complete", b"x")],
+            "capsa's own mark",
+        ),
+
         (
             vec![Entry::File("capsa.toml", MANIFEST), Entry::File("main.py", b""), Entry::File("\u{202e}yp.a", b"")],
             "'\\u{202e}'",
@@ -418,4 +427,39 @@ fn unpacked_bundles_are_checked_on_every_use() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, [std::ffi::OsString::from(bundle.digest_hex())]);
+}
+
+/// What a path inside a bundle may not be, beyond what a tar header can
+/// carry in the tests above: a component no file system takes, capsa's own
+/// mark, an invisible character anywhere (the zero-width joiner too).
+#[test]
+fn entry_paths_that_could_not_be_unpacked_or_would_mislead_are_refused() {
+    use capsa_bundle::check_entry_path;
+    let long = format!("dir/{}.py", "n".repeat(253));
+    assert!(
+        check_entry_path(&long)
+            .unwrap_err()
+            .contains("longer than 255 bytes")
+    );
+    assert!(check_entry_path(&format!("dir/{}.py", "n".repeat(252))).is_ok());
+    assert!(
+        check_entry_path(".complete")
+            .unwrap_err()
+            .contains("capsa's own mark")
+    );
+    assert!(check_entry_path("sub/.complete").is_ok());
+    for c in [
+        '\u{200b}',
+        '\u{200d}',
+        '\u{feff}',
+        '\u{ad}',
+        '\u{3164}',
+        '\u{e0041}',
+        '\u{fe0f}',
+    ] {
+        let path = format!("main{c}.py");
+        let why = check_entry_path(&path).unwrap_err();
+        assert!(why.contains("invisible"), "{path:?}: {why}");
+    }
+    assert!(check_entry_path("café/中文.py").is_ok());
 }

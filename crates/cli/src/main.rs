@@ -32,6 +32,7 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     Serve(commands::serve::ServeArgs),
     Mcp(commands::serve::McpArgs),
+    Cache(commands::cache::CacheArgs),
     /// A warm worker of `capsa serve` (started by it, not by hand).
     #[command(hide = true)]
     ServeWorker,
@@ -107,6 +108,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Mcp(args) => commands::serve::mcp(args),
+        Command::Cache(args) => commands::cache::run(args),
         Command::ServeWorker => commands::serve::worker_main(),
         Command::ServePrepare => commands::python::prepare_kept_main(),
         Command::PycacheCompile => commands::pycache::compile_main(),

@@ -17,7 +17,7 @@ pub const MAX_GUEST_PATH: usize = 1024;
 
 /// One absolute guest path in normal form: starts with `/`, no empty, `.`
 /// or `..` component (so no `//` and no trailing `/`, except `/` itself), no
-/// `,`, `::` or `\`, no control or bidirectional characters, at most
+/// `,`, `::` or `\`, no control, bidirectional or invisible characters, at most
 /// [`MAX_GUEST_PATH`] bytes. Its `Display` is the text it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -31,7 +31,7 @@ impl GuestPath {
         };
         if let Some(c) = input.chars().find(|&c| is_terminal_unsafe(c)) {
             return Err(err(&format!(
-                "the control or bidirectional character {c:?} is not allowed"
+                "the control, bidirectional or invisible character {c:?} is not allowed"
             )));
         }
         if input.len() > MAX_GUEST_PATH {

@@ -12,22 +12,46 @@ use std::borrow::Cow;
 use std::fmt::Write;
 
 /// A character that changes how a terminal shows what follows it instead of
-/// showing itself: a control character (C0, DEL, C1: Unicode's `Cc`), a
-/// bidirectional format character (U+061C, U+200E, U+200F, U+202A–U+202E,
-/// U+2066–U+2069), or a line or paragraph separator (U+2028, U+2029), which
-/// some terminals and log viewers break lines on.
+/// showing itself, or shows as nothing: a control character (C0, DEL, C1:
+/// Unicode's `Cc`), a line or paragraph separator (U+2028, U+2029), which
+/// some terminals and log viewers break lines on, or an [invisible
+/// one](is_invisible) (the bidirectional format characters U+061C, U+200E,
+/// U+200F, U+202A–U+202E, U+2066–U+2069 among them) other than the
+/// zero-width joiner and the variation selectors, which emoji are made of.
 pub fn is_terminal_unsafe(c: char) -> bool {
     c.is_control()
-        || matches!(
-            c,
-            '\u{061C}'
-                | '\u{200E}'
-                | '\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2066}'..='\u{2069}'
-                | '\u{2028}'
-                | '\u{2029}'
-        )
+        || matches!(c, '\u{2028}' | '\u{2029}')
+        // Invisible: `main\u{200b}.py` reads as `main.py`. The zero-width
+        // joiner and the variation selectors are kept, which emoji are
+        // made of; bundle paths refuse them too (`is_invisible`).
+        || (is_invisible(c) && !matches!(c, '\u{200D}' | '\u{FE00}'..='\u{FE0F}'))
+}
+
+/// Whether `c` is one Unicode says to draw as nothing when it is not
+/// supported (`Default_Ignorable_Code_Point`, Unicode 16): bidirectional
+/// marks and overrides, zero-width spaces and joiners, the soft hyphen,
+/// fillers, variation selectors, tags.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// `text` with every [terminal-unsafe](is_terminal_unsafe) character written
@@ -113,15 +137,47 @@ mod tests {
     #[test]
     fn unsafe_characters() {
         let unsafe_ones = [
-            '\0', '\t', '\n', '\r', '\u{1b}', '\u{7f}', '\u{80}', '\u{85}', '\u{9b}', '\u{9f}',
-            '\u{61c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}',
-            '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{2028}', '\u{2029}',
+            '\0',
+            '\t',
+            '\n',
+            '\r',
+            '\u{1b}',
+            '\u{7f}',
+            '\u{80}',
+            '\u{85}',
+            '\u{9b}',
+            '\u{9f}',
+            '\u{61c}',
+            '\u{200e}',
+            '\u{200f}',
+            '\u{202a}',
+            '\u{202b}',
+            '\u{202c}',
+            '\u{202d}',
+            '\u{202e}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{ad}',
+            '\u{115f}',
+            '\u{180e}',
+            '\u{200b}',
+            '\u{200c}',
+            '\u{2060}',
+            '\u{2065}',
+            '\u{3164}',
+            '\u{feff}',
+            '\u{ffa0}',
+            '\u{e0041}',
         ];
         for c in unsafe_ones {
             assert!(is_terminal_unsafe(c), "{c:?}");
         }
         let safe = [
-            ' ', 'a', '~', '\\', '\u{a0}', 'é', '中', '\u{200d}', '\u{2065}', '\u{206a}', '😀',
+            ' ', 'a', '~', '\\', '\u{a0}', 'é', '中', '\u{200d}', '\u{fe0f}', '\u{2070}', '😀',
         ];
         for c in safe {
             assert!(!is_terminal_unsafe(c), "{c:?}");

@@ -88,7 +88,14 @@ struct Inner {
     unshown: u64,
     audit: Option<std::io::BufWriter<Box<dyn Write + Send>>>,
     audit_bytes: u64,
+    /// Denials recorded after the audit file reached its size (each
+    /// distinct one once), so that a program cannot hide one behind a
+    /// flood of allowed operations.
+    late: HashSet<(Kind, String, String)>,
 }
+
+/// Distinct denials recorded past [`MAX_AUDIT_BYTES`].
+const MAX_LATE_DENIALS: usize = 1000;
 
 impl Reporter {
     pub fn new(quiet: bool, audit: Option<AuditSink>) -> Self {
@@ -107,6 +114,7 @@ impl Reporter {
                 unshown: 0,
                 audit,
                 audit_bytes: 0,
+                late: HashSet::new(),
             }),
         }
     }
@@ -115,7 +123,14 @@ impl Reporter {
         // A poisoned lock only means another thread panicked mid-report; the
         // set and writer are still usable.
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.audit.is_some() && inner.audit_bytes < MAX_AUDIT_BYTES {
+        let late = inner.audit_bytes >= MAX_AUDIT_BYTES
+            && !d.allowed
+            && d.kind != Kind::Limit
+            && inner.late.len() < MAX_LATE_DENIALS
+            && inner
+                .late
+                .insert((d.kind, d.op.to_string(), clip(d.target).0.to_string()));
+        if inner.audit.is_some() && (inner.audit_bytes < MAX_AUDIT_BYTES || late) {
             let line = serde_json::json!({
                 "time": timestamp(),
                 "kind": d.kind.as_str(),
@@ -127,21 +142,24 @@ impl Reporter {
                 // The flag that would allow it, as the denial line gives it.
                 "hint": d.hint.filter(|_| !clip(d.target).1).and_then(hint_text),
             });
-            let mut line = line.to_string();
+            let mut line = json_for_terminal(&line.to_string());
             line.push('\n');
+            let before = inner.audit_bytes;
             inner.audit_bytes += line.len() as u64;
-            if inner.audit_bytes >= MAX_AUDIT_BYTES {
+            if before < MAX_AUDIT_BYTES && inner.audit_bytes >= MAX_AUDIT_BYTES {
                 line = serde_json::json!({
                     "time": timestamp(),
                     "kind": "limit",
                     "op": "reach",
-                    "target": format!("audit size limit of {} MiB; later decisions are not recorded", MAX_AUDIT_BYTES >> 20),
+                    "target": format!("audit size limit of {} MiB; later decisions are not recorded, but for the first {MAX_LATE_DENIALS} distinct denials", MAX_AUDIT_BYTES >> 20),
                     "decision": "deny",
                     "rule": null,
                     "reason": null,
                 })
                 .to_string()
-                    + "\n";
+                    + "\n"
+                    // A denial that reached the limit is recorded after it.
+                    + if d.allowed { "" } else { &line };
             }
             if let Some(w) = inner.audit.as_mut() {
                 // Audit output failing (a full disk) must not kill the guest.
@@ -299,8 +317,107 @@ fn timestamp() -> String {
     )
 }
 
+/// `json` (serialized) with every [terminal-unsafe](capsa_policy::is_terminal_unsafe)
+/// character written as a JSON escape (`\u009b`), as serde_json writes only
+/// C0 controls: a C1 control or a bidirectional override in a file name
+/// then reaches no terminal that shows the log (`tail -f`), and the log
+/// still reads back as the same strings. Such characters are never part of
+/// JSON's own syntax, only of strings.
+pub(crate) fn json_for_terminal(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if capsa_policy::is_terminal_unsafe(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{:04x}", u));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A program that fills the audit file with allowed operations cannot
+    /// hide a denial made after: past the size limit, each distinct denial
+    /// is still recorded (and the same one only once), and the limit's own
+    /// line is written once.
+    #[test]
+    fn denials_are_recorded_past_the_audit_limit() {
+        let path = std::env::temp_dir().join(format!("capsa-audit-{}.jsonl", std::process::id()));
+        let r = Reporter::new(
+            true,
+            Some(AuditSink::File(std::fs::File::create(&path).unwrap())),
+        );
+        let target = "/granted/".to_string() + &"f".repeat(400);
+        let allowed = Decision {
+            kind: Kind::Fs,
+            op: "read",
+            target: &target,
+            allowed: true,
+            rule: Some("--allow-read=/granted"),
+            reason: None,
+            hint: None,
+        };
+        for _ in 0..(MAX_AUDIT_BYTES / 400 + 10) {
+            r.record(&allowed);
+        }
+        let denied = |target: &'static str| Decision {
+            kind: Kind::Fs,
+            op: "read",
+            target,
+            allowed: false,
+            rule: None,
+            reason: Some("not granted"),
+            hint: Some("--allow-read=/etc/passwd"),
+        };
+        for _ in 0..3 {
+            r.record(&denied("/etc/passwd"));
+            r.record(&denied("/etc/shadow"));
+        }
+        r.record(&allowed);
+        r.flush();
+        drop(r);
+        let log = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let limits = lines.iter().filter(|v| v["kind"] == "limit").count();
+        assert_eq!(limits, 1);
+        let after: Vec<&str> = lines
+            .iter()
+            .skip_while(|v| v["kind"] != "limit")
+            .skip(1)
+            .map(|v| v["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(after, ["/etc/passwd", "/etc/shadow"]);
+        assert!(log.len() as u64 <= MAX_AUDIT_BYTES + 4096, "{}", log.len());
+    }
+
+    /// The audit log's lines hold no character a terminal acts on, and read
+    /// back as the same strings.
+    #[test]
+    fn audit_lines_are_json_a_terminal_can_show() {
+        let target = "a\u{9b}31m\u{202e}txt\u{7f}\u{200b}\u{e0041}é\n\x1b";
+        let line = super::json_for_terminal(&serde_json::json!({ "target": target }).to_string());
+        assert!(
+            !line.chars().any(capsa_policy::is_terminal_unsafe),
+            "{line}"
+        );
+        assert!(
+            line.contains("\\u009b") && line.contains("\\udb40\\udc41"),
+            "{line}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["target"], target);
+    }
+
     #[test]
     fn guest_text_is_escaped_and_hints_parse_as_one_grant() {
         assert_eq!(super::escape("a\x1b[2Kb\r\n"), "a\\u{1b}[2Kb\\u{d}\\u{a}");

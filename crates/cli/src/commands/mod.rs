@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bundle;
+pub mod cache;
 pub mod inspect;
 pub mod pack;
 pub mod pip;

@@ -254,6 +254,30 @@ fn damaged_bundles_are_refused_before_anything_runs() {
     assert_eq!(r.code, 125);
     assert!(r.stderr.contains("symbolic link"), "{}", r.stderr);
     assert!(!d.join("linked.capsa").exists());
+    std::fs::remove_file(app.join("passwd")).unwrap();
+    // capsa.toml itself a link to a manifest outside: refused too, not read.
+    let outside = d.join("outside.toml");
+    std::fs::write(
+        &outside,
+        "version = 1\n[run]\nentry = \"main.py\"\n[ask]\nnet = [\"evil.example:443\"]\n",
+    )
+    .unwrap();
+    let manifest = app.join("capsa.toml");
+    let kept = std::fs::read(&manifest).ok();
+    let _ = std::fs::remove_file(&manifest);
+    std::os::unix::fs::symlink(&outside, &manifest).unwrap();
+    let r = pack(&app, &d.join("linked.capsa"), &[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("capsa.toml is a symbolic link"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.join("linked.capsa").exists());
+    std::fs::remove_file(&manifest).unwrap();
+    if let Some(k) = kept {
+        std::fs::write(&manifest, k).unwrap();
+    }
     for (manifest, want) in [
         (
             "version = 1\n[run]\nentry = \"main.py\"\nsudo = true\n",

@@ -134,3 +134,122 @@ fn a_fifo_in_place_of_an_entry_is_replaced_not_waited_on() {
         "the entry is a compiled file again"
     );
 }
+
+fn cache_cmd(cache: &std::path::Path, args: &[&str]) -> Run {
+    capsa()
+        .env("CAPSA_CACHE_DIR", cache)
+        .arg("cache")
+        .args(args)
+        .output()
+        .unwrap()
+        .into()
+}
+
+/// `capsa cache dir`, `info` and `clean` on a cache holding compiled code,
+/// another version's Python runtime and a link to a file outside: `info`
+/// counts each part, `clean` empties the cache, removes the link and not
+/// what it points to, and the next run compiles its program again.
+#[test]
+fn the_cache_is_shown_and_emptied_never_through_a_link() {
+    let (_g, d) = scratch();
+    let cache = d.join("cache");
+    let program = d.join("p.wat");
+    std::fs::write(&program, hello("cached")).unwrap();
+    assert_eq!(run_cached(&cache, &program).stdout, "cached\n");
+    let old = cache.join("python").join("0123456789abcdef0123");
+    std::fs::create_dir_all(old.join("lib")).unwrap();
+    std::fs::write(old.join("python.wasm"), vec![0u8; 3 << 20]).unwrap();
+    let outside = d.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("keep.txt"), b"mine").unwrap();
+    std::os::unix::fs::symlink(&outside, cache.join("python").join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.join("keep.txt"), old.join("lib").join("f")).unwrap();
+
+    let r = cache_cmd(&cache, &["dir"]);
+    assert_eq!((r.code, r.stdout.trim()), (0, s(&cache)), "{}", r.stderr);
+
+    let r = cache_cmd(&cache, &["info"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = |part: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{part} ")))
+            .unwrap_or_else(|| panic!("no {part} line in:\n{}", r.stdout))
+            .to_string()
+    };
+    assert!(line("code").contains("1 program:"), "{}", r.stdout);
+    assert!(
+        line("python").contains("1 runtime (1 of other versions of capsa)"),
+        "{}",
+        r.stdout
+    );
+    assert!(line("python").contains(" 3.1 MB "), "{}", r.stdout);
+    assert!(line("total").contains(" MB"), "{}", r.stdout);
+
+    let r = cache_cmd(&cache, &["clean"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("removed"), "{}", r.stdout);
+    assert_eq!(entries(&cache), Vec::<std::path::PathBuf>::new());
+    assert_eq!(std::fs::read(outside.join("keep.txt")).unwrap(), b"mine");
+
+    // Emptied, it fills again as needed.
+    assert_eq!(run_cached(&cache, &program).stdout, "cached\n");
+    assert!(!entries(&cache.join("code")).is_empty());
+    let r = cache_cmd(&cache, &["info"]);
+    assert!(r.stdout.contains("1 program:"), "{}", r.stdout);
+}
+
+/// A cache that is not there yet is empty; one whose path is a link is
+/// neither used by capsa nor emptied through it.
+#[test]
+fn a_missing_cache_is_empty_and_a_linked_one_is_not_emptied() {
+    let (_g, d) = scratch();
+    let missing = d.join("none");
+    let r = cache_cmd(&missing, &["info"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("empty (not made yet)"), "{}", r.stdout);
+    let r = cache_cmd(&missing, &["clean"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("already empty"), "{}", r.stdout);
+    assert!(!missing.exists());
+
+    let real = d.join("real");
+    std::fs::create_dir_all(real.join("code")).unwrap();
+    std::fs::write(real.join("code").join("x.cwasm"), b"kept").unwrap();
+    let link = d.join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let r = cache_cmd(&link, &["clean"]);
+    assert_eq!(r.code, 70, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("not emptied"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(real.join("code").join("x.cwasm")).unwrap(),
+        b"kept"
+    );
+}
+
+/// Control characters in the cache's path reach the terminal escaped.
+#[test]
+fn the_cache_path_is_printed_escaped() {
+    let (_g, d) = scratch();
+    let cache = d.join("c\x1b[2Jache");
+    for args in [&["dir"][..], &["info"], &["clean"]] {
+        let r = cache_cmd(&cache, args);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        assert!(!r.stdout.contains('\x1b'), "{args:?}: {:?}", r.stdout);
+        assert!(
+            r.stdout.contains("c\\u{1b}[2Jache"),
+            "{args:?}: {:?}",
+            r.stdout
+        );
+    }
+}
+
+/// Usage errors: no action, an unknown one.
+#[test]
+fn cache_without_an_action_is_a_usage_error() {
+    let (_g, d) = scratch();
+    for args in [&[][..], &["purge"]] {
+        let r = cache_cmd(&d, args);
+        assert_eq!(r.code, 125, "{args:?}: {}{}", r.stdout, r.stderr);
+    }
+}

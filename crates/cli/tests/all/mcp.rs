@@ -45,6 +45,20 @@ fn check(out: &Value, secret_dir: &Path) {
     // The next call with the name starts a new interpreter.
     assert_eq!(text("after"), "stdout:\nFalse\nexit code: 0", "{out}");
     assert_eq!(out["no_session"]["is_error"], true);
+    // Names a program chose are listed escaped, one line each; the
+    // structured result has them as they are.
+    assert_eq!(
+        text("odd_names"),
+        "\\u{1b}]0;T\\u{7}\\u{1b}[2Jx (0 bytes)\nn\\u{a}fake (0 bytes) (0 bytes)",
+        "{out}"
+    );
+    let names: Vec<&str> = out["odd_names"]["structured"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["\x1b]0;T\x07\x1b[2Jx", "n\nfake (0 bytes)"]);
 }
 
 fn secret() -> (tempfile::TempDir, std::path::PathBuf) {

@@ -612,6 +612,63 @@ fn session_files_go_in_and_out_of_its_scratch_directory() {
     }
 }
 
+/// Files put into a session count against its `--max-write`, as its
+/// program's writes do: once they would pass it, a put is refused (413)
+/// and writes nothing; a put that fails otherwise takes nothing from it.
+/// (Without this, a client could fill the server's disk 64 MiB at a time.)
+#[test]
+fn files_put_into_a_session_count_against_its_write_limit() {
+    let server = Server::start(&["--max-write=1M"]);
+    let id = server.session(json!({}));
+    let put = |name: &str, bytes: &[u8]| {
+        server.raw(
+            "PUT",
+            &format!("/v1/sessions/{id}/files/{name}"),
+            &[],
+            bytes,
+        )
+    };
+    let chunk = vec![b'x'; 400 << 10];
+    // Refused for another reason: nothing counted.
+    assert_eq!(put(&"n".repeat(300), &chunk).status, 400);
+    for name in ["a", "b"] {
+        let a = put(name, &chunk);
+        assert_eq!(
+            a.status,
+            204,
+            "{name}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    // 800 KiB put; 400 more would pass 1 MiB, replacing a file included.
+    for name in ["c", "a"] {
+        let a = put(name, &chunk);
+        assert_eq!(
+            a.status,
+            413,
+            "{name}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let msg = a.json()["error"].as_str().unwrap().to_string();
+        assert!(msg.contains("write limit of 1M"), "{msg}");
+    }
+    let list = server.raw("GET", &format!("/v1/sessions/{id}/files"), &[], b"");
+    assert_eq!(
+        list.json(),
+        json!({"entries": [
+            {"name": "a", "type": "file", "size": 400 << 10},
+            {"name": "b", "type": "file", "size": 400 << 10},
+        ]})
+    );
+    // What is left can still be put.
+    assert_eq!(put("d", &vec![b'y'; 200 << 10]).status, 204);
+    assert_eq!(put("e", &vec![b'z'; 30 << 10]).status, 413);
+    // Another session has its own.
+    let other = server.session(json!({}));
+    let a = server.raw("PUT", &format!("/v1/sessions/{other}/files/a"), &[], &chunk);
+    assert_eq!(a.status, 204);
+}
+
 #[test]
 fn the_server_never_follows_a_link_out_of_a_scratch_directory() {
     let (_t, outside) = scratch();

@@ -48,6 +48,10 @@ async def scenario(session, secret):
     out["limit"] = seen(await call("run_python", {"code": "while True: pass", "session": "a"}))
     out["after"] = seen(await call("run_python", {"code": "print('x' in globals())", "session": "a"}))
     out["no_session"] = seen(await call("read_file", {"session": "never", "path": "x"}))
+    # Names the program chose, with a terminal's escapes and a newline.
+    await call("run_python", {"code": "open('\\x1b]0;T\\x07\\x1b[2Jx', 'w'); open('n\\nfake (0 bytes)', 'w')",
+                              "session": "c"})
+    out["odd_names"] = seen(await call("list_files", {"session": "c"}))
     return out
 
 

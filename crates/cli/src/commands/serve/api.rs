@@ -109,6 +109,40 @@ struct Handle {
     scratch: PathBuf,
     session: Arc<tokio::sync::Mutex<Session>>,
     cancel: Arc<tokio::sync::Notify>,
+    /// What files put into the session may hold, in all.
+    uploads: Arc<Uploads>,
+}
+
+/// Bytes put into a session's scratch directory through the API, counted
+/// against the session's `--max-write` as its program's own writes are
+/// (apart from them: the program's are counted in its own process).
+/// Replacing a file counts its new bytes again, as a program's writes do.
+struct Uploads {
+    limit: Option<u64>,
+    spent: std::sync::atomic::AtomicU64,
+}
+
+impl Uploads {
+    /// Takes `n` bytes from what is left; `false` (nothing taken) if fewer
+    /// are left.
+    fn spend(&self, n: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(limit) = self.limit else {
+            return true;
+        };
+        self.spent
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |spent| {
+                spent.checked_add(n).filter(|&total| total <= limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes taken for a write that did not happen.
+    fn give_back(&self, n: u64) {
+        if self.limit.is_some() {
+            self.spent.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 impl Handle {
@@ -994,6 +1028,10 @@ async fn post_session(state: &State, asks: Asks) -> Answer {
         program: &program,
         args: &args,
     };
+    let uploads = Arc::new(Uploads {
+        limit: limits.max_write,
+        spent: 0.into(),
+    });
     match Session::start(launch, dir.clone(), limits) {
         Ok(s) => {
             let mut sessions = state.sessions();
@@ -1012,6 +1050,7 @@ async fn post_session(state: &State, asks: Asks) -> Answer {
                 scratch: s.scratch.clone(),
                 cancel: s.cancel.clone(),
                 session: Arc::new(tokio::sync::Mutex::new(s)),
+                uploads,
             };
             sessions.insert(id.clone(), handle);
             json(StatusCode::CREATED, &serde_json::json!({"id": id}))
@@ -1155,13 +1194,28 @@ async fn put_file(state: &State, id: &str, name: &str, bytes: &Bytes) -> Answer 
         Ok(p) => p,
         Err(a) => return a,
     };
+    let n = bytes.len() as u64;
+    if !handle.uploads.spend(n) {
+        let limit = handle.uploads.limit.unwrap_or_default();
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the files put into this session would pass its write limit of {} \
+                 (--max-write): nothing was written",
+                capsa_policy::format_size(limit)
+            ),
+        );
+    }
     let root = handle.scratch;
     let bytes = bytes.clone();
-    match tokio::task::spawn_blocking(move || scratch::write(&root, &name, &bytes)).await {
-        Ok(Ok(())) => no_content(),
-        Ok(Err(e)) => file_error(e),
-        Err(e) => internal(e),
-    }
+    let answer =
+        match tokio::task::spawn_blocking(move || scratch::write(&root, &name, &bytes)).await {
+            Ok(Ok(())) => return no_content(),
+            Ok(Err(e)) => file_error(e),
+            Err(e) => internal(e),
+        };
+    handle.uploads.give_back(n);
+    answer
 }
 
 /// `%XX` escapes of a URL path, decoded; `None` if the result is not UTF-8

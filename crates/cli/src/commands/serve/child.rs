@@ -282,7 +282,11 @@ pub fn read_audit(log: &[u8]) -> (Vec<String>, Option<String>) {
         }
         let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
         if v["kind"] == "limit" {
-            limit.get_or_insert(text("target"));
+            // The audit file's own size limit ends nothing: the run went
+            // on, and its later denials are still recorded.
+            if v["op"] != "reach" || !text("target").starts_with("audit size limit") {
+                limit.get_or_insert(text("target"));
+            }
             continue;
         }
         let d = capsa_sandbox::report::denial_text(
@@ -296,4 +300,27 @@ pub fn read_audit(log: &[u8]) -> (Vec<String>, Option<String>) {
         }
     }
     (denials, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The audit file's own size limit is not a limit of the run: the run
+    /// went on, and its denials recorded after it are listed.
+    #[test]
+    fn the_audit_size_limit_ends_nothing_and_hides_no_denial() {
+        let log = concat!(
+            r#"{"kind":"fs","op":"read","target":"/granted/f","decision":"allow"}"#,
+            "\n",
+            r#"{"kind":"limit","op":"reach","target":"audit size limit of 64 MiB; later decisions are not recorded, but for the first 1000 distinct denials","decision":"deny"}"#,
+            "\n",
+            r#"{"kind":"fs","op":"read","target":"/etc/passwd","decision":"deny","reason":"not granted","hint":"--allow-read=/etc/passwd"}"#,
+            "\n",
+            r#"{"kind":"limit","op":"reach","target":"memory limit of 1M","decision":"deny"}"#,
+            "\n",
+        );
+        let (denials, limit) = super::read_audit(log.as_bytes());
+        assert_eq!(denials.len(), 1, "{denials:?}");
+        assert!(denials[0].contains("/etc/passwd"), "{denials:?}");
+        assert_eq!(limit.as_deref(), Some("memory limit of 1M"));
+    }
 }

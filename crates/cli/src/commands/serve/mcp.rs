@@ -4,6 +4,7 @@
 //! the operator's flags; a model chooses code and names, never grants.
 
 use super::api::{State, calls};
+use capsa_policy::escape_for_terminal;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -254,13 +255,15 @@ pub async fn call_tool(
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(|e| match e["type"].as_str() {
-                            Some("directory") => format!("{}/", e["name"].as_str().unwrap_or("")),
-                            _ => format!(
-                                "{} ({} bytes)",
-                                e["name"].as_str().unwrap_or(""),
-                                e["size"]
-                            ),
+                        .map(|e| {
+                            // A name the program chose: one line, nothing
+                            // a terminal would act on (the structured
+                            // result keeps it as it is).
+                            let name = escape_for_terminal(e["name"].as_str().unwrap_or(""));
+                            match e["type"].as_str() {
+                                Some("directory") => format!("{name}/"),
+                                _ => format!("{name} ({} bytes)", e["size"]),
+                            }
                         })
                         .collect();
                     let text = if lines.is_empty() {
