@@ -128,7 +128,7 @@ pub fn check_entry_path(path: &str) -> Result<(), String> {
     if path.split('/').any(|c| c.len() > 255) {
         return Err("a path component longer than 255 bytes".into());
     }
-    if path == COMPLETE {
+    if path.split('/').next() == Some(COMPLETE) {
         return Err(format!(
             "{COMPLETE} is the name of capsa's own mark of an unpacked bundle"
         ));

@@ -447,6 +447,11 @@ fn entry_paths_that_could_not_be_unpacked_or_would_mislead_are_refused() {
             .unwrap_err()
             .contains("capsa's own mark")
     );
+    assert!(
+        check_entry_path(".complete/x")
+            .unwrap_err()
+            .contains("capsa's own mark")
+    );
     assert!(check_entry_path("sub/.complete").is_ok());
     for c in [
         '\u{200b}',

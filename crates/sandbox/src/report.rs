@@ -90,7 +90,7 @@ struct Inner {
     audit_bytes: u64,
     /// Denials recorded after the audit file reached its size (each
     /// distinct one once), so that a program cannot hide one behind a
-    /// flood of allowed operations.
+    /// flood of allowed operations; the limits that ended the run too.
     late: HashSet<(Kind, String, String)>,
 }
 
@@ -123,10 +123,11 @@ impl Reporter {
         // A poisoned lock only means another thread panicked mid-report; the
         // set and writer are still usable.
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // The limit that ended a run is always recorded: there is one (or
+        // a few) a run, each once.
         let late = inner.audit_bytes >= MAX_AUDIT_BYTES
             && !d.allowed
-            && d.kind != Kind::Limit
-            && inner.late.len() < MAX_LATE_DENIALS
+            && (d.kind == Kind::Limit || inner.late.len() < MAX_LATE_DENIALS)
             && inner
                 .late
                 .insert((d.kind, d.op.to_string(), clip(d.target).0.to_string()));
@@ -380,6 +381,27 @@ mod tests {
             r.record(&denied("/etc/shadow"));
         }
         r.record(&allowed);
+        // Past the cap of distinct denials, the limit that ends the run is
+        // still recorded.
+        let junk: Vec<String> = (0..MAX_LATE_DENIALS)
+            .map(|i| format!("/junk/{i}"))
+            .collect();
+        for j in &junk {
+            r.record(&Decision {
+                target: j,
+                ..denied("")
+            });
+        }
+        r.record(&Decision {
+            kind: Kind::Limit,
+            op: "reach",
+            target: "file write limit of 2M",
+            allowed: false,
+            rule: None,
+            reason: None,
+            hint: None,
+        });
+        r.record(&denied("/etc/hidden"));
         r.flush();
         drop(r);
         let log = std::fs::read_to_string(&path).unwrap();
@@ -396,8 +418,18 @@ mod tests {
             .skip(1)
             .map(|v| v["target"].as_str().unwrap())
             .collect();
-        assert_eq!(after, ["/etc/passwd", "/etc/shadow"]);
-        assert!(log.len() as u64 <= MAX_AUDIT_BYTES + 4096, "{}", log.len());
+        assert_eq!(
+            after.len(),
+            2 + MAX_LATE_DENIALS - 2 + 1,
+            "{:?}",
+            &after[..4]
+        );
+        assert_eq!(after[..2], ["/etc/passwd", "/etc/shadow"]);
+        assert_eq!(after.last(), Some(&"file write limit of 2M"));
+        // Bounded: the size limit, and a line of at most a clipped name
+        // for each late denial.
+        let bound = MAX_AUDIT_BYTES + 4096 + (MAX_LATE_DENIALS as u64 + 1) * 2048;
+        assert!(log.len() as u64 <= bound, "{}", log.len());
     }
 
     /// The audit log's lines hold no character a terminal acts on, and read

@@ -56,26 +56,51 @@ pub fn run(args: CacheArgs) -> i32 {
             ),
         );
     };
+    if let Action::Dir = args.action {
+        println!("{}", escape_for_terminal(&root.to_string_lossy()));
+        return 0;
+    }
+    // `link/` and `link/.` are followed where `link` is not: without them,
+    // a link at the end is seen as one. `..` could name anything.
+    if root
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return fail(
+            exit::INTERNAL,
+            anyhow::anyhow!(
+                "the cache's path {} holds `..`: name it without",
+                escape_for_terminal(&root.to_string_lossy())
+            ),
+        );
+    }
+    let root: PathBuf = root.components().collect();
     match args.action {
-        Action::Dir => {
-            println!("{}", escape_for_terminal(&root.to_string_lossy()));
-            0
-        }
         Action::Info => info(&root),
-        Action::Clean => clean(&root),
+        _ => clean(&root),
     }
 }
 
 /// The cache's parts, by the directory each lives in, and what one entry
-/// of it is.
-const PARTS: &[(&str, &str, &str)] = &[
-    ("python", "Python runtimes", "runtime"),
-    ("code", "compiled programs", "program"),
-    ("bundles", "unpacked bundles", "bundle"),
-    ("envs", "scripts' inline dependencies", "environment"),
-    ("pip", "pip's own cache", "entry"),
-    ("pycache", "bytecode of --python-path folders", "entry"),
-    ("digests", "file digests", "record"),
+/// of it is, and more than one.
+const PARTS: &[(&str, &str, &str, &str)] = &[
+    ("python", "Python runtimes", "runtime", "runtimes"),
+    ("code", "compiled programs", "program", "programs"),
+    ("bundles", "unpacked bundles", "bundle", "bundles"),
+    (
+        "envs",
+        "scripts' inline dependencies",
+        "environment",
+        "environments",
+    ),
+    ("pip", "pip's own cache", "entry", "entries"),
+    (
+        "pycache",
+        "bytecode of --python-path folders",
+        "entry",
+        "entries",
+    ),
+    ("digests", "file digests", "record", "records"),
 ];
 
 fn info(root: &Path) -> i32 {
@@ -103,9 +128,14 @@ fn info(root: &Path) -> i32 {
     let ours = capsa_python::runtime_dir(root);
     let mut total = 0;
     let mut known = Vec::new();
-    for (dir, what, one) in PARTS {
-        known.push(*dir);
+    for (dir, what, one, many) in PARTS {
         let path = root.join(dir);
+        // A part that is not a directory (a link, say) is counted with the
+        // rest, never read through.
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        known.push(*dir);
         let Ok(entries) = std::fs::read_dir(&path) else {
             continue;
         };
@@ -129,14 +159,14 @@ fn info(root: &Path) -> i32 {
             }
         }
         total += size;
-        let plural = if count == 1 { "" } else { "s" };
+        let noun = if count == 1 { one } else { many };
         let note = match (*dir, others) {
             ("python", 0) => String::new(),
             ("python", n) => format!(" ({n} of other versions of capsa)"),
             _ => String::new(),
         };
         println!(
-            "{:<10} {:>9}  {count} {one}{plural}{note}: {what}",
+            "{:<10} {:>9}  {count} {noun}{note}: {what}",
             dir,
             human(size)
         );

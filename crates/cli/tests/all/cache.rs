@@ -218,9 +218,15 @@ fn a_missing_cache_is_empty_and_a_linked_one_is_not_emptied() {
     std::fs::write(real.join("code").join("x.cwasm"), b"kept").unwrap();
     let link = d.join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let r = cache_cmd(&link, &["clean"]);
+    // Named with a trailing `/` or `/.`, which the system would follow.
+    for named in [link.clone(), d.join("link/"), d.join("link/.")] {
+        let r = cache_cmd(&named, &["clean"]);
+        assert_eq!(r.code, 70, "{named:?}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("not emptied"), "{}", r.stderr);
+    }
+    let r = cache_cmd(&d.join("link/code/.."), &["clean"]);
     assert_eq!(r.code, 70, "{}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("not emptied"), "{}", r.stderr);
+    assert!(r.stderr.contains("holds `..`"), "{}", r.stderr);
     assert_eq!(
         std::fs::read(real.join("code").join("x.cwasm")).unwrap(),
         b"kept"

@@ -59,6 +59,11 @@ fn check(out: &Value, secret_dir: &Path) {
         .map(|e| e["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["\x1b]0;T\x07\x1b[2Jx", "n\nfake (0 bytes)"]);
+    assert_eq!(
+        text("odd_write"),
+        "wrote 1 bytes to w\\u{202e}x\\u{ad}.txt",
+        "{out}"
+    );
 }
 
 fn secret() -> (tempfile::TempDir, std::path::PathBuf) {

@@ -613,9 +613,11 @@ fn session_files_go_in_and_out_of_its_scratch_directory() {
 }
 
 /// Files put into a session count against its `--max-write`, as its
-/// program's writes do: once they would pass it, a put is refused (413)
-/// and writes nothing; a put that fails otherwise takes nothing from it.
-/// (Without this, a client could fill the server's disk 64 MiB at a time.)
+/// program's writes do, with 4 KiB for each name a put makes: once they
+/// would pass it, a put is refused (413) and writes nothing; a put that
+/// fails otherwise takes only what its names cost. (Without this, a client
+/// could fill the server's disk 64 MiB at a time, or its inodes with empty
+/// files under deep names.)
 #[test]
 fn files_put_into_a_session_count_against_its_write_limit() {
     let server = Server::start(&["--max-write=1M"]);
@@ -629,7 +631,7 @@ fn files_put_into_a_session_count_against_its_write_limit() {
         )
     };
     let chunk = vec![b'x'; 400 << 10];
-    // Refused for another reason: nothing counted.
+    // Refused for another reason: only its name counted (4 KiB).
     assert_eq!(put(&"n".repeat(300), &chunk).status, 400);
     for name in ["a", "b"] {
         let a = put(name, &chunk);
@@ -640,7 +642,8 @@ fn files_put_into_a_session_count_against_its_write_limit() {
             String::from_utf8_lossy(&a.body)
         );
     }
-    // 800 KiB put; 400 more would pass 1 MiB, replacing a file included.
+    // 800 KiB and three names put; 400 more would pass 1 MiB, replacing a
+    // file included.
     for name in ["c", "a"] {
         let a = put(name, &chunk);
         assert_eq!(
@@ -660,12 +663,33 @@ fn files_put_into_a_session_count_against_its_write_limit() {
             {"name": "b", "type": "file", "size": 400 << 10},
         ]})
     );
-    // What is left can still be put.
+    // What is left can still be put: 200 KiB and a name.
     assert_eq!(put("d", &vec![b'y'; 200 << 10]).status, 204);
     assert_eq!(put("e", &vec![b'z'; 30 << 10]).status, 413);
-    // Another session has its own.
+    // Another session has its own. Empty files under deep names cost their
+    // names: 300 of them pass 1 MiB, and nothing is made.
     let other = server.session(json!({}));
     let a = server.raw("PUT", &format!("/v1/sessions/{other}/files/a"), &[], &chunk);
+    assert_eq!(a.status, 204);
+    let deep = vec!["d"; 299].join("/") + "/f";
+    let a = server.raw(
+        "PUT",
+        &format!("/v1/sessions/{other}/files/{deep}"),
+        &[],
+        b"",
+    );
+    assert_eq!(a.status, 413, "{}", String::from_utf8_lossy(&a.body));
+    let list = server.raw("GET", &format!("/v1/sessions/{other}/files"), &[], b"");
+    assert_eq!(
+        list.json(),
+        json!({"entries": [{"name": "a", "type": "file", "size": 400 << 10}]})
+    );
+    let a = server.raw(
+        "PUT",
+        &format!("/v1/sessions/{other}/files/d/d/f"),
+        &[],
+        b"",
+    );
     assert_eq!(a.status, 204);
 }
 

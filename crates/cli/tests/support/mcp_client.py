@@ -52,6 +52,7 @@ async def scenario(session, secret):
     await call("run_python", {"code": "open('\\x1b]0;T\\x07\\x1b[2Jx', 'w'); open('n\\nfake (0 bytes)', 'w')",
                               "session": "c"})
     out["odd_names"] = seen(await call("list_files", {"session": "c"}))
+    out["odd_write"] = seen(await call("write_file", {"session": "c", "path": "w\u202ex\u00ad.txt", "content": "1"}))
     return out
 
 

@@ -115,8 +115,11 @@ struct Handle {
 
 /// Bytes put into a session's scratch directory through the API, counted
 /// against the session's `--max-write` as its program's own writes are
-/// (apart from them: the program's are counted in its own process).
-/// Replacing a file counts its new bytes again, as a program's writes do.
+/// (apart from them: the program's are counted in its own process): the
+/// body's bytes, and [`NAME_COST`] for each component of the name (a
+/// directory the put may make, and the file's own name), so that empty
+/// bodies under deep names cannot fill the disk's inodes. Replacing a file
+/// counts its new bytes again, as a program's writes do.
 struct Uploads {
     limit: Option<u64>,
     spent: std::sync::atomic::AtomicU64,
@@ -1194,8 +1197,9 @@ async fn put_file(state: &State, id: &str, name: &str, bytes: &Bytes) -> Answer 
         Ok(p) => p,
         Err(a) => return a,
     };
+    let names = NAME_COST * name.components().count() as u64;
     let n = bytes.len() as u64;
-    if !handle.uploads.spend(n) {
+    if !handle.uploads.spend(n + names) {
         let limit = handle.uploads.limit.unwrap_or_default();
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -1214,9 +1218,14 @@ async fn put_file(state: &State, id: &str, name: &str, bytes: &Bytes) -> Answer 
             Ok(Err(e)) => file_error(e),
             Err(e) => internal(e),
         };
+    // The directories it made stay, and so does what they cost.
     handle.uploads.give_back(n);
     answer
 }
+
+/// What each name an upload makes costs against the budget: a block, as a
+/// program's own writes are charged for each file or directory they make.
+const NAME_COST: u64 = 4096;
 
 /// `%XX` escapes of a URL path, decoded; `None` if the result is not UTF-8
 /// or an escape is malformed.

@@ -228,7 +228,11 @@ pub async fn call_tool(
             let (status, body) = calls::write(state, &id, path, content.as_bytes()).await;
             if status.is_success() {
                 Ok(result(
-                    format!("wrote {} bytes to {path}", content.len()),
+                    format!(
+                        "wrote {} bytes to {}",
+                        content.len(),
+                        escape_for_terminal(path)
+                    ),
                     None,
                     false,
                 ))
