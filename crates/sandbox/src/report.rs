@@ -410,11 +410,16 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        let limits = lines.iter().filter(|v| v["kind"] == "limit").count();
-        assert_eq!(limits, 1);
+        let full = |v: &serde_json::Value| {
+            v["kind"] == "limit"
+                && v["target"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("audit size limit"))
+        };
+        assert_eq!(lines.iter().filter(|v| full(v)).count(), 1);
         let after: Vec<&str> = lines
             .iter()
-            .skip_while(|v| v["kind"] != "limit")
+            .skip_while(|v| !full(v))
             .skip(1)
             .map(|v| v["target"].as_str().unwrap())
             .collect();
