@@ -29,7 +29,7 @@ use capsa_policy::{
 use fs_guard::{FsTracker, GuardedFs, GuardedFsData, Preopen};
 use http_guard::{HttpClient, HttpHooks};
 use net_guard::{GuardedSockets, GuardedSocketsData, LookupTracker};
-use output::{LimitedOutput, OutputBudget, Which};
+use output::{LimitedOutput, Which};
 use report::{AuditSink, Kind, Reporter};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -45,6 +45,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use load::{CodeCache, LoadError};
+pub use output::OutputBudget;
 
 /// capsa's own exit codes. The guest's own code passes through unchanged;
 /// these are chosen to match what shells and tools already mean by them.

@@ -17,14 +17,18 @@ fn hello(text: &str) -> String {
     )
 }
 
-fn run_cached(cache: &std::path::Path, program: &std::path::Path) -> Run {
+/// `capsa ARGS` with its cache at `cache`.
+fn in_cache<S: AsRef<std::ffi::OsStr>>(cache: &std::path::Path, args: &[S]) -> Run {
     capsa()
         .env("CAPSA_CACHE_DIR", cache)
-        .arg("run")
-        .arg(program)
+        .args(args)
         .output()
         .unwrap()
         .into()
+}
+
+fn run_cached(cache: &std::path::Path, program: &std::path::Path) -> Run {
+    in_cache(cache, &[std::ffi::OsStr::new("run"), program.as_os_str()])
 }
 
 fn entries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -136,13 +140,7 @@ fn a_fifo_in_place_of_an_entry_is_replaced_not_waited_on() {
 }
 
 fn cache_cmd(cache: &std::path::Path, args: &[&str]) -> Run {
-    capsa()
-        .env("CAPSA_CACHE_DIR", cache)
-        .arg("cache")
-        .args(args)
-        .output()
-        .unwrap()
-        .into()
+    in_cache(cache, &[&["cache"], args].concat())
 }
 
 /// `capsa cache dir`, `info` and `clean` on a cache holding compiled code,

@@ -10,6 +10,7 @@ use super::scratch::{self, FileError, Found};
 use super::session::{Ended, Session};
 use base64::Engine as _;
 use bytes::Bytes;
+use capsa_sandbox::OutputBudget;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -109,43 +110,16 @@ struct Handle {
     scratch: PathBuf,
     session: Arc<tokio::sync::Mutex<Session>>,
     cancel: Arc<tokio::sync::Notify>,
-    /// What files put into the session may hold, in all.
-    uploads: Arc<Uploads>,
-}
-
-/// Bytes put into a session's scratch directory through the API, counted
-/// against the session's `--max-write` as its program's own writes are
-/// (apart from them: the program's are counted in its own process): the
-/// body's bytes, and [`NAME_COST`] for each component of the name (a
-/// directory the put may make, and the file's own name), so that empty
-/// bodies under deep names cannot fill the disk's inodes. Replacing a file
-/// counts its new bytes again, as a program's writes do.
-struct Uploads {
-    limit: Option<u64>,
-    spent: std::sync::atomic::AtomicU64,
-}
-
-impl Uploads {
-    /// Takes `n` bytes from what is left; `false` (nothing taken) if fewer
-    /// are left.
-    fn spend(&self, n: u64) -> bool {
-        use std::sync::atomic::Ordering;
-        let Some(limit) = self.limit else {
-            return true;
-        };
-        self.spent
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |spent| {
-                spent.checked_add(n).filter(|&total| total <= limit)
-            })
-            .is_ok()
-    }
-
-    /// Gives back `n` bytes taken for a write that did not happen.
-    fn give_back(&self, n: u64) {
-        if self.limit.is_some() {
-            self.spent.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
+    /// What files put into the session may still hold, in all: counted
+    /// against the session's `--max-write` as its program's own writes are
+    /// (apart from them: the program's are counted in its own process), the
+    /// body's bytes and [`NAME_COST`] for each component of the name (a
+    /// directory the put may make, and the file's own name), so that empty
+    /// bodies under deep names cannot fill the disk's inodes. Replacing a
+    /// file counts its new bytes again, as a program's writes do.
+    uploads: Arc<OutputBudget>,
+    /// The session's `--max-write`, for the answer that refuses a put.
+    max_write: Option<u64>,
 }
 
 impl Handle {
@@ -1031,10 +1005,7 @@ async fn post_session(state: &State, asks: Asks) -> Answer {
         program: &program,
         args: &args,
     };
-    let uploads = Arc::new(Uploads {
-        limit: limits.max_write,
-        spent: 0.into(),
-    });
+    let uploads = OutputBudget::new(limits.max_write);
     match Session::start(launch, dir.clone(), limits) {
         Ok(s) => {
             let mut sessions = state.sessions();
@@ -1054,6 +1025,7 @@ async fn post_session(state: &State, asks: Asks) -> Answer {
                 cancel: s.cancel.clone(),
                 session: Arc::new(tokio::sync::Mutex::new(s)),
                 uploads,
+                max_write: limits.max_write,
             };
             sessions.insert(id.clone(), handle);
             json(StatusCode::CREATED, &serde_json::json!({"id": id}))
@@ -1200,7 +1172,7 @@ async fn put_file(state: &State, id: &str, name: &str, bytes: &Bytes) -> Answer 
     let names = NAME_COST * name.components().count() as u64;
     let n = bytes.len() as u64;
     if !handle.uploads.spend(n + names) {
-        let limit = handle.uploads.limit.unwrap_or_default();
+        let limit = handle.max_write.unwrap_or_default();
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
