@@ -604,6 +604,22 @@ fn session_files_go_in_and_out_of_its_scratch_directory() {
     }
     let missing = server.raw("GET", &format!("/v1/sessions/{id}/files/nope"), &[], b"");
     assert_eq!(missing.status, 404);
+    // A trailing / names a directory, as in a path: once ignored, so that
+    // `out.bin/` read the file and a put to `new/` wrote a file `new`.
+    let sub = server.raw("GET", &format!("/v1/sessions/{id}/files/sub/"), &[], b"");
+    assert_eq!(sub.status, 200);
+    assert_eq!(sub.json()["entries"][0]["name"], "in put.txt");
+    let file_as_dir = server.raw(
+        "GET",
+        &format!("/v1/sessions/{id}/files/out.bin/"),
+        &[],
+        b"",
+    );
+    assert_eq!(file_as_dir.status, 400);
+    let put_dir = server.raw("PUT", &format!("/v1/sessions/{id}/files/new/"), &[], b"x");
+    assert_eq!(put_dir.status, 400);
+    let gone = server.raw("GET", &format!("/v1/sessions/{id}/files/new"), &[], b"");
+    assert_eq!(gone.status, 404, "nothing was written");
     // A name the file system cannot take there is the request's fault.
     let long = "n".repeat(300);
     for bad in [long.as_str(), "sub", "sub/in%20put.txt/x"] {
@@ -970,9 +986,28 @@ fn a_tokenless_server_stays_on_loopback_and_refuses_web_pages() {
         let a = server.raw("POST", "/v1/run", &headers, body);
         assert_eq!(a.status, 403, "{headers:?}");
     }
-    // A form a page could post without asking first is not JSON.
+    // A form a page could post without asking first is not JSON, even an
+    // empty one, which once opened a session.
     let a = server.raw("POST", "/v1/run", &[("Content-Type", "text/plain")], body);
     assert_eq!(a.status, 415);
+    for path in ["/v1/sessions", "/v1/run"] {
+        let a = server.raw("POST", path, &[("Content-Type", "text/plain")], b"");
+        assert_eq!(a.status, 415, "{path}");
+    }
+    // Two Host headers, the server's own first: only the first was checked.
+    let own = server.addr.clone();
+    for hosts in [
+        [own.as_str(), "evil.example:80"],
+        ["evil.example:80", own.as_str()],
+    ] {
+        let headers = [
+            ("Host", hosts[0]),
+            ("Host", hosts[1]),
+            ("Content-Type", "application/json"),
+        ];
+        let a = server.raw("POST", "/v1/run", &headers, body);
+        assert_eq!(a.status, 400, "{hosts:?}");
+    }
     assert_eq!(server.run(json!({"code": "print(1)"}))["stdout"], "1\n");
 }
 

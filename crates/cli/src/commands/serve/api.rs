@@ -466,6 +466,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), Answer> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    // RFC 9112 (3.2): more than one Host is a bad request. The check below
+    // reads the first; a proxy or a browser may act on another.
+    if req.headers().get_all("host").iter().nth(1).is_some() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "a request has one Host header, not several",
+        ));
+    }
     match &state.config.token {
         Some(token) => {
             let given = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
@@ -509,7 +517,9 @@ async fn body_json<T: for<'a> Deserialize<'a>>(
         .unwrap_or_default()
         .to_string();
     let bytes = body_bytes(state, req).await?;
-    if bytes.is_empty() {
+    // No body is `{}`, unless it says it is something else: a page may post
+    // an empty form (text/plain) without asking first.
+    if bytes.is_empty() && (ctype.is_empty() || ctype.starts_with("application/json")) {
         return serde_json::from_slice(b"{}")
             .map_err(|e| error(StatusCode::BAD_REQUEST, format!("a body is needed: {e}")));
     }
@@ -1136,6 +1146,7 @@ async fn get_file(state: &State, id: &str, name: Option<&str>) -> Answer {
     let Some(handle) = find(state, id) else {
         return gone(state, id);
     };
+    let raw_name = name.unwrap_or_default();
     let name = match name.filter(|n| !n.is_empty()) {
         Some(n) => match decode_name(n) {
             Ok(p) => Some(p),
@@ -1143,9 +1154,18 @@ async fn get_file(state: &State, id: &str, name: Option<&str>) -> Answer {
         },
         None => None,
     };
+    // `sub/` names a directory, as a path does: never a file.
+    let as_dir = name.as_ref().is_some() && raw_name.ends_with('/');
     let root = handle.scratch;
     let found = tokio::task::spawn_blocking(move || scratch::read(&root, name.as_deref())).await;
     match found {
+        Ok(Ok(Found::File(_))) if as_dir => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}: a file, not a directory (the name ends in /)",
+                capsa_policy::escape_for_terminal(raw_name)
+            ),
+        ),
         Ok(Ok(Found::File(bytes))) => Response::builder()
             .header("content-type", "application/octet-stream")
             .body(full(bytes))
@@ -1165,6 +1185,15 @@ async fn put_file(state: &State, id: &str, name: &str, bytes: &Bytes) -> Answer 
     let Some(handle) = find(state, id) else {
         return gone(state, id);
     };
+    if name.ends_with('/') {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}: a file is put under its name, which does not end in /",
+                capsa_policy::escape_for_terminal(name)
+            ),
+        );
+    }
     let name = match decode_name(name) {
         Ok(p) => p,
         Err(a) => return a,

@@ -332,6 +332,14 @@ impl Conversation {
                 out.truncate(at);
             }
         }
+        // A stream cut before its end mark (a limit, the child gone) may end
+        // in the first bytes of one, read before the rest came: not output.
+        if out_done.is_none() {
+            out.truncate(settled(&out, 0, &out_mark));
+        }
+        if !err_done {
+            err.truncate(settled(&err, 0, &err_mark));
+        }
         let exit = if alive {
             None
         } else {
