@@ -51,6 +51,9 @@ pub enum BundleError {
     TooLarge(u64),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// Writing an unpacked file failed (the disk, not the bundle).
+    #[error("cannot unpack: {0}")]
+    Unpack(std::io::Error),
 }
 
 /// Caps on what reading one bundle may cost.
@@ -70,14 +73,33 @@ impl Default for ReadLimits {
     }
 }
 
-/// A bundle's contents, read and checked.
+/// A bundle's contents, read and checked. The files are listed, not held:
+/// a small bundle may unpack to gigabytes, so their bytes are read again
+/// from the payload only to unpack them ([`extract`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
     pub manifest: Manifest,
     /// Every file but the manifest, by path.
-    pub files: BTreeMap<String, Vec<u8>>,
+    pub files: BTreeMap<String, FileInfo>,
     /// SHA-256 of the payload: the bundle's identity.
     pub digest: [u8; 32],
+}
+
+/// One file of a bundle: its size and its SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+impl FileInfo {
+    /// What `data` would be listed as.
+    pub fn of(data: &[u8]) -> Self {
+        FileInfo {
+            size: data.len() as u64,
+            sha256: Sha256::digest(data).into(),
+        }
+    }
 }
 
 impl Bundle {
@@ -304,8 +326,32 @@ pub fn verify(bytes: &[u8]) -> Result<([u8; 32], &[u8]), BundleError> {
     Ok((digest, payload))
 }
 
-/// The files of a verified payload, each entry checked.
+/// The files of a verified payload, each entry checked, listed (their
+/// bytes hashed, not kept).
 fn decode(digest: [u8; 32], payload: &[u8], limits: ReadLimits) -> Result<Bundle, BundleError> {
+    let (manifest, files) = walk(payload, limits, |path, size, data| {
+        copy_file(path, data, size, &mut std::io::sink(), limits)
+    })?;
+    Ok(Bundle {
+        manifest,
+        files,
+        digest,
+    })
+}
+
+/// The most a bundle's `capsa.toml` may hold: its name and size are checked
+/// before any of it is read, and it is read whole.
+const MAX_MANIFEST: u64 = 1 << 20;
+
+/// Reads a verified payload entry by entry and checks each. `each` gets
+/// every file but the manifest (its path, its declared size, and a reader of
+/// its bytes, which it reads to the end through [`copy_file`]) and says
+/// what it read; nothing of a file is read before its header is checked.
+fn walk(
+    payload: &[u8],
+    limits: ReadLimits,
+    mut each: impl FnMut(&str, u64, &mut dyn Read) -> Result<FileInfo, BundleError>,
+) -> Result<(Manifest, BTreeMap<String, FileInfo>), BundleError> {
     // `verify` checked there is one frame; the decoder stops after it anyway.
     let decoder = zstd::Decoder::new(payload)
         .map_err(|e| BundleError::Corrupt(e.to_string()))?
@@ -348,32 +394,32 @@ fn decode(digest: [u8; 32], payload: &[u8], limits: ReadLimits) -> Result<Bundle
         if total > limits.max_unpacked {
             return Err(BundleError::TooLarge(limits.max_unpacked));
         }
-        let mut data = Vec::with_capacity(size.min(1 << 20) as usize);
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| corrupt_or_bomb(e, limits))?;
-        if data.len() as u64 != size {
-            return Err(BundleError::Corrupt(format!(
-                "{path}: shorter than declared"
-            )));
-        }
         if i == 0 {
             if path != MANIFEST {
                 return Err(BundleError::Corrupt(format!(
                     "the first entry is {path:?}, not {MANIFEST}"
                 )));
             }
+            if size > MAX_MANIFEST {
+                return Err(BundleError::Corrupt(format!(
+                    "{MANIFEST} is {size} bytes, more than the {MAX_MANIFEST} a manifest may be"
+                )));
+            }
+            let mut data = Vec::with_capacity(size as usize);
+            copy_file(MANIFEST, &mut entry, size, &mut data, limits)?;
             let text = String::from_utf8(data)
                 .map_err(|_| BundleError::Corrupt("capsa.toml is not UTF-8".into()))?;
             manifest = Some(Manifest::from_toml(&text)?);
             continue;
         }
-        if path == MANIFEST || files.insert(path.clone(), data).is_some() {
+        if path == MANIFEST || files.contains_key(&path) {
             return Err(BundleError::UnsafeEntry {
                 path,
                 why: "a duplicate entry".into(),
             });
         }
+        let info = each(&path, size, &mut entry)?;
+        files.insert(path, info);
     }
     // Only the archive's zero padding may follow its last entry: a second
     // archive (or anything else) hidden there would be covered by the
@@ -412,11 +458,73 @@ fn decode(digest: [u8; 32], payload: &[u8], limits: ReadLimits) -> Result<Bundle
         ))
         .into());
     }
-    Ok(Bundle {
-        manifest,
-        files,
-        digest,
+    Ok((manifest, files))
+}
+
+/// Copies the entry `path`'s bytes (exactly `size` of them) from `data` to
+/// `out`, hashing them. A read that fails or ends early is the bundle's
+/// fault; a write that fails is [`BundleError::Unpack`].
+fn copy_file(
+    path: &str,
+    data: &mut dyn Read,
+    size: u64,
+    out: &mut dyn std::io::Write,
+    limits: ReadLimits,
+) -> Result<FileInfo, BundleError> {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut seen = 0u64;
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt_or_bomb(e, limits)),
+        };
+        hash.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(BundleError::Unpack)?;
+        seen += n as u64;
+    }
+    if seen != size {
+        return Err(BundleError::Corrupt(format!(
+            "{path}: shorter than declared"
+        )));
+    }
+    Ok(FileInfo {
+        size,
+        sha256: hash.finalize().into(),
     })
+}
+
+/// The files of `bundle` as `write` would take them: every file's bytes,
+/// read again from `bytes` (the bundle `bundle` was read from). For callers
+/// that need the bytes themselves (`capsa web` puts them in a page).
+pub fn contents(
+    bundle: &Bundle,
+    bytes: &[u8],
+    limits: ReadLimits,
+) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
+    let payload = same_payload(bundle, bytes)?;
+    let mut out = BTreeMap::new();
+    walk(payload, limits, |path, size, data| {
+        let mut buf = Vec::with_capacity(size.min(1 << 20) as usize);
+        let info = copy_file(path, data, size, &mut buf, limits)?;
+        out.insert(path.to_string(), buf);
+        Ok(info)
+    })?;
+    Ok(out)
+}
+
+/// The payload of `bytes`, checked to be `bundle`'s.
+fn same_payload<'a>(bundle: &Bundle, bytes: &'a [u8]) -> Result<&'a [u8], BundleError> {
+    let (digest, payload) = verify(bytes)?;
+    if digest != bundle.digest {
+        return Err(BundleError::UnexpectedDigest {
+            actual: hex(&digest),
+            expected: bundle.digest_hex(),
+        });
+    }
+    Ok(payload)
 }
 
 fn corrupt_or_bomb(e: std::io::Error, limits: ReadLimits) -> BundleError {
@@ -437,18 +545,21 @@ fn parse_digest_line(line: &str) -> Option<([u8; 32], u64)> {
 /// The marker written last into an unpacked bundle; holds the digest.
 const COMPLETE: &str = ".complete";
 
-/// Unpacks `bundle` into `<cache_root>/bundles/<digest>/` and returns that
-/// directory. The files are written to a temporary directory renamed into
-/// place, so a half-written directory is never used.
+/// Unpacks `bundle`, read from `bytes`, into `<cache_root>/bundles/<digest>/`
+/// and returns that directory. The files are streamed from the payload to a
+/// temporary directory renamed into place, so a half-written directory is
+/// never used and no file is ever held in memory whole.
 ///
 /// A directory already there is used only if it holds exactly the bundle's
 /// files, byte for byte, and nothing else ([`check_unpacked`]): the marker
 /// only says that an unpack finished, not that nobody changed a file, added
 /// a `sitecustomize.py` or swapped a file for a link since. Anything else is
-/// unpacked again. The comparison reads what the bundle already holds in
-/// memory, so a run costs a read of its own files, not a decompression.
+/// unpacked again. The comparison hashes the files on disk against the
+/// bundle's listing, so a run costs a read of its own files, not a second
+/// decompression.
 pub fn extract(
     bundle: &Bundle,
+    bytes: &[u8],
     cache_root: &std::path::Path,
 ) -> std::io::Result<std::path::PathBuf> {
     let parent = cache_root.join("bundles");
@@ -456,18 +567,36 @@ pub fn extract(
     if check_unpacked(bundle, &dir).is_ok() {
         return Ok(dir);
     }
+    let payload = same_payload(bundle, bytes).map_err(std::io::Error::other)?;
     std::fs::create_dir_all(&parent)?;
     let tmp = tempfile::Builder::new()
         .prefix(".unpack-")
         .tempdir_in(&parent)?;
-    for (path, data) in &bundle.files {
-        // `read` checked every path: relative, no `..`, no links.
+    // Read as `bundle` was: the same checks, and the same files, each
+    // compared with the listing.
+    let limits = ReadLimits {
+        max_unpacked: bundle.files.values().map(|f| f.size).sum::<u64>() + MAX_MANIFEST,
+        max_entries: bundle.files.len() + 1,
+    };
+    walk(payload, limits, |path, size, data| {
+        // `walk` checked the path: relative, no `..`, no links.
         let target = tmp.path().join(path);
         if let Some(p) = target.parent() {
-            std::fs::create_dir_all(p)?;
+            std::fs::create_dir_all(p).map_err(BundleError::Unpack)?;
         }
-        std::fs::write(&target, data)?;
-    }
+        let mut file = std::fs::File::create_new(&target).map_err(BundleError::Unpack)?;
+        let info = copy_file(path, data, size, &mut file, limits)?;
+        if bundle.files.get(path) != Some(&info) {
+            return Err(BundleError::Corrupt(format!(
+                "{path} is not as the bundle was read"
+            )));
+        }
+        Ok(info)
+    })
+    .map_err(|e| match e {
+        BundleError::Unpack(e) => e,
+        e => std::io::Error::other(e.to_string()),
+    })?;
     std::fs::write(tmp.path().join(COMPLETE), bundle.digest_hex())?;
     if std::fs::symlink_metadata(&dir).is_ok() {
         // Incomplete or changed: moved aside and removed. Another capsa
@@ -546,8 +675,9 @@ pub fn check_unpacked(bundle: &Bundle, dir: &std::path::Path) -> Result<(), Stri
                     .files
                     .get(&path)
                     .ok_or_else(|| format!("{path} is not in the bundle"))?;
-                let have = std::fs::read(entry.path()).map_err(|e| format!("{path}: {e}"))?;
-                if have != *want {
+                if file_info(&entry.path(), want.size).map_err(|e| format!("{path}: {e}"))?
+                    != Some(*want)
+                {
                     return Err(format!("{path} differs from the bundle's"));
                 }
                 found += 1;
@@ -564,6 +694,58 @@ pub fn check_unpacked(bundle: &Bundle, dir: &std::path::Path) -> Result<(), Stri
         ));
     }
     Ok(())
+}
+
+/// The file at `path`, opened for reading if it is a regular file: without
+/// following a link where the platform allows (`O_NOFOLLOW`), and checked
+/// once open, so that what is read is what was checked.
+pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Nor waiting on a FIFO put there: refused below, once open.
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| {
+        #[cfg(unix)]
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return std::io::Error::other("a symbolic link; bundles hold regular files only");
+        }
+        e
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// The size and hash of the regular file at `path`, if it is `size` bytes
+/// long (`None` if not, without reading it).
+fn file_info(path: &std::path::Path, size: u64) -> std::io::Result<Option<FileInfo>> {
+    let mut file = open_regular(path)?;
+    if file.metadata()?.len() != size {
+        return Ok(None);
+    }
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut seen = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hash.update(&buf[..n]);
+                seen += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((seen == size).then(|| FileInfo {
+        size,
+        sha256: hash.finalize().into(),
+    }))
 }
 
 /// The last 16 bytes of an executable carrying a bundle: the bundle's

@@ -2,6 +2,7 @@
 
 use crate::{MANIFEST, Manifest, check_entry_path};
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 
 /// A path in an error message, as a terminal may show it: a file name
@@ -85,8 +86,10 @@ fn read_manifest(dir: &Path) -> Result<Option<Manifest>, PackError> {
         Ok(m) if m.is_file() => {}
         _ => return Ok(None),
     }
-    let text = std::fs::read_to_string(&manifest_path)
-        .map_err(|e| PackError::Input(format!("{}: {e}", shown(&manifest_path))))?;
+    // Opened as checked: swapped for a link since, it is refused.
+    let text = read_regular(&manifest_path)
+        .and_then(|b| String::from_utf8(b).map_err(|_| std::io::Error::other("not UTF-8 text")));
+    let text = text.map_err(|e| PackError::Input(format!("{}: {e}", shown(&manifest_path))))?;
     Ok(Some(Manifest::from_toml(&text)?))
 }
 
@@ -157,7 +160,7 @@ fn walk(
         } else if ty.is_dir() {
             walk(&path, &rel, skip, out)?;
         } else if ty.is_file() {
-            out.insert(rel, std::fs::read(&path).map_err(|e| io(&path, e))?);
+            out.insert(rel, read_regular(&path).map_err(|e| io(&path, e))?);
         } else {
             return Err(PackError::Input(format!(
                 "{} is not a regular file",
@@ -166,6 +169,14 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// The bytes of the regular file at `path`, read from what was opened
+/// (never through a link put there since the folder was listed).
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    crate::open_regular(path)?.read_to_end(&mut out)?;
+    Ok(out)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

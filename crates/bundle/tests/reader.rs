@@ -1,7 +1,7 @@
 //! The bundle reader on good bundles and on hostile ones: each hostile input
 //! must be refused with its own one-line error, never a panic.
 
-use capsa_bundle::{BundleError, Manifest, ReadLimits, read, write};
+use capsa_bundle::{BundleError, FileInfo, Manifest, ReadLimits, read, write};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -24,7 +24,24 @@ fn round_trip_and_reproducible() {
     assert_eq!(a, b, "the same contents pack to the same bytes");
     let bundle = read(&a, ReadLimits::default()).unwrap();
     assert_eq!(bundle.manifest, m);
-    assert_eq!(bundle.files, files());
+    let listed: BTreeMap<_, _> = files()
+        .into_iter()
+        .map(|(p, d)| (p, FileInfo::of(&d)))
+        .collect();
+    assert_eq!(bundle.files, listed);
+    assert_eq!(
+        capsa_bundle::contents(&bundle, &a, ReadLimits::default()).unwrap(),
+        files()
+    );
+    // The bytes read again must be the bundle's own.
+    let other_bytes = write(&Manifest::default_for("main.py"), &{
+        let mut f = files();
+        f.insert("main.py".into(), b"print('other')\n".to_vec());
+        f
+    })
+    .unwrap();
+    let e = capsa_bundle::contents(&bundle, &other_bytes, ReadLimits::default()).unwrap_err();
+    assert!(matches!(e, BundleError::UnexpectedDigest { .. }), "{e}");
     assert_eq!(bundle.digest_hex().len(), 64);
     let mut other = files();
     other.insert("extra.txt".into(), b"x".to_vec());
@@ -353,13 +370,10 @@ proptest::proptest! {
 /// directory against the bundle and unpacks again when anything differs.
 #[test]
 fn unpacked_bundles_are_checked_on_every_use() {
-    let bundle = read(
-        &write(&Manifest::default_for("main.py"), &files()).unwrap(),
-        ReadLimits::default(),
-    )
-    .unwrap();
+    let bytes = write(&Manifest::default_for("main.py"), &files()).unwrap();
+    let bundle = read(&bytes, ReadLimits::default()).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let dir = capsa_bundle::extract(&bundle, cache.path()).unwrap();
+    let dir = capsa_bundle::extract(&bundle, &bytes, cache.path()).unwrap();
     assert_eq!(dir, cache.path().join("bundles").join(bundle.digest_hex()));
     assert_eq!(capsa_bundle::check_unpacked(&bundle, &dir), Ok(()));
     let main = dir.join("main.py");
@@ -410,7 +424,7 @@ fn unpacked_bundles_are_checked_on_every_use() {
         let e = capsa_bundle::check_unpacked(&bundle, &dir).unwrap_err();
         assert!(e.contains(why), "{what}: {e}");
         assert_eq!(
-            capsa_bundle::extract(&bundle, cache.path()).unwrap(),
+            capsa_bundle::extract(&bundle, &bytes, cache.path()).unwrap(),
             dir,
             "{what}"
         );
@@ -459,6 +473,7 @@ fn entry_paths_that_could_not_be_unpacked_or_would_mislead_are_refused() {
         '\u{feff}',
         '\u{ad}',
         '\u{3164}',
+        '\u{2800}',
         '\u{e0041}',
         '\u{fe0f}',
     ] {

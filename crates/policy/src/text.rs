@@ -30,7 +30,9 @@ pub fn is_terminal_unsafe(c: char) -> bool {
 /// Whether `c` is one Unicode says to draw as nothing when it is not
 /// supported (`Default_Ignorable_Code_Point`, Unicode 16): bidirectional
 /// marks and overrides, zero-width spaces and joiners, the soft hyphen,
-/// fillers, variation selectors, tags.
+/// fillers, variation selectors, tags; and the braille pattern blank
+/// (U+2800), which is not one of them but draws as a blank all the same,
+/// as the Hangul fillers do.
 pub fn is_invisible(c: char) -> bool {
     matches!(
         c,
@@ -43,6 +45,7 @@ pub fn is_invisible(c: char) -> bool {
             | '\u{200B}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
             | '\u{3164}'
             | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
@@ -168,6 +171,7 @@ mod tests {
             '\u{200c}',
             '\u{2060}',
             '\u{2065}',
+            '\u{2800}',
             '\u{3164}',
             '\u{feff}',
             '\u{ffa0}',

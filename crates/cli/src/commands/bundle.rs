@@ -219,11 +219,11 @@ fn check_binds(
 pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
     let shown = escape_for_terminal(&args.program.display().to_string()).into_owned();
     let expected = args.expect_sha256.as_ref();
-    let bundle = match embedded {
-        Some(bytes) => super::inspect::decode(&shown, &bytes, expected),
-        None => super::inspect::open(&args.program, expected),
+    let bytes = match embedded.map_or_else(|| super::inspect::read(&args.program), Ok) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
-    let bundle = match bundle {
+    let bundle = match super::inspect::decode(&shown, &bytes, expected) {
         Ok(b) => b,
         Err(code) => return code,
     };
@@ -298,7 +298,7 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
             ),
         );
     };
-    let dir = match capsa_bundle::extract(&bundle, &cache_root)
+    let dir = match capsa_bundle::extract(&bundle, &bytes, &cache_root)
         .and_then(|d| capsa_sandbox::load::canonical(&d))
     {
         Ok(d) => d,
@@ -309,6 +309,7 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
             );
         }
     };
+    drop(bytes);
     policy.fs.grants.push(FsGrant {
         host: dir.clone(),
         guest: GUEST_APP.into(),

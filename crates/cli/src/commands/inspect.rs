@@ -32,13 +32,21 @@ pub fn open(
     expected: Option<&[u8; 32]>,
 ) -> Result<capsa_bundle::Bundle, i32> {
     let shown = escape_for_terminal(&path.display().to_string()).into_owned();
-    let bytes = std::fs::read(path).map_err(|e| {
+    decode(&shown, &read(path)?, expected)
+}
+
+/// The bytes of the bundle file at `path`, or why not (126).
+pub fn read(path: &std::path::Path) -> Result<Vec<u8>, i32> {
+    std::fs::read(path).map_err(|e| {
         fail(
             exit::LOAD,
-            anyhow::anyhow!("cannot read {shown}: {}", super::run::describe_io(&e)),
+            anyhow::anyhow!(
+                "cannot read {}: {}",
+                escape_for_terminal(&path.display().to_string()),
+                super::run::describe_io(&e)
+            ),
         )
-    })?;
-    decode(&shown, &bytes, expected)
+    })
 }
 
 /// [`open`] on bytes already read; `shown` names them in messages.
@@ -70,7 +78,7 @@ pub fn run(args: InspectArgs) -> i32 {
         let v = serde_json::json!({
             "sha256": b.digest_hex(),
             "manifest": m,
-            "files": b.files.iter().map(|(p, d)| serde_json::json!({"path": p, "size": d.len()})).collect::<Vec<_>>(),
+            "files": b.files.iter().map(|(p, f)| serde_json::json!({"path": p, "size": f.size})).collect::<Vec<_>>(),
         });
         match serde_json::to_string_pretty(&v) {
             Ok(text) => println!("{text}"),
@@ -122,8 +130,8 @@ pub fn run(args: InspectArgs) -> i32 {
         or_default(m.limits.timeout.map(|l| l.to_string()))
     );
     println!("files:");
-    for (p, d) in &b.files {
-        println!("  {:>10}  {}", d.len(), esc(p));
+    for (p, f) in &b.files {
+        println!("  {:>10}  {}", f.size, esc(p));
     }
     0
 }

@@ -216,8 +216,10 @@ fn read_input(input: &Path, python_path: &[&Path]) -> anyhow::Result<(Manifest, 
             escape_for_terminal(&input.display().to_string())
         )
     })?;
-    let bundle = capsa_bundle::read(&bytes, capsa_bundle::ReadLimits::default())?;
-    Ok((bundle.manifest, bundle.files))
+    let limits = capsa_bundle::ReadLimits::default();
+    let bundle = capsa_bundle::read(&bytes, limits)?;
+    let files = capsa_bundle::contents(&bundle, &bytes, limits)?;
+    Ok((bundle.manifest, files))
 }
 
 /// The program as a component: a component as it is, a preview 1 module
