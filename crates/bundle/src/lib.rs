@@ -572,13 +572,22 @@ pub fn extract(
     let tmp = tempfile::Builder::new()
         .prefix(".unpack-")
         .tempdir_in(&parent)?;
-    // Read as `bundle` was: the same checks, and the same files, each
-    // compared with the listing.
+    // Read as `bundle` was, with the same checks; the payload is the same,
+    // so each file is the one listed, which is checked all the same (its
+    // size before a byte of it is written). The caps `bundle` was read
+    // under held for these bytes; what bounds this reading is the listing
+    // (the tar's own headers and padding are not counted in it).
     let limits = ReadLimits {
-        max_unpacked: bundle.files.values().map(|f| f.size).sum::<u64>() + MAX_MANIFEST,
+        max_unpacked: u64::MAX / 2,
         max_entries: bundle.files.len() + 1,
     };
     walk(payload, limits, |path, size, data| {
+        let listed = bundle.files.get(path).filter(|f| f.size == size);
+        let Some(listed) = listed else {
+            return Err(BundleError::Corrupt(format!(
+                "{path} is not as the bundle was read"
+            )));
+        };
         // `walk` checked the path: relative, no `..`, no links.
         let target = tmp.path().join(path);
         if let Some(p) = target.parent() {
@@ -586,7 +595,7 @@ pub fn extract(
         }
         let mut file = std::fs::File::create_new(&target).map_err(BundleError::Unpack)?;
         let info = copy_file(path, data, size, &mut file, limits)?;
-        if bundle.files.get(path) != Some(&info) {
+        if info != *listed {
             return Err(BundleError::Corrupt(format!(
                 "{path} is not as the bundle was read"
             )));

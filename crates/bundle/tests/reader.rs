@@ -483,3 +483,32 @@ fn entry_paths_that_could_not_be_unpacked_or_would_mislead_are_refused() {
     }
     assert!(check_entry_path("café/中文.py").is_ok());
 }
+
+/// Unpacking reads the payload a second time, streaming each file to disk;
+/// a bundle of many small files (whose tar headers and padding outweigh the
+/// files themselves) unpacks whole, each file as listed.
+#[test]
+fn many_small_files_unpack_as_listed() {
+    let mut many = BTreeMap::new();
+    many.insert("main.py".to_string(), b"print('hi')\n".to_vec());
+    for i in 0..3000 {
+        many.insert(format!("pkg/m{i:04}.py"), format!("X = {i}\n").into_bytes());
+    }
+    let bytes = write(&Manifest::default_for("main.py"), &many).unwrap();
+    let bundle = read(&bytes, ReadLimits::default()).unwrap();
+    assert_eq!(bundle.files.len(), 3001);
+    assert_eq!(bundle.files["pkg/m0042.py"], FileInfo::of(b"X = 42\n"));
+    let cache = tempfile::tempdir().unwrap();
+    let dir = capsa_bundle::extract(&bundle, &bytes, cache.path()).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("pkg/m2999.py")).unwrap(),
+        b"X = 2999\n"
+    );
+    assert_eq!(std::fs::read_dir(dir.join("pkg")).unwrap().count(), 3000);
+    // Bytes of another bundle are refused, and nothing is unpacked from them.
+    let other = write(&Manifest::default_for("main.py"), &files()).unwrap();
+    let cache2 = tempfile::tempdir().unwrap();
+    let e = capsa_bundle::extract(&bundle, &other, cache2.path()).unwrap_err();
+    assert!(e.to_string().contains("sha256"), "{e}");
+    assert!(!cache2.path().join("bundles").exists());
+}
