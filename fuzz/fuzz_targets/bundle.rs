@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
     let mut wrapped = capsa_bundle::MAGIC.to_vec();
     wrapped.extend_from_slice(format!("sha256={digest} size={}\n", data.len()).as_bytes());
     wrapped.extend_from_slice(data);
-    let _ = read(&wrapped, limits);
+    if let Ok(bundle) = read(&wrapped, limits) {
+        // Read a second time for its bytes, the listing must hold.
+        let files = capsa_bundle::contents(&bundle, &wrapped, limits).expect("read twice");
+        assert_eq!(files.len(), bundle.files.len());
+    }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(m) = Manifest::from_toml(text) {
             // What parses must survive a round trip.

@@ -75,31 +75,16 @@ impl Default for ReadLimits {
 
 /// A bundle's contents, read and checked. The files are listed, not held:
 /// a small bundle may unpack to gigabytes, so their bytes are read again
-/// from the payload only to unpack them ([`extract`]).
+/// from the payload to unpack them or to compare them ([`extract`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
     pub manifest: Manifest,
-    /// Every file but the manifest, by path.
-    pub files: BTreeMap<String, FileInfo>,
+    /// Every file but the manifest, by path, with its size in bytes.
+    pub files: BTreeMap<String, u64>,
     /// SHA-256 of the payload: the bundle's identity.
     pub digest: [u8; 32],
-}
-
-/// One file of a bundle: its size and its SHA-256.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileInfo {
-    pub size: u64,
-    pub sha256: [u8; 32],
-}
-
-impl FileInfo {
-    /// What `data` would be listed as.
-    pub fn of(data: &[u8]) -> Self {
-        FileInfo {
-            size: data.len() as u64,
-            sha256: Sha256::digest(data).into(),
-        }
-    }
+    /// Where the bundle is unpacked already, exactly (see [`read_for_run`]).
+    pub unpacked: Option<std::path::PathBuf>,
 }
 
 impl Bundle {
@@ -120,12 +105,16 @@ pub fn is_bundle_file(path: &std::path::Path) -> bool {
         .is_ok_and(|()| head == MAGIC)
 }
 
+/// The longest path a bundle may hold, in bytes.
+const MAX_PATH: usize = 4096;
+
 /// Is `path` acceptable as a path inside a bundle? Relative, `/`-separated,
 /// no empty, `.` or `..` component, no backslash, no control, bidirectional
 /// or other invisible character (`capsa inspect` lists every path, and the
 /// entry's is shown before anything runs: `main\u{200b}.py` must not pass
 /// for `main.py`), no component longer than a file system takes (255
-/// bytes), and not the name of capsa's own mark of an unpacked bundle.
+/// bytes), no space but U+0020 and none at either end of a component, and
+/// not the name of capsa's own mark of an unpacked bundle.
 pub fn check_entry_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("empty path".into());
@@ -144,8 +133,37 @@ pub fn check_entry_path(path: &str) -> Result<(), String> {
             "the control, bidirectional or invisible character {c:?} in the path"
         ));
     }
-    if path.len() > 4096 {
-        return Err("path longer than 4096 bytes".into());
+    // What reads as something else in a listing: `main.py ` beside
+    // `main.py`, a no-break or ideographic space, a format character that
+    // is not one of the invisible ones above (the Arabic number signs, the
+    // interlinear annotation marks, the hieroglyph format controls).
+    if let Some(c) = path.chars().find(|&c| {
+        (c.is_whitespace() && c != ' ')
+            || matches!(
+                c,
+                '\u{0600}'..='\u{0605}'
+                    | '\u{06DD}'
+                    | '\u{070F}'
+                    | '\u{0890}'..='\u{0891}'
+                    | '\u{08E2}'
+                    | '\u{110BD}'
+                    | '\u{110CD}'
+                    | '\u{FFF9}'..='\u{FFFB}'
+                    | '\u{13430}'..='\u{1343F}'
+            )
+    }) {
+        return Err(format!(
+            "the space or format character {c:?} in the path (only U+0020 is taken)"
+        ));
+    }
+    if path
+        .split('/')
+        .any(|c| c.starts_with(' ') || c.ends_with(' '))
+    {
+        return Err("a path component that starts or ends with a space".into());
+    }
+    if path.len() > MAX_PATH {
+        return Err(format!("path longer than {MAX_PATH} bytes"));
     }
     if path.split('/').any(|c| c.len() > 255) {
         return Err("a path component longer than 255 bytes".into());
@@ -264,7 +282,39 @@ pub fn read_expecting(
             expected: hex(want),
         });
     }
-    decode(digest, payload, limits)
+    decode(digest, payload, limits, None)
+}
+
+/// [`read_expecting`] for a run: in the same reading, each file is compared
+/// with the directory [`extract`] unpacks the bundle to under `cache_root`,
+/// so that a run of a bundle unpacked before costs one decompression and a
+/// read of its files, no more. [`Bundle::unpacked`] is that directory if it
+/// holds exactly the bundle's files ([`check_unpacked`]).
+pub fn read_for_run(
+    bytes: &[u8],
+    limits: ReadLimits,
+    expected: Option<&[u8; 32]>,
+    cache_root: &std::path::Path,
+) -> Result<Bundle, BundleError> {
+    let (digest, payload) = verify(bytes)?;
+    if let Some(want) = expected
+        && *want != digest
+    {
+        return Err(BundleError::UnexpectedDigest {
+            actual: hex(&digest),
+            expected: hex(want),
+        });
+    }
+    decode(
+        digest,
+        payload,
+        limits,
+        Some(&unpack_dir(cache_root, &digest)),
+    )
+}
+
+fn unpack_dir(cache_root: &std::path::Path, digest: &[u8; 32]) -> std::path::PathBuf {
+    cache_root.join("bundles").join(hex(digest))
 }
 
 /// The first bytes of a zstd frame (its magic number, little-endian). A
@@ -326,16 +376,37 @@ pub fn verify(bytes: &[u8]) -> Result<([u8; 32], &[u8]), BundleError> {
     Ok((digest, payload))
 }
 
-/// The files of a verified payload, each entry checked, listed (their
-/// bytes hashed, not kept).
-fn decode(digest: [u8; 32], payload: &[u8], limits: ReadLimits) -> Result<Bundle, BundleError> {
+/// The files of a verified payload, each entry checked, listed (not
+/// kept); with `unpacked`, compared with that directory as they are read.
+fn decode(
+    digest: [u8; 32],
+    payload: &[u8],
+    limits: ReadLimits,
+    unpacked: Option<&std::path::Path>,
+) -> Result<Bundle, BundleError> {
+    // Compared while it holds; once a file differs, only read.
+    let mut verdict = unpacked.map(|dir| marked(dir, &digest));
     let (manifest, files) = walk(payload, limits, |path, size, data| {
-        copy_file(path, data, size, &mut std::io::sink(), limits)
+        match (unpacked, matches!(verdict, Some(Ok(())))) {
+            (Some(dir), true) => {
+                let r = compare_file(path, data, size, &dir.join(path), limits)?;
+                if r.is_err() {
+                    verdict = Some(r);
+                }
+                Ok(())
+            }
+            _ => copy_file(path, data, size, &mut std::io::sink(), limits),
+        }
     })?;
+    let unpacked = match (unpacked, verdict) {
+        (Some(dir), Some(Ok(()))) if nothing_else(&files, dir).is_ok() => Some(dir.to_path_buf()),
+        _ => None,
+    };
     Ok(Bundle {
         manifest,
         files,
         digest,
+        unpacked,
     })
 }
 
@@ -345,13 +416,14 @@ const MAX_MANIFEST: u64 = 1 << 20;
 
 /// Reads a verified payload entry by entry and checks each. `each` gets
 /// every file but the manifest (its path, its declared size, and a reader of
-/// its bytes, which it reads to the end through [`copy_file`]) and says
-/// what it read; nothing of a file is read before its header is checked.
+/// its bytes, which it reads to the end through [`copy_file`] or
+/// [`compare_file`]); nothing of a file is read before its header is
+/// checked. Returns the manifest and each file's size.
 fn walk(
     payload: &[u8],
     limits: ReadLimits,
-    mut each: impl FnMut(&str, u64, &mut dyn Read) -> Result<FileInfo, BundleError>,
-) -> Result<(Manifest, BTreeMap<String, FileInfo>), BundleError> {
+    mut each: impl FnMut(&str, u64, &mut dyn Read) -> Result<(), BundleError>,
+) -> Result<(Manifest, BTreeMap<String, u64>), BundleError> {
     // `verify` checked there is one frame; the decoder stops after it anyway.
     let decoder = zstd::Decoder::new(payload)
         .map_err(|e| BundleError::Corrupt(e.to_string()))?
@@ -362,10 +434,18 @@ fn walk(
     let mut manifest = None;
     let mut files = BTreeMap::new();
     let mut total: u64 = 0;
+    // Raw: the tar reader would read a GNU long name (or a PAX header) whole
+    // into memory, up to the cap, before capsa saw its size. Long names
+    // (which `write` makes for paths over 100 bytes) are read here, within
+    // the longest path a bundle may hold; PAX headers and long link names
+    // are refused as any entry that is not a regular file.
     let entries = archive
         .entries()
-        .map_err(|e| BundleError::Corrupt(e.to_string()))?;
-    for (i, entry) in entries.enumerate() {
+        .map_err(|e| BundleError::Corrupt(e.to_string()))?
+        .raw(true);
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut i = 0usize;
+    for entry in entries {
         if i >= limits.max_entries {
             return Err(BundleError::Corrupt(format!(
                 "more than {} entries",
@@ -373,7 +453,35 @@ fn walk(
             )));
         }
         let mut entry = entry.map_err(|e| corrupt_or_bomb(e, limits))?;
-        let path = String::from_utf8(entry.path_bytes().into_owned())
+        if entry.header().entry_type() == tar::EntryType::GNULongName {
+            let size = entry
+                .header()
+                .size()
+                .map_err(|e| BundleError::Corrupt(e.to_string()))?;
+            if long_name.is_some() {
+                return Err(BundleError::Corrupt("two long names for one entry".into()));
+            }
+            if size > MAX_PATH as u64 + 1 {
+                return Err(BundleError::Corrupt(format!(
+                    "a long name of {size} bytes (a path is at most {MAX_PATH})"
+                )));
+            }
+            let mut name = Vec::with_capacity(size as usize);
+            copy_file("a long name", &mut entry, size, &mut name, limits)?;
+            // Ended by a NUL, as GNU tar writes it.
+            while name.last() == Some(&0) {
+                name.pop();
+            }
+            long_name = Some(name);
+            continue;
+        }
+        let i_entry = i;
+        i += 1;
+        let raw_path = match long_name.take() {
+            Some(name) => name,
+            None => entry.path_bytes().into_owned(),
+        };
+        let path = String::from_utf8(raw_path)
             .map_err(|_| BundleError::Corrupt("an entry path is not UTF-8".into()))?;
         check_entry_path(&path).map_err(|why| BundleError::UnsafeEntry {
             path: path.clone(),
@@ -394,7 +502,7 @@ fn walk(
         if total > limits.max_unpacked {
             return Err(BundleError::TooLarge(limits.max_unpacked));
         }
-        if i == 0 {
+        if i_entry == 0 {
             if path != MANIFEST {
                 return Err(BundleError::Corrupt(format!(
                     "the first entry is {path:?}, not {MANIFEST}"
@@ -418,8 +526,13 @@ fn walk(
                 why: "a duplicate entry".into(),
             });
         }
-        let info = each(&path, size, &mut entry)?;
-        files.insert(path, info);
+        each(&path, size, &mut entry)?;
+        files.insert(path, size);
+    }
+    if long_name.is_some() {
+        return Err(BundleError::Corrupt(
+            "a long name for no entry at the end of the archive".into(),
+        ));
     }
     // Only the archive's zero padding may follow its last entry: a second
     // archive (or anything else) hidden there would be covered by the
@@ -461,17 +574,16 @@ fn walk(
     Ok((manifest, files))
 }
 
-/// Copies the entry `path`'s bytes (exactly `size` of them) from `data` to
-/// `out`, hashing them. A read that fails or ends early is the bundle's
-/// fault; a write that fails is [`BundleError::Unpack`].
-fn copy_file(
+/// Reads the entry `path`'s bytes from `data` (exactly `size` of them) in
+/// pieces, giving each to `piece`. A read that fails or ends early is the
+/// bundle's fault.
+fn each_piece(
     path: &str,
     data: &mut dyn Read,
     size: u64,
-    out: &mut dyn std::io::Write,
     limits: ReadLimits,
-) -> Result<FileInfo, BundleError> {
-    let mut hash = Sha256::new();
+    mut piece: impl FnMut(&[u8]) -> Result<(), BundleError>,
+) -> Result<(), BundleError> {
     let mut buf = vec![0u8; 64 << 10];
     let mut seen = 0u64;
     loop {
@@ -481,8 +593,7 @@ fn copy_file(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(corrupt_or_bomb(e, limits)),
         };
-        hash.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(BundleError::Unpack)?;
+        piece(&buf[..n])?;
         seen += n as u64;
     }
     if seen != size {
@@ -490,9 +601,67 @@ fn copy_file(
             "{path}: shorter than declared"
         )));
     }
-    Ok(FileInfo {
-        size,
-        sha256: hash.finalize().into(),
+    Ok(())
+}
+
+/// Copies the entry `path` to `out`; a write that fails is
+/// [`BundleError::Unpack`].
+fn copy_file(
+    path: &str,
+    data: &mut dyn Read,
+    size: u64,
+    out: &mut dyn std::io::Write,
+    limits: ReadLimits,
+) -> Result<(), BundleError> {
+    each_piece(path, data, size, limits, |b| {
+        out.write_all(b).map_err(BundleError::Unpack)
+    })
+}
+
+/// Reads the entry `path` to its end, comparing it with the file at `disk`:
+/// `Ok(Err(why))` if that is not a regular file with the same bytes.
+fn compare_file(
+    path: &str,
+    data: &mut dyn Read,
+    size: u64,
+    disk: &std::path::Path,
+    limits: ReadLimits,
+) -> Result<Result<(), String>, BundleError> {
+    let mut file = match open_regular(disk) {
+        Ok(f)
+            if f.metadata()
+                .is_ok_and(|m| m.len() == size && single_link(&m)) =>
+        {
+            Some(f)
+        }
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            copy_file(path, data, size, &mut std::io::sink(), limits)?;
+            return Ok(Err(format!("{path} is missing")));
+        }
+        Err(e) => {
+            copy_file(path, data, size, &mut std::io::sink(), limits)?;
+            return Ok(Err(format!(
+                "{path} is not a regular file capsa can read ({e})"
+            )));
+        }
+    };
+    let mut have = vec![0u8; 64 << 10];
+    each_piece(path, data, size, limits, |want| {
+        let same = file.as_mut().is_some_and(|f| {
+            f.read_exact(&mut have[..want.len()]).is_ok() && have[..want.len()] == *want
+        });
+        if !same {
+            file = None;
+        }
+        Ok(())
+    })?;
+    // Nothing more on disk than the bundle holds.
+    let same = file.is_some_and(|mut f| matches!(f.read(&mut have[..1]), Ok(0)));
+    Ok(if same {
+        Ok(())
+    } else {
+        Err(format!("{path} differs from the bundle's"))
     })
 }
 
@@ -508,9 +677,9 @@ pub fn contents(
     let mut out = BTreeMap::new();
     walk(payload, limits, |path, size, data| {
         let mut buf = Vec::with_capacity(size.min(1 << 20) as usize);
-        let info = copy_file(path, data, size, &mut buf, limits)?;
+        copy_file(path, data, size, &mut buf, limits)?;
         out.insert(path.to_string(), buf);
-        Ok(info)
+        Ok(())
     })?;
     Ok(out)
 }
@@ -551,23 +720,24 @@ const COMPLETE: &str = ".complete";
 /// never used and no file is ever held in memory whole.
 ///
 /// A directory already there is used only if it holds exactly the bundle's
-/// files, byte for byte, and nothing else ([`check_unpacked`]): the marker
-/// only says that an unpack finished, not that nobody changed a file, added
-/// a `sitecustomize.py` or swapped a file for a link since. Anything else is
-/// unpacked again. The comparison hashes the files on disk against the
-/// bundle's listing, so a run costs a read of its own files, not a second
-/// decompression.
+/// files, byte for byte, and nothing else ([`check_unpacked`], done while
+/// reading with [`read_for_run`]): the marker only says that an unpack
+/// finished, not that nobody changed a file, added a `sitecustomize.py` or
+/// swapped a file for a link since. Anything else is unpacked again.
 pub fn extract(
     bundle: &Bundle,
     bytes: &[u8],
     cache_root: &std::path::Path,
 ) -> std::io::Result<std::path::PathBuf> {
-    let parent = cache_root.join("bundles");
-    let dir = parent.join(bundle.digest_hex());
-    if check_unpacked(bundle, &dir).is_ok() {
+    let dir = unpack_dir(cache_root, &bundle.digest);
+    if bundle.unpacked.as_deref() == Some(&dir) {
         return Ok(dir);
     }
     let payload = same_payload(bundle, bytes).map_err(std::io::Error::other)?;
+    if check_unpacked(bundle, bytes, &dir).is_ok() {
+        return Ok(dir);
+    }
+    let parent = cache_root.join("bundles");
     std::fs::create_dir_all(&parent)?;
     let tmp = tempfile::Builder::new()
         .prefix(".unpack-")
@@ -582,25 +752,18 @@ pub fn extract(
         max_entries: bundle.files.len() + 1,
     };
     walk(payload, limits, |path, size, data| {
-        let listed = bundle.files.get(path).filter(|f| f.size == size);
-        let Some(listed) = listed else {
+        if bundle.files.get(path) != Some(&size) {
             return Err(BundleError::Corrupt(format!(
                 "{path} is not as the bundle was read"
             )));
-        };
+        }
         // `walk` checked the path: relative, no `..`, no links.
         let target = tmp.path().join(path);
         if let Some(p) = target.parent() {
             std::fs::create_dir_all(p).map_err(BundleError::Unpack)?;
         }
         let mut file = std::fs::File::create_new(&target).map_err(BundleError::Unpack)?;
-        let info = copy_file(path, data, size, &mut file, limits)?;
-        if info != *listed {
-            return Err(BundleError::Corrupt(format!(
-                "{path} is not as the bundle was read"
-            )));
-        }
-        Ok(info)
+        copy_file(path, data, size, &mut file, limits)
     })
     .map_err(|e| match e {
         BundleError::Unpack(e) => e,
@@ -626,7 +789,7 @@ pub fn extract(
     }
     // Checked even when freshly written: on a file system that folds case
     // (`A.py` and `a.py` one file), what landed is not what the bundle holds.
-    match (placed, check_unpacked(bundle, &dir)) {
+    match (placed, check_unpacked(bundle, bytes, &dir)) {
         (_, Ok(())) => Ok(dir),
         // Another capsa unpacked the same bundle at the same moment.
         (Err(e), Err(_)) => Err(e),
@@ -637,17 +800,54 @@ pub fn extract(
     }
 }
 
-/// Does `dir` hold exactly `bundle`'s files, as regular files with the same
-/// bytes, the directories they need, and the completion marker, and nothing
-/// else (no link, no extra file)? Says what differs, if anything.
-pub fn check_unpacked(bundle: &Bundle, dir: &std::path::Path) -> Result<(), String> {
+/// Does `dir` hold exactly the files of `bundle` (read from `bytes`), as
+/// regular files with the same bytes, the directories they need, and the
+/// completion marker, and nothing else (no link, no extra file)? Says what
+/// differs, if anything.
+pub fn check_unpacked(bundle: &Bundle, bytes: &[u8], dir: &std::path::Path) -> Result<(), String> {
+    let payload = same_payload(bundle, bytes).map_err(|e| e.to_string())?;
+    marked(dir, &bundle.digest)?;
+    let limits = ReadLimits {
+        max_unpacked: u64::MAX / 2,
+        max_entries: bundle.files.len() + 1,
+    };
+    let mut differs = Ok(());
+    walk(payload, limits, |path, size, data| {
+        if differs.is_ok() {
+            differs = compare_file(path, data, size, &dir.join(path), limits)?;
+            Ok(())
+        } else {
+            copy_file(path, data, size, &mut std::io::sink(), limits)
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    differs?;
+    nothing_else(&bundle.files, dir)
+}
+
+/// Whether `dir` holds the completion marker of the bundle `digest`.
+fn marked(dir: &std::path::Path, digest: &[u8; 32]) -> Result<(), String> {
+    // The directory itself, never one a link there leads to.
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
     let marker = dir.join(COMPLETE);
-    let kind = std::fs::symlink_metadata(&marker).map_err(|e| format!("{COMPLETE}: {e}"))?;
-    if !kind.is_file()
-        || std::fs::read(&marker).ok().as_deref() != Some(bundle.digest_hex().as_bytes())
-    {
+    let mut text = Vec::new();
+    open_regular(&marker)
+        .and_then(|f| f.take(65).read_to_end(&mut text))
+        .map_err(|e| format!("{COMPLETE}: {e}"))?;
+    if text != hex(digest).as_bytes() {
         return Err(format!("{COMPLETE} is not this bundle's"));
     }
+    Ok(())
+}
+
+/// Whether `dir` holds nothing but `files` (the regular files listed, the
+/// directories they need and the marker), each file counted once: what the
+/// files hold is [`compare_file`]'s.
+fn nothing_else(files: &BTreeMap<String, u64>, dir: &std::path::Path) -> Result<(), String> {
     let mut found = 0usize;
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((host, rel)) = stack.pop() {
@@ -670,8 +870,7 @@ pub fn check_unpacked(bundle: &Bundle, dir: &std::path::Path) -> Result<(), Stri
             let ty = entry.file_type().map_err(|e| format!("{path}: {e}"))?;
             if ty.is_dir() {
                 let prefix = format!("{path}/");
-                let needed = bundle
-                    .files
+                let needed = files
                     .range(prefix.clone()..)
                     .next()
                     .is_some_and(|(k, _)| k.starts_with(&prefix));
@@ -680,14 +879,8 @@ pub fn check_unpacked(bundle: &Bundle, dir: &std::path::Path) -> Result<(), Stri
                 }
                 stack.push((entry.path(), path));
             } else if ty.is_file() {
-                let want = bundle
-                    .files
-                    .get(&path)
-                    .ok_or_else(|| format!("{path} is not in the bundle"))?;
-                if file_info(&entry.path(), want.size).map_err(|e| format!("{path}: {e}"))?
-                    != Some(*want)
-                {
-                    return Err(format!("{path} differs from the bundle's"));
+                if !files.contains_key(&path) {
+                    return Err(format!("{path} is not in the bundle"));
                 }
                 found += 1;
             } else {
@@ -695,14 +888,29 @@ pub fn check_unpacked(bundle: &Bundle, dir: &std::path::Path) -> Result<(), Stri
             }
         }
     }
-    if found != bundle.files.len() {
+    if found != files.len() {
         return Err(format!(
             "{} of the bundle's {} files are missing",
-            bundle.files.len() - found.min(bundle.files.len()),
-            bundle.files.len()
+            files.len() - found.min(files.len()),
+            files.len()
         ));
     }
     Ok(())
+}
+
+/// Whether a file has no other name (a hard link elsewhere could be changed
+/// from outside the directory). Unknown on other platforms: true.
+fn single_link(meta: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.nlink() == 1
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        true
+    }
 }
 
 /// The file at `path`, opened for reading if it is a regular file: without
@@ -728,33 +936,6 @@ pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::F
         return Err(std::io::Error::other("not a regular file"));
     }
     Ok(file)
-}
-
-/// The size and hash of the regular file at `path`, if it is `size` bytes
-/// long (`None` if not, without reading it).
-fn file_info(path: &std::path::Path, size: u64) -> std::io::Result<Option<FileInfo>> {
-    let mut file = open_regular(path)?;
-    if file.metadata()?.len() != size {
-        return Ok(None);
-    }
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut seen = 0u64;
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hash.update(&buf[..n]);
-                seen += n as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((seen == size).then(|| FileInfo {
-        size,
-        sha256: hash.finalize().into(),
-    }))
 }
 
 /// The last 16 bytes of an executable carrying a bundle: the bundle's

@@ -84,7 +84,16 @@ fn read_manifest(dir: &Path) -> Result<Option<Manifest>, PackError> {
             )));
         }
         Ok(m) if m.is_file() => {}
-        _ => return Ok(None),
+        Ok(_) => {
+            return Err(PackError::Input(format!(
+                "{} is not a regular file",
+                shown(&manifest_path)
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(PackError::Input(format!("{}: {e}", shown(&manifest_path))));
+        }
     }
     // Opened as checked: swapped for a link since, it is refused.
     let text = read_regular(&manifest_path)
@@ -117,31 +126,50 @@ fn default_entry(files: &BTreeMap<String, Vec<u8>>) -> Option<String> {
     }
 }
 
+/// Opens the folder `dir` (as the user named it) and collects it.
 fn walk(
     dir: &Path,
     prefix: &str,
     skip: Option<&Path>,
     out: &mut BTreeMap<String, Vec<u8>>,
 ) -> Result<(), PackError> {
+    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| PackError::Input(format!("{}: {e}", shown(dir))))?;
+    walk_in(&root, dir, prefix, skip, out)
+}
+
+/// Collects the folder `dir`, found at `path`, through its handle: each
+/// subfolder and file is opened from its parent's handle without following
+/// a link, so a folder swapped for a link while this runs is refused, not
+/// followed out of the tree.
+fn walk_in(
+    dir: &cap_std::fs::Dir,
+    path: &Path,
+    prefix: &str,
+    skip: Option<&Path>,
+    out: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<(), PackError> {
+    use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
     let io = |p: &Path, e: std::io::Error| PackError::Input(format!("{}: {e}", shown(p)));
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| io(dir, e))?
+    let mut entries: Vec<_> = dir
+        .entries()
+        .map_err(|e| io(path, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| io(dir, e))?;
+        .map_err(|e| io(path, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let path = entry.path();
         let name = entry.file_name();
+        let here = path.join(&name);
         let name = name
             .to_str()
-            .ok_or_else(|| PackError::Input(format!("{}: the name is not UTF-8", shown(&path))))?;
+            .ok_or_else(|| PackError::Input(format!("{}: the name is not UTF-8", shown(&here))))?;
         if name.starts_with('.') || name == "__pycache__" || name.ends_with(".pyc") {
             continue;
         }
         if prefix.is_empty() && name == MANIFEST {
             continue;
         }
-        if skip.is_some_and(|s| same_file(s, &path)) {
+        if skip.is_some_and(|s| same_file(s, &here)) {
             continue;
         }
         let rel = if prefix.is_empty() {
@@ -151,20 +179,53 @@ fn walk(
         };
         check_entry_path(&rel)
             .map_err(|why| PackError::Input(format!("{}: {why}", shown_str(&rel))))?;
-        let ty = entry.file_type().map_err(|e| io(&path, e))?;
-        if ty.is_symlink() {
-            return Err(PackError::Input(format!(
+        let link = || {
+            PackError::Input(format!(
                 "{} is a symbolic link; bundles hold regular files only (copy the file in)",
-                shown(&path)
-            )));
+                shown(&here)
+            ))
+        };
+        let ty = entry.file_type().map_err(|e| io(&here, e))?;
+        if ty.is_symlink() {
+            return Err(link());
         } else if ty.is_dir() {
-            walk(&path, &rel, skip, out)?;
+            let sub = dir.open_dir_nofollow(name).map_err(|e| {
+                if dir.symlink_metadata(name).is_ok_and(|m| m.is_symlink()) {
+                    link()
+                } else {
+                    io(&here, e)
+                }
+            })?;
+            walk_in(&sub, &here, &rel, skip, out)?;
         } else if ty.is_file() {
-            out.insert(rel, read_regular(&path).map_err(|e| io(&path, e))?);
+            let mut options = cap_std::fs::OpenOptions::new();
+            options.read(true).follow(FollowSymlinks::No);
+            #[cfg(unix)]
+            {
+                use cap_std::fs::OpenOptionsExt;
+                // Nor waiting on a FIFO put there: refused below, once open.
+                options.custom_flags(libc::O_NONBLOCK);
+            }
+            let mut file = dir.open_with(name, &options).map_err(|e| {
+                if dir.symlink_metadata(name).is_ok_and(|m| m.is_symlink()) {
+                    link()
+                } else {
+                    io(&here, e)
+                }
+            })?;
+            if !file.metadata().map_err(|e| io(&here, e))?.is_file() {
+                return Err(PackError::Input(format!(
+                    "{} is not a regular file",
+                    shown(&here)
+                )));
+            }
+            let mut data = Vec::new();
+            file.read_to_end(&mut data).map_err(|e| io(&here, e))?;
+            out.insert(rel, data);
         } else {
             return Err(PackError::Input(format!(
                 "{} is not a regular file",
-                shown(&path)
+                shown(&here)
             )));
         }
     }

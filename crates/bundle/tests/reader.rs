@@ -1,7 +1,7 @@
 //! The bundle reader on good bundles and on hostile ones: each hostile input
 //! must be refused with its own one-line error, never a panic.
 
-use capsa_bundle::{BundleError, FileInfo, Manifest, ReadLimits, read, write};
+use capsa_bundle::{BundleError, Manifest, ReadLimits, read, write};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -19,6 +19,14 @@ fn files() -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn round_trip_and_reproducible() {
     let m = Manifest::default_for("main.py");
+    // Paths over 100 bytes take a GNU long name entry, which the reader
+    // reads itself (up to the longest path a bundle may hold).
+    let long = format!("{}/deep.py", vec!["d".repeat(200); 15].join("/"));
+    assert!(long.len() > 3000);
+    let mut with_long = files();
+    with_long.insert(long.clone(), b"X = 1\n".to_vec());
+    let bundle = read(&write(&m, &with_long).unwrap(), ReadLimits::default()).unwrap();
+    assert_eq!(bundle.files.get(&long), Some(&6));
     let a = write(&m, &files()).unwrap();
     let b = write(&m, &files()).unwrap();
     assert_eq!(a, b, "the same contents pack to the same bytes");
@@ -26,7 +34,7 @@ fn round_trip_and_reproducible() {
     assert_eq!(bundle.manifest, m);
     let listed: BTreeMap<_, _> = files()
         .into_iter()
-        .map(|(p, d)| (p, FileInfo::of(&d)))
+        .map(|(p, d)| (p, d.len() as u64))
         .collect();
     assert_eq!(bundle.files, listed);
     assert_eq!(
@@ -375,7 +383,14 @@ fn unpacked_bundles_are_checked_on_every_use() {
     let cache = tempfile::tempdir().unwrap();
     let dir = capsa_bundle::extract(&bundle, &bytes, cache.path()).unwrap();
     assert_eq!(dir, cache.path().join("bundles").join(bundle.digest_hex()));
-    assert_eq!(capsa_bundle::check_unpacked(&bundle, &dir), Ok(()));
+    assert_eq!(capsa_bundle::check_unpacked(&bundle, &bytes, &dir), Ok(()));
+    // A run's reading compares as it reads, and finds it unpacked.
+    let for_run = |cache: &std::path::Path| {
+        capsa_bundle::read_for_run(&bytes, ReadLimits::default(), None, cache)
+            .unwrap()
+            .unpacked
+    };
+    assert_eq!(for_run(cache.path()), Some(dir.clone()));
     let main = dir.join("main.py");
 
     type Tamper = fn(&std::path::Path);
@@ -383,6 +398,40 @@ fn unpacked_bundles_are_checked_on_every_use() {
         (
             "changed",
             |d| std::fs::write(d.join("main.py"), "import evil").unwrap(),
+            "main.py differs",
+        ),
+        (
+            "same size",
+            |d| std::fs::write(d.join("main.py"), "print('ho')\n").unwrap(),
+            "main.py differs",
+        ),
+        (
+            "longer",
+            |d| std::fs::write(d.join("main.py"), "print('hi')\nimport evil\n").unwrap(),
+            "main.py differs",
+        ),
+        (
+            "fifo",
+            |d| {
+                std::fs::remove_file(d.join("data/cities.csv")).unwrap();
+                let fifo = std::ffi::CString::new(
+                    d.join("data/cities.csv")
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+                .unwrap();
+                assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+            },
+            "data/cities.csv is not a regular file",
+        ),
+        (
+            "hard link",
+            |d| {
+                let outside = d.parent().unwrap().parent().unwrap().join("outside.py");
+                std::fs::write(&outside, "print('hi')\n").unwrap();
+                std::fs::remove_file(d.join("main.py")).unwrap();
+                std::fs::hard_link(&outside, d.join("main.py")).unwrap();
+            },
             "main.py differs",
         ),
         (
@@ -398,7 +447,7 @@ fn unpacked_bundles_are_checked_on_every_use() {
         (
             "removed",
             |d| std::fs::remove_file(d.join("data/cities.csv")).unwrap(),
-            "1 of the bundle's 3 files are missing",
+            "data/cities.csv is missing",
         ),
         (
             "linked",
@@ -421,20 +470,34 @@ fn unpacked_bundles_are_checked_on_every_use() {
     ];
     for (what, tamper, why) in tampering {
         tamper(&dir);
-        let e = capsa_bundle::check_unpacked(&bundle, &dir).unwrap_err();
+        let e = capsa_bundle::check_unpacked(&bundle, &bytes, &dir).unwrap_err();
         assert!(e.contains(why), "{what}: {e}");
+        assert_eq!(for_run(cache.path()), None, "{what}");
         assert_eq!(
             capsa_bundle::extract(&bundle, &bytes, cache.path()).unwrap(),
             dir,
             "{what}"
         );
         assert_eq!(
-            capsa_bundle::check_unpacked(&bundle, &dir),
+            capsa_bundle::check_unpacked(&bundle, &bytes, &dir),
             Ok(()),
             "{what}"
         );
         assert_eq!(std::fs::read(&main).unwrap(), b"print('hi')\n", "{what}");
     }
+    // The directory a link to a copy elsewhere, however exact: not used.
+    let elsewhere = cache.path().join("elsewhere");
+    std::fs::rename(&dir, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+    let e = capsa_bundle::check_unpacked(&bundle, &bytes, &dir).unwrap_err();
+    assert!(e.contains("is not a directory"), "{e}");
+    assert_eq!(for_run(cache.path()), None);
+    assert_eq!(
+        capsa_bundle::extract(&bundle, &bytes, cache.path()).unwrap(),
+        dir
+    );
+    assert!(std::fs::symlink_metadata(&dir).unwrap().is_dir());
+    std::fs::remove_dir_all(&elsewhere).unwrap();
     // Nothing is left behind in the cache but the one directory.
     let left: Vec<_> = std::fs::read_dir(cache.path().join("bundles"))
         .unwrap()
@@ -482,6 +545,22 @@ fn entry_paths_that_could_not_be_unpacked_or_would_mislead_are_refused() {
         assert!(why.contains("invisible"), "{path:?}: {why}");
     }
     assert!(check_entry_path("café/中文.py").is_ok());
+    // Spaces that would make two names in a listing look alike.
+    for path in [
+        "main.py ",
+        " main.py",
+        "dir /main.py",
+        "main\u{a0}.py",
+        "main\u{3000}.py",
+        "main\u{2007}.py",
+        "main\u{205f}.py",
+        "main.py\u{1680}",
+        "main\u{fff9}.py",
+        "main\u{600}.py",
+    ] {
+        assert!(check_entry_path(path).is_err(), "{path:?}");
+    }
+    assert!(check_entry_path("my files/main file.py").is_ok());
 }
 
 /// Unpacking reads the payload a second time, streaming each file to disk;
@@ -497,7 +576,7 @@ fn many_small_files_unpack_as_listed() {
     let bytes = write(&Manifest::default_for("main.py"), &many).unwrap();
     let bundle = read(&bytes, ReadLimits::default()).unwrap();
     assert_eq!(bundle.files.len(), 3001);
-    assert_eq!(bundle.files["pkg/m0042.py"], FileInfo::of(b"X = 42\n"));
+    assert_eq!(bundle.files["pkg/m0042.py"], 7);
     let cache = tempfile::tempdir().unwrap();
     let dir = capsa_bundle::extract(&bundle, &bytes, cache.path()).unwrap();
     assert_eq!(

@@ -223,7 +223,15 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
         Ok(b) => b,
         Err(code) => return code,
     };
-    let bundle = match super::inspect::decode(&shown, &bytes, expected) {
+    let Some(cache_root) = CodeCache::default_dir() else {
+        return fail(
+            exit::INTERNAL,
+            anyhow::anyhow!(
+                "no cache directory: set CAPSA_CACHE_DIR (or HOME, or on Windows LOCALAPPDATA)"
+            ),
+        );
+    };
+    let bundle = match super::inspect::decode(&shown, &bytes, expected, Some(&cache_root)) {
         Ok(b) => b,
         Err(code) => return code,
     };
@@ -290,14 +298,6 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
         policy.limits.timeout = Some(t.duration());
     }
 
-    let Some(cache_root) = CodeCache::default_dir() else {
-        return fail(
-            exit::INTERNAL,
-            anyhow::anyhow!(
-                "no cache directory: set CAPSA_CACHE_DIR (or HOME, or on Windows LOCALAPPDATA)"
-            ),
-        );
-    };
     let dir = match capsa_bundle::extract(&bundle, &bytes, &cache_root)
         .and_then(|d| capsa_sandbox::load::canonical(&d))
     {

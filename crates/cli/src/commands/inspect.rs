@@ -32,7 +32,7 @@ pub fn open(
     expected: Option<&[u8; 32]>,
 ) -> Result<capsa_bundle::Bundle, i32> {
     let shown = escape_for_terminal(&path.display().to_string()).into_owned();
-    decode(&shown, &read(path)?, expected)
+    decode(&shown, &read(path)?, expected, None)
 }
 
 /// The bytes of the bundle file at `path`, or why not (126).
@@ -49,22 +49,28 @@ pub fn read(path: &std::path::Path) -> Result<Vec<u8>, i32> {
     })
 }
 
-/// [`open`] on bytes already read; `shown` names them in messages.
+/// [`open`] on bytes already read; `shown` names them in messages. For a
+/// run, `cache_root` is where the bundle is unpacked: its files are
+/// compared with the bundle's as they are read (`read_for_run`).
 pub fn decode(
     shown: &str,
     bytes: &[u8],
     expected: Option<&[u8; 32]>,
+    cache_root: Option<&std::path::Path>,
 ) -> Result<capsa_bundle::Bundle, i32> {
-    capsa_bundle::read_expecting(bytes, capsa_bundle::ReadLimits::default(), expected).map_err(
-        |e| {
-            let code = match e {
-                // The user's own check said no: the bundle may be sound.
-                BundleError::UnexpectedDigest { .. } => exit::USAGE,
-                _ => exit::LOAD,
-            };
-            fail(code, anyhow::anyhow!("{shown}: {e}"))
-        },
-    )
+    let limits = capsa_bundle::ReadLimits::default();
+    match cache_root {
+        Some(root) => capsa_bundle::read_for_run(bytes, limits, expected, root),
+        None => capsa_bundle::read_expecting(bytes, limits, expected),
+    }
+    .map_err(|e| {
+        let code = match e {
+            // The user's own check said no: the bundle may be sound.
+            BundleError::UnexpectedDigest { .. } => exit::USAGE,
+            _ => exit::LOAD,
+        };
+        fail(code, anyhow::anyhow!("{shown}: {e}"))
+    })
 }
 
 pub fn run(args: InspectArgs) -> i32 {
@@ -78,7 +84,7 @@ pub fn run(args: InspectArgs) -> i32 {
         let v = serde_json::json!({
             "sha256": b.digest_hex(),
             "manifest": m,
-            "files": b.files.iter().map(|(p, f)| serde_json::json!({"path": p, "size": f.size})).collect::<Vec<_>>(),
+            "files": b.files.iter().map(|(p, size)| serde_json::json!({"path": p, "size": size})).collect::<Vec<_>>(),
         });
         match serde_json::to_string_pretty(&v) {
             Ok(text) => println!("{text}"),
@@ -130,8 +136,8 @@ pub fn run(args: InspectArgs) -> i32 {
         or_default(m.limits.timeout.map(|l| l.to_string()))
     );
     println!("files:");
-    for (p, f) in &b.files {
-        println!("  {:>10}  {}", f.size, esc(p));
+    for (p, size) in &b.files {
+        println!("  {size:>10}  {}", esc(p));
     }
     0
 }

@@ -275,6 +275,18 @@ fn damaged_bundles_are_refused_before_anything_runs() {
     );
     assert!(!d.join("linked.capsa").exists());
     std::fs::remove_file(&manifest).unwrap();
+    // A directory in its place is refused too (it was packed silently with
+    // a default manifest).
+    std::fs::create_dir(&manifest).unwrap();
+    let r = pack(&app, &d.join("dir.capsa"), &[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("capsa.toml is not a regular file"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.join("dir.capsa").exists());
+    std::fs::remove_dir(&manifest).unwrap();
     if let Some(k) = kept {
         std::fs::write(&manifest, k).unwrap();
     }
@@ -445,6 +457,11 @@ fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// The ustar header of a regular file `name` of `size` bytes.
 fn tar_header(name: &str, size: u64) -> [u8; 512] {
+    tar_header_of(name, size, b'0')
+}
+
+/// A ustar header of type `kind` (`0` a regular file, `L` a GNU long name).
+fn tar_header_of(name: &str, size: u64, kind: u8) -> [u8; 512] {
     let mut h = [0u8; 512];
     h[..name.len()].copy_from_slice(name.as_bytes());
     h[100..108].copy_from_slice(b"0000644\0");
@@ -452,7 +469,7 @@ fn tar_header(name: &str, size: u64) -> [u8; 512] {
     h[116..124].copy_from_slice(b"0000000\0");
     h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
     h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = b'0';
+    h[156] = kind;
     h[257..263].copy_from_slice(b"ustar\0");
     h[263..265].copy_from_slice(b"00");
     h[148..156].copy_from_slice(b"        ");
@@ -1052,6 +1069,22 @@ fn a_bundle_is_never_held_unpacked_in_memory() {
         "{}",
         r.stderr
     );
+    // A GNU long name, which the tar reader would read whole (the reviewer's
+    // 254 KB bundle with a 1 GiB name took 5.25 GB), is refused for its size
+    // before it is read, under the same limit.
+    let long_name = tar_header_of("././@LongLink", BIG, b'L');
+    let payload = zstd_frame_then_zeros(&long_name, BIG);
+    std::fs::write(&f, capsa_bundle::wrap_payload(&payload)).unwrap();
+    let mut c = capsa();
+    c.arg("inspect").arg(&f);
+    let r = limited(c);
+    assert_eq!(r.code, 126, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a long name of 536870912 bytes"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.len() < 300, "{}", r.stderr.len());
     // And a capsa.toml over 1 MiB is refused for its size, unread.
     let mut big_manifest = tar_header("capsa.toml", 2 << 20).to_vec();
     big_manifest.extend_from_slice(&[0u8; 1024]);

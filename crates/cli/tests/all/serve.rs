@@ -616,8 +616,24 @@ fn session_files_go_in_and_out_of_its_scratch_directory() {
         b"",
     );
     assert_eq!(file_as_dir.status, 400);
-    let put_dir = server.raw("PUT", &format!("/v1/sessions/{id}/files/new/"), &[], b"x");
-    assert_eq!(put_dir.status, 400);
+    for dir_name in ["new/", "new%2F", "new/.", "sub/new%2F"] {
+        let put_dir = server.raw(
+            "PUT",
+            &format!("/v1/sessions/{id}/files/{dir_name}"),
+            &[],
+            b"x",
+        );
+        assert_eq!(put_dir.status, 400, "{dir_name}");
+    }
+    for file_as_dir in ["out.bin%2F", "out.bin/."] {
+        let a = server.raw(
+            "GET",
+            &format!("/v1/sessions/{id}/files/{file_as_dir}"),
+            &[],
+            b"",
+        );
+        assert_eq!(a.status, 400, "{file_as_dir}");
+    }
     let gone = server.raw("GET", &format!("/v1/sessions/{id}/files/new"), &[], b"");
     assert_eq!(gone.status, 404, "nothing was written");
     // A name the file system cannot take there is the request's fault.
@@ -991,9 +1007,42 @@ fn a_tokenless_server_stays_on_loopback_and_refuses_web_pages() {
     let a = server.raw("POST", "/v1/run", &[("Content-Type", "text/plain")], body);
     assert_eq!(a.status, 415);
     for path in ["/v1/sessions", "/v1/run"] {
-        let a = server.raw("POST", path, &[("Content-Type", "text/plain")], b"");
-        assert_eq!(a.status, 415, "{path}");
+        for ctype in ["text/plain", "", "text/\u{e9}"] {
+            let a = server.raw("POST", path, &[("Content-Type", ctype)], b"");
+            assert_eq!(a.status, 415, "{path} {ctype:?}");
+        }
     }
+    // The media type exactly (in any case, with parameters).
+    let a = server.raw(
+        "POST",
+        "/v1/run",
+        &[("Content-Type", "application/jsonx")],
+        body,
+    );
+    assert_eq!(a.status, 415);
+    let a = server.raw(
+        "POST",
+        "/v1/run",
+        &[("Content-Type", "Application/JSON; charset=utf-8")],
+        body,
+    );
+    assert_eq!(a.status, 200);
+    // A request target in absolute form that names another host.
+    let a = server.raw(
+        "POST",
+        "http://evil.example/v1/run",
+        &[("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(a.status, 403);
+    let own_target = format!("http://{}/v1/run", server.addr);
+    let a = server.raw(
+        "POST",
+        &own_target,
+        &[("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(a.status, 200);
     // Two Host headers, the server's own first: only the first was checked.
     let own = server.addr.clone();
     for hosts in [

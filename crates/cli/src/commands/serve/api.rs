@@ -495,6 +495,14 @@ fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), Answer> {
                     "requests from web pages are refused (this server has no token)",
                 ));
             }
+            // A request target in absolute form names a host as well.
+            let named = req.uri().authority().map(|a| a.as_str());
+            if named.is_some_and(|a| !state.hosts.iter().any(|ok| ok.eq_ignore_ascii_case(a))) {
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    "the request target does not name this server's address (this server has no token)",
+                ));
+            }
             match header("host") {
                 Some(h) if state.hosts.iter().any(|ok| ok.eq_ignore_ascii_case(h)) => Ok(()),
                 _ => Err(error(
@@ -510,20 +518,23 @@ async fn body_json<T: for<'a> Deserialize<'a>>(
     state: &State,
     req: Request<Incoming>,
 ) -> Result<T, Answer> {
-    let ctype = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    // Absent, or JSON: exactly that media type, in any case, with any
+    // parameters. A value that is not text is not JSON.
+    let ctype = req.headers().get("content-type").map(|v| {
+        v.to_str().is_ok_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        })
+    });
     let bytes = body_bytes(state, req).await?;
     // No body is `{}`, unless it says it is something else: a page may post
     // an empty form (text/plain) without asking first.
-    if bytes.is_empty() && (ctype.is_empty() || ctype.starts_with("application/json")) {
+    if bytes.is_empty() && ctype != Some(false) {
         return serde_json::from_slice(b"{}")
             .map_err(|e| error(StatusCode::BAD_REQUEST, format!("a body is needed: {e}")));
     }
-    if !ctype.starts_with("application/json") {
+    if ctype != Some(true) {
         return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be JSON (Content-Type: application/json)",
@@ -1142,6 +1153,12 @@ fn decode_name(raw: &str) -> Result<PathBuf, Answer> {
     scratch::check_name(&name).map_err(file_error)
 }
 
+/// Whether a name in the file API (as sent, percent-encoded) names a
+/// directory as a path would: ending in `/` or `/.`.
+fn names_dir(raw: &str) -> bool {
+    percent_decode(raw).is_some_and(|n| n.ends_with('/') || n.ends_with("/.") || n == ".")
+}
+
 async fn get_file(state: &State, id: &str, name: Option<&str>) -> Answer {
     let Some(handle) = find(state, id) else {
         return gone(state, id);
@@ -1155,7 +1172,7 @@ async fn get_file(state: &State, id: &str, name: Option<&str>) -> Answer {
         None => None,
     };
     // `sub/` names a directory, as a path does: never a file.
-    let as_dir = name.as_ref().is_some() && raw_name.ends_with('/');
+    let as_dir = name.as_ref().is_some() && names_dir(raw_name);
     let root = handle.scratch;
     let found = tokio::task::spawn_blocking(move || scratch::read(&root, name.as_deref())).await;
     match found {
@@ -1185,7 +1202,7 @@ async fn put_file(state: &State, id: &str, name: &str, bytes: &Bytes) -> Answer 
     let Some(handle) = find(state, id) else {
         return gone(state, id);
     };
-    if name.ends_with('/') {
+    if names_dir(name) {
         return error(
             StatusCode::BAD_REQUEST,
             format!(
