@@ -105,8 +105,17 @@ pub fn is_bundle_file(path: &std::path::Path) -> bool {
         .is_ok_and(|()| head == MAGIC)
 }
 
-/// The longest path a bundle may hold, in bytes.
-const MAX_PATH: usize = 4096;
+/// The longest path a bundle may hold, in bytes: room left for the cache
+/// directory it is unpacked into within a system's 4096.
+const MAX_PATH: usize = 3072;
+
+/// The most all of a bundle's paths may take together, in bytes (100,000
+/// long names of 3 KB each would hold 300 MB of paths in memory).
+const MAX_PATHS_TOTAL: usize = 16 << 20;
+
+/// The largest zstd window a bundle may need: `capsa pack` writes at most
+/// 8 MiB (its level uses 4), and a larger one is memory taken to decode.
+const MAX_WINDOW_LOG: u32 = 23;
 
 /// Is `path` acceptable as a path inside a bundle? Relative, `/`-separated,
 /// no empty, `.` or `..` component, no backslash, no control, bidirectional
@@ -136,7 +145,8 @@ pub fn check_entry_path(path: &str) -> Result<(), String> {
     // What reads as something else in a listing: `main.py ` beside
     // `main.py`, a no-break or ideographic space, a format character that
     // is not one of the invisible ones above (the Arabic number signs, the
-    // interlinear annotation marks, the hieroglyph format controls).
+    // interlinear annotation marks, the hieroglyph format controls, the
+    // Khitan filler) or draws as nothing (the null notehead U+1D159).
     if let Some(c) = path.chars().find(|&c| {
         (c.is_whitespace() && c != ' ')
             || matches!(
@@ -150,6 +160,8 @@ pub fn check_entry_path(path: &str) -> Result<(), String> {
                     | '\u{110CD}'
                     | '\u{FFF9}'..='\u{FFFB}'
                     | '\u{13430}'..='\u{1343F}'
+                    | '\u{16FE4}'
+                    | '\u{1D159}'
             )
     }) {
         return Err(format!(
@@ -425,9 +437,12 @@ fn walk(
     mut each: impl FnMut(&str, u64, &mut dyn Read) -> Result<(), BundleError>,
 ) -> Result<(Manifest, BTreeMap<String, u64>), BundleError> {
     // `verify` checked there is one frame; the decoder stops after it anyway.
-    let decoder = zstd::Decoder::new(payload)
+    let mut decoder = zstd::Decoder::new(payload)
         .map_err(|e| BundleError::Corrupt(e.to_string()))?
         .single_frame();
+    decoder
+        .window_log_max(MAX_WINDOW_LOG)
+        .map_err(|e| BundleError::Corrupt(e.to_string()))?;
     // One byte more than allowed tells a bomb from a bundle exactly at the cap.
     let capped = decoder.take(limits.max_unpacked + 1);
     let mut archive = tar::Archive::new(capped);
@@ -444,6 +459,7 @@ fn walk(
         .map_err(|e| BundleError::Corrupt(e.to_string()))?
         .raw(true);
     let mut long_name: Option<Vec<u8>> = None;
+    let mut paths_total = 0usize;
     let mut i = 0usize;
     for entry in entries {
         if i >= limits.max_entries {
@@ -483,6 +499,13 @@ fn walk(
         };
         let path = String::from_utf8(raw_path)
             .map_err(|_| BundleError::Corrupt("an entry path is not UTF-8".into()))?;
+        paths_total += path.len();
+        if paths_total > MAX_PATHS_TOTAL {
+            return Err(BundleError::Corrupt(format!(
+                "more than {} MiB of paths",
+                MAX_PATHS_TOTAL >> 20
+            )));
+        }
         check_entry_path(&path).map_err(|why| BundleError::UnsafeEntry {
             path: path.clone(),
             why,

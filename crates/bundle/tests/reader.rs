@@ -591,3 +591,59 @@ fn many_small_files_unpack_as_listed() {
     assert!(e.to_string().contains("sha256"), "{e}");
     assert!(!cache2.path().join("bundles").exists());
 }
+
+/// What reading a bundle holds besides its files: the paths (at most 16 MiB
+/// of them, each at most 3072 bytes) and the decoder's window (at most 8
+/// MiB). A 280 KB bundle of 100,000 long names of 4 KB took 550 MB; one
+/// compressed with a 128 MiB window took 140 MB before a byte was read.
+#[test]
+fn paths_and_the_decoders_window_are_capped() {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, path, data).unwrap();
+    };
+    add("capsa.toml", MANIFEST);
+    add("main.py", b"");
+    let dir = vec!["d".repeat(250); 12].join("/");
+    for i in 0..6000 {
+        add(&format!("{dir}/{i}"), b"");
+    }
+    let tar = tar.into_inner().unwrap();
+    refused(
+        &wrap(&zstd::bulk::compress(&tar, 3).unwrap()),
+        "more than 16 MiB of paths",
+    );
+    // A path over 3072 bytes is refused from its long name.
+    let long = format!("{}/x.py", vec!["p".repeat(250); 13].join("/"));
+    assert!(
+        capsa_bundle::check_entry_path(&long)
+            .unwrap_err()
+            .contains("longer than 3072")
+    );
+
+    // The same small bundle, with a window of 2^27 declared in its frame.
+    let tar = tar_of(&[
+        Entry::File("capsa.toml", MANIFEST),
+        Entry::File("main.py", b""),
+    ]);
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    enc.set_parameter(zstd::zstd_safe::CParameter::WindowLog(27))
+        .unwrap();
+    enc.include_contentsize(false).unwrap();
+    std::io::Write::write_all(&mut enc, &tar).unwrap();
+    let wide = enc.finish().unwrap();
+    refused(&wrap(&wide), "damaged bundle");
+    assert!(
+        read(
+            &bundle_of(&[
+                Entry::File("capsa.toml", MANIFEST),
+                Entry::File("main.py", b"")
+            ]),
+            ReadLimits::default()
+        )
+        .is_ok()
+    );
+}

@@ -1012,6 +1012,11 @@ fn a_tokenless_server_stays_on_loopback_and_refuses_web_pages() {
             assert_eq!(a.status, 415, "{path} {ctype:?}");
         }
     }
+    let two = [
+        ("Content-Type", "application/json"),
+        ("Content-Type", "text/plain"),
+    ];
+    assert_eq!(server.raw("POST", "/v1/run", &two, body).status, 400);
     // The media type exactly (in any case, with parameters).
     let a = server.raw(
         "POST",

@@ -464,16 +464,23 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// 400 for a request with more than one header `name`: what a check reads
+/// (the first) may not be what another reader acts on.
+fn one_header(req: &Request<Incoming>, name: &str) -> Result<(), Answer> {
+    if req.headers().get_all(name).iter().nth(1).is_some() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("a request has one {name} header, not several"),
+        ));
+    }
+    Ok(())
+}
+
 fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), Answer> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     // RFC 9112 (3.2): more than one Host is a bad request. The check below
     // reads the first; a proxy or a browser may act on another.
-    if req.headers().get_all("host").iter().nth(1).is_some() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "a request has one Host header, not several",
-        ));
-    }
+    one_header(req, "Host")?;
     match &state.config.token {
         Some(token) => {
             let given = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
@@ -518,6 +525,7 @@ async fn body_json<T: for<'a> Deserialize<'a>>(
     state: &State,
     req: Request<Incoming>,
 ) -> Result<T, Answer> {
+    one_header(&req, "Content-Type")?;
     // Absent, or JSON: exactly that media type, in any case, with any
     // parameters. A value that is not text is not JSON.
     let ctype = req.headers().get("content-type").map(|v| {
