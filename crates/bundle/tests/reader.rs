@@ -635,7 +635,7 @@ fn paths_and_the_decoders_window_are_capped() {
     enc.include_contentsize(false).unwrap();
     std::io::Write::write_all(&mut enc, &tar).unwrap();
     let wide = enc.finish().unwrap();
-    refused(&wrap(&wide), "damaged bundle");
+    refused(&wrap(&wide), "too much memory");
     assert!(
         read(
             &bundle_of(&[
