@@ -285,16 +285,7 @@ pub fn read_expecting(
     limits: ReadLimits,
     expected: Option<&[u8; 32]>,
 ) -> Result<Bundle, BundleError> {
-    let (digest, payload) = verify(bytes)?;
-    if let Some(want) = expected
-        && *want != digest
-    {
-        return Err(BundleError::UnexpectedDigest {
-            actual: hex(&digest),
-            expected: hex(want),
-        });
-    }
-    decode(digest, payload, limits, None)
+    read_checked(bytes, limits, expected, None)
 }
 
 /// [`read_expecting`] for a run: in the same reading, each file is compared
@@ -308,6 +299,15 @@ pub fn read_for_run(
     expected: Option<&[u8; 32]>,
     cache_root: &std::path::Path,
 ) -> Result<Bundle, BundleError> {
+    read_checked(bytes, limits, expected, Some(cache_root))
+}
+
+fn read_checked(
+    bytes: &[u8],
+    limits: ReadLimits,
+    expected: Option<&[u8; 32]>,
+    cache_root: Option<&std::path::Path>,
+) -> Result<Bundle, BundleError> {
     let (digest, payload) = verify(bytes)?;
     if let Some(want) = expected
         && *want != digest
@@ -317,12 +317,8 @@ pub fn read_for_run(
             expected: hex(want),
         });
     }
-    decode(
-        digest,
-        payload,
-        limits,
-        Some(&unpack_dir(cache_root, &digest)),
-    )
+    let unpacked = cache_root.map(|root| unpack_dir(root, &digest));
+    decode(digest, payload, limits, unpacked.as_deref())
 }
 
 fn unpack_dir(cache_root: &std::path::Path, digest: &[u8; 32]) -> std::path::PathBuf {
