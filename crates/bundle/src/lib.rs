@@ -392,23 +392,17 @@ fn decode(
     limits: ReadLimits,
     unpacked: Option<&std::path::Path>,
 ) -> Result<Bundle, BundleError> {
-    // Compared while it holds; once a file differs, only read.
-    let mut verdict = unpacked.map(|dir| marked(dir, &digest));
-    let (manifest, files) = walk(payload, limits, |path, size, data| {
-        match (unpacked, matches!(verdict, Some(Ok(())))) {
-            (Some(dir), true) => {
-                let r = compare_file(path, data, size, &dir.join(path), limits)?;
-                if r.is_err() {
-                    verdict = Some(r);
-                }
-                Ok(())
-            }
-            _ => copy_file(path, data, size, &mut std::io::sink(), limits),
+    let (manifest, files, unpacked) = match unpacked {
+        Some(dir) => {
+            let (manifest, files, holds) = walk_against(payload, limits, &digest, dir)?;
+            (manifest, files, holds.ok().map(|()| dir.to_path_buf()))
         }
-    })?;
-    let unpacked = match (unpacked, verdict) {
-        (Some(dir), Some(Ok(()))) if nothing_else(&files, dir).is_ok() => Some(dir.to_path_buf()),
-        _ => None,
+        None => {
+            let (manifest, files) = walk(payload, limits, |path, size, data| {
+                copy_file(path, data, size, &mut std::io::sink(), limits)
+            })?;
+            (manifest, files, None)
+        }
     };
     Ok(Bundle {
         manifest,
@@ -753,7 +747,7 @@ pub fn extract(
         return Ok(dir);
     }
     let payload = same_payload(bundle, bytes).map_err(std::io::Error::other)?;
-    if check_unpacked(bundle, bytes, &dir).is_ok() {
+    if check_payload(bundle, payload, &dir).is_ok() {
         return Ok(dir);
     }
     let parent = cache_root.join("bundles");
@@ -808,7 +802,7 @@ pub fn extract(
     }
     // Checked even when freshly written: on a file system that folds case
     // (`A.py` and `a.py` one file), what landed is not what the bundle holds.
-    match (placed, check_unpacked(bundle, bytes, &dir)) {
+    match (placed, check_payload(bundle, payload, &dir)) {
         (_, Ok(())) => Ok(dir),
         // Another capsa unpacked the same bundle at the same moment.
         (Err(e), Err(_)) => Err(e),
@@ -825,23 +819,44 @@ pub fn extract(
 /// differs, if anything.
 pub fn check_unpacked(bundle: &Bundle, bytes: &[u8], dir: &std::path::Path) -> Result<(), String> {
     let payload = same_payload(bundle, bytes).map_err(|e| e.to_string())?;
+    check_payload(bundle, payload, dir)
+}
+
+/// [`check_unpacked`] on the payload, once it is known to be `bundle`'s.
+fn check_payload(bundle: &Bundle, payload: &[u8], dir: &std::path::Path) -> Result<(), String> {
+    // No marker, nothing to decompress.
     marked(dir, &bundle.digest)?;
     let limits = ReadLimits {
         max_unpacked: u64::MAX / 2,
         max_entries: bundle.files.len() + 1,
     };
-    let mut differs = Ok(());
-    walk(payload, limits, |path, size, data| {
-        if differs.is_ok() {
-            differs = compare_file(path, data, size, &dir.join(path), limits)?;
+    walk_against(payload, limits, &bundle.digest, dir)
+        .map_err(|e| e.to_string())?
+        .2
+}
+
+/// [`walk`], comparing each file with `dir` while they are the same (once
+/// one differs, the rest is only read). Returns the listing and whether
+/// `dir` holds exactly the bundle `digest`: its marker, its files byte for
+/// byte, nothing else.
+#[allow(clippy::type_complexity)]
+fn walk_against(
+    payload: &[u8],
+    limits: ReadLimits,
+    digest: &[u8; 32],
+    dir: &std::path::Path,
+) -> Result<(Manifest, BTreeMap<String, u64>, Result<(), String>), BundleError> {
+    let mut holds = marked(dir, digest);
+    let (manifest, files) = walk(payload, limits, |path, size, data| {
+        if holds.is_ok() {
+            holds = compare_file(path, data, size, &dir.join(path), limits)?;
             Ok(())
         } else {
             copy_file(path, data, size, &mut std::io::sink(), limits)
         }
-    })
-    .map_err(|e| e.to_string())?;
-    differs?;
-    nothing_else(&bundle.files, dir)
+    })?;
+    let holds = holds.and_then(|()| nothing_else(&files, dir));
+    Ok((manifest, files, holds))
 }
 
 /// Whether `dir` holds the completion marker of the bundle `digest`.

@@ -185,17 +185,19 @@ fn walk_in(
                 shown(&here)
             ))
         };
+        // Swapped for a link since it was listed: said as such.
+        let not_opened = |e| {
+            if dir.symlink_metadata(name).is_ok_and(|m| m.is_symlink()) {
+                link()
+            } else {
+                io(&here, e)
+            }
+        };
         let ty = entry.file_type().map_err(|e| io(&here, e))?;
         if ty.is_symlink() {
             return Err(link());
         } else if ty.is_dir() {
-            let sub = dir.open_dir_nofollow(name).map_err(|e| {
-                if dir.symlink_metadata(name).is_ok_and(|m| m.is_symlink()) {
-                    link()
-                } else {
-                    io(&here, e)
-                }
-            })?;
+            let sub = dir.open_dir_nofollow(name).map_err(not_opened)?;
             walk_in(&sub, &here, &rel, skip, out)?;
         } else if ty.is_file() {
             let mut options = cap_std::fs::OpenOptions::new();
@@ -206,13 +208,7 @@ fn walk_in(
                 // Nor waiting on a FIFO put there: refused below, once open.
                 options.custom_flags(libc::O_NONBLOCK);
             }
-            let mut file = dir.open_with(name, &options).map_err(|e| {
-                if dir.symlink_metadata(name).is_ok_and(|m| m.is_symlink()) {
-                    link()
-                } else {
-                    io(&here, e)
-                }
-            })?;
+            let mut file = dir.open_with(name, &options).map_err(not_opened)?;
             if !file.metadata().map_err(|e| io(&here, e))?.is_file() {
                 return Err(PackError::Input(format!(
                     "{} is not a regular file",
