@@ -11,7 +11,6 @@
 //! which the caller does), or nothing changes.
 
 use crate::component::{Wiring, rebuild};
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -62,7 +61,7 @@ pub fn find_wasm_opt() -> Result<PathBuf, String> {
     } else {
         &["wasm-opt"]
     };
-    let path = std::env::var_os("PATH").unwrap_or_else(OsString::new);
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .filter(|dir| dir.is_absolute())
         .flat_map(|dir| names.iter().map(move |n| dir.join(n)))

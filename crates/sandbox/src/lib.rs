@@ -1820,16 +1820,17 @@ fn reuse_for(program: &Path, cache: Option<&CodeCache>, fuel: bool) -> Option<(E
     ready
 }
 
+/// Takes a component's memory snapshot out of it: the component without
+/// the memory's data, the image (from address 0) and the memory's minimum
+/// size in bytes, or `None` (`capsa_python::image::split_image`).
+pub type Split = fn(&[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)>;
+
 /// Makes, ahead of a server's first run, what its warm workers will run
 /// Python with (see [`reuse_for`]): `program` split in the code cache and
 /// compiled there, so that no run waits for it within its time limit.
 /// Gives whether it is ready; a server whose split fails runs Python as
 /// before.
-pub fn prepare_kept_memory(
-    program: &Path,
-    cache: &CodeCache,
-    split: fn(&[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)>,
-) -> bool {
+pub fn prepare_kept_memory(program: &Path, cache: &CodeCache, split: Split) -> bool {
     #[cfg(target_os = "linux")]
     {
         if rustix::param::page_size() != slots::PAGE {
@@ -1859,7 +1860,7 @@ pub fn prepare_kept_memory(
 fn split_in_cache(
     program: &Path,
     cache: &CodeCache,
-    split: Option<fn(&[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)>>,
+    split: Option<Split>,
 ) -> Option<(PathBuf, Arc<slots::Image>)> {
     let hex = load::hex(&load::Program::read(program, Some(cache)).ok()?.digest);
     let root = cache.dir();
