@@ -60,8 +60,9 @@ pub const MAX_ARG: usize = 1000;
 /// Where a bundle's own files appear in the guest, read-only.
 pub const GUEST_APP: &str = "/app";
 /// Guest paths capsa mounts itself: a bundle's directory may be neither
-/// there nor below. `/python` is `capsa_python::GUEST_STDLIB`.
-pub const RESERVED_GUEST: [&str; 2] = [GUEST_APP, "/python"];
+/// there nor below. `/python` is `capsa_python::GUEST_STDLIB`,
+/// `/capsa-pycache` where Python reads the bytecode capsa compiled.
+pub const RESERVED_GUEST: [&str; 3] = [GUEST_APP, "/python", "/capsa-pycache"];
 
 /// A checked manifest. Its parts are typed, so one built in code is checked
 /// too; [`Manifest::validate`] adds the checks that span fields.
@@ -607,7 +608,7 @@ impl Manifest {
                     GuestPath::parse(r).map_err(|e| ManifestError::Invalid(e.to_string()))?;
                 if d.guest.is_within(&reserved) {
                     return bad(format!(
-                        "{field}: {r} is capsa's own (the bundle's files, Python's library)"
+                        "{field}: {r} is capsa's own (the bundle's files, Python's library and bytecode)"
                     ));
                 }
             }
@@ -750,6 +751,8 @@ timeout = "1m"
             (dir("/app"), "/app is capsa's own"),
             (dir("/app/data"), "/app is capsa's own"),
             (dir("/python/lib"), "/python is capsa's own"),
+            (dir("/capsa-pycache"), "/capsa-pycache is capsa's own"),
+            (dir("/capsa-pycache/x"), "/capsa-pycache is capsa's own"),
             // Directory names.
             (dir_named("a b"), "ask.dirs: invalid directory name \"a b\""),
             (dir_named(""), "invalid directory name"),

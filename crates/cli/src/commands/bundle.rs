@@ -17,10 +17,14 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 // The bundle crate keeps capsa's own guest paths from a bundle's
-// directories; Python's library must be among them.
+// directories; Python's library and its bytecode must be among them.
 const _: () = assert!(same_str(
     capsa_bundle::manifest::RESERVED_GUEST[1],
     capsa_python::GUEST_STDLIB
+));
+const _: () = assert!(same_str(
+    capsa_bundle::manifest::RESERVED_GUEST[2],
+    super::pycache::GUEST_PREFIX
 ));
 
 const fn same_str(a: &str, b: &str) -> bool {

@@ -214,6 +214,45 @@ fn read_grant(host: PathBuf, guest: String, kind: GrantKind) -> FsGrant {
     }
 }
 
+/// Refuses a grant that would put other files where Python imports from:
+/// at or below `/python` (the standard library) or `/capsa-pycache` (the
+/// bytecode capsa compiled), which are capsa's own, or below a
+/// `--python-path` directory (`packages`: host, guest) under a host path
+/// other than its own, so that nothing granted as data replaces a module or
+/// its bytecode, and one run cannot plant code there for the next.
+fn refuse_grants_in_imports(
+    grants: &[FsGrant],
+    packages: &[(PathBuf, String)],
+) -> anyhow::Result<()> {
+    use capsa_policy::{default_guest, strip_guest_prefix};
+    for g in grants {
+        let guest = g.guest_absolute();
+        for own in [GUEST_STDLIB, super::pycache::GUEST_PREFIX] {
+            if strip_guest_prefix(&guest, own).is_some() {
+                anyhow::bail!(
+                    "{guest} is inside {own}, where capsa mounts Python's {}: choose another guest path (HOST::GUEST)",
+                    if own == GUEST_STDLIB {
+                        "standard library"
+                    } else {
+                        "bytecode"
+                    }
+                );
+            }
+        }
+        let own_path = default_guest(&g.host).is_some_and(|d| d == guest);
+        for (host, pkg) in packages {
+            let inside = strip_guest_prefix(&guest, pkg).is_some_and(|rest| !rest.is_empty());
+            if inside && !own_path {
+                anyhow::bail!(
+                    "{guest} is inside --python-path={}, which Python imports from: a grant there must be at its own path",
+                    host.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The script's grant and its path in the guest.
 fn grant_script(policy: &mut Policy, cwd: &Path, script: &str) -> Result<String, i32> {
     // Never through a link a program could have made (as for --allow-read).
@@ -276,6 +315,9 @@ pub fn run_prepared(
     let mut path = Vec::new();
     // --python-path directories: (host, guest).
     let mut packages: Vec<(PathBuf, String)> = Vec::new();
+    // The grants the caller chose (flags, policy file, bundle); the ones
+    // below are capsa's own.
+    let chosen = policy.fs.grants.len();
     let file = match (&inv.mode, granted) {
         (_, Some(g)) => {
             path.extend(g.python_path);
@@ -320,6 +362,10 @@ pub fn run_prepared(
             .fs
             .grants
             .push(read_grant(host, guest, GrantKind::Dir));
+    }
+
+    if let Err(e) = refuse_grants_in_imports(&policy.fs.grants[..chosen], &packages) {
+        return fail(exit::USAGE, e);
     }
 
     let root = match cache_root() {

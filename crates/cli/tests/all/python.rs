@@ -1030,6 +1030,89 @@ print(json.dumps([1]))
     assert_eq!(r.stdout, "no yaml\n[1]\n", "{}", r.stderr);
 }
 
+// Regression: a grant mapped below `/python` (or `/capsa-pycache`, or
+// into a --python-path directory from elsewhere) was accepted: one run
+// wrote `/python/xmlrpc/__init__.py` into it, and the next, granted the
+// same folder read-only, ran that code on `import xmlrpc`.
+#[test]
+fn a_grant_where_python_imports_from_is_refused() {
+    let (_g, d) = scratch();
+    let plant = d.join("g");
+    std::fs::create_dir_all(&plant).unwrap();
+    let pkgs = d.join("pkgs");
+    std::fs::create_dir_all(pkgs.join("cache")).unwrap();
+    std::fs::write(pkgs.join("good.py"), "print('good')\n").unwrap();
+    let script = d.join("s.py");
+    std::fs::write(
+        &script,
+        "import os\n\
+         for p in ('/python/xmlrpc/__init__.py', '/capsa-pycache/x/__init__.py'):\n\
+         \x20   try:\n\
+         \x20       open(p, 'w').write(\"print('PLANTED')\")\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         import xmlrpc, good\n",
+    )
+    .unwrap();
+    let g = s(&plant);
+    let python_path = format!("--python-path={}", s(&pkgs));
+    let own_mount = "choose another guest path";
+    let cases = [
+        (
+            format!("--allow-write={g}::/python/xmlrpc"),
+            "inside /python",
+            own_mount,
+        ),
+        (
+            format!("--allow-read={g}::/python/x/y"),
+            "inside /python",
+            own_mount,
+        ),
+        (
+            format!("--allow-read={g}::/python"),
+            "inside /python",
+            own_mount,
+        ),
+        (
+            format!("--allow-write={g}::/capsa-pycache/x"),
+            "inside /capsa-pycache",
+            own_mount,
+        ),
+        (
+            format!("--allow-write={g}::{}/evil", s(&pkgs)),
+            "inside --python-path=",
+            "must be at its own path",
+        ),
+    ];
+    for (flag, why, what) in &cases {
+        let r = run_in(&d, &[flag, &python_path], &script, &[]);
+        assert_refused(&r, &[why, what]);
+        assert!(!r.stdout.contains("PLANTED"), "{flag}: {}", r.stdout);
+        assert_eq!(
+            std::fs::read_dir(&plant).unwrap().count(),
+            0,
+            "{flag} wrote into the grant"
+        );
+    }
+    // The planted package, as a previous run would have left it, is never
+    // imported in place of the standard library's.
+    std::fs::write(plant.join("__init__.py"), "print('PLANTED')\n").unwrap();
+    let r = run_in(
+        &d,
+        &[&format!("--allow-read={g}::/python/xmlrpc")],
+        &script,
+        &[],
+    );
+    assert_refused(&r, &["inside /python", "Python's standard library"]);
+    assert!(!r.stdout.contains("PLANTED"), "{}", r.stdout);
+    // A folder inside --python-path granted at its own path is the same
+    // files as natively, and stays allowed.
+    let own = format!("--allow-write={}", s(&pkgs.join("cache")));
+    let r = run_in(&d, &[&own, &python_path], &script, &[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, "good\n", "{}", r.stderr);
+}
+
 #[test]
 fn large_writes_reach_stdout_whole() {
     let (_t, dir) = scratch();
