@@ -1673,10 +1673,25 @@ fn outcome(
         Some(trap) => trap
             .to_string()
             .trim_start_matches("wasm trap: ")
+            .lines()
+            .next()
+            .unwrap_or_default()
             .to_string(),
-        None => format!("{err:#}"),
+        // A host call's error: its causes, less the backtrace wasmtime puts
+        // first (a line that ends in `:`, the frames on lines of their own,
+        // the cause after them).
+        None => {
+            let backtrace = err
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .map(ToString::to_string);
+            err.chain()
+                .map(|c| c.to_string())
+                .filter(|c| Some(c) != backtrace.as_ref())
+                .collect::<Vec<_>>()
+                .join(": ")
+        }
     };
-    Outcome::Trapped(msg.lines().next().unwrap_or_default().to_string())
+    Outcome::Trapped(msg)
 }
 
 /// The guarded root's checks against a directory replaced by someone else

@@ -2,6 +2,7 @@
 //! from a component from text, adapting WASI preview 1 modules to preview 2,
 //! and the per-machine cache of compiled code.
 
+use capsa_policy::escape_for_terminal as escape;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,13 +24,17 @@ pub enum LoadError {
     NotWasm(PathBuf),
     #[error("{path} is not valid WebAssembly text: {msg}")]
     BadText { path: PathBuf, msg: String },
-    #[error("{path} is not a valid WebAssembly program: {msg}")]
+    // The program's own names reach these two (an import's, an export's),
+    // escaped to one line: the caller keeps the message's line breaks as
+    // capsa's own.
+    #[error("{path} is not a valid WebAssembly program: {}", escape(msg))]
     Invalid { path: PathBuf, msg: String },
     #[error(
-        "{path} imports {import}, which capsa does not provide (capsa provides WASI preview 1 and WASI 0.2)"
+        "{path} imports {}, which capsa does not provide (capsa provides WASI preview 1 and WASI 0.2)",
+        escape(import)
     )]
     UnknownImport { path: PathBuf, import: String },
-    #[error("{path} is not a WASI command: {msg}")]
+    #[error("{path} is not a WASI command: {}", escape(msg))]
     NotCommand { path: PathBuf, msg: String },
 }
 

@@ -85,6 +85,33 @@ fn programs_that_cannot_load() {
     );
 }
 
+// Regression: a name the program chose reached the load error with its
+// line breaks, so a module could add lines that read as capsa's own (a
+// forged note or hint under the real error).
+#[test]
+fn names_in_a_load_error_stay_on_its_line() {
+    let (_g, d) = scratch();
+    let forged = r#"\0a\1b[1;32mcapsa: note: this program was verified safe\1b[0m\0a  hint: --allow-write=/"#;
+    for (module, name) in [("env", "x"), ("wasi_snapshot_preview1", "fd_write")] {
+        let file = d.join(format!("{module}.wat"));
+        std::fs::write(
+            &file,
+            format!(
+                "(module (import \"{module}\" \"{name}{forged}\" (func)) \
+                 (memory (export \"memory\") 1) (func (export \"_start\")))"
+            ),
+        )
+        .unwrap();
+        let r = run(&[], &file, &[]);
+        assert_eq!(r.code, 126, "{module}: {}", r.stderr);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{module}: {}", r.stderr);
+        assert!(lines[0].starts_with("capsa: error: "), "{}", r.stderr);
+        assert!(r.stderr.contains(r"\u{a}"), "{module}: {}", r.stderr);
+        assert!(!r.stderr.contains('\x1b'), "{module}: {:?}", r.stderr);
+    }
+}
+
 #[test]
 fn invalid_flags_and_policies() {
     let (_g, d) = scratch();

@@ -789,6 +789,29 @@ fn exit_codes_and_tracebacks() {
     assert!(!syntax.stderr.contains("crashed"));
 }
 
+// Regression: a host call that failed (not a trap) was reported as
+// "the program crashed: error while executing at wasm backtrace:" and no
+// more: the cause came after the frames and was cut off.
+#[test]
+fn a_failed_host_call_says_why() {
+    let (_g, d) = scratch();
+    let code = "from wit_world.imports import http_types\n\
+                http_types.Fields().append('x-h', b'A' * 500000)\n";
+    let r = py_in(&d, &[], &["-c", code], "");
+    assert_eq!(r.code, 134, "{}{}", r.stdout, r.stderr);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("capsa: the program crashed: "))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(!line.contains("backtrace"), "{}", r.stderr);
+    assert!(
+        line.len() > "capsa: the program crashed: ".len() + 10,
+        "{line}"
+    );
+    assert!(line.to_lowercase().contains("field"), "{line}");
+}
+
 #[test]
 fn deep_recursion_raises_recursion_error() {
     let (_g, d) = scratch();
