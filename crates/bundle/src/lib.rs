@@ -145,8 +145,8 @@ pub fn check_entry_path(path: &str) -> Result<(), String> {
     // What reads as something else in a listing: `main.py ` beside
     // `main.py`, a no-break or ideographic space, a format character that
     // is not one of the invisible ones above (the Arabic number signs, the
-    // interlinear annotation marks, the hieroglyph format controls, the
-    // Khitan filler) or draws as nothing (the null notehead U+1D159).
+    // hieroglyph format controls, the Khitan filler) or draws as nothing
+    // (the null notehead U+1D159).
     if let Some(c) = path.chars().find(|&c| {
         (c.is_whitespace() && c != ' ')
             || matches!(
@@ -158,7 +158,6 @@ pub fn check_entry_path(path: &str) -> Result<(), String> {
                     | '\u{08E2}'
                     | '\u{110BD}'
                     | '\u{110CD}'
-                    | '\u{FFF9}'..='\u{FFFB}'
                     | '\u{13430}'..='\u{1343F}'
                     | '\u{16FE4}'
                     | '\u{1D159}'

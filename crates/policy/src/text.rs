@@ -17,10 +17,12 @@ use std::fmt::Write;
 /// some terminals and log viewers break lines on, or an [invisible
 /// one](is_invisible) (the bidirectional format characters U+061C, U+200E,
 /// U+200F, U+202A–U+202E, U+2066–U+2069 among them) other than the
-/// zero-width joiner and the variation selectors, which emoji are made of.
+/// zero-width joiner and the variation selectors, which emoji are made of;
+/// or an interlinear annotation mark (U+FFF9–U+FFFB), with which text can
+/// be set apart to be shown above other text, or not at all.
 pub fn is_terminal_unsafe(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}')
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{FFF9}'..='\u{FFFB}')
         // Invisible: `main\u{200b}.py` reads as `main.py`. The zero-width
         // joiner and the variation selectors are kept, which emoji are
         // made of; bundle paths refuse them too (`is_invisible`).
@@ -176,12 +178,15 @@ mod tests {
             '\u{feff}',
             '\u{ffa0}',
             '\u{e0041}',
+            '\u{fff9}',
+            '\u{fffb}',
         ];
         for c in unsafe_ones {
             assert!(is_terminal_unsafe(c), "{c:?}");
         }
         let safe = [
             ' ', 'a', '~', '\\', '\u{a0}', 'é', '中', '\u{200d}', '\u{fe0f}', '\u{2070}', '😀',
+            '\u{fffc}',
         ];
         for c in safe {
             assert!(!is_terminal_unsafe(c), "{c:?}");
