@@ -69,10 +69,17 @@ struct ExeCli {
     args: Vec<String>,
 }
 
-/// The static build's allocator (see Cargo.toml).
+/// The static build's allocator (see Cargo.toml), the system's elsewhere,
+/// counted: what the heap grows by while a program runs counts against its
+/// memory limit (see `capsa_sandbox::heap`).
 #[cfg(target_env = "musl")]
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: Counting<mimalloc::MiMalloc> = Counting(mimalloc::MiMalloc);
+#[cfg(not(target_env = "musl"))]
+#[global_allocator]
+static ALLOC: Counting<std::alloc::System> = Counting(std::alloc::System);
+
+use capsa_sandbox::heap::Counting;
 
 fn main() -> ExitCode {
     capsa_sandbox::one_malloc_arena();

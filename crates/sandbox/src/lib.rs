@@ -11,6 +11,7 @@ mod fs_guard;
 mod fs_host;
 mod fs_stream;
 mod fs_walk;
+pub mod heap;
 mod http_guard;
 pub mod load;
 mod net_guard;
@@ -185,14 +186,17 @@ impl WasiHttpView for HostState {
     }
 }
 
-/// Caps the guest's linear memories together at `--memory`, its tables
-/// together at [`MAX_TABLE_ELEMENTS`], and how many instances, memories and
-/// tables it may make; remembers that the guest hit a cap, so the crash that
-/// usually follows is reported as the limit it is.
+/// Caps the guest's linear memories, with what the host's heap holds for
+/// it (see [`heap`]), together at `--memory`, its tables together at
+/// [`MAX_TABLE_ELEMENTS`], and how many instances, memories and tables it
+/// may make; remembers that the guest hit a cap, so the crash that usually
+/// follows is reported as the limit it is.
 struct MemoryLimiter {
     memory: u64,
     /// Bytes of every linear memory the guest holds.
     total: u64,
+    /// The same, for the run's watchdog, and the host's part.
+    run: Arc<heap::RunMemory>,
     /// Elements of every table the guest holds.
     elements: usize,
     hit: bool,
@@ -220,9 +224,12 @@ impl ResourceLimiter for MemoryLimiter {
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let total = (self.total + desired as u64).saturating_sub(current as u64);
-        let ok = total <= self.memory;
+        let ok = total.saturating_add(self.run.host()) <= self.memory;
         if ok {
             self.total = total;
+            self.run
+                .linear
+                .store(total, std::sync::atomic::Ordering::Relaxed);
         }
         self.hit |= !ok;
         Ok(ok)
@@ -583,9 +590,13 @@ fn run_here(
     }
     let _finish = Finish(finished.clone());
     let early_reporter = Arc::new(std::sync::OnceLock::<Arc<Guard>>::new());
-    if let Some(t) = config.policy.limits.timeout {
-        start_watchdog(t, finished.clone(), early_reporter.clone())?;
-    }
+    let memory = Arc::new(heap::RunMemory::new(config.policy.limits.memory));
+    start_watchdog(
+        config.policy.limits.timeout,
+        finished.clone(),
+        early_reporter.clone(),
+        memory.clone(),
+    )?;
     let fuel = config.policy.limits.fuel.is_some();
     // Both are changed below on Linux only.
     #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
@@ -637,7 +648,7 @@ fn run_here(
         (
             pre,
             cwasm,
-            host_side(config, &engine, Some(&early_reporter))?,
+            host_side(config, &engine, Some(&early_reporter), memory)?,
         )
     } else {
         let (linker_tx, linker) = std::sync::mpsc::channel();
@@ -647,7 +658,7 @@ fn run_here(
                 // The linker first: the loading thread waits for it (and
                 // hears that it never comes if this panics).
                 let _ = linker_tx.send(new_linker(engine_ref));
-                host_side(config, engine_ref, Some(early))
+                host_side(config, engine_ref, Some(early), memory)
             },
             || {
                 prepared(&load, &engine, || {
@@ -669,7 +680,12 @@ fn run_here(
         if c.known.get().is_none()
             && let Some(teach) = teach
             && prefault::wanted(&c.root, &c.file)
-            && let Ok(teach_host) = host_side(teach, &engine, None)
+            && let Ok(teach_host) = host_side(
+                teach,
+                &engine,
+                None,
+                Arc::new(heap::RunMemory::new(capsa_policy::Limits::DEFAULT_MEMORY)),
+            )
         {
             let snapshot = Pages::Learn(c.root.clone(), c.file.clone());
             let _ = run_instance(teach_host, &pre, snapshot, &Finished::default(), |_| {});
@@ -735,6 +751,7 @@ fn host_side(
     mut config: RunConfig,
     engine: &Engine,
     early_reporter: Option<&std::sync::OnceLock<Arc<Guard>>>,
+    memory: Arc<heap::RunMemory>,
 ) -> Result<HostSide, RunError> {
     let limits = config.policy.limits;
     let ca_certs = http_guard::read_ca_certs(&config.ca_certs).map_err(RunError::Policy)?;
@@ -850,6 +867,7 @@ fn host_side(
             limiter: MemoryLimiter {
                 memory: limits.memory,
                 total: 0,
+                run: memory,
                 elements: 0,
                 hit: false,
             },
@@ -898,6 +916,8 @@ fn run_instance(
         ));
     }
     let mut snapshot = None;
+    // From here on the heap's growth is the program's.
+    store.data().limiter.run.start();
     let result = pre.instantiate(&mut store).and_then(|instance| {
         match &pages {
             Pages::None => {}
@@ -1503,13 +1523,14 @@ static NAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Nothing here may fail or panic: the limit holds even when capsa's own
 /// stderr is closed or full.
 fn start_watchdog(
-    timeout: Duration,
+    timeout: Option<Duration>,
     finished: Arc<Finished>,
     guard: Arc<std::sync::OnceLock<Arc<Guard>>>,
+    memory: Arc<heap::RunMemory>,
 ) -> Result<(), RunError> {
     let watch = Watch {
-        deadline: std::time::Instant::now() + timeout,
-        timeout,
+        deadline: timeout.map(|t| (std::time::Instant::now() + t, t)),
+        memory,
         finished,
         guard,
     };
@@ -1519,33 +1540,50 @@ fn start_watchdog(
     watchdog_thread(watch, None)
 }
 
-/// One run's time limit, for the thread that keeps it.
+/// One run's time limit (its deadline and the limit it came from, unless
+/// turned off) and its memory, for the thread that keeps them.
 struct Watch {
-    deadline: std::time::Instant,
-    timeout: Duration,
+    deadline: Option<(std::time::Instant, Duration)>,
+    memory: Arc<heap::RunMemory>,
     finished: Arc<Finished>,
     guard: Arc<std::sync::OnceLock<Arc<Guard>>>,
 }
 
+/// How often a run's watchdog looks at what the host holds for it: a
+/// guest making the host allocate as fast as it can (128 KiB of HTTP header
+/// a call) gets some tens of megabytes past its limit in that time.
+const MEMORY_POLL: Duration = Duration::from_millis(10);
+
 impl Watch {
     /// Returns as soon as the run ends (a process that runs many programs
     /// must not keep a thread per past run); ends the process at the
-    /// deadline.
+    /// deadline, or once the heap's growth takes the run past its memory
+    /// limit (the limiter sees only growing linear memories, and a guest
+    /// can make the host hold memory without growing its own).
     fn keep(self) {
+        let deadline = self.deadline.map(|(d, _)| d);
         // The run's thread takes neither the reporter's lock nor NAMING
         // while it waits for `finished`'s.
-        self.finished.wait_or_expire(self.deadline, || {
-            let message = timeout_message(self.timeout);
-            if let Some(guard) = self.guard.get() {
-                guard.reporter.limit(&message);
-                guard.reporter.flush();
-            }
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "capsa: {message}");
-            // Not while a guarded root has a name it would leave behind.
-            let _naming = NAMING.lock().unwrap_or_else(|e| e.into_inner());
-            std::process::exit(exit::TIMEOUT);
-        });
+        self.finished.wait_or_expire(
+            deadline,
+            MEMORY_POLL,
+            || self.memory.over(),
+            |time| {
+                let (message, code) = match self.deadline {
+                    Some((_, t)) if time => (timeout_message(t), exit::TIMEOUT),
+                    _ => (memory_message(self.memory.limit), exit::LIMIT),
+                };
+                if let Some(guard) = self.guard.get() {
+                    guard.reporter.limit(&message);
+                    guard.reporter.flush();
+                }
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "capsa: {message}");
+                // Not while a guarded root has a name it would leave behind.
+                let _naming = NAMING.lock().unwrap_or_else(|e| e.into_inner());
+                std::process::exit(code);
+            },
+        );
     }
 }
 
@@ -1587,22 +1625,34 @@ impl Finished {
         self.cond.notify_all();
     }
 
-    /// Waits until the run ends or `deadline` passes. In the latter case
-    /// calls `expire`, which ends the process, still holding the lock that
+    /// Waits until the run ends, `deadline` passes or `over` (asked every
+    /// `poll`) says so. In the latter cases calls `expire` (with whether the
+    /// time ran out), which ends the process, still holding the lock that
     /// `set` takes: the run cannot end meanwhile, so no outcome of it is
     /// delivered and, in a process that runs many programs, no next run
     /// starts, for the exit to end instead of this one.
-    fn wait_or_expire(&self, deadline: std::time::Instant, expire: impl FnOnce()) {
+    fn wait_or_expire(
+        &self,
+        deadline: Option<std::time::Instant>,
+        poll: Duration,
+        over: impl Fn() -> bool,
+        expire: impl FnOnce(bool),
+    ) {
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         while !*done {
             let now = std::time::Instant::now();
-            if now >= deadline {
-                expire();
+            if deadline.is_some_and(|d| now >= d) {
+                expire(true);
                 return;
             }
+            if over() {
+                expire(false);
+                return;
+            }
+            let wait = deadline.map_or(poll, |d| (d - now).min(poll));
             done = self
                 .cond
-                .wait_timeout(done, deadline - now)
+                .wait_timeout(done, wait)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
@@ -1621,6 +1671,14 @@ pub fn timeout_message(t: Duration) -> String {
 pub fn output_message(max: u64) -> String {
     format!(
         "output limit of {} reached; raise it with --max-output=SIZE",
+        format_size(max)
+    )
+}
+
+/// What a run that reached its memory limit reports.
+pub fn memory_message(max: u64) -> String {
+    format!(
+        "memory limit of {} reached; raise it with --memory=SIZE",
         format_size(max)
     )
 }
@@ -1664,10 +1722,7 @@ fn outcome(
         ));
     }
     if store.data().limiter.hit {
-        return limit(format!(
-            "memory limit of {} reached; raise it with --memory=SIZE",
-            format_size(limits.memory)
-        ));
+        return limit(memory_message(limits.memory));
     }
     let msg = match err.downcast_ref::<Trap>() {
         Some(trap) => trap

@@ -25,6 +25,48 @@ fn memory_bomb() {
     assert_eq!(r.code, 137, "{}", r.stderr);
 }
 
+// Regression: a guest could make the host hold memory without growing its
+// own: 100 KiB HTTP field lists, each made from the same bytes, 100,000 of
+// them (the resource cap) would be 10 GB of host heap under --memory=64M.
+// The host's part now counts against the limit. The heap is capped here
+// (RLIMIT_DATA) well above the limit and well below what the guest asks
+// for, so that a capsa that let it through fails its allocations instead.
+#[test]
+fn memory_the_host_holds_for_the_guest_counts() {
+    use std::os::unix::process::CommandExt;
+    let mut c = capsa();
+    c.args(["run", "--memory=64M"])
+        .arg(probe(P2))
+        .args(["hold", "1024"]);
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let limit = Some(512 << 20);
+            rustix::process::setrlimit(
+                rustix::process::Resource::Data,
+                rustix::process::Rlimit {
+                    current: limit,
+                    maximum: limit,
+                },
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    let r: Run = c.output().unwrap().into();
+    assert_eq!(r.code, 137, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("capsa: memory limit of 64M reached; raise it with --memory=SIZE"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("holding"), "{}", r.stdout);
+    // Under the limit, the same guest runs to its end.
+    let r = run(&["--memory=256M"], &probe(P2), &["hold", "16"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "ok: holding 163 field lists");
+}
+
 #[test]
 fn endless_loop_hits_the_timeout() {
     for program in [probe(P2), wat("spin.wat")] {

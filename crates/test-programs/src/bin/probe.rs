@@ -47,6 +47,7 @@ fn main() {
         "connect" => connect(&a(2)),
         "lookup" => lookup(&a(2)),
         "http" => http_get(&a(2)),
+        "hold" => hold(a(2).parse().unwrap_or(1)),
         "listen" => std::net::TcpListener::bind(a(2))
             .map(|l| format!("listening on {}", l.local_addr().unwrap())),
         "alloc" => {
@@ -180,6 +181,28 @@ fn http_get(url: &str) -> std::io::Result<String> {
         out.extend_from_slice(&chunk);
     }
     Ok(format!("{status} {}", String::from_utf8_lossy(&out).trim()))
+}
+
+/// Makes the host hold `mib` MiB for it while its own memory stays small:
+/// HTTP field lists of 100 KiB each, all made from the same bytes, all kept.
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+fn hold(mib: usize) -> std::io::Result<String> {
+    use wasip2::http::types::Fields;
+    let value = vec![b'a'; 100 << 10];
+    let mut kept = Vec::new();
+    for _ in 0..mib * 1024 / 100 {
+        let fields = Fields::new();
+        fields
+            .append("x-a", &value)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        kept.push(fields);
+    }
+    Ok(format!("holding {} field lists", kept.len()))
+}
+
+#[cfg(not(all(target_os = "wasi", target_env = "p2")))]
+fn hold(_mib: usize) -> std::io::Result<String> {
+    Err(std::io::Error::other("wasi:http needs WASI 0.2"))
 }
 
 #[cfg(not(all(target_os = "wasi", target_env = "p2")))]

@@ -1,0 +1,131 @@
+//! What capsa's own heap holds, so that what a guest makes the host keep
+//! for it counts against its memory limit.
+//!
+//! A guest can make the host hold memory that is not its own linear
+//! memory: each `wasi:http` field list keeps up to 128 KiB of header bytes,
+//! a request keeps its path and authority, a stream keeps what was written
+//! to it, and each of up to 100,000 resources may hold such things while
+//! the guest reuses the same few pages of its own memory for the next. So
+//! the program's global allocator is [`Counting`], which keeps the bytes in
+//! use in the whole process, and a run counts what was added since it
+//! started together with its linear memories (see `MemoryLimiter`).
+//!
+//! A process whose allocator is not [`Counting`] (a library's tests) counts
+//! nothing: [`in_use`] stays 0.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering::Relaxed};
+
+/// Bytes allocated and not yet freed through [`Counting`]. Signed: a
+/// process's counts start at 0 wherever the allocator is first used.
+static IN_USE: AtomicIsize = AtomicIsize::new(0);
+
+/// Bytes of the heap in use now, by the allocator's count.
+pub fn in_use() -> isize {
+    IN_USE.load(Relaxed)
+}
+
+/// A global allocator that keeps count of the bytes in use, around `A`.
+pub struct Counting<A>(pub A);
+
+// Each call adds or takes away the layout's size: what the caller asked
+// for, not what the allocator rounded it to (the same either way for a
+// limit of megabytes).
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { self.0.alloc(layout) };
+        if !p.is_null() {
+            IN_USE.fetch_add(layout.size() as isize, Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { self.0.alloc_zeroed(layout) };
+        if !p.is_null() {
+            IN_USE.fetch_add(layout.size() as isize, Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { self.0.dealloc(ptr, layout) };
+        IN_USE.fetch_sub(layout.size() as isize, Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            IN_USE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        }
+        p
+    }
+}
+
+/// One run's memory as its limit sees it: its linear memories, kept by the
+/// store's limiter, and what the heap grew by since the program started,
+/// which the run's watchdog looks at as the program runs.
+pub(crate) struct RunMemory {
+    pub(crate) limit: u64,
+    /// [`in_use`] when the program started; [`NOT_STARTED`] before (loading
+    /// and compiling it are not the program's doing).
+    base: AtomicIsize,
+    /// Bytes of every linear memory the program holds.
+    pub(crate) linear: AtomicU64,
+}
+
+const NOT_STARTED: isize = isize::MIN;
+
+impl RunMemory {
+    pub(crate) fn new(limit: u64) -> Self {
+        RunMemory {
+            limit,
+            base: AtomicIsize::new(NOT_STARTED),
+            linear: AtomicU64::new(0),
+        }
+    }
+
+    /// The program starts (is instantiated) now.
+    pub(crate) fn start(&self) {
+        self.base.store(in_use(), Relaxed);
+    }
+
+    /// Bytes the heap grew by since the program started.
+    pub(crate) fn host(&self) -> u64 {
+        match self.base.load(Relaxed) {
+            NOT_STARTED => 0,
+            base => u64::try_from(in_use().saturating_sub(base)).unwrap_or(0),
+        }
+    }
+
+    /// Whether the program holds more than its limit, its linear memories
+    /// and the host's part together.
+    pub(crate) fn over(&self) -> bool {
+        self.linear.load(Relaxed).saturating_add(self.host()) > self.limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_what_is_allocated_and_freed() {
+        let a = Counting(std::alloc::System);
+        let before = in_use();
+        let layout = Layout::from_size_align(1 << 20, 8).unwrap();
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            let p = a.realloc(p, layout, 3 << 20);
+            assert!(!p.is_null());
+            let z = a.alloc_zeroed(layout);
+            assert!(!z.is_null());
+            // Other tests' threads do not use this allocator.
+            assert_eq!(in_use() - before, 4 << 20);
+            a.dealloc(p, Layout::from_size_align(3 << 20, 8).unwrap());
+            a.dealloc(z, layout);
+        }
+        assert_eq!(in_use(), before);
+    }
+}
