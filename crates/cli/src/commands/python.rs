@@ -390,10 +390,12 @@ pub fn run_prepared(
     // Their bytecode and the standard library's, compiled by capsa,
     // read-only; the prefix itself is an empty directory, so that a module
     // elsewhere (beside the script) finds no bytecode without a denial.
-    let mut pycache_prefix = None;
+    // Always set: without it CPython reads `__pycache__` beside the
+    // script's modules, which a run granted that folder could fill for the
+    // next run to import.
+    let mut mounts = Vec::new();
     if !packages.is_empty() {
         packages.push((stdlib.clone(), GUEST_STDLIB.to_string()));
-        let mut mounts = Vec::new();
         let bounds = super::pycache::Bounds {
             deny_read: &policy.fs.deny_read,
             memory: policy.limits.memory,
@@ -403,19 +405,26 @@ pub fn run_prepared(
         for (host, guest) in &packages {
             mounts.extend(super::pycache::prepare(&root, host, guest, &bounds));
         }
-        if let (false, Some(empty)) = (mounts.is_empty(), super::pycache::empty(&root)) {
-            mounts.push(empty);
-            for b in mounts {
-                let host = canonical(&b.host).unwrap_or(b.host);
-                policy.fs.deny_write.push(host.clone());
-                policy
-                    .fs
-                    .grants
-                    .push(read_grant(host, b.guest, GrantKind::Dir));
-            }
-            pycache_prefix = Some(super::pycache::GUEST_PREFIX);
-        }
     }
+    let Some(empty) = super::pycache::empty(&root) else {
+        return fail(
+            exit::INTERNAL,
+            anyhow::anyhow!(
+                "cannot make the empty bytecode folder in {}",
+                root.join("pycache").display()
+            ),
+        );
+    };
+    mounts.push(empty);
+    for b in mounts {
+        let host = canonical(&b.host).unwrap_or(b.host);
+        policy.fs.deny_write.push(host.clone());
+        policy
+            .fs
+            .grants
+            .push(read_grant(host, b.guest, GrantKind::Dir));
+    }
+    let pycache_prefix = Some(super::pycache::GUEST_PREFIX);
 
     // The entry point changes to the working directory only when it is
     // granted as a directory at its own path (else wasi-libc cannot, and the

@@ -1136,6 +1136,42 @@ fn a_grant_where_python_imports_from_is_refused() {
     assert_eq!(r.stdout, "good\n", "{}", r.stderr);
 }
 
+// Regression: without --python-path no pycache prefix was set, so CPython
+// read `__pycache__` beside the script's modules: a run granted the
+// script's folder wrote a `.pyc` matching `helper.py`'s time and size, and
+// the next run, granted the folder read-only, ran it in its place.
+#[test]
+fn a_run_cannot_plant_bytecode_beside_the_script_for_the_next() {
+    let (_g, d) = scratch();
+    std::fs::write(d.join("helper.py"), "print('the real helper')\n").unwrap();
+    let script = d.join("main.py");
+    std::fs::write(
+        &script,
+        "import sys, os\n\
+         if sys.argv[1:] == ['plant']:\n\
+         \x20   import importlib._bootstrap_external as be\n\
+         \x20   st = os.stat('helper.py')\n\
+         \x20   code = compile(\"print('PLANTED')\", 'helper.py', 'exec')\n\
+         \x20   os.makedirs('__pycache__', exist_ok=True)\n\
+         \x20   data = be._code_to_timestamp_pyc(code, int(st.st_mtime), st.st_size)\n\
+         \x20   open('__pycache__/helper.' + sys.implementation.cache_tag + '.pyc', 'wb').write(data)\n\
+         \x20   print('planted')\n\
+         else:\n\
+         \x20   import helper\n",
+    )
+    .unwrap();
+    let r = run_in(&d, &["--allow-write=."], &script, &["plant"]);
+    assert_eq!(r.stdout, "planted\n", "{}", r.stderr);
+    // The planted file is there, as a native python3 would read it.
+    assert!(d.join("__pycache__").read_dir().unwrap().count() == 1);
+    for flags in [&["--allow-read=."][..], &["--allow-write=."]] {
+        let r = run_in(&d, flags, &script, &[]);
+        assert_eq!(r.stdout, "the real helper\n", "{flags:?}: {}", r.stderr);
+    }
+    let r = py_in(&d, &["--allow-read=."], &["-c", "import helper"], "");
+    assert_eq!(r.stdout, "the real helper\n", "{}", r.stderr);
+}
+
 #[test]
 fn large_writes_reach_stdout_whole() {
     let (_t, dir) = scratch();
