@@ -1697,18 +1697,27 @@ fn outcome(
     budget: &OutputBudget,
     limits: &capsa_policy::Limits,
 ) -> Outcome {
-    let err = match result {
-        Ok(Ok(())) => return Outcome::Exited(0),
-        Ok(Err(())) => return Outcome::Exited(1),
-        Err(e) => e,
-    };
-    if let Some(exit) = err.downcast_ref::<I32Exit>() {
-        return Outcome::Exited(exit.0);
-    }
     let limit = |message: String| Outcome::Limit {
         code: exit::LIMIT,
         message,
     };
+    // A program told that memory ran out may fail on its own (CPython's
+    // MemoryError, exit 1): that failure is the limit's, and says so.
+    let exited = |code: i32| {
+        if code != 0 && store.data().limiter.hit {
+            limit(memory_message(limits.memory))
+        } else {
+            Outcome::Exited(code)
+        }
+    };
+    let err = match result {
+        Ok(Ok(())) => return Outcome::Exited(0),
+        Ok(Err(())) => return exited(1),
+        Err(e) => e,
+    };
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return exited(exit.0);
+    }
     if budget.was_hit() {
         return limit(output_message(limits.max_output.unwrap_or_default()));
     }

@@ -1,6 +1,7 @@
 ;; Grows two linear memories by 40 MiB each: under --memory=64M the second
 ;; growth must be refused (the limit is the guest's total), and the module
-;; then exits with 3; if both grow, it exits with 0.
+;; then exits with 3 (which capsa reports as the memory limit, 137); if
+;; both grow, it exits with 0.
 (module
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (memory $a (export "memory") 1)
