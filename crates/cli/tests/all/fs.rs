@@ -572,18 +572,34 @@ fn a_path_outside_every_grant_is_reported() {
         );
         assert!(r.stderr.contains(&line), "{t}: {}", r.stderr);
 
-        // A write: the hint names what was tried, never more (nothing is
-        // looked up to know whether it exists), so a program cannot steer
-        // it to a directory; making a directory hints the one it is in.
+        // A write to what is there: the hint names what was tried, never
+        // more (nothing is looked up to know whether it exists).
+        let old = d.join("data/a.txt");
+        let r = run(&[], &probe(t), &["append", s(&old), "x"]);
+        assert!(r.stdout.starts_with("err: NotFound"), "{t}: {}", r.stdout);
+        assert!(
+            r.stderr
+                .contains(&format!("hint: --allow-write={}\n", s(&old))),
+            "{t}: {}",
+            r.stderr
+        );
+        // An open that may make the file, as making a directory does,
+        // hints the directory it is in, where it would be made: a hint of
+        // the file itself could not be followed while it does not exist.
+        // Regression: `open(path, "w")` of a new file hinted the file.
         let new = d.join("new.txt");
         let r = run(&[&grant], &probe(t), &["write", s(&new), "x"]);
         assert!(r.stdout.starts_with("err: NotFound"), "{t}: {}", r.stdout);
         assert!(
             r.stderr
-                .contains(&format!("hint: --allow-write={}\n", s(&new))),
+                .contains(&format!("hint: --allow-write={}\n", s(&d))),
             "{t}: {}",
             r.stderr
         );
+        let writable = format!("--allow-write={}", s(&d));
+        let r = run(&[&grant, &writable], &probe(t), &["write", s(&new), "x"]);
+        assert_eq!(r.stdout, "ok: written\n", "{t}: {}", r.stderr);
+        std::fs::remove_file(&new).unwrap();
         let r = run(&[&grant], &probe(t), &["mkdir", s(&d.join("newdir"))]);
         assert!(
             r.stderr
@@ -624,6 +640,35 @@ fn a_path_outside_every_grant_is_reported() {
         assert_eq!(r.stderr, "", "{t}");
         assert_eq!(tree(&d), before, "{t}: the host changed");
     });
+}
+
+/// `..` out of a granted directory: the hint names the directory the path
+/// reaches, which granted in its place lets it through. Regression: the
+/// hint named the path as the guest spelled it from `/` (`/neighbour.txt`
+/// for `data/../neighbour.txt` from the working directory), a host path
+/// that had nothing to do with the file tried.
+#[test]
+fn a_path_climbing_out_of_a_grant_hints_where_it_goes() {
+    let (_g, d) = setup();
+    let code = "print(open('data/../neighbour.txt').read())";
+    let r = py_in(&d, &["--allow-read=data"], &["-c", code], "");
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(!r.stdout.contains("private"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains(&format!("  hint: --allow-read={}\n", s(&d))),
+        "{}",
+        r.stderr
+    );
+    let r = py_in(&d, &[&format!("--allow-read={}", s(&d))], &["-c", code], "");
+    assert_eq!(r.stdout, "private\n", "{}", r.stderr);
+    // A climb above a descriptor's own directory that stays in its grant
+    // is refused whatever is granted: no hint.
+    let code = "import os\nfd = os.open('data/sub', os.O_RDONLY)\nos.open('../a.txt', os.O_RDONLY, dir_fd=fd)";
+    let r = py_in(&d, &[&format!("--allow-read={}", s(&d))], &["-c", code], "");
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("capability of its own"), "{}", r.stderr);
+    assert!(!r.stderr.contains("hint:"), "{}", r.stderr);
 }
 
 /// A relative name, as typed in the program, is named as the user knows
