@@ -1,6 +1,11 @@
 //! The `capsa` binary: parses the command line and hands each subcommand to
 //! its module in `commands/`.
 
+/// `println!` for capsa's own output (listings, usage): see [`print_line`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::print_line(format_args!($($t)*)) };
+}
+
 mod commands;
 #[cfg(all(target_os = "linux", target_env = "musl"))]
 mod relro;
@@ -80,6 +85,26 @@ static ALLOC: Counting<mimalloc::MiMalloc> = Counting(mimalloc::MiMalloc);
 static ALLOC: Counting<std::alloc::System> = Counting(std::alloc::System);
 
 use capsa_sandbox::heap::Counting;
+
+/// Exit status of capsa stopped by a reader that closed its output.
+const CLOSED_OUTPUT: u8 = 141;
+
+/// Writes one line of capsa's own output. A reader that stops early
+/// (`capsa inspect x.capsa | head`) ends capsa quietly with 141, the
+/// status a shell shows for a program ended by SIGPIPE, where `println!`
+/// panicked (101) with a backtrace; any other failure to write ends it
+/// with capsa's internal error (70) and one line on stderr.
+pub fn print_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(i32::from(CLOSED_OUTPUT));
+        }
+        commands::run::say(&format!("capsa: error: cannot write the output: {e}"));
+        std::process::exit(capsa_sandbox::exit::INTERNAL);
+    }
+}
 
 fn main() -> ExitCode {
     capsa_sandbox::one_malloc_arena();

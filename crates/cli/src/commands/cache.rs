@@ -57,7 +57,7 @@ pub fn run(args: CacheArgs) -> i32 {
         );
     };
     if let Action::Dir = args.action {
-        println!("{}", escape_for_terminal(&root.to_string_lossy()));
+        out!("{}", escape_for_terminal(&root.to_string_lossy()));
         return 0;
     }
     // `link/` and `link/.` are followed where `link` is not: without them,
@@ -104,11 +104,11 @@ const PARTS: &[(&str, &str, &str, &str)] = &[
 ];
 
 fn info(root: &Path) -> i32 {
-    println!("cache: {}", escape_for_terminal(&root.to_string_lossy()));
+    out!("cache: {}", escape_for_terminal(&root.to_string_lossy()));
     let meta = std::fs::symlink_metadata(root);
     match &meta {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("empty (not made yet)");
+            out!("empty (not made yet)");
             return 0;
         }
         Err(e) => {
@@ -165,7 +165,7 @@ fn info(root: &Path) -> i32 {
             ("python", n) => format!(" ({n} of other versions of capsa)"),
             _ => String::new(),
         };
-        println!(
+        out!(
             "{:<10} {:>9}  {count} {noun}{note}: {what}",
             dir,
             human(size)
@@ -181,14 +181,14 @@ fn info(root: &Path) -> i32 {
         }
     }
     if other > 0 {
-        println!(
+        out!(
             "{:<10} {:>9}  locks and work in progress",
             "other",
             human(other)
         );
         total += other;
     }
-    println!("{:<10} {:>9}", "total", human(total));
+    out!("{:<10} {:>9}", "total", human(total));
     0
 }
 
@@ -227,7 +227,7 @@ fn clean(root: &Path) -> i32 {
     let shown = escape_for_terminal(&root.to_string_lossy()).into_owned();
     let meta = match std::fs::symlink_metadata(root) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("{shown}: already empty");
+            out!("{shown}: already empty");
             return 0;
         }
         Err(e) => return fail(exit::INTERNAL, anyhow::anyhow!("cannot read {shown}: {e}")),
@@ -273,6 +273,6 @@ fn clean(root: &Path) -> i32 {
             ),
         );
     }
-    println!("{shown}: removed {}", human(before));
+    out!("{shown}: removed {}", human(before));
     0
 }

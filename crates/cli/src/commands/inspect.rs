@@ -87,7 +87,7 @@ pub fn run(args: InspectArgs) -> i32 {
             "files": b.files.iter().map(|(p, size)| serde_json::json!({"path": p, "size": size})).collect::<Vec<_>>(),
         });
         match serde_json::to_string_pretty(&v) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => out!("{text}"),
             Err(e) => return fail(exit::INTERNAL, e.into()),
         }
         return 0;
@@ -95,49 +95,49 @@ pub fn run(args: InspectArgs) -> i32 {
     // Everything below that the bundle chose is escaped: the manifest's
     // checks refuse control characters, and this does not rely on them.
     let esc = |s: &str| escape_for_terminal(s).into_owned();
-    println!("bundle  {}", esc(&args.bundle.display().to_string()));
-    println!("sha256  {}", b.digest_hex());
+    out!("bundle  {}", esc(&args.bundle.display().to_string()));
+    out!("sha256  {}", b.digest_hex());
     let args_text: String = m
         .run
         .args
         .iter()
         .map(|a| format!(" {}", esc(&quote_flag_value(a))))
         .collect();
-    println!("runs    {}{args_text}", esc(&m.run.entry));
-    println!("asks for:");
+    out!("runs    {}{args_text}", esc(&m.run.entry));
+    out!("asks for:");
     if !m.asks_anything() {
-        println!("  nothing");
+        out!("  nothing");
     }
     for n in &m.ask.net {
-        println!(
+        out!(
             "  network  {:<32} {}",
             n.rule.to_string(),
             esc(n.reason.as_str())
         );
     }
     for e in &m.ask.env {
-        println!(
+        out!(
             "  env      {:<32} {}",
             e.name.to_string(),
             esc(e.reason.as_str())
         );
     }
     for (name, d) in &m.ask.dirs {
-        println!(
+        out!(
             "  dir      {:<32} {}",
             format!("{name} ({}, at {})", d.access.describe(), d.guest),
             esc(d.reason.as_str())
         );
     }
     let or_default = |v: Option<String>| v.unwrap_or_else(|| "default".into());
-    println!(
+    out!(
         "limits  memory {}, timeout {}",
         or_default(m.limits.memory.map(|l| l.to_string())),
         or_default(m.limits.timeout.map(|l| l.to_string()))
     );
-    println!("files:");
+    out!("files:");
     for (p, size) in &b.files {
-        println!("  {size:>10}  {}", esc(p));
+        out!("  {size:>10}  {}", esc(p));
     }
     0
 }

@@ -118,7 +118,7 @@ pub fn run(args: PackArgs) -> i32 {
     };
     let size: usize = files.values().map(Vec::len).sum();
     let esc = |p: &Path| escape_for_terminal(&p.display().to_string()).into_owned();
-    println!(
+    out!(
         "packed {} ({} files, {size} bytes; runs {}) into {}\nsha256 {}",
         esc(&args.dir),
         files.len(),

@@ -151,7 +151,7 @@ fn install(force: bool, optimize: bool) -> i32 {
             let how = capsa_python::optimized_with(&root)
                 .map(|v| format!(", optimized with {}", capsa_policy::escape_for_terminal(&v)))
                 .unwrap_or_default();
-            println!(
+            out!(
                 "Python 3.14 is ready in {}{how}",
                 rt.component.parent().unwrap_or(&root).display()
             );
@@ -309,7 +309,7 @@ pub fn run_prepared(
     granted: Option<Granted>,
 ) -> i32 {
     if inv.mode == Mode::Help {
-        println!("{}", capsa_python::invocation::USAGE);
+        out!("{}", capsa_python::invocation::USAGE);
         return 0;
     }
     let mut path = Vec::new();

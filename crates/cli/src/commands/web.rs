@@ -158,7 +158,7 @@ pub fn run(args: WebArgs) -> i32 {
             escape_for_terminal(&skipped.join(", "))
         );
     }
-    println!(
+    out!(
         "wrote {} ({} {}, {:.1} MB; runs {}{})",
         esc(&written.path),
         written.files,

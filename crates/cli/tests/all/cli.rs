@@ -13,6 +13,24 @@ fn run_help_documents_exit_codes() {
     insta::assert_snapshot!(String::from_utf8_lossy(&out.stdout));
 }
 
+// Regression: `capsa cache info | head` (a reader that stops early, in a
+// shell that ignores SIGPIPE) panicked with a backtrace and exit 101.
+#[test]
+fn a_closed_output_ends_capsa_quietly() {
+    for args in [&["cache", "info"][..], &["python", "--", "-h"], &["--help"]] {
+        // A pipe whose reader is gone before capsa starts.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = capsa().args(args).stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        if args != ["--help"] {
+            assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+            assert_eq!(stderr, "", "{args:?}");
+        }
+    }
+}
+
 #[test]
 fn version() {
     let out = capsa().arg("--version").output().unwrap();
