@@ -331,6 +331,19 @@ _warm_up()
 # Frames of this module and runpy are not the user's: tracebacks skip them.
 _INTERNAL = {_main.__code__.co_filename, runpy.run_path.__code__.co_filename}
 
+# capsa's own modules (this entry point, its HTTP client, the WIT bindings)
+# were loaded from folders of the snapshot's build (`/0`, `/world`), which
+# are not there when a program runs: a traceback through them (urllib
+# refused a host) must not look for their source, each look a denial line
+# for a path the user never chose. Every module loaded so far that is not
+# the standard library's is one of them; an entry without a time is one
+# linecache never checks on disk.
+_STDLIB = os.path.dirname(os.__file__) + "/"
+for _module in list(sys.modules.values()):
+    _file = getattr(_module, "__file__", None)
+    if isinstance(_file, str) and not _file.startswith(_STDLIB):
+        linecache.cache[_file] = (0, None, [], _file)
+
 
 class Run(exports.Run):
     def run(self) -> None:

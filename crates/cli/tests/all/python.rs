@@ -818,6 +818,25 @@ fn a_failed_host_call_says_why() {
     assert!(line.to_lowercase().contains("field"), "{line}");
 }
 
+// Regression: a traceback through capsa's own HTTP client looked for its
+// source (`0/_capsa_http.py`, a folder of the snapshot's build) and printed
+// two denial lines, with a hint, for a path the user never chose.
+#[test]
+fn a_traceback_through_capsas_own_modules_is_not_a_denial() {
+    let (_g, d) = scratch();
+    let code = "import urllib.request\nurllib.request.urlopen('http://127.0.0.1:9/')";
+    let r = py_in(&d, &[], &["-c", code], "");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("URLError"), "{}", r.stderr);
+    let denials: Vec<&str> = r.stderr.lines().filter(|l| l.contains("denied:")).collect();
+    assert_eq!(denials.len(), 1, "{}", r.stderr);
+    assert!(
+        denials[0].contains("GET http://127.0.0.1:9/"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn deep_recursion_raises_recursion_error() {
     let (_g, d) = scratch();
