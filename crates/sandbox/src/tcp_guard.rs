@@ -30,6 +30,14 @@ use wasmtime_wasi::p2::bindings::sync::sockets::tcp::{
 /// connections to its own listeners together.
 const MAX_PRIVATE_SOCKETS: usize = 256;
 
+/// The send and receive buffers of each private socket, in bytes (the
+/// kernel doubles them). Set on the socket, they also stop the kernel
+/// growing them (to 4 and 6 MiB on loopback by default): the guest holds
+/// both ends of each connection and need not read, so its private sockets
+/// could otherwise keep a gigabyte of the kernel's memory, outside every
+/// limit, and press on every other connection of the machine.
+const PRIVATE_BUFFER: u64 = 64 << 10;
+
 /// Connections from someone else one `accept` drops before it lets the
 /// guest run again (a flood must not hold it there).
 const MAX_DROPPED_PER_ACCEPT: usize = 64;
@@ -42,11 +50,22 @@ pub struct TcpTracker {
     listeners: HashMap<u32, SocketAddr>,
     clients: HashMap<u32, (SocketAddr, SocketAddr)>,
     binds: std::collections::HashSet<u32>,
+    /// Connections accepted on a private listener (the other ends of
+    /// `clients`, not counted twice).
+    accepted: std::collections::HashSet<u32>,
 }
 
 impl TcpTracker {
     fn held(&self) -> usize {
         self.listeners.len() + self.clients.len() + self.binds.len()
+    }
+
+    /// Whether the socket `rep` is private (see [`PRIVATE_BUFFER`]).
+    fn is_private(&self, rep: u32) -> bool {
+        self.listeners.contains_key(&rep)
+            || self.clients.contains_key(&rep)
+            || self.binds.contains(&rep)
+            || self.accepted.contains(&rep)
     }
 }
 
@@ -66,6 +85,16 @@ impl GuardedSockets<'_> {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A buffer size the guest asks for `this`: at most [`PRIVATE_BUFFER`]
+    /// for a private socket.
+    fn clamped(&self, this: &Resource<TcpSocket>, value: u64) -> u64 {
+        if self.tcp.is_private(this.rep()) {
+            value.min(PRIVATE_BUFFER)
+        } else {
+            value
+        }
+    }
+
     /// Refuses one more private socket past [`MAX_PRIVATE_SOCKETS`].
     fn room(&self, verb: &str, addr: SocketAddr) -> Result<(), SocketError> {
         if self.tcp.held() < MAX_PRIVATE_SOCKETS {
@@ -82,6 +111,13 @@ impl GuardedSockets<'_> {
             .reporter
             .verdict(Kind::Net, verb, &addr.to_string(), &verdict);
         Err(network::ErrorCode::AccessDenied.into())
+    }
+
+    /// Gives the private socket `this` its small buffers (see
+    /// [`PRIVATE_BUFFER`]). A socket that cannot take them is not used.
+    fn small_buffers(&mut self, this: &Resource<TcpSocket>) -> Result<(), SocketError> {
+        HostTcpSocket::set_send_buffer_size(&mut self.inner, borrow(this), PRIVATE_BUFFER)?;
+        HostTcpSocket::set_receive_buffer_size(&mut self.inner, borrow(this), PRIVATE_BUFFER)
     }
 
     /// Whether `peer`, connected to the private listener at `listener`, is
@@ -127,6 +163,8 @@ impl HostTcpSocket for GuardedSockets<'_> {
                 .ok()
                 .map(SocketAddr::from);
             if peer.is_some_and(|p| self.is_own(p, listener)) {
+                self.tcp.accepted.insert(sock.rep());
+                self.small_buffers(&sock)?;
                 return Ok((sock, input, output));
             }
             // Someone else: gone before the guest sees it.
@@ -147,6 +185,9 @@ impl HostTcpSocket for GuardedSockets<'_> {
             self.room("bind to", addr)?;
         }
         let rep = this.rep();
+        if private {
+            self.small_buffers(&this)?;
+        }
         HostTcpSocket::start_bind(&mut self.inner, this, network, local_address)?;
         if private {
             self.tcp.binds.insert(rep);
@@ -169,6 +210,7 @@ impl HostTcpSocket for GuardedSockets<'_> {
             return HostTcpSocket::start_connect(&mut self.inner, this, network, remote_address);
         }
         self.room("connect to", addr)?;
+        self.small_buffers(&this)?;
         // The address the connection will come from: known only once bound,
         // and not while connecting, when the listener may already see it.
         // So bind first, as connect itself would (the private bind of an
@@ -323,6 +365,7 @@ impl HostTcpSocket for GuardedSockets<'_> {
         this: Resource<TcpSocket>,
         value: u64,
     ) -> Result<(), SocketError> {
+        let value = self.clamped(&this, value);
         HostTcpSocket::set_receive_buffer_size(&mut self.inner, this, value)
     }
 
@@ -335,6 +378,7 @@ impl HostTcpSocket for GuardedSockets<'_> {
         this: Resource<TcpSocket>,
         value: u64,
     ) -> Result<(), SocketError> {
+        let value = self.clamped(&this, value);
         HostTcpSocket::set_send_buffer_size(&mut self.inner, this, value)
     }
 
@@ -358,6 +402,7 @@ impl HostTcpSocket for GuardedSockets<'_> {
         }
         self.tcp.clients.remove(&rep);
         self.tcp.binds.remove(&rep);
+        self.tcp.accepted.remove(&rep);
         HostTcpSocket::drop(&mut self.inner, this)
     }
 }

@@ -331,6 +331,34 @@ except OSError as e:
 /// A listen grant serves anyone, but connecting out still needs its own
 /// grant, also to a port the program listens on as well (another process
 /// may serve the same port on the other address family).
+// Regression: the guest holds both ends of its private connections and
+// need not read; the kernel grew each socket's buffers to megabytes, so
+// 127 socket pairs kept 952 MiB of kernel memory under --memory=64M,
+// outside every limit. Private sockets now have small, fixed buffers.
+#[test]
+fn private_sockets_hold_little_of_the_kernels_memory() {
+    let (_g, d) = scratch();
+    let code = "import socket\n\
+                a, b = socket.socketpair()\n\
+                a.setblocking(False)\n\
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 24)\n\
+                sent = 0\n\
+                try:\n\
+                \x20   while sent < 64 << 20:\n\
+                \x20       sent += a.send(b'x' * 65536)\n\
+                except BlockingIOError:\n\
+                \x20   pass\n\
+                print(sent)\n\
+                print(b.recv(10))\n";
+    let r = py_in(&d, &[], &["-c", code], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut lines = r.stdout.lines();
+    let sent: u64 = lines.next().unwrap().parse().unwrap();
+    // The send buffer, the receive buffer and what is in flight between.
+    assert!(sent > 0 && sent < 2 << 20, "{sent} bytes queued");
+    assert_eq!(lines.next(), Some("b'xxxxxxxxxx'"));
+}
+
 #[test]
 fn a_listen_grant_reaches_no_other_service() {
     let (_g, d) = scratch();
