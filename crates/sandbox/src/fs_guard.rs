@@ -13,7 +13,7 @@ use crate::fs_walk::{self, DirFd, Resolved, Start, Stop};
 use crate::report::Kind;
 use capsa_policy::{FsOp, Verdict, join_guest_checked, strip_guest_prefix};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::filesystem::{
     Descriptor as HostDescriptorObj, Dir as HostDir, WasiFilesystemCtxView,
@@ -452,21 +452,6 @@ impl GuardedFs<'_> {
         need: Need,
         verb: &'static str,
     ) -> FsResult<Checked> {
-        self.check_making(fd, path, follow, need, verb, false)
-    }
-
-    /// [`check`](Self::check), for an open that may also make the file
-    /// (`creates`): a refusal outside every grant then hints at its
-    /// directory, where the file would be made.
-    fn check_making(
-        &mut self,
-        fd: &Resource<Descriptor>,
-        path: &str,
-        follow: bool,
-        need: Need,
-        verb: &'static str,
-        creates: bool,
-    ) -> FsResult<Checked> {
         let Some(t) = self.tracker.descriptors.get(&fd.rep()) else {
             return not_permitted();
         };
@@ -474,7 +459,6 @@ impl GuardedFs<'_> {
         let pre = &self.guard.preopens[preopen];
         let (guest, _) = join_guest_checked(&t.guest, path);
         if pre.root_guard {
-            let need = if creates { Need::Name } else { need };
             return self.refuse_outside_root(verb, &guest, need);
         }
         let dir = match self.inner.table.get(fd)? {
@@ -491,28 +475,21 @@ impl GuardedFs<'_> {
             Ok(r) => r,
             Err(Stop::Escape { via_link }) => {
                 let shown = pre.show(&guest);
-                // `..` climbed out of the grant (no link on the way): the
-                // highest directory it reached, granted in place of this
-                // one, would let the path be walked there. Never `/`:
-                // granting the whole machine is not a narrow grant.
+                // No hint: a grant of where `..` leads (any ancestor of a
+                // grant, as the program chooses) would not serve this path
+                // anyway while the grant it left is a preopen of its own,
+                // nor a path from a descriptor below a grant's root.
                 let below = strip_guest_prefix(&t.guest, &pre.guest).unwrap_or("");
-                let reached = (!via_link)
-                    .then(|| highest_reached(&pre.host, &format!("{below}/{path}")))
-                    .flatten();
-                let reason = match (via_link, &reached) {
+                let leaves = climbs_out(&format!("{below}/{path}"));
+                let reason = match (via_link, leaves) {
                     (true, _) => format!("a link leads outside {}", pre.shown),
-                    (false, Some(_)) => format!(
-                        "the path leaves the granted directory {} by `..`; the directory it reaches, granted in its place, would let it through",
+                    (false, true) => format!(
+                        "the path leaves the granted directory {} by `..`",
                         pre.shown
                     ),
-                    (false, None) => "`..` climbs above the directory the path starts from, which no grant allows: each descriptor is a capability of its own".into(),
+                    (false, false) => "`..` climbs above the directory the path starts from, which no grant allows: each descriptor is a capability of its own".into(),
                 };
-                let hint = reached
-                    .filter(|h| h.parent().is_some())
-                    .and_then(|h| h.to_str().map(str::to_string))
-                    .filter(|h| !h.contains("::") && !h.contains(','))
-                    .map(|h| format!("{}={h}", need.op().flag()));
-                self.deny(verb, &shown, reason, None, hint);
+                self.deny(verb, &shown, reason, None, None);
                 return not_permitted();
             }
             Err(Stop::Missing {
@@ -954,44 +931,20 @@ fn borrow<T: 'static>(r: &Resource<T>) -> Resource<T> {
     Resource::new_borrow(r.rep())
 }
 
-/// The highest directory that `path`, walked from a grant's directory `dir`
-/// with `..` taken as written, reaches above `dir`, or `None` when it stays
-/// within it (a climb above a descriptor's own directory, inside its grant:
-/// no grant changes that).
-fn highest_reached(dir: &Path, path: &str) -> Option<PathBuf> {
-    let mut at: Vec<&std::ffi::OsStr> = Vec::new();
-    let mut root = PathBuf::new();
-    for c in dir.components() {
-        match c {
-            std::path::Component::Normal(n) => at.push(n),
-            other => root.push(other.as_os_str()),
-        }
-    }
-    let start = at.len();
-    let mut highest = start;
+/// Whether `path`, walked from a grant's directory with `..` taken as
+/// written, climbs above it (else it climbed above a descriptor's own
+/// directory inside the grant, which no grant changes).
+fn climbs_out(path: &str) -> bool {
+    let mut depth = 0usize;
     for c in path.split('/') {
         match c {
             "" | "." => {}
-            ".." => {
-                at.pop();
-                highest = highest.min(at.len());
-            }
-            c => at.push(std::ffi::OsStr::new(c)),
+            ".." if depth == 0 => return true,
+            ".." => depth -= 1,
+            _ => depth += 1,
         }
     }
-    if highest >= start {
-        return None;
-    }
-    let mut out = root;
-    out.extend(
-        dir.components()
-            .filter_map(|c| match c {
-                std::path::Component::Normal(n) => Some(n),
-                _ => None,
-            })
-            .take(highest),
-    );
-    Some(out)
+    false
 }
 
 impl preopens::Host for GuardedFs<'_> {
@@ -1281,7 +1234,7 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         let mut tries = 0;
         let (c, new, ident) = loop {
             tries += 1;
-            let c = self.check_making(&fd, &path, follow, need, verb, create)?;
+            let c = self.check(&fd, &path, follow, need, verb)?;
             let exists = c.r.target.is_some();
             let mut of = oflags & !OpenFlags::TRUNCATE;
             match c.r.target {

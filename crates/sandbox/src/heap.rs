@@ -14,7 +14,7 @@
 //! nothing: [`in_use`] stays 0.
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Bytes allocated and not yet freed through [`Counting`]. Signed: a
 /// process's counts start at 0 wherever the allocator is first used.
@@ -23,6 +23,36 @@ static IN_USE: AtomicIsize = AtomicIsize::new(0);
 /// Bytes of the heap in use now, by the allocator's count.
 pub fn in_use() -> isize {
     IN_USE.load(Relaxed)
+}
+
+/// The largest block in use of at least [`LARGE`] bytes, as far as the
+/// allocator knows (its address and size; 0 when it was freed and none
+/// larger came since). One host call copies each argument of the program's
+/// into one block (a 100 MB write to stdout is a 100 MB block for as long
+/// as a slow reader takes), data the program also holds in its own memory,
+/// counted there: the largest block is not counted twice. Many blocks (the
+/// many field lists of a program making the host hold memory) still count,
+/// all but one.
+static LARGEST_AT: AtomicUsize = AtomicUsize::new(0);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+/// Blocks smaller than this are never the largest (see [`LARGEST`]).
+const LARGE: usize = 1 << 20;
+
+fn allocated(p: *mut u8, size: usize) {
+    IN_USE.fetch_add(size as isize, Relaxed);
+    if size >= LARGE && size > LARGEST.load(Relaxed) {
+        LARGEST_AT.store(p as usize, Relaxed);
+        LARGEST.store(size, Relaxed);
+    }
+}
+
+fn freed(p: *mut u8, size: usize) {
+    IN_USE.fetch_sub(size as isize, Relaxed);
+    if size >= LARGE && LARGEST_AT.load(Relaxed) == p as usize {
+        LARGEST.store(0, Relaxed);
+        LARGEST_AT.store(0, Relaxed);
+    }
 }
 
 /// A global allocator that keeps count of the bytes in use, around `A`.
@@ -35,7 +65,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { self.0.alloc(layout) };
         if !p.is_null() {
-            IN_USE.fetch_add(layout.size() as isize, Relaxed);
+            allocated(p, layout.size());
         }
         p
     }
@@ -43,20 +73,22 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { self.0.alloc_zeroed(layout) };
         if !p.is_null() {
-            IN_USE.fetch_add(layout.size() as isize, Relaxed);
+            allocated(p, layout.size());
         }
         p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // Counted first: once freed, another thread may get the address.
+        freed(ptr, layout.size());
         unsafe { self.0.dealloc(ptr, layout) };
-        IN_USE.fetch_sub(layout.size() as isize, Relaxed);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { self.0.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            IN_USE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+            freed(ptr, layout.size());
+            allocated(p, new_size);
         }
         p
     }
@@ -90,11 +122,17 @@ impl RunMemory {
         self.base.store(in_use(), Relaxed);
     }
 
-    /// Bytes the heap grew by since the program started.
+    /// Bytes the heap grew by since the program started, less its largest
+    /// block (see [`LARGEST`]).
     pub(crate) fn host(&self) -> u64 {
         match self.base.load(Relaxed) {
             NOT_STARTED => 0,
-            base => u64::try_from(in_use().saturating_sub(base)).unwrap_or(0),
+            base => u64::try_from(
+                in_use()
+                    .saturating_sub(base)
+                    .saturating_sub(isize::try_from(LARGEST.load(Relaxed)).unwrap_or(0)),
+            )
+            .unwrap_or(0),
         }
     }
 
@@ -127,5 +165,24 @@ mod tests {
             a.dealloc(z, layout);
         }
         assert_eq!(in_use(), before);
+    }
+
+    #[test]
+    fn the_largest_block_is_known_until_freed() {
+        let a = Counting(std::alloc::System);
+        let small = Layout::from_size_align(64 << 10, 8).unwrap();
+        let big = Layout::from_size_align(8 << 20, 8).unwrap();
+        unsafe {
+            let s = a.alloc(small);
+            assert_ne!(LARGEST.load(Relaxed), small.size());
+            let b = a.alloc(big);
+            assert_eq!(LARGEST.load(Relaxed), big.size());
+            assert_eq!(LARGEST_AT.load(Relaxed), b as usize);
+            a.dealloc(b, big);
+            // (The other test's blocks are smaller, and may come after.)
+            assert_ne!(LARGEST_AT.load(Relaxed), b as usize);
+            assert_ne!(LARGEST.load(Relaxed), big.size());
+            a.dealloc(s, small);
+        }
     }
 }

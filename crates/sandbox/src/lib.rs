@@ -199,7 +199,10 @@ struct MemoryLimiter {
     run: Arc<heap::RunMemory>,
     /// Elements of every table the guest holds.
     elements: usize,
+    /// A cap was reached (memory or tables).
     hit: bool,
+    /// Memory was refused: the program was told it ran out.
+    memory_refused: bool,
 }
 
 /// Table elements a guest may hold in all; a table bomb costs host memory too.
@@ -221,8 +224,13 @@ impl ResourceLimiter for MemoryLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Past the memory's own maximum wasmtime refuses the growth after
+        // asking: not capsa's limit, and nothing to count.
+        if max.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
         let total = (self.total + desired as u64).saturating_sub(current as u64);
         let ok = total.saturating_add(self.run.host()) <= self.memory;
         if ok {
@@ -232,6 +240,7 @@ impl ResourceLimiter for MemoryLimiter {
                 .store(total, std::sync::atomic::Ordering::Relaxed);
         }
         self.hit |= !ok;
+        self.memory_refused |= !ok;
         Ok(ok)
     }
 
@@ -870,6 +879,7 @@ fn host_side(
                 run: memory,
                 elements: 0,
                 hit: false,
+                memory_refused: false,
             },
             http: WasiHttpCtx::new(),
             http_hooks: HttpHooks(Arc::new(HttpClient::new(guard.clone(), ca_certs))),
@@ -1549,10 +1559,15 @@ struct Watch {
     guard: Arc<std::sync::OnceLock<Arc<Guard>>>,
 }
 
-/// How often a run's watchdog looks at what the host holds for it: a
-/// guest making the host allocate as fast as it can (128 KiB of HTTP header
-/// a call) gets some tens of megabytes past its limit in that time.
+/// How often a run's watchdog looks at what the host holds for it, and how
+/// many looks in a row must find it over the limit: what the host holds
+/// only for the length of one call is gone by then (its largest copy of an
+/// argument is not counted at all, see `heap::LARGEST`). A guest making
+/// the host allocate as fast as it can
+/// (128 KiB of HTTP header a call) gets some tens of megabytes past its
+/// limit in that time.
 const MEMORY_POLL: Duration = Duration::from_millis(10);
+const MEMORY_LOOKS: u32 = 3;
 
 impl Watch {
     /// Returns as soon as the run ends (a process that runs many programs
@@ -1562,13 +1577,15 @@ impl Watch {
     /// can make the host hold memory without growing its own).
     fn keep(self) {
         let deadline = self.deadline.map(|(d, _)| d);
+        let mut looks = 0;
+        let over = || {
+            looks = if self.memory.over() { looks + 1 } else { 0 };
+            looks >= MEMORY_LOOKS
+        };
         // The run's thread takes neither the reporter's lock nor NAMING
         // while it waits for `finished`'s.
-        self.finished.wait_or_expire(
-            deadline,
-            MEMORY_POLL,
-            || self.memory.over(),
-            |time| {
+        self.finished
+            .wait_or_expire(deadline, MEMORY_POLL, over, |time| {
                 let (message, code) = match self.deadline {
                     Some((_, t)) if time => (timeout_message(t), exit::TIMEOUT),
                     _ => (memory_message(self.memory.limit), exit::LIMIT),
@@ -1582,8 +1599,7 @@ impl Watch {
                 // Not while a guarded root has a name it would leave behind.
                 let _naming = NAMING.lock().unwrap_or_else(|e| e.into_inner());
                 std::process::exit(code);
-            },
-        );
+            });
     }
 }
 
@@ -1635,7 +1651,7 @@ impl Finished {
         &self,
         deadline: Option<std::time::Instant>,
         poll: Duration,
-        over: impl Fn() -> bool,
+        mut over: impl FnMut() -> bool,
         expire: impl FnOnce(bool),
     ) {
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
@@ -1704,7 +1720,7 @@ fn outcome(
     // A program told that memory ran out may fail on its own (CPython's
     // MemoryError, exit 1): that failure is the limit's, and says so.
     let exited = |code: i32| {
-        if code != 0 && store.data().limiter.hit {
+        if code != 0 && store.data().limiter.memory_refused {
             limit(memory_message(limits.memory))
         } else {
             Outcome::Exited(code)

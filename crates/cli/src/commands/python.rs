@@ -216,13 +216,15 @@ fn read_grant(host: PathBuf, guest: String, kind: GrantKind) -> FsGrant {
 
 /// Refuses a grant that would put other files where Python imports from:
 /// at or below `/python` (the standard library) or `/capsa-pycache` (the
-/// bytecode capsa compiled), which are capsa's own, or below a
-/// `--python-path` directory (`packages`: host, guest) under a host path
-/// other than its own, so that nothing granted as data replaces a module or
-/// its bytecode, and one run cannot plant code there for the next.
+/// bytecode capsa compiled), which are capsa's own, or below one of the
+/// other folders on `sys.path` (`imports`: the guest folder and how the
+/// user knows it: a `--python-path` directory, the script's folder, the
+/// working directory, a bundle's `/app`) under a host path other than its
+/// own, so that nothing granted as data replaces a module or its bytecode,
+/// and one run cannot plant code there for the next.
 fn refuse_grants_in_imports(
     grants: &[FsGrant],
-    packages: &[(PathBuf, String)],
+    imports: &[(String, String)],
 ) -> anyhow::Result<()> {
     use capsa_policy::{default_guest, strip_guest_prefix};
     for g in grants {
@@ -240,12 +242,11 @@ fn refuse_grants_in_imports(
             }
         }
         let own_path = default_guest(&g.host).is_some_and(|d| d == guest);
-        for (host, pkg) in packages {
-            let inside = strip_guest_prefix(&guest, pkg).is_some_and(|rest| !rest.is_empty());
+        for (dir, known_as) in imports {
+            let inside = strip_guest_prefix(&guest, dir).is_some_and(|rest| !rest.is_empty());
             if inside && !own_path {
                 anyhow::bail!(
-                    "{guest} is inside --python-path={}, which Python imports from: a grant there must be at its own path",
-                    host.display()
+                    "{guest} is inside {known_as}, which Python imports from: a grant there must be at its own path"
                 );
             }
         }
@@ -364,7 +365,23 @@ pub fn run_prepared(
             .push(read_grant(host, guest, GrantKind::Dir));
     }
 
-    if let Err(e) = refuse_grants_in_imports(&policy.fs.grants[..chosen], &packages) {
+    // What else is on `sys.path`: a bundle's folders, the script's folder,
+    // or for `-c`, `-m` and stdin the working directory.
+    let mut imports: Vec<(String, String)> = packages
+        .iter()
+        .map(|(host, guest)| (guest.clone(), format!("--python-path={}", host.display())))
+        .collect();
+    let beside = match &file {
+        Some(f) => std::path::Path::new(f)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned()),
+        None => capsa_policy::default_guest(&canonical(&cwd).unwrap_or_else(|_| cwd.clone())),
+    };
+    imports.extend(beside.map(|b| (b.clone(), b)));
+    imports.extend(path.iter().map(|p| (p.clone(), p.clone())));
+    // (Not `/`: every mapped grant is below it.)
+    imports.retain(|(dir, _)| dir != "/");
+    if let Err(e) = refuse_grants_in_imports(&policy.fs.grants[..chosen], &imports) {
         return fail(exit::USAGE, e);
     }
 

@@ -156,7 +156,28 @@ use capsa_sandbox::load::canonical;
 
 impl PathResolver for HostFs {
     fn resolve(&self, path: &Path) -> std::result::Result<ResolvedPath, String> {
-        let canonical = canonical(path).map_err(|e| describe_io(&e))?;
+        let canonical = canonical(path).map_err(|e| {
+            // A file the program is to make (the hint for a refused
+            // `open(path, "w")` names the file tried): only its directory
+            // can be granted. Said, not done: the directory is more.
+            let parent = path.parent().map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            });
+            match parent.map(canonical) {
+                Some(Ok(dir)) if e.kind() == std::io::ErrorKind::NotFound && dir.is_dir() => {
+                    format!(
+                        "{}; to let the program make it, grant the directory it is in: {}",
+                        describe_io(&e),
+                        dir.display()
+                    )
+                }
+                _ => describe_io(&e),
+            }
+        })?;
         let is_dir = canonical.is_dir();
         Ok(ResolvedPath { canonical, is_dir })
     }

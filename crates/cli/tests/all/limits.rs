@@ -235,6 +235,17 @@ fn memory_limit_is_the_total_of_every_memory() {
     assert_eq!(r.code, 0, "both fit under 128M: {}", r.stderr);
 }
 
+// Regression: a growth past a memory's own maximum, which the engine
+// refuses after asking capsa, was counted as granted (40 such asks of 64
+// MiB ended a tiny program at its limit); and a refused table growth the
+// program handled turned its exit code into the memory limit's 137.
+#[test]
+fn only_refused_memory_is_the_memory_limit() {
+    let r = run(&["--memory=64M"], &wat("own-maximum.wat"), &[]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(!r.stderr.contains("memory limit"), "{}", r.stderr);
+}
+
 // Regression: the watchdog panicked printing its message when stderr could
 // not be written (`2>/dev/full`), and the guest spun on.
 #[test]

@@ -710,6 +710,16 @@ fn limits_from_python() {
         "{}",
         grow.stderr
     );
+    // Output passing through the host is the program's own data, held in
+    // its memory too: not counted twice. Regression: 60 MiB written at
+    // once under --memory=128M ended with the memory limit.
+    let big = py_code(
+        &d,
+        &["--memory=128M"],
+        "import sys\nsys.stdout.buffer.write(b'x' * (60 << 20))",
+    );
+    assert_eq!(big.code, 0, "{}", big.stderr);
+    assert_eq!(big.stdout.len(), 60 << 20);
     // A program that handles it goes on, and ends as it chooses.
     let caught = py_code(
         &d,
@@ -1181,6 +1191,21 @@ fn a_grant_where_python_imports_from_is_refused() {
     );
     assert_refused(&r, &["inside /python", "Python's standard library"]);
     assert!(!r.stdout.contains("PLANTED"), "{}", r.stdout);
+    // The same for the script's folder and, for -c, the working directory
+    // (both on sys.path). Regression: `scratch::$PWD/tools` let one run
+    // leave a package there for the next to import.
+    let tools = format!("--allow-write={g}::{}/tools", s(&d));
+    let r = run_in(&d, &[&tools], &script, &[]);
+    assert_refused(
+        &r,
+        &[&format!("inside {}", s(&d)), "must be at its own path"],
+    );
+    let r = py_in(&d, &["--allow-read=.", &tools], &["-c", "pass"], "");
+    assert_refused(
+        &r,
+        &[&format!("inside {}", s(&d)), "must be at its own path"],
+    );
+    assert_eq!(std::fs::read_dir(&plant).unwrap().count(), 1);
     // A folder inside --python-path granted at its own path is the same
     // files as natively, and stays allowed.
     let own = format!("--allow-write={}", s(&pkgs.join("cache")));

@@ -500,10 +500,11 @@ fn a_hostile_run_ends_alone_and_the_good_one_beside_it_is_intact() {
             137,
             "file write limit of 1M",
         ),
+        // MemoryError, then exit 1: the limit's, and said so.
         (
             json!({"code": "a = []\nwhile True: a.append(bytearray(1 << 20))"}),
-            1,
-            "",
+            137,
+            "memory limit of 128M",
         ),
         (json!({"code": "def f(): f()\nf()"}), 1, ""),
     ];
