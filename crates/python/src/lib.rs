@@ -174,7 +174,7 @@ pub fn build(
     if !force && let Some(rt) = cached(cache_root, code) {
         return Ok(rt);
     }
-    progress("capsa: preparing Python 3.14 for this machine (once; takes about 20 s)...");
+    progress("capsa: preparing Python 3.14 for this machine (once; takes about 15–30 s)...");
     let started = Instant::now();
     let tmp = tempfile::Builder::new()
         .prefix(".build-")
