@@ -170,7 +170,7 @@ impl PathResolver for HostFs {
             match parent.map(canonical) {
                 Some(Ok(dir)) if e.kind() == std::io::ErrorKind::NotFound && dir.is_dir() => {
                     format!(
-                        "{}; to let the program make it, grant the directory it is in: {}",
+                        "{} (a file the program is to make is granted by the directory it is in: {})",
                         describe_io(&e),
                         dir.display()
                     )

@@ -601,7 +601,7 @@ fn a_path_outside_every_grant_is_reported() {
         assert_eq!(r.code, 125, "{t}: {}", r.stderr);
         assert!(
             r.stderr.contains(&format!(
-                "to let the program make it, grant the directory it is in: {}",
+                "(a file the program is to make is granted by the directory it is in: {})",
                 s(&d)
             )),
             "{t}: {}",
