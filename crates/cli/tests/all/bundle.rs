@@ -996,7 +996,6 @@ fn a_file_name_cannot_forge_a_line_of_packs_errors() {
 /// here with their data (heap) limited to 192 MiB, on a 512 MiB file.
 #[test]
 fn a_bundle_is_never_held_unpacked_in_memory() {
-    use std::os::unix::process::CommandExt;
     let (_g, d) = scratch();
     const BIG: u64 = 512 << 20;
     let probe_wasm = std::fs::read(probe(P1)).unwrap();
@@ -1017,23 +1016,7 @@ fn a_bundle_is_never_held_unpacked_in_memory() {
     );
     let f = d.join("big.capsa");
     std::fs::write(&f, &bytes).unwrap();
-    let limited = |mut c: std::process::Command| -> Run {
-        // SAFETY: only setrlimit between fork and exec.
-        unsafe {
-            c.pre_exec(|| {
-                let limit = Some(192 << 20);
-                rustix::process::setrlimit(
-                    rustix::process::Resource::Data,
-                    rustix::process::Rlimit {
-                        current: limit,
-                        maximum: limit,
-                    },
-                )
-                .map_err(std::io::Error::from)
-            });
-        }
-        c.output().unwrap().into()
-    };
+    let limited = |c: std::process::Command| with_heap_limit(c, 192 << 20);
     let mut c = capsa();
     c.arg("inspect").arg(&f);
     let r = limited(c);

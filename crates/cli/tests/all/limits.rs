@@ -33,26 +33,11 @@ fn memory_bomb() {
 // for, so that a capsa that let it through fails its allocations instead.
 #[test]
 fn memory_the_host_holds_for_the_guest_counts() {
-    use std::os::unix::process::CommandExt;
     let mut c = capsa();
     c.args(["run", "--memory=64M"])
         .arg(probe(P2))
         .args(["hold", "1024"]);
-    // SAFETY: only setrlimit between fork and exec.
-    unsafe {
-        c.pre_exec(|| {
-            let limit = Some(512 << 20);
-            rustix::process::setrlimit(
-                rustix::process::Resource::Data,
-                rustix::process::Rlimit {
-                    current: limit,
-                    maximum: limit,
-                },
-            )
-            .map_err(std::io::Error::from)
-        });
-    }
-    let r: Run = c.output().unwrap().into();
+    let r = with_heap_limit(c, 512 << 20);
     assert_eq!(r.code, 137, "{}{}", r.stdout, r.stderr);
     assert!(
         r.stderr

@@ -70,6 +70,28 @@ pub fn unshared(flags: &[&str], script: &str) -> std::process::ExitStatus {
 }
 
 /// `capsa` with a shared cache and a clean environment.
+/// Runs `c` with its heap (RLIMIT_DATA) capped at `bytes`: an allocation
+/// past it fails, so what capsa holds in memory is what the test sees.
+#[cfg(unix)]
+pub fn with_heap_limit(mut c: Command, bytes: u64) -> Run {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            let limit = Some(bytes);
+            rustix::process::setrlimit(
+                rustix::process::Resource::Data,
+                rustix::process::Rlimit {
+                    current: limit,
+                    maximum: limit,
+                },
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    c.output().unwrap().into()
+}
+
 pub fn capsa() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_capsa"));
     c.env("CAPSA_CACHE_DIR", cache_dir());
