@@ -1563,9 +1563,8 @@ struct Watch {
 /// many looks in a row must find it over the limit: what the host holds
 /// only for the length of one call is gone by then (its largest copy of an
 /// argument is not counted at all, see `heap::LARGEST`). A guest making
-/// the host allocate as fast as it can
-/// (128 KiB of HTTP header a call) gets some tens of megabytes past its
-/// limit in that time.
+/// the host allocate as fast as it can (128 KiB of HTTP header a call)
+/// gets some tens of megabytes past its limit in that time.
 const MEMORY_POLL: Duration = Duration::from_millis(10);
 const MEMORY_LOOKS: u32 = 3;
 
