@@ -366,16 +366,23 @@ pub fn run_prepared(
     }
 
     // What else is on `sys.path`: a bundle's folders, the script's folder,
-    // or for `-c`, `-m` and stdin the working directory.
+    // or for `-c`, `-m` and stdin the working directory when it is granted.
     let mut imports: Vec<(String, String)> = packages
         .iter()
         .map(|(host, guest)| (guest.clone(), format!("--python-path={}", host.display())))
         .collect();
+    let real_cwd = canonical(&cwd).unwrap_or_else(|_| cwd.clone());
+    let cwd_str = capsa_policy::default_guest(&real_cwd).filter(|_| {
+        policy.fs.grant_for(&real_cwd).is_some_and(|g| {
+            g.kind == GrantKind::Dir
+                && capsa_policy::default_guest(&g.host).as_deref() == Some(g.guest.as_str())
+        })
+    });
     let beside = match &file {
         Some(f) => std::path::Path::new(f)
             .parent()
             .map(|p| p.to_string_lossy().into_owned()),
-        None => capsa_policy::default_guest(&canonical(&cwd).unwrap_or_else(|_| cwd.clone())),
+        None => cwd_str.clone(),
     };
     imports.extend(beside.map(|b| (b.clone(), b)));
     imports.extend(path.iter().map(|p| (p.clone(), p.clone())));
@@ -443,16 +450,9 @@ pub fn run_prepared(
     }
     let pycache_prefix = Some(super::pycache::GUEST_PREFIX);
 
-    // The entry point changes to the working directory only when it is
-    // granted as a directory at its own path (else wasi-libc cannot, and the
-    // attempt would only add a denial line).
-    let real_cwd = canonical(&cwd).unwrap_or_else(|_| cwd.clone());
-    let cwd_str = capsa_policy::default_guest(&real_cwd).filter(|_| {
-        policy.fs.grant_for(&real_cwd).is_some_and(|g| {
-            g.kind == GrantKind::Dir
-                && capsa_policy::default_guest(&g.host).as_deref() == Some(g.guest.as_str())
-        })
-    });
+    // The entry point changes to the working directory (`cwd_str`, above)
+    // only when it is granted as a directory at its own path (else
+    // wasi-libc cannot, and the attempt would only add a denial line).
     let config = inv.to_guest_json_with(file.as_deref(), cwd_str.as_deref(), &path, pycache_prefix);
     execute(
         sandbox,

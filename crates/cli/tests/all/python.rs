@@ -1206,6 +1206,10 @@ fn a_grant_where_python_imports_from_is_refused() {
         &[&format!("inside {}", s(&d)), "must be at its own path"],
     );
     assert_eq!(std::fs::read_dir(&plant).unwrap().count(), 1);
+    // A working directory not granted is not on sys.path: a grant mapped
+    // below it is only data.
+    let r = py_in(&d, &[&tools], &["-c", "pass"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
     // A folder inside --python-path granted at its own path is the same
     // files as natively, and stays allowed.
     let own = format!("--allow-write={}", s(&pkgs.join("cache")));
