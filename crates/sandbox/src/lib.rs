@@ -192,10 +192,8 @@ impl WasiHttpView for HostState {
 /// may make; remembers that the guest hit a cap, so the crash that usually
 /// follows is reported as the limit it is.
 struct MemoryLimiter {
-    memory: u64,
-    /// Bytes of every linear memory the guest holds.
-    total: u64,
-    /// The same, for the run's watchdog, and the host's part.
+    /// The limit, the bytes of every linear memory the guest holds and the
+    /// host's part, shared with the run's watchdog.
     run: Arc<heap::RunMemory>,
     /// Elements of every table the guest holds.
     elements: usize,
@@ -231,13 +229,11 @@ impl ResourceLimiter for MemoryLimiter {
         if max.is_some_and(|m| desired > m) {
             return Ok(false);
         }
-        let total = (self.total + desired as u64).saturating_sub(current as u64);
-        let ok = total.saturating_add(self.run.host()) <= self.memory;
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = (self.run.linear.load(Relaxed) + desired as u64).saturating_sub(current as u64);
+        let ok = total.saturating_add(self.run.host()) <= self.run.limit;
         if ok {
-            self.total = total;
-            self.run
-                .linear
-                .store(total, std::sync::atomic::Ordering::Relaxed);
+            self.run.linear.store(total, Relaxed);
         }
         self.hit |= !ok;
         self.memory_refused |= !ok;
@@ -874,8 +870,6 @@ fn host_side(
             tcp: tcp_guard::TcpTracker::default(),
             guard: guard.clone(),
             limiter: MemoryLimiter {
-                memory: limits.memory,
-                total: 0,
                 run: memory,
                 elements: 0,
                 hit: false,

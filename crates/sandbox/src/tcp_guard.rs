@@ -163,8 +163,11 @@ impl HostTcpSocket for GuardedSockets<'_> {
                 .ok()
                 .map(SocketAddr::from);
             if peer.is_some_and(|p| self.is_own(p, listener)) {
+                if let Err(e) = self.small_buffers(&sock) {
+                    self.reset(sock, input, output).map_err(SocketError::trap)?;
+                    return Err(e);
+                }
                 self.tcp.accepted.insert(sock.rep());
-                self.small_buffers(&sock)?;
                 return Ok((sock, input, output));
             }
             // Someone else: gone before the guest sees it.
