@@ -346,8 +346,14 @@ impl GuardedFs<'_> {
                 (true, ".") => Some(format!("{flag}=.::/")),
                 (true, t) => Some(format!("{flag}={t}::/{t}")),
             });
-        let reason = "outside every granted path".to_string();
-        self.deny(verb, &shown, reason, None, hint);
+        // wasi-libc (Rust, C) takes a relative path from `/`, whatever the
+        // working directory: granting it does not make `in.txt` reach it.
+        let reason = if relative && self.cwd_granted() {
+            "the program looks a relative path up from /, not from the granted working directory"
+        } else {
+            "outside every granted path"
+        };
+        self.deny(verb, &shown, reason.to_string(), None, hint);
         Err(FsErrorCode::NoEntry.into())
     }
 
@@ -382,6 +388,16 @@ impl GuardedFs<'_> {
             .filter(|p| !p.root_guard)
             .any(|p| parts(&p.guest).is_some_and(|g| g.len() > ours.len() && g.starts_with(&ours)));
         below.then_some(ours)
+    }
+
+    /// Whether the working directory lies in a directory grant.
+    fn cwd_granted(&self) -> bool {
+        let Some(cwd) = self.guard.cwd.as_deref().and_then(|c| c.to_str()) else {
+            return false;
+        };
+        self.guard.preopens.iter().any(|p| {
+            !p.root_guard && p.only.is_none() && strip_guest_prefix(cwd, &p.guest).is_some()
+        })
     }
 
     /// The guarded root's path `guest` as the user typed it, and whether it
@@ -483,6 +499,12 @@ impl GuardedFs<'_> {
                 let leaves = climbs_out(&format!("{below}/{path}"));
                 let reason = match (via_link, leaves) {
                     (true, _) => format!("a link leads outside {}", pre.shown),
+                    // Zig's standard library opens an absolute path from
+                    // the first preopen, as from a working directory.
+                    (false, _) if path.starts_with('/') => format!(
+                        "an absolute path, asked for from the directory {}: WASI looks a path up only below the directory it starts from",
+                        pre.show(&t.guest)
+                    ),
                     (false, true) => format!(
                         "the path leaves the granted directory {} by `..`",
                         pre.shown

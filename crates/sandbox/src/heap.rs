@@ -16,9 +16,20 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-/// Bytes allocated and not yet freed through [`Counting`]. Signed: a
-/// process's counts start at 0 wherever the allocator is first used.
+/// Bytes allocated and not yet freed through [`Counting`], as the allocator
+/// takes them ([`taken`]). Signed: a process's counts start at 0 wherever
+/// the allocator is first used.
 static IN_USE: AtomicIsize = AtomicIsize::new(0);
+
+/// What the allocator takes for a block of `size` bytes, about: a header
+/// of 8 bytes, steps of 16, 32 at least (glibc's; mimalloc's size classes
+/// are as close). Counted as asked, a 1-byte block counted 1 where it took
+/// 32, and a list of 20 million one-byte names was counted a 30th of what
+/// it held.
+fn taken(size: usize) -> isize {
+    let t = size.saturating_add(8 + 15) & !15;
+    isize::try_from(t.max(32)).unwrap_or(isize::MAX)
+}
 
 /// Bytes of the heap in use now, by the allocator's count.
 pub fn in_use() -> isize {
@@ -39,16 +50,28 @@ static LARGEST: AtomicUsize = AtomicUsize::new(0);
 /// Blocks smaller than this are never the largest (see [`LARGEST`]).
 const LARGE: usize = 1 << 20;
 
+/// The most [`IN_USE`] has been, less the largest block then, since the
+/// last [`RunMemory::start`]. What the host held for a program and freed
+/// is not room for the program to fill: the allocator keeps pages freed
+/// between blocks still in use (100 KB field values dropped while small
+/// ones stayed), and a run that counted only what is in use now held
+/// three times its limit.
+static HIGH: AtomicIsize = AtomicIsize::new(isize::MIN);
+
 fn allocated(p: *mut u8, size: usize) {
-    IN_USE.fetch_add(size as isize, Relaxed);
-    if size >= LARGE && size > LARGEST.load(Relaxed) {
+    let t = taken(size);
+    let now = IN_USE.fetch_add(t, Relaxed) + t;
+    let mut largest = LARGEST.load(Relaxed);
+    if size >= LARGE && size > largest {
         LARGEST_AT.store(p as usize, Relaxed);
         LARGEST.store(size, Relaxed);
+        largest = size;
     }
+    HIGH.fetch_max(now - isize::try_from(largest).unwrap_or(0), Relaxed);
 }
 
 fn freed(p: *mut u8, size: usize) {
-    IN_USE.fetch_sub(size as isize, Relaxed);
+    IN_USE.fetch_sub(taken(size), Relaxed);
     if size >= LARGE && LARGEST_AT.load(Relaxed) == p as usize {
         LARGEST.store(0, Relaxed);
         LARGEST_AT.store(0, Relaxed);
@@ -58,9 +81,8 @@ fn freed(p: *mut u8, size: usize) {
 /// A global allocator that keeps count of the bytes in use, around `A`.
 pub struct Counting<A>(pub A);
 
-// Each call adds or takes away the layout's size: what the caller asked
-// for, not what the allocator rounded it to (the same either way for a
-// limit of megabytes).
+// Each call adds or takes away what the allocator takes for the layout's
+// size (see `taken`).
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { self.0.alloc(layout) };
@@ -117,22 +139,35 @@ impl RunMemory {
         }
     }
 
-    /// The program starts (is instantiated) now.
+    /// The program starts (is instantiated) now. The largest block is
+    /// forgotten: one held from before (a piece of the compiled program's
+    /// metadata) is no copy of the program's, and must not be forgiven.
     pub(crate) fn start(&self) {
-        self.base.store(in_use(), Relaxed);
+        LARGEST.store(0, Relaxed);
+        LARGEST_AT.store(0, Relaxed);
+        let now = in_use();
+        HIGH.store(now, Relaxed);
+        self.base.store(now, Relaxed);
     }
 
     /// Bytes the heap grew by since the program started, less its largest
-    /// block (see [`LARGEST`]).
+    /// block (see [`LARGEST`]) up to the size of the program's own
+    /// memories: a copy of a list of lists is three times what the program
+    /// holds of it (a name is 8 bytes there, 24 here), and only a copy the
+    /// size of what the program holds is forgiven. At least the most it
+    /// grew by, less the largest block then (see [`HIGH`]): what was freed
+    /// since is still the process's.
     pub(crate) fn host(&self) -> u64 {
         match self.base.load(Relaxed) {
             NOT_STARTED => 0,
-            base => u64::try_from(
-                in_use()
+            base => {
+                let largest = (LARGEST.load(Relaxed) as u64).min(self.linear.load(Relaxed));
+                let now = in_use()
                     .saturating_sub(base)
-                    .saturating_sub(isize::try_from(LARGEST.load(Relaxed)).unwrap_or(0)),
-            )
-            .unwrap_or(0),
+                    .saturating_sub(isize::try_from(largest).unwrap_or(isize::MAX));
+                let most = HIGH.load(Relaxed).saturating_sub(base);
+                u64::try_from(now.max(most)).unwrap_or(0)
+            }
         }
     }
 
@@ -160,7 +195,13 @@ mod tests {
             let z = a.alloc_zeroed(layout);
             assert!(!z.is_null());
             // Other tests' threads do not use this allocator.
-            assert_eq!(in_use() - before, 4 << 20);
+            assert_eq!(in_use() - before, taken(1 << 20) + taken(3 << 20));
+            assert_eq!(taken(1 << 20), (1 << 20) + 16);
+            // A small block takes more than it asked for.
+            let one = Layout::from_size_align(1, 1).unwrap();
+            let b = a.alloc(one);
+            assert_eq!(in_use() - before, taken(1 << 20) + taken(3 << 20) + 32);
+            a.dealloc(b, one);
             a.dealloc(p, Layout::from_size_align(3 << 20, 8).unwrap());
             a.dealloc(z, layout);
         }
@@ -179,6 +220,47 @@ mod tests {
             a.dealloc(b, big);
             assert_eq!(LARGEST.load(Relaxed), 0);
             a.dealloc(s, small);
+        }
+
+        // A block held from before the program started is not its largest:
+        // only a block of the run's own is forgiven, and only up to the
+        // size of the program's own memories.
+        let run = RunMemory::new(1 << 30);
+        run.linear.store(8 << 20, Relaxed);
+        let mid = Layout::from_size_align(4 << 20, 8).unwrap();
+        let two = Layout::from_size_align(2 << 20, 8).unwrap();
+        let size = |l: Layout| taken(l.size()) as u64;
+        unsafe {
+            let held = a.alloc(big);
+            run.start();
+            let copy = a.alloc(mid);
+            assert_eq!(run.host(), 16, "the run's largest block is forgiven");
+            let kept = a.alloc(two);
+            assert_eq!(run.host(), size(mid) + size(two) - (4 << 20));
+            run.linear.store(1 << 20, Relaxed);
+            assert_eq!(run.host(), size(mid) + size(two) - (1 << 20));
+            a.dealloc(held, big);
+            a.dealloc(kept, two);
+            a.dealloc(copy, mid);
+        }
+
+        // What the host held and freed is still counted; the largest block
+        // then is not, freed or not (a large write to stdout).
+        let run = RunMemory::new(1 << 30);
+        run.linear.store(8 << 20, Relaxed);
+        let piece = Layout::from_size_align(100 << 10, 8).unwrap();
+        unsafe {
+            run.start();
+            let copy = a.alloc(mid);
+            a.dealloc(copy, mid);
+            assert_eq!(run.host(), 16);
+            let pieces: Vec<_> = (0..10).map(|_| a.alloc(piece)).collect();
+            let held = 10 * size(piece);
+            assert_eq!(run.host(), held);
+            for p in pieces {
+                a.dealloc(p, piece);
+            }
+            assert_eq!(run.host(), held, "freed, still counted");
         }
     }
 }

@@ -46,7 +46,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use load::{CodeCache, LoadError};
-pub use output::OutputBudget;
+pub use output::{OutputBudget, line_start};
 
 /// capsa's own exit codes. The guest's own code passes through unchanged;
 /// these are chosen to match what shells and tools already mean by them.
@@ -119,8 +119,11 @@ pub enum Outcome {
     Exited(i32),
     /// A limit ended the run; the message names it and the flag that raises it.
     Limit { code: i32, message: String },
-    /// The guest crashed.
-    Trapped(String),
+    /// The guest crashed: the trap, and what capsa knows of its cause.
+    Trapped {
+        message: String,
+        note: Option<&'static str>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +170,11 @@ struct HostState {
     limiter: MemoryLimiter,
     http: WasiHttpCtx,
     http_hooks: HttpHooks,
+    /// The bytes given as stdin, read before the program starts: kept until
+    /// its end, since freed once it read them they would be a credit in the
+    /// count of what the host holds for it (see `heap::RunMemory`), as large
+    /// as the input (a server's 64 MiB body).
+    _stdin: Option<bytes::Bytes>,
 }
 
 impl WasiView for HostState {
@@ -808,8 +816,9 @@ fn host_side(
     // operation may block that thread instead of hopping to tokio's pool and
     // back (a stat cost 150 us that way).
     b.allow_blocking_current_thread(true);
-    match config.stdin.take() {
-        Some(bytes) => b.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(bytes)),
+    let stdin = config.stdin.take().map(bytes::Bytes::from);
+    match &stdin {
+        Some(bytes) => b.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(bytes.clone())),
         None => b.inherit_stdin(),
     };
     b.stdout(LimitedOutput::new(Which::Stdout, budget.clone()))
@@ -877,9 +886,15 @@ fn host_side(
             },
             http: WasiHttpCtx::new(),
             http_hooks: HttpHooks(Arc::new(HttpClient::new(guard.clone(), ca_certs))),
+            _stdin: stdin,
         },
     );
     store.limiter(|s| &mut s.limiter);
+    // wasmtime copies at most 128 MiB into the host per call by default, and
+    // a larger write to stdout (whose permit is `MAX_WRITE`, so that CPython
+    // is not handed a short write it drops the rest of) crashed the run. The
+    // copy is the program's own data, held in its memory under `--memory`.
+    store.set_hostcall_fuel(output::MAX_WRITE);
     if let Some(fuel) = limits.fuel {
         store
             .set_fuel(fuel)
@@ -1588,13 +1603,17 @@ impl Watch {
                     guard.reporter.flush();
                 }
                 use std::io::Write;
-                let _ = writeln!(std::io::stderr(), "capsa: {message}");
+                let _ = writeln!(std::io::stderr(), "{}capsa: {message}", line_start());
                 // Not while a guarded root has a name it would leave behind.
                 let _naming = NAMING.lock().unwrap_or_else(|e| e.into_inner());
                 std::process::exit(code);
             });
     }
 }
+
+/// The name of the thread that keeps a run's time and memory limits, which
+/// looks at the run every 10 ms: its CPU time is capsa's, not the guest's.
+pub const WATCHDOG_THREAD: &str = "time limit";
 
 /// Starts a thread that keeps `watch`, then each watch `more` brings.
 fn watchdog_thread(
@@ -1604,7 +1623,7 @@ fn watchdog_thread(
     // A process out of threads (a limit on them) cannot time the run: it
     // does not run it untimed.
     std::thread::Builder::new()
-        .name("time limit".into())
+        .name(WATCHDOG_THREAD.into())
         .spawn(move || {
             watch.keep();
             for watch in more.into_iter().flatten() {
@@ -1764,7 +1783,49 @@ fn outcome(
                 .join(": ")
         }
     };
-    Outcome::Trapped(msg)
+    Outcome::Trapped {
+        message: msg,
+        note: adapter_overwritten(&err).then_some(ADAPTER_NOTE),
+    }
+}
+
+/// Said after a crash inside the preview 1 adapter of a module that
+/// exports no `cabi_realloc`: worded as what is known (where it crashed,
+/// what the module lacks), since the adapter also traps for other causes
+/// (a preview 1 call it does not implement).
+const ADAPTER_NOTE: &str = "the crash was inside the WASI preview 1 adapter capsa runs this module in; the module exports no `cabi_realloc`, so the adapter keeps its state in pages it adds to the module's memory, which an allocator that takes all of memory as its own (AssemblyScript's) hands out again: see \"Preview 1 programs\" in capsa's README";
+
+/// Whether the trap `err` happened in the preview 1 adapter, called from a
+/// module that exports no `cabi_realloc` (nor `cabi_realloc_adapter`). The
+/// adapter then keeps its state and stack in pages it grows the module's
+/// memory by, which an allocator that claims every page there is at its
+/// first use (AssemblyScript's) takes too: the adapter's own check of its
+/// state traps. The modules are told apart by what they export: the adapter
+/// its allocator for imports, the program `_start`.
+///
+/// Only an `unreachable` trap: the adapter's checks end in one, and its
+/// other failures (arguments beyond its room for them, which wasmtime
+/// reports as "cannot leave component instance") are not this.
+fn adapter_overwritten(err: &wasmtime::Error) -> bool {
+    if err.downcast_ref::<Trap>() != Some(&Trap::UnreachableCodeReached) {
+        return false;
+    }
+    let Some(trace) = err.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return false;
+    };
+    let exports =
+        |f: &wasmtime::FrameInfo, name: &str| f.module().exports().any(|e| e.name() == name);
+    let Some(innermost) = trace.frames().first() else {
+        return false;
+    };
+    // The adapter is a module of its own: a program's module that exports
+    // the same name is still the program.
+    if !exports(innermost, "cabi_import_realloc") || exports(innermost, "_start") {
+        return false;
+    }
+    trace.frames().iter().any(|f| {
+        exports(f, "_start") && !exports(f, "cabi_realloc") && !exports(f, "cabi_realloc_adapter")
+    })
 }
 
 /// The guarded root's checks against a directory replaced by someone else

@@ -11,7 +11,28 @@ use wasmtime_wasi::cli::{IsTerminal as WasiIsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 /// Bytes one write may carry (the guest's own memory holds them first).
-const MAX_WRITE: usize = 1 << 30;
+/// What one host call may copy is raised to this (see `host_side`).
+pub(crate) const MAX_WRITE: usize = 1 << 30;
+
+/// Whether the program's last write to stderr (stdout) ended inside a line.
+static STDERR_MID_LINE: AtomicBool = AtomicBool::new(false);
+static STDOUT_MID_LINE: AtomicBool = AtomicBool::new(false);
+
+/// What to write before one of capsa's own lines on stderr: a line break
+/// when the program left its last line there unfinished (the preview 1
+/// adapter's `assertion failed at adapter line 2858`, with no newline, had
+/// `capsa: the program crashed` run on after it), or on stdout when both
+/// are terminals (the same screen, most likely).
+pub fn line_start() -> &'static str {
+    let err = STDERR_MID_LINE.swap(false, Ordering::Relaxed);
+    let out = STDOUT_MID_LINE.load(Ordering::Relaxed)
+        && IsTerminal::is_terminal(&std::io::stdout())
+        && IsTerminal::is_terminal(&std::io::stderr());
+    if out {
+        STDOUT_MID_LINE.store(false, Ordering::Relaxed);
+    }
+    if err || out { "\n" } else { "" }
+}
 
 /// Bytes left for stdout and stderr together.
 pub struct OutputBudget {
@@ -101,13 +122,20 @@ impl LimitedOutput {
 
     fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<bool> {
         let n = self.budget.take(bytes.len());
-        let res = match self.which {
+        let (res, mid_line) = match self.which {
             Which::Stdout => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(&bytes[..n]).and_then(|_| out.flush())
+                let res = out.write_all(&bytes[..n]).and_then(|_| out.flush());
+                (res, &STDOUT_MID_LINE)
             }
-            Which::Stderr => std::io::stderr().lock().write_all(&bytes[..n]),
+            Which::Stderr => (
+                std::io::stderr().lock().write_all(&bytes[..n]),
+                &STDERR_MID_LINE,
+            ),
         };
+        if let (Ok(()), Some(last)) = (&res, bytes[..n].last()) {
+            mid_line.store(*last != b'\n', Ordering::Relaxed);
+        }
         res.map(|_| n == bytes.len())
     }
 }

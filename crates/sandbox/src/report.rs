@@ -2,6 +2,7 @@
 //! stderr with the narrowest flag that would allow them, and with `--audit`
 //! every decision, allowed or denied, is written as one JSON line.
 
+use crate::output::line_start;
 use capsa_policy::Verdict;
 use std::collections::HashSet;
 use std::io::Write;
@@ -188,7 +189,8 @@ impl Reporter {
                 let mut err = std::io::stderr().lock();
                 let _ = writeln!(
                     err,
-                    "capsa: further denials not shown (the first {MAX_DENIAL_LINES} were; --audit=FILE records them)"
+                    "{}capsa: further denials not shown (the first {MAX_DENIAL_LINES} were; --audit=FILE records them)",
+                    line_start()
                 );
             }
             return;
@@ -197,7 +199,7 @@ impl Reporter {
         let hint = d.hint.and_then(hint_text);
         let msg = denial_text(d.op, d.target, d.reason, hint.as_deref());
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "capsa: {msg}");
+        let _ = writeln!(err, "{}capsa: {msg}", line_start());
     }
 
     /// Whether allowed decisions are recorded at all (`--audit`).
@@ -208,7 +210,12 @@ impl Reporter {
     /// A one-line notice that is not a decision (said once, at start).
     pub fn note(&self, message: &str) {
         if !self.quiet {
-            let _ = writeln!(std::io::stderr().lock(), "capsa: note: {}", escape(message));
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{}capsa: note: {}",
+                line_start(),
+                escape(message)
+            );
         }
     }
 

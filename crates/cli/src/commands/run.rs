@@ -680,11 +680,14 @@ pub fn execute(
             say(&format!("capsa: {message}"));
             code
         }
-        Ok(Outcome::Trapped(msg)) => {
+        Ok(Outcome::Trapped { message, note }) => {
             say(&format!(
                 "capsa: the program crashed: {}",
-                capsa_sandbox::report::escape(&msg)
+                capsa_sandbox::report::escape(&message)
             ));
+            if let Some(note) = note {
+                say(&format!("  note: {note}"));
+            }
             exit::TRAP
         }
         Err(e) => fail(e.exit_code(), e.into()),
@@ -695,7 +698,7 @@ pub fn execute(
 /// even when stderr is closed or full (`2>/dev/full`).
 pub fn say(line: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
+    let _ = writeln!(std::io::stderr(), "{}{line}", capsa_sandbox::line_start());
 }
 
 /// Prints `err` and its causes on one line (lines only where capsa itself

@@ -718,6 +718,66 @@ fn a_relative_path_outside_every_grant_is_named_as_typed() {
     );
     assert_eq!(r.stdout, "ok: created\n", "{}", r.stderr);
     assert!(d.join("newdir").is_dir());
+
+    // The working directory granted: the program still looks from `/`,
+    // and the line says so rather than "outside every granted path".
+    let r = run_in(&d, &["--allow-read=."], &probe(P2), &["read", "notes.txt"]);
+    assert!(r.stdout.starts_with("err: NotFound"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains(
+            "capsa: denied: read notes.txt (the program looks a relative path up from /, not from the granted working directory)\n  hint: --allow-read=notes.txt::/notes.txt\n"
+        ),
+        "{}",
+        r.stderr
+    );
+    // Granted as `/` too, every relative path reaches it.
+    let r = run_in(
+        &d,
+        &["--allow-read=.::/"],
+        &probe(P2),
+        &["read", "notes.txt"],
+    );
+    assert_eq!(r.stdout, "ok: notes\n", "{}", r.stderr);
+}
+
+/// An absolute path asked for from a directory (Zig's standard library
+/// opens every path from the first preopen): WASI refuses it, and the line
+/// says what happened, not that `..` was climbed.
+#[test]
+fn an_absolute_path_from_a_directory_is_named_as_such() {
+    let (_g, d) = setup();
+    let program = d.join("absolute.wat");
+    std::fs::write(
+        &program,
+        format!(
+            r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "{notes}")
+  (func (export "_start")
+    (call $exit (call $open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const {len})
+      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 16)))))"#,
+            notes = s(&d.join("notes.txt")),
+            len = s(&d.join("notes.txt")).len()
+        ),
+    )
+    .unwrap();
+    let grant = format!("--allow-read={}", s(&d));
+    let r = run(&[&grant], &program, &[]);
+    // EPERM (63) from preview 1, as wasmtime answers.
+    assert_eq!(r.code, 63, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "denied: read {} (an absolute path, asked for from the directory {}: WASI looks a path up only below the directory it starts from)",
+            s(&d.join("notes.txt")),
+            s(&d)
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("`..`"), "{}", r.stderr);
 }
 
 /// Under `--quiet` the guarded root says nothing, and the guest cannot

@@ -50,6 +50,32 @@ fn memory_the_host_holds_for_the_guest_counts() {
     let r = run(&["--memory=256M"], &probe(P2), &["hold", "16"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout.trim(), "ok: holding 163 field lists");
+
+    // Input read before the start and freed once the program read it is
+    // no credit. Regression: with 60 MB of stdin read to its end, 100 MiB
+    // of field lists fitted under --memory=64M.
+    let (_g, d) = scratch();
+    let input = d.join("input");
+    std::fs::write(&input, vec![0u8; 60 << 20]).unwrap();
+    let stdin = format!("--stdin-file={}", s(&input));
+    let r = run(
+        &["--memory=64M", &stdin],
+        &probe(P2),
+        &["drain-hold", "100"],
+    );
+    assert_eq!(r.code, 137, "{}{}", r.stdout, r.stderr);
+    let r = run(&["--memory=64M", &stdin], &probe(P2), &["drain-hold", "16"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+
+    // What the host held for the program and freed is no room for it to
+    // fill: the allocator keeps those pages while small blocks stay between
+    // them. Regression: a reviewer's program held three times its limit so.
+    let r = run(&["--memory=64M"], &probe(P2), &["churn", "40"]);
+    assert_eq!(r.code, 137, "{}{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("grew"), "{}", r.stdout);
+    let r = run(&["--memory=64M"], &probe(P2), &["churn", "16"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.trim(), "ok: grew by 16 MiB");
 }
 
 #[test]
@@ -186,6 +212,146 @@ fn trap_is_a_crash() {
     assert!(
         r.stderr
             .contains("capsa: the program crashed: wasm `unreachable` instruction executed"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// A preview 1 module that exports no `cabi_realloc` gets pages the adapter
+/// adds to its memory for its state; an allocator that takes every page
+/// there is (AssemblyScript's) writes over them, and the adapter's check of
+/// its state traps. The crash then says where it was and what to do. These
+/// modules do what such an allocator does: a WASI call (the adapter adds
+/// its pages), a write over the last page of memory, a WASI call again.
+#[test]
+fn a_crash_in_the_preview1_adapter_says_why() {
+    let (_g, d) = scratch();
+    let module = |pages: u32, realloc: &str, overwrite: bool, end: &str| {
+        let overwrite = if overwrite {
+            "(memory.fill
+      (i32.sub (i32.shl (memory.size) (i32.const 16)) (i32.const 65536))
+      (i32.const 0) (i32.const 65536))"
+        } else {
+            ""
+        };
+        format!(
+            r#"(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (memory (export "memory") {pages})
+  {realloc}
+  (func (export "_start")
+    (drop (call $sizes (i32.const 0) (i32.const 4)))
+    {overwrite}
+    (drop (call $sizes (i32.const 0) (i32.const 4)))
+    {end}))"#
+        )
+    };
+    let run_module = |name: &str, source: String| {
+        let path = d.join(name);
+        std::fs::write(&path, source).unwrap();
+        run(&[], &path, &[])
+    };
+    let note = "note: the crash was inside the WASI preview 1 adapter capsa runs this module in; \
+                the module exports no `cabi_realloc`";
+    let r = run_module("overwrites.wat", module(1, "", true, ""));
+    assert_eq!(r.code, 134, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("\ncapsa: the program crashed: "),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(note), "{}", r.stderr);
+
+    // The same program exporting `cabi_realloc`: the adapter's pages are
+    // the program's own allocations, below the page it writes over.
+    let bump = r#"(global $next (mut i32) (i32.const 65536))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (global.get $next)
+    (global.set $next (i32.add (global.get $next) (local.get 3))))"#;
+    let r = run_module("exports.wat", module(4, bump, true, ""));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // A crash in the program's own code is not the adapter's, also in a
+    // module that exports what the adapter does.
+    let forged = r#"(func (export "cabi_import_realloc") (param i32 i32 i32 i32) (result i32)
+    (i32.const 0))"#;
+    for (name, realloc) in [
+        ("own.wat", bump),
+        ("own-no-realloc.wat", ""),
+        ("forged.wat", forged),
+    ] {
+        let r = run_module(name, module(4, realloc, false, "unreachable"));
+        assert_eq!(r.code, 134, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("capsa: the program crashed: "),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("note:"), "{}", r.stderr);
+    }
+}
+
+/// capsa's own lines on stderr start a line of their own, also after a
+/// program's unfinished one.
+#[test]
+fn capsa_lines_start_their_own_line() {
+    let (_g, d) = scratch();
+    let path = d.join("partial.wat");
+    std::fs::write(
+        &path,
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "partial")
+  (data (i32.const 80) "etc/hostname")
+  (data (i32.const 96) "more")
+  (func $say (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $w (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start")
+    (call $say (i32.const 64) (i32.const 7))
+    (drop (call $open (i32.const 3) (i32.const 0) (i32.const 80) (i32.const 12)
+      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 16)))
+    (call $say (i32.const 96) (i32.const 4))
+    unreachable))"#,
+    )
+    .unwrap();
+    let r = run(&[], &path, &[]);
+    assert_eq!(r.code, 134, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("partial\ncapsa: denied: read /etc/hostname"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("\nmore\ncapsa: the program crashed: "),
+        "{}",
+        r.stderr
+    );
+    // Also the line of a limit, which the run's watchdog prints.
+    let path = d.join("partial-spin.wat");
+    std::fs::write(
+        &path,
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "partial")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 7))
+    (drop (call $w (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (loop $l (br $l))))"#,
+    )
+    .unwrap();
+    let r = run(&["--timeout=1s"], &path, &[]);
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("partial\ncapsa: time limit of 1s reached"),
         "{}",
         r.stderr
     );

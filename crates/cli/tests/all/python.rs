@@ -720,6 +720,16 @@ fn limits_from_python() {
     );
     assert_eq!(big.code, 0, "{}", big.stderr);
     assert_eq!(big.stdout.len(), 60 << 20);
+    // Regression: one write of more than 128 MiB (wasmtime's default cap on
+    // what one host call copies) crashed the run (134) with nothing written.
+    let huge = py_code(
+        &d,
+        &[],
+        "import os, sys\nn = os.write(1, b'x' * (200 << 20))\nprint(n, file=sys.stderr)",
+    );
+    assert_eq!(huge.code, 0, "{}", huge.stderr);
+    assert_eq!(huge.stdout.len(), 200 << 20);
+    assert_eq!(huge.stderr.trim(), (200 << 20).to_string());
     // A program that handles it goes on, and ends as it chooses.
     let caught = py_code(
         &d,

@@ -313,6 +313,40 @@ fn a_wasi_program_runs_from_base64() {
     let neither = server.post("/v1/run", json!({"stdin": "x"}));
     assert_eq!(neither.status, 400);
     assert!(neither.json()["error"].as_str().unwrap().contains("code"));
+    // Arguments and asks are bounded, as a system's ARG_MAX bounds
+    // arguments. Regression: 60 MB bodies of empty arguments took the
+    // server to 3.4 GB while they waited, and a warm worker kept 2.5 GB.
+    let many = vec![""; 4097];
+    let big = vec!["x".repeat(300 << 10); 4];
+    let duplicates = vec!["CAPSA_TEST_X"; 1001];
+    for body in [
+        json!({"wasm": b64, "args": many}),
+        json!({"wasm": b64, "args": big}),
+        json!({"wasm": b64, "args": ["args", "x".repeat(128 << 10)]}),
+        json!({"wasm": b64, "allow_env": duplicates}),
+        // Refused before it is parsed (20 million would take 1.4 GB).
+        json!({"wasm": b64, "args": vec![""; 60_000]}),
+    ] {
+        let a = server.post("/v1/run", body);
+        assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(&a.body));
+        let e = a.json()["error"].as_str().unwrap().to_string();
+        assert!(e.contains("at most"), "{e}");
+    }
+    // The longest argument Linux passes to a process (to a WASI 0.2
+    // program: a preview 1 program's arguments must fit in the adapter's
+    // room for them, about 58 KB).
+    let p2 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(probe(P2)).unwrap());
+    let r = server.run(json!({"wasm": p2, "args": ["args", "x".repeat((128 << 10) - 1)]}));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    // What a request sent comes back cut short in an error.
+    let a = server.post("/v1/run", json!({"wasm": b64, "k".repeat(1 << 20): 1}));
+    assert_eq!(a.status, 400);
+    assert!(a.body.len() < 8192, "{}", a.body.len());
+    let mut most = vec!["a"; 4096];
+    most[0] = "args";
+    let r = server.run(json!({"wasm": b64, "args": most}));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert!(r["stdout"].as_str().unwrap().ends_with(" a a\n"), "{r}");
 }
 
 #[test]
@@ -1478,6 +1512,26 @@ fn no_part_of_proc_is_granted_by_a_server() {
     }
     // Nothing was left behind by the refusals.
     assert!(tree(&work).is_empty(), "{:?}", tree(&work));
+}
+
+/// The token is kept from every guest, in a file as in the environment.
+/// Regression: granted the folder that held `--token-file`, a run printed
+/// the token.
+#[test]
+fn no_grant_holds_the_token_file() {
+    let (_t, d) = scratch();
+    let secrets = d.join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let token = secrets.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let token_flag = format!("--token-file={}", s(&token));
+    for grant in [
+        format!("--allow-read={}", s(&secrets)),
+        format!("--allow-write={}", s(&d)),
+        format!("--allow-read={}", s(&token)),
+    ] {
+        refused_start(&[&token_flag, &grant], "holds the token file");
+    }
 }
 
 #[cfg(target_os = "linux")]

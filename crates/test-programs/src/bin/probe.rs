@@ -48,6 +48,19 @@ fn main() {
         "lookup" => lookup(&a(2)),
         "http" => http_get(&a(2)),
         "hold" => hold(a(2).parse().unwrap_or(1)),
+        // Has the host hold MIB of field lists with small ones between,
+        // drops the large ones, then grows its own memory by as much.
+        "churn" => churn(a(2).parse().unwrap_or(1)),
+        // Reads stdin to its end, then holds, for as long as the limit's
+        // watchdog takes to look.
+        "drain-hold" => (|| {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut stdin = std::io::stdin();
+            while stdin.read(&mut buf)? > 0 {}
+            let held = hold(a(2).parse().unwrap_or(1));
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            held
+        })(),
         "listen" => std::net::TcpListener::bind(a(2))
             .map(|l| format!("listening on {}", l.local_addr().unwrap())),
         "alloc" => {
@@ -198,6 +211,37 @@ fn hold(mib: usize) -> std::io::Result<String> {
         kept.push(fields);
     }
     Ok(format!("holding {} field lists", kept.len()))
+}
+
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+fn churn(mib: usize) -> std::io::Result<String> {
+    use wasip2::http::types::Fields;
+    let value = vec![b'a'; 100 << 10];
+    let (mut large, mut small) = (Vec::new(), Vec::new());
+    for _ in 0..mib * 1024 / 100 {
+        let fields = Fields::new();
+        fields
+            .append("x-a", &value)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        large.push(fields);
+        let fields = Fields::new();
+        fields
+            .append("x-b", b"b")
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        small.push(fields);
+    }
+    drop(large);
+    let mut own = vec![0u8; mib << 20];
+    for i in (0..own.len()).step_by(4096) {
+        own[i] = 1;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Ok(format!("grew by {} MiB", own.len() >> 20))
+}
+
+#[cfg(not(all(target_os = "wasi", target_env = "p2")))]
+fn churn(_mib: usize) -> std::io::Result<String> {
+    Err(std::io::Error::other("wasi:http needs WASI 0.2"))
 }
 
 #[cfg(not(all(target_os = "wasi", target_env = "p2")))]

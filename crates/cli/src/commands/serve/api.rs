@@ -437,8 +437,23 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Answer {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Answer {
-    json(status, &serde_json::json!({"error": message.into()}))
+    let mut message = message.into();
+    // What a request sent comes back in some messages (serde names an
+    // unknown key): a 60 MB key came back whole, held in memory for as
+    // long as a client that does not read takes.
+    if message.len() > MAX_ERROR {
+        let mut cut = MAX_ERROR;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    json(status, &serde_json::json!({"error": message}))
 }
+
+/// Bytes of an error message in an answer.
+const MAX_ERROR: usize = 4096;
 
 /// 405, with the methods the path takes (RFC 9110 asks for them).
 fn not_allowed(method: &Method, path: &str, allow: &'static str) -> Answer {
@@ -548,8 +563,44 @@ async fn body_json<T: for<'a> Deserialize<'a>>(
             "the body must be JSON (Content-Type: application/json)",
         ));
     }
+    if too_many_values(&bytes) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("a request body may hold at most {MAX_JSON_VALUES} values"),
+        ));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
+}
+
+/// Values (array items, object members) a request body may hold, far more
+/// than the most a request can use (1,000 files, 4,096 arguments, 1,000
+/// items in each list of asks). Parsed, a value takes many times its bytes
+/// in the body: 60 MB of empty strings took the server to 1.4 GB before
+/// any limit on arguments was looked at.
+const MAX_JSON_VALUES: usize = 50_000;
+
+/// Whether the JSON text `b` holds more than [`MAX_JSON_VALUES`] values, by
+/// its commas and opening brackets outside strings, before it is parsed.
+fn too_many_values(b: &[u8]) -> bool {
+    let (mut n, mut in_string, mut escaped) = (0usize, false, false);
+    for &c in b {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match c {
+                b'"' => in_string = true,
+                b',' | b'[' | b'{' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n > MAX_JSON_VALUES
 }
 
 /// The body, read within [`BODY_TIMEOUT`] and [`MAX_BODY`]. While it is
@@ -756,6 +807,13 @@ impl Drop for RunDir {
     }
 }
 
+/// Arguments a run may be given, the bytes of each (a WASI program's go to
+/// its `capsa run` on the command line, where Linux takes at most 128 KiB
+/// with the NUL), and their bytes together.
+const MAX_ARGS: usize = 4096;
+const MAX_ARG_LEN: usize = (128 << 10) - 1;
+const MAX_ARG_BYTES: usize = 1 << 20;
+
 async fn post_run(state: &Arc<State>, mut r: RunRequest, events: bool) -> Answer {
     let program = match (&r.code, &r.wasm) {
         (Some(code), None) => Program::Python(code.clone()),
@@ -783,6 +841,21 @@ async fn post_run(state: &Arc<State>, mut r: RunRequest, events: bool) -> Answer
         return error(
             StatusCode::BAD_REQUEST,
             "args: an argument cannot hold a NUL character",
+        );
+    }
+    // As a system's `ARG_MAX` bounds them: each argument costs the server
+    // and the worker far more than its bytes in the body (`""` is three
+    // bytes there, a string of its own here).
+    let arg_bytes: usize = r.args.iter().map(String::len).sum();
+    if r.args.len() > MAX_ARGS
+        || arg_bytes > MAX_ARG_BYTES
+        || r.args.iter().any(|a| a.len() > MAX_ARG_LEN)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "args: at most {MAX_ARGS} arguments, each of at most {MAX_ARG_LEN} bytes, of at most {MAX_ARG_BYTES} bytes together"
+            ),
         );
     }
     let names = match scratch::check_files(&r.files) {
@@ -830,6 +903,7 @@ async fn post_run(state: &Arc<State>, mut r: RunRequest, events: bool) -> Answer
     let size = (r.code.as_ref().map_or(0, String::len)
         + r.wasm.as_ref().map_or(0, String::len)
         + r.stdin.len()
+        + arg_bytes
         + r.files
             .iter()
             .map(|(k, v)| k.len() + v.len())
@@ -947,20 +1021,32 @@ where
     tokio::spawn(async move {
         let forward = async {
             let mut listening = true;
+            let (mut out, mut err) = (Utf8Chunks::default(), Utf8Chunks::default());
             while let Some((which, bytes)) = tap_rx.recv().await {
                 if !listening {
                     continue;
                 }
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                let name = match which {
-                    Stream::Stdout => "stdout",
-                    Stream::Stderr => "stderr",
+                let (name, text) = match which {
+                    Stream::Stdout => ("stdout", out.push(&bytes)),
+                    Stream::Stderr => ("stderr", err.push(&bytes)),
                 };
+                if text.is_empty() {
+                    continue;
+                }
                 // A client that left ends nothing: the run goes to its end.
                 listening = tx
                     .send(event(name, &serde_json::Value::String(text)))
                     .await
                     .is_ok();
+            }
+            // What an output ended in the middle of, as the result has it.
+            for (name, rest) in [("stdout", out.finish()), ("stderr", err.finish())] {
+                if listening && !rest.is_empty() {
+                    listening = tx
+                        .send(event(name, &serde_json::Value::String(rest)))
+                        .await
+                        .is_ok();
+                }
             }
         };
         let (answer, ()) = tokio::join!(fut, forward);
@@ -979,6 +1065,48 @@ where
         .header("cache-control", "no-store")
         .body(Body::Events(rx))
         .unwrap_or_default()
+}
+
+/// The text of one output's chunks as they come, holding back a character
+/// cut between two chunks (each event was decoded alone, and a character
+/// split between two became two U+FFFD).
+#[derive(Default)]
+struct Utf8Chunks {
+    held: Vec<u8>,
+}
+
+impl Utf8Chunks {
+    fn push(&mut self, bytes: &[u8]) -> String {
+        self.held.extend_from_slice(bytes);
+        let rest = self
+            .held
+            .split_off(self.held.len() - cut_at_end(&self.held));
+        let text = String::from_utf8_lossy(&self.held).into_owned();
+        self.held = rest;
+        text
+    }
+
+    fn finish(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.held).into_owned();
+        self.held.clear();
+        text
+    }
+}
+
+/// How many bytes at the end of `b` begin a UTF-8 character that is not
+/// complete there.
+fn cut_at_end(b: &[u8]) -> usize {
+    for back in 1..=b.len().min(4) {
+        let need = match b[b.len() - back] {
+            0x80..=0xBF => continue,
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if need > back { back } else { 0 };
+    }
+    0
 }
 
 enum Program {
@@ -1532,5 +1660,48 @@ pub mod calls {
                 _ => format!("%{b:02X}"),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Utf8Chunks;
+
+    /// Values are counted outside strings only, escapes included.
+    #[test]
+    fn values_are_counted_before_a_body_is_parsed() {
+        let many = format!("[{}]", vec!["\"\""; super::MAX_JSON_VALUES + 2].join(","));
+        assert!(super::too_many_values(many.as_bytes()));
+        let fewer = format!("[{}]", vec!["\"\""; super::MAX_JSON_VALUES].join(","));
+        assert!(!super::too_many_values(fewer.as_bytes()));
+        let text = format!(
+            r#"{{"code": "{}", "x": "\\", "y": "\"[,{{"}}"#,
+            ",".repeat(super::MAX_JSON_VALUES * 2)
+        );
+        assert!(!super::too_many_values(text.as_bytes()));
+        assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+    }
+
+    /// A character cut between two chunks comes out whole, in the second.
+    #[test]
+    fn output_events_never_cut_a_character() {
+        let text = "aé€😀b";
+        let bytes = text.as_bytes();
+        for at in 0..=bytes.len() {
+            for at2 in at..=bytes.len() {
+                let mut d = Utf8Chunks::default();
+                let mut got = d.push(&bytes[..at]);
+                got += &d.push(&bytes[at..at2]);
+                got += &d.push(&bytes[at2..]);
+                got += &d.finish();
+                assert_eq!(got, text, "cut at {at} and {at2}");
+            }
+        }
+        // Bytes that are no UTF-8 are replaced as before, and a character
+        // the output ended in the middle of too.
+        let mut d = Utf8Chunks::default();
+        assert_eq!(d.push(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(d.push(b"c\xe2\x82"), "c");
+        assert_eq!(d.finish(), "\u{fffd}");
     }
 }

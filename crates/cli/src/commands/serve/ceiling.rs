@@ -14,6 +14,9 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Items one list of asks may hold.
+const MAX_ASKS: usize = 1000;
+
 /// What a request may ask for, beside its program.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +138,19 @@ impl Ceiling {
     /// The policy of one run: the operator's, narrowed to what `asks`
     /// names, with its limits; `scratch` is added, writable.
     pub fn narrow(&self, asks: &Asks, scratch: &Path) -> Result<(RawPolicy, Limits), Refusal> {
+        // Each item becomes a line of the run's policy, which the run reads
+        // again: a body of 60 MB held 20 million of them.
+        for (flag, items) in [
+            ("allow-read", &asks.allow_read),
+            ("allow-write", &asks.allow_write),
+            ("allow-net", &asks.allow_net),
+            ("allow-listen", &asks.allow_listen),
+            ("allow-env", &asks.allow_env),
+        ] {
+            if items.as_ref().is_some_and(|i| i.len() > MAX_ASKS) {
+                return Err(Refusal::Bad(format!("{flag}: at most {MAX_ASKS} items")));
+            }
+        }
         let mut raw = self.raw.clone();
         if asks.allow_read.is_some() || asks.allow_write.is_some() {
             raw.allow_read.clear();
@@ -342,8 +358,11 @@ impl Ceiling {
         items: &[String],
         granted: impl Fn(&str) -> Result<bool, Refusal>,
     ) -> Result<Vec<String>, Refusal> {
-        let mut out = Vec::new();
+        let mut out: Vec<String> = Vec::new();
         for item in items {
+            if out.contains(item) {
+                continue;
+            }
             if item.contains(',') || item.trim().is_empty() {
                 return Err(Refusal::Bad(format!(
                     "{flag}: one rule per item, not {:?}",

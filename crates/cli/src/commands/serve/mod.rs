@@ -42,15 +42,16 @@ Endpoints (GET /v1/openapi.json describes them):
   PUT    /v1/sessions/ID/files/PATH       write a file
   DELETE /v1/sessions/ID                  end it
   GET    /v1/health                       for probes; needs no token
-  POST   /mcp                             the tools of `capsa mcp`, over HTTP
-
-The --memory, --timeout, --max-output and --max-write defaults shown above are those of
-`capsa run`; the server's own are the ones given here.";
+  POST   /mcp                             the tools of `capsa mcp`, over HTTP";
 
 #[derive(Args, Debug)]
 #[command(
     about = "Serve sandboxes over HTTP: runs, and persistent Python sessions",
-    after_help = AFTER_HELP
+    after_help = AFTER_HELP,
+    mut_arg("memory", |a| a.help(MEMORY_HELP)),
+    mut_arg("timeout", |a| a.help(TIMEOUT_HELP)),
+    mut_arg("max_output", |a| a.help(MAX_OUTPUT_HELP)),
+    mut_arg("max_write", |a| a.help(MAX_WRITE_HELP)),
 )]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -121,7 +122,12 @@ pub fn run(args: ServeArgs) -> i32 {
             ),
         );
     }
-    match setup(&args.common, token, args.listen) {
+    // The token file is held out of every grant, as the environment is.
+    let token_file = args
+        .token_file
+        .as_deref()
+        .map(|f| capsa_sandbox::load::canonical(f).unwrap_or_else(|_| f.to_path_buf()));
+    match setup(&args.common, token, token_file.as_deref(), args.listen) {
         Ok(state) => serve(state, args.listen),
         Err((code, e)) => fail(code, e),
     }
@@ -133,14 +139,31 @@ pub fn mcp(args: McpArgs) -> i32 {
     if let Err(code) = super::python::prepare_runtime() {
         return code;
     }
-    match setup(&args.common, None, SocketAddr::from(([127, 0, 0, 1], 0))) {
+    match setup(
+        &args.common,
+        None,
+        None,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    ) {
         Ok(state) => mcp::stdio(state),
         Err((code, e)) => fail(code, e),
     }
 }
 
+// The limit flags are `capsa run`'s, whose help gives its own defaults.
+const MEMORY_HELP: &str = "Memory each run may use [default: 512M]";
+const TIMEOUT_HELP: &str =
+    "Wall-clock time for each run, and each call of a session [default: 60s]";
+const MAX_OUTPUT_HELP: &str =
+    "Bytes each run may write to stdout and stderr together [default: 16M]";
+const MAX_WRITE_HELP: &str = "Bytes each run, or a session over its life, may write to files, each name it makes counting 4K [default: 256M]";
+
 #[derive(Args, Debug)]
 #[command(
+    mut_arg("memory", |a| a.help(MEMORY_HELP)),
+    mut_arg("timeout", |a| a.help(TIMEOUT_HELP)),
+    mut_arg("max_output", |a| a.help(MAX_OUTPUT_HELP)),
+    mut_arg("max_write", |a| a.help(MAX_WRITE_HELP)),
     about = "A Model Context Protocol server on stdio: run_python, read_file, write_file, list_files",
     after_help = "The grant and limit flags are those of `capsa serve` and fix what every tool call\nmay do; nothing a model sends can widen them. Sessions are named by the model."
 )]
@@ -168,6 +191,7 @@ fn read_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
 fn setup(
     args: &CommonArgs,
     token: Option<String>,
+    token_file: Option<&Path>,
     listen: SocketAddr,
 ) -> Result<api::State, (i32, anyhow::Error)> {
     let usage = |e: anyhow::Error| (exit::USAGE, e);
@@ -206,6 +230,15 @@ fn setup(
                 granted.display()
             )));
         }
+    }
+    if let Some(file) = token_file
+        && let Some(granted) = granted.iter().find(|g| file.starts_with(g))
+    {
+        return Err(usage(anyhow::anyhow!(
+            "the grant {} holds the token file {}, which no program may read: keep the token elsewhere, or grant less",
+            granted.display(),
+            file.display()
+        )));
     }
     let base = api::WorkDir::make(args.work_dir.as_deref()).map_err(|e| (exit::INTERNAL, e))?;
     for granted in &granted {
@@ -332,4 +365,22 @@ fn serve(state: api::State, listen: SocketAddr) -> i32 {
         state.end_all().await;
         0
     })
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::ceiling;
+
+    /// The limits' help names the server's defaults, not `capsa run`'s.
+    #[test]
+    fn the_limits_help_gives_the_servers_defaults() {
+        for (help, default) in [
+            (super::MEMORY_HELP, ceiling::DEFAULT_MEMORY),
+            (super::TIMEOUT_HELP, ceiling::DEFAULT_TIMEOUT),
+            (super::MAX_OUTPUT_HELP, ceiling::DEFAULT_MAX_OUTPUT),
+            (super::MAX_WRITE_HELP, ceiling::DEFAULT_MAX_WRITE),
+        ] {
+            assert!(help.ends_with(&format!("[default: {default}]")), "{help}");
+        }
+    }
 }

@@ -96,10 +96,13 @@ impl Session {
     /// cell that forged the end of its call (it can read its own
     /// interpreter's memory) and went on running, outside any time limit.
     pub fn ran_between_calls(&self) -> bool {
-        /// More than the interpreter's own idling could take.
+        /// More than the interpreter's own idling could take, and a
+        /// hundredth of the time since (threads that come and go while it
+        /// waits took about 0.1 ms a second, beside the time limit's).
         const SLACK_MS: u64 = 250;
+        let idle = u64::try_from(self.last_used.elapsed().as_millis()).unwrap_or(u64::MAX);
         match (self.cpu_after_call, self.talk.cpu_ms()) {
-            (Some(then), Some(now)) => now.saturating_sub(then) > SLACK_MS,
+            (Some(then), Some(now)) => now.saturating_sub(then) > SLACK_MS + idle / 100,
             _ => false,
         }
     }
@@ -367,24 +370,14 @@ impl Conversation {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// The child's CPU time so far, in milliseconds (where the system tells).
+    /// The child's CPU time so far, in milliseconds (where the system
+    /// tells), less its time limit's thread: that thread looks at the run
+    /// every 10 ms for as long as it lasts, a session's idle time included
+    /// (about 1.5 ms a second: an idle session passed the slack of
+    /// [`Session::ran_between_calls`] within minutes and was ended).
     pub fn cpu_ms(&self) -> Option<u64> {
-        #[cfg(target_os = "linux")]
-        {
-            // Not yet reaped (the session holds it), so the id is still its.
-            let pid = self.child.id()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Fields after the command name, which may hold spaces.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split(' ').collect();
-            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            let hz = rustix::param::clock_ticks_per_second();
-            Some(ticks * 1000 / hz.max(1))
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            None
-        }
+        // Not yet reaped (the session holds it), so the id is still its.
+        cpu_ms_of(self.child.id()?)
     }
 
     /// Ends the child.
@@ -408,6 +401,44 @@ fn settled(buf: &[u8], from: usize, mark: &[u8]) -> usize {
     buf.len() - held
 }
 
+/// The CPU time of process `pid`, in milliseconds, less that of its
+/// thread named [`capsa_sandbox::WATCHDOG_THREAD`]. The process's total
+/// counts threads that have ended too, which the guest's work may have run
+/// on (a blocking file operation).
+#[cfg(target_os = "linux")]
+fn cpu_ms_of(pid: u32) -> Option<u64> {
+    let (_, total) = ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let watchdog: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| {
+            ticks(&stat)
+                .filter(|(name, _)| *name == capsa_sandbox::WATCHDOG_THREAD)
+                .map(|(_, t)| t)
+        })
+        .sum();
+    let hz = rustix::param::clock_ticks_per_second();
+    Some(total.saturating_sub(watchdog) * 1000 / hz.max(1))
+}
+
+/// The name and the user and system ticks of a `/proc` `stat` file.
+#[cfg(target_os = "linux")]
+fn ticks(stat: &str) -> Option<(&str, u64)> {
+    let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+    // Fields after the name, which may hold spaces.
+    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    Some((
+        name,
+        f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cpu_ms_of(_pid: u32) -> Option<u64> {
+    None
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -415,6 +446,60 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::settled;
+
+    /// CPU the time limit's thread takes is not the guest's; any other
+    /// thread's is, also once it has ended.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_time_limits_thread_is_not_counted_as_the_guests() {
+        use std::sync::mpsc::channel;
+        let hz = rustix::param::clock_ticks_per_second();
+        // Spins until this thread has had `ms` of CPU, then waits for `go`.
+        let burn = |name: &str, ms: u64| {
+            let (spent, spent_rx) = channel();
+            let (go, go_rx) = channel::<()>();
+            let t = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    let own = || {
+                        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+                        super::ticks(&stat).unwrap().1 * 1000 / hz
+                    };
+                    let start = own();
+                    let mut x = 0u64;
+                    while own() - start < ms {
+                        for _ in 0..100_000 {
+                            x = std::hint::black_box(x.wrapping_add(1));
+                        }
+                    }
+                    spent.send(()).unwrap();
+                    let _ = go_rx.recv();
+                })
+                .unwrap();
+            spent_rx.recv().unwrap();
+            (t, go)
+        };
+        let me = std::process::id();
+        let before = super::cpu_ms_of(me).unwrap();
+        let (watchdog, go) = burn(capsa_sandbox::WATCHDOG_THREAD, 800);
+        let after_watchdog = super::cpu_ms_of(me).unwrap();
+        drop(go);
+        // Other tests run beside this one: a margin for their time.
+        assert!(
+            after_watchdog - before < 600,
+            "{before} -> {after_watchdog}"
+        );
+        // The time limit's thread outlives a run; this one ended here.
+        watchdog.join().unwrap();
+        let (guest, go) = burn("guest", 800);
+        drop(go);
+        guest.join().unwrap();
+        let after_guest = super::cpu_ms_of(me).unwrap();
+        assert!(
+            after_guest - after_watchdog >= 800 + 780,
+            "{after_watchdog} -> {after_guest}"
+        );
+    }
 
     #[test]
     fn output_is_held_back_only_where_an_end_mark_may_begin() {
