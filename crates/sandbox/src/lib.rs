@@ -424,6 +424,17 @@ fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError
         })
         .collect();
     out.extend(aliases);
+    // The working directory's grant is the first directory (descriptor 3),
+    // whatever order the flags came in: Zig's standard library, and
+    // programs that take descriptor 3 as theirs, then find their relative
+    // paths where they are natively. (wasi-libc picks a directory by its
+    // name, not its place.)
+    if let Some(i) = out
+        .iter()
+        .position(|p| p.only.is_none() && Some(p.guest.as_str()) == cwd)
+    {
+        out[..=i].rotate_right(1);
+    }
     Ok(out)
 }
 
@@ -892,9 +903,15 @@ fn host_side(
     store.limiter(|s| &mut s.limiter);
     // wasmtime copies at most 128 MiB into the host per call by default, and
     // a larger write to stdout (whose permit is `MAX_WRITE`, so that CPython
-    // is not handed a short write it drops the rest of) crashed the run. The
-    // copy is the program's own data, held in its memory under `--memory`.
-    store.set_hostcall_fuel(output::MAX_WRITE);
+    // is not handed a short write it drops the rest of) crashed the run.
+    // Such a write is the program's own data, held in its memory under
+    // `--memory`, so a call may copy as much as that limit, no more: a list
+    // whose items all point at the same bytes (a million header fields of
+    // one 1 MB value) is copied once per item, and the host must not build
+    // a gigabyte of it before the watchdog looks.
+    store.set_hostcall_fuel(
+        output::MAX_WRITE.min(usize::try_from(limits.memory).unwrap_or(usize::MAX)),
+    );
     if let Some(fuel) = limits.fuel {
         store
             .set_fuel(fuel)
@@ -935,8 +952,10 @@ fn run_instance(
         ));
     }
     let mut snapshot = None;
-    // From here on the heap's growth is the program's.
+    // From here on the heap's growth is the program's, and so are the
+    // lines on stdout and stderr.
     store.data().limiter.run.start();
+    output::lines_start();
     let result = pre.instantiate(&mut store).and_then(|instance| {
         match &pages {
             Pages::None => {}
@@ -1569,11 +1588,13 @@ struct Watch {
 }
 
 /// How often a run's watchdog looks at what the host holds for it, and how
-/// many looks in a row must find it over the limit: what the host holds
-/// only for the length of one call is gone by then (its largest copy of an
-/// argument is not counted at all, see `heap::LARGEST`). A guest making
-/// the host allocate as fast as it can (128 KiB of HTTP header a call)
-/// gets some tens of megabytes past its limit in that time.
+/// many looks in a row must find it over the limit. What the host held
+/// counts at its most for the rest of the run (see `heap::HIGH`), but for
+/// its largest copy of an argument (see `heap::LARGEST`); the looks in a
+/// row are for the program's own memory, which may shrink between them
+/// (a memory dropped). A guest making the host allocate as fast as it can
+/// (128 KiB of HTTP header a call) gets some tens of megabytes past its
+/// limit in that time.
 const MEMORY_POLL: Duration = Duration::from_millis(10);
 const MEMORY_LOOKS: u32 = 3;
 
@@ -1758,7 +1779,7 @@ fn outcome(
             "fuel limit of {fuel} reached; raise it with --fuel=N"
         ));
     }
-    if store.data().limiter.hit {
+    if store.data().limiter.hit || copied_past_the_limit(&err, limits.memory) {
         return limit(memory_message(limits.memory));
     }
     let msg = match err.downcast_ref::<Trap>() {
@@ -1787,6 +1808,18 @@ fn outcome(
         message: msg,
         note: adapter_overwritten(&err).then_some(ADAPTER_NOTE),
     }
+}
+
+/// Whether `err` is wasmtime refusing to copy more into the host in one
+/// call than the memory limit (the most a call may copy, see
+/// `set_hostcall_fuel`): the program asked the host to hold more than its
+/// limit. wasmtime's error type is its own, so it is known by its words.
+fn copied_past_the_limit(err: &wasmtime::Error, memory: u64) -> bool {
+    memory < output::MAX_WRITE as u64
+        && err.chain().any(|e| {
+            e.to_string()
+                .starts_with("too much data is being copied between the host and the guest")
+        })
 }
 
 /// Said after a crash inside the preview 1 adapter of a module that

@@ -34,6 +34,13 @@ pub fn line_start() -> &'static str {
     if err || out { "\n" } else { "" }
 }
 
+/// A run starts: what an earlier run of the process (a warm worker's)
+/// left unfinished is not this one's.
+pub(crate) fn lines_start() {
+    STDERR_MID_LINE.store(false, Ordering::Relaxed);
+    STDOUT_MID_LINE.store(false, Ordering::Relaxed);
+}
+
 /// Bytes left for stdout and stderr together.
 pub struct OutputBudget {
     remaining: Option<AtomicU64>,
@@ -122,20 +129,28 @@ impl LimitedOutput {
 
     fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<bool> {
         let n = self.budget.take(bytes.len());
-        let (res, mid_line) = match self.which {
+        // Where the line stands is kept while the stream is still held, so
+        // that one of capsa's own lines (see `line_start`) never comes
+        // between the write and it.
+        let mark = |res: &std::io::Result<()>, mid_line: &AtomicBool| {
+            if let (Ok(()), Some(last)) = (res, bytes[..n].last()) {
+                mid_line.store(*last != b'\n', Ordering::Relaxed);
+            }
+        };
+        let res = match self.which {
             Which::Stdout => {
                 let mut out = std::io::stdout().lock();
                 let res = out.write_all(&bytes[..n]).and_then(|_| out.flush());
-                (res, &STDOUT_MID_LINE)
+                mark(&res, &STDOUT_MID_LINE);
+                res
             }
-            Which::Stderr => (
-                std::io::stderr().lock().write_all(&bytes[..n]),
-                &STDERR_MID_LINE,
-            ),
+            Which::Stderr => {
+                let mut err = std::io::stderr().lock();
+                let res = err.write_all(&bytes[..n]);
+                mark(&res, &STDERR_MID_LINE);
+                res
+            }
         };
-        if let (Ok(()), Some(last)) = (&res, bytes[..n].last()) {
-            mid_line.store(*last != b'\n', Ordering::Relaxed);
-        }
         res.map(|_| n == bytes.len())
     }
 }

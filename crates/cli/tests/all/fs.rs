@@ -887,6 +887,34 @@ fn a_relative_guest_path_is_taken_from_the_root() {
     assert!(r.stderr.contains("empty guest path"), "{}", r.stderr);
 }
 
+/// Descriptor 3, the directory Zig's standard library takes as its working
+/// directory, is the working directory's grant whatever the flags' order;
+/// without one, the first directory granted.
+#[test]
+fn the_working_directory_is_the_first_directory() {
+    let (_g, d) = setup();
+    let name = wat("preopen-name.wat");
+    for flags in [
+        ["--allow-read=data", "--allow-write=."],
+        ["--allow-read=data", "--allow-read=."],
+        ["--allow-write=out", "--allow-write=."],
+    ] {
+        let r = run_in(&d, &flags, &name, &[]);
+        assert_eq!(r.stdout, format!("{}\n", s(&d)), "{flags:?}: {}", r.stderr);
+        // The other grant is still there, at its own path and relative one.
+        let other = flags[0].split_once('=').unwrap().1;
+        let r = run_in(&d, &flags, &probe(P1), &["ls", other]);
+        assert_eq!(r.code, 0, "{flags:?}: {}", r.stderr);
+    }
+    let r = run_in(&d, &["--allow-write=out", "--allow-read=data"], &name, &[]);
+    assert_eq!(
+        r.stdout,
+        format!("{}\n", s(&d.join("data"))),
+        "{}",
+        r.stderr
+    );
+}
+
 /// `rmdir("dir/")` removes the directory, as POSIX has it (the WASI test
 /// suite's `remove_directory_trailing_slashes`); a file so named is still
 /// not a directory.

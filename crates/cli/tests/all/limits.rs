@@ -76,6 +76,32 @@ fn memory_the_host_holds_for_the_guest_counts() {
     let r = run(&["--memory=64M"], &probe(P2), &["churn", "16"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert_eq!(r.stdout.trim(), "ok: grew by 16 MiB");
+
+    // One call may not make the host copy more than the limit: a list whose
+    // entries all point at the same MiB of the program's memory is copied
+    // once per entry. Regression: 1,000 such entries had the host build a
+    // GiB before the watchdog looked (here, past the heap's own limit).
+    let mut c = capsa();
+    c.args(["run", "--memory=64M"])
+        .arg(probe(P2))
+        .args(["alias-fields", "1000"]);
+    let r = with_heap_limit(c, 512 << 20);
+    assert_eq!(r.code, 137, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("capsa: memory limit of 64M reached; raise it with --memory=SIZE"),
+        "{}",
+        r.stderr
+    );
+    // Under the limit, the host copies the list and refuses it for its own
+    // reason (fields that large), not the limit's.
+    let r = run(&["--memory=64M"], &probe(P2), &["alias-fields", "8"]);
+    assert_eq!(r.code, 134, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("total size of fields exceeds limit") && !r.stderr.contains("memory"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -51,6 +51,9 @@ fn main() {
         // Has the host hold MIB of field lists with small ones between,
         // drops the large ones, then grows its own memory by as much.
         "churn" => churn(a(2).parse().unwrap_or(1)),
+        // Asks the host for one field list of N entries, each value the
+        // same MiB of its memory: N MiB to copy from 1 MiB held.
+        "alias-fields" => alias_fields(a(2).parse().unwrap_or(1)),
         // Reads stdin to its end, then holds, for as long as the limit's
         // watchdog takes to look.
         "drain-hold" => (|| {
@@ -237,6 +240,32 @@ fn churn(mib: usize) -> std::io::Result<String> {
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     Ok(format!("grew by {} MiB", own.len() >> 20))
+}
+
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+fn alias_fields(n: usize) -> std::io::Result<String> {
+    use wasip2::http::types::Fields;
+    let value = std::mem::ManuallyDrop::new(vec![b'a'; 1 << 20]);
+    // Every entry's value is the same bytes: the entries are never dropped
+    // (each would free them).
+    let entries: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|_| {
+            let v = unsafe {
+                Vec::from_raw_parts(value.as_ptr().cast_mut(), value.len(), value.capacity())
+            };
+            ("x-a".to_string(), v)
+        })
+        .collect();
+    let entries = std::mem::ManuallyDrop::new(entries);
+    Ok(match Fields::from_list(&entries) {
+        Ok(_) => format!("made a field list of {n} entries"),
+        Err(e) => format!("refused: {e:?}"),
+    })
+}
+
+#[cfg(not(all(target_os = "wasi", target_env = "p2")))]
+fn alias_fields(_n: usize) -> std::io::Result<String> {
+    Err(std::io::Error::other("wasi:http needs WASI 0.2"))
 }
 
 #[cfg(not(all(target_os = "wasi", target_env = "p2")))]

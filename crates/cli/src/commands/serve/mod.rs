@@ -371,16 +371,35 @@ fn serve(state: api::State, listen: SocketAddr) -> i32 {
 mod help_tests {
     use super::ceiling;
 
-    /// The limits' help names the server's defaults, not `capsa run`'s.
+    /// The limits' help, as `capsa serve --help` and `capsa mcp --help`
+    /// print it, names the server's defaults, not `capsa run`'s.
     #[test]
     fn the_limits_help_gives_the_servers_defaults() {
-        for (help, default) in [
-            (super::MEMORY_HELP, ceiling::DEFAULT_MEMORY),
-            (super::TIMEOUT_HELP, ceiling::DEFAULT_TIMEOUT),
-            (super::MAX_OUTPUT_HELP, ceiling::DEFAULT_MAX_OUTPUT),
-            (super::MAX_WRITE_HELP, ceiling::DEFAULT_MAX_WRITE),
+        use clap::{Args, Command};
+        for (name, cmd) in [
+            (
+                "serve",
+                super::ServeArgs::augment_args(Command::new("serve")),
+            ),
+            ("mcp", super::McpArgs::augment_args(Command::new("mcp"))),
         ] {
-            assert!(help.ends_with(&format!("[default: {default}]")), "{help}");
+            let mut cmd = cmd.term_width(1000);
+            let help = cmd.render_help().to_string();
+            for (flag, default) in [
+                ("--memory", ceiling::DEFAULT_MEMORY),
+                ("--timeout", ceiling::DEFAULT_TIMEOUT),
+                ("--max-output", ceiling::DEFAULT_MAX_OUTPUT),
+                ("--max-write", ceiling::DEFAULT_MAX_WRITE),
+            ] {
+                let line = help
+                    .lines()
+                    .find(|l| l.trim_start().starts_with(flag))
+                    .unwrap_or_else(|| panic!("{name}: no {flag} in\n{help}"));
+                assert!(
+                    line.ends_with(&format!("[default: {default}]")),
+                    "{name}: {line}"
+                );
+            }
         }
     }
 }
