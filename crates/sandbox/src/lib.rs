@@ -1516,12 +1516,56 @@ fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "exit-with-code",
         |_, (code,): (u8,)| -> wasmtime::Result<()> { Err(I32Exit(i32::from(code)).into()) },
     )?;
+    cap_http_request_texts(linker)?;
     wasmtime_wasi::p2::bindings::sync::sockets::tcp::add_to_linker::<HostState, GuardedSocketsData>(
         linker, sockets,
     )?;
     types::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
     preopens::add_to_linker::<HostState, GuardedFsData>(linker, fs)?;
     ip_name_lookup::add_to_linker::<HostState, GuardedSocketsData>(linker, sockets)?;
+    Ok(())
+}
+
+/// The longest authority or method an outgoing request may be given
+/// (its path is held to 64 KiB by the `http` crate already).
+const MAX_HTTP_REQUEST_TEXT: usize = 64 << 10;
+
+/// wasi:http keeps an outgoing request's authority and method as the
+/// program gave them, of any length, for as long as the request lives: one
+/// call of 60 MB made the host keep 60 MB, the largest block, not counted
+/// as the copy of an argument it looks like (see `heap::LARGEST`), and a few
+/// such calls took a run two and three times past `--memory` before the
+/// watchdog looked. A longer one is refused as an invalid one is (a name of
+/// at most 253 bytes is all a request needs).
+fn cap_http_request_texts(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_http::p2::bindings::http::types::{HostOutgoingRequest as _, Method};
+    use wasmtime_wasi_http::p2::types::HostOutgoingRequest;
+    type Answer = wasmtime::Result<(Result<(), ()>,)>;
+    let mut types = linker.instance("wasi:http/types@0.2.12")?;
+    types.func_wrap(
+        "[method]outgoing-request.set-authority",
+        |mut store, (req, authority): (Resource<HostOutgoingRequest>, Option<String>)| -> Answer {
+            if authority
+                .as_ref()
+                .is_some_and(|a| a.len() > MAX_HTTP_REQUEST_TEXT)
+            {
+                return Ok((Err(()),));
+            }
+            let data: &mut HostState = store.data_mut();
+            Ok((data.http().set_authority(req, authority)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-method",
+        |mut store, (req, method): (Resource<HostOutgoingRequest>, Method)| -> Answer {
+            if matches!(&method, Method::Other(m) if m.len() > MAX_HTTP_REQUEST_TEXT) {
+                return Ok((Err(()),));
+            }
+            let data: &mut HostState = store.data_mut();
+            Ok((data.http().set_method(req, method)?,))
+        },
+    )?;
     Ok(())
 }
 

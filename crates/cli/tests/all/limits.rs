@@ -102,6 +102,36 @@ fn memory_the_host_holds_for_the_guest_counts() {
         "{}",
         r.stderr
     );
+
+    // An outgoing request keeps its authority and method: longer than any
+    // request needs, they are refused, not kept. Regression: a reviewer's
+    // 60 MB authorities took a run under --memory=64M to 179 MB.
+    let r = run(
+        &["--memory=64M"],
+        &probe(P2),
+        &["authority", "20000000", "100"],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.trim(), "ok: authority refused at 0");
+    let r = run(&["--memory=64M"], &probe(P2), &["authority", "1000", "3"]);
+    assert_eq!(r.stdout.trim(), "ok: set 3 requests", "{}", r.stderr);
+    let r = run(
+        &[],
+        &probe(P2),
+        &["authority", &(64 << 10).to_string(), "1"],
+    );
+    assert_eq!(r.stdout.trim(), "ok: set 1 requests", "{}", r.stderr);
+    let r = run(
+        &[],
+        &probe(P2),
+        &["authority", &((64 << 10) + 1).to_string(), "1"],
+    );
+    assert_eq!(
+        r.stdout.trim(),
+        "ok: authority refused at 0",
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

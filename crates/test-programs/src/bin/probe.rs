@@ -54,6 +54,9 @@ fn main() {
         // Asks the host for one field list of N entries, each value the
         // same MiB of its memory: N MiB to copy from 1 MiB held.
         "alias-fields" => alias_fields(a(2).parse().unwrap_or(1)),
+        // Gives N outgoing requests an authority of LEN bytes each, and
+        // keeps them.
+        "authority" => authority(a(2).parse().unwrap_or(1), a(3).parse().unwrap_or(1)),
         // Reads stdin to its end, then holds, for as long as the limit's
         // watchdog takes to look.
         "drain-hold" => (|| {
@@ -261,6 +264,29 @@ fn alias_fields(n: usize) -> std::io::Result<String> {
         Ok(_) => format!("made a field list of {n} entries"),
         Err(e) => format!("refused: {e:?}"),
     })
+}
+
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+fn authority(len: usize, n: usize) -> std::io::Result<String> {
+    use wasip2::http::types::{Fields, Method, OutgoingRequest};
+    let text = "a".repeat(len);
+    let mut kept = Vec::new();
+    for i in 0..n {
+        let req = OutgoingRequest::new(Fields::new());
+        if req.set_authority(Some(&text)).is_err() {
+            return Ok(format!("authority refused at {i}"));
+        }
+        if req.set_method(&Method::Other(text.clone())).is_err() {
+            return Ok(format!("method refused at {i}"));
+        }
+        kept.push(req);
+    }
+    Ok(format!("set {} requests", kept.len()))
+}
+
+#[cfg(not(all(target_os = "wasi", target_env = "p2")))]
+fn authority(_len: usize, _n: usize) -> std::io::Result<String> {
+    Err(std::io::Error::other("wasi:http needs WASI 0.2"))
 }
 
 #[cfg(not(all(target_os = "wasi", target_env = "p2")))]
