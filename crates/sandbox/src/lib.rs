@@ -851,7 +851,23 @@ fn host_side(
         b.initial_cwd(cwd);
     }
     for p in &guard.preopens {
-        let perms = if p.writable {
+        // A read-only directory with a writable grant inside it is opened
+        // for writing too, so that the grant holds when the program reaches
+        // it from there (Zig opens every path from its working directory:
+        // with `--allow-read=. --allow-write=out`, `out/x` was refused). What
+        // the program may change there is decided by capsa's checks, which
+        // refuse any change outside the writable grants as they do in a
+        // read-only grant nested in a writable one.
+        let holds_writable = || {
+            p.only.is_none()
+                && guard
+                    .policy
+                    .fs
+                    .grants
+                    .iter()
+                    .any(|g| g.access == Access::ReadWrite && g.host.starts_with(&p.host))
+        };
+        let perms = if p.writable || (!p.root_guard && holds_writable()) {
             FsPerms::ReadWrite
         } else {
             FsPerms::ReadOnly

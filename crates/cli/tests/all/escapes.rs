@@ -1405,3 +1405,111 @@ fn python_path_and_script_are_never_reached_through_a_link_in_a_writable_grant()
     let r = run(&[], &w.join("job.py"), &[]);
     assert_eq!(r.stdout, "ran the outside tool\n", "{}", r.stderr);
 }
+
+/// A writable grant inside a read-only one holds when the program reaches
+/// it from the read-only one's descriptor (as Zig reaches every path from
+/// its working directory), and nothing else there becomes writable: the
+/// read-only directory is open for writing in wasmtime-wasi, and capsa's
+/// checks alone keep it read-only, by every open flag, link and rename.
+/// Regression: `out/x` from a descriptor of `.` was refused.
+#[test]
+fn a_writable_grant_inside_a_read_only_one_is_writable_from_it_and_nothing_else() {
+    let (_g, d) = setup();
+    let w = d.join("w");
+    std::fs::create_dir_all(w.join("out")).unwrap();
+    let flags = [
+        format!("--allow-read={}", s(&w)),
+        format!("--allow-write={}", s(&w.join("out"))),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // Everything but what is inside `out` (`out` itself included).
+    let outside_out = |p: &String| !p.starts_with("out/");
+    let before: Vec<_> = tree(&w)
+        .into_iter()
+        .filter(|(p, _)| outside_out(p))
+        .collect();
+    let secret_time = mtime(&w.join("secret.txt"));
+    let r = attack(
+        &d,
+        &flags,
+        r#"
+W = D + "/w"
+fd = os.open(W, os.O_RDONLY)
+def write_out():
+    f = os.open("out/x", os.O_CREAT | os.O_WRONLY, dir_fd=fd)
+    os.write(f, b"made")
+    os.mkdir("out/nested", dir_fd=fd)
+    return "made"
+attempt("write-out", write_out)
+for label, flags in [("wronly", os.O_WRONLY), ("rdwr", os.O_RDWR), ("trunc", os.O_RDONLY | os.O_TRUNC),
+                     ("append", os.O_WRONLY | os.O_APPEND)]:
+    attempt("fd-" + label, lambda flags=flags: os.open("secret.txt", flags, dir_fd=fd))
+    attempt("abs-" + label, lambda flags=flags: os.open(W + "/secret.txt", flags))
+attempt("fd-create", lambda: os.open("planted", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+attempt("abs-create", lambda: open(W + "/planted", "w"))
+attempt("fd-mkdir", lambda: os.mkdir("newdir", dir_fd=fd))
+attempt("fd-symlink", lambda: os.symlink("secret.txt", "lnk", dir_fd=fd))
+attempt("fd-unlink", lambda: os.unlink("secret.txt", dir_fd=fd))
+attempt("fd-rmdir", lambda: os.rmdir("ro/sub", dir_fd=fd))
+attempt("rename-in", lambda: os.rename(W + "/out/x", W + "/planted2"))
+attempt("rename-out", lambda: os.rename(W + "/secret.txt", W + "/out/stolen"))
+attempt("rename-grant", lambda: os.rename(W + "/out", W + "/out2"))
+attempt("link-out", lambda: os.link(W + "/secret.txt", W + "/out/hard"))
+attempt("utime", lambda: os.utime(W + "/secret.txt", (0, 0)))
+def link_back():
+    os.symlink("../secret.txt", W + "/out/up")
+    return os.open("out/up", os.O_WRONLY | os.O_TRUNC, dir_fd=fd)
+attempt("via-link", link_back)
+def ftrunc():
+    f = os.open("secret.txt", os.O_RDONLY, dir_fd=fd)
+    os.ftruncate(f, 0)
+attempt("ftruncate", ftrunc)
+attempt("read-ok", lambda: open("secret.txt", opener=lambda p, f: os.open(p, f, dir_fd=fd)).read())
+"#,
+    );
+    assert!(
+        r.stdout.contains("write-out: ok 'made'"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(std::fs::read_to_string(w.join("out/x")).unwrap(), "made");
+    assert!(w.join("out/nested").is_dir());
+    all_failed(
+        &r,
+        &[
+            "fd-wronly",
+            "abs-wronly",
+            "fd-rdwr",
+            "abs-rdwr",
+            "fd-trunc",
+            "abs-trunc",
+            "fd-append",
+            "abs-append",
+            "fd-create",
+            "abs-create",
+            "fd-mkdir",
+            "fd-symlink",
+            "fd-unlink",
+            "fd-rmdir",
+            "rename-in",
+            "rename-out",
+            "rename-grant",
+            "link-out",
+            "utime",
+            "via-link",
+            "ftruncate",
+        ],
+    );
+    assert!(
+        r.stdout.contains("read-ok: ok 'TOP SECRET'"),
+        "{}",
+        r.stdout
+    );
+    let after: Vec<_> = tree(&w)
+        .into_iter()
+        .filter(|(p, _)| outside_out(p))
+        .collect();
+    assert_eq!(after, before, "w/ changed: {}", r.stdout);
+    assert_eq!(mtime(&w.join("secret.txt")), secret_time);
+}
