@@ -240,7 +240,8 @@ impl GuardedFs<'_> {
         let (verb, guest, preopen, need) = c;
         let pre = &self.guard.preopens[preopen];
         let shown = pre.show(guest);
-        // A new name is granted by its directory; an existing one by itself.
+        // A new name is granted by its directory, and so is a name removed
+        // or renamed there; an existing one by itself.
         let hint_target = if exists || need == Need::Read {
             guest.to_string()
         } else {
@@ -350,6 +351,10 @@ impl GuardedFs<'_> {
         // working directory: granting it does not make `in.txt` reach it.
         let reason = if relative && self.cwd_granted() {
             "the program looks a relative path up from /, not from the granted working directory"
+        } else if relative && self.granted_from_cwd(&shown) {
+            // `--allow-read=in.txt`: granted, but where the program does
+            // not look.
+            "the program looks a relative path up from /, not from the working directory, where it is granted"
         } else {
             "outside every granted path"
         };
@@ -400,6 +405,24 @@ impl GuardedFs<'_> {
         })
     }
 
+    /// Whether the relative path `rel`, taken from the working directory,
+    /// lies in a grant (a single file's included).
+    fn granted_from_cwd(&self, rel: &str) -> bool {
+        let Some(cwd) = self.guard.cwd.as_deref().and_then(|c| c.to_str()) else {
+            return false;
+        };
+        let full = format!("{}/{rel}", cwd.trim_end_matches('/'));
+        self.guard.preopens.iter().any(|p| {
+            !p.root_guard
+                && strip_guest_prefix(&full, &p.guest).is_some_and(|rest| match &p.only {
+                    None => true,
+                    Some(names) => names.iter().any(|n| {
+                        strip_guest_prefix(&format!("/{rest}"), &format!("/{n}")).is_some()
+                    }),
+                })
+        })
+    }
+
     /// The guarded root's path `guest` as the user typed it, and whether it
     /// was relative.
     ///
@@ -428,17 +451,19 @@ impl GuardedFs<'_> {
         }
     }
 
-    /// Decides whether `need` may be done to what `r` found.
-    fn decide(&self, r: &Resolved, need: Need) -> Result<(), (Refusal, Option<Domain>)> {
+    /// Decides whether `need` may be done to what `r` found. A refusal
+    /// says whether it was the directory that may not change (a name
+    /// removed, renamed or made there), which is then what a hint names.
+    fn decide(&self, r: &Resolved, need: Need) -> Result<(), (Refusal, Option<Domain>, bool)> {
         let a = self.areas();
         let parent = Some(r.parent.domain);
-        let on = |res: Result<(), Refusal>| res.map_err(|w| (w, parent));
+        let on = |res: Result<(), Refusal>| res.map_err(|w| (w, parent, false));
         match need {
             Need::Read => on(a.may_read(r.domain)),
             Need::Look if r.name.is_some() && r.target.is_some() => {
                 // A neighbour of a granted file is not shown in a listing.
                 match (r.parent.domain.base, a.may_read(r.domain)) {
-                    (Base::Holder(_), Err(w)) => Err((w, parent)),
+                    (Base::Holder(_), Err(w)) => Err((w, parent, false)),
                     _ => on(a.may_read(r.parent.domain)),
                 }
             }
@@ -450,7 +475,8 @@ impl GuardedFs<'_> {
             }
             Need::Name => {
                 if r.name.is_some() {
-                    on(a.may_write(r.parent.domain))?;
+                    a.may_write(r.parent.domain)
+                        .map_err(|w| (w, parent, true))?;
                 }
                 on(a.may_write(r.domain))?;
                 Ok(())
@@ -547,8 +573,12 @@ impl GuardedFs<'_> {
             }
             Err(Stop::Io(e)) => return Err(e.into()),
         };
-        if let Err((w, parent)) = self.decide(&r, need) {
-            return self.refuse(w, parent, (verb, &guest, preopen, need), r.target.is_some());
+        if let Err((w, parent, directory)) = self.decide(&r, need) {
+            // What is renamed leaves its directory, which must change too:
+            // granting the directory allows both.
+            let directory = directory || verb == "rename";
+            let exists = r.target.is_some() && !directory;
+            return self.refuse(w, parent, (verb, &guest, preopen, need), exists);
         }
         // `file/` names no directory, as the kernel says: the operation
         // itself names only `file`.
@@ -630,7 +660,8 @@ impl GuardedFs<'_> {
         if r.name.is_some()
             && let Err(w) = self.areas().may_write(r.parent.domain)
         {
-            return self.refuse(w, None, (c.verb, &c.guest, c.preopen, Need::Name), true);
+            // The directory may not change: it is what a hint names.
+            return self.refuse(w, None, (c.verb, &c.guest, c.preopen, Need::Name), false);
         }
         let pinned = r.target.and_then(|t| self.areas().pinned(t.ident));
         if r.name.is_none() || pinned.is_some() {

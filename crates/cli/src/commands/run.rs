@@ -170,7 +170,7 @@ impl PathResolver for HostFs {
             match parent.map(canonical) {
                 Some(Ok(dir)) if e.kind() == std::io::ErrorKind::NotFound && dir.is_dir() => {
                     format!(
-                        "{} (a file the program is to make is granted by the directory it is in: {})",
+                        "{} (a folder the program is to fill must be made first, with mkdir; a file the program is to make is granted by the directory it is in: {})",
                         describe_io(&e),
                         dir.display()
                     )

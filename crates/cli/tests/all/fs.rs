@@ -601,7 +601,7 @@ fn a_path_outside_every_grant_is_reported() {
         assert_eq!(r.code, 125, "{t}: {}", r.stderr);
         assert!(
             r.stderr.contains(&format!(
-                "(a file the program is to make is granted by the directory it is in: {})",
+                "; a file the program is to make is granted by the directory it is in: {})",
                 s(&d)
             )),
             "{t}: {}",
@@ -726,6 +726,22 @@ fn a_relative_path_outside_every_grant_is_named_as_typed() {
     assert!(
         r.stderr.contains(
             "capsa: denied: read notes.txt (the program looks a relative path up from /, not from the granted working directory)\n  hint: --allow-read=notes.txt::/notes.txt\n"
+        ),
+        "{}",
+        r.stderr
+    );
+    // The file itself granted: the same, and the line says it is granted
+    // where the program does not look.
+    let r = run_in(
+        &d,
+        &["--allow-read=notes.txt"],
+        &probe(P2),
+        &["read", "notes.txt"],
+    );
+    assert!(r.stdout.starts_with("err: NotFound"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains(
+            "capsa: denied: read notes.txt (the program looks a relative path up from /, not from the working directory, where it is granted)\n  hint: --allow-read=notes.txt::/notes.txt\n"
         ),
         "{}",
         r.stderr
@@ -1100,4 +1116,41 @@ print(open({dst:?}).read())
     assert_eq!(r.stdout, "PermissionError\n", "{}", r.stderr);
     assert!(r.stderr.contains("denied: rename"), "{}", r.stderr);
     assert!(d.join("data/a.txt").exists() && !d.join("out/a.txt").exists());
+}
+
+/// Removing or renaming a name changes its directory: the hint names the
+/// directory, and works as printed. Regression: it named the file, whose
+/// grant changed nothing, and following it gave the same line again.
+#[test]
+fn a_name_removed_in_a_read_only_directory_hints_the_directory() {
+    let (_g, d) = setup();
+    let data = d.join("data");
+    let read = format!("--allow-read={}", s(&data));
+    let file = data.join("a.txt");
+    for (cmd, args) in [
+        ("rm", vec![s(&file).to_string()]),
+        (
+            "rename",
+            vec![s(&file).to_string(), s(&data.join("b.txt")).to_string()],
+        ),
+    ] {
+        let mut argv = vec![cmd];
+        argv.extend(args.iter().map(String::as_str));
+        let r = run(&[&read], &probe(P2), &argv);
+        assert!(r.stdout.starts_with("err:"), "{cmd}: {}", r.stdout);
+        let hint = format!("hint: --allow-write={}\n", s(&data));
+        assert!(r.stderr.contains(&hint), "{cmd}: {}", r.stderr);
+        let followed = format!("--allow-write={}", s(&data));
+        let r = run(&[&read, &followed], &probe(P2), &argv);
+        assert!(
+            r.stdout.starts_with("ok: re"),
+            "{cmd}: {}{}",
+            r.stdout,
+            r.stderr
+        );
+        if cmd == "rm" {
+            assert!(!file.exists());
+            std::fs::write(&file, "alpha").unwrap();
+        }
+    }
 }
