@@ -967,6 +967,21 @@ fn run_instance(
             rule.host.display()
         ));
     }
+    // A preview 1 module has no sockets: network grants give it nothing,
+    // and it would only fail with "unsupported" (no line: nothing was
+    // asked of the host).
+    let net = &guard.policy.net;
+    if !(net.allow.is_empty() && net.listen.is_empty())
+        && !pre
+            .component()
+            .component_type()
+            .imports(store.engine())
+            .any(|(name, _)| name.starts_with("wasi:sockets/") || name.starts_with("wasi:http/"))
+    {
+        guard.reporter.note(
+            "the program imports no network interface (a WASI preview 1 module has none): --allow-net and --allow-listen give it nothing",
+        );
+    }
     let mut snapshot = None;
     // From here on the heap's growth is the program's, and so are the
     // lines on stdout and stderr.

@@ -214,6 +214,18 @@ fn preview1_has_no_sockets() {
     );
     assert!(r.stdout.starts_with("err: Unsupported"), "{}", r.stdout);
     assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
+    // The user is told the grant gives it nothing; a program with sockets
+    // is not.
+    let note = "capsa: note: the program imports no network interface";
+    assert!(r.stderr.contains(note), "{}", r.stderr);
+    let r = run(
+        &[&format!("--allow-net=127.0.0.1:{}", srv.port)],
+        &probe(P2),
+        &["connect", &format!("127.0.0.1:{}", srv.port)],
+    );
+    assert!(!r.stderr.contains(note), "{}", r.stderr);
+    let r = run(&[], &probe(P1), &["hello"]);
+    assert!(!r.stderr.contains(note), "{}", r.stderr);
 }
 
 #[test]
