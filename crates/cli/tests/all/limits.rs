@@ -4,17 +4,30 @@
 use crate::support::*;
 use std::time::{Duration, Instant};
 
+/// The run ended at `--memory=64M`, with its exit code and line.
+fn ended_at_64m(r: &Run) {
+    assert_eq!(r.code, 137, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("capsa: memory limit of 64M reached; raise it with --memory=SIZE"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// `args` of the WASI 0.2 probe under `--memory=64M`, with capsa's own
+/// heap capped well above that (see `with_heap_limit`).
+fn probe_with_heap_limit(args: &[&str]) -> Run {
+    let mut c = capsa();
+    c.args(["run", "--memory=64M"]).arg(probe(P2)).args(args);
+    with_heap_limit(c, 512 << 20)
+}
+
 #[test]
 fn memory_bomb() {
     for t in [P1, P2] {
         let r = run(&["--memory=64M"], &probe(t), &["alloc"]);
-        assert_eq!(r.code, 137, "{t}: {}", r.stderr);
-        assert!(
-            r.stderr
-                .contains("capsa: memory limit of 64M reached; raise it with --memory=SIZE"),
-            "{}",
-            r.stderr
-        );
+        ended_at_64m(&r);
         assert!(
             !r.stdout.contains("allocated 64 MiB"),
             "{t}: grew past the limit: {}",
@@ -33,18 +46,8 @@ fn memory_bomb() {
 // for, so that a capsa that let it through fails its allocations instead.
 #[test]
 fn memory_the_host_holds_for_the_guest_counts() {
-    let mut c = capsa();
-    c.args(["run", "--memory=64M"])
-        .arg(probe(P2))
-        .args(["hold", "1024"]);
-    let r = with_heap_limit(c, 512 << 20);
-    assert_eq!(r.code, 137, "{}{}", r.stdout, r.stderr);
-    assert!(
-        r.stderr
-            .contains("capsa: memory limit of 64M reached; raise it with --memory=SIZE"),
-        "{}",
-        r.stderr
-    );
+    let r = probe_with_heap_limit(&["hold", "1024"]);
+    ended_at_64m(&r);
     assert!(!r.stdout.contains("holding"), "{}", r.stdout);
     // Under the limit, the same guest runs to its end.
     let r = run(&["--memory=256M"], &probe(P2), &["hold", "16"]);
@@ -81,18 +84,7 @@ fn memory_the_host_holds_for_the_guest_counts() {
     // entries all point at the same MiB of the program's memory is copied
     // once per entry. Regression: 1,000 such entries had the host build a
     // GiB before the watchdog looked (here, past the heap's own limit).
-    let mut c = capsa();
-    c.args(["run", "--memory=64M"])
-        .arg(probe(P2))
-        .args(["alias-fields", "1000"]);
-    let r = with_heap_limit(c, 512 << 20);
-    assert_eq!(r.code, 137, "{}{}", r.stdout, r.stderr);
-    assert!(
-        r.stderr
-            .contains("capsa: memory limit of 64M reached; raise it with --memory=SIZE"),
-        "{}",
-        r.stderr
-    );
+    ended_at_64m(&probe_with_heap_limit(&["alias-fields", "1000"]));
     // Under the limit, the host copies the list and refuses it for its own
     // reason (fields that large), not the limit's.
     let r = run(&["--memory=64M"], &probe(P2), &["alias-fields", "8"]);
