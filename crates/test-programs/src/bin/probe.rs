@@ -206,35 +206,31 @@ fn http_get(url: &str) -> std::io::Result<String> {
 /// HTTP field lists of 100 KiB each, all made from the same bytes, all kept.
 #[cfg(all(target_os = "wasi", target_env = "p2"))]
 fn hold(mib: usize) -> std::io::Result<String> {
-    use wasip2::http::types::Fields;
     let value = vec![b'a'; 100 << 10];
     let mut kept = Vec::new();
     for _ in 0..mib * 1024 / 100 {
-        let fields = Fields::new();
-        fields
-            .append("x-a", &value)
-            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-        kept.push(fields);
+        kept.push(fields_of("x-a", &value)?);
     }
     Ok(format!("holding {} field lists", kept.len()))
 }
 
+/// A field list of one field.
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+fn fields_of(name: &str, value: &[u8]) -> std::io::Result<wasip2::http::types::Fields> {
+    let fields = wasip2::http::types::Fields::new();
+    fields
+        .append(name, value)
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    Ok(fields)
+}
+
 #[cfg(all(target_os = "wasi", target_env = "p2"))]
 fn churn(mib: usize) -> std::io::Result<String> {
-    use wasip2::http::types::Fields;
     let value = vec![b'a'; 100 << 10];
     let (mut large, mut small) = (Vec::new(), Vec::new());
     for _ in 0..mib * 1024 / 100 {
-        let fields = Fields::new();
-        fields
-            .append("x-a", &value)
-            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-        large.push(fields);
-        let fields = Fields::new();
-        fields
-            .append("x-b", b"b")
-            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-        small.push(fields);
+        large.push(fields_of("x-a", &value)?);
+        small.push(fields_of("x-b", b"b")?);
     }
     drop(large);
     let mut own = vec![0u8; mib << 20];
@@ -286,25 +282,31 @@ fn authority(len: usize, n: usize) -> std::io::Result<String> {
 
 #[cfg(not(all(target_os = "wasi", target_env = "p2")))]
 fn authority(_len: usize, _n: usize) -> std::io::Result<String> {
-    Err(std::io::Error::other("wasi:http needs WASI 0.2"))
+    Err(no_http())
 }
 
 #[cfg(not(all(target_os = "wasi", target_env = "p2")))]
 fn alias_fields(_n: usize) -> std::io::Result<String> {
-    Err(std::io::Error::other("wasi:http needs WASI 0.2"))
+    Err(no_http())
 }
 
 #[cfg(not(all(target_os = "wasi", target_env = "p2")))]
 fn churn(_mib: usize) -> std::io::Result<String> {
-    Err(std::io::Error::other("wasi:http needs WASI 0.2"))
+    Err(no_http())
 }
 
 #[cfg(not(all(target_os = "wasi", target_env = "p2")))]
 fn hold(_mib: usize) -> std::io::Result<String> {
-    Err(std::io::Error::other("wasi:http needs WASI 0.2"))
+    Err(no_http())
 }
 
 #[cfg(not(all(target_os = "wasi", target_env = "p2")))]
 fn http_get(_url: &str) -> std::io::Result<String> {
-    Err(std::io::Error::other("wasi:http needs WASI 0.2"))
+    Err(no_http())
+}
+
+/// What the preview 1 build answers for every wasi:http command.
+#[cfg(not(all(target_os = "wasi", target_env = "p2")))]
+fn no_http() -> std::io::Error {
+    std::io::Error::other("wasi:http needs WASI 0.2")
 }
