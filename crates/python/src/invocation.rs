@@ -206,15 +206,18 @@ impl Invocation {
     /// script's absolute path in the guest; `path` the `--python-path`
     /// directories as the guest sees them.
     pub fn to_guest_json(&self, file: Option<&str>, cwd: Option<&str>, path: &[String]) -> String {
-        self.to_guest_json_with(file, cwd, path, None)
+        self.to_guest_json_with(file, cwd, cwd, path, None)
     }
 
     /// [`to_guest_json`](Self::to_guest_json), with a `sys.pycache_prefix`
-    /// where capsa keeps bytecode the program may read.
+    /// where capsa keeps bytecode the program may read. The program changes
+    /// to `cwd`; `granted_cwd` (the working directory when it is granted)
+    /// is the import directory of `-c`, `-m` and stdin.
     pub fn to_guest_json_with(
         &self,
         file: Option<&str>,
         cwd: Option<&str>,
+        granted_cwd: Option<&str>,
         path: &[String],
         pycache_prefix: Option<&str>,
     ) -> String {
@@ -236,7 +239,7 @@ impl Invocation {
                 // Natively "": the working directory. Here only when it is
                 // granted: "" would be the guest's `/`, where a data folder
                 // granted as `/yaml` would become importable.
-                _ => cwd.map(str::to_string),
+                _ => granted_cwd.map(str::to_string),
             }
         };
         json!({

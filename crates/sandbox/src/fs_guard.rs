@@ -45,12 +45,19 @@ pub struct Preopen {
     /// an empty directory the host has already removed. Every path that
     /// reaches it lies outside every grant; it is refused and reported.
     pub root_guard: bool,
+    /// The working directory, not granted, showing the grants it holds
+    /// (see `cwd_view` in lib.rs): its paths are shown relative to it, as
+    /// the user types them, and a name in it that is outside every grant
+    /// is not there for the program, as at the guarded root.
+    pub workdir: bool,
 }
 
 impl Preopen {
     /// A path in this preopen as the user knows it.
     fn show(&self, guest: &str) -> String {
         match strip_guest_prefix(guest, &self.guest) {
+            Some("") if self.workdir => ".".into(),
+            Some(rel) if self.workdir => rel.to_string(),
             Some("") => self.shown.clone(),
             Some(rel) => format!("{}/{rel}", self.shown.trim_end_matches('/')),
             None => guest.to_string(),
@@ -213,6 +220,15 @@ impl GuardedFs<'_> {
         let Some(rel) = strip_guest_prefix(guest, &pre.guest) else {
             return capsa_policy::default_host(guest);
         };
+        // From the working directory, as capsa takes a relative flag. `~`
+        // is a name a shell would have expanded: nothing to grant by it.
+        if pre.workdir {
+            return match rel {
+                "" => Some(".".into()),
+                r if r.starts_with('~') => None,
+                r => Some(r.to_string()),
+            };
+        }
         let host = rel
             .split('/')
             .filter(|c| !c.is_empty())
@@ -255,6 +271,18 @@ impl GuardedFs<'_> {
             (Refusal::Outside, Some(Base::Holder(p))) => Refusal::OnlyFiles(p),
             (w, _) => w,
         };
+        // In the working directory's view a name outside every grant is
+        // not there, as at the guarded root it stands for: reading it, or
+        // looking at it, fails as a missing file would (`FileNotFoundError`
+        // in Python), where a change is refused as not permitted. Nothing
+        // is reported for `<stdin>`, `<string>`, `<unknown>`: names Python
+        // gives code that has no file, which a traceback may try to open.
+        let absent = pre.workdir
+            && matches!(why, Refusal::OnlyFiles(_) | Refusal::Outside)
+            && matches!(need, Need::Read | Need::Look);
+        if absent && shown.starts_with('<') && shown.ends_with('>') {
+            return Err(FsErrorCode::NoEntry.into());
+        }
         match why {
             Refusal::Denied(j) => {
                 let rule = &self.areas().denies[j];
@@ -278,8 +306,17 @@ impl GuardedFs<'_> {
             }
             Refusal::OnlyFiles(p) => {
                 let holder = &self.guard.preopens[p];
-                let names = holder.only.as_deref().unwrap_or_default().join(", ");
-                let reason = format!("only {names} is granted in {}", holder.shown);
+                let names = holder.only.as_deref().unwrap_or_default();
+                let listed = match names.len() {
+                    0..=4 => names.join(", "),
+                    n => format!("{} and {} more", names[..3].join(", "), n - 3),
+                };
+                let are = if names.len() == 1 { "is" } else { "are" };
+                let reason = if holder.workdir {
+                    format!("only {listed} {are} granted in the working directory")
+                } else {
+                    format!("only {listed} {are} granted in {}", holder.shown)
+                };
                 let hint = self
                     .flag_path(pre, guest)
                     .map(|p| format!("{}={p}", need.op().flag()));
@@ -297,6 +334,9 @@ impl GuardedFs<'_> {
                     hint,
                 );
             }
+        }
+        if absent {
+            return Err(FsErrorCode::NoEntry.into());
         }
         not_permitted()
     }
@@ -370,7 +410,8 @@ impl GuardedFs<'_> {
     /// Opening or listing it is still refused. Returns the path's parts.
     fn on_the_way_to_a_grant(&self, fd: &Resource<Descriptor>, path: &str) -> Option<Vec<String>> {
         let t = self.tracker.descriptors.get(&fd.rep())?;
-        if !self.guard.preopens[t.preopen].root_guard {
+        let pre = &self.guard.preopens[t.preopen];
+        if !pre.root_guard && !pre.workdir {
             return None;
         }
         let (guest, _) = join_guest_checked(&t.guest, path);
@@ -1575,15 +1616,18 @@ impl fs::HostDirectoryEntryStream for GuardedFs<'_> {
         let Some(&p) = self.tracker.filtered_streams.get(&stream.rep()) else {
             return fs::HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream);
         };
-        // A file grant shows its own name in the listing, never a neighbour's.
+        // A file grant shows its own name in the listing, never a
+        // neighbour's; a working directory that holds grants, the first
+        // name of each.
         let names = self.guard.preopens[p].only.as_deref().unwrap_or_default();
+        let shown = |name: &str| names.iter().any(|n| n.split('/').next() == Some(name));
         loop {
             let entry = fs::HostDirectoryEntryStream::read_directory_entry(
                 &mut self.inner,
                 borrow(&stream),
             )?;
             match entry {
-                Some(e) if !names.contains(&e.name) => continue,
+                Some(e) if !shown(&e.name) => continue,
                 other => return Ok(other),
             }
         }

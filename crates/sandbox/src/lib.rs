@@ -402,7 +402,18 @@ fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError
             writable,
             only: name.map(|n| vec![n]),
             root_guard: false,
+            workdir: false,
         });
+    }
+    if let Some(view) = cwd.and_then(|c| cwd_view(policy, &out, c)) {
+        match out.iter_mut().find(|p| p.guest == view.guest) {
+            Some(holder) => {
+                holder.only = view.only;
+                holder.writable |= view.writable;
+                holder.workdir = true;
+            }
+            None => out.push(view),
+        }
     }
     let aliases: Vec<Preopen> = out
         .iter()
@@ -424,18 +435,88 @@ fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError
         })
         .collect();
     out.extend(aliases);
-    // The working directory's grant is the first directory (descriptor 3),
-    // whatever order the flags came in: Zig's standard library, and
-    // programs that take descriptor 3 as theirs, then find their relative
-    // paths where they are natively. (wasi-libc picks a directory by its
-    // name, not its place.)
-    if let Some(i) = out
-        .iter()
-        .position(|p| p.only.is_none() && Some(p.guest.as_str()) == cwd)
-    {
+    // The working directory is the first directory (descriptor 3), its
+    // grant or its view, whatever order the flags came in: Zig's standard
+    // library, and programs that take descriptor 3 as theirs, then find
+    // their relative paths where they are natively, and never in another
+    // grant. (wasi-libc picks a directory by its name, not its place.)
+    if let Some(i) = out.iter().position(|p| Some(p.guest.as_str()) == cwd) {
         out[..=i].rotate_right(1);
     }
     Ok(out)
+}
+
+/// The working directory `cwd` (as the guest spells it) when it is not
+/// granted but holds grants: the directory itself, showing and reaching
+/// only those grants, as the directory of a granted file does (its other
+/// names are outside every grant, and refused and reported as such).
+///
+/// Without it a program that opens relative paths from its working
+/// directory's descriptor (Zig's standard library) was given the first
+/// grant instead, and read `data/in.txt` when it asked for `in.txt`; and
+/// Python, which changes to the working directory at start, stayed at `/`,
+/// where `in.txt` granted with `--allow-read=in.txt` is not.
+///
+/// `only` lists each grant's path below it: a file's name, or the path of
+/// a directory; a listing shows their first names. `None` when the
+/// working directory lies in a directory grant (it is that grant), when no
+/// grant lies below it, or when a grant of another host directory already
+/// appears at its guest path.
+fn cwd_view(policy: &Policy, out: &[Preopen], cwd: &str) -> Option<Preopen> {
+    let host = PathBuf::from(capsa_policy::default_host(cwd)?);
+    if cwd == "/" || !host.is_absolute() {
+        return None;
+    }
+    let in_grant = |p: &Preopen| p.only.is_none() && strip_guest_prefix(cwd, &p.guest).is_some();
+    let granted = policy
+        .fs
+        .grants
+        .iter()
+        .any(|g| g.kind == GrantKind::Dir && host.starts_with(&g.host));
+    if granted || out.iter().any(in_grant) {
+        return None;
+    }
+    if out.iter().any(|p| p.guest == cwd && p.host != host) {
+        return None;
+    }
+    let mut below: Vec<String> = Vec::new();
+    for g in &policy.fs.grants {
+        let Some(rel) = g.host.strip_prefix(&host).ok().and_then(|r| r.to_str()) else {
+            continue;
+        };
+        let rel = rel.replace(std::path::MAIN_SEPARATOR, "/");
+        if !rel.is_empty() && !below.contains(&rel) {
+            below.push(rel);
+        }
+    }
+    if below.is_empty() {
+        return None;
+    }
+    Some(Preopen {
+        writable: policy
+            .fs
+            .grants
+            .iter()
+            .any(|g| g.access == Access::ReadWrite && g.host.starts_with(&host)),
+        host,
+        guest: cwd.to_string(),
+        name: cwd.to_string(),
+        shown: cwd.to_string(),
+        only: Some(below),
+        root_guard: false,
+        workdir: true,
+    })
+}
+
+/// Whether the guest finds its working directory `cwd` (as it spells it)
+/// at its own path: granted there, or holding grants (see [`cwd_view`]).
+/// Python's entry point changes to it then.
+pub fn guest_sees_cwd(policy: &Policy, cwd: &str) -> bool {
+    let Some(host) = capsa_policy::default_host(cwd).map(PathBuf::from) else {
+        return false;
+    };
+    preopens(policy, Some(cwd))
+        .is_ok_and(|out| out.iter().any(|p| p.guest == cwd && p.host == host))
 }
 
 /// Compiles `program` into `cache` now, as a run without `--fuel` would.
@@ -805,6 +886,7 @@ fn host_side(
             writable: false,
             only: None,
             root_guard: true,
+            workdir: false,
         });
     }
     let reporter = Reporter::new(config.quiet, config.audit);

@@ -453,7 +453,20 @@ pub fn run_prepared(
     // The entry point changes to the working directory (`cwd_str`, above)
     // only when it is granted as a directory at its own path (else
     // wasi-libc cannot, and the attempt would only add a denial line).
-    let config = inv.to_guest_json_with(file.as_deref(), cwd_str.as_deref(), &path, pycache_prefix);
+    // It also changes to it when it holds grants, which it then shows
+    // (see `capsa_sandbox::guest_sees_cwd`): `open("in.txt")` reaches
+    // `--allow-read=in.txt`, and what is not granted there is refused as
+    // the working directory's, not looked up from `/`.
+    let chdir = cwd_str.clone().or_else(|| {
+        capsa_policy::default_guest(&real_cwd).filter(|c| capsa_sandbox::guest_sees_cwd(&policy, c))
+    });
+    let config = inv.to_guest_json_with(
+        file.as_deref(),
+        chdir.as_deref(),
+        cwd_str.as_deref(),
+        &path,
+        pycache_prefix,
+    );
     execute(
         sandbox,
         cwd,

@@ -15,6 +15,7 @@ fn main() {
         "args" => Ok(args.join(" ")),
         "cwd" => std::env::current_dir().map(|d| d.display().to_string()),
         "read" => std::fs::read_to_string(a(2)),
+        "read3" => read_from_descriptor_3(&a(2)),
         "write" => std::fs::write(a(2), a(3)).map(|_| "written".into()),
         "append" => std::fs::OpenOptions::new()
             .append(true)
@@ -141,6 +142,34 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Reads `path` from descriptor 3, as Zig's standard library opens every
+/// relative path (it takes the first directory for its working directory).
+#[cfg(target_os = "wasi")]
+fn read_from_descriptor_3(path: &str) -> std::io::Result<String> {
+    use std::os::fd::FromRawFd;
+    // wasi-libc's `O_RDONLY`.
+    const O_RDONLY: i32 = 0x0400_0000;
+    unsafe extern "C" {
+        fn openat(dir: i32, path: *const std::ffi::c_char, flags: i32, ...) -> i32;
+    }
+    let c = std::ffi::CString::new(path).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    let fd = unsafe { openat(3, c.as_ptr(), O_RDONLY) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut s = String::new();
+    f.read_to_string(&mut s)?;
+    Ok(s)
+}
+
+#[cfg(not(target_os = "wasi"))]
+fn read_from_descriptor_3(_: &str) -> std::io::Result<String> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 fn connect(addr: &str) -> std::io::Result<String> {
