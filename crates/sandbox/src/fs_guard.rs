@@ -963,6 +963,24 @@ impl GuardedFs<'_> {
     }
 
     /// Whether `fd` is the guarded root (see [`Preopen::root_guard`]).
+    /// The guest path's parts of a directory that is shown with nothing
+    /// of the host's: the guarded root, and the working directory's view
+    /// itself (not what is below it).
+    fn bare_directory(&self, fd: &Resource<Descriptor>) -> Option<Vec<String>> {
+        let t = self.tracker.descriptors.get(&fd.rep())?;
+        let pre = &self.guard.preopens[t.preopen];
+        if pre.root_guard {
+            return Some(Vec::new());
+        }
+        (pre.workdir && t.guest == pre.guest).then(|| {
+            t.guest
+                .split('/')
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+    }
+
     fn is_root_guard(&self, fd: &Resource<Descriptor>) -> bool {
         self.tracker
             .descriptors
@@ -1220,8 +1238,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
 
     fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<fs::DescriptorStat> {
         // The guarded root is a directory with nothing of the host's: its
-        // inode, device and times would tell what else was made there.
-        if self.is_root_guard(&fd) {
+        // inode, device and times would tell what else was made there. So
+        // is the working directory's view (as `stat_at(".")` finds it).
+        if self.bare_directory(&fd).is_some() {
             return Ok(made_up_dir_stat());
         }
         fs::HostDescriptor::stat(&mut self.inner, fd)
@@ -1581,8 +1600,8 @@ impl fs::HostDescriptor for GuardedFs<'_> {
     }
 
     fn metadata_hash(&mut self, fd: Resource<Descriptor>) -> FsResult<fs::MetadataHashValue> {
-        if self.is_root_guard(&fd) {
-            return Ok(made_up_hash(&[]));
+        if let Some(parts) = self.bare_directory(&fd) {
+            return Ok(made_up_hash(&parts));
         }
         fs::HostDescriptor::metadata_hash(&mut self.inner, fd)
     }

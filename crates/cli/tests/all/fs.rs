@@ -1050,6 +1050,8 @@ fn python_reaches_files_granted_in_its_working_directory_by_their_names() {
 print(os.getcwd() == os.environ.get("HERE", os.getcwd()), os.getcwd())
 print(open("in.txt").read(), open("data/a.txt").read(), open("data/sub/b.txt").read())
 print(sorted(os.listdir(".")))
+fd = os.open(".", os.O_RDONLY)
+print([(st.st_size, st.st_mtime) for st in (os.stat("."), os.fstat(fd))])
 for name, fn in [("secret", lambda: open("secret.txt").read()),
                  ("missing", lambda: os.stat("missing.txt")),
                  ("climb", lambda: open("data/../secret.txt").read()),
@@ -1072,7 +1074,7 @@ for name, fn in [("secret", lambda: open("secret.txt").read()),
     assert_eq!(
         r.stdout,
         format!(
-            "True {}\ninput alpha beta\n['data', 'in.txt', 'main.py']\n\
+            "True {}\ninput alpha beta\n['data', 'in.txt', 'main.py']\n[(0, 0.0), (0, 0.0)]\n\
              secret FileNotFoundError\nmissing FileNotFoundError\n\
              climb PermissionError\nwrite PermissionError\nsub PermissionError\n",
             s(&d)
