@@ -205,21 +205,24 @@ class _Local(_Remote):
             self.proc.stderr.close()
 
 
-def _audit(path: Path) -> "tuple[List[str], Optional[str]]":
+def _audit(path: Path) -> "tuple[List[str], Optional[str], bool]":
     """Denials and the limit from a run's audit log, worded as capsa serve
-    words them."""
+    words them, and whether it holds any record (a run that started has at
+    least the reading of its script)."""
     denials: List[str] = []
     limit = None
+    started = False
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return denials, limit
+        return denials, limit, started
     for line in lines:
         try:
             d = json.loads(line)
         except ValueError:
             continue
-        if d.get("decision") != "deny":
+        started = started or isinstance(d, dict)
+        if not isinstance(d, dict) or d.get("decision") != "deny":
             continue
         if d.get("kind") == "limit":
             limit = limit or d.get("target")
@@ -231,7 +234,7 @@ def _audit(path: Path) -> "tuple[List[str], Optional[str]]":
             text += f"; hint: {d['hint']}"
         if text not in denials and len(denials) < 100:
             denials.append(text)
-    return denials, limit
+    return denials, limit, started
 
 
 def run(
@@ -280,9 +283,11 @@ def run(
         flags = _flags(dict(asks, allow_write=[*asks.get("allow_write", []), str(scratch)]))
         cmd = [binary(), "run", "--quiet", f"--audit={audit}", *flags, "--", str(script), *args]
         p = subprocess.run(cmd, cwd=scratch, input=stdin.encode(), capture_output=True)
-        if p.returncode == 125:
+        denials, limit, started = _audit(audit)
+        # 125 is capsa refusing the grants before anything ran, or the
+        # program's own `sys.exit(125)`: only a run that started has records.
+        if p.returncode == 125 and not started:
             raise CapsaError(p.stderr.decode(errors="replace").strip())
-        denials, limit = _audit(audit)
         return Result(
             exit_code=p.returncode,
             stdout=p.stdout.decode(errors="replace"),

@@ -34,6 +34,15 @@ def test_nothing_is_reached_unless_granted(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.txt"]
 
 
+def test_a_program_exiting_125_is_not_a_refusal(tmp_path):
+    r = capsa.run("import sys\nprint('ran')\nsys.stderr.write('capsa: error: not really\\n')\nsys.exit(125)")
+    assert r.exit_code == 125 and r.stdout == "ran\n", r
+    assert "not really" in r.stderr
+    with pytest.raises(capsa.CapsaError) as e:
+        capsa.run("print('never')", allow_read=[str(tmp_path / "missing")])
+    assert "missing" in str(e.value)
+
+
 def test_a_limit_ends_the_run_and_says_which():
     r = capsa.run("while True: pass", timeout="1s")
     assert r.exit_code == 124
