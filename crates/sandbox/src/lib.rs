@@ -1587,10 +1587,19 @@ fn guest_env(guard: &Guard) -> Vec<(String, String)> {
             rule: format!("--allow-env={pattern}"),
         };
         if found.is_empty() {
-            // Granted, but the host has no such variable.
+            // Granted, but the host has no such variable: said, as a
+            // program that then finds none would otherwise leave the user
+            // looking for a denial that never came.
             guard
                 .reporter
                 .verdict(Kind::Env, "pass (unset)", &pattern.to_string(), &verdict);
+            let what = match pattern {
+                capsa_policy::EnvPattern::Exact(_) => "no such variable",
+                capsa_policy::EnvPattern::Prefix(_) => "no variable of that prefix",
+            };
+            guard.reporter.note(&format!(
+                "--allow-env={pattern}: capsa's environment has {what}, so the program gets none"
+            ));
         }
         for name in found {
             guard.reporter.verdict(Kind::Env, "pass", name, &verdict);

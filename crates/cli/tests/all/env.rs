@@ -82,6 +82,7 @@ fn audit_records_which_env_grants_passed_a_value() {
     let lines: Vec<serde_json::Value> = r
         .stderr
         .lines()
+        .filter(|l| !l.starts_with("capsa: note:"))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(
@@ -102,4 +103,34 @@ fn audit_records_which_env_grants_passed_a_value() {
         !r.stderr.contains("\"k\""),
         "the audit never records a value"
     );
+}
+
+/// A granted name the host does not have is said at start (the program
+/// only finds nothing, and no denial comes), a name and a prefix alike;
+/// not under `--quiet`, nor for a name that is set.
+#[test]
+fn a_granted_variable_the_host_lacks_is_said() {
+    let go = |quiet: bool| {
+        let mut c = capsa();
+        c.env_remove("CAPSA_TEST_UNSET")
+            .env("CAPSA_TEST_SET", "v")
+            .arg("run")
+            .args(quiet.then_some("--quiet"))
+            .args(["--allow-env=CAPSA_TEST_UNSET,CAPSA_NO_SUCH_*,CAPSA_TEST_SET"])
+            .arg(probe(P1))
+            .args(["env", "CAPSA_TEST_SET"]);
+        Run::from(c.output().unwrap())
+    };
+    let r = go(false);
+    assert_eq!(r.stdout, "ok: v\n", "{}", r.stderr);
+    for line in [
+        "capsa: note: --allow-env=CAPSA_TEST_UNSET: capsa's environment has no such variable, so the program gets none\n",
+        "capsa: note: --allow-env=CAPSA_NO_SUCH_*: capsa's environment has no variable of that prefix, so the program gets none\n",
+    ] {
+        assert!(r.stderr.contains(line), "{line}: {}", r.stderr);
+    }
+    assert!(!r.stderr.contains("CAPSA_TEST_SET"), "{}", r.stderr);
+    let r = go(true);
+    assert_eq!(r.stdout, "ok: v\n");
+    assert_eq!(r.stderr, "");
 }
