@@ -411,6 +411,11 @@ fn exit_codes_pass_through() {
     assert_eq!(run(&[], &probe(P2), &["exit", "1"]).code, 1);
     let r = run(&[], &probe(P1), &["exit", "7"]);
     assert_eq!(r.code, 7, "{}", r.stderr);
+    // A component that exits through WASI 0.2's `exit-with-code` (which
+    // newer toolchains call) loads, and its code is the run's.
+    let r = run(&[], &wat("exit-with-code.wat"), &[]);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert_eq!(r.stderr, "");
 }
 
 // Regression: --memory was checked per linear memory, so a guest with many
