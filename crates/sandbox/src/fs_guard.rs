@@ -557,7 +557,13 @@ impl GuardedFs<'_> {
         let r = match fs_walk::resolve(self.areas(), start, path, follow) {
             Ok(r) => r,
             Err(Stop::Escape { via_link }) => {
-                let shown = pre.show(&guest);
+                // An absolute path asked for from a directory is named as
+                // it was asked for.
+                let shown = if path.starts_with('/') {
+                    guest.clone()
+                } else {
+                    pre.show(&guest)
+                };
                 // No hint: a grant of where `..` leads (any ancestor of a
                 // grant, as the program chooses) would not serve this path
                 // anyway while the grant it left is a preopen of its own,
@@ -569,8 +575,11 @@ impl GuardedFs<'_> {
                     // Zig's standard library opens an absolute path from
                     // the first preopen, as from a working directory.
                     (false, _) if path.starts_with('/') => format!(
-                        "an absolute path, asked for from the directory {}: WASI looks a path up only below the directory it starts from",
-                        pre.show(&t.guest)
+                        "an absolute path, asked for from {}: WASI looks a path up only below the directory it starts from",
+                        match pre.show(&t.guest) {
+                            dot if dot == "." => "the working directory".to_string(),
+                            dir => format!("the directory {dir}"),
+                        }
                     ),
                     (false, true) => format!(
                         "the path leaves the granted directory {} by `..`",

@@ -794,6 +794,18 @@ fn an_absolute_path_from_a_directory_is_named_as_such() {
         r.stderr
     );
     assert!(!r.stderr.contains("`..`"), "{}", r.stderr);
+    // From the working directory's view (descriptor 3 when only a file in
+    // it is granted), named as that.
+    let r = run_in(&d, &["--allow-read=neighbour.txt"], &program, &[]);
+    assert_eq!(r.code, 63, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "denied: read {} (an absolute path, asked for from the working directory: WASI",
+            s(&d.join("notes.txt"))
+        )),
+        "{}",
+        r.stderr
+    );
 }
 
 /// Under `--quiet` the guarded root says nothing, and the guest cannot
