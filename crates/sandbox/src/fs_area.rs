@@ -155,6 +155,10 @@ pub struct Areas {
     /// Directories on the way to a mark: never renamed, removed or
     /// replaced; with what they hold, for the message.
     pinned: HashMap<Ident, String>,
+    /// Directories above a grant: a walk goes through one it may not read
+    /// (from the working directory's view, `data` to the grant
+    /// `data/sub`), as it learns nothing there but the way it knows.
+    ways: std::collections::HashSet<Ident>,
     pub denies: Vec<DenyRule>,
     grant_access: Vec<Access>,
     /// Every object marked, kept open for the run: a mark is on an
@@ -240,6 +244,13 @@ impl Areas {
             let held = Some(held);
             a.held.extend(held);
             a.marks.entry(meta.ident).or_default().push(Mark::Grant(i));
+            let mut up = g.host.parent();
+            while let Some(dir) = up {
+                if let Ok(ident) = ident_nofollow(dir) {
+                    a.ways.insert(ident);
+                }
+                up = dir.parent();
+            }
             roots.push((g.host.clone(), format!("the granted path {}", g.guest)));
             debug_assert!(g.kind == GrantKind::File || meta.is_dir);
         }
@@ -450,6 +461,12 @@ impl Areas {
             self.apply(&mut d, marks);
         }
         d
+    }
+
+    /// Whether the directory `ident` lies above a grant, so that a walk
+    /// may go through it to reach the grant.
+    pub fn leads_to_a_grant(&self, ident: Ident) -> bool {
+        self.ways.contains(&ident)
     }
 
     /// Whether entering `ident` resets the depth used to judge link targets.

@@ -977,12 +977,23 @@ impl GuardedFs<'_> {
     /// itself (not what is below it).
     fn bare_directory(&self, fd: &Resource<Descriptor>) -> Option<Vec<String>> {
         let t = self.tracker.descriptors.get(&fd.rep())?;
-        let pre = &self.guard.preopens[t.preopen];
-        if pre.root_guard {
+        if self.guard.preopens[t.preopen].root_guard {
             return Some(Vec::new());
         }
-        (pre.workdir && t.guest == pre.guest).then(|| {
-            t.guest
+        self.workdir_parts(t.domain)
+    }
+
+    /// The guest path's parts of the working directory's view, when
+    /// `domain` is the view itself, however it was reached (from the view,
+    /// or by name from a grant around it): it is shown with nothing of the
+    /// host's.
+    fn workdir_parts(&self, domain: Domain) -> Option<Vec<String>> {
+        let Base::Holder(p) = domain.base else {
+            return None;
+        };
+        let pre = &self.guard.preopens[p];
+        pre.workdir.then(|| {
+            pre.guest
                 .split('/')
                 .filter(|c| !c.is_empty())
                 .map(str::to_string)
@@ -1266,6 +1277,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
         let c = self.check(&fd, &path, follow, Need::Read, "stat")?;
+        if self.workdir_parts(c.r.domain).is_some() {
+            return Ok(made_up_dir_stat());
+        }
         self.anchored(&fd, &c, |inner, dir, name| {
             fs::HostDescriptor::stat_at(inner, dir, no_follow(), name)
         })
@@ -1630,6 +1644,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
         let c = self.check(&fd, &path, follow, Need::Look, "stat")?;
+        if let Some(parts) = self.workdir_parts(c.r.domain) {
+            return Ok(made_up_hash(&parts));
+        }
         self.anchored(&fd, &c, |inner, dir, name| {
             fs::HostDescriptor::metadata_hash_at(inner, dir, no_follow(), name)
         })

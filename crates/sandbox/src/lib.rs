@@ -480,7 +480,13 @@ fn cwd_view(policy: &Policy, out: &[Preopen], cwd: &str) -> Option<Preopen> {
         return None;
     }
     let mut below: Vec<String> = Vec::new();
-    for g in &policy.fs.grants {
+    // Grants at their own path only: one the guest finds elsewhere
+    // (`HOST::GUEST`, and capsa's own, such as the standard library in
+    // its cache) is not the working directory's to show.
+    let at_own_path = |g: &&capsa_policy::FsGrant| {
+        capsa_policy::default_guest(&g.host).as_deref() == Some(g.guest_absolute().as_ref())
+    };
+    for g in policy.fs.grants.iter().filter(at_own_path) {
         let Some(rel) = g.host.strip_prefix(&host).ok().and_then(|r| r.to_str()) else {
             continue;
         };

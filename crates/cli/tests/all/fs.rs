@@ -959,6 +959,14 @@ fn from_descriptor_3_the_working_directory_shows_only_its_grants() {
                 r.stderr
             );
         }
+        // A folder below a folder that is not granted, through it.
+        let r = run_in(&d, &["--allow-read=data/sub"], &probe(t), &["read3", "data/sub/b.txt"]);
+        assert_eq!(r.stdout, "ok: beta\n", "{t}: {}", r.stderr);
+        for path in ["data/a.txt", "data/x/../sub/b.txt", "data/sub/../a.txt"] {
+            let r = run_in(&d, &["--allow-read=data/sub"], &probe(t), &["read3", path]);
+            assert!(r.stdout.starts_with("err: NotFound"), "{t} {path}: {}", r.stdout);
+            assert!(!r.stdout.contains("alpha") && !r.stdout.contains("beta"));
+        }
         for path in ["a.txt", "secret.txt", "data/../secret.txt", "missing.txt"] {
             let r = run_in(&d, &flags, &probe(t), &["read3", path]);
             assert_eq!(r.code, 1, "{t} {path}: {}", r.stdout);
@@ -1111,6 +1119,41 @@ for name, fn in [("secret", lambda: open("secret.txt").read()),
     );
 }
 
+/// The working directory's view tells nothing of the host however it is
+/// reached: by its own path, from its descriptor, and by name from a grant
+/// around it (the script's folder above it, spelled `/parent/./cwd` so that
+/// wasi-libc takes it from there); and capsa's own grants inside it (its
+/// cache) are not shown as the working directory's.
+#[test]
+fn the_working_directorys_view_tells_nothing_of_the_host_by_any_way() {
+    let (_t, d) = setup();
+    let cwd = d.join("data");
+    let source = format!(
+        r#"import os
+for p in (".", {cwd:?}, {dotted:?}):
+    st = os.stat(p)
+    print(st.st_size, st.st_mtime, st.st_nlink)
+"#,
+        cwd = s(&cwd),
+        dotted = format!("{}/./data", s(&d)),
+    );
+    let script = d.join("probe.py");
+    std::fs::write(&script, source).unwrap();
+    python_ready();
+    let r = run_in(&cwd, &["--allow-read=sub"], &script, &[]);
+    assert_eq!(r.stdout, "0 0.0 1\n".repeat(3), "{}", r.stderr);
+    // capsa's cache inside the working directory (the tests' cache, in the
+    // folder it is in): its grants of the standard library are not listed.
+    let shared = cache_dir();
+    let here = shared.parent().unwrap();
+    let name = format!("view-{}.py", std::process::id());
+    std::fs::write(here.join(&name), "import os\nprint(os.listdir('.'))\n").unwrap();
+    let r = run_in(here, &[], &here.join(&name), &[]);
+    std::fs::remove_file(here.join(&name)).unwrap();
+    assert_eq!(r.stdout, format!("['{name}']\n"), "{}", r.stderr);
+    assert!(!r.stderr.contains("capsa-cache"), "{}", r.stderr);
+}
+
 #[test]
 fn directories_on_the_way_to_a_grant_stat_as_bare_directories_and_nothing_more() {
     python_ready();
@@ -1154,7 +1197,7 @@ for name, fn in [("list", lambda: os.listdir(D + "/data")),
     // shown from it, as a user types them.
     for line in [
         "denied: read data (only data/sub is granted in the working directory)\n  hint: --allow-read=data\n",
-        "denied: read data/a.txt (only data/sub is granted in the working directory)\n",
+        "denied: read data/a.txt (outside every granted path)\n",
         "denied: stat secret.txt (only data/sub is granted in the working directory)\n",
     ] {
         assert!(r.stderr.contains(line), "{line}: {}", r.stderr);
