@@ -257,8 +257,13 @@ impl GuardedFs<'_> {
         let pre = &self.guard.preopens[preopen];
         let shown = pre.show(guest);
         // A new name is granted by its directory, and so is a name removed
-        // or renamed there; an existing one by itself.
-        let hint_target = if exists || need == Need::Read {
+        // or renamed there; an existing one by itself. In a directory under
+        // no grant (one the walk went through on the way to a grant), the
+        // name itself either way: which of the two it was would tell the
+        // program whether the name is there.
+        let beyond = matches!(why, Refusal::Outside)
+            && matches!(parent.map(|d| d.base), Some(Base::Outside));
+        let hint_target = if exists || need == Need::Read || beyond {
             guest.to_string()
         } else {
             guest

@@ -1154,6 +1154,61 @@ for p in (".", {cwd:?}, {dotted:?}):
     assert!(!r.stderr.contains("capsa-cache"), "{}", r.stderr);
 }
 
+/// In a directory the walk goes through on the way to a grant, a name that
+/// is there and one that is not fail alike, with the same line: the hint
+/// names the path either way (it named the directory for a missing one).
+#[test]
+fn beside_the_way_to_a_grant_a_name_there_and_one_not_fail_alike() {
+    let (_t, d) = setup();
+    std::fs::create_dir(d.join("data/private")).unwrap();
+    let source = r#"import os, sys
+for p in sys.argv[1:]:
+    for name, fn in [("write", lambda: open(p, "w")),
+                     ("utime", lambda: os.utime(p, (1, 1))),
+                     ("mkdir", lambda: os.mkdir(p + "/x")),
+                     ("read", lambda: open(p + "/x").read())]:
+        try:
+            fn()
+            print(name, p, "reached")
+        except OSError as e:
+            print(name, p, type(e).__name__, e.errno)
+"#;
+    let pairs = [
+        ("data/a.txt", "data/none.txt"),
+        ("data/private", "data/nodir"),
+    ];
+    for (there, not) in pairs {
+        let r = py_script(
+            &d,
+            &["--allow-write=data/sub"],
+            "main.py",
+            source,
+            &[there, not],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(!r.stdout.contains("reached"), "{}", r.stdout);
+        let same = |v: Vec<&str>, n: &str| v.join("\n").replace(n, "P");
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines.len(), 8, "{}", r.stdout);
+        assert_eq!(
+            same(lines[..4].to_vec(), there),
+            same(lines[4..].to_vec(), not),
+            "{}",
+            r.stdout
+        );
+        // Each denial line and its hint, for one name and for the other.
+        let stderr = r.stderr.replace("\n  hint:", " hint:");
+        let (a, b): (Vec<&str>, Vec<&str>) = stderr.lines().partition(|l| l.contains(there));
+        assert_eq!(a.len(), 4, "{}", r.stderr);
+        assert_eq!(same(a, there), same(b, not), "{}", r.stderr);
+    }
+    assert_eq!(
+        std::fs::read_to_string(d.join("data/a.txt")).unwrap(),
+        "alpha"
+    );
+    assert!(!d.join("data/none.txt").exists() && !d.join("data/private/x").exists());
+}
+
 #[test]
 fn directories_on_the_way_to_a_grant_stat_as_bare_directories_and_nothing_more() {
     python_ready();
