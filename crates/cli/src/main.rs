@@ -116,15 +116,14 @@ fn main() -> ExitCode {
         };
         let me = std::env::current_exe().unwrap_or_else(|_| "capsa".into());
         return exit(commands::bundle::run(
-            commands::run::RunArgs {
-                sandbox: cli.sandbox,
-                grant_requested: cli.grant_requested,
-                bind: cli.bind,
-                expect_sha256: cli.expect_sha256,
-                with: Vec::new(),
-                program: me,
-                args: cli.args,
-            },
+            commands::run::RunArgs::for_program(
+                cli.sandbox,
+                cli.grant_requested,
+                cli.bind,
+                cli.expect_sha256,
+                me,
+                cli.args,
+            ),
             Some(bundle),
         ));
     }

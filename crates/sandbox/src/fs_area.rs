@@ -244,7 +244,12 @@ impl Areas {
             let held = Some(held);
             a.held.extend(held);
             a.marks.entry(meta.ident).or_default().push(Mark::Grant(i));
-            let mut up = g.host.parent();
+            // Only to a grant the guest finds at its own path: not capsa's
+            // own in its cache (the standard library, mounted elsewhere),
+            // whose way would tell where that cache is.
+            let own_path = capsa_policy::default_guest(&g.host).as_deref()
+                == Some(g.guest_absolute().as_ref());
+            let mut up = g.host.parent().filter(|_| own_path);
             while let Some(dir) = up {
                 if let Ok(ident) = ident_nofollow(dir) {
                     a.ways.insert(ident);

@@ -976,7 +976,6 @@ impl GuardedFs<'_> {
         Ok(())
     }
 
-    /// Whether `fd` is the guarded root (see [`Preopen::root_guard`]).
     /// The guest path's parts of a directory that is shown with nothing
     /// of the host's: the guarded root, and the working directory's view
     /// itself (not what is below it).
@@ -1006,6 +1005,7 @@ impl GuardedFs<'_> {
         })
     }
 
+    /// Whether `fd` is the guarded root (see [`Preopen::root_guard`]).
     fn is_root_guard(&self, fd: &Resource<Descriptor>) -> bool {
         self.tracker
             .descriptors

@@ -450,13 +450,14 @@ pub fn run_prepared(
     }
     let pycache_prefix = Some(super::pycache::GUEST_PREFIX);
 
-    // The entry point changes to the working directory (`cwd_str`, above)
-    // only when it is granted as a directory at its own path (else
-    // wasi-libc cannot, and the attempt would only add a denial line).
-    // It also changes to it when it holds grants, which it then shows
-    // (see `capsa_sandbox::guest_sees_cwd`): `open("in.txt")` reaches
-    // `--allow-read=in.txt`, and what is not granted there is refused as
-    // the working directory's, not looked up from `/`.
+    // The entry point changes to the working directory when the guest
+    // finds it at its own path: granted there as a directory (`cwd_str`,
+    // above, which is also `-c`'s import directory), or holding grants,
+    // which it then shows (see `capsa_sandbox::guest_sees_cwd`):
+    // `open("in.txt")` reaches `--allow-read=in.txt`, and what is not
+    // granted there is refused as the working directory's, not looked up
+    // from `/`. Else wasi-libc cannot, and the attempt would only add a
+    // denial line.
     let chdir = cwd_str.clone().or_else(|| {
         capsa_policy::default_guest(&real_cwd).filter(|c| capsa_sandbox::guest_sees_cwd(&policy, c))
     });

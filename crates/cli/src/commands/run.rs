@@ -36,7 +36,11 @@ Exit status:
    70  capsa itself failed (host I/O error)";
 
 #[derive(Args, Debug)]
-#[command(about = "Run a WebAssembly program (WASI preview 1 module or 0.2 command component, binary or text) or a Python script", after_help = AFTER_HELP)]
+#[command(
+    about = "Run a WebAssembly program (WASI preview 1 module or 0.2 command component, binary or text) or a Python script",
+    after_help = AFTER_HELP,
+    override_usage = "capsa run [OPTIONS] <PROGRAM> [ARGS]..."
+)]
 pub struct RunArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
@@ -53,16 +57,81 @@ pub struct RunArgs {
     /// `# /// script` block would (in the sandbox, once).
     #[arg(long, value_name = "PKG")]
     pub with: Vec<String>,
-    /// The program: a .wasm or .wat file, a .py script, or a .capsa bundle.
-    #[arg(value_name = "PROGRAM")]
+    /// The program (a .wasm or .wat file, a .py script, or a .capsa
+    /// bundle), then its arguments: everything after PROGRAM is the
+    /// program's, even what looks like capsa's own flags.
+    // One list, so that clap takes nothing after its first value as a
+    // flag: with PROGRAM apart, `capsa run x.py --allow-read=/` granted `/`
+    // (a caller passing a script untrusted arguments gave it any grant).
+    #[arg(
+        value_name = "PROGRAM",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_parser = clap::value_parser!(std::ffi::OsString)
+    )]
+    command: Vec<std::ffi::OsString>,
+    /// The program, from `command` (see [`RunArgs::program_and_args`]).
+    #[arg(skip)]
     pub program: PathBuf,
     /// Arguments for the program.
-    #[arg(
-        value_name = "ARGS",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    #[arg(skip)]
     pub args: Vec<String>,
+}
+
+impl RunArgs {
+    /// Arguments for a program that is not on the command line (a
+    /// bundle's executable runs its own bundle).
+    pub fn for_program(
+        sandbox: SandboxArgs,
+        grant_requested: bool,
+        bind: Vec<super::bundle::Bind>,
+        expect_sha256: Option<[u8; 32]>,
+        program: PathBuf,
+        args: Vec<String>,
+    ) -> RunArgs {
+        RunArgs {
+            sandbox,
+            grant_requested,
+            bind,
+            expect_sha256,
+            with: Vec::new(),
+            command: Vec::new(),
+            program,
+            args,
+        }
+    }
+
+    /// Splits the command line's `PROGRAM [ARGS]` into the program and its
+    /// arguments. A first word that looks like an option, and names no
+    /// file, is one capsa does not know (its own are taken before
+    /// PROGRAM): a usage error, not a missing program of that name.
+    pub fn program_and_args(&mut self) -> Result<()> {
+        let mut words = std::mem::take(&mut self.command).into_iter();
+        let Some(first) = words.next() else {
+            return Ok(());
+        };
+        if first.as_encoded_bytes().starts_with(b"-") && std::fs::symlink_metadata(&first).is_err()
+        {
+            anyhow::bail!(
+                "unknown option {}: capsa's options come before PROGRAM (see capsa run --help)",
+                capsa_policy::escape_for_terminal(&first.to_string_lossy())
+            );
+        }
+        self.program = PathBuf::from(first);
+        self.args = words
+            .map(|w| {
+                w.into_string().map_err(|w| {
+                    anyhow::anyhow!(
+                        "the program's argument {} is not valid UTF-8",
+                        capsa_policy::escape_for_terminal(&w.to_string_lossy())
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
 }
 
 /// Grants and limits, shared by `capsa run` and `capsa python`.
@@ -530,6 +599,9 @@ fn is_python(path: &Path) -> bool {
 }
 
 pub fn run(mut args: RunArgs) -> i32 {
+    if let Err(e) = args.program_and_args() {
+        return fail(exit::USAGE, e);
+    }
     if let Err(code) = refuse_python_path_in_cache(&args.sandbox) {
         return code;
     }
