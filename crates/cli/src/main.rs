@@ -52,7 +52,10 @@ enum Command {
 /// An executable made by `capsa pack --exe`: capsa with a bundle appended.
 /// It takes `capsa run`'s flags, then the bundle's arguments.
 #[derive(Parser)]
-#[command(about = "A capsa bundle, packed as an executable: runs as `capsa run app.capsa` would")]
+#[command(
+    about = "A capsa bundle, packed as an executable: runs as `capsa run app.capsa` would",
+    after_help = "Leading flags are capsa's (they can widen what the program may do): put `--` before arguments you did not write, as in `./app -- \"$@\"`."
+)]
 struct ExeCli {
     #[command(flatten)]
     sandbox: commands::run::SandboxArgs,

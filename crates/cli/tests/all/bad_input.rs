@@ -171,7 +171,7 @@ fn unknown_flag_is_a_usage_error() {
     assert_eq!(r.code, 125, "{}", r.stderr);
     assert!(
         r.stderr
-            .contains("unexpected argument '--allow-everything'"),
+            .contains("unknown option --allow-everything: capsa's options come before PROGRAM"),
         "{}",
         r.stderr
     );

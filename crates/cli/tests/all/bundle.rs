@@ -436,6 +436,33 @@ fn packed_executable_runs_without_capsa() {
         .output()
         .unwrap();
     assert_eq!(limited.status.code(), Some(125));
+    // After `--`, a flag is the program's; the help says to put it there
+    // before arguments the caller did not write.
+    let passed = std::process::Command::new(&moved)
+        .args(["--", "--allow-read=/", "-h"])
+        .env(
+            "CAPSA_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsa-cache"),
+        )
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&passed.stdout),
+        "hello Paris and Lagos ['--from-manifest', '--allow-read=/', '-h']\n",
+        "{}",
+        String::from_utf8_lossy(&passed.stderr)
+    );
+    let help = std::process::Command::new(&moved)
+        .arg("-h")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("put `--` before arguments you did not write"),
+        "{help}"
+    );
 }
 
 // Hostile bundles. capsa's own writer refuses what these carry, so they are
