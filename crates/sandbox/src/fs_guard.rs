@@ -279,13 +279,12 @@ impl GuardedFs<'_> {
         // In the working directory's view a name outside every grant is
         // not there, as at the guarded root it stands for: reading it, or
         // looking at it, fails as a missing file would (`FileNotFoundError`
-        // in Python), where a change is refused as not permitted. Nothing
-        // is reported for `<stdin>`, `<string>`, `<unknown>`: names Python
-        // gives code that has no file, which a traceback may try to open.
+        // in Python), where a change is refused as not permitted; and a
+        // name of code that has no file is not reported.
         let absent = pre.workdir
             && matches!(why, Refusal::OnlyFiles(_) | Refusal::Outside)
             && matches!(need, Need::Read | Need::Look);
-        if absent && shown.starts_with('<') && shown.ends_with('>') {
+        if absent && names_code_without_a_file(&shown) {
             return Err(FsErrorCode::NoEntry.into());
         }
         match why {
@@ -357,9 +356,7 @@ impl GuardedFs<'_> {
             verb
         };
         let (shown, relative) = self.root_path_as_typed(guest);
-        // `<stdin>`, `<string>`, `<unknown>`: names Python gives code that
-        // has no file, which a traceback may still try to open.
-        if shown.starts_with('<') && shown.ends_with('>') {
+        if names_code_without_a_file(&shown) {
             return Err(FsErrorCode::NoEntry.into());
         }
         // The hint names what was tried, or the directory where a name is
@@ -1023,6 +1020,12 @@ impl GuardedFs<'_> {
 
 /// What `stat` tells of the guarded root and the directories on the way to
 /// a grant: a directory, with nothing of the host's (no size, no times).
+/// `<stdin>`, `<string>`, `<unknown>`: names Python gives code that has no
+/// file, which a traceback may still try to open. Not a denial to report.
+fn names_code_without_a_file(shown: &str) -> bool {
+    shown.starts_with('<') && shown.ends_with('>')
+}
+
 fn made_up_dir_stat() -> fs::DescriptorStat {
     fs::DescriptorStat {
         type_: fs::DescriptorType::Directory,
