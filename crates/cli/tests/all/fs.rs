@@ -1209,6 +1209,70 @@ for p in sys.argv[1:]:
     assert!(!d.join("data/none.txt").exists() && !d.join("data/private/x").exists());
 }
 
+/// Through the working directory's view, with a writable folder granted
+/// below a folder that is not: links the program makes there pointing up
+/// out of it, renames of the folders on the way and of the grant, and
+/// reads through such links all fail, and nothing on the host changes.
+#[test]
+fn a_link_or_rename_from_below_the_way_to_a_grant_changes_nothing() {
+    let (_t, d) = setup();
+    let source = r#"import os
+def attempt(name, f):
+    try:
+        f()
+        print(name, "reached")
+    except OSError as e:
+        print(name, type(e).__name__)
+attempt("link-up", lambda: os.symlink("../a.txt", "data/sub/up"))
+attempt("link-top", lambda: os.symlink("../../secret.txt", "data/sub/top"))
+attempt("link-abs", lambda: os.symlink(os.getcwd() + "/secret.txt", "data/sub/abs"))
+attempt("read-up", lambda: open("data/sub/up").read())
+attempt("rename-way", lambda: os.rename("data", "moved"))
+attempt("rename-grant", lambda: os.rename("data/sub", "data/sub2"))
+attempt("rename-in", lambda: os.rename("secret.txt", "data/sub/s.txt"))
+attempt("link-in", lambda: os.link("data/a.txt", "data/sub/a.txt"))
+attempt("own", lambda: open("data/sub/b.txt", "w").write("mine"))
+"#;
+    let before: Vec<_> = tree(&d)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("data/sub/") && p != "main.py")
+        .collect();
+    let r = py_script(&d, &["--allow-write=data/sub"], "main.py", source, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for line in [
+        "link-up PermissionError",
+        "link-top PermissionError",
+        "link-abs PermissionError",
+        "read-up FileNotFoundError",
+        "rename-way PermissionError",
+        "rename-grant PermissionError",
+        "rename-in PermissionError",
+        "link-in PermissionError",
+        "own reached",
+    ] {
+        assert!(
+            r.stdout.contains(&format!("{line}\n")),
+            "{line}: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+    let after: Vec<_> = tree(&d)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("data/sub/") && p != "main.py")
+        .collect();
+    assert_eq!(before, after);
+    let sub: Vec<String> = std::fs::read_dir(d.join("data/sub"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(sub, ["b.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(d.join("data/sub/b.txt")).unwrap(),
+        "mine"
+    );
+}
+
 #[test]
 fn directories_on_the_way_to_a_grant_stat_as_bare_directories_and_nothing_more() {
     python_ready();
