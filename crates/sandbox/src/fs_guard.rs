@@ -316,7 +316,9 @@ impl GuardedFs<'_> {
                     n => format!("{} and {} more", names[..3].join(", "), n - 3),
                 };
                 let are = if names.len() == 1 { "is" } else { "are" };
-                let reason = if holder.workdir {
+                let reason = if holder.workdir && names.is_empty() {
+                    "nothing is granted in the working directory".to_string()
+                } else if holder.workdir {
                     format!("only {listed} {are} granted in the working directory")
                 } else {
                     format!("only {listed} {are} granted in {}", holder.shown)
@@ -583,6 +585,9 @@ impl GuardedFs<'_> {
                             dir => format!("the directory {dir}"),
                         }
                     ),
+                    (false, true) if pre.workdir => {
+                        "the path leaves the working directory by `..`".into()
+                    }
                     (false, true) => format!(
                         "the path leaves the granted directory {} by `..`",
                         pre.shown

@@ -98,6 +98,10 @@ pub struct RunConfig {
     pub policy: Policy,
     /// The guest's working directory (capsa's own, by default).
     pub cwd: Option<String>,
+    /// The program changes to its working directory at start (Python's
+    /// entry point does): the working directory is then there even when it
+    /// holds no grant, empty (see `cwd_view`).
+    pub enters_cwd: bool,
     pub quiet: bool,
     pub audit: Option<AuditSink>,
     pub cache: Option<CodeCache>,
@@ -326,7 +330,7 @@ fn engine_with(
 /// its name; two host paths cannot share a guest path), for a caller that
 /// checks a policy long before it runs one.
 pub fn check_mounts(policy: &Policy) -> Result<(), RunError> {
-    preopens(policy, None).map(drop)
+    preopens(policy, None, false).map(drop)
 }
 
 /// One preopen per granted directory, and one per directory holding granted
@@ -336,7 +340,14 @@ pub fn check_mounts(policy: &Policy) -> Result<(), RunError> {
 /// working directory), so a directory granted below the working directory
 /// `cwd` is also mounted at its path relative to it: `out/result.txt` then
 /// reaches the grant `$PWD/out` as it would natively.
-fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError> {
+///
+/// `enters_cwd`: the program changes to `cwd` at start, which is then
+/// there even when it holds no grant (see [`cwd_view`]).
+fn preopens(
+    policy: &Policy,
+    cwd: Option<&str>,
+    enters_cwd: bool,
+) -> Result<Vec<Preopen>, RunError> {
     let mut out: Vec<Preopen> = Vec::new();
     for g in &policy.fs.grants {
         // A relative guest path is a preopen name wasi-libc takes from `/`.
@@ -405,7 +416,7 @@ fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError
             workdir: false,
         });
     }
-    if let Some(view) = cwd.and_then(|c| cwd_view(policy, &out, c)) {
+    if let Some(view) = cwd.and_then(|c| cwd_view(policy, &out, c, enters_cwd)) {
         match out.iter_mut().find(|p| p.guest == view.guest) {
             Some(holder) => {
                 holder.only = view.only;
@@ -457,12 +468,25 @@ fn preopens(policy: &Policy, cwd: Option<&str>) -> Result<Vec<Preopen>, RunError
 /// Python, which changes to the working directory at start, stayed at `/`,
 /// where `in.txt` granted with `--allow-read=in.txt` is not.
 ///
+/// For a program that changes to its working directory at start
+/// (`enters_cwd`: Python) the view is there even with no grant below it,
+/// empty: Python then starts in its working directory as natively, and
+/// `open("in.txt")` is refused as the working directory's `in.txt`, with
+/// the hint `--allow-read=in.txt`, which is then the file it meant, not as
+/// `/in.txt`. The guest learns nothing it did not have: the path is WASI's
+/// `initial-cwd` already, and nothing in it is reachable. Other programs
+/// get no empty view: Zig's standard library, which opens every path from
+/// descriptor 3, keeps the first grant there, as with wasmtime's first
+/// `--dir`, where an empty view would leave it nothing to reach.
+///
 /// `only` lists each grant's path below it: a file's name, or the path of
 /// a directory; a listing shows their first names. `None` when the
-/// working directory lies in a directory grant (it is that grant), when no
-/// grant lies below it, or when a grant of another host directory already
-/// appears at its guest path.
-fn cwd_view(policy: &Policy, out: &[Preopen], cwd: &str) -> Option<Preopen> {
+/// working directory lies in a directory grant (it is that grant), when it
+/// is `/` (the guarded root), when a grant of another host directory
+/// already appears at its guest path, or when it holds no grant and the
+/// program does not enter it or it cannot be opened (removed, or not
+/// readable), which is no reason to refuse the run.
+fn cwd_view(policy: &Policy, out: &[Preopen], cwd: &str, enters_cwd: bool) -> Option<Preopen> {
     let host = PathBuf::from(capsa_policy::default_host(cwd)?);
     if cwd == "/" || !host.is_absolute() {
         return None;
@@ -495,7 +519,7 @@ fn cwd_view(policy: &Policy, out: &[Preopen], cwd: &str) -> Option<Preopen> {
             below.push(rel);
         }
     }
-    if below.is_empty() {
+    if below.is_empty() && !(enters_cwd && fs_host::can_open_dir(&host)) {
         return None;
     }
     Some(Preopen {
@@ -514,14 +538,14 @@ fn cwd_view(policy: &Policy, out: &[Preopen], cwd: &str) -> Option<Preopen> {
     })
 }
 
-/// Whether the guest finds its working directory `cwd` (as it spells it)
-/// at its own path: granted there, or holding grants (see [`cwd_view`]).
-/// Python's entry point changes to it then.
+/// Whether a guest that changes to its working directory `cwd` (as it
+/// spells it) at start finds it at its own path: granted there, or its view
+/// (see [`cwd_view`]). Python's entry point changes to it then.
 pub fn guest_sees_cwd(policy: &Policy, cwd: &str) -> bool {
     let Some(host) = capsa_policy::default_host(cwd).map(PathBuf::from) else {
         return false;
     };
-    preopens(policy, Some(cwd))
+    preopens(policy, Some(cwd), true)
         .is_ok_and(|out| out.iter().any(|p| p.guest == cwd && p.host == host))
 }
 
@@ -741,6 +765,7 @@ fn run_here(
             args,
             policy,
             cwd: None,
+            enters_cwd: false,
             quiet: true,
             audit: None,
             cache: None,
@@ -866,7 +891,7 @@ fn host_side(
 ) -> Result<HostSide, RunError> {
     let limits = config.policy.limits;
     let ca_certs = http_guard::read_ca_certs(&config.ca_certs).map_err(RunError::Policy)?;
-    let mut preopens = preopens(&config.policy, config.cwd.as_deref())?;
+    let mut preopens = preopens(&config.policy, config.cwd.as_deref(), config.enters_cwd)?;
     let own = own_dirs(&config)?;
     let areas = fs_area::Areas::build(&config.policy, &preopens, &own).map_err(|e| {
         let msg = format!("cannot look at the granted paths: {e}");

@@ -353,6 +353,7 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
             args.program.display().to_string(),
             guest_args,
             None,
+            false,
         )
     }
 }

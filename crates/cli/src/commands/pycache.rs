@@ -302,6 +302,7 @@ fn compile(job: &Job, rt: &Runtime) -> Option<()> {
         args: vec![inv.to_guest_json(None, None, &[])],
         policy,
         cwd: None,
+        enters_cwd: false,
         quiet: true,
         audit: None,
         cache: Some(CodeCache::new(job.root.clone())),

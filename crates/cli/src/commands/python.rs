@@ -452,12 +452,12 @@ pub fn run_prepared(
 
     // The entry point changes to the working directory when the guest
     // finds it at its own path: granted there as a directory (`cwd_str`,
-    // above, which is also `-c`'s import directory), or holding grants,
-    // which it then shows (see `capsa_sandbox::guest_sees_cwd`):
+    // above, which is also `-c`'s import directory), or its view, which
+    // shows the grants it holds, or none (see `capsa_sandbox::guest_sees_cwd`):
     // `open("in.txt")` reaches `--allow-read=in.txt`, and what is not
     // granted there is refused as the working directory's, not looked up
-    // from `/`. Else wasi-libc cannot, and the attempt would only add a
-    // denial line.
+    // from `/`. Not at `/`, nor where the directory cannot be opened: there
+    // the attempt would only add a denial line.
     let chdir = cwd_str.clone().or_else(|| {
         capsa_policy::default_guest(&real_cwd).filter(|c| capsa_sandbox::guest_sees_cwd(&policy, c))
     });
@@ -476,5 +476,6 @@ pub fn run_prepared(
         "python3".into(),
         vec![config],
         Some(vec![capsa_python::invocation::minimal()]),
+        chdir.is_some(),
     )
 }

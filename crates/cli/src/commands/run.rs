@@ -682,6 +682,7 @@ pub fn run(mut args: RunArgs) -> i32 {
         args.program.display().to_string(),
         args.args,
         None,
+        false,
     )
 }
 
@@ -694,6 +695,7 @@ pub fn execute(
     argv0: String,
     args: Vec<String>,
     teach_pages: Option<Vec<String>>,
+    enters_cwd: bool,
 ) -> i32 {
     let mut policy = policy;
     let audit = match &sandbox.audit {
@@ -739,6 +741,7 @@ pub fn execute(
         policy,
         // As the guest spells it (on Windows `C:\\x` is `/c/x`).
         cwd: capsa_policy::default_guest(&cwd),
+        enters_cwd,
         quiet: sandbox.quiet,
         audit,
         cache: CodeCache::default_dir().map(CodeCache::new),

@@ -1119,6 +1119,71 @@ for name, fn in [("secret", lambda: open("secret.txt").read()),
     );
 }
 
+/// A script run from a folder that holds no grant (a tool kept elsewhere,
+/// given a file of the folder it is run in): Python starts in that folder,
+/// empty, as natively, so that a relative name is refused as the working
+/// directory's, with the flag that grants that very file, and reached once
+/// it is given; nothing there is reached or changed before. A program
+/// that does not change to its working directory keeps descriptor 3 as the
+/// first grant (Zig's, as with wasmtime's first `--dir`).
+#[test]
+fn a_working_directory_holding_no_grant_is_there_empty_for_python() {
+    let (_t, d) = setup();
+    let (tools, work) = (d.join("tools"), d.join("work"));
+    std::fs::create_dir_all(&tools).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("in.txt"), "input").unwrap();
+    std::fs::write(work.join("a.txt"), "work's own").unwrap();
+    let script = tools.join("t.py");
+    python_ready();
+    std::fs::write(
+        &script,
+        r#"import os, sys
+print(os.getcwd(), os.listdir("."))
+for name, fn in [("in", lambda: open("in.txt").read()),
+                 ("stat", lambda: os.stat("a.txt").st_size),
+                 ("write", lambda: open("new.txt", "w").write("x")),
+                 ("climb", lambda: open("../data/a.txt").read())]:
+    try:
+        print(name, fn())
+    except OSError as e:
+        print(name, type(e).__name__)
+"#,
+    )
+    .unwrap();
+    let r = run_in(&work, &[], &script, &[]);
+    assert_eq!(
+        r.stdout,
+        format!(
+            "{} []\nin FileNotFoundError\nstat FileNotFoundError\nwrite PermissionError\nclimb PermissionError\n",
+            s(&work)
+        ),
+        "{}",
+        r.stderr
+    );
+    for line in [
+        "denied: read in.txt (nothing is granted in the working directory)\n  hint: --allow-read=in.txt\n",
+        "denied: stat a.txt (nothing is granted in the working directory)\n  hint: --allow-read=a.txt\n",
+        "denied: write to new.txt (nothing is granted in the working directory)\n  hint: --allow-write=new.txt\n",
+        "data/a.txt (the path leaves the working directory by `..`)\n",
+    ] {
+        assert!(r.stderr.contains(line), "{line}: {}", r.stderr);
+    }
+    assert!(!work.join("new.txt").exists());
+    // The hint, taken: the file the program meant.
+    let r = run_in(&work, &["--allow-read=in.txt"], &script, &[]);
+    assert!(r.stdout.contains("\nin input\n"), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("\nstat FileNotFoundError\n"),
+        "{}",
+        r.stdout
+    );
+    // A WASI program's descriptor 3 is still the first grant.
+    let grant = format!("--allow-read={}", s(&d.join("data")));
+    let r = run_in(&work, &[&grant], &probe(P1), &["read3", "a.txt"]);
+    assert_eq!(r.stdout, "ok: alpha\n", "{}", r.stderr);
+}
+
 /// The working directory's view tells nothing of the host however it is
 /// reached: by its own path, from its descriptor, and by name from a grant
 /// around it (the script's folder above it, spelled `/parent/./cwd` so that
