@@ -159,6 +159,8 @@ pub struct Areas {
     /// (from the working directory's view, `data` to the grant
     /// `data/sub`), as it learns nothing there but the way it knows.
     ways: std::collections::HashSet<Ident>,
+    /// The grants found at their own path, the ends of those ways.
+    ends: std::collections::HashSet<Ident>,
     pub denies: Vec<DenyRule>,
     grant_access: Vec<Access>,
     /// Every object marked, kept open for the run: a mark is on an
@@ -249,6 +251,9 @@ impl Areas {
             // whose way would tell where that cache is.
             let own_path = capsa_policy::default_guest(&g.host).as_deref()
                 == Some(g.guest_absolute().as_ref());
+            if own_path {
+                a.ends.insert(meta.ident);
+            }
             let mut up = g.host.parent().filter(|_| own_path);
             while let Some(dir) = up {
                 if let Ok(ident) = ident_nofollow(dir) {
@@ -472,6 +477,20 @@ impl Areas {
     /// may go through it to reach the grant.
     pub fn leads_to_a_grant(&self, ident: Ident) -> bool {
         self.ways.contains(&ident)
+    }
+
+    /// Whether the directory `ident`, of `domain`, lies above a grant under
+    /// no rule: a walk goes through it, and it can be opened to be listed,
+    /// showing only what is on the way (see [`Areas::on_the_way`]).
+    pub fn is_way(&self, domain: Domain, ident: Ident) -> bool {
+        domain.base == Base::Outside && domain.deny_all.is_none() && self.leads_to_a_grant(ident)
+    }
+
+    /// Whether `ident` is on the way to a grant at its own path, or that
+    /// grant: what a listing of a directory on the way shows (names the
+    /// program knows already, as its granted paths).
+    pub fn on_the_way(&self, ident: Ident) -> bool {
+        self.ways.contains(&ident) || self.ends.contains(&ident)
     }
 
     /// Whether entering `ident` resets the depth used to judge link targets.

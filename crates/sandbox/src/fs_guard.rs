@@ -9,11 +9,13 @@
 
 use crate::Guard;
 use crate::fs_area::{Areas, Base, Domain, Ident, Refusal};
+use crate::fs_host;
 use crate::fs_walk::{self, DirFd, Resolved, Start, Stop};
 use crate::report::Kind;
 use capsa_policy::{FsOp, Verdict, join_guest_checked, strip_guest_prefix};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::filesystem::{
     Descriptor as HostDescriptorObj, Dir as HostDir, WasiFilesystemCtxView,
@@ -72,6 +74,10 @@ pub struct FsTracker {
     descriptors: HashMap<u32, Tracked>,
     /// Directory listings of file-grant directories, with the names they may show.
     filtered_streams: HashMap<u32, usize>,
+    /// Listings of directories on the way to a grant, with the directory:
+    /// each entry is looked at there, and only the way and the grant it
+    /// leads to are shown.
+    way_streams: HashMap<u32, Arc<std::fs::File>>,
 }
 
 struct Tracked {
@@ -509,6 +515,14 @@ impl GuardedFs<'_> {
                 // A neighbour of a granted file is not shown in a listing.
                 match (r.parent.domain.base, a.may_read(r.domain)) {
                     (Base::Holder(_), Err(w)) => Err((w, parent, false)),
+                    // In a directory on the way to a grant, what its
+                    // listing shows.
+                    (Base::Outside, _)
+                        if a.is_way(r.parent.domain, r.parent.ident)
+                            && r.target.is_some_and(|t| a.on_the_way(t.ident)) =>
+                    {
+                        Ok(())
+                    }
                     _ => on(a.may_read(r.parent.domain)),
                 }
             }
@@ -538,6 +552,22 @@ impl GuardedFs<'_> {
         follow: bool,
         need: Need,
         verb: &'static str,
+    ) -> FsResult<Checked> {
+        self.check_for(fd, path, follow, need, verb, false)
+    }
+
+    /// [`Self::check`], for an open of a directory to be listed (`lists`),
+    /// which also reaches a directory on the way to a grant: its listing
+    /// shows only the way (see `read_directory`), and it stats as a bare
+    /// directory.
+    fn check_for(
+        &mut self,
+        fd: &Resource<Descriptor>,
+        path: &str,
+        follow: bool,
+        need: Need,
+        verb: &'static str,
+        lists: bool,
     ) -> FsResult<Checked> {
         let Some(t) = self.tracker.descriptors.get(&fd.rep()) else {
             return not_permitted();
@@ -630,7 +660,14 @@ impl GuardedFs<'_> {
             }
             Err(Stop::Io(e)) => return Err(e.into()),
         };
-        if let Err((w, parent, directory)) = self.decide(&r, need) {
+        let way = lists
+            && need == Need::Read
+            && r.target
+                .is_some_and(|t| t.is_dir && self.areas().is_way(r.domain, t.ident));
+        if let Err((w, parent, directory)) = self.decide(&r, need).or_else(|e| match way {
+            true => Ok(()),
+            false => Err(e),
+        }) {
             // What is renamed leaves its directory, which must change too:
             // granting the directory allows both.
             let directory = directory || verb == "rename";
@@ -659,6 +696,7 @@ impl GuardedFs<'_> {
         if self.guard.reporter.audits() {
             let rule = match r.domain.base {
                 Base::Grant(g) => self.guard.policy.fs.grants[g].flag(),
+                Base::Outside if way => "a directory on the way to a grant".into(),
                 _ => format!("a granted file is in {}", pre.shown),
             };
             let shown = pre.show(&guest);
@@ -986,6 +1024,9 @@ impl GuardedFs<'_> {
         if self.guard.preopens[t.preopen].root_guard {
             return Some(Vec::new());
         }
+        if self.areas().is_way(t.domain, t.ident) {
+            return Some(guest_parts(&t.guest));
+        }
         self.workdir_parts(t.domain)
     }
 
@@ -998,13 +1039,7 @@ impl GuardedFs<'_> {
             return None;
         };
         let pre = &self.guard.preopens[p];
-        pre.workdir.then(|| {
-            pre.guest
-                .split('/')
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
+        pre.workdir.then(|| guest_parts(&pre.guest))
     }
 
     /// Whether `fd` is the guarded root (see [`Preopen::root_guard`]).
@@ -1025,6 +1060,15 @@ impl GuardedFs<'_> {
 
 /// What `stat` tells of the guarded root and the directories on the way to
 /// a grant: a directory, with nothing of the host's (no size, no times).
+/// The parts of the guest path `guest`, for a made-up identity.
+fn guest_parts(guest: &str) -> Vec<String> {
+    guest
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// `<stdin>`, `<string>`, `<unknown>`: names Python gives code that has no
 /// file, which a traceback may still try to open. Not a denial to report.
 fn names_code_without_a_file(shown: &str) -> bool {
@@ -1241,6 +1285,19 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         if self.guard.preopens[preopen].root_guard {
             return self.refuse_outside_root("list", &guest, Need::Read);
         }
+        // A directory on the way to a grant lists the way and the grant.
+        let ident = self.tracker.descriptors.get(&fd.rep()).map(|t| t.ident);
+        if let Some(ident) = ident
+            && self.areas().is_way(domain, ident)
+        {
+            let dir = match self.inner.table.get(&fd)? {
+                HostDescriptorObj::Dir(d) => d.dir.clone(),
+                HostDescriptorObj::File(_) => return Err(FsErrorCode::NotDirectory.into()),
+            };
+            let stream = fs::HostDescriptor::read_directory(&mut self.inner, fd)?;
+            self.tracker.way_streams.insert(stream.rep(), dir);
+            return Ok(stream);
+        }
         if let Err(w) = self.areas().may_read(domain) {
             return self.refuse(w, None, ("list", &guest, preopen, Need::Read), true);
         }
@@ -1383,7 +1440,10 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         let mut tries = 0;
         let (c, new, ident) = loop {
             tries += 1;
-            let c = self.check(&fd, &path, follow, need, verb)?;
+            // A directory opened to be listed may be one on the way to a
+            // grant (`os.walk` from the working directory's view).
+            let lists = need == Need::Read && oflags.contains(OpenFlags::DIRECTORY);
+            let c = self.check_for(&fd, &path, follow, need, verb, lists)?;
             let exists = c.r.target.is_some();
             let mut of = oflags & !OpenFlags::TRUNCATE;
             match c.r.target {
@@ -1660,6 +1720,12 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         if let Some(parts) = self.workdir_parts(c.r.domain) {
             return Ok(made_up_hash(&parts));
         }
+        if c.r
+            .target
+            .is_some_and(|t| self.areas().is_way(c.r.domain, t.ident))
+        {
+            return Ok(made_up_hash(&guest_parts(&c.guest)));
+        }
         self.anchored(&fd, &c, |inner, dir, name| {
             fs::HostDescriptor::metadata_hash_at(inner, dir, no_follow(), name)
         })
@@ -1671,6 +1737,24 @@ impl fs::HostDirectoryEntryStream for GuardedFs<'_> {
         &mut self,
         stream: Resource<DirectoryEntryStream>,
     ) -> FsResult<Option<fs::DirectoryEntry>> {
+        if let Some(dir) = self.tracker.way_streams.get(&stream.rep()).cloned() {
+            // Decided on what each name is now, not on its text.
+            loop {
+                let entry = fs::HostDirectoryEntryStream::read_directory_entry(
+                    &mut self.inner,
+                    borrow(&stream),
+                )?;
+                match entry {
+                    Some(e)
+                        if !fs_host::look(fs_host::dir_ref(&dir), &e.name)
+                            .is_ok_and(|f| self.areas().on_the_way(f.ident)) =>
+                    {
+                        continue;
+                    }
+                    other => return Ok(other),
+                }
+            }
+        }
         let Some(&p) = self.tracker.filtered_streams.get(&stream.rep()) else {
             return fs::HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream);
         };
@@ -1693,6 +1777,7 @@ impl fs::HostDirectoryEntryStream for GuardedFs<'_> {
 
     fn drop(&mut self, stream: Resource<DirectoryEntryStream>) -> wasmtime::Result<()> {
         self.tracker.filtered_streams.remove(&stream.rep());
+        self.tracker.way_streams.remove(&stream.rep());
         fs::HostDirectoryEntryStream::drop(&mut self.inner, stream)
     }
 }

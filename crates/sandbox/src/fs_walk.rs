@@ -12,7 +12,7 @@
 //! object it is, so a link the guest made, a `..` after it, or a directory
 //! renamed since the descriptor was opened all land where the kernel lands.
 
-use crate::fs_area::{Areas, Base, Domain, Ident};
+use crate::fs_area::{Areas, Domain, Ident};
 use crate::fs_host::{self, DirRef, Handle};
 
 use std::io::ErrorKind;
@@ -240,9 +240,7 @@ pub fn resolve(areas: &Areas, start: Start, path: &str, follow: bool) -> Result<
                 // A directory above a grant, under no rule, is gone through
                 // on the way to it: what lies beside the way stops the
                 // walk at its own door.
-                let way = domain.base == Base::Outside
-                    && domain.deny_all.is_none()
-                    && areas.leads_to_a_grant(f.ident);
+                let way = areas.is_way(domain, f.ident);
                 if areas.may_read(domain).is_err() && !way {
                     // Going through a directory the guest may not read
                     // would tell what it holds (`secret/x/..` works only
