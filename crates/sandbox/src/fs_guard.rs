@@ -220,20 +220,26 @@ impl GuardedFs<'_> {
     /// `None` when the name holds `::` (or a `,`): pasted, such a hint would
     /// grant another path than the one tried.
     fn flag_path(&self, pre: &Preopen, guest: &str) -> Option<String> {
-        if guest.contains("::") || guest.contains(',') {
-            return None;
-        }
+        let unsafe_in_flag = |p: &str| p.contains("::") || p.contains(',');
         let Some(rel) = strip_guest_prefix(guest, &pre.guest) else {
-            return capsa_policy::default_host(guest);
+            // Never `/` itself: granting the whole machine is not a narrow
+            // grant.
+            return capsa_policy::default_host(guest)
+                .filter(|h| !unsafe_in_flag(h) && h != "/" && !h.is_empty());
         };
-        // From the working directory, as capsa takes a relative flag. `~`
-        // is a name a shell would have expanded: nothing to grant by it.
+        // From the working directory, as capsa takes a relative flag (so
+        // only the name typed need be fit for one). `~` is a name a shell
+        // would have expanded: nothing to grant by it.
         if pre.workdir {
             return match rel {
+                r if unsafe_in_flag(r) => None,
                 "" => Some(".".into()),
                 r if r.starts_with('~') => None,
                 r => Some(r.to_string()),
             };
+        }
+        if unsafe_in_flag(guest) {
+            return None;
         }
         let host = rel
             .split('/')
@@ -259,9 +265,26 @@ impl GuardedFs<'_> {
         c: (&str, &str, usize, Need),
         exists: bool,
     ) -> FsResult<T> {
+        self.refuse_as(why, parent, c, exists, None)
+    }
+
+    /// [`Self::refuse`]; `climbed`: the path as asked for, unfolded, when
+    /// it holds `..`, so that `guest`, its text folded, need not be where
+    /// the walk went (`nosub/../..` stops at `nosub`): the line names it as
+    /// asked for, with no hint, which would name a place the program chose
+    /// (`/` itself, by enough `..`).
+    fn refuse_as<T>(
+        &self,
+        why: Refusal,
+        parent: Option<Domain>,
+        c: (&str, &str, usize, Need),
+        exists: bool,
+        climbed: Option<String>,
+    ) -> FsResult<T> {
         let (verb, guest, preopen, need) = c;
         let pre = &self.guard.preopens[preopen];
-        let shown = pre.show(guest);
+        let hinted = |h: Option<String>| h.filter(|_| climbed.is_none());
+        let shown = climbed.clone().unwrap_or_else(|| pre.show(guest));
         // A new name is granted by its directory, and so is a name removed
         // or renamed there; an existing one by itself. In a directory under
         // no grant (one the walk went through on the way to a grant), the
@@ -312,7 +335,7 @@ impl GuardedFs<'_> {
                 let hint = self
                     .flag_path(pre, &hint_target)
                     .map(|p| format!("--allow-write={p}"));
-                self.deny(verb, &shown, reason, Some(grant.flag()), hint);
+                self.deny(verb, &shown, reason, Some(grant.flag()), hinted(hint));
             }
             Refusal::OnlyFiles(p) => {
                 let holder = &self.guard.preopens[p];
@@ -332,7 +355,7 @@ impl GuardedFs<'_> {
                 let hint = self
                     .flag_path(pre, guest)
                     .map(|p| format!("{}={p}", need.op().flag()));
-                self.deny(verb, &shown, reason, None, hint);
+                self.deny(verb, &shown, reason, None, hinted(hint));
             }
             Refusal::Outside => {
                 let hint = self
@@ -343,7 +366,7 @@ impl GuardedFs<'_> {
                     &shown,
                     "outside every granted path".into(),
                     None,
-                    hint,
+                    hinted(hint),
                 );
             }
         }
@@ -578,6 +601,14 @@ impl GuardedFs<'_> {
         if pre.root_guard {
             return self.refuse_outside_root(verb, &guest, need);
         }
+        // A path that holds `..` is named as asked for, from where it was
+        // asked (the working directory's view: as typed).
+        let climbed = (!path.starts_with('/') && path.split('/').any(|c| c == "..")).then(|| {
+            match pre.show(&t.guest) {
+                here if here == "." => path.to_string(),
+                here => format!("{}/{path}", here.trim_end_matches('/')),
+            }
+        });
         let dir = match self.inner.table.get(fd)? {
             HostDescriptorObj::Dir(d) => d.dir.clone(),
             HostDescriptorObj::File(_) => return Err(FsErrorCode::NotDirectory.into()),
@@ -596,7 +627,7 @@ impl GuardedFs<'_> {
                 let shown = if path.starts_with('/') {
                     guest.clone()
                 } else {
-                    pre.show(&guest)
+                    climbed.clone().unwrap_or_else(|| pre.show(&guest))
                 };
                 // No hint: a grant of where `..` leads (any ancestor of a
                 // grant, as the program chooses) would not serve this path
@@ -642,7 +673,8 @@ impl GuardedFs<'_> {
                     _ => a.may_read(domain).and(a.may_write(domain)),
                 };
                 if let Err(w) = res {
-                    return self.refuse(w, Some(at.domain), (verb, &guest, preopen, need), false);
+                    let c = (verb, guest.as_str(), preopen, need);
+                    return self.refuse_as(w, Some(at.domain), c, false, climbed);
                 }
                 let code = if not_dir {
                     FsErrorCode::NotDirectory
@@ -656,7 +688,8 @@ impl GuardedFs<'_> {
                     Err(w) => w,
                     Ok(()) => Refusal::Outside,
                 };
-                return self.refuse(w, Some(at.domain), (verb, &guest, preopen, need), true);
+                let c = (verb, guest.as_str(), preopen, need);
+                return self.refuse_as(w, Some(at.domain), c, true, climbed);
             }
             Err(Stop::Io(e)) => return Err(e.into()),
         };
@@ -672,7 +705,8 @@ impl GuardedFs<'_> {
             // granting the directory allows both.
             let directory = directory || verb == "rename";
             let exists = r.target.is_some() && !directory;
-            return self.refuse(w, parent, (verb, &guest, preopen, need), exists);
+            let c = (verb, guest.as_str(), preopen, need);
+            return self.refuse_as(w, parent, c, exists, climbed);
         }
         // `file/` names no directory, as the kernel says: the operation
         // itself names only `file`.

@@ -484,8 +484,8 @@ fn preopens(
 /// working directory lies in a directory grant (it is that grant), when it
 /// is `/` (the guarded root), when a grant of another host directory
 /// already appears at its guest path, or when it holds no grant and the
-/// program does not enter it or it cannot be opened (removed, or not
-/// readable), which is no reason to refuse the run.
+/// program does not enter it, it is denied (`--deny-read`), or it cannot be
+/// opened (removed, or not readable), which is no reason to refuse the run.
 fn cwd_view(policy: &Policy, out: &[Preopen], cwd: &str, enters_cwd: bool) -> Option<Preopen> {
     let host = PathBuf::from(capsa_policy::default_host(cwd)?);
     if cwd == "/" || !host.is_absolute() {
@@ -519,7 +519,9 @@ fn cwd_view(policy: &Policy, out: &[Preopen], cwd: &str, enters_cwd: bool) -> Op
             below.push(rel);
         }
     }
-    if below.is_empty() && !(enters_cwd && fs_host::can_open_dir(&host)) {
+    // Nor one under `--deny-read`, where even looking at `.` is refused.
+    let denied = || policy.fs.deny_read.iter().any(|d| host.starts_with(d));
+    if below.is_empty() && !(enters_cwd && !denied() && fs_host::can_open_dir(&host)) {
         return None;
     }
     Some(Preopen {

@@ -976,16 +976,17 @@ fn from_descriptor_3_the_working_directory_shows_only_its_grants() {
                 r.stdout
             );
             assert!(!r.stdout.contains("alpha") && !r.stdout.contains("SECRET"));
-            let shown = path.replace("data/../", "");
+            // A path with `..` is named as asked for, with no hint.
             assert!(
                 r.stderr.contains(&format!(
-                    "denied: read {shown} (only data, notes.txt are granted in the working directory)"
+                    "denied: read {path} (only data, notes.txt are granted in the working directory)"
                 )),
                 "{t} {path}: {}",
                 r.stderr
             );
-            assert!(
-                r.stderr.contains(&format!("hint: --allow-read={shown}")),
+            assert_eq!(
+                r.stderr.contains(&format!("hint: --allow-read={path}")),
+                !path.contains(".."),
                 "{t} {path}: {}",
                 r.stderr
             );
@@ -1139,11 +1140,13 @@ fn a_working_directory_holding_no_grant_is_there_empty_for_python() {
     std::fs::write(
         &script,
         r#"import os, sys
-print(os.getcwd(), os.listdir("."))
+print(os.getcwd(), os.listdir(".") if os.getcwd() != "/" else None)
 for name, fn in [("in", lambda: open("in.txt").read()),
                  ("stat", lambda: os.stat("a.txt").st_size),
                  ("write", lambda: open("new.txt", "w").write("x")),
-                 ("climb", lambda: open("../data/a.txt").read())]:
+                 ("climb", lambda: open("../data/a.txt").read()),
+                 ("back", lambda: open("../work/in.txt").read()),
+                 ("root", lambda: os.mkdir("nosub/../../../../.."))]:
     try:
         print(name, fn())
     except OSError as e:
@@ -1155,7 +1158,8 @@ for name, fn in [("in", lambda: open("in.txt").read()),
     assert_eq!(
         r.stdout,
         format!(
-            "{} []\nin FileNotFoundError\nstat FileNotFoundError\nwrite PermissionError\nclimb PermissionError\n",
+            "{} []\nin FileNotFoundError\nstat FileNotFoundError\nwrite PermissionError\n\
+             climb PermissionError\nback PermissionError\nroot PermissionError\n",
             s(&work)
         ),
         "{}",
@@ -1165,11 +1169,25 @@ for name, fn in [("in", lambda: open("in.txt").read()),
         "denied: read in.txt (nothing is granted in the working directory)\n  hint: --allow-read=in.txt\n",
         "denied: stat a.txt (nothing is granted in the working directory)\n  hint: --allow-read=a.txt\n",
         "denied: write to new.txt (nothing is granted in the working directory)\n  hint: --allow-write=new.txt\n",
-        "data/a.txt (the path leaves the working directory by `..`)\n",
+        // Named as asked for, with no hint: its text folded is not where
+        // the walk went (`/`, for the last).
+        "denied: read ../data/a.txt (the path leaves the working directory by `..`)\n",
+        "denied: read ../work/in.txt (the path leaves the working directory by `..`)\n",
+        "denied: create directory nosub/../../../../.. (nothing is granted in the working directory)\n",
     ] {
         assert!(r.stderr.contains(line), "{line}: {}", r.stderr);
     }
+    assert!(
+        !r.stderr.contains("hint: --allow-write=/\n"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.matches("hint:").count(), 3, "{}", r.stderr);
     assert!(!work.join("new.txt").exists());
+    // Under `--deny-read`, not even `.` is looked at: Python stays at `/`.
+    let r = run_in(&work, &["--deny-read=."], &script, &[]);
+    assert!(r.stdout.starts_with("/ None\n"), "{}", r.stdout);
+    assert!(!r.stderr.contains("denied: stat ."), "{}", r.stderr);
     // The hint, taken: the file the program meant.
     let r = run_in(&work, &["--allow-read=in.txt"], &script, &[]);
     assert!(r.stdout.contains("\nin input\n"), "{}", r.stderr);
