@@ -440,7 +440,9 @@ impl GuardedFs<'_> {
     /// for the program as the grant's own path says, so `stat` finds a
     /// directory, with nothing of the host's (no size, no times), and no
     /// denial is reported. (Python's `os.path.realpath` looks at each.)
-    /// Opening or listing it is still refused. Returns the path's parts.
+    /// Through the guarded root, opening or listing it is still refused;
+    /// below the working directory's view it opens to list the way (see
+    /// `read_directory`). Returns the path's parts.
     fn on_the_way_to_a_grant(&self, fd: &Resource<Descriptor>, path: &str) -> Option<Vec<String>> {
         let t = self.tracker.descriptors.get(&fd.rep())?;
         let pre = &self.guard.preopens[t.preopen];
@@ -731,6 +733,9 @@ impl GuardedFs<'_> {
             let rule = match r.domain.base {
                 Base::Grant(g) => self.guard.policy.fs.grants[g].flag(),
                 Base::Outside if way => "a directory on the way to a grant".into(),
+                Base::Holder(p) if self.guard.preopens[p].workdir => {
+                    "the working directory, showing only its grants".into()
+                }
                 _ => format!("a granted file is in {}", pre.shown),
             };
             let shown = pre.show(&guest);
