@@ -699,10 +699,8 @@ impl GuardedFs<'_> {
             && need == Need::Read
             && r.target
                 .is_some_and(|t| t.is_dir && self.areas().is_way(r.domain, t.ident));
-        if let Err((w, parent, directory)) = self.decide(&r, need).or_else(|e| match way {
-            true => Ok(()),
-            false => Err(e),
-        }) {
+        let decided = if way { Ok(()) } else { self.decide(&r, need) };
+        if let Err((w, parent, directory)) = decided {
             // What is renamed leaves its directory, which must change too:
             // granting the directory allows both.
             let directory = directory || verb == "rename";

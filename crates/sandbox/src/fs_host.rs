@@ -296,10 +296,6 @@ mod imp {
         Ok((fd, f))
     }
 
-    /// Opens the absolute, resolved host path `path` to hold it as
-    /// [`hold`] does, but follows no link anywhere on the way: a name
-    /// replaced by a link since the path was resolved fails (`ELOOP` or
-    /// `ENOTDIR`) instead of leading where the link points.
     /// Whether the directory `path` opens as a preopen is opened (for
     /// reading), so that mounting it cannot fail the run.
     pub fn can_open_dir(path: &Path) -> bool {
@@ -311,6 +307,10 @@ mod imp {
         .is_ok()
     }
 
+    /// Opens the absolute, resolved host path `path` to hold it as
+    /// [`hold`] does, but follows no link anywhere on the way: a name
+    /// replaced by a link since the path was resolved fails (`ELOOP` or
+    /// `ENOTDIR`) instead of leading where the link points.
     pub fn hold_no_links(path: &Path) -> io::Result<(Held, Found)> {
         use std::path::Component;
         #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -573,15 +573,15 @@ mod imp {
         Ok((f, found))
     }
 
-    /// As [`hold`]: grants are pinned by what is opened here, and the race
-    /// this closes on Unix (a name swapped for a link after it was
-    /// resolved) is not handled on Windows yet.
     /// Whether the directory `path` opens as a preopen is opened (for
     /// reading), so that mounting it cannot fail the run.
     pub fn can_open_dir(path: &Path) -> bool {
         cp::open_ambient_dir(path, cap_primitives::ambient_authority()).is_ok()
     }
 
+    /// As [`hold`]: grants are pinned by what is opened here, and the race
+    /// this closes on Unix (a name swapped for a link after it was
+    /// resolved) is not handled on Windows yet.
     pub fn hold_no_links(path: &Path) -> io::Result<(Held, Found)> {
         hold(path)
     }
