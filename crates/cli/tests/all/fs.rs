@@ -1258,6 +1258,60 @@ for name, fn in [("a", lambda: open("data/a.txt").read()),
     assert!(!r.stderr.contains("private/p.txt") && !r.stdout.contains("p.txt"));
 }
 
+/// The way is decided on the objects found at start, not on names: the
+/// host renames the grant `data/sub` to `data/gone` during the run and
+/// makes a new `data/sub`; listing `data` then shows `gone` (the granted
+/// folder) and not the new `sub`, which stays unreachable.
+#[test]
+fn a_folder_on_the_way_lists_what_is_granted_whatever_its_name_now() {
+    python_ready();
+    let (_t, d) = setup();
+    std::fs::create_dir(d.join("sig")).unwrap();
+    let script = d.join("main.py");
+    std::fs::write(
+        &script,
+        r#"import os, time
+print(sorted(os.listdir("data")))
+open("sig/ready", "w").close()
+end = time.time() + 60
+while not os.path.exists("sig/go") and time.time() < end:
+    time.sleep(0.01)
+print(sorted(os.listdir("data")))
+print(open("data/gone/b.txt").read())
+try:
+    print(open("data/sub/new.txt").read())
+except OSError as e:
+    print("new", type(e).__name__)
+"#,
+    )
+    .unwrap();
+    let child = capsa()
+        .current_dir(&d)
+        .args(["run", "--allow-read=data/sub", "--allow-write=sig"])
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !d.join("sig/ready").exists() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::fs::rename(d.join("data/sub"), d.join("data/gone")).unwrap();
+    std::fs::create_dir(d.join("data/sub")).unwrap();
+    std::fs::write(d.join("data/sub/new.txt"), "not granted").unwrap();
+    std::fs::write(d.join("sig/go"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        stdout, "['sub']\n['gone']\nbeta\nnew FileNotFoundError\n",
+        "{stderr}"
+    );
+}
+
 /// The working directory's view tells nothing of the host however it is
 /// reached: by its own path, from its descriptor, and by name from a grant
 /// around it (the script's folder above it, spelled `/parent/./cwd` so that
