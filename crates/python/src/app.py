@@ -241,6 +241,26 @@ def _interact(main, quiet):
     code.interact(banner=banner, local=main.__dict__, exitmsg="")
 
 
+def _run_module(name):
+    """What `-m` does. runpy names the interpreter in its own refusal
+    (`/usr/bin/python3: No module named x`) by `sys.executable`, which is
+    empty under WASI: that refusal names capsa's command instead."""
+    try:
+        runpy._run_module_as_main(name, alter_argv=True)  # noqa: SLF001 - what -m does
+    except SystemExit as e:
+        tb = e.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        prefix = f"{sys.executable}: "
+        if (
+            tb.tb_frame.f_code is runpy._run_module_as_main.__code__  # noqa: SLF001
+            and isinstance(e.code, str)
+            and e.code.startswith(prefix)
+        ):
+            raise SystemExit(f"capsa python: {e.code[len(prefix):]}") from None
+        raise
+
+
 def _main(inv):
     mode = inv["mode"]
     sys.argv[:] = inv["argv"]
@@ -257,7 +277,7 @@ def _main(inv):
     elif mode == "script":
         namespace = _run_script(inv["file"])
     elif mode == "module":
-        runpy._run_module_as_main(inv["target"], alter_argv=True)  # noqa: SLF001 - what -m does
+        _run_module(inv["target"])
     elif mode == "code":
         main = _fresh_main()
         exec(compile(inv["target"], "<string>", "exec"), main.__dict__)

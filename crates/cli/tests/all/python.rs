@@ -922,6 +922,20 @@ fn command_line_like_python3() {
     assert_eq!(r.stdout, "from stdin\n", "{}", r.stderr);
     let r = py_in(&d, &[], &["-m", "json.tool"], "{\"b\": 1}");
     assert_eq!(r.stdout, "{\n    \"b\": 1\n}\n", "{}", r.stderr);
+    // runpy's refusal names the command (python3 names its own path).
+    let r = py_in(&d, &[], &["-m", "no_such_module"], "");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr, "capsa python: No module named no_such_module\n");
+    let r = py_in(&d, &[], &["-m", "email"], "");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("capsa python: No module named email.__main__; 'email' is a package"),
+        "{}",
+        r.stderr
+    );
+    let r = py_in(&d, &[], &["-c", "import sys; sys.exit(': mine')"], "");
+    assert_eq!((r.code, r.stderr.as_str()), (1, ": mine\n"));
     let r = py_in(&d, &[], &["-V"], "");
     assert!(r.stdout.starts_with("Python 3.14."), "{}", r.stdout);
     let r = py_in(&d, &[], &["-Z"], "");
