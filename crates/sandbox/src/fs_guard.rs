@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::filesystem::{
-    Descriptor as HostDescriptorObj, Dir as HostDir, WasiFilesystemCtxView,
+    Descriptor as HostDescriptorObj, Dir as HostDir, File as HostFile, WasiFilesystemCtxView,
 };
 use wasmtime_wasi::p2::FsResult;
 use wasmtime_wasi::p2::bindings::filesystem::preopens;
@@ -27,6 +27,7 @@ use wasmtime_wasi::p2::bindings::sync::filesystem::types::{
     self as fs, Descriptor, DescriptorFlags, DirectoryEntryStream, ErrorCode, OpenFlags, PathFlags,
 };
 use wasmtime_wasi::p2::bindings::sync::io::streams;
+use wasmtime_wasi::{FsPerms, OpenMode};
 
 /// A directory handed to the guest at start.
 #[derive(Debug, Clone)]
@@ -907,6 +908,99 @@ impl GuardedFs<'_> {
         self.after(dst, r)
     }
 
+    /// Checks `path` from `fd` and does `act` on what the walk found,
+    /// walking again while `act` says the name no longer leads there
+    /// (`Ok(None)`, see [`Self::on_checked`]).
+    fn checked_then<T>(
+        &mut self,
+        fd: &Resource<Descriptor>,
+        (path, follow): (&str, bool),
+        (need, verb): (Need, &'static str),
+        mut act: impl FnMut(&mut Self, &Checked) -> FsResult<Option<T>>,
+    ) -> FsResult<T> {
+        let mut shown = String::new();
+        for _ in 0..8 {
+            let c = self.check(fd, path, follow, need, verb)?;
+            if let Some(v) = act(self, &c)? {
+                return Ok(v);
+            }
+            shown = c.shown;
+        }
+        let reason = "it changed while being checked".to_string();
+        self.deny(verb, &shown, reason, None, None);
+        not_permitted()
+    }
+
+    /// Does `on_object` on the object `c` checked, opened as it is now (a
+    /// link not followed), once it is known to be that object: a host
+    /// process swapping two names in a loop would otherwise have a call by
+    /// name answer for, or change, one the check never saw. `Ok(None)`
+    /// when the name no longer leads to it (the caller walks again), and
+    /// nothing is done. The walk's own directory (`.`) is held open and
+    /// acted on as such; where the system cannot open an object without
+    /// reading it, `by_name` acts on the name, as wasmtime-wasi does.
+    fn on_checked<T>(
+        &mut self,
+        fd: &Resource<Descriptor>,
+        c: &Checked,
+        on_object: impl FnOnce(&mut Self, fs_host::Object) -> FsResult<T>,
+        by_name: impl FnOnce(
+            &mut WasiFilesystemCtxView<'_>,
+            Resource<Descriptor>,
+            String,
+        ) -> FsResult<T>,
+    ) -> FsResult<Option<T>> {
+        let (name, target) = match (&c.r.name, c.r.target) {
+            (_, None) => return Err(FsErrorCode::NoEntry.into()),
+            (None, Some(_)) => return self.anchored(fd, c, by_name).map(Some),
+            (Some(name), Some(t)) => (name, t),
+        };
+        match fs_host::open_object(c.r.parent.dir.fd(), name) {
+            Ok(Some((obj, f))) if f.ident == target.ident => {
+                let r = on_object(self, obj);
+                self.after(c, r).map(Some)
+            }
+            Ok(Some(_)) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => self.after(c, Err(e.into())),
+            Ok(None) => self.anchored(fd, c, by_name).map(Some),
+        }
+    }
+
+    /// Does `op` (a stat, a hash) on a descriptor open on `obj`, as
+    /// wasmtime-wasi does it on any descriptor: from the open object.
+    fn on_descriptor<T>(
+        &mut self,
+        obj: fs_host::Object,
+        op: impl FnOnce(&mut WasiFilesystemCtxView<'_>, Resource<Descriptor>) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let file = HostFile::new(obj, FsPerms::ReadOnly, OpenMode::empty(), true);
+        let d = self.inner.table.push(HostDescriptorObj::File(file))?;
+        let r = op(&mut self.inner, borrow(&d));
+        let _ = self.inner.table.delete(d);
+        r
+    }
+
+    /// Sets the times of `obj`, found from the directory `fd`, under
+    /// wasmtime-wasi's rule for `set-times-at`: `fd` must allow changes.
+    fn set_object_times(
+        &mut self,
+        fd: &Resource<Descriptor>,
+        obj: &fs_host::Object,
+        a: fs::NewTimestamp,
+        m: fs::NewTimestamp,
+    ) -> FsResult<()> {
+        let read_only = match self.inner.table.get(fd)? {
+            HostDescriptorObj::Dir(d) => d.perms.write_not_permitted(),
+            HostDescriptorObj::File(_) => return Err(FsErrorCode::NotDirectory.into()),
+        };
+        let (a, m) = (new_time(a)?, new_time(m)?);
+        if read_only {
+            return not_permitted();
+        }
+        Ok(fs_host::set_times(obj, a, m)?)
+    }
+
     fn release(&mut self, a: Anchor) {
         if a.made {
             let _ = self.inner.table.delete(a.dir);
@@ -1153,6 +1247,23 @@ fn host_root_names() -> std::collections::HashSet<String> {
         .collect()
 }
 
+/// A time to set, as wasmtime-wasi reads it: `None` leaves it as it is.
+fn new_time(t: fs::NewTimestamp) -> FsResult<Option<std::time::SystemTime>> {
+    let t = match t {
+        fs::NewTimestamp::NoChange => return Ok(None),
+        fs::NewTimestamp::Now => return Ok(Some(std::time::SystemTime::now())),
+        fs::NewTimestamp::Timestamp(t) => t,
+    };
+    let overflow = || FsErrorCode::Overflow;
+    let seconds = t
+        .seconds
+        .checked_add(u64::from(t.nanoseconds / 1_000_000_000))
+        .ok_or_else(overflow)?;
+    let since = std::time::Duration::new(seconds, t.nanoseconds % 1_000_000_000);
+    let t = std::time::SystemTime::UNIX_EPOCH.checked_add(since);
+    Ok(Some(t.ok_or_else(overflow)?))
+}
+
 fn borrow<T: 'static>(r: &Resource<T>) -> Resource<T> {
     Resource::new_borrow(r.rep())
 }
@@ -1383,12 +1494,16 @@ impl fs::HostDescriptor for GuardedFs<'_> {
             return Ok(made_up_dir_stat());
         }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
-        let c = self.check(&fd, &path, follow, Need::Read, "stat")?;
-        if self.workdir_parts(c.r.domain).is_some() {
-            return Ok(made_up_dir_stat());
-        }
-        self.anchored(&fd, &c, |inner, dir, name| {
-            fs::HostDescriptor::stat_at(inner, dir, no_follow(), name)
+        self.checked_then(&fd, (&path, follow), (Need::Read, "stat"), |me, c| {
+            if me.workdir_parts(c.r.domain).is_some() {
+                return Ok(Some(made_up_dir_stat()));
+            }
+            me.on_checked(
+                &fd,
+                c,
+                |me, obj| me.on_descriptor(obj, |inner, d| fs::HostDescriptor::stat(inner, d)),
+                |inner, dir, name| fs::HostDescriptor::stat_at(inner, dir, no_follow(), name),
+            )
         })
     }
 
@@ -1401,9 +1516,16 @@ impl fs::HostDescriptor for GuardedFs<'_> {
         m: fs::NewTimestamp,
     ) -> FsResult<()> {
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
-        let c = self.check(&fd, &path, follow, Need::Write, "change times of")?;
-        self.anchored(&fd, &c, |inner, dir, name| {
-            fs::HostDescriptor::set_times_at(inner, dir, no_follow(), name, a, m)
+        let change = (Need::Write, "change times of");
+        self.checked_then(&fd, (&path, follow), change, |me, c| {
+            me.on_checked(
+                &fd,
+                c,
+                |me, obj| me.set_object_times(&fd, &obj, a, m),
+                |inner, dir, name| {
+                    fs::HostDescriptor::set_times_at(inner, dir, no_follow(), name, a, m)
+                },
+            )
         })
     }
 
@@ -1753,18 +1875,26 @@ impl fs::HostDescriptor for GuardedFs<'_> {
             return Ok(made_up_hash(&parts));
         }
         let follow = pf.contains(PathFlags::SYMLINK_FOLLOW);
-        let c = self.check(&fd, &path, follow, Need::Look, "stat")?;
-        if let Some(parts) = self.workdir_parts(c.r.domain) {
-            return Ok(made_up_hash(&parts));
-        }
-        if c.r
-            .target
-            .is_some_and(|t| self.areas().is_way(c.r.domain, t.ident))
-        {
-            return Ok(made_up_hash(&guest_parts(&c.guest)));
-        }
-        self.anchored(&fd, &c, |inner, dir, name| {
-            fs::HostDescriptor::metadata_hash_at(inner, dir, no_follow(), name)
+        self.checked_then(&fd, (&path, follow), (Need::Look, "stat"), |me, c| {
+            if let Some(parts) = me.workdir_parts(c.r.domain) {
+                return Ok(Some(made_up_hash(&parts)));
+            }
+            if c.r
+                .target
+                .is_some_and(|t| me.areas().is_way(c.r.domain, t.ident))
+            {
+                return Ok(Some(made_up_hash(&guest_parts(&c.guest))));
+            }
+            me.on_checked(
+                &fd,
+                c,
+                |me, obj| {
+                    me.on_descriptor(obj, |inner, d| fs::HostDescriptor::metadata_hash(inner, d))
+                },
+                |inner, dir, name| {
+                    fs::HostDescriptor::metadata_hash_at(inner, dir, no_follow(), name)
+                },
+            )
         })
     }
 }

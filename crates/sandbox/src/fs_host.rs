@@ -1,7 +1,9 @@
 //! The few calls the walk makes on the host, relative to a directory that is
 //! open, on each system: look at a name without following it, open a
 //! directory on the way as the object it is, read a link, go up one level,
-//! and say what an open object is (its device and file number).
+//! and say what an open object is (its device and file number); and open
+//! the object a name leads to without reading it, to stat it or set its
+//! times once it is known to be the one checked.
 //!
 //! Unix does this with `openat(O_PATH|O_NOFOLLOW)` and `fstat`. Windows does
 //! it with the same `cap-primitives` calls wasmtime-wasi makes there, and
@@ -109,6 +111,10 @@ mod imp {
     use super::*;
     use rustix::fs::{AtFlags, FileType, Mode, OFlags};
     use std::os::fd::{AsFd, OwnedFd};
+    use std::time::SystemTime;
+
+    /// An object opened to be looked at or to have its times set, not read.
+    pub type Object = std::fs::File;
 
     /// A directory the walk holds open.
     pub type Handle = OwnedFd;
@@ -179,6 +185,90 @@ mod imp {
         };
         let f = found(&rustix::fs::fstat(&fd)?);
         Ok((f.is_dir.then_some(fd), f))
+    }
+
+    /// Opens `name` in `dir` as the object it is (a link itself, not
+    /// followed), without reading it or waiting on it, and says what was
+    /// opened: to stat it or set its times once it is known to be the
+    /// object that was checked, whatever its name is by then. `None` where
+    /// no such open exists (`O_PATH` is Linux's): the caller acts by name.
+    pub fn open_object(dir: DirRef<'_>, name: &str) -> io::Result<Option<(Object, Found)>> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
+            let f = found(&rustix::fs::fstat(&fd)?);
+            Ok(Some((std::fs::File::from(fd), f)))
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = (dir, name);
+            Ok(None)
+        }
+    }
+
+    /// Sets the access and modification times of an object [`open_object`]
+    /// opened (a link's own times, if it is a link); `None` leaves one as
+    /// it is.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub fn set_times(
+        obj: &Object,
+        atime: Option<SystemTime>,
+        mtime: Option<SystemTime>,
+    ) -> io::Result<()> {
+        let times = rustix::fs::Timestamps {
+            last_access: timespec(atime)?,
+            last_modification: timespec(mtime)?,
+        };
+        let flags = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
+        match rustix::fs::utimensat(obj, "", &times, flags) {
+            // Before Linux 5.8 `utimensat` takes no empty path: the same
+            // object by its entry in `/proc`, which leads to it (a link
+            // included) and no further.
+            Err(rustix::io::Errno::INVAL) => {
+                let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(obj));
+                let cwd = rustix::fs::CWD;
+                Ok(rustix::fs::utimensat(
+                    cwd,
+                    path.as_str(),
+                    &times,
+                    AtFlags::empty(),
+                )?)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// Never reached: [`open_object`] opens nothing here.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub fn set_times(
+        _obj: &Object,
+        _atime: Option<SystemTime>,
+        _mtime: Option<SystemTime>,
+    ) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// A time for `utimensat`, or "leave it" for `None`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[allow(clippy::useless_conversion)]
+    fn timespec(t: Option<SystemTime>) -> io::Result<rustix::fs::Timespec> {
+        let Some(t) = t else {
+            return Ok(rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT.into(),
+            });
+        };
+        let since = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        Ok(rustix::fs::Timespec {
+            tv_sec: since
+                .as_secs()
+                .try_into()
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+            tv_nsec: since.subsec_nanos().into(),
+        })
     }
 
     /// The target of the link `name` in `dir`, `/`-separated.
@@ -476,6 +566,24 @@ mod imp {
                 _ => Err(e),
             },
         }
+    }
+
+    pub type Object = std::fs::File;
+
+    /// Not done on Windows yet (see [`hold_no_links`]): the caller acts by
+    /// name, after its check.
+    pub fn open_object(dir: DirRef<'_>, name: &str) -> io::Result<Option<(Object, Found)>> {
+        let _ = (dir, name);
+        Ok(None)
+    }
+
+    /// Never reached: [`open_object`] opens nothing here.
+    pub fn set_times(
+        _obj: &Object,
+        _atime: Option<std::time::SystemTime>,
+        _mtime: Option<std::time::SystemTime>,
+    ) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
     }
 
     /// One name, as [`one_name`] takes it.

@@ -1312,6 +1312,151 @@ except OSError as e:
     );
 }
 
+/// A name the host re-points between capsa's check and the call is not
+/// acted on: a host process swaps `data/pub` with `data/private` (read and
+/// write denied) in a loop while the guest stats `data/pub` and sets its
+/// times. Each answer and each change is on the object checked, so the
+/// guest never sees the private file's times nor changes them (a stat or
+/// `utime` done by name after the check reached it in the window).
+#[test]
+fn a_name_swapped_on_the_host_during_a_call_is_not_acted_on() {
+    python_ready();
+    let (_t, d) = setup();
+    std::fs::create_dir(d.join("sig")).unwrap();
+    let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    for (name, secs) in [("pub", 2_000_000), ("private", 1_000_000)] {
+        std::fs::write(d.join("data").join(name), name).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(d.join("data").join(name))
+            .unwrap();
+        let t = at(secs);
+        f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t))
+            .unwrap();
+    }
+    let script = d.join("main.py");
+    std::fs::write(
+        &script,
+        r#"import os, time
+open("sig/ready", "w").close()
+end = time.time() + 60
+while not os.path.exists("sig/go") and time.time() < end:
+    time.sleep(0.01)
+seen = {"pub": 0, "private": 0}
+for _ in range(1500):
+    try:
+        st = os.stat("data/pub")
+        seen["private" if int(st.st_mtime) == 1000000 else "pub"] += 1
+    except OSError:
+        pass
+    try:
+        os.utime("data/pub", (5, 5))
+    except OSError:
+        pass
+print(seen["private"], seen["pub"] > 0)
+"#,
+    )
+    .unwrap();
+    let child = capsa()
+        .current_dir(&d)
+        .args([
+            "run",
+            "--allow-write=data",
+            "--deny-read=data/private",
+            "--deny-write=data/private",
+            "--allow-write=sig",
+        ])
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !d.join("sig/ready").exists() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The rules were taken at start, on the objects: now the names move.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, data) = (stop.clone(), d.join("data"));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::rename(data.join("pub"), data.join("tmp")).unwrap();
+                std::fs::rename(data.join("private"), data.join("pub")).unwrap();
+                std::fs::rename(data.join("tmp"), data.join("private")).unwrap();
+            }
+        })
+    };
+    std::fs::write(d.join("sig/go"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0 True\n", "{stderr}");
+    // Found by what they hold, whichever name each has now.
+    for name in ["pub", "private"] {
+        let path = d.join("data").join(name);
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        match std::fs::read_to_string(&path).unwrap().as_str() {
+            "private" => assert_eq!(mtime, at(1_000_000), "{stderr}"),
+            "pub" => assert_eq!(mtime, at(5), "{stderr}"),
+            other => panic!("{other}"),
+        }
+    }
+}
+
+/// Times set and stats read through a granted folder are the host's, to
+/// the nanosecond, as a native program sets and reads them: a file, a
+/// directory, a link's own times (not its target's), "now", and the same
+/// inode by name and by descriptor.
+#[test]
+fn times_and_stats_by_name_are_the_objects_own() {
+    python_ready();
+    let (_t, d) = setup();
+    let w = d.join("data");
+    std::fs::write(w.join("f"), "12345").unwrap();
+    std::fs::write(w.join("target"), "t").unwrap();
+    std::os::unix::fs::symlink("target", w.join("l")).unwrap();
+    let script = d.join("main.py");
+    std::fs::write(
+        &script,
+        r#"import os, time
+os.utime("data/f", ns=(1500000000123456789, 1600000000987654321))
+os.utime("data/sub", ns=(1400000000000000001, 1400000000000000002))
+os.utime("data/l", ns=(1300000000000000003, 1300000000000000004), follow_symlinks=False)
+before = time.time()
+os.utime("data/target")
+st = os.stat("data/f")
+fd = os.open("data/f", os.O_RDONLY)
+print(st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ino == os.fstat(fd).st_ino)
+print(os.lstat("data/l").st_mtime_ns, abs(os.stat("data/l").st_mtime - before) < 60)
+try:
+    os.utime("data/missing")
+except OSError as e:
+    print(type(e).__name__)
+"#,
+    )
+    .unwrap();
+    let r = run_in(&d, &["--allow-write=data"], &script, &[]);
+    assert_eq!(
+        r.stdout,
+        "5 1500000000123456789 1600000000987654321 True\n1300000000000000004 True\nFileNotFoundError\n",
+        "{}",
+        r.stderr
+    );
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::metadata(w.join("f")).unwrap();
+    assert_eq!((f.atime(), f.atime_nsec()), (1_500_000_000, 123_456_789));
+    assert_eq!((f.mtime(), f.mtime_nsec()), (1_600_000_000, 987_654_321));
+    let sub = std::fs::metadata(w.join("sub")).unwrap();
+    assert_eq!((sub.mtime(), sub.mtime_nsec()), (1_400_000_000, 2));
+    let l = std::fs::symlink_metadata(w.join("l")).unwrap();
+    // (Its access time is now: following it reads it.)
+    assert_eq!((l.mtime(), l.mtime_nsec()), (1_300_000_000, 4));
+    let t = std::fs::metadata(w.join("target")).unwrap();
+    assert!(t.mtime() > 1_700_000_000, "{}", t.mtime());
+}
+
 /// The working directory's view tells nothing of the host however it is
 /// reached: by its own path, from its descriptor, and by name from a grant
 /// around it (the script's folder above it, spelled `/parent/./cwd` so that
