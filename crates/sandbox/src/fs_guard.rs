@@ -1247,6 +1247,25 @@ fn host_root_names() -> std::collections::HashSet<String> {
         .collect()
 }
 
+/// wasmtime-wasi's hash of an object's identity, which the preview 1
+/// adapter gives as its inode number: on Linux a hash of its device and
+/// inode, so it is taken from the object the walk checked, with nothing
+/// looked up by name again (a listing asks it of every entry). `None`
+/// elsewhere: there it is asked of the object by name.
+fn identity_hash(ident: Ident) -> Option<fs::MetadataHashValue> {
+    if !cfg!(any(target_os = "linux", target_os = "android")) {
+        return None;
+    }
+    use std::hash::{Hash, Hasher};
+    // As wasmtime-wasi 48 (`MetadataHashValue::new`) makes it; a test
+    // compares the two through a guest's `stat` and `fstat`.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    ident.hash(&mut hasher);
+    let lower = hasher.finish();
+    let upper = lower ^ 4_614_256_656_552_045_848;
+    Some(fs::MetadataHashValue { lower, upper })
+}
+
 /// A time to set, as wasmtime-wasi reads it: `None` leaves it as it is.
 fn new_time(t: fs::NewTimestamp) -> FsResult<Option<std::time::SystemTime>> {
     let t = match t {
@@ -1884,6 +1903,9 @@ impl fs::HostDescriptor for GuardedFs<'_> {
                 .is_some_and(|t| me.areas().is_way(c.r.domain, t.ident))
             {
                 return Ok(Some(made_up_hash(&guest_parts(&c.guest))));
+            }
+            if let Some(hash) = c.r.target.and_then(|t| identity_hash(t.ident)) {
+                return Ok(Some(hash));
             }
             me.on_checked(
                 &fd,

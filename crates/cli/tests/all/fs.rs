@@ -1408,7 +1408,7 @@ print(seen["private"], seen["pub"] > 0)
 /// Times set and stats read through a granted folder are the host's, to
 /// the nanosecond, as a native program sets and reads them: a file, a
 /// directory, a link's own times (not its target's), "now", and the same
-/// inode by name and by descriptor.
+/// inode by name, by descriptor and in a listing.
 #[test]
 fn times_and_stats_by_name_are_the_objects_own() {
     python_ready();
@@ -1428,7 +1428,8 @@ before = time.time()
 os.utime("data/target")
 st = os.stat("data/f")
 fd = os.open("data/f", os.O_RDONLY)
-print(st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ino == os.fstat(fd).st_ino)
+listed = [e.inode() for e in os.scandir("data") if e.name == "f"]
+print(st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ino == os.fstat(fd).st_ino, listed == [st.st_ino])
 print(os.lstat("data/l").st_mtime_ns, abs(os.stat("data/l").st_mtime - before) < 60)
 try:
     os.utime("data/missing")
@@ -1440,7 +1441,7 @@ except OSError as e:
     let r = run_in(&d, &["--allow-write=data"], &script, &[]);
     assert_eq!(
         r.stdout,
-        "5 1500000000123456789 1600000000987654321 True\n1300000000000000004 True\nFileNotFoundError\n",
+        "5 1500000000123456789 1600000000987654321 True True\n1300000000000000004 True\nFileNotFoundError\n",
         "{}",
         r.stderr
     );
