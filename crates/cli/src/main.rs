@@ -166,6 +166,7 @@ fn parse<T: Parser>() -> Result<T, ExitCode> {
 }
 
 fn exit(code: i32) -> ExitCode {
+    capsa_sandbox::remove_run_folders();
     // The guest's own code passes through; a shell only sees its low byte.
     ExitCode::from((code & 0xff) as u8)
 }

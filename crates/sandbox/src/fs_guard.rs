@@ -16,6 +16,7 @@ use capsa_policy::{FsOp, Verdict, join_guest_checked, strip_guest_prefix};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::filesystem::{
     Descriptor as HostDescriptorObj, Dir as HostDir, File as HostFile, WasiFilesystemCtxView,
@@ -215,6 +216,17 @@ impl GuardedFs<'_> {
         self.guard
             .reporter
             .verdict(Kind::Fs, verb, target, &verdict);
+        // Python's `tempfile` (and many programs) try a new name in `/tmp`,
+        // then `/var/tmp` and `/usr/tmp`; the hint names only the one name.
+        let makes = matches!(verb, "read and write" | "write to" | "create directory");
+        let in_tmp = target
+            .rsplit_once('/')
+            .is_some_and(|(dir, _)| matches!(dir, "/tmp" | "/var/tmp" | "/usr/tmp"));
+        if makes && in_tmp && self.guard.suggest_tmp.swap(false, Ordering::Relaxed) {
+            self.guard.reporter.note(
+                "for temporary files, --tmp gives the program a private folder (its TMPDIR), removed when the run ends",
+            );
+        }
     }
 
     /// The host path, as a flag would name it, of the guest path `guest` in `pre`.
@@ -595,6 +607,10 @@ impl GuardedFs<'_> {
         verb: &'static str,
         lists: bool,
     ) -> FsResult<Checked> {
+        // A limit is ending the process (see `ENDING`).
+        if crate::ENDING.load(Ordering::SeqCst) {
+            return Err(FsErrorCode::Io.into());
+        }
         let Some(t) = self.tracker.descriptors.get(&fd.rep()) else {
             return not_permitted();
         };

@@ -87,6 +87,9 @@ pub struct Guard {
     root_names: std::sync::OnceLock<std::collections::HashSet<String>>,
     /// What the program may still write to files (`--max-write`).
     written: Arc<OutputBudget>,
+    /// Whether a refused temporary file is to be followed by a note naming
+    /// `--tmp`, until it is (see [`RunConfig::suggest_tmp`]).
+    suggest_tmp: AtomicBool,
 }
 
 /// What to run, and how.
@@ -114,6 +117,10 @@ pub struct RunConfig {
     /// every run writes; made before the program's first run on this
     /// machine (see [`prefault`]). `None`: no profile is made.
     pub teach_pages: Option<Vec<String>>,
+    /// A refused file made in the host's temporary directory (`/tmp`) is
+    /// followed by a note naming `--tmp` (the command line's runs; not
+    /// where the flag does not exist, nor once the program has a TMPDIR).
+    pub suggest_tmp: bool,
 }
 
 /// How a run ended, when capsa itself did not fail.
@@ -774,6 +781,7 @@ fn run_here(
             ca_certs: Vec::new(),
             stdin: Some(Vec::new()),
             teach_pages: None,
+            suggest_tmp: false,
         }
     });
     // A process that runs one program and exits loads it while another
@@ -923,6 +931,15 @@ fn host_side(
         });
     }
     let reporter = Reporter::new(config.quiet, config.audit);
+    // A program told where its temporary files go (`--tmp`, `--env`) needs
+    // no note of it.
+    let suggest_tmp = config.suggest_tmp
+        && !config
+            .policy
+            .env
+            .set
+            .iter()
+            .any(|(name, _)| name == "TMPDIR");
     let guard = Arc::new(Guard {
         reporter,
         policy: config.policy,
@@ -934,6 +951,7 @@ fn host_side(
         cwd: config.cwd.as_deref().map(PathBuf::from),
         root_names: Default::default(),
         written: OutputBudget::new(limits.max_write),
+        suggest_tmp: AtomicBool::new(suggest_tmp),
     });
 
     let budget = OutputBudget::new(limits.max_output);
@@ -1755,6 +1773,42 @@ fn check_world(
 /// so that a process ended at its time limit leaves no directory behind.
 static NAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Folders made for this process's runs that go with it (`--tmp`).
+static RUN_FOLDERS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Set when a limit ends the process while the guest may still run: from
+/// then on every path of the guest's is refused, so that nothing more is
+/// made in the folders [`remove_run_folders`] removes.
+pub(crate) static ENDING: AtomicBool = AtomicBool::new(false);
+
+/// Has `dir` (a folder made for the process's runs, holding only what
+/// they made) removed with everything in it when the process ends:
+/// by [`remove_run_folders`], which the command calls once it has its exit
+/// code, and which a limit that ends the process calls itself.
+pub fn remove_with_process(dir: PathBuf) {
+    RUN_FOLDERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir);
+}
+
+/// Removes the folders given to [`remove_with_process`], links in them
+/// removed, never followed. A name made by a path call that was checked
+/// just before the end fails the first removal: it is tried again.
+pub fn remove_run_folders() {
+    let dirs = std::mem::take(&mut *RUN_FOLDERS.lock().unwrap_or_else(|e| e.into_inner()));
+    for dir in dirs {
+        for _ in 0..5 {
+            match load::remove_tree(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
 /// Ends the process at the deadline, wherever the guest is: being
 /// compiled, running WebAssembly or blocked in a host call (a read, a sleep).
 /// Nothing here may fail or panic: the limit holds even when capsa's own
@@ -1826,6 +1880,8 @@ impl Watch {
                 let _ = writeln!(std::io::stderr(), "{}capsa: {message}", line_start());
                 // Not while a guarded root has a name it would leave behind.
                 let _naming = NAMING.lock().unwrap_or_else(|e| e.into_inner());
+                ENDING.store(true, std::sync::atomic::Ordering::SeqCst);
+                remove_run_folders();
                 std::process::exit(code);
             });
     }

@@ -295,6 +295,9 @@ pub fn run(args: RunArgs, embedded: Option<Vec<u8>>) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(exit::USAGE, e),
     };
+    if let Err(code) = super::run::add_private_tmp(&args.sandbox, &mut policy) {
+        return code;
+    }
     if let (false, Some(mem)) = (user_memory, m.limits.memory) {
         policy.limits.memory = mem.bytes();
     }

@@ -309,6 +309,7 @@ fn compile(job: &Job, rt: &Runtime) -> Option<()> {
         ca_certs: Vec::new(),
         stdin: Some(Vec::new()),
         teach_pages: None,
+        suggest_tmp: false,
     };
     match capsa_sandbox::run(config) {
         Ok(Outcome::Exited(0)) => Some(()),

@@ -183,6 +183,10 @@ pub struct SandboxArgs {
     /// 4K [default: none].
     #[arg(long, value_name = "SIZE")]
     max_write: Option<String>,
+    /// A private, empty folder for the program's temporary files (its
+    /// TMPDIR), removed with what it holds when the run ends.
+    #[arg(long)]
+    pub tmp: bool,
     /// Do not print denials on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -574,8 +578,42 @@ pub fn working_dir() -> std::result::Result<PathBuf, i32> {
 /// The working directory and the policy the flags give, or the exit code.
 pub fn prepare(sandbox: &SandboxArgs) -> std::result::Result<(PathBuf, Policy), i32> {
     let cwd = working_dir()?;
-    let policy = sandbox.policy(&cwd).map_err(|e| fail(exit::USAGE, e))?;
+    let mut policy = sandbox.policy(&cwd).map_err(|e| fail(exit::USAGE, e))?;
+    add_private_tmp(sandbox, &mut policy)?;
     Ok((cwd, policy))
+}
+
+/// With `--tmp`: a private, empty folder made for the run (mode 0700, in
+/// the host's temporary directory), granted writable at its own path and
+/// named by the program's `TMPDIR`, where Python's `tempfile` and most
+/// programs put their temporary files. Removed with what it holds when
+/// the process ends (`capsa_sandbox::remove_run_folders`).
+pub fn add_private_tmp(sandbox: &SandboxArgs, policy: &mut Policy) -> std::result::Result<(), i32> {
+    if !sandbox.tmp {
+        return Ok(());
+    }
+    if policy.env.set.iter().any(|(name, _)| name == "TMPDIR") {
+        return Err(fail(
+            exit::USAGE,
+            anyhow::anyhow!("--tmp sets the program's TMPDIR; it cannot also be set with --env"),
+        ));
+    }
+    let (dir, path) = super::pip::private_temp("capsa-tmp-")?;
+    let Some(guest) = capsa_policy::default_guest(&path) else {
+        return Err(fail(
+            exit::INTERNAL,
+            anyhow::anyhow!("the temporary directory's path is not UTF-8"),
+        ));
+    };
+    capsa_sandbox::remove_with_process(dir.keep());
+    policy.fs.grants.push(capsa_policy::FsGrant {
+        host: path,
+        guest: guest.clone(),
+        access: capsa_policy::Access::ReadWrite,
+        kind: capsa_policy::GrantKind::Dir,
+    });
+    policy.env.set.push(("TMPDIR".into(), guest));
+    Ok(())
 }
 
 /// A Python script: by its extension, or a `#!` line naming python.
@@ -748,6 +786,9 @@ pub fn execute(
         ca_certs: sandbox.ca_cert.clone(),
         stdin,
         teach_pages,
+        // Not for `capsa serve`'s runs (given their stdin as a file),
+        // which have no such flag.
+        suggest_tmp: !sandbox.tmp && sandbox.stdin_file.is_none(),
     };
     match capsa_sandbox::run(config) {
         Ok(Outcome::Exited(code)) => code,

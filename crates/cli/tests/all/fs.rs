@@ -1771,3 +1771,87 @@ fn a_name_removed_in_a_read_only_directory_hints_the_directory() {
         }
     }
 }
+
+/// `--tmp`: Python's `tempfile` finds a private, empty folder of the run's
+/// own (its TMPDIR) with no denial; the folder is gone when capsa ends,
+/// with a tree in it and after a time limit too. Without the flag, the
+/// first refused temporary file is followed by one note naming it (not
+/// under `--quiet`, nor when the program has a TMPDIR). Commands that
+/// cannot take it say so.
+#[test]
+fn a_private_temporary_folder_with_tmp() {
+    python_ready();
+    let (_t, d) = setup();
+    let script = d.join("tmp.py");
+    std::fs::write(
+        &script,
+        r#"import os, sys, tempfile
+t = tempfile.gettempdir()
+print(t == os.environ["TMPDIR"], os.listdir(t))
+with tempfile.NamedTemporaryFile() as f:
+    print(os.path.dirname(f.name) == t)
+p = tempfile.mkdtemp()
+for i in range(100):
+    p = os.path.join(p, "d")
+    os.mkdir(p)
+open(os.path.join(p, "deep.txt"), "w").write("deep")
+print(t)
+sys.stdout.flush()
+while len(sys.argv) > 1:
+    pass
+"#,
+    )
+    .unwrap();
+    let folder = |r: &Run| -> std::path::PathBuf {
+        let last = r.stdout.lines().last().unwrap_or_default();
+        assert!(last.contains("capsa-tmp-"), "{}\n{}", r.stdout, r.stderr);
+        std::path::PathBuf::from(last)
+    };
+    let r = run_in(&d, &["--tmp"], &script, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("True []\nTrue\n"), "{}", r.stdout);
+    assert_eq!(r.stderr, "");
+    let first = folder(&r);
+    assert!(
+        first.starts_with(std::env::temp_dir()),
+        "{}",
+        first.display()
+    );
+    assert!(!first.exists(), "{} is left", first.display());
+    // Another run, another folder; a run ended by its time limit leaves
+    // nothing either.
+    let r = run_in(&d, &["--tmp", "--timeout=3s"], &script, &["spin"]);
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    let second = folder(&r);
+    assert_ne!(first, second);
+    assert!(!second.exists(), "{} is left", second.display());
+
+    // Without it: the refused names, then the note, once.
+    let note = "capsa: note: for temporary files, --tmp gives the program a private folder (its TMPDIR), removed when the run ends\n";
+    let r = run_in(&d, &[], &script, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.matches(note).count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("FileNotFoundError"), "{}", r.stderr);
+    let r = run_in(&d, &["--quiet"], &script, &[]);
+    assert!(!r.stderr.contains("note"), "{}", r.stderr);
+    let r = run_in(&d, &["--env", "TMPDIR=/nowhere"], &script, &[]);
+    assert!(!r.stderr.contains("--tmp"), "{}", r.stderr);
+
+    // What cannot go with it.
+    let r = run_in(&d, &["--tmp", "--env", "TMPDIR=/x"], &script, &[]);
+    assert_eq!(r.code, 125);
+    assert!(
+        r.stderr.contains("--tmp sets the program's TMPDIR"),
+        "{}",
+        r.stderr
+    );
+    let r: Run = capsa()
+        .args(["pip", "--tmp", "install", "--target", "libs", "six"])
+        .current_dir(&d)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("--tmp is for capsa run"), "{}", r.stderr);
+    assert!(!d.join("libs").exists());
+}

@@ -79,6 +79,14 @@ pub fn run(args: PipArgs) -> i32 {
 
 /// pip with `argv` in the sandbox, `user`'s flags added to what it is granted.
 pub fn run_pip(mut user: SandboxArgs, argv: &[String], cwd: &Path) -> i32 {
+    if user.tmp {
+        return fail(
+            exit::USAGE,
+            anyhow::anyhow!(
+                "capsa pip: pip has a private temporary folder of its own; --tmp is for capsa run and capsa python"
+            ),
+        );
+    }
     let cmd = match args::parse(argv, cwd) {
         Ok(c) => c,
         Err(e) => return fail(exit::USAGE, anyhow::anyhow!("capsa pip: {e}")),

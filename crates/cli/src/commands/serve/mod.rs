@@ -202,6 +202,11 @@ fn setup(
             "--audit and --quiet are per run here: each answer lists its denials"
         )));
     }
+    if args.sandbox.tmp {
+        return Err(usage(anyhow::anyhow!(
+            "--tmp is for capsa run and capsa python: here each run's working directory is a scratch folder of its own"
+        )));
+    }
     let ceiling = ceiling::Ceiling::new(raw, &cwd).map_err(usage)?;
     let idle = capsa_policy::parse_duration(&args.session_idle).map_err(|e| usage(e.into()))?;
     if args.max_runs == 0 || args.max_sessions == 0 {
