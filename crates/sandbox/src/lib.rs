@@ -1778,7 +1778,8 @@ static RUN_FOLDERS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::
 
 /// Set when a limit ends the process while the guest may still run: from
 /// then on every path of the guest's is refused, so that nothing more is
-/// made in the folders [`remove_run_folders`] removes.
+/// made in the folders [`remove_run_folders`] removes, and what it writes
+/// to stdout and stderr is dropped.
 pub(crate) static ENDING: AtomicBool = AtomicBool::new(false);
 
 /// Has `dir` (a folder made for the process's runs, holding only what
@@ -1790,6 +1791,75 @@ pub fn remove_with_process(dir: PathBuf) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(dir);
+    #[cfg(target_os = "linux")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(remove_on_signals);
+    }
+}
+
+/// The write end of the pipe a signal that ends the process is told on.
+#[cfg(target_os = "linux")]
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Ctrl-C, `kill` and a closed terminal (SIGINT, SIGTERM, SIGHUP) end the
+/// process as before, with the same status, once [`remove_run_folders`]
+/// has run: the handler only writes the signal to a pipe (all it may do),
+/// and a thread waiting on it removes them, then takes the signal's
+/// default action. Installed with the first folder, so a run without one
+/// handles no signal.
+#[cfg(target_os = "linux")]
+fn remove_on_signals() {
+    extern "C" fn told(sig: libc::c_int) {
+        let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::SeqCst);
+        let byte = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; the pipe stays open.
+        unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
+    }
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return;
+    }
+    SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::SeqCst);
+    let read_end = fds[0];
+    let waiter = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into `byte` from the pipe's read end.
+            while unsafe { libc::read(read_end, (&raw mut byte).cast(), 1) } != 1 {}
+            ENDING.store(true, std::sync::atomic::Ordering::SeqCst);
+            remove_run_folders();
+            let sig = libc::c_int::from(byte);
+            // SAFETY: the default action, then the signal again: the
+            // process ends as it would have without the handler.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+        });
+    if waiter.is_err() {
+        return;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: `told` only loads an atomic and calls write(2); a signal
+        // the process was started ignoring (`nohup`, a background job's
+        // SIGINT) stays ignored.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
+                || old.sa_sigaction != libc::SIG_DFL
+            {
+                continue;
+            }
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = told as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
 }
 
 /// Removes the folders given to [`remove_with_process`], links in them

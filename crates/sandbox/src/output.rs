@@ -128,6 +128,11 @@ impl LimitedOutput {
     }
 
     fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<bool> {
+        // A limit is ending the process (see `ENDING`): the program's
+        // last words would come after capsa's message that ended it.
+        if crate::ENDING.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
         let n = self.budget.take(bytes.len());
         // Where the line stands is kept while the stream is still held, so
         // that one of capsa's own lines (see `line_start`) never comes

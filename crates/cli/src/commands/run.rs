@@ -595,10 +595,28 @@ pub fn add_private_tmp(sandbox: &SandboxArgs, policy: &mut Policy) -> std::resul
     if policy.env.set.iter().any(|(name, _)| name == "TMPDIR") {
         return Err(fail(
             exit::USAGE,
-            anyhow::anyhow!("--tmp sets the program's TMPDIR; it cannot also be set with --env"),
+            anyhow::anyhow!(
+                "--tmp sets the program's TMPDIR; it cannot also be set (--env, or env in a policy file)"
+            ),
         ));
     }
     let (dir, path) = super::pip::private_temp("capsa-tmp-")?;
+    let denied = |rules: &[PathBuf], flag: &str| {
+        rules.iter().find(|r| path.starts_with(r)).map(|r| {
+            fail(
+                exit::USAGE,
+                anyhow::anyhow!(
+                    "--tmp's folder would be in {}, which {flag} refuses; the program could not use it",
+                    r.display()
+                ),
+            )
+        })
+    };
+    if let Some(code) = denied(&policy.fs.deny_write, "--deny-write")
+        .or_else(|| denied(&policy.fs.deny_read, "--deny-read"))
+    {
+        return Err(code);
+    }
     let Some(guest) = capsa_policy::default_guest(&path) else {
         return Err(fail(
             exit::INTERNAL,

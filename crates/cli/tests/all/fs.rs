@@ -1774,7 +1774,8 @@ fn a_name_removed_in_a_read_only_directory_hints_the_directory() {
 
 /// `--tmp`: Python's `tempfile` finds a private, empty folder of the run's
 /// own (its TMPDIR) with no denial; the folder is gone when capsa ends,
-/// with a tree in it and after a time limit too. Without the flag, the
+/// with a tree in it, after a time limit and after Ctrl-C or `kill` too.
+/// Without the flag, the
 /// first refused temporary file is followed by one note naming it (not
 /// under `--quiet`, nor when the program has a TMPDIR). Commands that
 /// cannot take it say so.
@@ -1826,6 +1827,47 @@ while len(sys.argv) > 1:
     assert_ne!(first, second);
     assert!(!second.exists(), "{} is left", second.display());
 
+    // Ended by a signal (Ctrl-C, kill): the folder goes, and the status is
+    // the signal's.
+    for signal in ["INT", "TERM"] {
+        let mut child = capsa()
+            .current_dir(&d)
+            .args(["run", "--tmp"])
+            .arg(&script)
+            .arg("spin")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let mut out = child.stdout.take().unwrap();
+        let mut text = Vec::new();
+        let mut byte = [0u8];
+        while !(text.ends_with(b"\n") && String::from_utf8_lossy(&text).contains("capsa-tmp-")) {
+            let n = std::io::Read::read(&mut out, &mut byte).unwrap();
+            assert_eq!(n, 1, "{}", String::from_utf8_lossy(&text));
+            text.push(byte[0]);
+        }
+        let text = String::from_utf8(text).unwrap();
+        let folder = std::path::PathBuf::from(text.lines().last().unwrap());
+        assert!(folder.exists());
+        let kill = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(if signal == "INT" { 2 } else { 15 })
+        );
+        assert!(
+            !folder.exists(),
+            "{} is left after SIG{signal}",
+            folder.display()
+        );
+    }
+
     // Without it: the refused names, then the note, once.
     let note = "capsa: note: for temporary files, --tmp gives the program a private folder (its TMPDIR), removed when the run ends\n";
     let r = run_in(&d, &[], &script, &[]);
@@ -1838,6 +1880,15 @@ while len(sys.argv) > 1:
     assert!(!r.stderr.contains("--tmp"), "{}", r.stderr);
 
     // What cannot go with it.
+    let tmp = std::env::temp_dir();
+    let deny = format!("--deny-write={}", s(&tmp));
+    let r = run_in(&d, &["--tmp", &deny], &script, &[]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("which --deny-write refuses"),
+        "{}",
+        r.stderr
+    );
     let r = run_in(&d, &["--tmp", "--env", "TMPDIR=/x"], &script, &[]);
     assert_eq!(r.code, 125);
     assert!(

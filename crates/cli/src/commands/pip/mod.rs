@@ -332,13 +332,33 @@ impl Drop for TempTree {
 
 /// A fresh private temporary folder (see [`private_dir`]) and its real path.
 pub(crate) fn private_temp(prefix: &str) -> Result<(TempTree, PathBuf), i32> {
-    let dir = private_dir().prefix(prefix).tempdir().map_err(|e| {
+    let failed = |e: std::io::Error| {
         fail(
             exit::INTERNAL,
             anyhow::anyhow!("cannot make a temporary directory: {e}"),
         )
-    })?;
+    };
+    // An empty TMPDIR is no directory (Python and mktemp take /tmp then;
+    // Rust's temp_dir would give the working directory).
+    let base = std::env::temp_dir();
+    let base = if base.as_os_str().is_empty() {
+        std::path::PathBuf::from("/tmp")
+    } else {
+        base
+    };
+    let dir = private_dir()
+        .prefix(prefix)
+        .tempdir_in(base)
+        .map_err(failed)?;
     let dir = TempTree(dir.keep());
+    // Its mode is made under the umask: 0700 is set, so that a umask
+    // without the owner's write bit leaves it usable.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(&dir.0, mode).map_err(failed)?;
+    }
     let path = super::run::canonical_or(&dir.0);
     Ok((dir, path))
 }
