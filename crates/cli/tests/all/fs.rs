@@ -1285,18 +1285,7 @@ except OSError as e:
 "#,
     )
     .unwrap();
-    let child = capsa()
-        .current_dir(&d)
-        .args(["run", "--allow-read=data/sub", "--allow-write=sig"])
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !d.join("sig/ready").exists() && std::time::Instant::now() < end {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let child = run_until_ready(&d, &["--allow-read=data/sub", "--allow-write=sig"], &script);
     std::fs::rename(d.join("data/sub"), d.join("data/gone")).unwrap();
     std::fs::create_dir(d.join("data/sub")).unwrap();
     std::fs::write(d.join("data/sub/new.txt"), "not granted").unwrap();
@@ -1310,6 +1299,25 @@ except OSError as e:
         stdout, "['sub']\n['gone']\nbeta\nnew FileNotFoundError\n",
         "{stderr}"
     );
+}
+
+/// `capsa run FLAGS script` from `d`, its output piped, once the script has
+/// made `sig/ready` (or a minute has passed): the host changes things then.
+fn run_until_ready(d: &Path, flags: &[&str], script: &Path) -> std::process::Child {
+    let child = capsa()
+        .current_dir(d)
+        .arg("run")
+        .args(flags)
+        .arg(script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !d.join("sig/ready").exists() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child
 }
 
 /// A name the host re-points between capsa's check and the call is not
@@ -1357,24 +1365,13 @@ print(seen["private"], seen["pub"] > 0)
 "#,
     )
     .unwrap();
-    let child = capsa()
-        .current_dir(&d)
-        .args([
-            "run",
-            "--allow-write=data",
-            "--deny-read=data/private",
-            "--deny-write=data/private",
-            "--allow-write=sig",
-        ])
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !d.join("sig/ready").exists() && std::time::Instant::now() < end {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let flags = [
+        "--allow-write=data",
+        "--deny-read=data/private",
+        "--deny-write=data/private",
+        "--allow-write=sig",
+    ];
+    let child = run_until_ready(&d, &flags, &script);
     // The rules were taken at start, on the objects: now the names move.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = {
