@@ -1850,8 +1850,17 @@ fn remove_on_signals() {
         .name("signals".into())
         .spawn(move || {
             let mut byte = 0u8;
-            // SAFETY: reads one byte into `byte` from the pipe's read end.
-            while unsafe { libc::read(read_end, (&raw mut byte).cast(), 1) } != 1 {}
+            loop {
+                // SAFETY: reads one byte into `byte` from the pipe's read end.
+                match unsafe { libc::read(read_end, (&raw mut byte).cast(), 1) } {
+                    1 => break,
+                    n if n < 0
+                        && std::io::Error::last_os_error().kind()
+                            == std::io::ErrorKind::Interrupted => {}
+                    // Never closed, never failing: but not a spin if so.
+                    _ => return,
+                }
+            }
             ENDING.store(true, std::sync::atomic::Ordering::SeqCst);
             remove_run_folders();
             let sig = libc::c_int::from(byte);
